@@ -1,0 +1,146 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dtcp_wire::RegistrationId;
+use tokio::time::Instant;
+
+use crate::{NodeInfo, Rendezvous, StoreError};
+
+/// The in-memory store of a lone node: no Redis, no other nodes.
+///
+/// Expired entries are dropped when they are next touched and by a sweep in
+/// `register`, so the map never holds more than the live registrations plus
+/// those that expired since the last registration.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    registrations: Mutex<HashMap<RegistrationId, (NodeInfo, Instant)>>,
+    nodes: Mutex<HashMap<String, Instant>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Live registrations (for metrics and tests).
+    pub fn len(&self) -> usize {
+        let now = Instant::now();
+        let map = self.registrations.lock().expect("poisoned");
+        map.values().filter(|(_, exp)| *exp > now).count()
+    }
+
+    /// Whether no registration is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl Rendezvous for MemoryStore {
+    async fn register(
+        &self,
+        id: &RegistrationId,
+        owner: &NodeInfo,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut map = self.registrations.lock().expect("poisoned");
+        // Amortised sweep: at most one pass per doubling of the map.
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, (_, exp)| *exp > now);
+        }
+        match map.get(id) {
+            Some((_, exp)) if *exp > now => Ok(false),
+            _ => {
+                map.insert(*id, (owner.clone(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn lookup(&self, id: &RegistrationId) -> Result<Option<NodeInfo>, StoreError> {
+        let now = Instant::now();
+        let map = self.registrations.lock().expect("poisoned");
+        Ok(map
+            .get(id)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(owner, _)| owner.clone()))
+    }
+
+    async fn remove_if_owner(
+        &self,
+        id: &RegistrationId,
+        owner: &NodeInfo,
+    ) -> Result<bool, StoreError> {
+        let mut map = self.registrations.lock().expect("poisoned");
+        match map.get(id) {
+            Some((held, _)) if held.id == owner.id => {
+                map.remove(id);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+        let mut nodes = self.nodes.lock().expect("poisoned");
+        nodes.insert(node.id.clone(), Instant::now() + ttl);
+        Ok(())
+    }
+
+    async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError> {
+        self.nodes.lock().expect("poisoned").remove(&node.id);
+        Ok(())
+    }
+
+    async fn nodes_alive(&self) -> Result<usize, StoreError> {
+        let now = Instant::now();
+        let nodes = self.nodes.lock().expect("poisoned");
+        Ok(nodes.values().filter(|exp| **exp > now).count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            forward_addr: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn register_lookup_remove() {
+        let s = MemoryStore::new();
+        let id = RegistrationId::of("k", "a@b", "c@d");
+        let ttl = Duration::from_secs(10);
+        assert!(s.register(&id, &node("a"), ttl).await.unwrap());
+        assert!(!s.register(&id, &node("b"), ttl).await.unwrap(), "conflict");
+        assert_eq!(s.lookup(&id).await.unwrap(), Some(node("a")));
+        assert!(!s.remove_if_owner(&id, &node("b")).await.unwrap());
+        assert_eq!(s.len(), 1);
+        assert!(s.remove_if_owner(&id, &node("a")).await.unwrap());
+        assert!(s.is_empty());
+        assert_eq!(s.lookup(&id).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn registrations_and_heartbeats_expire() {
+        let s = MemoryStore::new();
+        let id = RegistrationId::of("k", "a@b", "c@d");
+        let ttl = Duration::from_millis(100);
+        assert!(s.register(&id, &node("a"), ttl).await.unwrap());
+        s.heartbeat(&node("a"), ttl).await.unwrap();
+        assert_eq!(s.nodes_alive().await.unwrap(), 1);
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(s.lookup(&id).await.unwrap(), None);
+        assert_eq!(s.nodes_alive().await.unwrap(), 0);
+        assert!(s.register(&id, &node("b"), Duration::from_secs(5)).await.unwrap());
+        assert_eq!(s.lookup(&id).await.unwrap(), Some(node("b")));
+    }
+}

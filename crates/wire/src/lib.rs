@@ -1,0 +1,37 @@
+//! The DTCP relay handshake codec (PROTOCOL.md, section 1).
+//!
+//! Pure: bytes in, values out, no sockets. A relay feeds the bytes it has read
+//! so far to a [`CommandDecoder`], which answers "need more" (`Ok(None)`), a
+//! [`Command`], or a [`WireError`] that the relay reports as `bad-request`.
+//! Clients encode commands with [`Command::encode`] and read the relay's answer
+//! with [`decode_reply`].
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use dtcp_wire::{Command, CommandDecoder, Limits, Triple, Verb};
+//!
+//! let triple = Triple::new("k3y", "romeo@montague.lit/orchard", "juliet@capulet.lit/balcony")?;
+//! let mut buf = BytesMut::from(&Command::new(Verb::Create, triple.clone()).encode()[..]);
+//! buf.extend_from_slice(b"early bytes");
+//! let command = CommandDecoder::new(Limits::default()).decode(&mut buf)?.expect("complete");
+//! assert_eq!(command.verb, Verb::Create);
+//! assert_eq!(command.triple, triple);
+//! assert_eq!(&buf[..], b"early bytes"); // what follows the command stays in the buffer
+//! # Ok::<(), dtcp_wire::WireError>(())
+//! ```
+
+mod command;
+mod condition;
+mod error;
+mod id;
+mod jid;
+mod limits;
+mod reply;
+
+pub use command::{Command, CommandDecoder, Triple, Verb};
+pub use condition::{Condition, UnknownCondition};
+pub use error::{Field, WireError};
+pub use id::{ParseIdError, RegistrationId};
+pub use jid::{JidError, Part, check_jid};
+pub use limits::{Limits, MAX_JID_PART_LEN};
+pub use reply::{MAX_REPLY_LEN, Reply, decode_reply};
