@@ -1,1 +1,18 @@
-pub fn placeholder() {}
+//! A DTCP relay node (see PROTOCOL.md and DESIGN.md in the project's shared
+//! documents): it pairs an Initiator's `CREATE` with a Target's `CONNECT` by
+//! key and JIDs, answers `OK` to both, and pipes bytes between them.
+//!
+//! The `dtcp-relay` binary parses a [`Config`], installs the metrics recorder
+//! ([`metrics::install`]) and calls [`Relay::bind`] then [`Relay::run`].
+
+pub mod config;
+mod conn;
+mod http;
+pub mod metrics;
+mod node;
+mod pairing;
+mod pump;
+mod server;
+
+pub use config::{Config, LogFormat};
+pub use server::{Relay, RunError};

@@ -140,7 +140,11 @@ mod tests {
         tokio::time::sleep(ttl * 2).await;
         assert_eq!(s.lookup(&id).await.unwrap(), None);
         assert_eq!(s.nodes_alive().await.unwrap(), 0);
-        assert!(s.register(&id, &node("b"), Duration::from_secs(5)).await.unwrap());
+        assert!(
+            s.register(&id, &node("b"), Duration::from_secs(5))
+                .await
+                .unwrap()
+        );
         assert_eq!(s.lookup(&id).await.unwrap(), Some(node("b")));
     }
 }

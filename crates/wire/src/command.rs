@@ -310,7 +310,9 @@ mod tests {
     fn leaves_pipelined_bytes_in_the_buffer() {
         let mut buf = BytesMut::from(&Command::new(Verb::Connect, triple()).encode()[..]);
         buf.extend_from_slice(b"\0\0hello");
-        let cmd = CommandDecoder::new(Limits::default()).decode(&mut buf).unwrap();
+        let cmd = CommandDecoder::new(Limits::default())
+            .decode(&mut buf)
+            .unwrap();
         assert!(cmd.is_some());
         assert_eq!(&buf[..], b"\0\0hello");
     }
@@ -426,7 +428,12 @@ mod tests {
             ..Limits::default()
         };
         let mut buf = BytesMut::from(&cmd[..]);
-        assert!(CommandDecoder::new(limits).decode(&mut buf).unwrap().is_some());
+        assert!(
+            CommandDecoder::new(limits)
+                .decode(&mut buf)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

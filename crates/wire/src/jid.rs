@@ -70,7 +70,12 @@ pub fn check_jid(jid: &str) -> Result<(), JidError> {
         c == '@' || c.is_whitespace()
     })?;
     if let Some(resource) = resource {
-        check_part(resource, Part::Resourcepart, JidError::EmptyResourcepart, |_| false)?;
+        check_part(
+            resource,
+            Part::Resourcepart,
+            JidError::EmptyResourcepart,
+            |_| false,
+        )?;
     }
     Ok(())
 }

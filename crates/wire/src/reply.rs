@@ -74,7 +74,11 @@ pub fn decode_reply(buf: &mut BytesMut) -> Result<Option<Reply>, WireError> {
         return Err(WireError::MalformedReply);
     }
     let rest = &buf[ERROR.len()..];
-    let mut nuls = rest.iter().enumerate().filter(|(_, b)| **b == 0).map(|(i, _)| i);
+    let mut nuls = rest
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == 0)
+        .map(|(i, _)| i);
     let (Some(cond_end), Some(text_end)) = (nuls.next(), nuls.next()) else {
         if buf.len() > MAX_REPLY_LEN {
             return Err(WireError::MalformedReply);

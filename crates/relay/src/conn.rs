@@ -1,0 +1,421 @@
+//! One client connection: the handshake, then CREATE or CONNECT, then (for
+//! the task that holds the Initiator) the paired session.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dtcp_wire::{
+    Command, CommandDecoder, Condition, RegistrationId, Reply, Triple, Verb, WireError,
+};
+use metrics::{counter, gauge, histogram};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tracing::{debug, info, warn};
+
+use crate::metrics::{
+    BYTES, COMMANDS, ERRORS, PAIRING_LATENCY, PENDING_WAIT, SESSION_DURATION, SESSIONS_ACTIVE,
+    SESSIONS_COMPLETED,
+};
+use crate::node::Node;
+use crate::pairing::Claim;
+use crate::pump::{self, Way};
+use crate::server::Slot;
+
+/// First allocation of the handshake buffer; it grows up to the command limit.
+const HANDSHAKE_BUF: usize = 512;
+/// Most bytes kept from a client before its session is paired. Past this the
+/// relay stops reading (TCP pushes back) until pairing.
+const EARLY_CAP: usize = 64 * 1024;
+/// How long an `ERROR` reply may take to write.
+const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After an `ERROR`, how long the relay keeps reading (and discarding) what
+/// the client still sends, so that closing does not turn into a reset that
+/// could destroy the reply before the client has read it.
+const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes discarded while lingering.
+const LINGER_BYTES: usize = 64 * 1024;
+/// How often a waiting CONNECT asks the shared store again (cluster mode).
+const STORE_POLL: Duration = Duration::from_millis(100);
+
+/// Serves one accepted connection to its end.
+pub(crate) async fn handle(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, slot: Slot) {
+    let mut buf = BytesMut::with_capacity(HANDSHAKE_BUF);
+    let read = read_command(&mut stream, &mut buf, &node);
+    let command = match timeout(node.config.handshake_timeout, read).await {
+        Ok(Ok(Some(command))) => command,
+        Ok(Ok(None)) if buf.is_empty() => return, // connected and left without a word
+        Ok(Ok(None)) => {
+            let text = "connection closed in the middle of a command";
+            return refuse(stream, "unknown", Condition::BadRequest, text).await;
+        }
+        Ok(Err(ReadError::Wire(e))) => {
+            debug!(%peer, error = %e, "bad command");
+            return refuse(stream, "unknown", e.condition(), &e.to_string()).await;
+        }
+        Ok(Err(ReadError::Io(e))) => {
+            debug!(%peer, error = %e, "read failed during handshake");
+            return;
+        }
+        Err(_) => {
+            let text = "command not complete within the handshake timeout";
+            return refuse(stream, "unknown", Condition::Timeout, text).await;
+        }
+    };
+    let started = Instant::now();
+    let verb = command.verb.label();
+    if node.drain.is_cancelled() {
+        let text = "the relay is shutting down";
+        return refuse(stream, verb, Condition::ShuttingDown, text).await;
+    }
+    // Free the handshake buffer: keep only what came behind the command.
+    let early = if buf.is_empty() {
+        BytesMut::new()
+    } else {
+        BytesMut::from(&buf[..])
+    };
+    drop(buf);
+    let Command { verb, triple } = command;
+    match verb {
+        Verb::Create => create(node, stream, peer, slot, triple, early).await,
+        Verb::Connect => connect(node, stream, slot, triple, early, started).await,
+    }
+}
+
+enum ReadError {
+    Wire(WireError),
+    Io(io::Error),
+}
+
+/// Reads until a command is complete (`Some`), the client closes (`None`), or
+/// the bytes cannot become a command.
+async fn read_command(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    node: &Node,
+) -> Result<Option<Command>, ReadError> {
+    let limits = node.config.limits();
+    let mut decoder = CommandDecoder::new(limits);
+    loop {
+        if buf.len() == buf.capacity() {
+            // Grow by doubling, never far past the command limit.
+            let room = buf.len().clamp(HANDSHAKE_BUF, limits.max_command_len);
+            buf.reserve(room);
+        }
+        if stream.read_buf(buf).await.map_err(ReadError::Io)? == 0 {
+            return Ok(None);
+        }
+        if let Some(command) = decoder.decode(buf).map_err(ReadError::Wire)? {
+            return Ok(Some(command));
+        }
+    }
+}
+
+/// Answers `ERROR` and closes the connection gracefully.
+pub(crate) async fn refuse(
+    mut stream: TcpStream,
+    verb: &'static str,
+    condition: Condition,
+    text: &str,
+) {
+    counter!(ERRORS, "condition" => condition.as_str()).increment(1);
+    if !verb.is_empty() {
+        counter!(COMMANDS, "verb" => verb, "outcome" => condition.as_str()).increment(1);
+    }
+    let reply = Reply::error(condition, text).to_vec();
+    if timeout(REPLY_WRITE_TIMEOUT, stream.write_all(&reply))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let discard = async {
+        let mut sink = [0u8; 1024];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = timeout(LINGER, discard).await;
+}
+
+/// What reading a waiting client's socket found.
+enum Early {
+    More,
+    Closed,
+}
+
+/// Reads what a client sends before its session is paired.
+fn read_early(stream: &TcpStream, early: &mut BytesMut) -> Early {
+    early.reserve(4096.min(EARLY_CAP - early.len()));
+    match stream.try_read_buf(early) {
+        Ok(0) => Early::Closed,
+        Ok(_) => Early::More,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Early::More,
+        Err(_) => Early::Closed,
+    }
+}
+
+/// Why a pending CREATE stopped waiting without a claim.
+enum GiveUp {
+    HungUp,
+    Refuse(Condition, &'static str),
+}
+
+async fn create(
+    node: Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _slot: Slot,
+    triple: Triple,
+    mut early: BytesMut,
+) {
+    let id = triple.registration_id();
+    drop(triple); // the key is not needed past this point
+    let Some(_per_ip) = node.per_ip.acquire(peer.ip()) else {
+        let text = "too many pending sessions from this address";
+        return refuse(stream, "create", Condition::ResourceConstraint, text).await;
+    };
+    let Some(mut pending) = node.pending.insert(id) else {
+        let text = "a CREATE with the same key and JIDs is already pending";
+        return refuse(stream, "create", Condition::Conflict, text).await;
+    };
+    // Held until the session ends, so a draining node waits for it.
+    let _tracked = node.sessions.token();
+    let mut store_guard = StoreGuard {
+        node: &node,
+        id,
+        armed: false,
+    };
+    let registered = node
+        .store
+        .register(&id, &node.info, node.config.pending_ttl)
+        .await;
+    let refusal = match registered {
+        Ok(true) => {
+            store_guard.armed = true;
+            None
+        }
+        Ok(false) => Some((
+            Condition::Conflict,
+            "a CREATE with the same key and JIDs is already pending",
+        )),
+        Err(e) => {
+            warn!(registration = %id, error = %e, "store register failed");
+            Some((
+                Condition::Unavailable,
+                "the rendezvous store is unavailable",
+            ))
+        }
+    };
+    if let Some((condition, text)) = refusal {
+        if node.pending.withdraw(&id, pending.token) {
+            return refuse(stream, "create", condition, text).await;
+        }
+        // A local CONNECT claimed it meanwhile: pair anyway.
+    } else {
+        node.pending.notify(&id);
+    }
+    debug!(registration = %id, "pending");
+
+    let waiting_since = Instant::now();
+    let deadline = waiting_since + node.config.pending_ttl;
+    let give_up = loop {
+        tokio::select! {
+            biased;
+            claim = &mut pending.rx => match claim {
+                Ok(claim) => {
+                    drop(store_guard);
+                    histogram!(PENDING_WAIT).record(waiting_since.elapsed());
+                    return Box::pin(session(node.clone(), stream, early, claim, id)).await;
+                }
+                // The claimant dropped its half unsent: nothing can pair us now.
+                Err(_) => break GiveUp::Refuse(Condition::Unavailable, "pairing failed"),
+            },
+            () = sleep_until(deadline) => {
+                break GiveUp::Refuse(Condition::Timeout, "no CONNECT within the pending TTL");
+            }
+            // A lone node: nobody can claim a pending CREATE once it drains.
+            () = node.drain.cancelled(), if !node.cluster => {
+                break GiveUp::Refuse(Condition::ShuttingDown, "the relay is shutting down");
+            }
+            r = stream.readable(), if early.len() < EARLY_CAP => {
+                if r.is_err() || matches!(read_early(&stream, &mut early), Early::Closed) {
+                    break GiveUp::HungUp;
+                }
+            }
+        }
+    };
+    if !node.pending.withdraw(&id, pending.token) {
+        // Claimed at the last moment: the claim is in the channel.
+        if let Ok(claim) = pending.rx.await {
+            drop(store_guard);
+            if matches!(give_up, GiveUp::HungUp) {
+                let text = "the initiator hung up";
+                return refuse(claim.target, "connect", Condition::NotFound, text).await;
+            }
+            return Box::pin(session(node.clone(), stream, early, claim, id)).await;
+        }
+    }
+    drop(store_guard);
+    match give_up {
+        GiveUp::HungUp => {
+            debug!(registration = %id, "initiator hung up while pending");
+            counter!(COMMANDS, "verb" => "create", "outcome" => "abandoned").increment(1);
+        }
+        GiveUp::Refuse(condition, text) => refuse(stream, "create", condition, text).await,
+    }
+}
+
+/// Removes this node's store record of a registration when dropped.
+struct StoreGuard<'a> {
+    node: &'a Arc<Node>,
+    id: RegistrationId,
+    armed: bool,
+}
+
+impl Drop for StoreGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let (node, id) = (self.node.clone(), self.id);
+            // Off the hot path: pairing does not wait for the store.
+            tokio::spawn(async move {
+                if let Err(e) = node.store.remove_if_owner(&id, &node.info).await {
+                    warn!(registration = %id, error = %e, "store remove failed; the record expires with its TTL");
+                }
+            });
+        }
+    }
+}
+
+async fn connect(
+    node: Arc<Node>,
+    stream: TcpStream,
+    slot: Slot,
+    triple: Triple,
+    mut early: BytesMut,
+    started: Instant,
+) {
+    let id = triple.registration_id();
+    drop(triple);
+    let deadline = started + node.config.connect_grace;
+    let waiter = node.pending.waiter(id);
+    loop {
+        let notified = waiter.notify.notified();
+        tokio::pin!(notified);
+        // Subscribe before looking, so a CREATE that arrives in between wakes us.
+        notified.as_mut().enable();
+        if let Some(tx) = node.pending.take(&id) {
+            let claim = Claim {
+                target: stream,
+                early,
+                slot,
+                connect_started: started,
+            };
+            return match tx.send(claim) {
+                Ok(()) => {}
+                Err(claim) => {
+                    let text = "no pending CREATE matched";
+                    refuse(claim.target, "connect", Condition::NotFound, text).await
+                }
+            };
+        }
+        match node.store.lookup(&id).await {
+            Ok(Some(owner)) if owner.id != node.info.id => {
+                warn!(registration = %id, owner = %owner, "registration owned by another node, and this node has no forwarding plane");
+                let text = "the session is held by another node that cannot be reached";
+                return refuse(stream, "connect", Condition::Unavailable, text).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(registration = %id, error = %e, "store lookup failed");
+                let text = "the rendezvous store is unavailable";
+                return refuse(stream, "connect", Condition::Unavailable, text).await;
+            }
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = sleep(STORE_POLL), if node.cluster => {}
+            () = sleep_until(deadline) => {
+                let text = "no pending CREATE matched within the connect grace";
+                return refuse(stream, "connect", Condition::NotFound, text).await;
+            }
+            () = node.drain.cancelled() => {
+                return refuse(stream, "connect", Condition::ShuttingDown, "the relay is shutting down").await;
+            }
+            r = stream.readable(), if early.len() < EARLY_CAP => {
+                if r.is_err() || matches!(read_early(&stream, &mut early), Early::Closed) {
+                    counter!(COMMANDS, "verb" => "connect", "outcome" => "abandoned").increment(1);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A paired local session: `OK` to both, then the pump.
+async fn session(
+    node: Arc<Node>,
+    initiator: TcpStream,
+    i_early: BytesMut,
+    claim: Claim,
+    id: RegistrationId,
+) {
+    let Claim {
+        target,
+        early: t_early,
+        slot: _target_slot,
+        connect_started,
+    } = claim;
+    const PATH: &str = "local";
+    let ok = Reply::Ok.to_vec();
+    // A failed write shows up at once in the pump as a reset.
+    let _ = tokio::join!(
+        pump::write_all(&initiator, &ok),
+        pump::write_all(&target, &ok)
+    );
+    histogram!(PAIRING_LATENCY, "path" => PATH).record(connect_started.elapsed());
+    counter!(COMMANDS, "verb" => "create", "outcome" => "ok").increment(1);
+    counter!(COMMANDS, "verb" => "connect", "outcome" => "ok").increment(1);
+    let active = gauge!(SESSIONS_ACTIVE, "path" => PATH);
+    active.increment(1.0);
+    let paired_at = Instant::now();
+    let report = pump::pump(
+        Way {
+            from: &initiator,
+            to: &target,
+            early: &i_early,
+            counter: counter!(BYTES, "path" => PATH, "direction" => "initiator_to_target"),
+        },
+        Way {
+            from: &target,
+            to: &initiator,
+            early: &t_early,
+            counter: counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
+        },
+        node.config.idle_timeout(),
+        &node.stop,
+    )
+    .await;
+    active.decrement(1.0);
+    let duration = paired_at.elapsed();
+    counter!(SESSIONS_COMPLETED, "path" => PATH, "outcome" => report.end.label()).increment(1);
+    histogram!(SESSION_DURATION, "path" => PATH).record(duration);
+    info!(
+        registration = %id,
+        path = PATH,
+        duration_ms = duration.as_millis() as u64,
+        pairing_ms = (paired_at - connect_started).as_millis() as u64,
+        bytes_initiator_to_target = report.moved[0],
+        bytes_target_to_initiator = report.moved[1],
+        outcome = report.end.label(),
+        "session finished"
+    );
+}

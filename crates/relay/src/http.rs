@@ -1,0 +1,56 @@
+//! The metrics listener: `/metrics` (Prometheus text), `/healthz` (the
+//! process answers) and `/readyz` (it takes new sessions: not draining).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics::gauge;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tracing::warn;
+
+use crate::metrics::{STORE_REGISTRATIONS, UPKEEP_INTERVAL};
+use crate::node::Node;
+
+#[derive(Clone)]
+struct Http {
+    metrics: PrometheusHandle,
+    node: Arc<Node>,
+}
+
+pub(crate) async fn serve(listener: TcpListener, metrics: PrometheusHandle, node: Arc<Node>) {
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(Http { metrics, node });
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "metrics listener failed");
+    }
+}
+
+async fn render(State(http): State<Http>) -> String {
+    if let Some(memory) = &http.node.memory {
+        gauge!(STORE_REGISTRATIONS).set(memory.len() as f64);
+    }
+    http.metrics.render()
+}
+
+async fn ready(State(http): State<Http>) -> (StatusCode, &'static str) {
+    if http.node.drain.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}

@@ -1,0 +1,116 @@
+//! Every metric the relay exports: names, help texts and units in one place.
+//!
+//! Counters end in `_total`, units are in the name, and labels take values
+//! from small fixed sets only (never a key, a JID, an address or an id).
+
+use std::time::Duration;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Client connections accepted.
+pub const CONNECTIONS_ACCEPTED: &str = "dtcp_connections_accepted_total";
+/// Client connections open now.
+pub const CONNECTIONS_OPEN: &str = "dtcp_connections_open";
+/// Client connections refused before any command, by `reason`.
+pub const CONNECTIONS_REFUSED: &str = "dtcp_connections_refused_total";
+/// The connection limit in force (after clamping to the descriptor limit).
+pub const CONNECTIONS_MAX: &str = "dtcp_connections_max";
+/// Commands answered, by `verb` and `outcome` (`ok` or an error condition).
+pub const COMMANDS: &str = "dtcp_commands_total";
+/// `ERROR` replies sent, by `condition`.
+pub const ERRORS: &str = "dtcp_errors_total";
+/// CREATEs waiting for their CONNECT on this node.
+pub const PENDING: &str = "dtcp_pending_registrations";
+/// Registrations in the embedded in-memory store.
+pub const STORE_REGISTRATIONS: &str = "dtcp_store_registrations";
+/// Paired sessions running now, by `path`.
+pub const SESSIONS_ACTIVE: &str = "dtcp_sessions_active";
+/// Paired sessions finished, by `path` and `outcome`.
+pub const SESSIONS_COMPLETED: &str = "dtcp_sessions_completed_total";
+/// Bytes relayed, by `path` and `direction`.
+pub const BYTES: &str = "dtcp_relayed_bytes_total";
+/// From a CONNECT's command to both sides holding `OK`, by `path`.
+pub const PAIRING_LATENCY: &str = "dtcp_pairing_latency_seconds";
+/// How long a CREATE waited for its CONNECT.
+pub const PENDING_WAIT: &str = "dtcp_pending_wait_seconds";
+/// From `OK` to the end of a session, by `path`.
+pub const SESSION_DURATION: &str = "dtcp_session_duration_seconds";
+/// 1 while the node drains, else 0.
+pub const DRAINING: &str = "dtcp_draining";
+/// Always 1, labelled with the `version`.
+pub const BUILD_INFO: &str = "dtcp_build_info";
+
+/// Buckets of the latency histograms, in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Buckets of the duration histograms, in seconds: 10 ms to a day.
+const DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+];
+
+/// Installs the global Prometheus recorder and describes every metric.
+///
+/// Histograms get explicit buckets so that they are exported as Prometheus
+/// histograms (summable across nodes), not summaries.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(PAIRING_LATENCY.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(PENDING_WAIT.into()), DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(SESSION_DURATION.into()), DURATION_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+/// How often the exporter's histograms are compacted.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+fn describe() {
+    describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted.");
+    describe_gauge!(CONNECTIONS_OPEN, "Client connections open now.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections refused before any command, by reason (max_connections, descriptors)."
+    );
+    describe_gauge!(CONNECTIONS_MAX, "The connection limit in force.");
+    describe_counter!(
+        COMMANDS,
+        "Commands answered, by verb and outcome (ok or an error condition)."
+    );
+    describe_counter!(ERRORS, "ERROR replies sent, by condition.");
+    describe_gauge!(PENDING, "CREATEs waiting for their CONNECT on this node.");
+    describe_gauge!(
+        STORE_REGISTRATIONS,
+        "Registrations in the embedded in-memory store (absent in cluster mode)."
+    );
+    describe_gauge!(SESSIONS_ACTIVE, "Paired sessions running now, by path.");
+    describe_counter!(
+        SESSIONS_COMPLETED,
+        "Paired sessions finished, by path and outcome (closed, reset, idle_timeout, drained)."
+    );
+    describe_counter!(BYTES, Unit::Bytes, "Bytes relayed, by path and direction.");
+    describe_histogram!(
+        PAIRING_LATENCY,
+        Unit::Seconds,
+        "From a CONNECT's command to both sides holding OK, by path."
+    );
+    describe_histogram!(
+        PENDING_WAIT,
+        Unit::Seconds,
+        "How long a CREATE waited for its CONNECT."
+    );
+    describe_histogram!(
+        SESSION_DURATION,
+        Unit::Seconds,
+        "From OK to the end of a paired session, by path."
+    );
+    describe_gauge!(DRAINING, "1 while the node drains, else 0.");
+    describe_gauge!(BUILD_INFO, "Always 1, labelled with the relay's version.");
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(DRAINING).set(0.0);
+    gauge!(PENDING).set(0.0);
+    gauge!(CONNECTIONS_OPEN).set(0.0);
+}

@@ -1,0 +1,244 @@
+//! The local pending table: CREATEs of this node waiting for their CONNECT,
+//! and the per-address limit on them.
+//!
+//! A claim is the removal of the table entry: whoever removes it (a CONNECT on
+//! this node, or a Bridge from another node) is the one pairing, so pairing is
+//! exactly-once without a lock held across an await. The entry holds the
+//! sending half of a oneshot channel through which the claimant hands its side
+//! of the session to the task that holds the Initiator's socket.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
+use dtcp_wire::RegistrationId;
+use metrics::gauge;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::metrics::PENDING;
+use crate::server::Slot;
+
+/// The Target's side of a session, handed to the Initiator's task by a claim.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    /// The Target's socket, its `OK` not yet sent.
+    pub target: TcpStream,
+    /// Bytes the Target sent behind its command, to be delivered first.
+    pub early: BytesMut,
+    /// The Target's connection slot, released when the session ends.
+    pub slot: Slot,
+    /// When the Target's command was complete: pairing latency starts here.
+    pub connect_started: Instant,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Tells this registration apart from a later one with the same id, so a
+    /// CREATE task never removes an entry it does not own.
+    token: u64,
+    tx: oneshot::Sender<Claim>,
+}
+
+/// CREATEs waiting on this node, by registration id.
+#[derive(Debug, Default)]
+pub(crate) struct PendingTable {
+    entries: DashMap<RegistrationId, Entry>,
+    /// CONNECTs on this node waiting for a CREATE that has not arrived yet.
+    waiters: DashMap<RegistrationId, Arc<Notify>>,
+    tokens: AtomicU64,
+}
+
+/// What a CREATE task holds while its registration is in the table.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub token: u64,
+    pub rx: oneshot::Receiver<Claim>,
+}
+
+impl PendingTable {
+    /// Registers a pending CREATE; `None` if one with the same id is pending.
+    pub fn insert(&self, id: RegistrationId) -> Option<Pending> {
+        match self.entries.entry(id) {
+            MapEntry::Occupied(_) => None,
+            MapEntry::Vacant(slot) => {
+                let (tx, rx) = oneshot::channel();
+                let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+                slot.insert(Entry { token, tx });
+                gauge!(PENDING).increment(1.0);
+                Some(Pending { token, rx })
+            }
+        }
+    }
+
+    /// Wakes CONNECTs on this node waiting for `id`.
+    pub fn notify(&self, id: &RegistrationId) {
+        if let Some(waiter) = self.waiters.get(id) {
+            waiter.notify_waiters();
+        }
+    }
+
+    /// Claims `id`: removes it and returns the channel to the CREATE's task.
+    pub fn take(&self, id: &RegistrationId) -> Option<oneshot::Sender<Claim>> {
+        let (_, entry) = self.entries.remove(id)?;
+        gauge!(PENDING).decrement(1.0);
+        Some(entry.tx)
+    }
+
+    /// Withdraws the CREATE's own entry. `false` means it was claimed already
+    /// and the claim is on its way through the channel.
+    pub fn withdraw(&self, id: &RegistrationId, token: u64) -> bool {
+        let removed = self
+            .entries
+            .remove_if(id, |_, e| e.token == token)
+            .is_some();
+        if removed {
+            gauge!(PENDING).decrement(1.0);
+        }
+        removed
+    }
+
+    /// How many CREATEs are pending.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Subscribes to the arrival of `id` on this node.
+    pub fn waiter(&self, id: RegistrationId) -> Waiter<'_> {
+        let notify = self.waiters.entry(id).or_default().clone();
+        Waiter {
+            table: self,
+            id,
+            notify,
+        }
+    }
+}
+
+/// A CONNECT's subscription to the arrival of its CREATE; unsubscribes on drop.
+#[derive(Debug)]
+pub(crate) struct Waiter<'a> {
+    table: &'a PendingTable,
+    id: RegistrationId,
+    pub notify: Arc<Notify>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        // Two references: ours and the map's. More means another CONNECT for
+        // the same id still waits. Both clones happen under the shard lock.
+        self.table
+            .waiters
+            .remove_if(&self.id, |_, n| Arc::strong_count(n) <= 2);
+    }
+}
+
+/// Pending CREATEs per source address.
+#[derive(Debug)]
+pub(crate) struct PerIpLimit {
+    counts: DashMap<IpAddr, usize>,
+    max: usize,
+}
+
+impl PerIpLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(PerIpLimit {
+            counts: DashMap::new(),
+            max,
+        })
+    }
+
+    /// One more pending CREATE from `ip`, or `None` at the limit.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
+        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = ip.to_canonical();
+        let mut count = self.counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            drop(count);
+            self.release(ip, 0);
+            return None;
+        }
+        *count += 1;
+        Some(IpGuard {
+            limit: self.clone(),
+            ip,
+        })
+    }
+
+    fn release(&self, ip: IpAddr, by: usize) {
+        if let MapEntry::Occupied(mut o) = self.counts.entry(ip) {
+            *o.get_mut() -= by;
+            if *o.get() == 0 {
+                o.remove();
+            }
+        }
+    }
+
+    /// Addresses with a pending CREATE (for tests).
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
+        self.counts.len()
+    }
+}
+
+/// One pending CREATE counted against its address; uncounted on drop.
+#[derive(Debug)]
+pub(crate) struct IpGuard {
+    limit: Arc<PerIpLimit>,
+    ip: IpAddr,
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        self.limit.release(self.ip, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_conflict_take_withdraw() {
+        let t = PendingTable::default();
+        let id = RegistrationId::of("k", "a@b", "c@d");
+        let p = t.insert(id).expect("first");
+        assert!(t.insert(id).is_none(), "same id pending: conflict");
+        assert!(t.take(&id).is_some());
+        assert!(!t.withdraw(&id, p.token), "already claimed");
+        let p2 = t.insert(id).expect("free again");
+        assert!(!t.withdraw(&id, p.token), "an old token removes nothing");
+        assert!(t.withdraw(&id, p2.token));
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn waiters_are_removed_by_the_last_one() {
+        let t = PendingTable::default();
+        let id = RegistrationId::of("k", "a@b", "c@d");
+        let w1 = t.waiter(id);
+        let w2 = t.waiter(id);
+        drop(w1);
+        assert_eq!(t.waiters.len(), 1);
+        drop(w2);
+        assert_eq!(t.waiters.len(), 0);
+    }
+
+    #[test]
+    fn per_ip_limit_counts_and_forgets() {
+        let l = PerIpLimit::new(2);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let a = l.acquire(ip).unwrap();
+        let b = l.acquire(mapped).unwrap();
+        assert!(l.acquire(ip).is_none(), "mapped and plain are one address");
+        assert!(l.acquire("192.0.2.2".parse().unwrap()).is_some());
+        drop(a);
+        let c = l.acquire(ip).unwrap();
+        drop((b, c));
+        assert_eq!(l.addresses(), 0);
+    }
+}

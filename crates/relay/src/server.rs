@@ -1,0 +1,242 @@
+//! The listeners, the connection limit, and the drain.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dtcp_wire::Condition;
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::conn;
+use crate::http;
+use crate::metrics::{
+    CONNECTIONS_ACCEPTED, CONNECTIONS_MAX, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, DRAINING,
+};
+use crate::node::Node;
+
+/// Descriptors kept free beyond the connection limit: listeners, the metrics
+/// endpoint's connections, refusals in flight, store and forwarding sockets.
+const FD_RESERVE: u64 = 256;
+/// Connections being refused at once when the limit is reached; beyond this
+/// they are closed without a reply.
+const REFUSALS_IN_FLIGHT: usize = 64;
+/// Pause after an `accept` that failed for lack of descriptors, so that the
+/// loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Errors that stop a relay from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// A connection slot: one permit of the connection limit, held for as long
+/// as the socket is open (it moves with the socket when a session pairs).
+#[derive(Debug)]
+pub(crate) struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        gauge!(CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
+/// A relay node with its listeners bound, ready to [`run`](Relay::run).
+#[derive(Debug)]
+pub struct Relay {
+    node: Arc<Node>,
+    listener: TcpListener,
+    metrics_listener: TcpListener,
+    metrics: PrometheusHandle,
+    max_connections: usize,
+}
+
+impl Relay {
+    /// Raises the open-file limit, binds the listeners and logs what it bound.
+    pub async fn bind(config: Config, metrics: PrometheusHandle) -> Result<Relay, RunError> {
+        let nofile = raise_nofile_limit();
+        let max_connections = effective_max_connections(config.max_connections, nofile);
+        if max_connections < config.max_connections {
+            warn!(
+                requested = config.max_connections,
+                effective = max_connections,
+                nofile,
+                "--max-connections lowered to fit the open-file limit"
+            );
+        }
+        gauge!(CONNECTIONS_MAX).set(max_connections as f64);
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Bind { addr, source })
+        };
+        let listener = bind(config.listen).await?;
+        let metrics_listener = bind(config.metrics_listen).await?;
+        let node = Arc::new(Node::standalone(config));
+        let relay = Relay {
+            node,
+            listener,
+            metrics_listener,
+            metrics,
+            max_connections,
+        };
+        info!(
+            listen = %relay.local_addr(),
+            metrics = %relay.metrics_addr(),
+            node_id = %relay.node.info.id,
+            max_connections,
+            nofile,
+            mode = "standalone",
+            "dtcp-relay listening"
+        );
+        Ok(relay)
+    }
+
+    /// The bound client address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    /// The bound metrics address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener.local_addr().expect("bound listener")
+    }
+
+    /// Serves until `shutdown` completes, then drains: new commands get
+    /// `shutting-down`, and paired sessions get up to the drain timeout to
+    /// finish before the ones still open are closed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        let Relay {
+            node,
+            listener,
+            metrics_listener,
+            metrics,
+            max_connections,
+        } = self;
+        let http = tokio::spawn(http::serve(metrics_listener, metrics, node.clone()));
+        let accept = tokio::spawn(accept_loop(node.clone(), listener, max_connections));
+
+        shutdown.await;
+        info!(
+            pending = node.pending.len(),
+            timeout_s = node.config.drain_timeout.as_secs_f64(),
+            "draining: new commands get shutting-down"
+        );
+        gauge!(DRAINING).set(1.0);
+        node.drain.cancel();
+        node.sessions.close();
+        if tokio::time::timeout(node.config.drain_timeout, node.sessions.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = node.sessions.len(),
+                "drain timeout: closing the sessions still open"
+            );
+            node.stop.cancel();
+            // Sessions end at once when told to; give them a moment to log.
+            let _ = tokio::time::timeout(Duration::from_secs(1), node.sessions.wait()).await;
+        }
+        accept.abort();
+        http.abort();
+        info!("drained, exiting");
+        Ok(())
+    }
+}
+
+/// Raises the soft open-file limit to the hard one; returns the limit in force.
+fn raise_nofile_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(error = %e, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(1024)
+        }
+    }
+}
+
+/// The connection limit, lowered if need be so that the relay refuses
+/// connections before it runs out of descriptors.
+fn effective_max_connections(requested: usize, nofile: u64) -> usize {
+    let fits = nofile.saturating_sub(FD_RESERVE).max(1);
+    requested.min(usize::try_from(fits).unwrap_or(usize::MAX))
+}
+
+async fn accept_loop(node: Arc<Node>, listener: TcpListener, max_connections: usize) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) if is_out_of_descriptors(&e) => {
+                counter!(CONNECTIONS_REFUSED, "reason" => "descriptors").increment(1);
+                warn!(error = %e, "accept failed: out of descriptors; backing off");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+            Err(e) => {
+                debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        counter!(CONNECTIONS_ACCEPTED).increment(1);
+        let _ = stream.set_nodelay(true);
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                gauge!(CONNECTIONS_OPEN).increment(1.0);
+                tokio::spawn(conn::handle(node.clone(), stream, peer, Slot(permit)));
+            }
+            Err(_) => {
+                counter!(CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
+                refuse_over_limit(stream, &refusals);
+            }
+        }
+    }
+}
+
+fn refuse_over_limit(stream: TcpStream, refusals: &Arc<Semaphore>) {
+    // Past this many refusals in flight, close without a word.
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let text = "the relay is at its connection limit";
+        conn::refuse(stream, "", Condition::ResourceConstraint, text).await;
+        drop(permit);
+    });
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limit_fits_the_descriptor_limit() {
+        assert_eq!(effective_max_connections(10_000, 1_048_576), 10_000);
+        assert_eq!(effective_max_connections(10_000, 1024), 1024 - 256);
+        assert_eq!(effective_max_connections(10_000, 10), 1);
+    }
+}
