@@ -1,1 +1,144 @@
-pub fn placeholder() {}
+//! Client library for DTCP relays.
+//!
+//! An Initiator and a Target agree out of band on a key and their two JIDs
+//! (a [`Triple`]), then each calls [`Initiator::connect`] or
+//! [`Target::connect`] against the relay. Both get back a plain `TcpStream`
+//! whose next byte is the peer's.
+//!
+//! The stream can then be secured end to end, protecting it from the relay
+//! too ([`tls`]): the Target sends `STARTTLS\0`, the Initiator answers `OK\0`,
+//! and a TLS 1.3 handshake follows with the Initiator as server (a
+//! self-signed certificate, whose SHA-256 fingerprint it tells the Target out
+//! of band) and the Target as client pinning that fingerprint.
+//!
+//! [`transfer`] holds the framing the `dtcp` tool uses to send one file.
+
+pub mod tls;
+pub mod transfer;
+
+use std::io;
+
+use bytes::{BufMut, BytesMut};
+use dtcp_wire::{Command, Condition, MAX_REPLY_LEN, Reply, Triple, Verb, WireError, decode_reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+pub use dtcp_wire;
+
+/// Why a client could not get a paired stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The relay could not be reached.
+    #[error("cannot reach the relay: {0}")]
+    Connect(#[source] io::Error),
+    /// The connection failed after it was made.
+    #[error("connection to the relay failed: {0}")]
+    Io(#[from] io::Error),
+    /// The relay answered `ERROR`.
+    #[error("relay refused: {condition}: {text}")]
+    Refused {
+        /// Why, in machine-readable form.
+        condition: Condition,
+        /// Why, for people.
+        text: String,
+    },
+    /// The relay closed the connection without a reply.
+    #[error("the relay closed the connection without a reply")]
+    Closed,
+    /// The relay answered with bytes that are not a reply.
+    #[error("unexpected reply from the relay: {0}")]
+    Protocol(#[from] WireError),
+    /// End-to-end TLS failed.
+    #[error("end-to-end TLS: {0}")]
+    Tls(String),
+}
+
+impl ClientError {
+    /// The relay's condition, when the relay refused.
+    pub fn condition(&self) -> Option<Condition> {
+        match self {
+            ClientError::Refused { condition, .. } => Some(*condition),
+            _ => None,
+        }
+    }
+}
+
+/// The side that asks for a bytestream (sends `CREATE`).
+#[derive(Debug, Clone, Copy)]
+pub struct Initiator;
+
+/// The side that accepts it (sends `CONNECT`).
+#[derive(Debug, Clone, Copy)]
+pub struct Target;
+
+impl Initiator {
+    /// Registers the session and waits until the Target claims it.
+    pub async fn connect(
+        relay: impl ToSocketAddrs,
+        triple: &Triple,
+    ) -> Result<TcpStream, ClientError> {
+        pair(connect_relay(relay).await?, Verb::Create, triple).await
+    }
+}
+
+impl Target {
+    /// Claims the session the Initiator registered.
+    pub async fn connect(
+        relay: impl ToSocketAddrs,
+        triple: &Triple,
+    ) -> Result<TcpStream, ClientError> {
+        pair(connect_relay(relay).await?, Verb::Connect, triple).await
+    }
+}
+
+async fn connect_relay(relay: impl ToSocketAddrs) -> Result<TcpStream, ClientError> {
+    let stream = TcpStream::connect(relay)
+        .await
+        .map_err(ClientError::Connect)?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Sends `verb` for `triple` on a connection to the relay and reads the reply.
+///
+/// Reads exactly the reply and nothing past it, so the stream returned
+/// starts with the peer's first byte.
+pub async fn pair(
+    mut stream: TcpStream,
+    verb: Verb,
+    triple: &Triple,
+) -> Result<TcpStream, ClientError> {
+    stream
+        .write_all(&Command::new(verb, triple.clone()).encode())
+        .await?;
+    match read_reply(&mut stream).await? {
+        Reply::Ok => Ok(stream),
+        Reply::Error { condition, text } => Err(ClientError::Refused { condition, text }),
+    }
+}
+
+/// Reads one reply without reading past `OK\0`.
+async fn read_reply(stream: &mut TcpStream) -> Result<Reply, ClientError> {
+    let mut head = [0u8; 3];
+    if let Err(e) = stream.read_exact(&mut head).await {
+        return Err(match e.kind() {
+            io::ErrorKind::UnexpectedEof => ClientError::Closed,
+            _ => ClientError::Io(e),
+        });
+    }
+    let mut buf = BytesMut::from(&head[..]);
+    if let Some(reply) = decode_reply(&mut buf)? {
+        return Ok(reply);
+    }
+    // An ERROR: the relay closes after it, so reading on cannot steal peer bytes.
+    loop {
+        let room = MAX_REPLY_LEN + 1 - buf.len();
+        let n = stream.read_buf(&mut (&mut buf).limit(room)).await?;
+        if let Some(reply) = decode_reply(&mut buf)? {
+            return Ok(reply);
+        }
+        if n == 0 {
+            return Err(ClientError::Closed);
+        }
+    }
+}
