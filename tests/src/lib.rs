@@ -1,1 +1,245 @@
-//! Harness.
+//! The whole-system test harness: real `dtcp-relay` processes on loopback
+//! (and, for the cluster, real `redis-server` processes), driven by real TCP
+//! clients.
+//!
+//! Binaries are taken from the same target directory as the test itself, so
+//! `cargo build --release --bins` must have run first (`scripts/test` does).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use dtcp_client::dtcp_wire::{Command as WireCommand, Triple, Verb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a relay may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Path of one of the workspace's binaries, next to the running test's directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --release --bins`; scripts/test does it)",
+        path.display()
+    );
+    path
+}
+
+/// Raises this process's open-file limit, for tests that hold thousands of sockets.
+pub fn raise_fd_limit() -> u64 {
+    rlimit::increase_nofile_limit(u64::MAX).expect("raising the open-file limit")
+}
+
+/// A running `dtcp-relay` process, killed when dropped.
+#[derive(Debug)]
+pub struct Relay {
+    child: Child,
+    /// The client listener.
+    pub addr: SocketAddr,
+    /// The metrics listener.
+    pub metrics: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Relay {
+    /// Starts a relay on loopback ports chosen by the kernel, with `args` added.
+    pub fn start(args: &[&str]) -> Relay {
+        let mut child = Command::new(bin("dtcp-relay"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting dtcp-relay");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "dtcp-relay listening"
+                {
+                    let _ = tx.send((
+                        v["listen"].as_str().unwrap_or_default().to_owned(),
+                        v["metrics"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+                eprintln!("relay {}: {line}", std::process::id());
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (listen, metrics) = rx
+            .recv_timeout(START_TIMEOUT)
+            .unwrap_or_else(|_| panic!("relay did not start: {:?}", logs.lock().unwrap()));
+        Relay {
+            child,
+            addr: listen.parse().expect("listen address"),
+            metrics: metrics.parse().expect("metrics address"),
+            logs,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill({sig})");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Log lines so far (JSON objects).
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The `/metrics` page.
+    pub async fn scrape(&self) -> String {
+        http_get(self.metrics, "/metrics").await.1
+    }
+
+    /// The value of one sample, e.g. `dtcp_pending_registrations` or
+    /// `dtcp_errors_total{condition="conflict"}`; 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        sample_value(&self.scrape().await, sample)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Finds a sample in a Prometheus text page; 0 when absent.
+pub fn sample_value(page: &str, sample: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// A minimal HTTP/1.1 GET: status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect to metrics");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let status = resp[9..12].parse().expect("status");
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `cond` until it holds, or panics with `what` after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A triple unique to `name`.
+pub fn triple(name: &str) -> Triple {
+    Triple::new(
+        format!("key-{name}"),
+        format!("initiator@a.example/{name}"),
+        "target@b.example/res",
+    )
+    .expect("valid triple")
+}
+
+/// Opens a raw connection and sends `bytes`.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("send");
+    s
+}
+
+/// The command bytes for `verb` and `triple`.
+pub fn command(verb: Verb, triple: &Triple) -> Vec<u8> {
+    WireCommand::new(verb, triple.clone()).encode()
+}
+
+/// Reads everything until the relay closes (bounded by 10 s).
+pub async fn read_all(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("relay did not close")
+        .expect("read");
+    out
+}
+
+/// Reads exactly `n` bytes (bounded by 10 s).
+pub async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut out))
+        .await
+        .expect("timed out reading")
+        .expect("read");
+    out
+}
+
+/// The `ERROR` reply with this condition, whatever its text.
+pub fn is_error(reply: &[u8], condition: &str) -> bool {
+    let prefix = format!("ERROR\0{condition}\0");
+    reply.starts_with(prefix.as_bytes()) && reply.ends_with(b"\0")
+}

@@ -62,6 +62,17 @@ pub struct Config {
     #[arg(long, env = "DTCP_DRAIN_TIMEOUT", default_value = "30", value_parser = parse_secs, value_name = "SECS")]
     pub drain_timeout: Duration,
 
+    /// Serve only sessions in which the Initiator's or the Target's JID is
+    /// of one of these domains (repeatable; the environment variable takes a
+    /// comma-separated list). Others get `forbidden`. Unset: any domain.
+    #[arg(
+        long = "allow-domain",
+        env = "DTCP_ALLOW_DOMAINS",
+        value_delimiter = ',',
+        value_name = "DOMAIN"
+    )]
+    pub allow_domains: Vec<String>,
+
     /// Longest key, in bytes.
     #[arg(long, env = "DTCP_MAX_KEY_LEN", default_value_t = Limits::default().max_key_len, value_name = "BYTES")]
     pub max_key_len: usize,
@@ -98,6 +109,17 @@ impl Config {
         }
     }
 
+    /// Whether the domain policy lets a session between these JIDs through.
+    pub fn allows(&self, initiator: &str, target: &str) -> bool {
+        self.allow_domains.is_empty()
+            || [initiator, target].iter().any(|jid| {
+                let domain = dtcp_wire::domainpart(jid);
+                self.allow_domains
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(domain))
+            })
+    }
+
     /// The idle timeout, if one is set.
     pub fn idle_timeout(&self) -> Option<Duration> {
         (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
@@ -130,6 +152,22 @@ mod tests {
         assert_eq!(c.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.limits(), Limits::default());
         assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.allows("a@anything", "b@else"));
+    }
+
+    #[test]
+    fn domain_policy_needs_one_side_in_the_list() {
+        let c = Config::try_parse_from([
+            "dtcp-relay",
+            "--allow-domain",
+            "capulet.lit",
+            "--allow-domain",
+            "verona.lit",
+        ])
+        .unwrap();
+        assert!(c.allows("romeo@montague.lit/x", "juliet@Capulet.lit"));
+        assert!(c.allows("verona.lit", "x@y"));
+        assert!(!c.allows("romeo@montague.lit", "tybalt@sub.capulet.lit"));
     }
 
     #[test]

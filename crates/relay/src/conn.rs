@@ -71,6 +71,11 @@ pub(crate) async fn handle(node: Arc<Node>, mut stream: TcpStream, peer: SocketA
         let text = "the relay is shutting down";
         return refuse(stream, verb, Condition::ShuttingDown, text).await;
     }
+    let (initiator, target) = (command.triple.initiator(), command.triple.target());
+    if !node.config.allows(initiator, target) {
+        let text = "neither JID's domain is served by this relay";
+        return refuse(stream, verb, Condition::Forbidden, text).await;
+    }
     // Free the handshake buffer: keep only what came behind the command.
     let early = if buf.is_empty() {
         BytesMut::new()
@@ -179,7 +184,7 @@ async fn create(
 ) {
     let id = triple.registration_id();
     drop(triple); // the key is not needed past this point
-    let Some(_per_ip) = node.per_ip.acquire(peer.ip()) else {
+    let Some(per_ip) = node.per_ip.acquire(peer.ip()) else {
         let text = "too many pending sessions from this address";
         return refuse(stream, "create", Condition::ResourceConstraint, text).await;
     };
@@ -232,7 +237,7 @@ async fn create(
             biased;
             claim = &mut pending.rx => match claim {
                 Ok(claim) => {
-                    drop(store_guard);
+                    drop((store_guard, per_ip));
                     histogram!(PENDING_WAIT).record(waiting_since.elapsed());
                     return Box::pin(session(node.clone(), stream, early, claim, id)).await;
                 }
@@ -256,7 +261,7 @@ async fn create(
     if !node.pending.withdraw(&id, pending.token) {
         // Claimed at the last moment: the claim is in the channel.
         if let Ok(claim) = pending.rx.await {
-            drop(store_guard);
+            drop((store_guard, per_ip));
             if matches!(give_up, GiveUp::HungUp) {
                 let text = "the initiator hung up";
                 return refuse(claim.target, "connect", Condition::NotFound, text).await;

@@ -80,6 +80,12 @@ pub fn check_jid(jid: &str) -> Result<(), JidError> {
     Ok(())
 }
 
+/// The domainpart of a JID that passed [`check_jid`].
+pub fn domainpart(jid: &str) -> &str {
+    let bare = jid.split_once('/').map_or(jid, |(bare, _)| bare);
+    bare.split_once('@').map_or(bare, |(_, domain)| domain)
+}
+
 fn check_part(
     part: &str,
     which: Part,
@@ -114,6 +120,13 @@ mod tests {
         ] {
             assert_eq!(check_jid(ok), Ok(()), "{ok}");
         }
+    }
+
+    #[test]
+    fn finds_the_domainpart() {
+        assert_eq!(domainpart("capulet.lit"), "capulet.lit");
+        assert_eq!(domainpart("juliet@capulet.lit/balcony"), "capulet.lit");
+        assert_eq!(domainpart("capulet.lit/a@b"), "capulet.lit");
     }
 
     #[test]

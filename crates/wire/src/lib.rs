@@ -32,6 +32,6 @@ pub use command::{Command, CommandDecoder, Triple, Verb};
 pub use condition::{Condition, UnknownCondition};
 pub use error::{Field, WireError};
 pub use id::{ParseIdError, RegistrationId};
-pub use jid::{JidError, Part, check_jid};
+pub use jid::{JidError, Part, check_jid, domainpart};
 pub use limits::{Limits, MAX_JID_PART_LEN};
 pub use reply::{MAX_REPLY_LEN, Reply, decode_reply};
