@@ -1,0 +1,105 @@
+//! SIGTERM: the node drains. New commands get `shutting-down`, pending
+//! CREATEs of a lone node too, paired sessions finish, and it exits 0.
+
+use std::time::{Duration, Instant};
+
+use dtcp_client::dtcp_wire::{Condition, Verb};
+use dtcp_client::{Initiator, Target};
+use dtcp_tests::*;
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_transfer_finish_and_refuses_new_commands() {
+    let mut relay = Relay::start(&["--drain-timeout", "30"]);
+    let t = triple("draining");
+    let (i, tg) = tokio::join!(
+        Initiator::connect(relay.addr, &t),
+        Target::connect(relay.addr, &t)
+    );
+    let (mut i, mut tg) = (i.unwrap(), tg.unwrap());
+    let pending = raw(relay.addr, &command(Verb::Create, &triple("never-claimed"))).await;
+    eventually(Duration::from_secs(5), "CREATE pending", || async {
+        relay.metric("dtcp_pending_registrations").await == 1.0
+    })
+    .await;
+
+    // Half the transfer before the signal, half after.
+    i.write_all(&[1u8; 1 << 20]).await.unwrap();
+    assert_eq!(read_n(&mut tg, 1 << 20).await.len(), 1 << 20);
+    relay.signal(libc::SIGTERM);
+    let mut pending = pending;
+    assert!(
+        is_error(&read_all(&mut pending).await, "shutting-down"),
+        "pending CREATE of a lone node"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "not ready while draining",
+        || async { http_get(relay.metrics, "/readyz").await.0 == 503 },
+    )
+    .await;
+    assert_eq!(relay.metric("dtcp_draining").await, 1.0);
+    let err = Target::connect(relay.addr, &triple("late"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.condition(), Some(Condition::ShuttingDown), "{err}");
+    let err = Initiator::connect(relay.addr, &triple("late"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.condition(), Some(Condition::ShuttingDown), "{err}");
+
+    let (mut ir, mut iw) = i.into_split();
+    let (mut tr, mut tw) = tg.into_split();
+    let (a, b, got_t, got_i) = tokio::join!(
+        send_pattern(&mut iw, 3, 32 << 20),
+        send_pattern(&mut tw, 4, 1 << 20),
+        recv_digest(&mut tr),
+        recv_digest(&mut ir),
+    );
+    assert_eq!(got_t, (32 << 20, a));
+    assert_eq!(got_i, (1 << 20, b));
+    drop((ir, iw, tr, tw));
+    let status = relay
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits once sessions are done");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn the_drain_timeout_bounds_the_wait_for_sessions() {
+    let mut relay = Relay::start(&["--drain-timeout", "1"]);
+    let t = triple("stuck");
+    let (i, tg) = tokio::join!(
+        Initiator::connect(relay.addr, &t),
+        Target::connect(relay.addr, &t)
+    );
+    let (_i, mut tg) = (i.unwrap(), tg.unwrap());
+    let started = Instant::now();
+    relay.signal(libc::SIGTERM);
+    let status = relay
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after the drain timeout");
+    assert!(status.success(), "{status:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "left before the drain timeout: {waited:?}"
+    );
+    assert!(
+        read_all(&mut tg).await.is_empty(),
+        "the idle session was closed"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_node_exits_at_once_on_sigint() {
+    let mut relay = Relay::start(&["--drain-timeout", "30"]);
+    let started = Instant::now();
+    relay.signal(libc::SIGINT);
+    let status = relay.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "nothing to wait for"
+    );
+}
