@@ -2,6 +2,7 @@
 //! environment variable (`DTCP_LISTEN` for `--listen`, and so on).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -73,6 +74,97 @@ pub struct Config {
     )]
     pub allow_domains: Vec<String>,
 
+    /// Redis for the rendezvous store: turns on cluster mode. Repeat it (or
+    /// give a comma-separated list) for the seed nodes of a Redis Cluster.
+    /// `redis://` or `rediss://` (TLS). Unset: a lone node with an in-memory store.
+    #[arg(
+        long = "redis-url",
+        env = "DTCP_REDIS_URL",
+        value_delimiter = ',',
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub redis_urls: Vec<String>,
+
+    /// Treat a single `--redis-url` as a Redis Cluster seed.
+    #[arg(long, env = "DTCP_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
+    /// Prefix of every Redis key this cluster uses.
+    #[arg(
+        long,
+        env = "DTCP_REDIS_PREFIX",
+        default_value = "dtcp:",
+        value_name = "P"
+    )]
+    pub redis_prefix: String,
+
+    /// gRPC forwarding plane and gRPC health (cluster mode).
+    #[arg(long, env = "DTCP_FORWARD_LISTEN", default_value = "0.0.0.0:7778")]
+    pub forward_listen: SocketAddr,
+
+    /// `HOST:PORT` other nodes dial to reach this node's forwarding plane (in
+    /// Kubernetes, the pod IP). Default: the forward listener's address, if it
+    /// is a concrete one.
+    #[arg(long, env = "DTCP_ADVERTISE_ADDR", value_name = "HOST:PORT")]
+    pub advertise_addr: Option<String>,
+
+    /// This node's id in the store. Default: a fresh UUID v4 per start.
+    #[arg(long, env = "DTCP_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+
+    /// Shared by all nodes; every Bridge call carries it.
+    #[arg(
+        long,
+        env = "DTCP_CLUSTER_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub cluster_secret: Option<String>,
+
+    /// Allow cluster mode without a cluster secret (anyone who can reach the
+    /// forwarding port can then take over pending sessions).
+    #[arg(long, env = "DTCP_INSECURE_PLANE")]
+    pub insecure_plane: bool,
+
+    /// PEM certificate (chain) this node presents on the forwarding plane: turns on TLS.
+    #[arg(
+        long,
+        env = "DTCP_FORWARD_TLS_CERT",
+        value_name = "PEM",
+        requires = "forward_tls_key"
+    )]
+    pub forward_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--forward-tls-cert`.
+    #[arg(
+        long,
+        env = "DTCP_FORWARD_TLS_KEY",
+        value_name = "PEM",
+        requires = "forward_tls_cert"
+    )]
+    pub forward_tls_key: Option<PathBuf>,
+
+    /// PEM CA that signs the nodes' certificates: nodes must then present one
+    /// (mutual TLS). Without it, nodes trust `--forward-tls-cert` itself (one
+    /// certificate shared by all nodes) and do not authenticate callers by TLS.
+    #[arg(
+        long,
+        env = "DTCP_FORWARD_TLS_CA",
+        value_name = "PEM",
+        requires = "forward_tls_cert"
+    )]
+    pub forward_tls_ca: Option<PathBuf>,
+
+    /// The name the nodes' certificates carry, checked when dialing.
+    #[arg(
+        long,
+        env = "DTCP_FORWARD_TLS_SERVER_NAME",
+        default_value = "dtcp-relay",
+        value_name = "NAME"
+    )]
+    pub forward_tls_server_name: String,
+
     /// Longest key, in bytes.
     #[arg(long, env = "DTCP_MAX_KEY_LEN", default_value_t = Limits::default().max_key_len, value_name = "BYTES")]
     pub max_key_len: usize,
@@ -107,6 +199,39 @@ impl Config {
             max_jid_len: self.max_jid_len,
             max_command_len: self.max_command_len,
         }
+    }
+
+    /// Whether the node runs as part of a cluster (a shared store is configured).
+    pub fn cluster(&self) -> bool {
+        !self.redis_urls.is_empty()
+    }
+
+    /// Refuses inconsistent combinations before anything starts.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cluster() && self.cluster_secret.is_none() && !self.insecure_plane {
+            return Err(
+                "cluster mode needs --cluster-secret (or --insecure-plane to run without one)"
+                    .into(),
+            );
+        }
+        if self.cluster_secret.as_deref() == Some("") {
+            return Err("--cluster-secret is empty".into());
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err("--node-id must be non-empty and without spaces".into());
+        }
+        if self.advertise_addr.is_none()
+            && self.cluster()
+            && self.forward_listen.ip().is_unspecified()
+        {
+            return Err(format!(
+                "--forward-listen {} is not an address other nodes can dial: set --advertise-addr",
+                self.forward_listen
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the domain policy lets a session between these JIDs through.
@@ -153,6 +278,63 @@ mod tests {
         assert_eq!(c.limits(), Limits::default());
         assert_eq!(c.log_format, LogFormat::Text);
         assert!(c.allows("a@anything", "b@else"));
+    }
+
+    #[test]
+    fn cluster_mode_needs_a_secret_and_a_dialable_address() {
+        let parse =
+            |args: &[&str]| Config::try_parse_from([&["dtcp-relay"], args].concat()).unwrap();
+        assert!(!parse(&[]).cluster());
+        assert!(parse(&[]).validate().is_ok());
+        let no_secret = parse(&[
+            "--redis-url",
+            "redis://127.0.0.1",
+            "--advertise-addr",
+            "10.0.0.1:7778",
+        ]);
+        assert!(no_secret.cluster());
+        assert!(
+            no_secret
+                .validate()
+                .unwrap_err()
+                .contains("--cluster-secret")
+        );
+        let insecure = parse(&[
+            "--redis-url",
+            "redis://127.0.0.1",
+            "--insecure-plane",
+            "--advertise-addr",
+            "10.0.0.1:7778",
+        ]);
+        assert!(insecure.validate().is_ok());
+        let unspecified = parse(&["--redis-url", "redis://127.0.0.1", "--cluster-secret", "s"]);
+        assert!(
+            unspecified
+                .validate()
+                .unwrap_err()
+                .contains("--advertise-addr")
+        );
+        let concrete = parse(&[
+            "--redis-url",
+            "redis://127.0.0.1",
+            "--cluster-secret",
+            "s",
+            "--forward-listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(concrete.validate().is_ok());
+        let seeds = parse(&[
+            "--redis-url",
+            "redis://a:1,redis://b:2",
+            "--redis-url",
+            "redis://c:3",
+        ]);
+        assert_eq!(seeds.redis_urls.len(), 3);
+        assert!(parse(&["--node-id", "a b"]).validate().is_err());
+        assert!(
+            Config::try_parse_from(["dtcp-relay", "--forward-tls-cert", "c.pem"]).is_err(),
+            "cert needs a key"
+        );
     }
 
     #[test]

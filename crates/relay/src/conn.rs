@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dtcp_forward::proto::Frame;
+use dtcp_forward::write_all;
 use dtcp_wire::{
     Command, CommandDecoder, Condition, RegistrationId, Reply, Triple, Verb, WireError,
 };
@@ -16,12 +18,13 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
+use crate::forwarded;
 use crate::metrics::{
     BYTES, COMMANDS, ERRORS, PAIRING_LATENCY, PENDING_WAIT, SESSION_DURATION, SESSIONS_ACTIVE,
     SESSIONS_COMPLETED,
 };
 use crate::node::Node;
-use crate::pairing::Claim;
+use crate::pairing::{Claim, LocalClaim};
 use crate::pump::{self, Way};
 use crate::server::Slot;
 
@@ -238,8 +241,8 @@ async fn create(
             claim = &mut pending.rx => match claim {
                 Ok(claim) => {
                     drop((store_guard, per_ip));
-                    histogram!(PENDING_WAIT).record(waiting_since.elapsed());
-                    return Box::pin(session(node.clone(), stream, early, claim, id)).await;
+                    let waited = waiting_since.elapsed();
+                    return Box::pin(session(node.clone(), stream, early, claim, id, waited)).await;
                 }
                 // The claimant dropped its half unsent: nothing can pair us now.
                 Err(_) => break GiveUp::Refuse(Condition::Unavailable, "pairing failed"),
@@ -248,7 +251,11 @@ async fn create(
                 break GiveUp::Refuse(Condition::Timeout, "no CONNECT within the pending TTL");
             }
             // A lone node: nobody can claim a pending CREATE once it drains.
+            // In a cluster other nodes still can, until the drain timeout.
             () = node.drain.cancelled(), if !node.cluster => {
+                break GiveUp::Refuse(Condition::ShuttingDown, "the relay is shutting down");
+            }
+            () = node.stop.cancelled() => {
                 break GiveUp::Refuse(Condition::ShuttingDown, "the relay is shutting down");
             }
             r = stream.readable(), if early.len() < EARLY_CAP => {
@@ -264,9 +271,13 @@ async fn create(
             drop((store_guard, per_ip));
             if matches!(give_up, GiveUp::HungUp) {
                 let text = "the initiator hung up";
-                return refuse(claim.target, "connect", Condition::NotFound, text).await;
+                return match claim {
+                    Claim::Local(c) => refuse(c.target, "connect", Condition::NotFound, text).await,
+                    Claim::Remote(r) => r.outbound.try_send(Frame::error("not-found", text)),
+                };
             }
-            return Box::pin(session(node.clone(), stream, early, claim, id)).await;
+            let waited = waiting_since.elapsed();
+            return Box::pin(session(node.clone(), stream, early, claim, id, waited)).await;
         }
     }
     drop(store_guard);
@@ -312,32 +323,26 @@ async fn connect(
     drop(triple);
     let deadline = started + node.config.connect_grace;
     let waiter = node.pending.waiter(id);
-    loop {
+    let owner = loop {
         let notified = waiter.notify.notified();
         tokio::pin!(notified);
         // Subscribe before looking, so a CREATE that arrives in between wakes us.
         notified.as_mut().enable();
         if let Some(tx) = node.pending.take(&id) {
-            let claim = Claim {
+            let claim = Claim::Local(LocalClaim {
                 target: stream,
                 early,
                 slot,
                 connect_started: started,
-            };
-            return match tx.send(claim) {
-                Ok(()) => {}
-                Err(claim) => {
-                    let text = "no pending CREATE matched";
-                    refuse(claim.target, "connect", Condition::NotFound, text).await
-                }
-            };
+            });
+            if let Err(Claim::Local(c)) = tx.send(claim) {
+                let text = "no pending CREATE matched";
+                refuse(c.target, "connect", Condition::NotFound, text).await;
+            }
+            return;
         }
         match node.store.lookup(&id).await {
-            Ok(Some(owner)) if owner.id != node.info.id => {
-                warn!(registration = %id, owner = %owner, "registration owned by another node, and this node has no forwarding plane");
-                let text = "the session is held by another node that cannot be reached";
-                return refuse(stream, "connect", Condition::Unavailable, text).await;
-            }
+            Ok(Some(owner)) if owner.id != node.info.id => break owner,
             Ok(_) => {}
             Err(e) => {
                 warn!(registration = %id, error = %e, "store lookup failed");
@@ -362,30 +367,50 @@ async fn connect(
                 }
             }
         }
-    }
+    };
+    drop(waiter);
+    Box::pin(forwarded::connect(
+        node, stream, slot, id, early, started, owner,
+    ))
+    .await
 }
 
-/// A paired local session: `OK` to both, then the pump.
+/// A paired session, from the side of the node holding the Initiator.
 async fn session(
     node: Arc<Node>,
     initiator: TcpStream,
     i_early: BytesMut,
     claim: Claim,
     id: RegistrationId,
+    waited: Duration,
 ) {
-    let Claim {
+    histogram!(PENDING_WAIT).record(waited);
+    match claim {
+        Claim::Local(local) => local_session(node, initiator, i_early, local, id, waited).await,
+        Claim::Remote(remote) => {
+            forwarded::serve(node, initiator, i_early, remote, id, waited).await
+        }
+    }
+}
+
+/// A local session: `OK` to both, then the pump.
+async fn local_session(
+    node: Arc<Node>,
+    initiator: TcpStream,
+    i_early: BytesMut,
+    claim: LocalClaim,
+    id: RegistrationId,
+    waited: Duration,
+) {
+    let LocalClaim {
         target,
         early: t_early,
         slot: _target_slot,
         connect_started,
     } = claim;
     const PATH: &str = "local";
-    let ok = Reply::Ok.to_vec();
     // A failed write shows up at once in the pump as a reset.
-    let _ = tokio::join!(
-        pump::write_all(&initiator, &ok),
-        pump::write_all(&target, &ok)
-    );
+    let _ = tokio::join!(write_all(&initiator, OK), write_all(&target, OK));
     histogram!(PAIRING_LATENCY, "path" => PATH).record(connect_started.elapsed());
     counter!(COMMANDS, "verb" => "create", "outcome" => "ok").increment(1);
     counter!(COMMANDS, "verb" => "connect", "outcome" => "ok").increment(1);
@@ -410,17 +435,39 @@ async fn session(
     )
     .await;
     active.decrement(1.0);
+    finished(
+        id,
+        PATH,
+        paired_at,
+        waited,
+        report.moved,
+        report.end.label(),
+    );
+}
+
+/// The `OK` reply.
+pub(crate) const OK: &[u8] = b"OK\0";
+
+/// Metrics and the log line of a finished session.
+pub(crate) fn finished(
+    id: RegistrationId,
+    path: &'static str,
+    paired_at: Instant,
+    waited: Duration,
+    moved: [u64; 2],
+    outcome: &'static str,
+) {
     let duration = paired_at.elapsed();
-    counter!(SESSIONS_COMPLETED, "path" => PATH, "outcome" => report.end.label()).increment(1);
-    histogram!(SESSION_DURATION, "path" => PATH).record(duration);
+    counter!(SESSIONS_COMPLETED, "path" => path, "outcome" => outcome).increment(1);
+    histogram!(SESSION_DURATION, "path" => path).record(duration);
     info!(
         registration = %id,
-        path = PATH,
+        path,
         duration_ms = duration.as_millis() as u64,
-        pairing_ms = (paired_at - connect_started).as_millis() as u64,
-        bytes_initiator_to_target = report.moved[0],
-        bytes_target_to_initiator = report.moved[1],
-        outcome = report.end.label(),
+        waited_ms = waited.as_millis() as u64,
+        bytes_initiator_to_target = moved[0],
+        bytes_target_to_initiator = moved[1],
+        outcome,
         "session finished"
     );
 }

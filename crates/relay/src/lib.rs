@@ -7,12 +7,15 @@
 
 pub mod config;
 mod conn;
+mod forwarded;
 mod http;
 pub mod metrics;
 mod node;
 mod pairing;
+mod plane;
 mod pump;
 mod server;
+mod store_metrics;
 
 pub use config::{Config, LogFormat};
 pub use server::{Relay, RunError};

@@ -9,6 +9,8 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_logging(config.log_format);
+    // One TLS provider for the process (Redis over rediss:// asks for the default).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = dtcp_relay::metrics::install().context("installing the metrics recorder")?;
     let relay = Relay::bind(config, metrics).await?;
     relay.run(shutdown_signal()).await?;

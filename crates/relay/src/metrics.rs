@@ -36,6 +36,19 @@ pub const PAIRING_LATENCY: &str = "dtcp_pairing_latency_seconds";
 pub const PENDING_WAIT: &str = "dtcp_pending_wait_seconds";
 /// From `OK` to the end of a session, by `path`.
 pub const SESSION_DURATION: &str = "dtcp_session_duration_seconds";
+/// Rendezvous store operations, by `op`.
+pub const STORE_OPERATIONS: &str = "dtcp_store_operations_total";
+/// Failed rendezvous store operations, by `op`.
+pub const STORE_ERRORS: &str = "dtcp_store_errors_total";
+/// Rendezvous store latency, by `op`.
+pub const STORE_LATENCY: &str = "dtcp_store_latency_seconds";
+/// Nodes with a live heartbeat in the store, as this node last saw it.
+pub const NODES_ALIVE: &str = "dtcp_nodes_alive";
+/// Bridge streams open now, by `role` (`client`: this node holds the
+/// Target; `server`: it holds the Initiator).
+pub const BRIDGE_STREAMS: &str = "dtcp_bridge_streams_active";
+/// Bridges that failed, by `role` and `reason`.
+pub const BRIDGE_ERRORS: &str = "dtcp_bridge_errors_total";
 /// 1 while the node drains, else 0.
 pub const DRAINING: &str = "dtcp_draining";
 /// Always 1, labelled with the `version`.
@@ -59,6 +72,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(PAIRING_LATENCY.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(PENDING_WAIT.into()), DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(STORE_LATENCY.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(SESSION_DURATION.into()), DURATION_BUCKETS)?
         .install_recorder()?;
     describe();
@@ -107,6 +121,22 @@ fn describe() {
         Unit::Seconds,
         "From OK to the end of a paired session, by path."
     );
+    describe_counter!(STORE_OPERATIONS, "Rendezvous store operations, by op.");
+    describe_counter!(STORE_ERRORS, "Failed rendezvous store operations, by op.");
+    describe_histogram!(
+        STORE_LATENCY,
+        Unit::Seconds,
+        "Rendezvous store latency, by op."
+    );
+    describe_gauge!(
+        NODES_ALIVE,
+        "Nodes with a live heartbeat in the store, as this node last saw it."
+    );
+    describe_gauge!(
+        BRIDGE_STREAMS,
+        "Bridge streams open now, by role (client: holds the Target; server: holds the Initiator)."
+    );
+    describe_counter!(BRIDGE_ERRORS, "Bridges that failed, by role and reason.");
     describe_gauge!(DRAINING, "1 while the node drains, else 0.");
     describe_gauge!(BUILD_INFO, "Always 1, labelled with the relay's version.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);

@@ -8,6 +8,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::pairing::{PendingTable, PerIpLimit};
+use crate::store_metrics::Instrumented;
+use dtcp_forward::Dialer;
 
 /// The state of one relay node.
 #[derive(Debug)]
@@ -21,6 +23,8 @@ pub(crate) struct Node {
     pub memory: Option<Arc<MemoryStore>>,
     /// Whether other nodes can claim this node's CREATEs (cluster mode).
     pub cluster: bool,
+    /// Opens Bridges to other nodes (cluster mode).
+    pub dialer: Option<Dialer>,
     /// CREATEs of this node waiting for their CONNECT.
     pub pending: PendingTable,
     /// Pending CREATEs per source address.
@@ -34,19 +38,23 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// A lone node with the embedded in-memory store.
-    pub fn standalone(config: Config) -> Self {
-        let memory = Arc::new(MemoryStore::new());
+    /// A node with this identity and store. `memory` is the store too when
+    /// the node runs alone; `dialer` is set in cluster mode.
+    pub fn new(
+        config: Config,
+        info: NodeInfo,
+        store: Arc<dyn Rendezvous>,
+        memory: Option<Arc<MemoryStore>>,
+        dialer: Option<Dialer>,
+    ) -> Self {
         let per_ip = PerIpLimit::new(config.max_pending_per_ip);
         Node {
+            cluster: dialer.is_some(),
             config,
-            info: NodeInfo {
-                id: uuid::Uuid::new_v4().to_string(),
-                forward_addr: String::new(),
-            },
-            store: memory.clone(),
-            memory: Some(memory),
-            cluster: false,
+            info,
+            store: Arc::new(Instrumented(store)),
+            memory,
+            dialer,
             pending: PendingTable::default(),
             per_ip,
             drain: CancellationToken::new(),

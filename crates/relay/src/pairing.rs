@@ -14,18 +14,39 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::BytesMut;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
+use dtcp_forward::Outbound;
+use dtcp_forward::proto::Frame;
 use dtcp_wire::RegistrationId;
 use metrics::gauge;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
+use tonic::Streaming;
 
 use crate::metrics::PENDING;
 use crate::server::Slot;
 
 /// The Target's side of a session, handed to the Initiator's task by a claim.
 #[derive(Debug)]
-pub(crate) struct Claim {
+pub(crate) enum Claim {
+    /// The Target is connected to this node.
+    Local(LocalClaim),
+    /// The Target is connected to another node, which opened a Bridge.
+    Remote(RemoteClaim),
+}
+
+/// A Target on another node, reached through the Bridge it opened.
+#[derive(Debug)]
+pub(crate) struct RemoteClaim {
+    /// Frames toward the Target's node (the Bridge's response stream).
+    pub outbound: Outbound,
+    /// Frames from it.
+    pub inbound: Streaming<Frame>,
+}
+
+/// A Target connected to this node.
+#[derive(Debug)]
+pub(crate) struct LocalClaim {
     /// The Target's socket, its `OK` not yet sent.
     pub target: TcpStream,
     /// Bytes the Target sent behind its command, to be delivered first.

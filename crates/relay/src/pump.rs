@@ -7,6 +7,7 @@ use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use dtcp_forward::write_all;
 use metrics::Counter;
 use socket2::SockRef;
 use tokio::net::TcpStream;
@@ -154,19 +155,6 @@ async fn one_way(
             return Ok(());
         }
     }
-}
-
-/// Writes all of `data`, waiting for the socket whenever its buffer is full.
-pub(crate) async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        to.writable().await?;
-        match to.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 async fn idle_watch(idle: Option<Duration>, last: &AtomicU64, start: Instant) {

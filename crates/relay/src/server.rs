@@ -6,11 +6,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
+use dtcp_forward::{Dialer, PlaneTls, Secret};
+use dtcp_store::{MemoryStore, NodeInfo, RedisConfig, RedisStore, StoreError};
 use dtcp_wire::Condition;
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -20,6 +25,7 @@ use crate::metrics::{
     CONNECTIONS_ACCEPTED, CONNECTIONS_MAX, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, DRAINING,
 };
 use crate::node::Node;
+use crate::plane;
 
 /// Descriptors kept free beyond the connection limit: listeners, the metrics
 /// endpoint's connections, refusals in flight, store and forwarding sockets.
@@ -34,6 +40,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Errors that stop a relay from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The configuration is inconsistent or refers to unreadable files.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The rendezvous store could not be set up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -61,13 +73,23 @@ pub struct Relay {
     node: Arc<Node>,
     listener: TcpListener,
     metrics_listener: TcpListener,
+    plane: Option<PlaneParts>,
     metrics: PrometheusHandle,
     max_connections: usize,
+}
+
+/// What serving the forwarding plane takes (cluster mode).
+#[derive(Debug)]
+struct PlaneParts {
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    secret: Secret,
 }
 
 impl Relay {
     /// Raises the open-file limit, binds the listeners and logs what it bound.
     pub async fn bind(config: Config, metrics: PrometheusHandle) -> Result<Relay, RunError> {
+        config.validate().map_err(RunError::Config)?;
         let nofile = raise_nofile_limit();
         let max_connections = effective_max_connections(config.max_connections, nofile);
         if max_connections < config.max_connections {
@@ -86,21 +108,71 @@ impl Relay {
         };
         let listener = bind(config.listen).await?;
         let metrics_listener = bind(config.metrics_listen).await?;
-        let node = Arc::new(Node::standalone(config));
+        let id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let (node, plane) = if config.cluster() {
+            let forward_listener = bind(config.forward_listen).await?;
+            let forward_addr = match &config.advertise_addr {
+                Some(addr) => addr.clone(),
+                None => forward_listener
+                    .local_addr()
+                    .map_err(|source| RunError::Bind {
+                        addr: config.forward_listen,
+                        source,
+                    })?
+                    .to_string(),
+            };
+            let tls = load_tls(&config)?;
+            let secret = Secret::new(config.cluster_secret.as_deref());
+            let store = RedisStore::new(&RedisConfig {
+                urls: config.redis_urls.clone(),
+                cluster: config.redis_cluster,
+                prefix: config.redis_prefix.clone(),
+            })?;
+            let (client_tls, server_tls) = match tls {
+                Some(PlaneTls { client, server }) => (Some(client), Some(server)),
+                None => (None, None),
+            };
+            let dialer = Dialer::new(client_tls, secret.clone());
+            let info = NodeInfo { id, forward_addr };
+            let node = Node::new(config, info, Arc::new(store), None, Some(dialer));
+            let plane = PlaneParts {
+                listener: forward_listener,
+                tls: server_tls,
+                secret,
+            };
+            (node, Some(plane))
+        } else {
+            let memory = Arc::new(MemoryStore::new());
+            let info = NodeInfo {
+                id,
+                forward_addr: String::new(),
+            };
+            (
+                Node::new(config, info, memory.clone(), Some(memory), None),
+                None,
+            )
+        };
         let relay = Relay {
-            node,
+            node: Arc::new(node),
             listener,
             metrics_listener,
+            plane,
             metrics,
             max_connections,
         };
         info!(
             listen = %relay.local_addr(),
             metrics = %relay.metrics_addr(),
+            forward = relay.forward_addr().map(|a| a.to_string()),
+            advertise = %relay.node.info.forward_addr,
             node_id = %relay.node.info.id,
             max_connections,
             nofile,
-            mode = "standalone",
+            mode = if relay.node.cluster { "cluster" } else { "standalone" },
+            plane_tls = relay.plane.as_ref().is_some_and(|p| p.tls.is_some()),
             "dtcp-relay listening"
         );
         Ok(relay)
@@ -116,6 +188,13 @@ impl Relay {
         self.metrics_listener.local_addr().expect("bound listener")
     }
 
+    /// The bound forwarding plane address (cluster mode).
+    pub fn forward_addr(&self) -> Option<SocketAddr> {
+        self.plane
+            .as_ref()
+            .and_then(|p| p.listener.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then drains: new commands get
     /// `shutting-down`, and paired sessions get up to the drain timeout to
     /// finish before the ones still open are closed.
@@ -124,11 +203,34 @@ impl Relay {
             node,
             listener,
             metrics_listener,
+            plane,
             metrics,
             max_connections,
         } = self;
-        let http = tokio::spawn(http::serve(metrics_listener, metrics, node.clone()));
-        let accept = tokio::spawn(accept_loop(node.clone(), listener, max_connections));
+        let mut tasks = vec![
+            tokio::spawn(http::serve(metrics_listener, metrics, node.clone())),
+            tokio::spawn(accept_loop(node.clone(), listener, max_connections)),
+            tokio::spawn(plane::heartbeat(node.clone())),
+        ];
+        let health = match plane {
+            Some(PlaneParts {
+                listener,
+                tls,
+                secret,
+            }) => {
+                let (reporter, service) = tonic_health::server::health_reporter();
+                plane::set_health(&reporter, true).await;
+                tasks.push(tokio::spawn(plane::serve(
+                    node.clone(),
+                    listener,
+                    tls,
+                    secret,
+                    service,
+                )));
+                Some(reporter)
+            }
+            None => None,
+        };
 
         shutdown.await;
         info!(
@@ -138,6 +240,9 @@ impl Relay {
         );
         gauge!(DRAINING).set(1.0);
         node.drain.cancel();
+        if let Some(reporter) = &health {
+            plane::set_health(reporter, false).await;
+        }
         node.sessions.close();
         if tokio::time::timeout(node.config.drain_timeout, node.sessions.wait())
             .await
@@ -151,11 +256,48 @@ impl Relay {
             // Sessions end at once when told to; give them a moment to log.
             let _ = tokio::time::timeout(Duration::from_secs(1), node.sessions.wait()).await;
         }
-        accept.abort();
-        http.abort();
+        if node.cluster {
+            // Leave the cluster: the heartbeat goes now, not when it expires.
+            tasks[2].abort();
+            let leave = node.store.remove_node(&node.info);
+            match tokio::time::timeout(Duration::from_secs(2), leave).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "could not remove the heartbeat; it expires by itself")
+                }
+                Err(_) => warn!("removing the heartbeat timed out; it expires by itself"),
+            }
+        }
+        for task in tasks {
+            task.abort();
+        }
         info!("drained, exiting");
         Ok(())
     }
+}
+
+/// Reads the forwarding plane's TLS files.
+fn load_tls(config: &Config) -> Result<Option<PlaneTls>, RunError> {
+    let (Some(cert), Some(key)) = (&config.forward_tls_cert, &config.forward_tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| RunError::Config(format!("reading {}: {e}", p.display())))
+    };
+    let identity = Identity::from_pem(read(cert)?, read(key)?);
+    let mut server = ServerTlsConfig::new().identity(identity.clone());
+    let mut client = ClientTlsConfig::new().domain_name(config.forward_tls_server_name.clone());
+    match &config.forward_tls_ca {
+        Some(ca) => {
+            // Mutual TLS: every node presents a certificate signed by the CA.
+            let ca = Certificate::from_pem(read(ca)?);
+            server = server.client_ca_root(ca.clone());
+            client = client.ca_certificate(ca).identity(identity);
+        }
+        // One certificate shared by all nodes: trust exactly it.
+        None => client = client.ca_certificate(Certificate::from_pem(read(cert)?)),
+    }
+    Ok(Some(PlaneTls { client, server }))
 }
 
 /// Raises the soft open-file limit to the hard one; returns the limit in force.

@@ -5,9 +5,12 @@
 //! is the embedded default (one node, no Redis); a shared store lets a
 //! `CONNECT` landing on any node find the node that owns the `CREATE`.
 //!
+//! [`RedisStore`] is the shared store of a cluster.
+//!
 //! Every operation names one key, so a store can be sharded (Redis Cluster).
 
 mod memory;
+mod redis_store;
 
 use std::fmt;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use async_trait::async_trait;
 use dtcp_wire::RegistrationId;
 
 pub use memory::MemoryStore;
+pub use redis_store::{RedisConfig, RedisStore};
 
 /// A relay node as other nodes see it: its id and the address of its
 /// forwarding plane.

@@ -1,0 +1,166 @@
+//! The dialing side of the plane: one HTTP/2 connection per peer node,
+//! shared by every session forwarded to it.
+
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, ServerTlsConfig};
+use tonic::{Code, Request, Status, Streaming};
+
+use crate::proto::Frame;
+use crate::proto::forward_client::ForwardClient;
+use crate::proto::frame::Kind;
+use crate::{
+    CONNECT_TIMEOUT, CONNECTION_WINDOW, FRAMES_IN_FLIGHT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
+    Outbound, STREAM_WINDOW, Secret, TCP_KEEPALIVE,
+};
+
+/// How long the owner node may take to answer a Bridge with `paired`.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// TLS for the plane: what a node presents and what it trusts.
+#[derive(Debug, Clone)]
+pub struct PlaneTls {
+    /// For dialing other nodes.
+    pub client: ClientTlsConfig,
+    /// For serving the plane.
+    pub server: ServerTlsConfig,
+}
+
+/// Why a Bridge could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The owner node could not be reached (down, partitioned, draining past its end).
+    #[error("owner node unreachable: {0}")]
+    Unreachable(String),
+    /// The owner has no such pending registration (claimed, withdrawn, or it
+    /// is a different process than the one that registered it).
+    #[error("no such pending registration on the owner node")]
+    NotFound,
+    /// The owner refused this node's cluster secret.
+    #[error("the owner node refused the cluster secret")]
+    Unauthenticated,
+    /// The owner answered something this node does not understand.
+    #[error("bridge protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<Status> for BridgeError {
+    fn from(status: Status) -> Self {
+        match status.code() {
+            Code::NotFound => BridgeError::NotFound,
+            Code::Unauthenticated => BridgeError::Unauthenticated,
+            Code::InvalidArgument | Code::Internal => {
+                BridgeError::Protocol(status.message().to_owned())
+            }
+            _ => BridgeError::Unreachable(status.message().to_owned()),
+        }
+    }
+}
+
+/// A Bridge whose claim succeeded.
+#[derive(Debug)]
+pub struct OpenBridge {
+    /// Frames toward the owner.
+    pub outbound: Outbound,
+    /// Frames from the owner.
+    pub inbound: Streaming<Frame>,
+}
+
+/// Opens Bridges to other nodes, keeping one channel (one HTTP/2 connection,
+/// re-established on demand) per node address.
+#[derive(Debug)]
+pub struct Dialer {
+    channels: DashMap<String, Channel>,
+    tls: Option<ClientTlsConfig>,
+    secret: Secret,
+}
+
+impl Dialer {
+    /// A dialer presenting `secret`, over TLS when `tls` is given.
+    pub fn new(tls: Option<ClientTlsConfig>, secret: Secret) -> Self {
+        Dialer {
+            channels: DashMap::new(),
+            tls,
+            secret,
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, BridgeError> {
+        if let Some(ch) = self.channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| BridgeError::Unreachable(format!("bad node address {addr:?}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .tcp_keepalive(Some(TCP_KEEPALIVE))
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| BridgeError::Unreachable(format!("TLS configuration: {e}")))?;
+        }
+        let channel = endpoint.connect_lazy();
+        self.channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Asks the node at `addr` to pair its pending registration `id` with a
+    /// Target held here. On success the owner has sent its Initiator `OK`.
+    pub async fn open(
+        &self,
+        addr: &str,
+        id: &[u8; 32],
+        owner_node_id: &str,
+    ) -> Result<OpenBridge, BridgeError> {
+        let result = self.try_open(addr, id, owner_node_id).await;
+        if let Err(BridgeError::Unreachable(_)) = &result {
+            // Forget the channel: a node that is gone for good must not stay cached.
+            self.channels.remove(addr);
+        }
+        result
+    }
+
+    async fn try_open(
+        &self,
+        addr: &str,
+        id: &[u8; 32],
+        owner_node_id: &str,
+    ) -> Result<OpenBridge, BridgeError> {
+        let channel = self.channel(addr)?;
+        let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
+        tx.send(Frame::open(id, owner_node_id))
+            .await
+            .expect("receiver held below");
+        let mut request = Request::new(ReceiverStream::new(rx));
+        self.secret.attach(request.metadata_mut())?;
+        let mut client = ForwardClient::new(channel);
+        let call = client.bridge(request);
+        let response = tokio::time::timeout(OPEN_TIMEOUT, call)
+            .await
+            .map_err(|_| BridgeError::Unreachable("no answer from the owner node".into()))??;
+        let mut inbound = response.into_inner();
+        let first = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                BridgeError::Unreachable("the owner node did not confirm the claim".into())
+            })??;
+        match first.and_then(|f| f.kind) {
+            Some(Kind::Paired(_)) => Ok(OpenBridge {
+                outbound: Outbound::Client(tx),
+                inbound,
+            }),
+            Some(Kind::Error(e)) if e.condition == "not-found" => Err(BridgeError::NotFound),
+            None => Err(BridgeError::NotFound),
+            Some(_) => Err(BridgeError::Protocol("expected paired".into())),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Pumps bytes between a TCP socket and a Bridge stream, both ways.
+
+use std::io;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use metrics::Counter;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::FRAME_SIZE;
+use crate::proto::Frame;
+use crate::proto::frame::Kind;
+
+/// Where frames toward the peer node go: the request stream of a Bridge
+/// (the CONNECT node) or its response stream (the owner node).
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// The dialing side's request stream.
+    Client(mpsc::Sender<Frame>),
+    /// The owner's response stream.
+    Server(mpsc::Sender<Result<Frame, Status>>),
+}
+
+impl Outbound {
+    /// Sends a frame, waiting while the stream is full (the backpressure).
+    pub async fn send(&self, frame: Frame) -> Result<(), io::Error> {
+        let sent = match self {
+            Outbound::Client(tx) => tx.send(frame).await.is_ok(),
+            Outbound::Server(tx) => tx.send(Ok(frame)).await.is_ok(),
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "bridge stream closed",
+            ))
+        }
+    }
+
+    /// Sends a frame if there is room, without waiting.
+    pub fn try_send(&self, frame: Frame) {
+        let _ = match self {
+            Outbound::Client(tx) => tx.try_send(frame).is_ok(),
+            Outbound::Server(tx) => tx.try_send(Ok(frame)).is_ok(),
+        };
+    }
+}
+
+/// How a joined session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Both directions ended with a half-close.
+    Closed,
+    /// The TCP side reset or failed.
+    Reset,
+    /// The peer node reported an error, or the Bridge broke.
+    Broken(String),
+}
+
+/// What [`join`] moved.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// How it ended.
+    pub end: End,
+    /// Bytes from the socket to the Bridge.
+    pub sent: u64,
+    /// Bytes from the Bridge to the socket.
+    pub received: u64,
+}
+
+enum Failure {
+    Tcp,
+    Bridge(String),
+}
+
+/// How long the dialing side waits, after both directions are done, for the
+/// owner to end the call.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Moves bytes between `stream` and a Bridge until both directions have
+/// half-closed or one side fails. `early` (what the client sent before
+/// pairing) goes first. On failure the socket is closed with a reset and the
+/// Bridge is dropped, which the peer node sees as a broken session.
+pub async fn join(
+    stream: &TcpStream,
+    early: Bytes,
+    outbound: Outbound,
+    mut inbound: Streaming<Frame>,
+    sent_counter: Counter,
+    received_counter: Counter,
+) -> Report {
+    let mut sent = 0u64;
+    let mut received = 0u64;
+    let dialing = matches!(outbound, Outbound::Client(_));
+    let result = tokio::try_join!(
+        tcp_to_bridge(stream, early, outbound, &sent_counter, &mut sent),
+        bridge_to_tcp(&mut inbound, stream, &received_counter, &mut received),
+    );
+    let end = match result {
+        Ok(_) => {
+            if dialing {
+                // Dropping the response stream now would reset the HTTP/2
+                // stream, and could throw away our last frames before they
+                // are sent. The owner ends the call once it has them all.
+                let rest = async { while let Ok(Some(_)) = inbound.message().await {} };
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, rest).await;
+            }
+            End::Closed
+        }
+        Err(failure) => {
+            let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+            match failure {
+                Failure::Tcp => End::Reset,
+                Failure::Bridge(why) => End::Broken(why),
+            }
+        }
+    };
+    Report {
+        end,
+        sent,
+        received,
+    }
+}
+
+/// Socket to Bridge. Owns the outbound half: when it returns, that half of
+/// the call ends (after the `fin`, or abruptly on failure).
+async fn tcp_to_bridge(
+    stream: &TcpStream,
+    early: Bytes,
+    outbound: Outbound,
+    counter: &Counter,
+    sent: &mut u64,
+) -> Result<(), Failure> {
+    let bridge = |e: io::Error| Failure::Bridge(e.to_string());
+    if !early.is_empty() {
+        let n = early.len() as u64;
+        outbound.send(Frame::data(early)).await.map_err(bridge)?;
+        counter.increment(n);
+        *sent += n;
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        stream.readable().await.map_err(|_| Failure::Tcp)?;
+        buf.reserve(FRAME_SIZE);
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => {
+                outbound.send(Frame::fin()).await.map_err(bridge)?;
+                return Ok(());
+            }
+            Ok(n) => {
+                // The frame takes the bytes as they are: no copy.
+                outbound
+                    .send(Frame::data(buf.split().freeze()))
+                    .await
+                    .map_err(bridge)?;
+                counter.increment(n as u64);
+                *sent += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Idle: give the buffer back rather than hold it.
+                if buf.is_empty() {
+                    buf = BytesMut::new();
+                }
+            }
+            Err(_) => {
+                outbound.try_send(Frame::error("reset", "the client's connection failed"));
+                return Err(Failure::Tcp);
+            }
+        }
+    }
+}
+
+async fn bridge_to_tcp(
+    inbound: &mut Streaming<Frame>,
+    stream: &TcpStream,
+    counter: &Counter,
+    received: &mut u64,
+) -> Result<(), Failure> {
+    loop {
+        let frame = match inbound.message().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                return Err(Failure::Bridge(
+                    "the bridge ended without a half-close".into(),
+                ));
+            }
+            Err(status) => {
+                return Err(Failure::Bridge(format!(
+                    "bridge failed: {}",
+                    status.message()
+                )));
+            }
+        };
+        match frame.kind {
+            Some(Kind::Data(bytes)) => {
+                write_all(stream, &bytes).await.map_err(|_| Failure::Tcp)?;
+                counter.increment(bytes.len() as u64);
+                *received += bytes.len() as u64;
+            }
+            Some(Kind::Fin(_)) => {
+                SockRef::from(stream)
+                    .shutdown(Shutdown::Write)
+                    .map_err(|_| Failure::Tcp)?;
+                return Ok(());
+            }
+            Some(Kind::Error(e)) => {
+                return Err(Failure::Bridge(format!(
+                    "peer node: {}: {}",
+                    e.condition, e.text
+                )));
+            }
+            _ => return Err(Failure::Bridge("unexpected frame on the bridge".into())),
+        }
+    }
+}
+
+/// Writes all of `data` to a socket shared with a reader, waiting whenever
+/// its buffer is full.
+pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! The forwarding plane of a dtcp-relay cluster.
+//!
+//! A `CONNECT` that lands on a node that does not hold the Initiator opens a
+//! gRPC `Bridge` stream (see `proto/forward.proto`) to the node that does.
+//! This crate holds the generated code, the cluster-secret check, the
+//! [`Dialer`] that keeps one HTTP/2 connection per peer node, and [`join`],
+//! which pumps bytes between a TCP socket and a Bridge stream in both
+//! directions with half-close and backpressure.
+
+mod auth;
+mod dialer;
+mod join;
+
+/// Code generated from `proto/forward.proto`.
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod proto {
+    tonic::include_proto!("dtcp.forward.v1");
+}
+
+use std::time::Duration;
+
+pub use auth::{SECRET_HEADER, Secret, check_secret};
+pub use dialer::{BridgeError, Dialer, OpenBridge, PlaneTls};
+pub use join::{End, Outbound, Report, join, write_all};
+
+/// Largest data frame: big enough to amortise HTTP/2 and protobuf framing,
+/// small enough to keep per-stream buffering modest.
+pub const FRAME_SIZE: usize = 64 * 1024;
+/// Frames queued toward the gRPC stream per direction: with HTTP/2 flow
+/// control, this bounds what a stalled reader can make a node buffer.
+pub const FRAMES_IN_FLIGHT: usize = 8;
+/// HTTP/2 stream window: how much one session may have in flight.
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// HTTP/2 connection window, shared by all sessions between two nodes.
+pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+/// HTTP/2 PING interval and timeout, and TCP keepalive: a dead peer node is
+/// noticed within seconds.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a PING may go unanswered.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// TCP keepalive idle time on plane connections.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+/// How long dialing a peer node may take before the CONNECT gets `unavailable`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl proto::Frame {
+    /// The first frame of a Bridge.
+    pub fn open(registration_id: &[u8; 32], owner_node_id: &str) -> Self {
+        Self::of(proto::frame::Kind::Open(proto::Open {
+            registration_id: bytes::Bytes::copy_from_slice(registration_id),
+            owner_node_id: owner_node_id.to_owned(),
+        }))
+    }
+
+    /// The claim succeeded.
+    pub fn paired() -> Self {
+        Self::of(proto::frame::Kind::Paired(proto::Paired {}))
+    }
+
+    /// Bytes of the session.
+    pub fn data(bytes: bytes::Bytes) -> Self {
+        Self::of(proto::frame::Kind::Data(bytes))
+    }
+
+    /// A half-close.
+    pub fn fin() -> Self {
+        Self::of(proto::frame::Kind::Fin(proto::Fin {}))
+    }
+
+    /// An abnormal end.
+    pub fn error(condition: &str, text: &str) -> Self {
+        Self::of(proto::frame::Kind::Error(proto::Error {
+            condition: condition.to_owned(),
+            text: text.to_owned(),
+        }))
+    }
+
+    fn of(kind: proto::frame::Kind) -> Self {
+        proto::Frame { kind: Some(kind) }
+    }
+}

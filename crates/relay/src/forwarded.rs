@@ -1,0 +1,162 @@
+//! Sessions whose two sides are on different nodes, joined by a Bridge.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dtcp_forward::proto::Frame;
+use dtcp_forward::{BridgeError, End, join, write_all};
+use dtcp_store::NodeInfo;
+use dtcp_wire::{Condition, RegistrationId};
+use metrics::{counter, gauge, histogram};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::conn::{OK, finished, refuse};
+use crate::metrics::{
+    BRIDGE_ERRORS, BRIDGE_STREAMS, BYTES, COMMANDS, PAIRING_LATENCY, SESSIONS_ACTIVE,
+};
+use crate::node::Node;
+use crate::pairing::RemoteClaim;
+use crate::server::Slot;
+
+const PATH: &str = "forwarded";
+
+/// The CONNECT node's side: the registration is `owner`'s. Opens a Bridge to
+/// it; once the owner has claimed its Initiator, answers the Target `OK` and
+/// joins the Target's socket to the Bridge.
+pub(crate) async fn connect(
+    node: Arc<Node>,
+    target: TcpStream,
+    _slot: Slot,
+    id: RegistrationId,
+    early: BytesMut,
+    started: Instant,
+    owner: NodeInfo,
+) {
+    let Some(dialer) = &node.dialer else {
+        warn!(registration = %id, owner = %owner, "registration held by another node, and this node has no forwarding plane");
+        let text = "the session is held by another node that cannot be reached";
+        return refuse(target, "connect", Condition::Unavailable, text).await;
+    };
+    let bridge = match dialer
+        .open(&owner.forward_addr, id.as_bytes(), &owner.id)
+        .await
+    {
+        Ok(bridge) => bridge,
+        Err(e) => {
+            let (reason, condition, text) = match &e {
+                BridgeError::NotFound => (
+                    "not_found",
+                    Condition::NotFound,
+                    "no pending CREATE matched",
+                ),
+                BridgeError::Unreachable(_) => (
+                    "unreachable",
+                    Condition::Unavailable,
+                    "the node holding the session cannot be reached",
+                ),
+                BridgeError::Unauthenticated => (
+                    "unauthenticated",
+                    Condition::Unavailable,
+                    "the node holding the session refused this node",
+                ),
+                BridgeError::Protocol(_) => (
+                    "protocol",
+                    Condition::Unavailable,
+                    "the node holding the session answered nonsense",
+                ),
+            };
+            if condition == Condition::NotFound {
+                debug!(registration = %id, owner = %owner, "bridge: not found");
+            } else {
+                counter!(BRIDGE_ERRORS, "role" => "client", "reason" => reason).increment(1);
+                warn!(registration = %id, owner = %owner, error = %e, "bridge failed");
+            }
+            return refuse(target, "connect", condition, text).await;
+        }
+    };
+    // The owner has answered its Initiator: now the Target.
+    let _ = write_all(&target, OK).await;
+    histogram!(PAIRING_LATENCY, "path" => PATH).record(started.elapsed());
+    counter!(COMMANDS, "verb" => "connect", "outcome" => "ok").increment(1);
+    let _tracked = node.sessions.token();
+    let streams = gauge!(BRIDGE_STREAMS, "role" => "client");
+    streams.increment(1.0);
+    let joined = join(
+        &target,
+        early.freeze(),
+        bridge.outbound,
+        bridge.inbound,
+        counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
+        counter!(BYTES, "path" => PATH, "direction" => "initiator_to_target"),
+    );
+    let end = tokio::select! {
+        report = joined => report.end,
+        () = node.stop.cancelled() => End::Broken("drained".into()),
+    };
+    streams.decrement(1.0);
+    if let End::Broken(why) = &end {
+        counter!(BRIDGE_ERRORS, "role" => "client", "reason" => "broken").increment(1);
+        debug!(registration = %id, why, "bridge ended abnormally");
+    }
+}
+
+/// The owner's side: a Bridge claimed this node's pending Initiator.
+pub(crate) async fn serve(
+    node: Arc<Node>,
+    initiator: TcpStream,
+    early: BytesMut,
+    claim: RemoteClaim,
+    id: RegistrationId,
+    waited: Duration,
+) {
+    let RemoteClaim { outbound, inbound } = claim;
+    let _ = write_all(&initiator, OK).await;
+    counter!(COMMANDS, "verb" => "create", "outcome" => "ok").increment(1);
+    if outbound.send(Frame::paired()).await.is_err() {
+        counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
+        return;
+    }
+    let active = gauge!(SESSIONS_ACTIVE, "path" => PATH);
+    let streams = gauge!(BRIDGE_STREAMS, "role" => "server");
+    active.increment(1.0);
+    streams.increment(1.0);
+    let paired_at = Instant::now();
+    // A second handle on the response stream, only to tell the Target's
+    // node when this node stops the session; dropped as soon as the session
+    // ends so that the stream can end.
+    let stopper = outbound.clone();
+    let joined = join(
+        &initiator,
+        early.freeze(),
+        outbound,
+        inbound,
+        counter!(BYTES, "path" => PATH, "direction" => "initiator_to_target"),
+        counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
+    );
+    tokio::pin!(joined);
+    let (outcome, moved) = tokio::select! {
+        report = &mut joined => {
+            let outcome = match &report.end {
+                End::Closed => "closed",
+                End::Reset => "reset",
+                End::Broken(why) => {
+                    counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
+                    debug!(registration = %id, why, "bridge ended abnormally");
+                    "bridge_broken"
+                }
+            };
+            (outcome, [report.sent, report.received])
+        }
+        () = node.stop.cancelled() => {
+            stopper.try_send(Frame::error("shutting-down", "the relay is shutting down"));
+            ("drained", [0, 0])
+        }
+    };
+    drop(stopper);
+    streams.decrement(1.0);
+    active.decrement(1.0);
+    finished(id, PATH, paired_at, waited, moved, outcome);
+}

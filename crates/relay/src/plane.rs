@@ -1,0 +1,170 @@
+//! The node's side of the forwarding plane: the `Bridge` service (where a
+//! claim from another node happens), gRPC health, and the heartbeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dtcp_forward::proto::Frame;
+use dtcp_forward::proto::forward_server::{Forward, ForwardServer};
+use dtcp_forward::proto::frame::Kind;
+use dtcp_forward::{
+    CONNECTION_WINDOW, FRAMES_IN_FLIGHT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Outbound,
+    STREAM_WINDOW, Secret, TCP_KEEPALIVE, check_secret,
+};
+use dtcp_wire::RegistrationId;
+use metrics::{counter, gauge};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+use crate::metrics::{BRIDGE_ERRORS, NODES_ALIVE};
+use crate::node::Node;
+use crate::pairing::{Claim, RemoteClaim};
+
+/// gRPC health service name that says the process is alive (liveness probe).
+pub const LIVENESS: &str = "dtcp.liveness";
+/// gRPC health service name that says the node takes new work (readiness probe).
+pub const READINESS: &str = "dtcp.readiness";
+/// How often a node renews its heartbeat in the store.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a heartbeat lasts: three missed renewals and the node counts as gone.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(6);
+/// How long a Bridge caller may take to send its `open` frame.
+const OPEN_FRAME_TIMEOUT: Duration = Duration::from_secs(3);
+
+struct Plane {
+    node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl Forward for Plane {
+    type BridgeStream = ReceiverStream<Result<Frame, Status>>;
+
+    async fn bridge(
+        &self,
+        request: Request<Streaming<Frame>>,
+    ) -> Result<Response<Self::BridgeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(OPEN_FRAME_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no open frame"))??;
+        let Some(Frame {
+            kind: Some(Kind::Open(open)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument("the first frame must be open"));
+        };
+        let id = <[u8; 32]>::try_from(open.registration_id.as_ref())
+            .map(RegistrationId::from_bytes)
+            .map_err(|_| Status::invalid_argument("a registration id is 32 bytes"))?;
+        if open.owner_node_id != self.node.info.id {
+            // The store named an earlier process at this address.
+            counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "stale_owner").increment(1);
+            return Err(Status::not_found("registered by another node"));
+        }
+        // The claim: only here, on the owner, can it happen.
+        let Some(claimant) = self.node.pending.take(&id) else {
+            return Err(Status::not_found("no such pending registration"));
+        };
+        let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
+        let claim = Claim::Remote(RemoteClaim {
+            outbound: Outbound::Server(tx),
+            inbound,
+        });
+        if claimant.send(claim).is_err() {
+            return Err(Status::not_found("the initiator is gone"));
+        }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves the Bridge service and gRPC health on `listener` until aborted.
+pub(crate) async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    secret: Secret,
+    health: HealthServer<impl Health>,
+) {
+    let mut builder = Server::builder()
+        .tcp_nodelay(true)
+        .tcp_keepalive(Some(TCP_KEEPALIVE))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
+    if let Some(tls) = tls {
+        builder = match builder.tls_config(tls) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "forwarding plane TLS configuration refused");
+                return;
+            }
+        };
+    }
+    let bridge =
+        ForwardServer::with_interceptor(Plane { node }, move |req| check_secret(&secret, req));
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE));
+    if let Err(e) = builder
+        .add_service(health)
+        .add_service(bridge)
+        .serve_with_incoming(incoming)
+        .await
+    {
+        warn!(error = %e, "forwarding plane stopped");
+    }
+}
+
+/// Sets the health statuses: liveness always, readiness and the overall
+/// status ("") by whether the node takes new work.
+pub(crate) async fn set_health(reporter: &HealthReporter, ready: bool) {
+    let status = if ready {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
+    reporter.set_service_status(READINESS, status).await;
+    reporter.set_service_status("", status).await;
+}
+
+/// Renews this node's heartbeat and reads how many nodes are alive, for ever.
+pub(crate) async fn heartbeat(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut healthy = true;
+    loop {
+        tick.tick().await;
+        let result = async {
+            node.store.heartbeat(&node.info, HEARTBEAT_TTL).await?;
+            node.store.nodes_alive().await
+        }
+        .await;
+        match result {
+            Ok(alive) => {
+                gauge!(NODES_ALIVE).set(alive as f64);
+                if !healthy {
+                    info!("rendezvous store reachable again");
+                }
+                healthy = true;
+            }
+            Err(e) => {
+                if healthy {
+                    warn!(error = %e, "heartbeat failed: rendezvous store unreachable");
+                }
+                healthy = false;
+            }
+        }
+    }
+}
