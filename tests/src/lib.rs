@@ -46,6 +46,10 @@ pub struct Relay {
     pub addr: SocketAddr,
     /// The metrics listener.
     pub metrics: SocketAddr,
+    /// The forwarding plane listener (cluster mode).
+    pub forward: Option<SocketAddr>,
+    /// The node id it announced.
+    pub node_id: String,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -78,22 +82,27 @@ impl Relay {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                     && v["message"] == "dtcp-relay listening"
                 {
+                    let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
                     let _ = tx.send((
-                        v["listen"].as_str().unwrap_or_default().to_owned(),
-                        v["metrics"].as_str().unwrap_or_default().to_owned(),
+                        field("listen"),
+                        field("metrics"),
+                        field("forward"),
+                        field("node_id"),
                     ));
                 }
                 eprintln!("relay {}: {line}", std::process::id());
                 sink.lock().unwrap().push(line);
             }
         });
-        let (listen, metrics) = rx
+        let (listen, metrics, forward, node_id) = rx
             .recv_timeout(START_TIMEOUT)
             .unwrap_or_else(|_| panic!("relay did not start: {:?}", logs.lock().unwrap()));
         Relay {
             child,
             addr: listen.parse().expect("listen address"),
             metrics: metrics.parse().expect("metrics address"),
+            forward: forward.parse().ok(),
+            node_id,
             logs,
         }
     }
@@ -101,6 +110,18 @@ impl Relay {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Resident memory of the process, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib * 1024
     }
 
     /// Sends a signal.
@@ -304,4 +325,179 @@ pub async fn recv_digest<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> (u64, [u
         h.update(&buf[..n]);
         total += n as u64;
     }
+}
+
+/// A free loopback TCP port (and, for Redis Cluster, its bus port +10000).
+pub fn free_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().unwrap().port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A `redis-server` process of the test's own, on a free loopback port.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a standalone Redis with no persistence.
+    pub fn start() -> RedisServer {
+        Self::start_with(free_port(), &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> RedisServer {
+        let dir = std::env::temp_dir().join(format!("dtcp-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = RedisServer {
+            child: None,
+            port,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server is needed for the cluster tests (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        while self.cli(&["PING"]).trim() != "PONG" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against it; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every key (the test Redis holds only this cluster's).
+    pub fn keys(&self) -> Vec<String> {
+        self.cli(&["--scan"]).lines().map(str::to_owned).collect()
+    }
+
+    /// Stops the server (SIGKILL): clients see the connection drop.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A three-master Redis Cluster on loopback.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// The masters.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three `--cluster-enabled` servers and joins them.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let conf = format!("nodes-{port}.conf");
+                RedisServer::start_with(
+                    port,
+                    &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        while !nodes
+            .iter()
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Redis Cluster did not become ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisCluster { nodes }
+    }
+
+    /// Every key on every master.
+    pub fn keys(&self) -> Vec<String> {
+        self.nodes.iter().flat_map(|n| n.keys()).collect()
+    }
+}
+
+/// The cluster secret the tests' nodes share.
+pub const SECRET: &str = "test-cluster-secret";
+
+/// Starts a cluster node on `redis_urls` with the shared secret and `args`.
+pub fn cluster_node(redis_urls: &[String], args: &[&str]) -> Relay {
+    let mut all: Vec<&str> = vec!["--cluster-secret", SECRET];
+    if !args.contains(&"--forward-listen") {
+        all.extend(["--forward-listen", "127.0.0.1:0"]);
+    }
+    for url in redis_urls {
+        all.extend(["--redis-url", url.as_str()]);
+    }
+    all.extend(args);
+    Relay::start(&all)
 }

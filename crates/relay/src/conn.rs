@@ -323,7 +323,7 @@ async fn connect(
     drop(triple);
     let deadline = started + node.config.connect_grace;
     let waiter = node.pending.waiter(id);
-    let owner = loop {
+    let bridge = loop {
         let notified = waiter.notify.notified();
         tokio::pin!(notified);
         // Subscribe before looking, so a CREATE that arrives in between wakes us.
@@ -342,7 +342,18 @@ async fn connect(
             return;
         }
         match node.store.lookup(&id).await {
-            Ok(Some(owner)) if owner.id != node.info.id => break owner,
+            Ok(Some(owner)) if owner.id != node.info.id => {
+                match forwarded::open(&node, &id, &owner).await {
+                    Ok(bridge) => break bridge,
+                    // Claimed by another Target, withdrawn, or the record names an
+                    // earlier process at that address: look again until the grace
+                    // runs out, as a CREATE may be registering right now.
+                    Err(forwarded::OpenError::NotFound) => {}
+                    Err(forwarded::OpenError::Refuse(condition, text)) => {
+                        return refuse(stream, "connect", condition, text).await;
+                    }
+                }
+            }
             Ok(_) => {}
             Err(e) => {
                 warn!(registration = %id, error = %e, "store lookup failed");
@@ -369,8 +380,8 @@ async fn connect(
         }
     };
     drop(waiter);
-    Box::pin(forwarded::connect(
-        node, stream, slot, id, early, started, owner,
+    Box::pin(forwarded::run(
+        node, stream, slot, id, early, started, bridge,
     ))
     .await
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use dtcp_forward::proto::Frame;
-use dtcp_forward::{BridgeError, End, join, write_all};
+use dtcp_forward::{BridgeError, End, OpenBridge, join, write_all};
 use dtcp_store::NodeInfo;
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::{counter, gauge, histogram};
@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::conn::{OK, finished, refuse};
+use crate::conn::{OK, finished};
 use crate::metrics::{
     BRIDGE_ERRORS, BRIDGE_STREAMS, BYTES, COMMANDS, PAIRING_LATENCY, SESSIONS_ACTIVE,
 };
@@ -23,60 +23,63 @@ use crate::server::Slot;
 
 const PATH: &str = "forwarded";
 
-/// The CONNECT node's side: the registration is `owner`'s. Opens a Bridge to
-/// it; once the owner has claimed its Initiator, answers the Target `OK` and
-/// joins the Target's socket to the Bridge.
-pub(crate) async fn connect(
+/// Why a Bridge was not opened.
+pub(crate) enum OpenError {
+    /// The owner has no such pending registration (now).
+    NotFound,
+    /// Answer the Target this.
+    Refuse(Condition, &'static str),
+}
+
+/// The CONNECT node's side: the registration is `owner`'s. Opens a Bridge
+/// to it; on success the owner has claimed its Initiator and answered it `OK`.
+pub(crate) async fn open(
+    node: &Node,
+    id: &RegistrationId,
+    owner: &NodeInfo,
+) -> Result<OpenBridge, OpenError> {
+    let Some(dialer) = &node.dialer else {
+        warn!(registration = %id, owner = %owner, "registration held by another node, and this node has no forwarding plane");
+        let text = "the session is held by another node that cannot be reached";
+        return Err(OpenError::Refuse(Condition::Unavailable, text));
+    };
+    dialer
+        .open(&owner.forward_addr, id.as_bytes(), &owner.id)
+        .await
+        .map_err(|e| {
+            let (reason, text) = match &e {
+                BridgeError::NotFound => {
+                    debug!(registration = %id, owner = %owner, "bridge: not found");
+                    return OpenError::NotFound;
+                }
+                BridgeError::Unreachable(_) => (
+                    "unreachable",
+                    "the node holding the session cannot be reached",
+                ),
+                BridgeError::Unauthenticated => (
+                    "unauthenticated",
+                    "the node holding the session refused this node",
+                ),
+                BridgeError::Protocol(_) => {
+                    ("protocol", "the node holding the session answered nonsense")
+                }
+            };
+            counter!(BRIDGE_ERRORS, "role" => "client", "reason" => reason).increment(1);
+            warn!(registration = %id, owner = %owner, error = %e, "bridge failed");
+            OpenError::Refuse(Condition::Unavailable, text)
+        })
+}
+
+/// Answers the Target `OK` and joins its socket to the open Bridge.
+pub(crate) async fn run(
     node: Arc<Node>,
     target: TcpStream,
     _slot: Slot,
     id: RegistrationId,
     early: BytesMut,
     started: Instant,
-    owner: NodeInfo,
+    bridge: OpenBridge,
 ) {
-    let Some(dialer) = &node.dialer else {
-        warn!(registration = %id, owner = %owner, "registration held by another node, and this node has no forwarding plane");
-        let text = "the session is held by another node that cannot be reached";
-        return refuse(target, "connect", Condition::Unavailable, text).await;
-    };
-    let bridge = match dialer
-        .open(&owner.forward_addr, id.as_bytes(), &owner.id)
-        .await
-    {
-        Ok(bridge) => bridge,
-        Err(e) => {
-            let (reason, condition, text) = match &e {
-                BridgeError::NotFound => (
-                    "not_found",
-                    Condition::NotFound,
-                    "no pending CREATE matched",
-                ),
-                BridgeError::Unreachable(_) => (
-                    "unreachable",
-                    Condition::Unavailable,
-                    "the node holding the session cannot be reached",
-                ),
-                BridgeError::Unauthenticated => (
-                    "unauthenticated",
-                    Condition::Unavailable,
-                    "the node holding the session refused this node",
-                ),
-                BridgeError::Protocol(_) => (
-                    "protocol",
-                    Condition::Unavailable,
-                    "the node holding the session answered nonsense",
-                ),
-            };
-            if condition == Condition::NotFound {
-                debug!(registration = %id, owner = %owner, "bridge: not found");
-            } else {
-                counter!(BRIDGE_ERRORS, "role" => "client", "reason" => reason).increment(1);
-                warn!(registration = %id, owner = %owner, error = %e, "bridge failed");
-            }
-            return refuse(target, "connect", condition, text).await;
-        }
-    };
     // The owner has answered its Initiator: now the Target.
     let _ = write_all(&target, OK).await;
     histogram!(PAIRING_LATENCY, "path" => PATH).record(started.elapsed());

@@ -27,9 +27,9 @@ use crate::{NodeInfo, Rendezvous, StoreError};
 
 /// How long a Redis command may take before the operation fails (and the
 /// client gets `unavailable` rather than a hang).
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(800);
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long connecting to Redis may take.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_millis(800);
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Deletes a key only if it still holds the caller's value.
 const COMPARE_AND_DELETE: &str = r"
@@ -150,7 +150,8 @@ impl RedisStore {
 
     /// Runs one command, retrying once if the connection had dropped (the
     /// connection manager fails the first command after a drop, then
-    /// reconnects). Every command here is safe to run twice.
+    /// reconnects). Every command here is safe to run twice. A timeout is not
+    /// retried: the client is waiting, and gets `unavailable` instead.
     async fn query<T: FromRedisValue + Send>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         self.retrying(|mut conn| async move { conn.query(cmd).await })
             .await
@@ -163,7 +164,7 @@ impl RedisStore {
     {
         match f(self.conn_ref().await?).await {
             Ok(v) => Ok(v),
-            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+            Err(e) if e.is_io_error() || e.is_connection_dropped() => {
                 f(self.conn_ref().await?).await.map_err(unavailable)
             }
             Err(e) => Err(unavailable(e)),

@@ -1,0 +1,530 @@
+//! The cluster against real processes: one `redis-server` (or a three-master
+//! Redis Cluster) and three `dtcp-relay` nodes on loopback. A CREATE and its
+//! CONNECT land on different nodes, and the faults a cluster must survive.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dtcp_client::dtcp_wire::{Condition, Triple, Verb};
+use dtcp_client::{ClientError, Initiator, Target};
+use dtcp_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn pair_across(a: SocketAddr, b: SocketAddr, t: &Triple) -> (TcpStream, TcpStream) {
+    let i = tokio::spawn({
+        let t = t.clone();
+        async move { Initiator::connect(a, &t).await }
+    });
+    let tg = Target::connect(b, t).await;
+    match (i.await.unwrap(), tg) {
+        (Ok(i), Ok(tg)) => (i, tg),
+        (i, tg) => panic!("pairing failed: initiator {i:?}, target {tg:?}"),
+    }
+}
+
+/// Both ways at once, `size` bytes each, checked.
+async fn exchange(i: TcpStream, tg: TcpStream, size: u64, seed: u64) {
+    let (mut ir, mut iw) = i.into_split();
+    let (mut tr, mut tw) = tg.into_split();
+    let (a, b, got_t, got_i) = tokio::join!(
+        send_pattern(&mut iw, seed, size),
+        send_pattern(&mut tw, seed + 1, size),
+        recv_digest(&mut tr),
+        recv_digest(&mut ir),
+    );
+    assert_eq!(got_t, (size, a), "initiator -> target");
+    assert_eq!(got_i, (size, b), "target -> initiator");
+}
+
+fn three_nodes(urls: &[String], args: &[&str]) -> [Relay; 3] {
+    [
+        cluster_node(urls, args),
+        cluster_node(urls, args),
+        cluster_node(urls, args),
+    ]
+}
+
+async fn refused_with(r: Result<TcpStream, ClientError>) -> Condition {
+    match r {
+        Err(ClientError::Refused { condition, .. }) => condition,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Scenario 1 (and 9): PROTOCOL.md holds across nodes.
+async fn cross_node_protocol(urls: &[String]) {
+    // Every client here comes from 127.0.0.1: lift the per-address limit.
+    let [a, b, c] = three_nodes(urls, &["--max-pending-per-ip", "10000"]);
+    eventually(Duration::from_secs(10), "three nodes alive", || async {
+        a.metric("dtcp_nodes_alive").await == 3.0
+    })
+    .await;
+
+    // Pipelined bytes both ways, CONNECT on B.
+    let t = triple("cross-pipelined");
+    let mut create = command(Verb::Create, &t);
+    create.extend_from_slice(b"from-initiator");
+    let mut i = raw(a.addr, &create).await;
+    eventually(Duration::from_secs(5), "CREATE pending on A", || async {
+        a.metric("dtcp_pending_registrations").await == 1.0
+    })
+    .await;
+    let mut connect = command(Verb::Connect, &t);
+    connect.extend_from_slice(b"from-target");
+    let mut tg = raw(b.addr, &connect).await;
+    assert_eq!(read_n(&mut i, 3).await, b"OK\0");
+    assert_eq!(read_n(&mut tg, 3).await, b"OK\0");
+    assert_eq!(read_n(&mut tg, 14).await, b"from-initiator");
+    assert_eq!(read_n(&mut i, 11).await, b"from-target");
+
+    // Half-close each way, on its own.
+    i.write_all(b"bye").await.unwrap();
+    i.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut tg).await, b"bye");
+    tg.write_all(b"still talking").await.unwrap();
+    assert_eq!(read_n(&mut i, 13).await, b"still talking");
+    tg.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut i).await, b"");
+
+    // CONNECT on C, the Target half-closing first.
+    let t = triple("cross-c");
+    let (mut i, mut tg) = pair_across(a.addr, c.addr, &t).await;
+    tg.write_all(b"target first").await.unwrap();
+    tg.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut i).await, b"target first");
+    i.write_all(b"initiator after").await.unwrap();
+    i.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut tg).await, b"initiator after");
+
+    // Conflict and not-found behave as on one node.
+    let t = triple("cross-conflict");
+    let _held = raw(b.addr, &command(Verb::Create, &t)).await;
+    eventually(Duration::from_secs(5), "CREATE pending on B", || async {
+        b.metric("dtcp_pending_registrations").await == 1.0
+    })
+    .await;
+    assert_eq!(
+        refused_with(Initiator::connect(c.addr, &t).await).await,
+        Condition::Conflict
+    );
+    assert_eq!(
+        refused_with(Target::connect(a.addr, &triple("cross-nobody")).await).await,
+        Condition::NotFound
+    );
+
+    // 256 MiB both ways at once, A <-> B.
+    let t = triple("cross-big");
+    let (i, tg) = pair_across(a.addr, b.addr, &t).await;
+    exchange(i, tg, 256 << 20, 100).await;
+
+    // 300 concurrent pairs, CREATE and CONNECT spread over all three nodes.
+    let nodes = [a.addr, b.addr, c.addr];
+    let tasks: Vec<_> = (0..300)
+        .map(|n| {
+            let (x, y) = (nodes[n % 3], nodes[(n + 1 + n / 3 % 2) % 3]);
+            tokio::spawn(async move {
+                let t = triple(&format!("cross-many-{n}"));
+                let (i, tg) = pair_across(x, y, &t).await;
+                exchange(i, tg, 32 * 1024 + n as u64, n as u64 * 7).await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("pair");
+    }
+    let forwarded: f64 = {
+        let mut sum = 0.0;
+        for n in [&a, &b, &c] {
+            sum += n
+                .metric("dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"closed\"}")
+                .await;
+        }
+        sum
+    };
+    assert_eq!(
+        forwarded, 303.0,
+        "every cross-node session completed cleanly"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "nothing pending or bridged",
+        || async {
+            let mut clean = true;
+            for n in [&a, &b, &c] {
+                let page = n.scrape().await;
+                clean &= sample_value(&page, "dtcp_pending_registrations")
+                    == 1.0 * f64::from(n.addr == b.addr)
+                    && sample_value(&page, "dtcp_bridge_streams_active{role=\"client\"}") == 0.0
+                    && sample_value(&page, "dtcp_bridge_streams_active{role=\"server\"}") == 0.0;
+            }
+            clean
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_and_connect_on_different_nodes_behave_as_on_one() {
+    let redis = RedisServer::start();
+    cross_node_protocol(&[redis.url()]).await;
+    // Only registration ids and node ids in keys.
+    for key in redis.keys() {
+        assert!(!key.contains("example"), "a JID in a Redis key: {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_holds_on_a_three_master_redis_cluster() {
+    let redis = RedisCluster::start();
+    let urls: Vec<String> = redis.nodes.iter().map(RedisServer::url).collect();
+    cross_node_protocol(&urls).await;
+    assert!(
+        redis.keys().iter().any(|k| k.starts_with("dtcp:node:")),
+        "heartbeats in the cluster"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_targets_racing_on_two_nodes_pair_exactly_once() {
+    let redis = RedisServer::start();
+    let [a, b, c] = three_nodes(&[redis.url()], &["--connect-grace", "1"]);
+    for round in 0..10 {
+        let t = triple(&format!("race-{round}"));
+        let i = tokio::spawn({
+            let (t, addr) = (t.clone(), a.addr);
+            async move { Initiator::connect(addr, &t).await }
+        });
+        eventually(Duration::from_secs(5), "CREATE pending", || async {
+            a.metric("dtcp_pending_registrations").await == 1.0
+        })
+        .await;
+        let (rb, rc) = tokio::join!(Target::connect(b.addr, &t), Target::connect(c.addr, &t));
+        let oks = [&rb, &rc].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(oks, 1, "round {round}: {rb:?} {rc:?}");
+        for r in [rb, rc] {
+            if let Err(e) = r {
+                assert_eq!(e.condition(), Some(Condition::NotFound), "{e}");
+            }
+        }
+        assert!(i.await.unwrap().is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_never_makes_a_target_hang() {
+    let redis = RedisServer::start();
+    let [mut a, b, _c] = three_nodes(&[redis.url()], &["--pending-ttl", "2"]);
+    let t = triple("orphan");
+    let _i = raw(a.addr, &command(Verb::Create, &t)).await;
+    eventually(Duration::from_secs(5), "registered in Redis", || async {
+        redis.keys().iter().any(|k| k.starts_with("dtcp:reg:"))
+    })
+    .await;
+    a.signal(libc::SIGKILL);
+    a.wait_exit(Duration::from_secs(5)).expect("killed");
+    let started = Instant::now();
+    let condition = refused_with(Target::connect(b.addr, &t).await).await;
+    assert!(
+        matches!(condition, Condition::Unavailable | Condition::NotFound),
+        "{condition:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    // After the registration's TTL (2 s) and the heartbeat's (6 s), nothing of A is left.
+    eventually(
+        Duration::from_secs(15),
+        "nothing of the killed node in Redis",
+        || async {
+            let keys = redis.keys();
+            let members = redis.cli(&["ZRANGE", "dtcp:nodes", "0", "-1"]);
+            !keys
+                .iter()
+                .any(|k| k.starts_with("dtcp:reg:") || k.contains(&a.node_id))
+                && !members.contains(&a.node_id)
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_mid_transfer_closes_the_target_and_spares_the_rest() {
+    let redis = RedisServer::start();
+    let [a, b, c] = three_nodes(&[redis.url()], &[]);
+    let (mut ai, mut bt) = pair_across(a.addr, b.addr, &triple("doomed")).await;
+    let (mut ci, mut bt2) = pair_across(c.addr, b.addr, &triple("bystander")).await;
+    ai.write_all(&[7u8; 100_000]).await.unwrap();
+    assert_eq!(read_n(&mut bt, 100_000).await.len(), 100_000);
+
+    a.signal(libc::SIGKILL);
+    let started = Instant::now();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), bt.read(&mut buf)).await {
+            Err(_) => panic!("target not closed within 5 s of the owner's death"),
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(_)) => continue,
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The session between C and B goes on, and new pairs work.
+    ci.write_all(b"unaffected").await.unwrap();
+    assert_eq!(read_n(&mut bt2, 10).await, b"unaffected");
+    bt2.write_all(b"indeed").await.unwrap();
+    assert_eq!(read_n(&mut ci, 6).await, b"indeed");
+    let (i, tg) = pair_across(b.addr, c.addr, &triple("after-death")).await;
+    exchange(i, tg, 1 << 20, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_refuses_new_work_promptly_keeps_sessions_and_recovers() {
+    let mut redis = RedisServer::start();
+    let [a, b, _c] = three_nodes(&[redis.url()], &["--connect-grace", "1"]);
+    let (i, tg) = pair_across(a.addr, b.addr, &triple("survivor")).await;
+    let (mut ir, mut iw) = i.into_split();
+    let (mut tr, mut tw) = tg.into_split();
+    let size: u64 = 64 << 20;
+    // A transfer that runs through the outage.
+    let transfer = tokio::spawn(async move {
+        let (a, b, got_t, got_i) = tokio::join!(
+            async {
+                let mut p = Pattern::new(1);
+                let mut buf = vec![0u8; 1 << 20];
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                for _ in 0..(size >> 20) {
+                    p.fill(&mut buf);
+                    h.update(&buf);
+                    iw.write_all(&buf).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                iw.shutdown().await.unwrap();
+                <[u8; 32]>::from(h.finalize())
+            },
+            send_pattern(&mut tw, 2, 1 << 20),
+            recv_digest(&mut tr),
+            recv_digest(&mut ir),
+        );
+        assert_eq!(got_t, (size, a), "no byte lost through the outage");
+        assert_eq!(got_i, (1 << 20, b));
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.stop();
+    for n in 0..3 {
+        let started = Instant::now();
+        let r = Initiator::connect(a.addr, &triple(&format!("during-{n}"))).await;
+        assert_eq!(refused_with(r).await, Condition::Unavailable);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "not prompt: {:?}",
+            started.elapsed()
+        );
+    }
+    let r = Target::connect(b.addr, &triple("during-connect")).await;
+    assert_eq!(refused_with(r).await, Condition::Unavailable);
+    assert!(a.metric("dtcp_store_errors_total{op=\"register\"}").await >= 3.0);
+    transfer.await.expect("transfer through the outage");
+
+    redis.restart();
+    eventually(
+        Duration::from_secs(20),
+        "pairs again once Redis is back",
+        || async {
+            let t = triple(&format!("after-{}", Instant::now().elapsed().as_nanos()));
+            let x = tokio::time::timeout(Duration::from_secs(5), async {
+                let i = tokio::spawn({
+                    let (t, addr) = (t.clone(), a.addr);
+                    async move { Initiator::connect(addr, &t).await }
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let tg = Target::connect(b.addr, &t).await;
+                (i.await.unwrap().is_ok(), tg.is_ok())
+            })
+            .await;
+            matches!(x, Ok((true, true)))
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_cluster_node() {
+    let redis = RedisServer::start();
+    let [mut a, b, c] = three_nodes(
+        &[redis.url()],
+        &["--drain-timeout", "20", "--connect-grace", "1"],
+    );
+    // A holds a forwarded session and a pending CREATE.
+    let (i, tg) = pair_across(a.addr, b.addr, &triple("drain-active")).await;
+    let pending = triple("drain-pending");
+    let pending_i = tokio::spawn({
+        let (t, addr) = (pending.clone(), a.addr);
+        async move { Initiator::connect(addr, &t).await }
+    });
+    eventually(Duration::from_secs(5), "CREATE pending on A", || async {
+        a.metric("dtcp_pending_registrations").await == 1.0
+    })
+    .await;
+
+    a.signal(libc::SIGTERM);
+    eventually(Duration::from_secs(5), "A draining", || async {
+        a.metric("dtcp_draining").await == 1.0
+    })
+    .await;
+    // No new commands on A...
+    assert_eq!(
+        refused_with(Initiator::connect(a.addr, &triple("drain-new")).await).await,
+        Condition::ShuttingDown
+    );
+    // ...but its pending CREATE can still be claimed from another node.
+    let mut claimed = Target::connect(c.addr, &pending)
+        .await
+        .expect("claimed from C");
+    let mut pending_i = pending_i.await.unwrap().expect("pending initiator paired");
+    pending_i.write_all(b"late pair").await.unwrap();
+    assert_eq!(read_n(&mut claimed, 9).await, b"late pair");
+    drop((pending_i, claimed));
+    // The active session finishes, every byte through.
+    exchange(i, tg, 16 << 20, 9).await;
+
+    let status = a
+        .wait_exit(Duration::from_secs(15))
+        .expect("A exits when its sessions are done");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !redis.keys().contains(&format!("dtcp:node:{}", a.node_id)),
+        "A's heartbeat is gone"
+    );
+    let (i, tg) = pair_across(b.addr, c.addr, &triple("drain-after")).await;
+    exchange(i, tg, 1024, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_without_the_right_secret_pairs_nothing() {
+    let redis = RedisServer::start();
+    let a = cluster_node(&[redis.url()], &[]);
+    let b = cluster_node(&[redis.url()], &[]);
+    let intruder = Relay::start(&[
+        "--forward-listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        &redis.url(),
+        "--cluster-secret",
+        "not-the-secret",
+    ]);
+    let t = triple("guarded");
+    let mut i = raw(a.addr, &command(Verb::Create, &t)).await;
+    eventually(Duration::from_secs(5), "CREATE pending on A", || async {
+        a.metric("dtcp_pending_registrations").await == 1.0
+    })
+    .await;
+    assert_eq!(
+        refused_with(Target::connect(intruder.addr, &t).await).await,
+        Condition::Unavailable
+    );
+    assert_eq!(
+        intruder
+            .metric("dtcp_bridge_errors_total{role=\"client\",reason=\"unauthenticated\"}")
+            .await,
+        1.0
+    );
+    // Nothing was claimed: the right node still can.
+    assert_eq!(a.metric("dtcp_pending_registrations").await, 1.0);
+    let mut tg = Target::connect(b.addr, &t)
+        .await
+        .expect("the rightful target pairs");
+    assert_eq!(read_n(&mut i, 3).await, b"OK\0");
+    tg.write_all(b"ok").await.unwrap();
+    assert_eq!(read_n(&mut i, 2).await, b"ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_at_the_same_address_leaves_old_registrations_alone() {
+    let redis = RedisServer::start();
+    let mut a = cluster_node(&[redis.url()], &["--pending-ttl", "30"]);
+    let b = cluster_node(&[redis.url()], &["--connect-grace", "1"]);
+    let forward = a.forward.expect("forward address").to_string();
+    let t = triple("before-restart");
+    let _i = raw(a.addr, &command(Verb::Create, &t)).await;
+    eventually(Duration::from_secs(5), "registered", || async {
+        redis.keys().iter().any(|k| k.starts_with("dtcp:reg:"))
+    })
+    .await;
+    let old_id = a.node_id.clone();
+    a.signal(libc::SIGKILL);
+    a.wait_exit(Duration::from_secs(5)).expect("killed");
+    let a2 = cluster_node(&[redis.url()], &["--forward-listen", &forward]);
+    assert_ne!(a2.node_id, old_id);
+    assert_eq!(a2.forward.unwrap().to_string(), forward);
+
+    // The old registration names the old process: the new one refuses to claim it.
+    let condition = refused_with(Target::connect(b.addr, &t).await).await;
+    assert!(
+        matches!(condition, Condition::NotFound | Condition::Unavailable),
+        "{condition:?}"
+    );
+    // (The CONNECT asked again through its connect grace, in case a CREATE
+    // was registering: each time the answer was the same.)
+    assert!(
+        a2.metric("dtcp_bridge_errors_total{role=\"server\",reason=\"stale_owner\"}")
+            .await
+            >= 1.0
+    );
+    // And it did not remove it: that is for its TTL (or a takeover) to do.
+    let reg: Vec<String> = redis
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("dtcp:reg:"))
+        .collect();
+    assert_eq!(reg.len(), 1);
+    assert!(redis.cli(&["GET", &reg[0]]).contains(&old_id));
+
+    // Once the dead node's heartbeat has expired, a new CREATE of the same
+    // triple takes its registration over instead of answering conflict.
+    eventually(
+        Duration::from_secs(10),
+        "the old heartbeat expired",
+        || async { !redis.keys().contains(&format!("dtcp:node:{old_id}")) },
+    )
+    .await;
+    let (i, tg) = pair_across(a2.addr, b.addr, &t).await;
+    exchange(i, tg, 4096, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_stops_reading_keeps_memory_flat() {
+    let redis = RedisServer::start();
+    let a = cluster_node(&[redis.url()], &[]);
+    let b = cluster_node(&[redis.url()], &[]);
+    let (i, _tg) = pair_across(a.addr, b.addr, &triple("stalled")).await;
+    let before = (a.rss(), b.rss());
+    // The Initiator pushes for 3 s; the Target never reads.
+    let chunk = vec![1u8; 1 << 20];
+    let mut pushed = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (_ir, mut iw) = i.into_split();
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(200), iw.write_all(&chunk)).await {
+            Ok(Ok(())) => pushed += chunk.len() as u64,
+            Ok(Err(e)) => panic!("write failed: {e}"),
+            Err(_) => {}
+        }
+    }
+    let grown = (
+        a.rss().saturating_sub(before.0),
+        b.rss().saturating_sub(before.1),
+    );
+    // Socket buffers, two frame queues and the HTTP/2 windows: tens of MiB at
+    // most, however long the Initiator pushes.
+    assert!(
+        pushed < 96 << 20,
+        "the relay kept accepting: {pushed} bytes"
+    );
+    assert!(
+        grown.0 < 48 << 20 && grown.1 < 48 << 20,
+        "memory grew by {grown:?}"
+    );
+}
