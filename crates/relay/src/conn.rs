@@ -1,9 +1,13 @@
 //! One client connection: the handshake, then CREATE or CONNECT, then (for
 //! the task that holds the Initiator) the paired session.
 
+use std::future::Future;
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -25,7 +29,7 @@ use crate::metrics::{
 };
 use crate::node::Node;
 use crate::pairing::{Claim, LocalClaim};
-use crate::pump::{self, Way};
+use crate::pump::{self, Pump};
 use crate::server::Slot;
 
 /// First allocation of the handshake buffer; it grows up to the command limit.
@@ -41,8 +45,12 @@ const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const LINGER: Duration = Duration::from_secs(1);
 /// Most bytes discarded while lingering.
 const LINGER_BYTES: usize = 64 * 1024;
-/// How often a waiting CONNECT asks the shared store again (cluster mode).
-const STORE_POLL: Duration = Duration::from_millis(100);
+/// How soon a waiting CONNECT first asks the shared store again (cluster
+/// mode); the wait doubles up to [`STORE_POLL_MAX`]. A CONNECT usually comes
+/// a moment after its CREATE, so the first looks are quick.
+const STORE_POLL_MIN: Duration = Duration::from_millis(5);
+/// The longest wait between two looks at the shared store.
+const STORE_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// Serves one accepted connection to its end.
 pub(crate) async fn handle(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, slot: Slot) {
@@ -123,12 +131,19 @@ async fn read_command(
 }
 
 /// Answers `ERROR` and closes the connection gracefully.
-pub(crate) async fn refuse(
-    mut stream: TcpStream,
+///
+/// Boxed: refusing takes timers and buffers that would otherwise be part of
+/// the state of every connection task, refused or not.
+pub(crate) fn refuse<'a>(
+    stream: TcpStream,
     verb: &'static str,
     condition: Condition,
-    text: &str,
-) {
+    text: &'a str,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    Box::pin(refuse_now(stream, verb, condition, text))
+}
+
+async fn refuse_now(mut stream: TcpStream, verb: &'static str, condition: Condition, text: &str) {
     counter!(ERRORS, "condition" => condition.as_str()).increment(1);
     if !verb.is_empty() {
         counter!(COMMANDS, "verb" => verb, "outcome" => condition.as_str()).increment(1);
@@ -142,7 +157,8 @@ pub(crate) async fn refuse(
     }
     let _ = stream.shutdown().await;
     let discard = async {
-        let mut sink = [0u8; 1024];
+        // On the heap: this future is part of every connection task's state.
+        let mut sink = vec![0u8; 1024];
         let mut left = LINGER_BYTES;
         while left > 0 {
             match stream.read(&mut sink).await {
@@ -196,7 +212,7 @@ async fn create(
         return refuse(stream, "create", Condition::Conflict, text).await;
     };
     // Held until the session ends, so a draining node waits for it.
-    let _tracked = node.sessions.token();
+    let tracked = node.sessions.token();
     let mut store_guard = StoreGuard {
         node: &node,
         id,
@@ -235,59 +251,98 @@ async fn create(
 
     let waiting_since = Instant::now();
     let deadline = waiting_since + node.config.pending_ttl;
-    let give_up = loop {
-        tokio::select! {
-            biased;
-            claim = &mut pending.rx => match claim {
-                Ok(claim) => {
-                    drop((store_guard, per_ip));
-                    let waited = waiting_since.elapsed();
-                    return Box::pin(session(node.clone(), stream, early, claim, id, waited)).await;
+    // One hand-written poll rather than `select!`: this is the state every
+    // pending CREATE holds for as long as it waits, so it is kept small.
+    let waited = {
+        let mut expiry = pin!(sleep_until(deadline));
+        // A lone node: nobody can claim a pending CREATE once it drains. In a
+        // cluster other nodes still can, until the drain timeout (which
+        // always comes after the drain), so one token is enough to watch.
+        let give_up_on = if node.cluster {
+            &node.stop
+        } else {
+            &node.drain
+        };
+        let mut shutdown = pin!(give_up_on.cancelled());
+        poll_fn(|cx| {
+            if let Poll::Ready(claim) = Pin::new(&mut pending.rx).poll(cx) {
+                // An error: the claimant dropped its half unsent, so nothing can pair us now.
+                return Poll::Ready(
+                    claim.map_err(|_| GiveUp::Refuse(Condition::Unavailable, "pairing failed")),
+                );
+            }
+            if expiry.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(GiveUp::Refuse(
+                    Condition::Timeout,
+                    "no CONNECT within the pending TTL",
+                )));
+            }
+            if shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(GiveUp::Refuse(
+                    Condition::ShuttingDown,
+                    "the relay is shutting down",
+                )));
+            }
+            while early.len() < EARLY_CAP {
+                match stream.poll_read_ready(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(GiveUp::HungUp)),
+                    Poll::Ready(Ok(())) => {
+                        if matches!(read_early(&stream, &mut early), Early::Closed) {
+                            return Poll::Ready(Err(GiveUp::HungUp));
+                        }
+                    }
                 }
-                // The claimant dropped its half unsent: nothing can pair us now.
-                Err(_) => break GiveUp::Refuse(Condition::Unavailable, "pairing failed"),
-            },
-            () = sleep_until(deadline) => {
-                break GiveUp::Refuse(Condition::Timeout, "no CONNECT within the pending TTL");
             }
-            // A lone node: nobody can claim a pending CREATE once it drains.
-            // In a cluster other nodes still can, until the drain timeout.
-            () = node.drain.cancelled(), if !node.cluster => {
-                break GiveUp::Refuse(Condition::ShuttingDown, "the relay is shutting down");
-            }
-            () = node.stop.cancelled() => {
-                break GiveUp::Refuse(Condition::ShuttingDown, "the relay is shutting down");
-            }
-            r = stream.readable(), if early.len() < EARLY_CAP => {
-                if r.is_err() || matches!(read_early(&stream, &mut early), Early::Closed) {
-                    break GiveUp::HungUp;
+            Poll::Pending
+        })
+        .await
+    };
+    let claim = match waited {
+        Ok(claim) => claim,
+        Err(give_up) => {
+            // Withdraw, unless a claim got there first and is in the channel.
+            let late = if node.pending.withdraw(&id, pending.token) {
+                None
+            } else {
+                (&mut pending.rx).await.ok()
+            };
+            match (late, give_up) {
+                (Some(claim), GiveUp::Refuse(..)) => claim,
+                (Some(claim), GiveUp::HungUp) => {
+                    let text = "the initiator hung up";
+                    return match claim {
+                        Claim::Local(c) => {
+                            refuse(c.target, "connect", Condition::NotFound, text).await
+                        }
+                        Claim::Remote(r) => r.outbound.try_send(Frame::error("not-found", text)),
+                    };
+                }
+                (None, GiveUp::HungUp) => {
+                    debug!(registration = %id, "initiator hung up while pending");
+                    counter!(COMMANDS, "verb" => "create", "outcome" => "abandoned").increment(1);
+                    return;
+                }
+                (None, GiveUp::Refuse(condition, text)) => {
+                    drop(store_guard);
+                    return refuse(stream, "create", condition, text).await;
                 }
             }
         }
     };
-    if !node.pending.withdraw(&id, pending.token) {
-        // Claimed at the last moment: the claim is in the channel.
-        if let Ok(claim) = pending.rx.await {
-            drop((store_guard, per_ip));
-            if matches!(give_up, GiveUp::HungUp) {
-                let text = "the initiator hung up";
-                return match claim {
-                    Claim::Local(c) => refuse(c.target, "connect", Condition::NotFound, text).await,
-                    Claim::Remote(r) => r.outbound.try_send(Frame::error("not-found", text)),
-                };
-            }
-            let waited = waiting_since.elapsed();
-            return Box::pin(session(node.clone(), stream, early, claim, id, waited)).await;
-        }
-    }
-    drop(store_guard);
-    match give_up {
-        GiveUp::HungUp => {
-            debug!(registration = %id, "initiator hung up while pending");
-            counter!(COMMANDS, "verb" => "create", "outcome" => "abandoned").increment(1);
-        }
-        GiveUp::Refuse(condition, text) => refuse(stream, "create", condition, text).await,
-    }
+    drop((store_guard, per_ip, pending));
+    // Boxed: inline, the session's state would be added to (not overlaid on)
+    // the wait's, and every pending CREATE would pay for it.
+    Box::pin(session(
+        node.clone(),
+        stream,
+        early,
+        claim,
+        id,
+        waiting_since.elapsed(),
+    ))
+    .await;
+    drop(tracked);
 }
 
 /// Removes this node's store record of a registration when dropped.
@@ -323,6 +378,9 @@ async fn connect(
     drop(triple);
     let deadline = started + node.config.connect_grace;
     let waiter = node.pending.waiter(id);
+    let mut poll = STORE_POLL_MIN;
+    let mut expiry = pin!(sleep_until(deadline));
+    let mut drain = pin!(node.drain.cancelled());
     let bridge = loop {
         let notified = waiter.notify.notified();
         tokio::pin!(notified);
@@ -343,7 +401,9 @@ async fn connect(
         }
         match node.store.lookup(&id).await {
             Ok(Some(owner)) if owner.id != node.info.id => {
-                match forwarded::open(&node, &id, &owner).await {
+                // Boxed: the gRPC call's state would otherwise sit in every
+                // connection task, forwarded or not.
+                match Box::pin(forwarded::open(&node, &id, &owner)).await {
                     Ok(bridge) => break bridge,
                     // Claimed by another Target, withdrawn, or the record names an
                     // earlier process at that address: look again until the grace
@@ -361,29 +421,77 @@ async fn connect(
                 return refuse(stream, "connect", Condition::Unavailable, text).await;
             }
         }
-        tokio::select! {
-            () = &mut notified => {}
-            () = sleep(STORE_POLL), if node.cluster => {}
-            () = sleep_until(deadline) => {
+        // Wait for: the CREATE arriving here, the next look at the shared
+        // store (cluster), the grace running out, the drain, or the Target
+        // sending early bytes or hanging up. A hand-written poll: this is the
+        // state of every waiting CONNECT, so it is kept small.
+        let mut next_look = pin!(sleep(poll));
+        let wake = poll_fn(|cx| {
+            if notified.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Look);
+            }
+            if node.cluster && next_look.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Look);
+            }
+            if expiry.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Expired);
+            }
+            if drain.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Drain);
+            }
+            while early.len() < EARLY_CAP {
+                match stream.poll_read_ready(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Wake::HungUp),
+                    Poll::Ready(Ok(())) => {
+                        if matches!(read_early(&stream, &mut early), Early::Closed) {
+                            return Poll::Ready(Wake::HungUp);
+                        }
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match wake {
+            Wake::Look => poll = (poll * 2).min(STORE_POLL_MAX),
+            Wake::Expired => {
                 let text = "no pending CREATE matched within the connect grace";
                 return refuse(stream, "connect", Condition::NotFound, text).await;
             }
-            () = node.drain.cancelled() => {
-                return refuse(stream, "connect", Condition::ShuttingDown, "the relay is shutting down").await;
+            Wake::Drain => {
+                let text = "the relay is shutting down";
+                return refuse(stream, "connect", Condition::ShuttingDown, text).await;
             }
-            r = stream.readable(), if early.len() < EARLY_CAP => {
-                if r.is_err() || matches!(read_early(&stream, &mut early), Early::Closed) {
-                    counter!(COMMANDS, "verb" => "connect", "outcome" => "abandoned").increment(1);
-                    return;
-                }
+            Wake::HungUp => {
+                counter!(COMMANDS, "verb" => "connect", "outcome" => "abandoned").increment(1);
+                return;
             }
         }
     };
     drop(waiter);
-    Box::pin(forwarded::run(
-        node, stream, slot, id, early, started, bridge,
-    ))
-    .await
+    // Its own task, like a local session: this one's memory is freed.
+    tokio::spawn(forwarded::run(
+        node.clone(),
+        stream,
+        slot,
+        id,
+        early,
+        started,
+        bridge,
+    ));
+}
+
+/// What woke a waiting CONNECT.
+enum Wake {
+    /// Look for the CREATE again.
+    Look,
+    /// The connect grace ran out.
+    Expired,
+    /// The node started draining.
+    Drain,
+    /// The Target closed its connection.
+    HungUp,
 }
 
 /// A paired session, from the side of the node holding the Initiator.
@@ -398,8 +506,12 @@ async fn session(
     histogram!(PENDING_WAIT).record(waited);
     match claim {
         Claim::Local(local) => local_session(node, initiator, i_early, local, id, waited).await,
+        // Boxed: its gRPC state would otherwise size every local session too.
         Claim::Remote(remote) => {
-            forwarded::serve(node, initiator, i_early, remote, id, waited).await
+            Box::pin(forwarded::serve(
+                node, initiator, i_early, remote, id, waited,
+            ))
+            .await
         }
     }
 }
@@ -421,39 +533,55 @@ async fn local_session(
     } = claim;
     const PATH: &str = "local";
     // A failed write shows up at once in the pump as a reset.
-    let _ = tokio::join!(write_all(&initiator, OK), write_all(&target, OK));
+    send_ok(&initiator).await;
+    send_ok(&target).await;
     histogram!(PAIRING_LATENCY, "path" => PATH).record(connect_started.elapsed());
     counter!(COMMANDS, "verb" => "create", "outcome" => "ok").increment(1);
     counter!(COMMANDS, "verb" => "connect", "outcome" => "ok").increment(1);
     let active = gauge!(SESSIONS_ACTIVE, "path" => PATH);
     active.increment(1.0);
     let paired_at = Instant::now();
-    let report = pump::pump(
-        Way {
-            from: &initiator,
-            to: &target,
-            early: &i_early,
-            counter: counter!(BYTES, "path" => PATH, "direction" => "initiator_to_target"),
-        },
-        Way {
-            from: &target,
-            to: &initiator,
-            early: &t_early,
-            counter: counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
-        },
+    let mut pump = Pump::new(
+        (
+            &initiator,
+            &i_early,
+            counter!(BYTES, "path" => PATH, "direction" => "initiator_to_target"),
+        ),
+        (
+            &target,
+            &t_early,
+            counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
+        ),
         node.config.idle_timeout(),
-        &node.stop,
-    )
-    .await;
-    active.decrement(1.0);
-    finished(
-        id,
-        PATH,
-        paired_at,
-        waited,
-        report.moved,
-        report.end.label(),
     );
+    let end = tokio::select! {
+        end = &mut pump => end,
+        () = node.stop.cancelled() => pump::End::Drained,
+    };
+    if end == pump::End::Reset {
+        // Pass the reset on: close with RST rather than FIN.
+        pump::reset_on_close(&initiator);
+        pump::reset_on_close(&target);
+    }
+    let moved = pump.moved();
+    active.decrement(1.0);
+    finished(id, PATH, paired_at, waited, moved, end.label());
+}
+
+/// Sends `OK` to a client. A socket that has sent nothing yet takes three
+/// bytes at once; waiting for room (boxed, as it is all but never needed)
+/// would otherwise make every session's state larger.
+pub(crate) async fn send_ok(stream: &TcpStream) {
+    match stream.try_write(OK) {
+        Ok(n) if n == OK.len() => {}
+        Ok(n) => {
+            let _ = Box::pin(write_all(stream, &OK[n..])).await;
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let _ = Box::pin(write_all(stream, OK)).await;
+        }
+        Err(_) => {}
+    }
 }
 
 /// The `OK` reply.
@@ -481,4 +609,63 @@ pub(crate) fn finished(
         outcome,
         "session finished"
     );
+}
+
+/// Every pending CREATE, waiting CONNECT and idle session is one of these
+/// futures, so their size is most of what the relay holds per connection.
+/// These budgets catch a change that makes them grow unnoticed (a large value
+/// held across an await, an unboxed rarely-taken branch); raise them only
+/// knowingly.
+#[cfg(test)]
+mod state_size {
+    use super::*;
+    use clap::Parser;
+
+    const HANDLE_BUDGET: usize = 1700;
+    const SESSION_BUDGET: usize = 1200;
+
+    #[tokio::test]
+    async fn connection_states_stay_within_budget() {
+        let config = crate::config::Config::try_parse_from(["dtcp-relay"]).unwrap();
+        let memory = Arc::new(dtcp_store::MemoryStore::new());
+        let info = dtcp_store::NodeInfo {
+            id: "n".into(),
+            forward_addr: String::new(),
+        };
+        let node = Arc::new(Node::new(config, info, memory.clone(), Some(memory), None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let socket = || TcpStream::connect(addr);
+        let permits = Arc::new(tokio::sync::Semaphore::new(8));
+        let slot = || Slot(permits.clone().try_acquire_owned().unwrap());
+
+        let handle_state = handle(node.clone(), socket().await.unwrap(), addr, slot());
+        let handle_size = std::mem::size_of_val(&handle_state);
+        drop(handle_state);
+        let claim = Claim::Local(LocalClaim {
+            target: socket().await.unwrap(),
+            early: BytesMut::new(),
+            slot: slot(),
+            connect_started: Instant::now(),
+        });
+        let id = RegistrationId::of("k", "a@b", "c@d");
+        let session_state = session(
+            node.clone(),
+            socket().await.unwrap(),
+            BytesMut::new(),
+            claim,
+            id,
+            Duration::ZERO,
+        );
+        let session_size = std::mem::size_of_val(&session_state);
+        drop(session_state);
+        assert!(
+            handle_size <= HANDLE_BUDGET,
+            "connection task state: {handle_size} bytes"
+        );
+        assert!(
+            session_size <= SESSION_BUDGET,
+            "session state: {session_size} bytes"
+        );
+    }
 }

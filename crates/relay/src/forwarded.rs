@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use dtcp_forward::proto::Frame;
-use dtcp_forward::{BridgeError, End, OpenBridge, join, write_all};
+use dtcp_forward::{BridgeError, End, OpenBridge, join};
 use dtcp_store::NodeInfo;
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::{counter, gauge, histogram};
@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::conn::{OK, finished};
+use crate::conn::{finished, send_ok};
 use crate::metrics::{
     BRIDGE_ERRORS, BRIDGE_STREAMS, BYTES, COMMANDS, PAIRING_LATENCY, SESSIONS_ACTIVE,
 };
@@ -33,11 +33,13 @@ pub(crate) enum OpenError {
 
 /// The CONNECT node's side: the registration is `owner`'s. Opens a Bridge
 /// to it; on success the owner has claimed its Initiator and answered it `OK`.
+/// The bridge comes boxed: it is large, and every waiting CONNECT's state
+/// would otherwise make room for it.
 pub(crate) async fn open(
     node: &Node,
     id: &RegistrationId,
     owner: &NodeInfo,
-) -> Result<OpenBridge, OpenError> {
+) -> Result<Box<OpenBridge>, OpenError> {
     let Some(dialer) = &node.dialer else {
         warn!(registration = %id, owner = %owner, "registration held by another node, and this node has no forwarding plane");
         let text = "the session is held by another node that cannot be reached";
@@ -46,6 +48,7 @@ pub(crate) async fn open(
     dialer
         .open(&owner.forward_addr, id.as_bytes(), &owner.id)
         .await
+        .map(Box::new)
         .map_err(|e| {
             let (reason, text) = match &e {
                 BridgeError::NotFound => {
@@ -78,10 +81,10 @@ pub(crate) async fn run(
     id: RegistrationId,
     early: BytesMut,
     started: Instant,
-    bridge: OpenBridge,
+    bridge: Box<OpenBridge>,
 ) {
     // The owner has answered its Initiator: now the Target.
-    let _ = write_all(&target, OK).await;
+    send_ok(&target).await;
     histogram!(PAIRING_LATENCY, "path" => PATH).record(started.elapsed());
     counter!(COMMANDS, "verb" => "connect", "outcome" => "ok").increment(1);
     let _tracked = node.sessions.token();
@@ -116,7 +119,7 @@ pub(crate) async fn serve(
     waited: Duration,
 ) {
     let RemoteClaim { outbound, inbound } = claim;
-    let _ = write_all(&initiator, OK).await;
+    send_ok(&initiator).await;
     counter!(COMMANDS, "verb" => "create", "outcome" => "ok").increment(1);
     if outbound.send(Frame::paired()).await.is_err() {
         counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
@@ -135,7 +138,7 @@ pub(crate) async fn serve(
         &initiator,
         early.freeze(),
         outbound,
-        inbound,
+        *inbound,
         counter!(BYTES, "path" => PATH, "direction" => "initiator_to_target"),
         counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
     );

@@ -40,8 +40,9 @@ pub(crate) enum Claim {
 pub(crate) struct RemoteClaim {
     /// Frames toward the Target's node (the Bridge's response stream).
     pub outbound: Outbound,
-    /// Frames from it.
-    pub inbound: Streaming<Frame>,
+    /// Frames from it. Boxed: a `Streaming` is large, and every pending
+    /// CREATE's state makes room for a claim.
+    pub inbound: Box<Streaming<Frame>>,
 }
 
 /// A Target connected to this node.

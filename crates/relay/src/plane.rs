@@ -76,7 +76,7 @@ impl Forward for Plane {
         let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
         let claim = Claim::Remote(RemoteClaim {
             outbound: Outbound::Server(tx),
-            inbound,
+            inbound: Box::new(inbound),
         });
         if claimant.send(claim).is_err() {
             return Err(Status::not_found("the initiator is gone"));

@@ -59,7 +59,7 @@ pub enum RunError {
 /// A connection slot: one permit of the connection limit, held for as long
 /// as the socket is open (it moves with the socket when a session pairs).
 #[derive(Debug)]
-pub(crate) struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+pub(crate) struct Slot(#[allow(dead_code)] pub(crate) OwnedSemaphorePermit);
 
 impl Drop for Slot {
     fn drop(&mut self) {

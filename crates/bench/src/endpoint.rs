@@ -1,0 +1,149 @@
+//! How the generator gets a connected pair of sockets: through a relay
+//! (CREATE and CONNECT), through a plain TCP proxy in front of the
+//! generator's own sink, or directly to that sink (the physical limit).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use dtcp_wire::{Command, Triple, Verb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// Where pairs come from.
+#[derive(Debug)]
+pub enum Endpoint {
+    /// A DTCP relay (or cluster): CREATE on one list, CONNECT on the other.
+    Relay {
+        create_on: Vec<SocketAddr>,
+        connect_on: Vec<SocketAddr>,
+        /// Makes keys unique to this run.
+        run: u64,
+    },
+    /// Connections to `addr` arrive at `sink` (a proxy in front of it, or the
+    /// sink itself for the direct measurement).
+    Sink { addr: SocketAddr, sink: Arc<Sink> },
+}
+
+/// A pair: `.0` is the Initiator's end (or the proxy client), `.1` the
+/// Target's (or the sink's accepted socket), and the pairing latency.
+pub type Pair = (TcpStream, TcpStream, Duration);
+
+impl Endpoint {
+    /// Opens pair number `n`.
+    pub async fn pair(&self, n: u64) -> io::Result<Pair> {
+        match self {
+            Endpoint::Relay {
+                create_on,
+                connect_on,
+                run,
+            } => {
+                let triple = Triple::new(
+                    format!("bench-{run}-{n}"),
+                    "initiator@bench.example/load",
+                    format!("target@bench.example/{n}"),
+                )
+                .map_err(io::Error::other)?;
+                let create = Command::new(Verb::Create, triple.clone()).encode();
+                let connect = Command::new(Verb::Connect, triple).encode();
+                let mut i = connect_to(create_on[n as usize % create_on.len()]).await?;
+                i.write_all(&create).await?;
+                let mut t = connect_to(connect_on[n as usize % connect_on.len()]).await?;
+                let started = Instant::now();
+                t.write_all(&connect).await?;
+                let (a, b) = tokio::join!(read_ok(&mut i), read_ok(&mut t));
+                a?;
+                b?;
+                Ok((i, t, started.elapsed()))
+            }
+            Endpoint::Sink { addr, sink } => {
+                let started = Instant::now();
+                let (id, rx) = sink.expect();
+                let mut c = connect_to(*addr).await?;
+                c.write_all(&id.to_le_bytes()).await?;
+                let t = tokio::time::timeout(Duration::from_secs(10), rx)
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "sink never saw the connection")
+                    })?
+                    .map_err(|_| io::Error::other("sink gone"))?;
+                Ok((c, t, started.elapsed()))
+            }
+        }
+    }
+}
+
+async fn connect_to(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Reads the relay's reply; anything but `OK` is an error.
+pub async fn read_ok(s: &mut TcpStream) -> io::Result<()> {
+    let mut reply = [0u8; 3];
+    s.read_exact(&mut reply).await?;
+    if &reply != b"OK\0" {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut rest)).await;
+        let mut all = reply.to_vec();
+        all.extend(rest);
+        return Err(io::Error::other(format!(
+            "relay refused: {}",
+            String::from_utf8_lossy(&all).replace('\0', " ")
+        )));
+    }
+    Ok(())
+}
+
+/// The generator's own sink: accepts connections, reads the 8-byte id each
+/// one starts with, and hands the socket to whoever waits for that id.
+#[derive(Debug)]
+pub struct Sink {
+    waiting: DashMap<u64, oneshot::Sender<TcpStream>>,
+    next: AtomicU64,
+}
+
+impl Sink {
+    /// Listens on `addr`; returns the sink and the bound address.
+    pub async fn start(addr: SocketAddr) -> io::Result<(Arc<Sink>, SocketAddr)> {
+        let listener = TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let sink = Arc::new(Sink {
+            waiting: DashMap::new(),
+            next: AtomicU64::new(0),
+        });
+        let s = sink.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = conn.set_nodelay(true);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let mut id = [0u8; 8];
+                    if conn.read_exact(&mut id).await.is_ok()
+                        && let Some((_, tx)) = s.waiting.remove(&u64::from_le_bytes(id))
+                    {
+                        let _ = tx.send(conn);
+                    }
+                });
+            }
+        });
+        Ok((sink, bound))
+    }
+
+    fn expect(&self) -> (u64, oneshot::Receiver<TcpStream>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.insert(id, tx);
+        (id, rx)
+    }
+}

@@ -1,0 +1,217 @@
+//! `dtcp-bench`: a load generator for DTCP relays, with its own code paths
+//! for the wire protocol (not the `dtcp` tool's).
+//!
+//! ```text
+//! dtcp-bench --create-on 127.0.0.1:7777 pair --pairs 2000 --concurrency 32
+//! dtcp-bench --create-on A --connect-on B throughput --pairs 4 --bytes 1GiB
+//! dtcp-bench --relay-pid PID hold --count 2000 --count 10000
+//! dtcp-bench --via 127.0.0.1:8888 --sink 127.0.0.1:9999 pair ...   (a TCP proxy in front of the sink)
+//! dtcp-bench --direct pair ...                                      (no relay at all)
+//! ```
+
+mod endpoint;
+mod pattern;
+mod procstat;
+mod scenario;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::endpoint::{Endpoint, Sink};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dtcp-bench",
+    version,
+    about = "Load generator for DTCP relays."
+)]
+struct Cli {
+    /// Relay nodes that get the CREATEs (comma-separated; pairs take turns).
+    #[arg(long, value_delimiter = ',', value_name = "ADDR")]
+    create_on: Vec<SocketAddr>,
+    /// Relay nodes that get the CONNECTs. Default: the same as --create-on.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR")]
+    connect_on: Vec<SocketAddr>,
+    /// Instead of a relay: a TCP proxy whose backend is this generator's sink.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["create_on", "direct"])]
+    via: Option<SocketAddr>,
+    /// Where the sink listens (for --via, the proxy's backend).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    sink: SocketAddr,
+    /// Instead of a relay: connect straight to the sink (the physical limit).
+    #[arg(long)]
+    direct: bool,
+    /// Processes whose CPU and memory to report (the relay, every node, or the proxy).
+    #[arg(long, value_delimiter = ',', value_name = "PID")]
+    relay_pid: Vec<u32>,
+    /// Print one JSON object per scenario instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A label for the table and the JSON (e.g. "relay", "haproxy").
+    #[arg(long, default_value = "")]
+    label: String,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N pairs at concurrency C: pair, one byte each way, close.
+    Pair {
+        #[arg(long, default_value_t = 2000)]
+        pairs: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// P concurrent pairs each moving S bytes, every byte checked.
+    Throughput {
+        #[arg(long, default_value_t = 4)]
+        pairs: u64,
+        /// Bytes per pair and direction (suffixes K, M, G, KiB, MiB, GiB).
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        bytes: u64,
+        /// Both directions at once.
+        #[arg(long)]
+        both_ways: bool,
+    },
+    /// K pending registrations, then K idle paired sessions: memory per each.
+    Hold {
+        /// Repeat for several K, to show linearity.
+        #[arg(long = "count", default_values_t = [2000u64, 10000])]
+        counts: Vec<u64>,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown unit in {s:?}")),
+    };
+    Ok(n * mult)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Holding thousands of sessions takes two descriptors each.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let endpoint = if let Some(via) = cli.via {
+        let (sink, _) = Sink::start(cli.sink).await?;
+        Endpoint::Sink { addr: via, sink }
+    } else if cli.direct {
+        let (sink, addr) = Sink::start(cli.sink).await?;
+        Endpoint::Sink { addr, sink }
+    } else {
+        if cli.create_on.is_empty() {
+            bail!("say where the relay is (--create-on), or use --via or --direct");
+        }
+        let connect_on = if cli.connect_on.is_empty() {
+            cli.create_on.clone()
+        } else {
+            cli.connect_on.clone()
+        };
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64;
+        Endpoint::Relay {
+            create_on: cli.create_on.clone(),
+            connect_on,
+            run,
+        }
+    };
+    let ep = Arc::new(endpoint);
+    let mut report = match cli.scenario {
+        Scenario::Pair { pairs, concurrency } => {
+            scenario::pair(ep, pairs, concurrency, &cli.relay_pid).await?
+        }
+        Scenario::Throughput {
+            pairs,
+            bytes,
+            both_ways,
+        } => scenario::throughput(ep, pairs, bytes, both_ways, &cli.relay_pid).await?,
+        Scenario::Hold { counts } => scenario::hold(ep, &counts, &cli.relay_pid).await?,
+    };
+    report["label"] = Value::from(cli.label.clone());
+    if cli.json {
+        println!("{report}");
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(r: &Value) {
+    let label = r["label"].as_str().unwrap_or_default();
+    match r["scenario"].as_str() {
+        Some("pair") => {
+            let l = &r["latency_ms"];
+            println!(
+                "{:<12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>14}",
+                "pair", "pairs/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "cpu s/1k pairs"
+            );
+            println!(
+                "{:<12} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>14.3}",
+                label,
+                r["pairs_per_s"].as_f64().unwrap_or(0.0),
+                l["p50"].as_f64().unwrap_or(0.0),
+                l["p90"].as_f64().unwrap_or(0.0),
+                l["p99"].as_f64().unwrap_or(0.0),
+                l["max"].as_f64().unwrap_or(0.0),
+                r["relay_cpu_s_per_1000_pairs"].as_f64().unwrap_or(0.0)
+            );
+        }
+        Some("throughput") => {
+            println!(
+                "{:<12} {:>12} {:>10} {:>14}",
+                "throughput", "GB/s", "seconds", "cpu s/GiB"
+            );
+            println!(
+                "{:<12} {:>12.3} {:>10.2} {:>14.3}",
+                label,
+                r["bytes_per_s"].as_f64().unwrap_or(0.0) / 1e9,
+                r["elapsed_s"].as_f64().unwrap_or(0.0),
+                r["relay_cpu_s_per_gib"].as_f64().unwrap_or(0.0)
+            );
+        }
+        Some("hold") => {
+            println!(
+                "{:<12} {:>8} {:>16} {:>16}",
+                "hold", "count", "B/pending", "B/session"
+            );
+            for row in r["rounds"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<12} {:>8} {:>16.0} {:>16.0}",
+                    label,
+                    row["count"],
+                    row["bytes_per_pending"].as_f64().unwrap_or(f64::NAN),
+                    row["bytes_per_session"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+        _ => println!("{r}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("10"), Ok(10));
+        assert!(parse_size("ten").is_err());
+    }
+}
