@@ -37,8 +37,18 @@ async fn assert_clean_and_working(relay: &Relay) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_256_mib_both_ways_at_once() {
+    // splice(2) on Linux, the default.
+    transfer_both_ways(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_256_mib_both_ways_through_the_portable_copy() {
+    transfer_both_ways(&["--no-splice"]).await;
+}
+
+async fn transfer_both_ways(args: &[&str]) {
     const SIZE: u64 = 256 << 20;
-    let relay = Relay::start(&[]);
+    let relay = Relay::start(args);
     let t = triple("big");
     let (i, tg) = tokio::join!(
         Initiator::connect(relay.addr, &t),

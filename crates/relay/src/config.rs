@@ -177,6 +177,11 @@ pub struct Config {
     #[arg(long, env = "DTCP_MAX_COMMAND_LEN", default_value_t = Limits::default().max_command_len, value_name = "BYTES")]
     pub max_command_len: usize,
 
+    /// Move bytes through a user-space buffer rather than with splice(2)
+    /// (Linux only; the portable way, for comparison or a kernel that misbehaves).
+    #[arg(long, env = "DTCP_NO_SPLICE")]
+    pub no_splice: bool,
+
     /// Log format.
     #[arg(long, env = "DTCP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

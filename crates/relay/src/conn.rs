@@ -553,6 +553,7 @@ async fn local_session(
             counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
         ),
         node.config.idle_timeout(),
+        !node.config.no_splice,
     );
     let end = tokio::select! {
         end = &mut pump => end,

@@ -77,6 +77,12 @@ struct Way<'a> {
     buf: Option<Box<[u8]>>,
     start: usize,
     end: usize,
+    /// Linux: the pipe the bytes pass through, kernel to kernel, and how
+    /// many are in it. Held only while there is data in flight.
+    #[cfg(target_os = "linux")]
+    pipe: Option<splice::Pipe>,
+    #[cfg(target_os = "linux")]
+    in_pipe: usize,
     /// The FIN has been passed on.
     done: bool,
     moved: u64,
@@ -90,6 +96,8 @@ pub(crate) struct Pump<'a> {
     ends: [&'a TcpStream; 2],
     /// `ways[0]` carries `a` to `b`, `ways[1]` `b` to `a`.
     ways: [Way<'a>; 2],
+    /// Move bytes with splice(2) through a pipe rather than through a buffer.
+    splice: bool,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
 }
 
@@ -100,12 +108,17 @@ impl<'a> Pump<'a> {
         a: (&'a TcpStream, &'a [u8], Counter),
         b: (&'a TcpStream, &'a [u8], Counter),
         idle: Option<Duration>,
+        splice: bool,
     ) -> Self {
         let way = |early, counter| Way {
             early,
             buf: None,
             start: 0,
             end: 0,
+            #[cfg(target_os = "linux")]
+            pipe: None,
+            #[cfg(target_os = "linux")]
+            in_pipe: 0,
             done: false,
             moved: 0,
             counter,
@@ -113,6 +126,7 @@ impl<'a> Pump<'a> {
         Pump {
             ends: [a.0, b.0],
             ways: [way(a.1, a.2), way(b.1, b.2)],
+            splice: splice && cfg!(target_os = "linux"),
             idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
         }
     }
@@ -124,6 +138,10 @@ impl<'a> Pump<'a> {
 
     /// Drives direction `i`; `Ready(Ok)` once its FIN is passed on.
     fn poll_way(&mut self, i: usize, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        #[cfg(target_os = "linux")]
+        if self.splice {
+            return self.poll_way_spliced(i, cx);
+        }
         let (from, to) = (self.ends[i], self.ends[1 - i]);
         let way = &mut self.ways[i];
         loop {
@@ -175,6 +193,177 @@ impl<'a> Pump<'a> {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Pump<'_> {
+    /// `poll_way` with splice(2): socket to pipe to socket, no copy through
+    /// user space (as HAProxy does on Linux).
+    fn poll_way_spliced(&mut self, i: usize, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        use std::os::fd::AsRawFd;
+        use tokio::io::Interest;
+
+        let (from, to) = (self.ends[i], self.ends[1 - i]);
+        let way = &mut self.ways[i];
+        loop {
+            if way.done {
+                return Poll::Ready(Ok(()));
+            }
+            // Bytes sent before pairing were read into user space: write them first.
+            while !way.early.is_empty() {
+                ready!(to.poll_write_ready(cx))?;
+                match to.try_write(way.early) {
+                    Ok(n) => {
+                        way.early = &way.early[n..];
+                        way.moved += n as u64;
+                        way.counter.increment(n as u64);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            while way.in_pipe > 0 {
+                ready!(to.poll_write_ready(cx))?;
+                let pipe = way.pipe.as_ref().expect("bytes in a pipe");
+                let out = to.as_raw_fd();
+                // try_io clears the readiness on EAGAIN, so the next poll waits.
+                match to.try_io(Interest::WRITABLE, || pipe.drain_to(out, way.in_pipe)) {
+                    Ok(n) => {
+                        way.in_pipe -= n;
+                        way.moved += n as u64;
+                        way.counter.increment(n as u64);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            ready!(from.poll_read_ready(cx))?;
+            let pipe = match &way.pipe {
+                Some(p) => p,
+                None => way.pipe.insert(splice::take_pipe()?),
+            };
+            let fd = from.as_raw_fd();
+            match from.try_io(Interest::READABLE, || pipe.fill_from(fd)) {
+                Ok(0) => {
+                    if let Some(p) = way.pipe.take() {
+                        splice::give_pipe(p);
+                    }
+                    way.done = true;
+                    SockRef::from(to).shutdown(Shutdown::Write)?;
+                }
+                Ok(n) => way.in_pipe = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Drained: an empty pipe goes back to the pool.
+                    if let Some(p) = way.pipe.take() {
+                        splice::give_pipe(p);
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// Pipes for splice(2), pooled per thread like the copy buffers.
+#[cfg(target_os = "linux")]
+mod splice {
+    use std::cell::RefCell;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+    /// Bytes moved per splice call, and the pipe's capacity. Larger than the
+    /// default 64 KiB: fewer calls per GiB, and the pages are only held while
+    /// data is in flight.
+    const PIPE_CHUNK: usize = 256 * 1024;
+    /// Pipes kept for reuse per worker thread.
+    const POOL_MAX: usize = 4;
+
+    thread_local! {
+        static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A non-blocking pipe.
+    #[derive(Debug)]
+    pub(super) struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+    }
+
+    impl Pipe {
+        fn new() -> io::Result<Pipe> {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 writes two descriptors into the array it is given.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: both descriptors were just created and are owned by no one else.
+            let pipe = unsafe {
+                Pipe {
+                    read: OwnedFd::from_raw_fd(fds[0]),
+                    write: OwnedFd::from_raw_fd(fds[1]),
+                }
+            };
+            // Best effort: an unprivileged process may be refused a larger
+            // pipe (fs.pipe-max-size), and the default works too.
+            // SAFETY: fcntl on a descriptor we own.
+            unsafe {
+                libc::fcntl(
+                    pipe.write.as_raw_fd(),
+                    libc::F_SETPIPE_SZ,
+                    PIPE_CHUNK as libc::c_int,
+                )
+            };
+            Ok(pipe)
+        }
+
+        /// Moves up to a pipe's worth from socket `fd` into the pipe; 0 at EOF.
+        pub(super) fn fill_from(&self, fd: RawFd) -> io::Result<usize> {
+            splice(fd, self.write.as_raw_fd(), PIPE_CHUNK)
+        }
+
+        /// Moves up to `len` bytes from the pipe to socket `fd`.
+        pub(super) fn drain_to(&self, fd: RawFd, len: usize) -> io::Result<usize> {
+            splice(self.read.as_raw_fd(), fd, len)
+        }
+    }
+
+    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+        // SAFETY: both descriptors are open for the duration of the call; null
+        // offsets are what pipes and sockets require.
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// A pipe from the pool, or a new one.
+    pub(super) fn take_pipe() -> io::Result<Pipe> {
+        match PIPES.with(|p| p.borrow_mut().pop()) {
+            Some(p) => Ok(p),
+            None => Pipe::new(),
+        }
+    }
+
+    /// Returns an empty pipe to the pool.
+    pub(super) fn give_pipe(pipe: Pipe) {
+        PIPES.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(pipe);
+            }
+        });
     }
 }
 
