@@ -13,8 +13,8 @@ use crate::proto::Frame;
 use crate::proto::forward_client::ForwardClient;
 use crate::proto::frame::Kind;
 use crate::{
-    CONNECT_TIMEOUT, CONNECTION_WINDOW, FRAMES_IN_FLIGHT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
-    Outbound, STREAM_WINDOW, Secret, TCP_KEEPALIVE,
+    CONNECT_TIMEOUT, CONNECTION_WINDOW, FRAMES_IN_FLIGHT, H2_MAX_FRAME, KEEPALIVE_INTERVAL,
+    KEEPALIVE_TIMEOUT, Outbound, STREAM_WINDOW, Secret, TCP_KEEPALIVE,
 };
 
 /// How long the owner node may take to answer a Bridge with `paired`.
@@ -102,7 +102,8 @@ impl Dialer {
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
             .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW);
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(H2_MAX_FRAME);
         if let Some(tls) = &self.tls {
             endpoint = endpoint
                 .tls_config(tls.clone())

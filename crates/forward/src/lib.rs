@@ -25,12 +25,15 @@ pub use join::{End, Outbound, Report, join, write_all};
 
 /// Largest data frame: big enough to amortise HTTP/2 and protobuf framing,
 /// small enough to keep per-stream buffering modest.
-pub const FRAME_SIZE: usize = 64 * 1024;
+pub const FRAME_SIZE: usize = 256 * 1024;
+/// Largest HTTP/2 frame the plane sends and accepts (16 KiB by default):
+/// a data message then crosses in a few frames rather than sixteen.
+pub const H2_MAX_FRAME: u32 = 1024 * 1024 - 1;
 /// Frames queued toward the gRPC stream per direction: with HTTP/2 flow
 /// control, this bounds what a stalled reader can make a node buffer.
-pub const FRAMES_IN_FLIGHT: usize = 8;
+pub const FRAMES_IN_FLIGHT: usize = 4;
 /// HTTP/2 stream window: how much one session may have in flight.
-pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// HTTP/2 connection window, shared by all sessions between two nodes.
 pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// HTTP/2 PING interval and timeout, and TCP keepalive: a dead peer node is

@@ -48,7 +48,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// How soon a waiting CONNECT first asks the shared store again (cluster
 /// mode); the wait doubles up to [`STORE_POLL_MAX`]. A CONNECT usually comes
 /// a moment after its CREATE, so the first looks are quick.
-const STORE_POLL_MIN: Duration = Duration::from_millis(5);
+const STORE_POLL_MIN: Duration = Duration::from_millis(1);
 /// The longest wait between two looks at the shared store.
 const STORE_POLL_MAX: Duration = Duration::from_millis(100);
 

@@ -8,8 +8,8 @@ use dtcp_forward::proto::Frame;
 use dtcp_forward::proto::forward_server::{Forward, ForwardServer};
 use dtcp_forward::proto::frame::Kind;
 use dtcp_forward::{
-    CONNECTION_WINDOW, FRAMES_IN_FLIGHT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Outbound,
-    STREAM_WINDOW, Secret, TCP_KEEPALIVE, check_secret,
+    CONNECTION_WINDOW, FRAMES_IN_FLIGHT, H2_MAX_FRAME, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
+    Outbound, STREAM_WINDOW, Secret, TCP_KEEPALIVE, check_secret,
 };
 use dtcp_wire::RegistrationId;
 use metrics::{counter, gauge};
@@ -99,7 +99,8 @@ pub(crate) async fn serve(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME);
     if let Some(tls) = tls {
         builder = match builder.tls_config(tls) {
             Ok(b) => b,

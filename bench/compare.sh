@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The performance comparison, in one run on one machine, with the same
+# generator (dtcp-bench) and the same scenarios for every contender:
+#
+#   relay-local   one dtcp-relay node, CREATE and CONNECT on it
+#   relay-cross   three nodes and one Redis, CREATE on node A, CONNECT on node B
+#   haproxy       HAProxy in TCP mode (both threads, option splice-auto) in
+#                 front of the generator's sink: the industrial TCP proxy
+#   direct        the generator talking to its own sink: the physical limit
+#
+# Prints each scenario's table, then the ratios (which stay meaningful on a
+# noisy shared machine when absolute numbers do not). Raw JSON lines go to
+# $OUT (default target/bench/results.jsonl).
+#
+# Usage: bench/compare.sh [--quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=${1:-}
+PAIRS=2000 CONC=32 STREAMS=4 BYTES=1GiB HOLD=(2000 8000)
+if [ "$QUICK" = "--quick" ]; then
+  PAIRS=500 BYTES=256MiB HOLD=(1000 2000)
+fi
+OUT=${OUT:-target/bench/results.jsonl}
+mkdir -p "$(dirname "$OUT")"
+: > "$OUT"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null; }
+if ! need haproxy || ! need redis-server; then
+  if [ "$(id -u)" = 0 ] && need apt-get; then
+    echo "installing haproxy and redis-server (Debian packages)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy redis-server >/dev/null
+  else
+    echo "bench/compare.sh needs haproxy and redis-server" >&2
+    exit 1
+  fi
+fi
+# Held sessions take two descriptors each, on both sides (this machine's hard
+# limit, 20,000, is what caps the held counts and HAProxy's maxconn).
+ulimit -n "$(ulimit -Hn)"
+
+cargo build --release --bins --locked -q
+BIN=target/release
+BENCH="$BIN/dtcp-bench --json"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on port $1" >&2; exit 1; }
+
+RELAY_ARGS=(--max-connections 1000000 --max-pending-per-ip 1000000 --log-format json)
+start_relay() { # name port [args...]; sets LAST
+  local name=$1 port=$2; shift 2
+  "$BIN/dtcp-relay" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" \
+    "${RELAY_ARGS[@]}" "$@" > "$WORK/$name.log" 2>&1 &
+  LAST=$!
+  PIDS+=("$LAST")
+  wait_port "$port"
+}
+
+run() { # label scenario args... ; the endpoint flags come from $ENDPOINT
+  local label=$1; shift
+  $BENCH --label "$label" "${ENDPOINT[@]}" "$@" | tee -a "$OUT" >/dev/null
+}
+
+scenarios() { # label pids
+  local label=$1 pids=$2
+  run "$label" --relay-pid "$pids" pair --pairs "$PAIRS" --concurrency "$CONC"
+  run "$label" --relay-pid "$pids" throughput --pairs "$STREAMS" --bytes "$BYTES"
+  run "$label" --relay-pid "$pids" throughput --pairs 1 --bytes "$BYTES" --both-ways
+}
+
+echo "== relay, one node" >&2
+for k in "${HOLD[@]}"; do
+  # A fresh process per count: freed memory would blur the next count.
+  P=$(free_port); start_relay "local-hold-$k" "$P"; PID=$LAST
+  ENDPOINT=(--create-on "127.0.0.1:$P")
+  run relay-local --relay-pid "$PID" hold --count "$k"
+  kill "$PID"
+done
+P=$(free_port); start_relay local "$P"; PID=$LAST
+ENDPOINT=(--create-on "127.0.0.1:$P")
+scenarios relay-local "$PID"
+kill "$PID"
+
+echo "== relay, three nodes and Redis" >&2
+RP=$(free_port)
+redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
+PIDS+=($!)
+wait_port "$RP"
+CLUSTER=(--redis-url "redis://127.0.0.1:$RP" --cluster-secret bench-secret --forward-listen 127.0.0.1:0)
+A=$(free_port); B=$(free_port); C=$(free_port)
+start_relay a "$A" "${CLUSTER[@]}"; PA=$LAST
+start_relay b "$B" "${CLUSTER[@]}"; PB=$LAST
+start_relay c "$C" "${CLUSTER[@]}"; PC=$LAST
+ENDPOINT=(--create-on "127.0.0.1:$A" --connect-on "127.0.0.1:$B")
+scenarios relay-cross "$PA,$PB,$PC"
+run relay-cross --relay-pid "$PA,$PB,$PC" hold --count "${HOLD[0]}"
+
+echo "== haproxy (tcp, nbthread 2, splice-auto)" >&2
+HP=$(free_port); SINK=$(free_port)
+cat > "$WORK/haproxy.cfg" <<CFG
+global
+  nbthread 2
+  maxconn 7500
+defaults
+  mode tcp
+  option splice-auto
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend fe
+  bind 127.0.0.1:$HP
+  default_backend sink
+backend sink
+  server sink 127.0.0.1:$SINK
+CFG
+haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
+HPID=$!; PIDS+=($HPID)
+wait_port "$HP"
+ENDPOINT=(--via "127.0.0.1:$HP" --sink "127.0.0.1:$SINK")
+scenarios haproxy "$HPID"
+run haproxy --relay-pid "$HPID" hold --count "${HOLD[0]}"
+
+echo "== direct" >&2
+ENDPOINT=(--direct)
+run direct throughput --pairs "$STREAMS" --bytes "$BYTES"
+run direct throughput --pairs 1 --bytes "$BYTES" --both-ways
+
+python3 bench/summary.py "$OUT"

@@ -1,0 +1,68 @@
+"""Prints bench/compare.sh's results as tables and ratios (stdlib only)."""
+import json
+import sys
+
+
+def main(path):
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    by = {}
+    for r in rows:
+        key = (r["label"], r["scenario"], r.get("pairs"), r.get("both_ways"))
+        by[key] = r
+
+    def get(label, scenario, pairs=None, both=None):
+        for (l, s, p, b), r in by.items():
+            if l == label and s == scenario and (pairs is None or p == pairs) and (both is None or b == both):
+                return r
+        return None
+
+    labels = ["relay-local", "relay-cross", "haproxy", "direct"]
+    print("\n| contender | pairs/s | p50 ms | p99 ms | max ms | CPU s/1k pairs |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for l in labels:
+        r = get(l, "pair")
+        if r:
+            lat = r["latency_ms"]
+            print(f"| {l} | {r['pairs_per_s']:.0f} | {lat['p50']:.3f} | {lat['p99']:.3f} | {lat['max']:.3f} | {r['relay_cpu_s_per_1000_pairs']:.3f} |")
+
+    print("\n| contender | streams | GB/s | CPU s/GiB |")
+    print("| --- | --- | ---: | ---: |")
+    for l in labels:
+        for r in [x for x in rows if x["label"] == l and x["scenario"] == "throughput"]:
+            kind = "1 both ways" if r["both_ways"] else f"{r['pairs']} one way"
+            print(f"| {l} | {kind} | {r['bytes_per_s'] / 1e9:.2f} | {r['relay_cpu_s_per_gib']:.3f} |")
+
+    print("\n| contender | held | bytes per pending | bytes per idle session |")
+    print("| --- | ---: | ---: | ---: |")
+    for l in labels:
+        for r in [x for x in rows if x["label"] == l and x["scenario"] == "hold"]:
+            for row in r["rounds"]:
+                pend = row.get("bytes_per_pending")
+                pend = f"{pend:.0f}" if pend is not None else "-"
+                print(f"| {l} | {row['count']} | {pend} | {row['bytes_per_session']:.0f} |")
+
+    def ratio(a, b):
+        return a / b if a and b else float("nan")
+
+    tl = [x for x in rows if x["label"] == "relay-local" and x["scenario"] == "throughput" and not x["both_ways"]]
+    tc = [x for x in rows if x["label"] == "relay-cross" and x["scenario"] == "throughput" and not x["both_ways"]]
+    th = [x for x in rows if x["label"] == "haproxy" and x["scenario"] == "throughput" and not x["both_ways"]]
+    td = [x for x in rows if x["label"] == "direct" and x["scenario"] == "throughput" and not x["both_ways"]]
+    pl, pc, ph = get("relay-local", "pair"), get("relay-cross", "pair"), get("haproxy", "pair")
+    bps = lambda xs: xs[0]["bytes_per_s"] if xs else None
+    cpu = lambda xs: xs[0]["relay_cpu_s_per_gib"] if xs else None
+    print("\n| ratio | value |")
+    print("| --- | ---: |")
+    print(f"| relay-local / haproxy, throughput | {ratio(bps(tl), bps(th)):.2f} |")
+    print(f"| relay-local / haproxy, CPU s per GiB | {ratio(cpu(tl), cpu(th)):.2f} |")
+    print(f"| relay-cross / relay-local, throughput | {ratio(bps(tc), bps(tl)):.2f} |")
+    print(f"| relay-local / direct, throughput | {ratio(bps(tl), bps(td)):.2f} |")
+    if pl and ph:
+        print(f"| relay-local / haproxy, pairs per second | {ratio(pl['pairs_per_s'], ph['pairs_per_s']):.2f} |")
+        print(f"| relay-local / haproxy, p99 latency | {ratio(pl['latency_ms']['p99'], ph['latency_ms']['p99']):.2f} |")
+    if pc:
+        print(f"| relay-cross p99 latency, ms | {pc['latency_ms']['p99']:.3f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
