@@ -167,6 +167,47 @@ fn a_refusal_exits_non_zero_with_the_condition() {
     );
 }
 
+#[test]
+fn health_answers_for_ready_and_draining_relays() {
+    let relay = Relay::start(&["--drain-timeout", "30"]);
+    let health = || {
+        Command::new(bin("dtcp"))
+            .args(["health", &relay.metrics.to_string()])
+            .output()
+            .unwrap()
+    };
+    let ready = health();
+    assert!(
+        ready.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
+    // Hold a session so the drain lasts while we ask.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _pair = rt.block_on(async {
+        let t = triple("health");
+        let (i, tg) = tokio::join!(
+            dtcp_client::Initiator::connect(relay.addr, &t),
+            dtcp_client::Target::connect(relay.addr, &t)
+        );
+        (i.unwrap(), tg.unwrap())
+    });
+    relay.signal(libc::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = health();
+        if !out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stderr).contains("not ready"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still ready while draining"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn tempdir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("dtcp-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -51,6 +51,14 @@ enum Cmd {
         #[arg(long, default_value_t = 300, value_name = "SECS")]
         wait: u64,
     },
+    /// Ask a relay's metrics listener whether it takes new sessions
+    /// (`GET /readyz`): exit 0 if so. For container health checks, where the
+    /// image has no shell and no HTTP client.
+    Health {
+        /// The metrics listener, `HOST:PORT`.
+        #[arg(default_value = "127.0.0.1:9777")]
+        addr: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +100,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             wait,
         } => recv(session, tls_fingerprint, output, Duration::from_secs(wait)).await,
+        Cmd::Health { addr } => health(&addr).await,
+    }
+}
+
+async fn health(addr: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let check = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        s.read_to_end(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(3), check)
+        .await
+        .context("no answer within 3 s")??;
+    let status = String::from_utf8_lossy(&response);
+    if status.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        bail!(
+            "not ready: {}",
+            status.lines().next().unwrap_or("no status line")
+        )
     }
 }
 

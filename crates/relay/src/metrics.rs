@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Client connections accepted.
@@ -140,7 +142,86 @@ fn describe() {
     describe_gauge!(DRAINING, "1 while the node drains, else 0.");
     describe_gauge!(BUILD_INFO, "Always 1, labelled with the relay's version.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    gauge!(DRAINING).set(0.0);
-    gauge!(PENDING).set(0.0);
-    gauge!(CONNECTIONS_OPEN).set(0.0);
+    init_series();
+}
+
+/// Every series the relay can export, at zero: a fresh node shows them all,
+/// so that `rate()` and dashboards work from the first scrape instead of
+/// showing "No data" until the first event of each kind.
+fn init_series() {
+    const CONDITIONS: [&str; 8] = [
+        "bad-request",
+        "conflict",
+        "not-found",
+        "timeout",
+        "forbidden",
+        "resource-constraint",
+        "unavailable",
+        "shutting-down",
+    ];
+    const PATHS: [&str; 2] = ["local", "forwarded"];
+    for gauge in [
+        DRAINING,
+        PENDING,
+        CONNECTIONS_OPEN,
+        STORE_REGISTRATIONS,
+        NODES_ALIVE,
+    ] {
+        gauge!(gauge).set(0.0);
+    }
+    counter!(CONNECTIONS_ACCEPTED).absolute(0);
+    for reason in ["max_connections", "descriptors"] {
+        counter!(CONNECTIONS_REFUSED, "reason" => reason).absolute(0);
+    }
+    for condition in CONDITIONS {
+        counter!(ERRORS, "condition" => condition).absolute(0);
+    }
+    for verb in ["create", "connect", "unknown"] {
+        for outcome in CONDITIONS.iter().copied().chain(["ok", "abandoned"]) {
+            counter!(COMMANDS, "verb" => verb, "outcome" => outcome).absolute(0);
+        }
+    }
+    for path in PATHS {
+        gauge!(SESSIONS_ACTIVE, "path" => path).set(0.0);
+        let _ = histogram!(PAIRING_LATENCY, "path" => path);
+        let _ = histogram!(SESSION_DURATION, "path" => path);
+        for outcome in [
+            "closed",
+            "reset",
+            "idle_timeout",
+            "drained",
+            "bridge_broken",
+        ] {
+            counter!(SESSIONS_COMPLETED, "path" => path, "outcome" => outcome).absolute(0);
+        }
+        for direction in ["initiator_to_target", "target_to_initiator"] {
+            counter!(BYTES, "path" => path, "direction" => direction).absolute(0);
+        }
+    }
+    let _ = histogram!(PENDING_WAIT);
+    for op in [
+        "register",
+        "lookup",
+        "remove",
+        "heartbeat",
+        "remove_node",
+        "nodes_alive",
+    ] {
+        counter!(STORE_OPERATIONS, "op" => op).absolute(0);
+        counter!(STORE_ERRORS, "op" => op).absolute(0);
+        let _ = histogram!(STORE_LATENCY, "op" => op);
+    }
+    for role in ["client", "server"] {
+        gauge!(BRIDGE_STREAMS, "role" => role).set(0.0);
+    }
+    for (role, reason) in [
+        ("client", "unreachable"),
+        ("client", "unauthenticated"),
+        ("client", "protocol"),
+        ("client", "broken"),
+        ("server", "broken"),
+        ("server", "stale_owner"),
+    ] {
+        counter!(BRIDGE_ERRORS, "role" => role, "reason" => reason).absolute(0);
+    }
 }
