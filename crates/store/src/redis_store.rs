@@ -185,6 +185,21 @@ impl RedisStore {
         })
     }
 
+    /// `SET key value NX PX ttl`: whether the key was free and is now ours.
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let set: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms(ttl)),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
     fn owner_value(owner: &NodeInfo) -> String {
         format!("{} {}", owner.id, owner.forward_addr)
     }
@@ -252,33 +267,13 @@ impl Rendezvous for RedisStore {
     ) -> Result<bool, StoreError> {
         let key = self.reg_key(id);
         let value = Self::owner_value(owner);
-        let set: Option<String> = self
-            .query(
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms(ttl)),
-            )
-            .await?;
-        if set.is_some() {
+        if self.set_nx(&key, &value, ttl).await? {
             return Ok(true);
         }
         let current: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
         let Some(current) = current else {
             // Expired in between: try once more.
-            let set: Option<String> = self
-                .query(
-                    redis::cmd("SET")
-                        .arg(&key)
-                        .arg(&value)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ms(ttl)),
-                )
-                .await?;
-            return Ok(set.is_some());
+            return self.set_nx(&key, &value, ttl).await;
         };
         if current == value {
             // Our own write, answered late (a retried command).
