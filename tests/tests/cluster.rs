@@ -528,3 +528,49 @@ async fn a_target_that_stops_reading_keeps_memory_flat() {
         "memory grew by {grown:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_turns_not_ready_while_a_node_drains() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let redis = RedisServer::start();
+    let a = cluster_node(&[redis.url()], &["--drain-timeout", "20"]);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.forward.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .expect("the forwarding port serves gRPC");
+    let mut health = HealthClient::new(channel);
+    let mut status = async |service: &str| {
+        let request = HealthCheckRequest {
+            service: service.into(),
+        };
+        health.check(request).await.map(|r| r.into_inner().status)
+    };
+    for service in ["dtcp.liveness", "dtcp.readiness", ""] {
+        assert_eq!(
+            status(service).await.unwrap(),
+            ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    // A session keeps the drain going while we ask.
+    let (_i, _t) = pair_across(a.addr, a.addr, &triple("health")).await;
+    a.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status("dtcp.readiness").await.unwrap() != ServingStatus::NotServing as i32 {
+        assert!(
+            Instant::now() < deadline,
+            "readiness still SERVING while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status("").await.unwrap(), ServingStatus::NotServing as i32);
+    // Draining is not dead: the liveness probe must not restart the pod.
+    assert_eq!(
+        status("dtcp.liveness").await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+}
