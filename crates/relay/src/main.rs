@@ -12,8 +12,11 @@ async fn main() -> anyhow::Result<()> {
     // One TLS provider for the process (Redis over rediss:// asks for the default).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = dtcp_relay::metrics::install().context("installing the metrics recorder")?;
+    // Before anything is bound: a signal that arrives as soon as the node
+    // says it listens must start a drain, not kill the process.
+    let shutdown = shutdown_signal().context("installing signal handlers")?;
     let relay = Relay::bind(config, metrics).await?;
-    relay.run(shutdown_signal()).await?;
+    relay.run(shutdown).await?;
     Ok(())
 }
 
@@ -29,12 +32,16 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future completes on the
+/// first of them.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }

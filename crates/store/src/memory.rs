@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +15,10 @@ use crate::{NodeInfo, Rendezvous, StoreError};
 /// those that expired since the last registration.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    registrations: Mutex<HashMap<RegistrationId, (NodeInfo, Instant)>>,
+    /// Owners are shared, not copied: a lone node registers everything under
+    /// one owner, and a copy per registration would be two strings each.
+    registrations: Mutex<HashMap<RegistrationId, (Arc<NodeInfo>, Instant)>>,
+    last_owner: Mutex<Option<Arc<NodeInfo>>>,
     nodes: Mutex<HashMap<String, Instant>>,
 }
 
@@ -23,6 +26,18 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn shared(&self, owner: &NodeInfo) -> Arc<NodeInfo> {
+        let mut last = self.last_owner.lock().expect("poisoned");
+        match &*last {
+            Some(o) if **o == *owner => o.clone(),
+            _ => {
+                let o = Arc::new(owner.clone());
+                *last = Some(o.clone());
+                o
+            }
+        }
     }
 
     /// Live registrations (for metrics and tests).
@@ -47,6 +62,7 @@ impl Rendezvous for MemoryStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let now = Instant::now();
+        let owner = self.shared(owner);
         let mut map = self.registrations.lock().expect("poisoned");
         // Amortised sweep: at most one pass per doubling of the map.
         if map.len() >= 64 && map.len().is_power_of_two() {
@@ -55,7 +71,7 @@ impl Rendezvous for MemoryStore {
         match map.get(id) {
             Some((_, exp)) if *exp > now => Ok(false),
             _ => {
-                map.insert(*id, (owner.clone(), now + ttl));
+                map.insert(*id, (owner, now + ttl));
                 Ok(true)
             }
         }
@@ -67,7 +83,7 @@ impl Rendezvous for MemoryStore {
         Ok(map
             .get(id)
             .filter(|(_, exp)| *exp > now)
-            .map(|(owner, _)| owner.clone()))
+            .map(|(owner, _)| NodeInfo::clone(owner)))
     }
 
     async fn remove_if_owner(
