@@ -501,3 +501,31 @@ pub fn cluster_node(redis_urls: &[String], args: &[&str]) -> Relay {
     all.extend(args);
     Relay::start(&all)
 }
+
+/// Pairs `t` with its CREATE sent to `a` and its CONNECT to `b`; panics
+/// with both results if either side fails.
+pub async fn pair(a: SocketAddr, b: SocketAddr, t: &Triple) -> (TcpStream, TcpStream) {
+    let i = tokio::spawn({
+        let t = t.clone();
+        async move { dtcp_client::Initiator::connect(a, &t).await }
+    });
+    let tg = dtcp_client::Target::connect(b, t).await;
+    match (i.await.unwrap(), tg) {
+        (Ok(i), Ok(tg)) => (i, tg),
+        (i, tg) => panic!("pairing failed: initiator {i:?}, target {tg:?}"),
+    }
+}
+
+/// Sends `size` bytes each way at once, every byte checked, to the end of both streams.
+pub async fn exchange(i: TcpStream, tg: TcpStream, size: u64, seed: u64) {
+    let (mut ir, mut iw) = i.into_split();
+    let (mut tr, mut tw) = tg.into_split();
+    let (a, b, got_t, got_i) = tokio::join!(
+        send_pattern(&mut iw, seed, size),
+        send_pattern(&mut tw, seed + 1, size),
+        recv_digest(&mut tr),
+        recv_digest(&mut ir),
+    );
+    assert_eq!(got_t, (size, a), "initiator -> target");
+    assert_eq!(got_i, (size, b), "target -> initiator");
+}

@@ -2,40 +2,13 @@
 //! Redis Cluster) and three `dtcp-relay` nodes on loopback. A CREATE and its
 //! CONNECT land on different nodes, and the faults a cluster must survive.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use dtcp_client::dtcp_wire::{Condition, Triple, Verb};
+use dtcp_client::dtcp_wire::{Condition, Verb};
 use dtcp_client::{ClientError, Initiator, Target};
 use dtcp_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn pair_across(a: SocketAddr, b: SocketAddr, t: &Triple) -> (TcpStream, TcpStream) {
-    let i = tokio::spawn({
-        let t = t.clone();
-        async move { Initiator::connect(a, &t).await }
-    });
-    let tg = Target::connect(b, t).await;
-    match (i.await.unwrap(), tg) {
-        (Ok(i), Ok(tg)) => (i, tg),
-        (i, tg) => panic!("pairing failed: initiator {i:?}, target {tg:?}"),
-    }
-}
-
-/// Both ways at once, `size` bytes each, checked.
-async fn exchange(i: TcpStream, tg: TcpStream, size: u64, seed: u64) {
-    let (mut ir, mut iw) = i.into_split();
-    let (mut tr, mut tw) = tg.into_split();
-    let (a, b, got_t, got_i) = tokio::join!(
-        send_pattern(&mut iw, seed, size),
-        send_pattern(&mut tw, seed + 1, size),
-        recv_digest(&mut tr),
-        recv_digest(&mut ir),
-    );
-    assert_eq!(got_t, (size, a), "initiator -> target");
-    assert_eq!(got_i, (size, b), "target -> initiator");
-}
 
 fn three_nodes(urls: &[String], args: &[&str]) -> [Relay; 3] {
     [
@@ -89,7 +62,7 @@ async fn cross_node_protocol(urls: &[String]) {
 
     // CONNECT on C, the Target half-closing first.
     let t = triple("cross-c");
-    let (mut i, mut tg) = pair_across(a.addr, c.addr, &t).await;
+    let (mut i, mut tg) = pair(a.addr, c.addr, &t).await;
     tg.write_all(b"target first").await.unwrap();
     tg.shutdown().await.unwrap();
     assert_eq!(read_all(&mut i).await, b"target first");
@@ -115,7 +88,7 @@ async fn cross_node_protocol(urls: &[String]) {
 
     // 256 MiB both ways at once, A <-> B.
     let t = triple("cross-big");
-    let (i, tg) = pair_across(a.addr, b.addr, &t).await;
+    let (i, tg) = pair(a.addr, b.addr, &t).await;
     exchange(i, tg, 256 << 20, 100).await;
 
     // 300 concurrent pairs, CREATE and CONNECT spread over all three nodes.
@@ -125,7 +98,7 @@ async fn cross_node_protocol(urls: &[String]) {
             let (x, y) = (nodes[n % 3], nodes[(n + 1 + n / 3 % 2) % 3]);
             tokio::spawn(async move {
                 let t = triple(&format!("cross-many-{n}"));
-                let (i, tg) = pair_across(x, y, &t).await;
+                let (i, tg) = pair(x, y, &t).await;
                 exchange(i, tg, 32 * 1024 + n as u64, n as u64 * 7).await;
             })
         })
@@ -254,8 +227,8 @@ async fn a_killed_owner_never_makes_a_target_hang() {
 async fn a_killed_owner_mid_transfer_closes_the_target_and_spares_the_rest() {
     let redis = RedisServer::start();
     let [a, b, c] = three_nodes(&[redis.url()], &[]);
-    let (mut ai, mut bt) = pair_across(a.addr, b.addr, &triple("doomed")).await;
-    let (mut ci, mut bt2) = pair_across(c.addr, b.addr, &triple("bystander")).await;
+    let (mut ai, mut bt) = pair(a.addr, b.addr, &triple("doomed")).await;
+    let (mut ci, mut bt2) = pair(c.addr, b.addr, &triple("bystander")).await;
     ai.write_all(&[7u8; 100_000]).await.unwrap();
     assert_eq!(read_n(&mut bt, 100_000).await.len(), 100_000);
 
@@ -275,7 +248,7 @@ async fn a_killed_owner_mid_transfer_closes_the_target_and_spares_the_rest() {
     assert_eq!(read_n(&mut bt2, 10).await, b"unaffected");
     bt2.write_all(b"indeed").await.unwrap();
     assert_eq!(read_n(&mut ci, 6).await, b"indeed");
-    let (i, tg) = pair_across(b.addr, c.addr, &triple("after-death")).await;
+    let (i, tg) = pair(b.addr, c.addr, &triple("after-death")).await;
     exchange(i, tg, 1 << 20, 5).await;
 }
 
@@ -283,7 +256,7 @@ async fn a_killed_owner_mid_transfer_closes_the_target_and_spares_the_rest() {
 async fn redis_down_refuses_new_work_promptly_keeps_sessions_and_recovers() {
     let mut redis = RedisServer::start();
     let [a, b, _c] = three_nodes(&[redis.url()], &["--connect-grace", "1"]);
-    let (i, tg) = pair_across(a.addr, b.addr, &triple("survivor")).await;
+    let (i, tg) = pair(a.addr, b.addr, &triple("survivor")).await;
     let (mut ir, mut iw) = i.into_split();
     let (mut tr, mut tw) = tg.into_split();
     let size: u64 = 64 << 20;
@@ -358,7 +331,7 @@ async fn sigterm_drains_a_cluster_node() {
         &["--drain-timeout", "20", "--connect-grace", "1"],
     );
     // A holds a forwarded session and a pending CREATE.
-    let (i, tg) = pair_across(a.addr, b.addr, &triple("drain-active")).await;
+    let (i, tg) = pair(a.addr, b.addr, &triple("drain-active")).await;
     let pending = triple("drain-pending");
     let pending_i = tokio::spawn({
         let (t, addr) = (pending.clone(), a.addr);
@@ -398,7 +371,7 @@ async fn sigterm_drains_a_cluster_node() {
         !redis.keys().contains(&format!("dtcp:node:{}", a.node_id)),
         "A's heartbeat is gone"
     );
-    let (i, tg) = pair_across(b.addr, c.addr, &triple("drain-after")).await;
+    let (i, tg) = pair(b.addr, c.addr, &triple("drain-after")).await;
     exchange(i, tg, 1024, 3).await;
 }
 
@@ -490,7 +463,7 @@ async fn a_node_restarted_at_the_same_address_leaves_old_registrations_alone() {
         || async { !redis.keys().contains(&format!("dtcp:node:{old_id}")) },
     )
     .await;
-    let (i, tg) = pair_across(a2.addr, b.addr, &t).await;
+    let (i, tg) = pair(a2.addr, b.addr, &t).await;
     exchange(i, tg, 4096, 1).await;
 }
 
@@ -499,7 +472,7 @@ async fn a_target_that_stops_reading_keeps_memory_flat() {
     let redis = RedisServer::start();
     let a = cluster_node(&[redis.url()], &[]);
     let b = cluster_node(&[redis.url()], &[]);
-    let (i, _tg) = pair_across(a.addr, b.addr, &triple("stalled")).await;
+    let (i, _tg) = pair(a.addr, b.addr, &triple("stalled")).await;
     let before = (a.rss(), b.rss());
     // The Initiator pushes for 3 s; the Target never reads.
     let chunk = vec![1u8; 1 << 20];
@@ -557,7 +530,7 @@ async fn grpc_health_turns_not_ready_while_a_node_drains() {
         );
     }
     // A session keeps the drain going while we ask.
-    let (_i, _t) = pair_across(a.addr, a.addr, &triple("health")).await;
+    let (_i, _t) = pair(a.addr, a.addr, &triple("health")).await;
     a.signal(libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(5);
     while status("dtcp.readiness").await.unwrap() != ServingStatus::NotServing as i32 {

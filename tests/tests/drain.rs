@@ -12,11 +12,7 @@ use tokio::io::AsyncWriteExt;
 async fn sigterm_lets_a_transfer_finish_and_refuses_new_commands() {
     let mut relay = Relay::start(&["--drain-timeout", "30"]);
     let t = triple("draining");
-    let (i, tg) = tokio::join!(
-        Initiator::connect(relay.addr, &t),
-        Target::connect(relay.addr, &t)
-    );
-    let (mut i, mut tg) = (i.unwrap(), tg.unwrap());
+    let (mut i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     let pending = raw(relay.addr, &command(Verb::Create, &triple("never-claimed"))).await;
     eventually(Duration::from_secs(5), "CREATE pending", || async {
         relay.metric("dtcp_pending_registrations").await == 1.0
@@ -69,11 +65,7 @@ async fn sigterm_lets_a_transfer_finish_and_refuses_new_commands() {
 async fn the_drain_timeout_bounds_the_wait_for_sessions() {
     let mut relay = Relay::start(&["--drain-timeout", "1"]);
     let t = triple("stuck");
-    let (i, tg) = tokio::join!(
-        Initiator::connect(relay.addr, &t),
-        Target::connect(relay.addr, &t)
-    );
-    let (_i, mut tg) = (i.unwrap(), tg.unwrap());
+    let (_i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     let started = Instant::now();
     relay.signal(libc::SIGTERM);
     let status = relay

@@ -50,12 +50,9 @@ async fn transfer_both_ways(args: &[&str]) {
     const SIZE: u64 = 256 << 20;
     let relay = Relay::start(args);
     let t = triple("big");
-    let (i, tg) = tokio::join!(
-        Initiator::connect(relay.addr, &t),
-        Target::connect(relay.addr, &t)
-    );
-    let (mut ir, mut iw) = i.unwrap().into_split();
-    let (mut tr, mut tw) = tg.unwrap().into_split();
+    let (i, tg) = pair(relay.addr, relay.addr, &t).await;
+    let (mut ir, mut iw) = i.into_split();
+    let (mut tr, mut tw) = tg.into_split();
     let (sent_it, sent_ti, got_t, got_i) = tokio::join!(
         send_pattern(&mut iw, 1, SIZE),
         send_pattern(&mut tw, 2, SIZE),

@@ -60,11 +60,7 @@ async fn half_close_is_forwarded_each_way_on_its_own() {
     let relay = Relay::start(FAST);
     for initiator_first in [true, false] {
         let t = triple(&format!("half-close-{initiator_first}"));
-        let (i, tg) = tokio::join!(
-            Initiator::connect(relay.addr, &t),
-            Target::connect(relay.addr, &t)
-        );
-        let (mut i, mut tg) = (i.unwrap(), tg.unwrap());
+        let (mut i, mut tg) = pair(relay.addr, relay.addr, &t).await;
         let (first, second) = if initiator_first {
             (&mut i, &mut tg)
         } else {
@@ -99,11 +95,7 @@ async fn half_close_is_forwarded_each_way_on_its_own() {
 async fn a_reset_on_one_side_closes_the_other() {
     let relay = Relay::start(FAST);
     let t = triple("reset");
-    let (i, tg) = tokio::join!(
-        Initiator::connect(relay.addr, &t),
-        Target::connect(relay.addr, &t)
-    );
-    let (i, mut tg) = (i.unwrap(), tg.unwrap());
+    let (i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     // Close with RST.
     socket2::SockRef::from(&i)
         .set_linger(Some(Duration::ZERO))
@@ -446,11 +438,7 @@ async fn the_per_address_limit_answers_resource_constraint() {
 async fn an_idle_session_is_closed_after_the_idle_timeout() {
     let relay = Relay::start(&["--idle-timeout", "0.5"]);
     let t = triple("idle");
-    let (i, tg) = tokio::join!(
-        Initiator::connect(relay.addr, &t),
-        Target::connect(relay.addr, &t)
-    );
-    let (mut i, mut tg) = (i.unwrap(), tg.unwrap());
+    let (mut i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     // Traffic keeps it alive past the timeout...
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -473,11 +461,7 @@ async fn an_idle_session_is_closed_after_the_idle_timeout() {
 async fn metrics_never_carry_keys_or_jids() {
     let relay = Relay::start(FAST);
     let t = triple("secret-marker");
-    let (i, tg) = tokio::join!(
-        Initiator::connect(relay.addr, &t),
-        Target::connect(relay.addr, &t)
-    );
-    let (mut i, mut tg) = (i.unwrap(), tg.unwrap());
+    let (mut i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     i.write_all(b"hello").await.unwrap();
     assert_eq!(read_n(&mut tg, 5).await, b"hello");
     let _ = Target::connect(relay.addr, &triple("another-marker")).await;
