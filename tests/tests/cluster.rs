@@ -547,3 +547,29 @@ async fn grpc_health_turns_not_ready_while_a_node_drains() {
         ServingStatus::Serving as i32
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_comes_first_pairs_with_a_create_on_another_node() {
+    let redis = RedisServer::start();
+    let [a, b, _c] = three_nodes(&[redis.url()], &["--connect-grace", "5"]);
+    // Every node listens for announcements of new registrations, so that a
+    // waiting CONNECT looks again at once rather than at its next poll.
+    eventually(Duration::from_secs(5), "three subscribers", || async {
+        redis
+            .cli(&["PUBSUB", "NUMSUB", "dtcp:registered"])
+            .contains("\n3")
+    })
+    .await;
+    let t = triple("connect-first");
+    let target = tokio::spawn({
+        let (t, addr) = (t.clone(), b.addr);
+        async move { Target::connect(addr, &t).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut i = Initiator::connect(a.addr, &t)
+        .await
+        .expect("initiator pairs");
+    let mut tg = target.await.unwrap().expect("the waiting target pairs");
+    i.write_all(b"late create").await.unwrap();
+    assert_eq!(read_n(&mut tg, 11).await, b"late create");
+}

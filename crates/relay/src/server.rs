@@ -212,6 +212,16 @@ impl Relay {
             tokio::spawn(accept_loop(node.clone(), listener, max_connections)),
             tokio::spawn(plane::heartbeat(node.clone())),
         ];
+        if let Some(mut registered) = node.store.watch_registrations() {
+            // Another node registered a CREATE: a CONNECT here waiting for
+            // it looks again now rather than at its next poll.
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(id) = registered.recv().await {
+                    node.pending.notify(&id);
+                }
+            }));
+        }
         let health = match plane {
             Some(PlaneParts {
                 listener,

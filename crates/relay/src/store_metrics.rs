@@ -63,4 +63,8 @@ impl Rendezvous for Instrumented {
     async fn nodes_alive(&self) -> Result<usize, StoreError> {
         record("nodes_alive", self.0.nodes_alive()).await
     }
+
+    fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<RegistrationId>> {
+        self.0.watch_registrations()
+    }
 }

@@ -84,4 +84,12 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
 
     /// How many nodes have a live heartbeat.
     async fn nodes_alive(&self) -> Result<usize, StoreError>;
+
+    /// Registrations made by any node, as they are made, when the store can
+    /// tell (Redis pub/sub). Best effort: a CONNECT that waits for its CREATE
+    /// is woken at once instead of at its next look; a missed one only waits
+    /// for that look. `None`: the store cannot tell (one node needs no help).
+    fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<RegistrationId>> {
+        None
+    }
 }

@@ -21,7 +21,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisError, Script};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, mpsc};
+use tokio_stream::StreamExt;
+use tracing::debug;
 
 use crate::{NodeInfo, Rendezvous, StoreError};
 
@@ -76,7 +78,15 @@ pub struct RedisStore {
     conn: Conn,
     prefix: Arc<str>,
     cas: Arc<(Script, Script)>,
+    /// Where the pub/sub subscription connects: any node of a Redis Cluster
+    /// will do, as a classic PUBLISH reaches every node.
+    pubsub_url: Arc<str>,
 }
+
+/// How long the subscriber waits before reconnecting after Redis went away.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
+/// Announcements queued for the relay before the oldest are dropped.
+const WATCH_QUEUE: usize = 4096;
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,6 +138,7 @@ impl RedisStore {
         };
         Ok(RedisStore {
             conn,
+            pubsub_url: Arc::from(config.urls.first().map(String::as_str).unwrap_or_default()),
             prefix: Arc::from(config.prefix.as_str()),
             cas: Arc::new((
                 Script::new(COMPARE_AND_DELETE),
@@ -146,6 +157,22 @@ impl RedisStore {
 
     fn nodes_key(&self) -> String {
         format!("{}nodes", self.prefix)
+    }
+
+    fn registered_channel(&self) -> String {
+        format!("{}registered", self.prefix)
+    }
+
+    /// Tells every node that `id` is registered, without making the CREATE
+    /// wait for it: the registration itself is already done.
+    fn announce(&self, id: &RegistrationId) {
+        let store = self.clone();
+        let (channel, payload) = (self.registered_channel(), id.as_bytes().to_vec());
+        tokio::spawn(async move {
+            let _: Result<i64, _> = store
+                .query(redis::cmd("PUBLISH").arg(channel).arg(payload))
+                .await;
+        });
     }
 
     /// Runs one command, retrying once if the connection had dropped (the
@@ -268,6 +295,7 @@ impl Rendezvous for RedisStore {
         let key = self.reg_key(id);
         let value = Self::owner_value(owner);
         if self.set_nx(&key, &value, ttl).await? {
+            self.announce(id);
             return Ok(true);
         }
         let current: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
@@ -297,6 +325,9 @@ impl Rendezvous for RedisStore {
                 async move { c.script(cas, key, &[current, value, ttl_ms]).await }
             })
             .await?;
+        if replaced == 1 {
+            self.announce(id);
+        }
         Ok(replaced == 1)
     }
 
@@ -363,6 +394,21 @@ impl Rendezvous for RedisStore {
         Ok(())
     }
 
+    fn watch_registrations(&self) -> Option<mpsc::Receiver<RegistrationId>> {
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let (url, channel) = (self.pubsub_url.clone(), self.registered_channel());
+        tokio::spawn(async move {
+            // Resubscribe for as long as the relay listens, whatever Redis does.
+            while !tx.is_closed() {
+                if let Err(e) = forward_announcements(&url, &channel, &tx).await {
+                    debug!(error = %e, "registration announcements interrupted; resubscribing");
+                }
+                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+            }
+        });
+        Some(rx)
+    }
+
     async fn nodes_alive(&self) -> Result<usize, StoreError> {
         let n: usize = self
             .query(
@@ -374,4 +420,26 @@ impl Rendezvous for RedisStore {
             .await?;
         Ok(n)
     }
+}
+
+/// Subscribes to the announcements and passes them on until the
+/// subscription breaks.
+async fn forward_announcements(
+    url: &str,
+    channel: &str,
+    tx: &mpsc::Sender<RegistrationId>,
+) -> Result<(), RedisError> {
+    let client = redis::Client::open(url)?;
+    let mut pubsub = tokio::time::timeout(CONNECTION_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+    pubsub.subscribe(channel).await?;
+    let mut messages = pubsub.on_message();
+    while let Some(msg) = messages.next().await {
+        if let Ok(bytes) = <[u8; 32]>::try_from(msg.get_payload_bytes()) {
+            // Full: the relay is behind; those CONNECTs find theirs by looking.
+            let _ = tx.try_send(RegistrationId::from_bytes(bytes));
+        }
+    }
+    Ok(())
 }
