@@ -573,3 +573,31 @@ async fn a_connect_that_comes_first_pairs_with_a_create_on_another_node() {
     i.write_all(b"late create").await.unwrap();
     assert_eq!(read_n(&mut tg, 11).await, b"late create");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_forwarded_session_is_closed_after_the_idle_timeout() {
+    let redis = RedisServer::start();
+    let a = cluster_node(&[redis.url()], &["--idle-timeout", "0.5"]);
+    let b = cluster_node(&[redis.url()], &["--idle-timeout", "0.5"]);
+    let (mut i, mut tg) = pair(a.addr, b.addr, &triple("idle-across")).await;
+    // Traffic keeps it alive past the timeout...
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        i.write_all(b".").await.unwrap();
+        assert_eq!(read_n(&mut tg, 1).await, b".");
+    }
+    // ...silence ends it, on both sides.
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), tg.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "the target was not closed");
+    eventually(
+        Duration::from_secs(5),
+        "the owner counted an idle timeout",
+        || async {
+            a.metric("dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"idle_timeout\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
+}

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -60,6 +61,8 @@ pub enum End {
     Reset,
     /// The peer node reported an error, or the Bridge broke.
     Broken(String),
+    /// No byte moved either way for the idle timeout.
+    IdleTimeout,
 }
 
 /// What [`join`] moved.
@@ -93,14 +96,23 @@ pub async fn join(
     mut inbound: Streaming<Frame>,
     sent_counter: Counter,
     received_counter: Counter,
+    idle: Option<Duration>,
 ) -> Report {
-    let mut sent = 0u64;
-    let mut received = 0u64;
+    let sent = AtomicU64::new(0);
+    let received = AtomicU64::new(0);
     let dialing = matches!(outbound, Outbound::Client(_));
-    let result = tokio::try_join!(
-        tcp_to_bridge(stream, early, outbound, &sent_counter, &mut sent),
-        bridge_to_tcp(&mut inbound, stream, &received_counter, &mut received),
-    );
+    let both = async {
+        tokio::try_join!(
+            tcp_to_bridge(stream, early, outbound, &sent_counter, &sent),
+            bridge_to_tcp(&mut inbound, stream, &received_counter, &received),
+        )
+    };
+    let result = tokio::select! {
+        r = both => r,
+        () = idle_watch(idle, &sent, &received) => {
+            return Report { end: End::IdleTimeout, sent: sent.into_inner(), received: received.into_inner() };
+        }
+    };
     let end = match result {
         Ok(_) => {
             if dialing {
@@ -122,8 +134,27 @@ pub async fn join(
     };
     Report {
         end,
-        sent,
-        received,
+        sent: sent.into_inner(),
+        received: received.into_inner(),
+    }
+}
+
+/// Completes once no byte has moved either way for `idle` (never without one).
+async fn idle_watch(idle: Option<Duration>, sent: &AtomicU64, received: &AtomicU64) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    let moved = || sent.load(Ordering::Relaxed) + received.load(Ordering::Relaxed);
+    let tick = (idle / 4).max(Duration::from_millis(10));
+    let (mut last, mut since) = (moved(), tokio::time::Instant::now());
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = moved();
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= idle {
+            return;
+        }
     }
 }
 
@@ -134,14 +165,14 @@ async fn tcp_to_bridge(
     early: Bytes,
     outbound: Outbound,
     counter: &Counter,
-    sent: &mut u64,
+    sent: &AtomicU64,
 ) -> Result<(), Failure> {
     let bridge = |e: io::Error| Failure::Bridge(e.to_string());
     if !early.is_empty() {
         let n = early.len() as u64;
         outbound.send(Frame::data(early)).await.map_err(bridge)?;
         counter.increment(n);
-        *sent += n;
+        sent.fetch_add(n, Ordering::Relaxed);
     }
     let mut buf = BytesMut::new();
     loop {
@@ -159,7 +190,7 @@ async fn tcp_to_bridge(
                     .await
                     .map_err(bridge)?;
                 counter.increment(n as u64);
-                *sent += n as u64;
+                sent.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Idle: give the buffer back rather than hold it.
@@ -179,7 +210,7 @@ async fn bridge_to_tcp(
     inbound: &mut Streaming<Frame>,
     stream: &TcpStream,
     counter: &Counter,
-    received: &mut u64,
+    received: &AtomicU64,
 ) -> Result<(), Failure> {
     loop {
         let frame = match inbound.message().await {
@@ -200,7 +231,7 @@ async fn bridge_to_tcp(
             Some(Kind::Data(bytes)) => {
                 write_all(stream, &bytes).await.map_err(|_| Failure::Tcp)?;
                 counter.increment(bytes.len() as u64);
-                *received += bytes.len() as u64;
+                received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
             Some(Kind::Fin(_)) => {
                 SockRef::from(stream)

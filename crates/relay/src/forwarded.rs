@@ -97,6 +97,7 @@ pub(crate) async fn run(
         bridge.inbound,
         counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
         counter!(BYTES, "path" => PATH, "direction" => "initiator_to_target"),
+        node.config.idle_timeout(),
     );
     let end = tokio::select! {
         report = joined => report.end,
@@ -141,6 +142,7 @@ pub(crate) async fn serve(
         *inbound,
         counter!(BYTES, "path" => PATH, "direction" => "initiator_to_target"),
         counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
+        node.config.idle_timeout(),
     );
     tokio::pin!(joined);
     let (outcome, moved) = tokio::select! {
@@ -148,6 +150,7 @@ pub(crate) async fn serve(
             let outcome = match &report.end {
                 End::Closed => "closed",
                 End::Reset => "reset",
+                End::IdleTimeout => "idle_timeout",
                 End::Broken(why) => {
                     counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
                     debug!(registration = %id, why, "bridge ended abnormally");
