@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // `bytes` fields as bytes::Bytes: frames carry socket data without copies.
         .bytes(".")
+        // Small starting buffers: see src/codec.rs.
+        .codec_path("crate::codec::SmallBufferCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

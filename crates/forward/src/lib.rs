@@ -8,6 +8,7 @@
 //! directions with half-close and backpressure.
 
 mod auth;
+pub mod codec;
 mod dialer;
 mod join;
 
