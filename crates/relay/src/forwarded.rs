@@ -97,7 +97,9 @@ pub(crate) async fn run(
         bridge.inbound,
         counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
         counter!(BYTES, "path" => PATH, "direction" => "initiator_to_target"),
-        node.config.idle_timeout(),
+        // The idle timeout is the owner's to enforce: it holds the session's
+        // record, and two nodes timing the same silence would race.
+        None,
     );
     let end = tokio::select! {
         report = joined => report.end,

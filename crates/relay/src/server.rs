@@ -207,10 +207,10 @@ impl Relay {
             metrics,
             max_connections,
         } = self;
+        let heartbeat = tokio::spawn(plane::heartbeat(node.clone()));
         let mut tasks = vec![
             tokio::spawn(http::serve(metrics_listener, metrics, node.clone())),
             tokio::spawn(accept_loop(node.clone(), listener, max_connections)),
-            tokio::spawn(plane::heartbeat(node.clone())),
         ];
         if let Some(mut registered) = node.store.watch_registrations() {
             // Another node registered a CREATE: a CONNECT here waiting for
@@ -268,7 +268,7 @@ impl Relay {
         }
         if node.cluster {
             // Leave the cluster: the heartbeat goes now, not when it expires.
-            tasks[2].abort();
+            heartbeat.abort();
             let leave = node.store.remove_node(&node.info);
             match tokio::time::timeout(Duration::from_secs(2), leave).await {
                 Ok(Ok(())) => {}
@@ -278,6 +278,7 @@ impl Relay {
                 Err(_) => warn!("removing the heartbeat timed out; it expires by itself"),
             }
         }
+        heartbeat.abort();
         for task in tasks {
             task.abort();
         }
