@@ -158,6 +158,23 @@ impl Relay {
         http_get(self.metrics, "/metrics").await.1
     }
 
+    /// Waits (up to 10 s) until `sample` reads `value`; panics with the last
+    /// reading otherwise.
+    pub async fn wait_for(&self, sample: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.metric(sample).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sample} is {now}, not {value}, after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// The value of one sample, e.g. `dtcp_pending_registrations` or
     /// `dtcp_errors_total{condition="conflict"}`; 0 when absent.
     pub async fn metric(&self, sample: &str) -> f64 {

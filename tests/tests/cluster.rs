@@ -29,20 +29,14 @@ async fn refused_with(r: Result<TcpStream, ClientError>) -> Condition {
 async fn cross_node_protocol(urls: &[String]) {
     // Every client here comes from 127.0.0.1: lift the per-address limit.
     let [a, b, c] = three_nodes(urls, &["--max-pending-per-ip", "10000"]);
-    eventually(Duration::from_secs(10), "three nodes alive", || async {
-        a.metric("dtcp_nodes_alive").await == 3.0
-    })
-    .await;
+    a.wait_for("dtcp_nodes_alive", 3.0).await;
 
     // Pipelined bytes both ways, CONNECT on B.
     let t = triple("cross-pipelined");
     let mut create = command(Verb::Create, &t);
     create.extend_from_slice(b"from-initiator");
     let mut i = raw(a.addr, &create).await;
-    eventually(Duration::from_secs(5), "CREATE pending on A", || async {
-        a.metric("dtcp_pending_registrations").await == 1.0
-    })
-    .await;
+    a.wait_for("dtcp_pending_registrations", 1.0).await;
     let mut connect = command(Verb::Connect, &t);
     connect.extend_from_slice(b"from-target");
     let mut tg = raw(b.addr, &connect).await;
@@ -73,10 +67,7 @@ async fn cross_node_protocol(urls: &[String]) {
     // Conflict and not-found behave as on one node.
     let t = triple("cross-conflict");
     let _held = raw(b.addr, &command(Verb::Create, &t)).await;
-    eventually(Duration::from_secs(5), "CREATE pending on B", || async {
-        b.metric("dtcp_pending_registrations").await == 1.0
-    })
-    .await;
+    b.wait_for("dtcp_pending_registrations", 1.0).await;
     assert_eq!(
         refused_with(Initiator::connect(c.addr, &t).await).await,
         Condition::Conflict
@@ -168,10 +159,7 @@ async fn two_targets_racing_on_two_nodes_pair_exactly_once() {
             let (t, addr) = (t.clone(), a.addr);
             async move { Initiator::connect(addr, &t).await }
         });
-        eventually(Duration::from_secs(5), "CREATE pending", || async {
-            a.metric("dtcp_pending_registrations").await == 1.0
-        })
-        .await;
+        a.wait_for("dtcp_pending_registrations", 1.0).await;
         let (rb, rc) = tokio::join!(Target::connect(b.addr, &t), Target::connect(c.addr, &t));
         let oks = [&rb, &rc].iter().filter(|r| r.is_ok()).count();
         assert_eq!(oks, 1, "round {round}: {rb:?} {rc:?}");
@@ -337,16 +325,10 @@ async fn sigterm_drains_a_cluster_node() {
         let (t, addr) = (pending.clone(), a.addr);
         async move { Initiator::connect(addr, &t).await }
     });
-    eventually(Duration::from_secs(5), "CREATE pending on A", || async {
-        a.metric("dtcp_pending_registrations").await == 1.0
-    })
-    .await;
+    a.wait_for("dtcp_pending_registrations", 1.0).await;
 
     a.signal(libc::SIGTERM);
-    eventually(Duration::from_secs(5), "A draining", || async {
-        a.metric("dtcp_draining").await == 1.0
-    })
-    .await;
+    a.wait_for("dtcp_draining", 1.0).await;
     // No new commands on A...
     assert_eq!(
         refused_with(Initiator::connect(a.addr, &triple("drain-new")).await).await,
@@ -390,10 +372,7 @@ async fn a_bridge_without_the_right_secret_pairs_nothing() {
     ]);
     let t = triple("guarded");
     let mut i = raw(a.addr, &command(Verb::Create, &t)).await;
-    eventually(Duration::from_secs(5), "CREATE pending on A", || async {
-        a.metric("dtcp_pending_registrations").await == 1.0
-    })
-    .await;
+    a.wait_for("dtcp_pending_registrations", 1.0).await;
     assert_eq!(
         refused_with(Target::connect(intruder.addr, &t).await).await,
         Condition::Unavailable
@@ -590,14 +569,9 @@ async fn an_idle_forwarded_session_is_closed_after_the_idle_timeout() {
     let mut rest = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(5), tg.read_to_end(&mut rest)).await;
     assert!(r.is_ok(), "the target was not closed");
-    eventually(
-        Duration::from_secs(5),
-        "the owner counted an idle timeout",
-        || async {
-            a.metric("dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"idle_timeout\"}")
-                .await
-                == 1.0
-        },
+    a.wait_for(
+        "dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"idle_timeout\"}",
+        1.0,
     )
     .await;
 }

@@ -14,10 +14,7 @@ async fn sigterm_lets_a_transfer_finish_and_refuses_new_commands() {
     let t = triple("draining");
     let (mut i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     let pending = raw(relay.addr, &command(Verb::Create, &triple("never-claimed"))).await;
-    eventually(Duration::from_secs(5), "CREATE pending", || async {
-        relay.metric("dtcp_pending_registrations").await == 1.0
-    })
-    .await;
+    relay.wait_for("dtcp_pending_registrations", 1.0).await;
 
     // Half the transfer before the signal, half after.
     i.write_all(&[1u8; 1 << 20]).await.unwrap();

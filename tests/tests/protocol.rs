@@ -78,17 +78,12 @@ async fn half_close_is_forwarded_each_way_on_its_own() {
         second.shutdown().await.unwrap();
         assert_eq!(read_all(first).await, b"");
     }
-    eventually(
-        Duration::from_secs(5),
-        "both sessions completed as closed",
-        || async {
-            relay
-                .metric("dtcp_sessions_completed_total{path=\"local\",outcome=\"closed\"}")
-                .await
-                == 2.0
-        },
-    )
-    .await;
+    relay
+        .wait_for(
+            "dtcp_sessions_completed_total{path=\"local\",outcome=\"closed\"}",
+            2.0,
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -106,17 +101,12 @@ async fn a_reset_on_one_side_closes_the_other() {
         .await
         .expect("target not closed after the initiator's reset");
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
-    eventually(
-        Duration::from_secs(5),
-        "session completed as reset",
-        || async {
-            relay
-                .metric("dtcp_sessions_completed_total{path=\"local\",outcome=\"reset\"}")
-                .await
-                == 1.0
-        },
-    )
-    .await;
+    relay
+        .wait_for(
+            "dtcp_sessions_completed_total{path=\"local\",outcome=\"reset\"}",
+            1.0,
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -167,10 +157,7 @@ async fn exactly_one_connect_pairs_with_a_create() {
         let addr = relay.addr;
         async move { Initiator::connect(addr, &t).await }
     });
-    eventually(Duration::from_secs(5), "CREATE pending", || async {
-        relay.metric("dtcp_pending_registrations").await == 1.0
-    })
-    .await;
+    relay.wait_for("dtcp_pending_registrations", 1.0).await;
     let targets: Vec<_> = (0..8)
         .map(|_| {
             let t = t.clone();
@@ -198,10 +185,7 @@ async fn a_duplicate_create_is_a_conflict() {
     let relay = Relay::start(FAST);
     let t = triple("dup");
     let _first = raw(relay.addr, &command(Verb::Create, &t)).await;
-    eventually(Duration::from_secs(5), "CREATE pending", || async {
-        relay.metric("dtcp_pending_registrations").await == 1.0
-    })
-    .await;
+    relay.wait_for("dtcp_pending_registrations", 1.0).await;
     let err = Initiator::connect(relay.addr, &t).await.unwrap_err();
     assert_eq!(
         err.condition(),
@@ -216,10 +200,7 @@ async fn an_initiator_that_hangs_up_leaves_nothing_behind() {
     let t = triple("hangup");
     for _ in 0..3 {
         let i = raw(relay.addr, &command(Verb::Create, &t)).await;
-        eventually(Duration::from_secs(5), "CREATE pending", || async {
-            relay.metric("dtcp_pending_registrations").await == 1.0
-        })
-        .await;
+        relay.wait_for("dtcp_pending_registrations", 1.0).await;
         drop(i);
         eventually(
             Duration::from_secs(5),
@@ -259,10 +240,7 @@ async fn an_unclaimed_create_times_out() {
         "{err}"
     );
     assert!(started.elapsed() >= Duration::from_millis(450));
-    eventually(Duration::from_secs(5), "nothing pending", || async {
-        relay.metric("dtcp_store_registrations").await == 0.0
-    })
-    .await;
+    relay.wait_for("dtcp_store_registrations", 0.0).await;
 }
 
 #[tokio::test]
@@ -380,17 +358,11 @@ async fn the_connection_limit_answers_resource_constraint() {
     let relay = Relay::start(&["--max-connections", "2", "--handshake-timeout", "30"]);
     let _a = raw(relay.addr, b"CRE").await;
     let _b = raw(relay.addr, b"CON").await;
-    eventually(Duration::from_secs(5), "two connections open", || async {
-        relay.metric("dtcp_connections_open").await == 2.0
-    })
-    .await;
+    relay.wait_for("dtcp_connections_open", 2.0).await;
     let mut c = raw(relay.addr, &command(Verb::Create, &triple("third"))).await;
     assert!(is_error(&read_all(&mut c).await, "resource-constraint"));
     drop((_a, _b));
-    eventually(Duration::from_secs(5), "slots free again", || async {
-        relay.metric("dtcp_connections_open").await == 0.0
-    })
-    .await;
+    relay.wait_for("dtcp_connections_open", 0.0).await;
     let t = triple("after");
     let (i, tg) = tokio::join!(
         Initiator::connect(relay.addr, &t),
@@ -407,10 +379,7 @@ async fn the_per_address_limit_answers_resource_constraint() {
     let relay = Relay::start(&["--max-pending-per-ip", "2"]);
     let _a = raw(relay.addr, &command(Verb::Create, &triple("ip-a"))).await;
     let _b = raw(relay.addr, &command(Verb::Create, &triple("ip-b"))).await;
-    eventually(Duration::from_secs(5), "two pending", || async {
-        relay.metric("dtcp_pending_registrations").await == 2.0
-    })
-    .await;
+    relay.wait_for("dtcp_pending_registrations", 2.0).await;
     let err = Initiator::connect(relay.addr, &triple("ip-c"))
         .await
         .unwrap_err();
@@ -428,10 +397,7 @@ async fn the_per_address_limit_answers_resource_constraint() {
     assert_eq!(read_n(&mut tg, 1).await, b"!");
     // A paired session no longer counts: a new CREATE fits again.
     let _c = raw(relay.addr, &command(Verb::Create, &triple("ip-d"))).await;
-    eventually(Duration::from_secs(5), "two pending again", || async {
-        relay.metric("dtcp_pending_registrations").await == 2.0
-    })
-    .await;
+    relay.wait_for("dtcp_pending_registrations", 2.0).await;
 }
 
 #[tokio::test]
