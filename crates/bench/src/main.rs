@@ -80,7 +80,10 @@ enum Scenario {
     },
     /// K pending registrations, then K idle paired sessions: memory per each.
     Hold {
-        /// Repeat for several K, to show linearity.
+        /// Repeat for several K, to show linearity. Each round starts from
+        /// the memory the previous one freed, which the allocator keeps:
+        /// for clean numbers, give one K per run against a fresh relay (as
+        /// bench/compare.sh does).
         #[arg(long = "count", default_values_t = [2000u64, 10000])]
         counts: Vec<u64>,
     },
