@@ -89,16 +89,13 @@ pub async fn accept(
     mut stream: TcpStream,
     identity: &Identity,
 ) -> Result<server::TlsStream<TcpStream>, ClientError> {
-    let mut ask = [0u8; STARTTLS.len()];
-    stream
-        .read_exact(&mut ask)
-        .await
-        .map_err(|_| ClientError::Tls("the peer closed instead of sending STARTTLS".into()))?;
-    if ask != STARTTLS {
-        return Err(ClientError::Tls(
-            "the peer did not ask for STARTTLS (it must be given the fingerprint)".into(),
-        ));
-    }
+    expect(
+        &mut stream,
+        STARTTLS,
+        "the peer closed instead of sending STARTTLS",
+        "the peer did not ask for STARTTLS (it must be given the fingerprint)",
+    )
+    .await?;
     stream.write_all(STARTTLS_OK).await?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -122,16 +119,13 @@ pub async fn connect(
     fingerprint: [u8; 32],
 ) -> Result<client::TlsStream<TcpStream>, ClientError> {
     stream.write_all(STARTTLS).await?;
-    let mut ok = [0u8; STARTTLS_OK.len()];
-    stream
-        .read_exact(&mut ok)
-        .await
-        .map_err(|_| ClientError::Tls("the peer closed instead of answering STARTTLS".into()))?;
-    if ok != STARTTLS_OK {
-        return Err(ClientError::Tls(
-            "the peer did not answer STARTTLS (it must start with TLS enabled)".into(),
-        ));
-    }
+    expect(
+        &mut stream,
+        STARTTLS_OK,
+        "the peer closed instead of answering STARTTLS",
+        "the peer did not answer STARTTLS (it must start with TLS enabled)",
+    )
+    .await?;
     let provider = provider();
     let verifier = Pinned {
         fingerprint,
@@ -148,6 +142,24 @@ pub async fn connect(
         .connect(name, stream)
         .await
         .map_err(|e| ClientError::Tls(format!("handshake: {e}")))
+}
+
+/// Reads exactly `want` from the peer, or fails with `closed` / `wrong`.
+async fn expect(
+    stream: &mut TcpStream,
+    want: &[u8],
+    closed: &str,
+    wrong: &str,
+) -> Result<(), ClientError> {
+    let mut got = vec![0u8; want.len()];
+    stream
+        .read_exact(&mut got)
+        .await
+        .map_err(|_| ClientError::Tls(closed.into()))?;
+    if got != want {
+        return Err(ClientError::Tls(wrong.into()));
+    }
+    Ok(())
 }
 
 fn tls_err(e: rustls::Error) -> ClientError {

@@ -89,6 +89,31 @@ struct Way<'a> {
     counter: Counter,
 }
 
+impl Way<'_> {
+    /// Counts `n` bytes delivered.
+    fn note(&mut self, n: usize) {
+        self.moved += n as u64;
+        self.counter.increment(n as u64);
+    }
+
+    /// Writes the bytes sent before pairing; `Ready(Ok)` once none are left.
+    fn poll_write_early(&mut self, to: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.early.is_empty() {
+            ready!(to.poll_write_ready(cx))?;
+            match to.try_write(self.early) {
+                Ok(n) => {
+                    self.early = &self.early[n..];
+                    self.note(n);
+                }
+                // Readiness was stale; the next poll registers interest.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Moves bytes between `a` and `b` until both directions end (a FIN each
 /// way), one side fails, or no byte moves for the idle timeout.
 #[derive(Debug)]
@@ -149,22 +174,14 @@ impl<'a> Pump<'a> {
                 return Poll::Ready(Ok(()));
             }
             // Write out what is in hand: the early bytes, then the buffer.
-            while !way.early.is_empty() || way.start < way.end {
+            ready!(way.poll_write_early(to, cx))?;
+            while way.start < way.end {
                 ready!(to.poll_write_ready(cx))?;
-                let data = if way.early.is_empty() {
-                    &way.buf.as_ref().expect("data in hand")[way.start..way.end]
-                } else {
-                    way.early
-                };
+                let data = &way.buf.as_ref().expect("data in hand")[way.start..way.end];
                 match to.try_write(data) {
                     Ok(n) => {
-                        if way.early.is_empty() {
-                            way.start += n;
-                        } else {
-                            way.early = &way.early[n..];
-                        }
-                        way.moved += n as u64;
-                        way.counter.increment(n as u64);
+                        way.start += n;
+                        way.note(n);
                     }
                     // Readiness was stale; the next poll registers interest.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -211,18 +228,7 @@ impl Pump<'_> {
                 return Poll::Ready(Ok(()));
             }
             // Bytes sent before pairing were read into user space: write them first.
-            while !way.early.is_empty() {
-                ready!(to.poll_write_ready(cx))?;
-                match to.try_write(way.early) {
-                    Ok(n) => {
-                        way.early = &way.early[n..];
-                        way.moved += n as u64;
-                        way.counter.increment(n as u64);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-            }
+            ready!(way.poll_write_early(to, cx))?;
             while way.in_pipe > 0 {
                 ready!(to.poll_write_ready(cx))?;
                 let pipe = way.pipe.as_ref().expect("bytes in a pipe");
@@ -231,8 +237,7 @@ impl Pump<'_> {
                 match to.try_io(Interest::WRITABLE, || pipe.drain_to(out, way.in_pipe)) {
                     Ok(n) => {
                         way.in_pipe -= n;
-                        way.moved += n as u64;
-                        way.counter.increment(n as u64);
+                        way.note(n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Poll::Ready(Err(e)),
