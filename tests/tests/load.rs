@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use dtcp_client::dtcp_wire::Verb;
-use dtcp_client::{Initiator, Target};
 use dtcp_tests::*;
 use tokio::io::AsyncWriteExt;
 
@@ -23,14 +22,7 @@ async fn assert_clean_and_working(relay: &Relay) {
     )
     .await;
     let t = triple("still-working");
-    let (i, tg) = tokio::join!(
-        Initiator::connect(relay.addr, &t),
-        Target::connect(relay.addr, &t)
-    );
-    let (mut i, mut tg) = (
-        i.expect("pairs after the load"),
-        tg.expect("pairs after the load"),
-    );
+    let (mut i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     i.write_all(b"alive").await.unwrap();
     assert_eq!(read_n(&mut tg, 5).await, b"alive");
 }
@@ -80,18 +72,9 @@ async fn five_hundred_concurrent_pairs() {
         let addr = relay.addr;
         tasks.push(tokio::spawn(async move {
             let t = triple(&format!("pair-{n}"));
-            let (i, tg) = tokio::join!(Initiator::connect(addr, &t), Target::connect(addr, &t));
-            let (mut i, mut tg) = (i.expect("initiator"), tg.expect("target"));
-            let size = 64 * 1024 + n as u64;
-            let ((mut ir, mut iw), (mut tr, mut tw)) = (i.split(), tg.split());
-            let (a, b, got_t, got_i) = tokio::join!(
-                send_pattern(&mut iw, n as u64 * 2 + 1, size),
-                send_pattern(&mut tw, n as u64 * 2 + 2, size),
-                recv_digest(&mut tr),
-                recv_digest(&mut ir),
-            );
-            assert_eq!(got_t, (size, a), "pair {n}: initiator -> target");
-            assert_eq!(got_i, (size, b), "pair {n}: target -> initiator");
+            let (i, tg) = pair(addr, addr, &t).await;
+            // Both ways at once, every byte checked.
+            exchange(i, tg, 64 * 1024 + n as u64, n as u64 * 2 + 1).await;
         }));
     }
     for t in tasks {

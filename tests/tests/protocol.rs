@@ -220,11 +220,7 @@ async fn an_initiator_that_hangs_up_leaves_nothing_behind() {
         );
     }
     // And the same triple can be created again at once, and pairs.
-    let (i, tg) = tokio::join!(
-        Initiator::connect(relay.addr, &t),
-        Target::connect(relay.addr, &t)
-    );
-    assert!(i.is_ok() && tg.is_ok());
+    pair(relay.addr, relay.addr, &t).await;
 }
 
 #[tokio::test]
@@ -346,11 +342,7 @@ async fn a_domain_policy_answers_forbidden() {
     );
     // triple() has its target in b.example.
     let t = triple("allowed");
-    let (i, tg) = tokio::join!(
-        Initiator::connect(relay.addr, &t),
-        Target::connect(relay.addr, &t)
-    );
-    assert!(i.is_ok() && tg.is_ok());
+    pair(relay.addr, relay.addr, &t).await;
 }
 
 #[tokio::test]
@@ -364,14 +356,8 @@ async fn the_connection_limit_answers_resource_constraint() {
     drop((_a, _b));
     relay.wait_for("dtcp_connections_open", 0.0).await;
     let t = triple("after");
-    let (i, tg) = tokio::join!(
-        Initiator::connect(relay.addr, &t),
-        Target::connect(relay.addr, &t)
-    );
-    assert!(
-        i.is_ok() && tg.is_ok(),
-        "the limit counts open connections only"
-    );
+    // the limit counts open connections only
+    pair(relay.addr, relay.addr, &t).await;
 }
 
 #[tokio::test]
