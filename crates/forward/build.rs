@@ -10,10 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // `bytes` fields as bytes::Bytes: frames carry socket data without copies.
         .bytes(".")
-        // Small starting buffers: see src/codec.rs.
-        .codec_path("crate::codec::SmallBufferCodec")
-        .build_client(true)
-        .build_server(true)
+        // Messages only: the Bridge call is framed by hand (src/bridge.rs),
+        // so that data frames are not copied through tonic's codec.
+        .build_client(false)
+        .build_server(false)
         .compile_fds(fds)?;
     Ok(())
 }

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use http::HeaderMap;
 use subtle::ConstantTimeEq;
-use tonic::metadata::MetadataMap;
-use tonic::{Request, Status};
+use tonic::Status;
 
 /// The request header that carries the cluster secret.
 pub const SECRET_HEADER: &str = "x-dtcp-cluster-secret";
@@ -20,15 +20,29 @@ impl Secret {
         Secret(secret.map(Arc::from))
     }
 
-    /// Adds the secret to an outgoing request.
-    pub fn attach(&self, metadata: &mut MetadataMap) -> Result<(), Status> {
+    /// Adds the secret to an outgoing request's headers.
+    pub fn attach(&self, headers: &mut HeaderMap) -> Result<(), Status> {
         if let Some(s) = &self.0 {
             let value = s
                 .parse()
                 .map_err(|_| Status::internal("the cluster secret is not a valid header value"))?;
-            metadata.insert(SECRET_HEADER, value);
+            headers.insert(SECRET_HEADER, value);
         }
         Ok(())
+    }
+
+    /// Server side: whether a request's headers carry the secret (always,
+    /// for an insecure plane). Compared in constant time.
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.0 else {
+            return true;
+        };
+        let given = headers
+            .get(SECRET_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        // ct_eq on slices of different lengths is false without early exit on content.
+        bool::from(given.ct_eq(expected.as_bytes()))
     }
 }
 
@@ -42,24 +56,6 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Server side: refuses a request that does not carry the secret.
-pub fn check_secret<T>(secret: &Secret, request: Request<T>) -> Result<Request<T>, Status> {
-    let Some(expected) = &secret.0 else {
-        return Ok(request);
-    };
-    let given = request
-        .metadata()
-        .get(SECRET_HEADER)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    // ct_eq on slices of different lengths is false without early exit on content.
-    if bool::from(given.ct_eq(expected.as_bytes())) {
-        Ok(request)
-    } else {
-        Err(Status::unauthenticated("wrong or missing cluster secret"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,19 +63,14 @@ mod tests {
     #[test]
     fn only_the_right_secret_passes() {
         let secret = Secret::new(Some("hunter2"));
-        let mut ok = Request::new(());
-        secret.attach(ok.metadata_mut()).unwrap();
-        assert!(check_secret(&secret, ok).is_ok());
-        let mut wrong = Request::new(());
-        Secret::new(Some("hunter3"))
-            .attach(wrong.metadata_mut())
-            .unwrap();
-        assert_eq!(
-            check_secret(&secret, wrong).unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
-        assert!(check_secret(&secret, Request::new(())).is_err());
-        assert!(check_secret(&Secret::new(None), Request::new(())).is_ok());
+        let mut ok = HeaderMap::new();
+        secret.attach(&mut ok).unwrap();
+        assert!(secret.admits(&ok));
+        let mut wrong = HeaderMap::new();
+        Secret::new(Some("hunter3")).attach(&mut wrong).unwrap();
+        assert!(!secret.admits(&wrong));
+        assert!(!secret.admits(&HeaderMap::new()));
+        assert!(Secret::new(None).admits(&HeaderMap::new()));
         assert!(!format!("{secret:?}").contains("hunter2"));
     }
 }

@@ -4,17 +4,15 @@
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, ServerTlsConfig};
-use tonic::{Code, Request, Status, Streaming};
+use tonic::{Code, Status};
 
+use crate::bridge::{self, Halves};
 use crate::proto::Frame;
-use crate::proto::forward_client::ForwardClient;
 use crate::proto::frame::Kind;
 use crate::{
-    CONNECT_TIMEOUT, CONNECTION_WINDOW, FRAMES_IN_FLIGHT, H2_MAX_FRAME, KEEPALIVE_INTERVAL,
-    KEEPALIVE_TIMEOUT, Outbound, STREAM_WINDOW, Secret, TCP_KEEPALIVE,
+    CONNECT_TIMEOUT, CONNECTION_WINDOW, H2_MAX_FRAME, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
+    STREAM_WINDOW, Secret, TCP_KEEPALIVE,
 };
 
 /// How long the owner node may take to answer a Bridge with `paired`.
@@ -58,15 +56,6 @@ impl From<Status> for BridgeError {
             _ => BridgeError::Unreachable(status.message().to_owned()),
         }
     }
-}
-
-/// A Bridge whose claim succeeded.
-#[derive(Debug)]
-pub struct OpenBridge {
-    /// Frames toward the owner.
-    pub outbound: Outbound,
-    /// Frames from the owner.
-    pub inbound: Streaming<Frame>,
 }
 
 /// Opens Bridges to other nodes, keeping one channel (one HTTP/2 connection,
@@ -121,7 +110,7 @@ impl Dialer {
         addr: &str,
         id: &[u8; 32],
         owner_node_id: &str,
-    ) -> Result<OpenBridge, BridgeError> {
+    ) -> Result<Halves, BridgeError> {
         let result = self.try_open(addr, id, owner_node_id).await;
         if let Err(BridgeError::Unreachable(_)) = &result {
             // Forget the channel: a node that is gone for good must not stay cached.
@@ -135,30 +124,19 @@ impl Dialer {
         addr: &str,
         id: &[u8; 32],
         owner_node_id: &str,
-    ) -> Result<OpenBridge, BridgeError> {
+    ) -> Result<Halves, BridgeError> {
         let channel = self.channel(addr)?;
-        let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
-        tx.send(Frame::open(id, owner_node_id))
-            .await
-            .expect("receiver held below");
-        let mut request = Request::new(ReceiverStream::new(rx));
-        self.secret.attach(request.metadata_mut())?;
-        let mut client = ForwardClient::new(channel);
-        let call = client.bridge(request);
-        let response = tokio::time::timeout(OPEN_TIMEOUT, call)
+        let call = bridge::call(channel, &self.secret, Frame::open(id, owner_node_id));
+        let mut halves = tokio::time::timeout(OPEN_TIMEOUT, call)
             .await
             .map_err(|_| BridgeError::Unreachable("no answer from the owner node".into()))??;
-        let mut inbound = response.into_inner();
-        let first = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())
+        let first = tokio::time::timeout(OPEN_TIMEOUT, halves.inbound.next())
             .await
             .map_err(|_| {
                 BridgeError::Unreachable("the owner node did not confirm the claim".into())
             })??;
-        match first.and_then(|f| f.kind) {
-            Some(Kind::Paired(_)) => Ok(OpenBridge {
-                outbound: Outbound::Client(tx),
-                inbound,
-            }),
+        match first {
+            Some(Kind::Paired(_)) => Ok(halves),
             Some(Kind::Error(e)) if e.condition == "not-found" => Err(BridgeError::NotFound),
             None => Err(BridgeError::NotFound),
             Some(_) => Err(BridgeError::Protocol("expected paired".into())),

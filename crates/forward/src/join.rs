@@ -9,48 +9,10 @@ use bytes::{Bytes, BytesMut};
 use metrics::Counter;
 use socket2::SockRef;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
 
-use crate::FRAME_SIZE;
 use crate::proto::Frame;
 use crate::proto::frame::Kind;
-
-/// Where frames toward the peer node go: the request stream of a Bridge
-/// (the CONNECT node) or its response stream (the owner node).
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// The dialing side's request stream.
-    Client(mpsc::Sender<Frame>),
-    /// The owner's response stream.
-    Server(mpsc::Sender<Result<Frame, Status>>),
-}
-
-impl Outbound {
-    /// Sends a frame, waiting while the stream is full (the backpressure).
-    pub async fn send(&self, frame: Frame) -> Result<(), io::Error> {
-        let sent = match self {
-            Outbound::Client(tx) => tx.send(frame).await.is_ok(),
-            Outbound::Server(tx) => tx.send(Ok(frame)).await.is_ok(),
-        };
-        if sent {
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "bridge stream closed",
-            ))
-        }
-    }
-
-    /// Sends a frame if there is room, without waiting.
-    pub fn try_send(&self, frame: Frame) {
-        let _ = match self {
-            Outbound::Client(tx) => tx.try_send(frame).is_ok(),
-            Outbound::Server(tx) => tx.try_send(Ok(frame)).is_ok(),
-        };
-    }
-}
+use crate::{FRAME_SIZE, Inbound, Outbound};
 
 /// How a joined session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,14 +55,14 @@ pub async fn join(
     stream: &TcpStream,
     early: Bytes,
     outbound: Outbound,
-    mut inbound: Streaming<Frame>,
+    mut inbound: Inbound,
     sent_counter: Counter,
     received_counter: Counter,
     idle: Option<Duration>,
 ) -> Report {
     let sent = AtomicU64::new(0);
     let received = AtomicU64::new(0);
-    let dialing = matches!(outbound, Outbound::Client(_));
+    let dialing = outbound.is_dialing();
     let both = async {
         tokio::try_join!(
             tcp_to_bridge(stream, early, outbound, &sent_counter, &sent),
@@ -119,7 +81,7 @@ pub async fn join(
                 // Dropping the response stream now would reset the HTTP/2
                 // stream, and could throw away our last frames before they
                 // are sent. The owner ends the call once it has them all.
-                let rest = async { while let Ok(Some(_)) = inbound.message().await {} };
+                let rest = async { while let Ok(Some(_)) = inbound.next().await {} };
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, rest).await;
             }
             End::Closed
@@ -207,14 +169,14 @@ async fn tcp_to_bridge(
 }
 
 async fn bridge_to_tcp(
-    inbound: &mut Streaming<Frame>,
+    inbound: &mut Inbound,
     stream: &TcpStream,
     counter: &Counter,
     received: &AtomicU64,
 ) -> Result<(), Failure> {
     loop {
-        let frame = match inbound.message().await {
-            Ok(Some(frame)) => frame,
+        let kind = match inbound.next().await {
+            Ok(Some(kind)) => kind,
             Ok(None) => {
                 return Err(Failure::Bridge(
                     "the bridge ended without a half-close".into(),
@@ -227,19 +189,19 @@ async fn bridge_to_tcp(
                 )));
             }
         };
-        match frame.kind {
-            Some(Kind::Data(bytes)) => {
+        match kind {
+            Kind::Data(bytes) => {
                 write_all(stream, &bytes).await.map_err(|_| Failure::Tcp)?;
                 counter.increment(bytes.len() as u64);
                 received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
-            Some(Kind::Fin(_)) => {
+            Kind::Fin(_) => {
                 SockRef::from(stream)
                     .shutdown(Shutdown::Write)
                     .map_err(|_| Failure::Tcp)?;
                 return Ok(());
             }
-            Some(Kind::Error(e)) => {
+            Kind::Error(e) => {
                 return Err(Failure::Bridge(format!(
                     "peer node: {}: {}",
                     e.condition, e.text

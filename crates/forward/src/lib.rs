@@ -2,17 +2,18 @@
 //!
 //! A `CONNECT` that lands on a node that does not hold the Initiator opens a
 //! gRPC `Bridge` stream (see `proto/forward.proto`) to the node that does.
-//! This crate holds the generated code, the cluster-secret check, the
-//! [`Dialer`] that keeps one HTTP/2 connection per peer node, and [`join`],
-//! which pumps bytes between a TCP socket and a Bridge stream in both
-//! directions with half-close and backpressure.
+//! This crate holds the messages generated from it, the Bridge call framed
+//! by hand so that data crosses without copies ([`BridgeService`] on the
+//! owner, [`Dialer`] on the caller, one HTTP/2 connection per peer node),
+//! the cluster-secret check, and [`join`], which pumps bytes between a TCP
+//! socket and a Bridge in both directions with half-close and backpressure.
 
 mod auth;
-pub mod codec;
+mod bridge;
 mod dialer;
 mod join;
 
-/// Code generated from `proto/forward.proto`.
+/// The messages of `proto/forward.proto` (the service is in [`bridge`]).
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod proto {
     tonic::include_proto!("dtcp.forward.v1");
@@ -20,9 +21,10 @@ pub mod proto {
 
 use std::time::Duration;
 
-pub use auth::{SECRET_HEADER, Secret, check_secret};
-pub use dialer::{BridgeError, Dialer, OpenBridge, PlaneTls};
-pub use join::{End, Outbound, Report, join, write_all};
+pub use auth::{SECRET_HEADER, Secret};
+pub use bridge::{BridgeService, Claimer, Halves, Inbound, Outbound, SERVICE};
+pub use dialer::{BridgeError, Dialer, PlaneTls};
+pub use join::{End, Report, join, write_all};
 
 /// Largest data frame: big enough to amortise HTTP/2 and protobuf framing,
 /// small enough to keep per-stream buffering modest.

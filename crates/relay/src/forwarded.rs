@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use dtcp_forward::proto::Frame;
-use dtcp_forward::{BridgeError, End, OpenBridge, join};
+use dtcp_forward::{BridgeError, End, Halves, join};
 use dtcp_store::NodeInfo;
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::{counter, gauge, histogram};
@@ -39,7 +39,7 @@ pub(crate) async fn open(
     node: &Node,
     id: &RegistrationId,
     owner: &NodeInfo,
-) -> Result<Box<OpenBridge>, OpenError> {
+) -> Result<Box<Halves>, OpenError> {
     let Some(dialer) = &node.dialer else {
         warn!(registration = %id, owner = %owner, "registration held by another node, and this node has no forwarding plane");
         let text = "the session is held by another node that cannot be reached";
@@ -81,7 +81,7 @@ pub(crate) async fn run(
     id: RegistrationId,
     early: BytesMut,
     started: Instant,
-    bridge: Box<OpenBridge>,
+    bridge: Box<Halves>,
 ) {
     // The owner has answered its Initiator: now the Target.
     send_ok(&target).await;

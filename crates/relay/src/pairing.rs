@@ -14,14 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::BytesMut;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
-use dtcp_forward::Outbound;
-use dtcp_forward::proto::Frame;
+use dtcp_forward::{Inbound, Outbound};
 use dtcp_wire::RegistrationId;
 use metrics::gauge;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tonic::Streaming;
 
 use crate::metrics::PENDING;
 use crate::server::Slot;
@@ -38,11 +36,11 @@ pub(crate) enum Claim {
 /// A Target on another node, reached through the Bridge it opened.
 #[derive(Debug)]
 pub(crate) struct RemoteClaim {
-    /// Frames toward the Target's node (the Bridge's response stream).
+    /// Frames toward the Target's node (the Bridge's response body).
     pub outbound: Outbound,
-    /// Frames from it. Boxed: a `Streaming` is large, and every pending
-    /// CREATE's state makes room for a claim.
-    pub inbound: Box<Streaming<Frame>>,
+    /// Frames from it. Boxed: it is large, and every pending CREATE's claim
+    /// channel makes room for a claim.
+    pub inbound: Box<Inbound>,
 }
 
 /// A Target connected to this node.

@@ -4,21 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtcp_forward::proto::Frame;
-use dtcp_forward::proto::forward_server::{Forward, ForwardServer};
-use dtcp_forward::proto::frame::Kind;
+use dtcp_forward::proto::Open;
 use dtcp_forward::{
-    CONNECTION_WINDOW, FRAMES_IN_FLIGHT, H2_MAX_FRAME, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
-    Outbound, STREAM_WINDOW, Secret, TCP_KEEPALIVE, check_secret,
+    BridgeService, CONNECTION_WINDOW, Claimer, H2_MAX_FRAME, Halves, KEEPALIVE_INTERVAL,
+    KEEPALIVE_TIMEOUT, STREAM_WINDOW, Secret, TCP_KEEPALIVE,
 };
 use dtcp_wire::RegistrationId;
 use metrics::{counter, gauge};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
-use tonic::{Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
@@ -36,31 +32,12 @@ pub const READINESS: &str = "dtcp.readiness";
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a heartbeat lasts: three missed renewals and the node counts as gone.
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(6);
-/// How long a Bridge caller may take to send its `open` frame.
-const OPEN_FRAME_TIMEOUT: Duration = Duration::from_secs(3);
-
 struct Plane {
     node: Arc<Node>,
 }
 
-#[tonic::async_trait]
-impl Forward for Plane {
-    type BridgeStream = ReceiverStream<Result<Frame, Status>>;
-
-    async fn bridge(
-        &self,
-        request: Request<Streaming<Frame>>,
-    ) -> Result<Response<Self::BridgeStream>, Status> {
-        let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(OPEN_FRAME_TIMEOUT, inbound.message())
-            .await
-            .map_err(|_| Status::deadline_exceeded("no open frame"))??;
-        let Some(Frame {
-            kind: Some(Kind::Open(open)),
-        }) = first
-        else {
-            return Err(Status::invalid_argument("the first frame must be open"));
-        };
+impl Claimer for Plane {
+    fn claim(&self, open: Open, bridge: Halves) -> Result<(), Status> {
         let id = <[u8; 32]>::try_from(open.registration_id.as_ref())
             .map(RegistrationId::from_bytes)
             .map_err(|_| Status::invalid_argument("a registration id is 32 bytes"))?;
@@ -73,15 +50,14 @@ impl Forward for Plane {
         let Some(claimant) = self.node.pending.take(&id) else {
             return Err(Status::not_found("no such pending registration"));
         };
-        let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
         let claim = Claim::Remote(RemoteClaim {
-            outbound: Outbound::Server(tx),
-            inbound: Box::new(inbound),
+            outbound: bridge.outbound,
+            inbound: Box::new(bridge.inbound),
         });
         if claimant.send(claim).is_err() {
             return Err(Status::not_found("the initiator is gone"));
         }
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(())
     }
 }
 
@@ -110,8 +86,7 @@ pub(crate) async fn serve(
             }
         };
     }
-    let bridge =
-        ForwardServer::with_interceptor(Plane { node }, move |req| check_secret(&secret, req));
+    let bridge = BridgeService::new(Plane { node }, secret);
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(TCP_KEEPALIVE));
