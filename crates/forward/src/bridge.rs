@@ -224,7 +224,9 @@ impl Inbound {
                     }
                     let mut prefix = self.head.split();
                     if prefix.get_u8() != 0 {
-                        return Err(Status::internal("compressed bridge messages are not supported"));
+                        return Err(Status::internal(
+                            "compressed bridge messages are not supported",
+                        ));
                     }
                     let len = prefix.get_u32() as usize;
                     if len > MAX_DATA {
@@ -499,9 +501,7 @@ mod tests {
         assert_eq!(bytes, by_prost);
         for split in [1, 2, 3, 5, 6, 7, 1000, 65_536, bytes.len()] {
             let chunks = bytes.chunks(split).map(Bytes::copy_from_slice).collect();
-            let (data, control) = read_all(Inbound::new(body_of(chunks, None)))
-                .await
-                .unwrap();
+            let (data, control) = read_all(Inbound::new(body_of(chunks, None))).await.unwrap();
             assert_eq!(data.len(), payload.len() + 1, "split {split}");
             assert_eq!(&data[..payload.len()], &payload[..]);
             assert_eq!(control.len(), 2, "open and fin, split {split}");
@@ -522,7 +522,11 @@ mod tests {
         };
         assert_eq!(piece.len(), 4096);
         let offset = piece.as_ptr() as usize - start;
-        assert_eq!(offset, PREFIX + 1 + 2, "a slice of the chunk, behind the headers");
+        assert_eq!(
+            offset,
+            PREFIX + 1 + 2,
+            "a slice of the chunk, behind the headers"
+        );
     }
 
     #[tokio::test]
@@ -539,13 +543,19 @@ mod tests {
         assert!(read_all(Inbound::new(body_of(chunks, None))).await.is_err());
 
         let compressed = vec![Bytes::from_static(&[1, 0, 0, 0, 0])];
-        assert!(read_all(Inbound::new(body_of(compressed, None))).await.is_err());
+        assert!(
+            read_all(Inbound::new(body_of(compressed, None)))
+                .await
+                .is_err()
+        );
 
         let huge = vec![Bytes::from_static(&[0, 0x7f, 0xff, 0xff, 0xff])];
         assert!(read_all(Inbound::new(body_of(huge, None))).await.is_err());
 
         // A data header whose length disagrees with the message's.
-        let bad = vec![Bytes::from_static(&[0, 0, 0, 0, 4, DATA_TAG, 5, b'a', b'b'])];
+        let bad = vec![Bytes::from_static(&[
+            0, 0, 0, 0, 4, DATA_TAG, 5, b'a', b'b',
+        ])];
         assert!(read_all(Inbound::new(body_of(bad, None))).await.is_err());
     }
 
@@ -553,12 +563,17 @@ mod tests {
     async fn the_out_body_ends_with_trailers_only_as_a_response() {
         for trailers in [true, false] {
             let (tx, rx) = mpsc::channel(4);
-            tx.send(Frame::data(Bytes::from_static(b"abc"))).await.unwrap();
+            tx.send(Frame::data(Bytes::from_static(b"abc")))
+                .await
+                .unwrap();
             drop(tx);
             let collected = OutBody::new(rx, trailers).collect().await.unwrap();
             assert_eq!(collected.trailers().is_some(), trailers);
             let bytes = collected.to_bytes();
-            assert_eq!(&bytes[..], &wire(vec![Frame::data(Bytes::from_static(b"abc"))])[..]);
+            assert_eq!(
+                &bytes[..],
+                &wire(vec![Frame::data(Bytes::from_static(b"abc"))])[..]
+            );
         }
     }
 }
