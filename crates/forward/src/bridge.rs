@@ -84,7 +84,7 @@ struct OutBody {
 }
 
 impl OutBody {
-    fn new(rx: mpsc::Receiver<Frame>, trailers: bool) -> Body {
+    fn body(rx: mpsc::Receiver<Frame>, trailers: bool) -> Body {
         Body::new(OutBody {
             rx,
             payload: None,
@@ -336,7 +336,7 @@ pub(crate) async fn call(
     let mut request = Request::post(PATH)
         .header(CONTENT_TYPE, "application/grpc")
         .header(TE, "trailers")
-        .body(OutBody::new(rx, false))
+        .body(OutBody::body(rx, false))
         .expect("a valid request");
     secret.attach(request.headers_mut())?;
     let response = tower::ServiceExt::oneshot(channel, request)
@@ -436,7 +436,7 @@ impl<C: Claimer> BridgeService<C> {
         let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
         let outbound = Outbound { tx, dialing: false };
         self.claimer.claim(open, Halves { outbound, inbound })?;
-        let mut response = Response::new(OutBody::new(rx, true));
+        let mut response = Response::new(OutBody::body(rx, true));
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -567,7 +567,7 @@ mod tests {
                 .await
                 .unwrap();
             drop(tx);
-            let collected = OutBody::new(rx, trailers).collect().await.unwrap();
+            let collected = OutBody::body(rx, trailers).collect().await.unwrap();
             assert_eq!(collected.trailers().is_some(), trailers);
             let bytes = collected.to_bytes();
             assert_eq!(
