@@ -290,9 +290,11 @@ mod pool {
             assert!(bytes.iter().all(|&b| b == 7));
             let clone = bytes.slice(10..20);
             drop(bytes);
-            assert_ne!(take().as_ptr(), ptr, "still in use by the slice");
+            let other = take();
+            assert_ne!(other.as_ptr(), ptr, "still in use by the slice");
             drop(clone);
-            assert_eq!(take().as_ptr(), ptr, "back in the pool");
+            let again = take();
+            assert_eq!(again.as_ptr(), ptr, "back in the pool");
         }
     }
 }
