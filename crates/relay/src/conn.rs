@@ -554,7 +554,7 @@ async fn connect(
     let mut expiry = pin!(sleep_until(deadline));
     let mut drain = pin!(node.drain.cancelled());
     let bridge = loop {
-        let notified = waiter.notify.notified();
+        let notified = waiter.arrival.notify.notified();
         tokio::pin!(notified);
         // Subscribe before looking, so a CREATE that arrives in between wakes us.
         notified.as_mut().enable();
@@ -571,7 +571,13 @@ async fn connect(
             }
             return;
         }
-        match node.store.lookup(&id).await {
+        // One store round trip per look, none when another node announced
+        // the registration (and so its owner) since the last look.
+        let owner = match waiter.announced_owner() {
+            Some(owner) => Ok(Some(owner)),
+            None => node.store.lookup(&id).await,
+        };
+        match owner {
             Ok(Some(owner)) if owner.id != node.info.id => {
                 // Boxed: the gRPC call's state would otherwise sit in every
                 // connection task, forwarded or not.

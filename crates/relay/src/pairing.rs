@@ -8,13 +8,14 @@
 //! of the session to the task that holds the Initiator's socket.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::BytesMut;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 use dtcp_forward::{Inbound, Outbound};
+use dtcp_store::{NodeInfo, Registered};
 use dtcp_wire::RegistrationId;
 use metrics::gauge;
 use tokio::net::TcpStream;
@@ -69,7 +70,7 @@ struct Entry {
 pub(crate) struct PendingTable {
     entries: DashMap<RegistrationId, Entry>,
     /// CONNECTs on this node waiting for a CREATE that has not arrived yet.
-    waiters: DashMap<RegistrationId, Arc<Notify>>,
+    waiters: DashMap<RegistrationId, Arc<Arrival>>,
     tokens: AtomicU64,
 }
 
@@ -98,7 +99,16 @@ impl PendingTable {
     /// Wakes CONNECTs on this node waiting for `id`.
     pub fn notify(&self, id: &RegistrationId) {
         if let Some(waiter) = self.waiters.get(id) {
-            waiter.notify_waiters();
+            waiter.notify.notify_waiters();
+        }
+    }
+
+    /// Another node registered a CREATE: CONNECTs here waiting for it learn
+    /// its owner, and go to it without asking the store again.
+    pub fn announce(&self, registered: Registered) {
+        if let Some(waiter) = self.waiters.get(&registered.id) {
+            *waiter.owner.lock().unwrap_or_else(PoisonError::into_inner) = Some(registered.owner);
+            waiter.notify.notify_waiters();
         }
     }
 
@@ -129,13 +139,21 @@ impl PendingTable {
 
     /// Subscribes to the arrival of `id` on this node.
     pub fn waiter(&self, id: RegistrationId) -> Waiter<'_> {
-        let notify = self.waiters.entry(id).or_default().clone();
+        let arrival = self.waiters.entry(id).or_default().clone();
         Waiter {
             table: self,
             id,
-            notify,
+            arrival,
         }
     }
+}
+
+/// What wakes the CONNECTs waiting for one registration.
+#[derive(Debug, Default)]
+pub(crate) struct Arrival {
+    pub notify: Notify,
+    /// The owner another node announced, if one did.
+    owner: Mutex<Option<NodeInfo>>,
 }
 
 /// A CONNECT's subscription to the arrival of its CREATE; unsubscribes on drop.
@@ -143,7 +161,15 @@ impl PendingTable {
 pub(crate) struct Waiter<'a> {
     table: &'a PendingTable,
     id: RegistrationId,
-    pub notify: Arc<Notify>,
+    pub arrival: Arc<Arrival>,
+}
+
+impl Waiter<'_> {
+    /// The owner announced since the last call, if any.
+    pub fn announced_owner(&self) -> Option<NodeInfo> {
+        let owner = self.arrival.owner.lock();
+        owner.unwrap_or_else(PoisonError::into_inner).take()
+    }
 }
 
 impl Drop for Waiter<'_> {
@@ -245,6 +271,35 @@ mod tests {
         assert_eq!(t.waiters.len(), 1);
         drop(w2);
         assert_eq!(t.waiters.len(), 0);
+    }
+
+    #[test]
+    fn an_announcement_wakes_its_waiters_with_the_owner() {
+        let t = PendingTable::default();
+        let id = RegistrationId::of("k", "a@b", "c@d");
+        let owner = NodeInfo {
+            id: "node-a".into(),
+            forward_addr: "10.0.0.1:7780".into(),
+        };
+        let w = t.waiter(id);
+        let notified = w.arrival.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let other = RegistrationId::of("k2", "a@b", "c@d");
+        t.announce(Registered {
+            id: other,
+            owner: owner.clone(),
+        });
+        assert_eq!(w.announced_owner(), None, "not ours");
+        t.announce(Registered {
+            id,
+            owner: owner.clone(),
+        });
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(notified.as_mut().poll(&mut cx).is_ready(), "woken");
+        assert_eq!(w.announced_owner(), Some(owner));
+        assert_eq!(w.announced_owner(), None, "taken once");
     }
 
     #[test]

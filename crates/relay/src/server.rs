@@ -217,8 +217,8 @@ impl Relay {
             // it looks again now rather than at its next poll.
             let node = node.clone();
             tasks.push(tokio::spawn(async move {
-                while let Some(id) = registered.recv().await {
-                    node.pending.notify(&id);
+                while let Some(announced) = registered.recv().await {
+                    node.pending.announce(announced);
                 }
             }));
         }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dtcp_store::{NodeInfo, Rendezvous, StoreError};
+use dtcp_store::{NodeInfo, Registered, Rendezvous, StoreError};
 use dtcp_wire::RegistrationId;
 use metrics::{counter, histogram};
 use tokio::time::Instant;
@@ -64,7 +64,7 @@ impl Rendezvous for Instrumented {
         record("nodes_alive", self.0.nodes_alive()).await
     }
 
-    fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<RegistrationId>> {
+    fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<Registered>> {
         self.0.watch_registrations()
     }
 }

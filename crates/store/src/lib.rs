@@ -85,11 +85,21 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     /// How many nodes have a live heartbeat.
     async fn nodes_alive(&self) -> Result<usize, StoreError>;
 
-    /// Registrations made by any node, as they are made, when the store can
-    /// tell (Redis pub/sub). Best effort: a CONNECT that waits for its CREATE
+    /// Registrations made by any node, and by whom, as they are made, when
+    /// the store can tell (Redis pub/sub). Best effort: a CONNECT that waits for its CREATE
     /// is woken at once instead of at its next look; a missed one only waits
     /// for that look. `None`: the store cannot tell (one node needs no help).
-    fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<RegistrationId>> {
+    fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<Registered>> {
         None
     }
+}
+
+/// A registration another node announced: a CONNECT waiting for it can open
+/// its Bridge to `owner` without asking the store again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The registration.
+    pub id: RegistrationId,
+    /// The node that holds its Initiator.
+    pub owner: NodeInfo,
 }

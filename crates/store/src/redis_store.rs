@@ -25,7 +25,7 @@ use tokio::sync::{OnceCell, mpsc};
 use tokio_stream::StreamExt;
 use tracing::debug;
 
-use crate::{NodeInfo, Rendezvous, StoreError};
+use crate::{NodeInfo, Registered, Rendezvous, StoreError};
 
 /// How long a Redis command may take before the operation fails (and the
 /// client gets `unavailable` rather than a hang).
@@ -163,11 +163,12 @@ impl RedisStore {
         format!("{}registered", self.prefix)
     }
 
-    /// Tells every node that `id` is registered, without making the CREATE
-    /// wait for it: the registration itself is already done.
-    fn announce(&self, id: &RegistrationId) {
+    /// Tells every node that `id` is registered and by whom (the 32-byte id,
+    /// then the record's value), without making the CREATE wait for it: the
+    /// registration itself is already done.
+    fn announce(&self, id: &RegistrationId, value: &str) {
         let store = self.clone();
-        let (channel, payload) = (self.registered_channel(), id.as_bytes().to_vec());
+        let (channel, payload) = (self.registered_channel(), announcement(id, value));
         tokio::spawn(async move {
             let _: Result<i64, _> = store
                 .query(redis::cmd("PUBLISH").arg(channel).arg(payload))
@@ -295,7 +296,7 @@ impl Rendezvous for RedisStore {
         let key = self.reg_key(id);
         let value = Self::owner_value(owner);
         if self.set_nx(&key, &value, ttl).await? {
-            self.announce(id);
+            self.announce(id, &value);
             return Ok(true);
         }
         let current: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
@@ -326,7 +327,7 @@ impl Rendezvous for RedisStore {
             })
             .await?;
         if replaced == 1 {
-            self.announce(id);
+            self.announce(id, &value);
         }
         Ok(replaced == 1)
     }
@@ -394,7 +395,7 @@ impl Rendezvous for RedisStore {
         Ok(())
     }
 
-    fn watch_registrations(&self) -> Option<mpsc::Receiver<RegistrationId>> {
+    fn watch_registrations(&self) -> Option<mpsc::Receiver<Registered>> {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let (url, channel) = (self.pubsub_url.clone(), self.registered_channel());
         tokio::spawn(async move {
@@ -422,12 +423,27 @@ impl Rendezvous for RedisStore {
     }
 }
 
+/// An announcement's payload: the id, then the owner as the record names it.
+fn announcement(id: &RegistrationId, value: &str) -> Vec<u8> {
+    [id.as_bytes(), value.as_bytes()].concat()
+}
+
+/// The announcement in a payload, if it is one.
+fn parse_announcement(payload: &[u8]) -> Option<Registered> {
+    let (id, value) = payload.split_first_chunk::<32>()?;
+    let owner = RedisStore::parse_owner(std::str::from_utf8(value).ok()?).ok()?;
+    Some(Registered {
+        id: RegistrationId::from_bytes(*id),
+        owner,
+    })
+}
+
 /// Subscribes to the announcements and passes them on until the
 /// subscription breaks.
 async fn forward_announcements(
     url: &str,
     channel: &str,
-    tx: &mpsc::Sender<RegistrationId>,
+    tx: &mpsc::Sender<Registered>,
 ) -> Result<(), RedisError> {
     let client = redis::Client::open(url)?;
     let mut pubsub = tokio::time::timeout(CONNECTION_TIMEOUT, client.get_async_pubsub())
@@ -436,10 +452,29 @@ async fn forward_announcements(
     pubsub.subscribe(channel).await?;
     let mut messages = pubsub.on_message();
     while let Some(msg) = messages.next().await {
-        if let Ok(bytes) = <[u8; 32]>::try_from(msg.get_payload_bytes()) {
+        if let Some(registered) = parse_announcement(msg.get_payload_bytes()) {
             // Full: the relay is behind; those CONNECTs find theirs by looking.
-            let _ = tx.try_send(RegistrationId::from_bytes(bytes));
+            let _ = tx.try_send(registered);
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_carry_the_owner() {
+        let id = RegistrationId::of("k", "a@b", "c@d");
+        let owner = NodeInfo {
+            id: "0b7c".into(),
+            forward_addr: "10.0.0.1:7780".into(),
+        };
+        let payload = announcement(&id, &RedisStore::owner_value(&owner));
+        let parsed = parse_announcement(&payload);
+        assert_eq!(parsed, Some(Registered { id, owner }));
+        assert_eq!(parse_announcement(&payload[..31]), None, "too short");
+        assert_eq!(parse_announcement(id.as_bytes()), None, "no owner");
+    }
 }
