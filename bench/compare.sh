@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 QUICK=${1:-}
-PAIRS=2000 CONC=32 STREAMS=4 BYTES=1GiB HOLD=(2000 8000)
+PAIRS=2000 CONC=32 STREAMS=4 BYTES=1GiB HOLD=(2000 9000)
 if [ "$QUICK" = "--quick" ]; then
   PAIRS=500 BYTES=256MiB HOLD=(1000 2000)
 fi
