@@ -13,7 +13,7 @@ mod bridge;
 mod dialer;
 mod join;
 
-/// The messages of `proto/forward.proto` (the service is in [`bridge`]).
+/// The messages of `proto/forward.proto` (the service is framed by hand: see [`BridgeService`]).
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod proto {
     tonic::include_proto!("dtcp.forward.v1");
