@@ -528,12 +528,18 @@ impl Drop for StoreGuard {
     fn drop(&mut self) {
         if self.armed {
             let (node, id) = (self.node.clone(), self.id);
-            // Off the hot path: pairing does not wait for the store.
-            tokio::spawn(async move {
+            let mut remove = Box::pin(async move {
                 if let Err(e) = node.store.remove_if_owner(&id, &node.info).await {
                     warn!(registration = %id, error = %e, "store remove failed; the record expires with its TTL");
                 }
             });
+            // The in-memory store of a lone node answers at once: no task for
+            // that. Redis does not, and pairing does not wait for it: the rest
+            // runs in a task of its own (which polls with its own waker).
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if remove.as_mut().poll(&mut cx).is_pending() {
+                tokio::spawn(remove);
+            }
         }
     }
 }
