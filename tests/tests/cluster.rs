@@ -357,6 +357,71 @@ async fn sigterm_drains_a_cluster_node() {
     exchange(i, tg, 1024, 3).await;
 }
 
+/// Reads at most 16 KiB a millisecond.
+struct SlowReader {
+    inner: TcpStream,
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl SlowReader {
+    fn new(inner: TcpStream) -> Self {
+        let pause = Box::pin(tokio::time::sleep(Duration::ZERO));
+        SlowReader { inner, pause }
+    }
+}
+
+impl tokio::io::AsyncRead for SlowReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.pause.as_mut().poll(cx));
+        let room = buf.remaining().min(16 * 1024);
+        let mut small = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(room));
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut small);
+        let n = small.filled().len();
+        buf.advance(n);
+        if n > 0 {
+            let next = tokio::time::Instant::now() + Duration::from_millis(1);
+            self.pause.as_mut().reset(next);
+        }
+        polled
+    }
+}
+
+/// The owner's session ends as soon as its last frames are queued toward
+/// the Target's node; a node that drains must send them before it exits,
+/// or that node resets its Target with bytes still owed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_owner_delivers_every_queued_byte_before_it_exits() {
+    let redis = RedisServer::start();
+    let mut a = cluster_node(&[redis.url()], &[]);
+    let b = cluster_node(&[redis.url()], &[]);
+    let (mut i, mut tg) = pair(a.addr, b.addr, &triple("drain-flush")).await;
+    // The Target is done at once: its fin reaches A long before the
+    // Initiator's bytes have crossed, so A's session ends with them queued.
+    tg.shutdown().await.unwrap();
+    a.signal(libc::SIGTERM);
+    a.wait_for("dtcp_draining", 1.0).await;
+    let sent = tokio::spawn(async move {
+        let digest = send_pattern(&mut i, 7, 32 << 20).await;
+        let mut rest = Vec::new();
+        i.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the Target sent nothing");
+        digest
+    });
+    // A slow reader, and 32 MiB (more than the buffers between A and the
+    // Target hold): A's HTTP/2 stream is still held back by flow control,
+    // megabytes behind, when its session ends.
+    let mut slow = SlowReader::new(tg);
+    let (n, received) = recv_digest(&mut slow).await;
+    assert_eq!(n, 32 << 20, "every byte, then a clean end");
+    assert_eq!(received, sent.await.unwrap());
+    let status = a.wait_exit(Duration::from_secs(15)).expect("A exits");
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_without_the_right_secret_pairs_nothing() {
     let redis = RedisServer::start();

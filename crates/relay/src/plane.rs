@@ -61,13 +61,16 @@ impl Claimer for Plane {
     }
 }
 
-/// Serves the Bridge service and gRPC health on `listener` until aborted.
+/// Serves the Bridge service and gRPC health on `listener` until `shutdown`
+/// completes, then ends gracefully: the Bridges still open are finished and
+/// flushed before the connections close.
 pub(crate) async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     secret: Secret,
     health: HealthServer<impl Health>,
+    shutdown: impl Future<Output = ()> + Send,
 ) {
     let mut builder = Server::builder()
         .tcp_nodelay(true)
@@ -93,7 +96,7 @@ pub(crate) async fn serve(
     if let Err(e) = builder
         .add_service(health)
         .add_service(bridge)
-        .serve_with_incoming(incoming)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
     {
         warn!(error = %e, "forwarding plane stopped");

@@ -15,6 +15,7 @@ use metrics::{counter, gauge};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use tracing::{debug, info, warn};
 
@@ -36,6 +37,9 @@ const REFUSALS_IN_FLIGHT: usize = 64;
 /// Pause after an `accept` that failed for lack of descriptors, so that the
 /// loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long the forwarding plane may take, once every session has ended, to
+/// send what they left queued toward other nodes and close.
+const PLANE_SHUTDOWN: Duration = Duration::from_secs(5);
 
 /// Errors that stop a relay from starting.
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +226,9 @@ impl Relay {
                 }
             }));
         }
-        let health = match plane {
+        // The plane outlives the sessions: it is stopped last, gracefully.
+        let plane_stop = CancellationToken::new();
+        let (health, plane_task) = match plane {
             Some(PlaneParts {
                 listener,
                 tls,
@@ -230,16 +236,17 @@ impl Relay {
             }) => {
                 let (reporter, service) = tonic_health::server::health_reporter();
                 plane::set_health(&reporter, true).await;
-                tasks.push(tokio::spawn(plane::serve(
+                let task = tokio::spawn(plane::serve(
                     node.clone(),
                     listener,
                     tls,
                     secret,
                     service,
-                )));
-                Some(reporter)
+                    plane_stop.clone().cancelled_owned(),
+                ));
+                (Some(reporter), Some(task))
             }
-            None => None,
+            None => (None, None),
         };
 
         shutdown.await;
@@ -279,6 +286,18 @@ impl Relay {
             }
         }
         heartbeat.abort();
+        if let Some(task) = plane_task {
+            // A session that has ended here may still have its last frames
+            // (data, fin) queued toward the other node: cutting the plane now
+            // would make that node reset its client. A graceful shutdown
+            // sends them, then closes.
+            plane_stop.cancel();
+            let abort = task.abort_handle();
+            if tokio::time::timeout(PLANE_SHUTDOWN, task).await.is_err() {
+                warn!("the forwarding plane did not close in time; closing it now");
+                abort.abort();
+            }
+        }
         for task in tasks {
             task.abort();
         }
