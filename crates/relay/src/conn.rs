@@ -16,7 +16,7 @@ use dtcp_forward::write_all;
 use dtcp_wire::{
     Command, CommandDecoder, Condition, RegistrationId, Reply, Triple, Verb, WireError,
 };
-use metrics::{counter, gauge, histogram};
+use metrics::counter;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,10 +26,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, info, warn};
 
 use crate::forwarded;
-use crate::metrics::{
-    BYTES, COMMANDS, ERRORS, PAIRING_LATENCY, PENDING_WAIT, SESSION_DURATION, SESSIONS_ACTIVE,
-    SESSIONS_COMPLETED,
-};
+use crate::metrics::{COMMANDS, ERRORS, PathSeries};
 use crate::node::Node;
 use crate::pairing::{Claim, IpGuard, LocalClaim, Pending};
 use crate::pump::{self, Pump};
@@ -691,7 +688,7 @@ fn session(
     id: RegistrationId,
     waited: Duration,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    histogram!(PENDING_WAIT).record(waited);
+    node.hot.pending_wait.record(waited);
     match claim {
         Claim::Local(local) => Box::pin(local_session(node, initiator, i_early, local, id, waited)),
         Claim::Remote(remote) => Box::pin(forwarded::serve(
@@ -705,6 +702,10 @@ fn session(
 /// A plain fn returning an `async move` block, which uses what it captures in
 /// place: an `async fn` keeps a second copy of each argument (216 bytes
 /// here), and every idle session would hold it.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice"
+)]
 fn local_session(
     node: Arc<Node>,
     initiator: TcpStream,
@@ -713,29 +714,26 @@ fn local_session(
     id: RegistrationId,
     waited: Duration,
 ) -> impl Future<Output = ()> + Send {
-    const PATH: &str = "local";
     async move {
         // Released when the session ends.
         let _target_slot = &claim.slot;
         // A failed write shows up at once in the pump as a reset.
         send_ok(&initiator).await;
         send_ok(&claim.target).await;
-        histogram!(PAIRING_LATENCY, "path" => PATH).record(claim.connect_started.elapsed());
-        counter!(COMMANDS, "verb" => "create", "outcome" => "ok").increment(1);
-        counter!(COMMANDS, "verb" => "connect", "outcome" => "ok").increment(1);
-        let active = gauge!(SESSIONS_ACTIVE, "path" => PATH);
-        active.increment(1.0);
+        let series = &node.hot.local;
+        series
+            .pairing_latency
+            .record(claim.connect_started.elapsed());
+        node.hot.create_ok.increment(1);
+        node.hot.connect_ok.increment(1);
+        series.active.increment(1.0);
         let paired_at = Instant::now();
         let mut pump = Pump::new(
-            (
-                &initiator,
-                &i_early,
-                counter!(BYTES, "path" => PATH, "direction" => "initiator_to_target"),
-            ),
+            (&initiator, &i_early, series.initiator_to_target.clone()),
             (
                 &claim.target,
                 &claim.early,
-                counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
+                series.target_to_initiator.clone(),
             ),
             node.config.idle_timeout(),
             !node.config.no_splice,
@@ -750,8 +748,8 @@ fn local_session(
             pump::reset_on_close(&claim.target);
         }
         let moved = pump.moved();
-        active.decrement(1.0);
-        finished(id, PATH, paired_at, waited, moved, end.label());
+        series.active.decrement(1.0);
+        finished(series, id, paired_at, waited, moved, end.label());
     }
 }
 
@@ -776,19 +774,19 @@ pub(crate) const OK: &[u8] = b"OK\0";
 
 /// Metrics and the log line of a finished session.
 pub(crate) fn finished(
+    series: &PathSeries,
     id: RegistrationId,
-    path: &'static str,
     paired_at: Instant,
     waited: Duration,
     moved: [u64; 2],
     outcome: &'static str,
 ) {
     let duration = paired_at.elapsed();
-    counter!(SESSIONS_COMPLETED, "path" => path, "outcome" => outcome).increment(1);
-    histogram!(SESSION_DURATION, "path" => path).record(duration);
+    series.completed(outcome);
+    series.duration.record(duration);
     info!(
         registration = %id,
-        path,
+        path = series.path,
         duration_ms = duration.as_millis() as u64,
         waited_ms = waited.as_millis() as u64,
         bytes_initiator_to_target = moved[0],

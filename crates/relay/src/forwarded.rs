@@ -8,20 +8,16 @@ use dtcp_forward::proto::Frame;
 use dtcp_forward::{BridgeError, End, Halves, join};
 use dtcp_store::NodeInfo;
 use dtcp_wire::{Condition, RegistrationId};
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::conn::{finished, send_ok};
-use crate::metrics::{
-    BRIDGE_ERRORS, BRIDGE_STREAMS, BYTES, COMMANDS, PAIRING_LATENCY, SESSIONS_ACTIVE,
-};
+use crate::metrics::{BRIDGE_ERRORS, BRIDGE_STREAMS};
 use crate::node::Node;
 use crate::pairing::RemoteClaim;
 use crate::server::Slot;
-
-const PATH: &str = "forwarded";
 
 /// Why a Bridge was not opened.
 pub(crate) enum OpenError {
@@ -85,8 +81,9 @@ pub(crate) async fn run(
 ) {
     // The owner has answered its Initiator: now the Target.
     send_ok(&target).await;
-    histogram!(PAIRING_LATENCY, "path" => PATH).record(started.elapsed());
-    counter!(COMMANDS, "verb" => "connect", "outcome" => "ok").increment(1);
+    let series = &node.hot.forwarded;
+    series.pairing_latency.record(started.elapsed());
+    node.hot.connect_ok.increment(1);
     let _tracked = node.sessions.token();
     let streams = gauge!(BRIDGE_STREAMS, "role" => "client");
     streams.increment(1.0);
@@ -95,8 +92,8 @@ pub(crate) async fn run(
         early.freeze(),
         bridge.outbound,
         bridge.inbound,
-        counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
-        counter!(BYTES, "path" => PATH, "direction" => "initiator_to_target"),
+        series.target_to_initiator.clone(),
+        series.initiator_to_target.clone(),
         // The idle timeout is the owner's to enforce: it holds the session's
         // record, and two nodes timing the same silence would race.
         None,
@@ -123,14 +120,14 @@ pub(crate) async fn serve(
 ) {
     let RemoteClaim { outbound, inbound } = claim;
     send_ok(&initiator).await;
-    counter!(COMMANDS, "verb" => "create", "outcome" => "ok").increment(1);
+    node.hot.create_ok.increment(1);
     if outbound.send(Frame::paired()).await.is_err() {
         counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
         return;
     }
-    let active = gauge!(SESSIONS_ACTIVE, "path" => PATH);
+    let series = &node.hot.forwarded;
     let streams = gauge!(BRIDGE_STREAMS, "role" => "server");
-    active.increment(1.0);
+    series.active.increment(1.0);
     streams.increment(1.0);
     let paired_at = Instant::now();
     // A second handle on the response stream, only to tell the Target's
@@ -142,8 +139,8 @@ pub(crate) async fn serve(
         early.freeze(),
         outbound,
         *inbound,
-        counter!(BYTES, "path" => PATH, "direction" => "initiator_to_target"),
-        counter!(BYTES, "path" => PATH, "direction" => "target_to_initiator"),
+        series.initiator_to_target.clone(),
+        series.target_to_initiator.clone(),
         node.config.idle_timeout(),
     );
     tokio::pin!(joined);
@@ -168,6 +165,6 @@ pub(crate) async fn serve(
     };
     drop(stopper);
     streams.decrement(1.0);
-    active.decrement(1.0);
-    finished(id, PATH, paired_at, waited, moved, outcome);
+    series.active.decrement(1.0);
+    finished(series, id, paired_at, waited, moved, outcome);
 }

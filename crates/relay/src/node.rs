@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::metrics::Hot;
 use crate::pairing::{PendingTable, PerIpLimit};
 use crate::store_metrics::Instrumented;
 use dtcp_forward::Dialer;
@@ -35,6 +36,8 @@ pub(crate) struct Node {
     pub stop: CancellationToken,
     /// Pending CREATEs and paired sessions; a drain waits for them.
     pub sessions: TaskTracker,
+    /// The metric series every session touches.
+    pub hot: Hot,
 }
 
 impl Node {
@@ -52,14 +55,15 @@ impl Node {
             cluster: dialer.is_some(),
             config,
             info,
-            store: Arc::new(Instrumented(store)),
+            store: Arc::new(Instrumented::new(store)),
             memory,
             dialer,
-            pending: PendingTable::default(),
+            pending: PendingTable::new(),
             per_ip,
             drain: CancellationToken::new(),
             stop: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            hot: Hot::new(),
         }
     }
 }

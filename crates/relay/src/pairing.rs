@@ -17,7 +17,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dtcp_forward::{Inbound, Outbound};
 use dtcp_store::{NodeInfo, Registered};
 use dtcp_wire::RegistrationId;
-use metrics::gauge;
+use metrics::{Gauge, gauge};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -66,12 +66,14 @@ struct Entry {
 }
 
 /// CREATEs waiting on this node, by registration id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PendingTable {
     entries: DashMap<RegistrationId, Entry>,
     /// CONNECTs on this node waiting for a CREATE that has not arrived yet.
     waiters: DashMap<RegistrationId, Arc<Arrival>>,
     tokens: AtomicU64,
+    /// `dtcp_pending_registrations`.
+    gauge: Gauge,
 }
 
 /// What a CREATE task holds while its registration is in the table.
@@ -82,6 +84,16 @@ pub(crate) struct Pending {
 }
 
 impl PendingTable {
+    /// An empty table (its gauge taken from the recorder installed now).
+    pub fn new() -> Self {
+        PendingTable {
+            entries: DashMap::new(),
+            waiters: DashMap::new(),
+            tokens: AtomicU64::new(0),
+            gauge: gauge!(PENDING),
+        }
+    }
+
     /// Registers a pending CREATE; `None` if one with the same id is pending.
     pub fn insert(&self, id: RegistrationId) -> Option<Pending> {
         match self.entries.entry(id) {
@@ -90,7 +102,7 @@ impl PendingTable {
                 let (tx, rx) = oneshot::channel();
                 let token = self.tokens.fetch_add(1, Ordering::Relaxed);
                 slot.insert(Entry { token, tx });
-                gauge!(PENDING).increment(1.0);
+                self.gauge.increment(1.0);
                 Some(Pending { token, rx })
             }
         }
@@ -115,7 +127,7 @@ impl PendingTable {
     /// Claims `id`: removes it and returns the channel to the CREATE's task.
     pub fn take(&self, id: &RegistrationId) -> Option<oneshot::Sender<Claim>> {
         let (_, entry) = self.entries.remove(id)?;
-        gauge!(PENDING).decrement(1.0);
+        self.gauge.decrement(1.0);
         Some(entry.tx)
     }
 
@@ -127,7 +139,7 @@ impl PendingTable {
             .remove_if(id, |_, e| e.token == token)
             .is_some();
         if removed {
-            gauge!(PENDING).decrement(1.0);
+            self.gauge.decrement(1.0);
         }
         removed
     }
@@ -249,7 +261,7 @@ mod tests {
 
     #[test]
     fn insert_conflict_take_withdraw() {
-        let t = PendingTable::default();
+        let t = PendingTable::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
         let p = t.insert(id).expect("first");
         assert!(t.insert(id).is_none(), "same id pending: conflict");
@@ -263,7 +275,7 @@ mod tests {
 
     #[test]
     fn waiters_are_removed_by_the_last_one() {
-        let t = PendingTable::default();
+        let t = PendingTable::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
         let w1 = t.waiter(id);
         let w2 = t.waiter(id);
@@ -275,7 +287,7 @@ mod tests {
 
     #[test]
     fn an_announcement_wakes_its_waiters_with_the_owner() {
-        let t = PendingTable::default();
+        let t = PendingTable::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
         let owner = NodeInfo {
             id: "node-a".into(),

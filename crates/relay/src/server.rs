@@ -22,9 +22,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::conn;
 use crate::http;
-use crate::metrics::{
-    CONNECTIONS_ACCEPTED, CONNECTIONS_MAX, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, DRAINING,
-};
+use crate::metrics::{CONNECTIONS_MAX, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, DRAINING};
 use crate::node::Node;
 use crate::plane;
 
@@ -367,11 +365,11 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, max_connections: us
                 continue;
             }
         };
-        counter!(CONNECTIONS_ACCEPTED).increment(1);
+        node.hot.connections_accepted.increment(1);
         let _ = stream.set_nodelay(true);
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
-                gauge!(CONNECTIONS_OPEN).increment(1.0);
+                node.hot.connections_open.increment(1.0);
                 tokio::spawn(conn::handle(node.clone(), stream, peer, Slot(permit)));
             }
             Err(_) => {

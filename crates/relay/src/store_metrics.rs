@@ -6,27 +6,67 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dtcp_store::{NodeInfo, Registered, Rendezvous, StoreError};
 use dtcp_wire::RegistrationId;
-use metrics::{counter, histogram};
+use metrics::{Counter, Histogram, counter, histogram};
 use tokio::time::Instant;
 
 use crate::metrics::{STORE_ERRORS, STORE_LATENCY, STORE_OPERATIONS};
 
 /// A store whose operations are recorded in metrics by `op`.
 #[derive(Debug)]
-pub(crate) struct Instrumented(pub Arc<dyn Rendezvous>);
+pub(crate) struct Instrumented {
+    store: Arc<dyn Rendezvous>,
+    register: Op,
+    lookup: Op,
+    remove: Op,
+    heartbeat: Op,
+    remove_node: Op,
+    nodes_alive: Op,
+}
 
-async fn record<T>(
-    op: &'static str,
-    f: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    let started = Instant::now();
-    let result = f.await;
-    counter!(STORE_OPERATIONS, "op" => op).increment(1);
-    histogram!(STORE_LATENCY, "op" => op).record(started.elapsed());
-    if result.is_err() {
-        counter!(STORE_ERRORS, "op" => op).increment(1);
+impl Instrumented {
+    pub fn new(store: Arc<dyn Rendezvous>) -> Self {
+        Instrumented {
+            store,
+            register: Op::new("register"),
+            lookup: Op::new("lookup"),
+            remove: Op::new("remove"),
+            heartbeat: Op::new("heartbeat"),
+            remove_node: Op::new("remove_node"),
+            nodes_alive: Op::new("nodes_alive"),
+        }
     }
-    result
+}
+
+/// One operation's series, looked up once (see [`crate::metrics::Hot`]).
+#[derive(Debug)]
+struct Op {
+    name: &'static str,
+    operations: Counter,
+    latency: Histogram,
+}
+
+impl Op {
+    fn new(name: &'static str) -> Self {
+        Op {
+            name,
+            operations: counter!(STORE_OPERATIONS, "op" => name),
+            latency: histogram!(STORE_LATENCY, "op" => name),
+        }
+    }
+
+    async fn record<T>(
+        &self,
+        f: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = f.await;
+        self.operations.increment(1);
+        self.latency.record(started.elapsed());
+        if result.is_err() {
+            counter!(STORE_ERRORS, "op" => self.name).increment(1);
+        }
+        result
+    }
 }
 
 #[async_trait]
@@ -37,11 +77,13 @@ impl Rendezvous for Instrumented {
         owner: &NodeInfo,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        record("register", self.0.register(id, owner, ttl)).await
+        self.register
+            .record(self.store.register(id, owner, ttl))
+            .await
     }
 
     async fn lookup(&self, id: &RegistrationId) -> Result<Option<NodeInfo>, StoreError> {
-        record("lookup", self.0.lookup(id)).await
+        self.lookup.record(self.store.lookup(id)).await
     }
 
     async fn remove_if_owner(
@@ -49,22 +91,24 @@ impl Rendezvous for Instrumented {
         id: &RegistrationId,
         owner: &NodeInfo,
     ) -> Result<bool, StoreError> {
-        record("remove", self.0.remove_if_owner(id, owner)).await
+        self.remove
+            .record(self.store.remove_if_owner(id, owner))
+            .await
     }
 
     async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
-        record("heartbeat", self.0.heartbeat(node, ttl)).await
+        self.heartbeat.record(self.store.heartbeat(node, ttl)).await
     }
 
     async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError> {
-        record("remove_node", self.0.remove_node(node)).await
+        self.remove_node.record(self.store.remove_node(node)).await
     }
 
     async fn nodes_alive(&self) -> Result<usize, StoreError> {
-        record("nodes_alive", self.0.nodes_alive()).await
+        self.nodes_alive.record(self.store.nodes_alive()).await
     }
 
     fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<Registered>> {
-        self.0.watch_registrations()
+        self.store.watch_registrations()
     }
 }
