@@ -57,6 +57,15 @@ pub const DRAINING: &str = "dtcp_draining";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "dtcp_build_info";
 
+/// The `outcome`s of `dtcp_sessions_completed_total`.
+const SESSION_OUTCOMES: [&str; 5] = [
+    "closed",
+    "reset",
+    "idle_timeout",
+    "drained",
+    "bridge_broken",
+];
+
 /// Buckets of the latency histograms, in seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -106,7 +115,7 @@ fn describe() {
     describe_gauge!(SESSIONS_ACTIVE, "Paired sessions running now, by path.");
     describe_counter!(
         SESSIONS_COMPLETED,
-        "Paired sessions finished, by path and outcome (closed, reset, idle_timeout, drained)."
+        "Paired sessions finished, by path and outcome (closed, reset, idle_timeout, drained, bridge_broken)."
     );
     describe_counter!(BYTES, Unit::Bytes, "Bytes relayed, by path and direction.");
     describe_histogram!(
@@ -186,13 +195,7 @@ fn init_series() {
         gauge!(SESSIONS_ACTIVE, "path" => path).set(0.0);
         let _ = histogram!(PAIRING_LATENCY, "path" => path);
         let _ = histogram!(SESSION_DURATION, "path" => path);
-        for outcome in [
-            "closed",
-            "reset",
-            "idle_timeout",
-            "drained",
-            "bridge_broken",
-        ] {
+        for outcome in SESSION_OUTCOMES {
             counter!(SESSIONS_COMPLETED, "path" => path, "outcome" => outcome).absolute(0);
         }
         for direction in ["initiator_to_target", "target_to_initiator"] {
@@ -230,10 +233,11 @@ fn init_series() {
 /// Handles of the series that every pairing and session touches, looked up
 /// once when the node is built (after the recorder is installed).
 ///
-/// A `counter!` finds its series in the recorder's registry on every call:
-/// that was about 10% of the relay's own instructions per local pair
-/// (callgrind, `pair --pairs 2000 --concurrency 32`). Rare events (errors,
-/// refusals) still use the macros.
+/// A `counter!` builds its key and finds its series in the recorder's
+/// registry on every call: with about 20 calls per local pair that was a
+/// fifth of the relay's own instructions (callgrind, `pair --pairs 2000
+/// --concurrency 32`: 103 k per pair before, 81 k after). Rare events
+/// (errors, refusals) still use the macros.
 #[derive(Debug)]
 pub(crate) struct Hot {
     pub connections_accepted: Counter,
@@ -274,14 +278,7 @@ pub(crate) struct PathSeries {
 
 impl PathSeries {
     fn new(path: &'static str) -> Self {
-        let completed = [
-            "closed",
-            "reset",
-            "idle_timeout",
-            "drained",
-            "bridge_broken",
-        ]
-        .map(|outcome| {
+        let completed = SESSION_OUTCOMES.map(|outcome| {
             let c = counter!(SESSIONS_COMPLETED, "path" => path, "outcome" => outcome);
             (outcome, c)
         });
