@@ -250,10 +250,11 @@ impl Inbound {
                             }
                         }
                         let header = self.head.len();
+                        let n = n.and_then(|n| usize::try_from(n).ok());
                         match n {
-                            Some(n) if header + n as usize == len => {
+                            Some(n) if header.checked_add(n) == Some(len) => {
                                 self.head.clear();
-                                self.state = State::Data { left: n as usize };
+                                self.state = State::Data { left: n };
                             }
                             _ => return Err(Status::internal("malformed bridge data frame")),
                         }
