@@ -582,8 +582,8 @@ async fn connect(
         };
         match owner {
             Ok(Some(owner)) if owner.id != node.info.id => {
-                // Boxed: the gRPC call's state would otherwise sit in every
-                // connection task, forwarded or not.
+                // Boxed: the Bridge call's state would otherwise enlarge the
+                // start of every connection, forwarded or not.
                 match Box::pin(forwarded::open(&node, &id, &owner)).await {
                     Ok(bridge) => break bridge,
                     // Claimed by another Target, withdrawn, or the record names an
