@@ -241,7 +241,6 @@ fn init_series() {
 #[derive(Debug)]
 pub(crate) struct Hot {
     pub connections_accepted: Counter,
-    pub connections_open: Gauge,
     pub pending_wait: Histogram,
     pub create_ok: Counter,
     pub connect_ok: Counter,
@@ -253,7 +252,6 @@ impl Hot {
     pub fn new() -> Self {
         Hot {
             connections_accepted: counter!(CONNECTIONS_ACCEPTED),
-            connections_open: gauge!(CONNECTIONS_OPEN),
             pending_wait: histogram!(PENDING_WAIT),
             create_ok: counter!(COMMANDS, "verb" => "create", "outcome" => "ok"),
             connect_ok: counter!(COMMANDS, "verb" => "connect", "outcome" => "ok"),

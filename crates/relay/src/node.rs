@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::metrics::Hot;
 use crate::pairing::{PendingTable, PerIpLimit};
+use crate::server::Slots;
 use crate::store_metrics::Instrumented;
 use dtcp_forward::Dialer;
 
@@ -38,6 +39,9 @@ pub(crate) struct Node {
     pub sessions: TaskTracker,
     /// The metric series every session touches.
     pub hot: Hot,
+    /// The connection limit (`config.max_connections`, as lowered to fit
+    /// the open-file limit).
+    pub slots: Slots,
 }
 
 impl Node {
@@ -52,6 +56,7 @@ impl Node {
     ) -> Self {
         let per_ip = PerIpLimit::new(config.max_pending_per_ip);
         Node {
+            slots: Slots::new(config.max_connections),
             cluster: dialer.is_some(),
             config,
             info,

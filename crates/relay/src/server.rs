@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::conn;
 use crate::http;
-use crate::metrics::{CONNECTIONS_MAX, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, DRAINING};
+use crate::metrics::{CONNECTIONS_MAX, CONNECTIONS_REFUSED, DRAINING};
 use crate::node::Node;
 use crate::plane;
 
@@ -60,12 +60,34 @@ pub enum RunError {
 
 /// A connection slot: one permit of the connection limit, held for as long
 /// as the socket is open (it moves with the socket when a session pairs).
+/// `dtcp_connections_open` is the count of these, read off the limit when
+/// the metrics are scraped ([`Slots::open`]).
 #[derive(Debug)]
 pub(crate) struct Slot(#[allow(dead_code)] pub(crate) OwnedSemaphorePermit);
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        gauge!(CONNECTIONS_OPEN).decrement(1.0);
+/// The connection limit: one [`Slot`] per open client connection.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Self {
+        Slots {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A slot, or `None` at the limit.
+    pub fn take(&self) -> Option<Slot> {
+        self.permits.clone().try_acquire_owned().ok().map(Slot)
+    }
+
+    /// Client connections open now.
+    pub fn open(&self) -> usize {
+        self.max - self.permits.available_permits()
     }
 }
 
@@ -77,7 +99,6 @@ pub struct Relay {
     metrics_listener: TcpListener,
     plane: Option<PlaneParts>,
     metrics: PrometheusHandle,
-    max_connections: usize,
 }
 
 /// What serving the forwarding plane takes (cluster mode).
@@ -90,7 +111,7 @@ struct PlaneParts {
 
 impl Relay {
     /// Raises the open-file limit, binds the listeners and logs what it bound.
-    pub async fn bind(config: Config, metrics: PrometheusHandle) -> Result<Relay, RunError> {
+    pub async fn bind(mut config: Config, metrics: PrometheusHandle) -> Result<Relay, RunError> {
         config.validate().map_err(RunError::Config)?;
         let nofile = raise_nofile_limit();
         let max_connections = effective_max_connections(config.max_connections, nofile);
@@ -103,6 +124,8 @@ impl Relay {
             );
         }
         gauge!(CONNECTIONS_MAX).set(max_connections as f64);
+        // From here on, the limit in force.
+        config.max_connections = max_connections;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -163,7 +186,6 @@ impl Relay {
             metrics_listener,
             plane,
             metrics,
-            max_connections,
         };
         info!(
             listen = %relay.local_addr(),
@@ -207,12 +229,11 @@ impl Relay {
             metrics_listener,
             plane,
             metrics,
-            max_connections,
         } = self;
         let heartbeat = tokio::spawn(plane::heartbeat(node.clone()));
         let mut tasks = vec![
             tokio::spawn(http::serve(metrics_listener, metrics, node.clone())),
-            tokio::spawn(accept_loop(node.clone(), listener, max_connections)),
+            tokio::spawn(accept_loop(node.clone(), listener)),
         ];
         if let Some(mut registered) = node.store.watch_registrations() {
             // Another node registered a CREATE: a CONNECT here waiting for
@@ -348,8 +369,7 @@ fn effective_max_connections(requested: usize, nofile: u64) -> usize {
     requested.min(usize::try_from(fits).unwrap_or(usize::MAX))
 }
 
-async fn accept_loop(node: Arc<Node>, listener: TcpListener, max_connections: usize) {
-    let slots = Arc::new(Semaphore::new(max_connections));
+async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -367,12 +387,11 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, max_connections: us
         };
         node.hot.connections_accepted.increment(1);
         let _ = stream.set_nodelay(true);
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                node.hot.connections_open.increment(1.0);
-                tokio::spawn(conn::handle(node.clone(), stream, peer, Slot(permit)));
+        match node.slots.take() {
+            Some(slot) => {
+                tokio::spawn(conn::handle(node.clone(), stream, peer, slot));
             }
-            Err(_) => {
+            None => {
                 counter!(CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
                 refuse_over_limit(stream, &refusals);
             }
