@@ -23,7 +23,7 @@ use crate::ClientError;
 /// What the Target sends to start TLS.
 pub const STARTTLS: &[u8] = b"STARTTLS\0";
 /// What the Initiator answers.
-pub const STARTTLS_OK: &[u8] = b"OK\0";
+pub const STARTTLS_OK: &[u8] = dtcp_wire::OK;
 
 /// The name the Target asks for. Only the fingerprint is checked, so it is
 /// just a well-formed placeholder.

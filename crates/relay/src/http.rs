@@ -19,6 +19,8 @@ use crate::node::Node;
 struct Http {
     metrics: PrometheusHandle,
     node: Arc<Node>,
+    /// The `process_*` series (descriptors, RSS, CPU), read at each scrape.
+    process: Arc<metrics_process::Collector>,
 }
 
 pub(crate) async fn serve(listener: TcpListener, metrics: PrometheusHandle, node: Arc<Node>) {
@@ -30,11 +32,17 @@ pub(crate) async fn serve(listener: TcpListener, metrics: PrometheusHandle, node
             upkeep.run_upkeep();
         }
     });
+    let process = metrics_process::Collector::default();
+    process.describe();
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(Http { metrics, node });
+        .with_state(Http {
+            metrics,
+            node,
+            process: Arc::new(process),
+        });
     if let Err(e) = axum::serve(listener, app).await {
         warn!(error = %e, "metrics listener failed");
     }
@@ -46,6 +54,7 @@ async fn render(State(http): State<Http>) -> String {
     if let Some(memory) = &http.node.memory {
         gauge!(STORE_REGISTRATIONS).set(memory.len() as f64);
     }
+    http.process.collect();
     http.metrics.render()
 }
 

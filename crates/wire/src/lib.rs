@@ -34,4 +34,4 @@ pub use error::{Field, WireError};
 pub use id::{ParseIdError, RegistrationId};
 pub use jid::{JidError, Part, check_jid, domainpart};
 pub use limits::{Limits, MAX_JID_PART_LEN};
-pub use reply::{MAX_REPLY_LEN, Reply, decode_reply};
+pub use reply::{MAX_REPLY_LEN, OK, Reply, decode_reply};

@@ -5,6 +5,13 @@ use crate::{Condition, WireError};
 /// The longest reply a client accepts: the relay's texts are short.
 pub const MAX_REPLY_LEN: usize = 1024;
 
+/// The bytes of the `OK` reply: paired (and, in end-to-end TLS, the
+/// Initiator's answer to `STARTTLS`).
+pub const OK: &[u8] = b"OK\0";
+
+/// The first field of an `ERROR` reply.
+const ERROR: &[u8] = b"ERROR\0";
+
 /// The relay's answer to a command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -32,9 +39,9 @@ impl Reply {
     /// the field early) is written as a space.
     pub fn encode(&self, dst: &mut impl BufMut) {
         match self {
-            Reply::Ok => dst.put_slice(b"OK\0"),
+            Reply::Ok => dst.put_slice(OK),
             Reply::Error { condition, text } => {
-                dst.put_slice(b"ERROR\0");
+                dst.put_slice(ERROR);
                 dst.put_slice(condition.as_str().as_bytes());
                 dst.put_u8(0);
                 for chunk in text.as_bytes().split(|&b| b == 0).enumerate() {
@@ -61,8 +68,6 @@ impl Reply {
 /// `Ok(None)` means "read more". Anything that is not a reply, an unknown
 /// condition, or a reply longer than [`MAX_REPLY_LEN`] is an error.
 pub fn decode_reply(buf: &mut BytesMut) -> Result<Option<Reply>, WireError> {
-    const OK: &[u8] = b"OK\0";
-    const ERROR: &[u8] = b"ERROR\0";
     if buf.starts_with(OK) {
         let _ = buf.split_to(OK.len());
         return Ok(Some(Reply::Ok));
