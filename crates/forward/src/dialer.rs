@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use dashmap::DashMap;
+use dtcp_wire::Condition;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, ServerTlsConfig};
 use tonic::{Code, Status};
 
@@ -137,7 +138,9 @@ impl Dialer {
             })??;
         match first {
             Some(Kind::Paired(_)) => Ok(halves),
-            Some(Kind::Error(e)) if e.condition == "not-found" => Err(BridgeError::NotFound),
+            Some(Kind::Error(e)) if e.condition == Condition::NotFound.as_str() => {
+                Err(BridgeError::NotFound)
+            }
             None => Err(BridgeError::NotFound),
             Some(_) => Err(BridgeError::Protocol("expected paired".into())),
         }

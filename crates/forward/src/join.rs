@@ -156,7 +156,7 @@ async fn tcp_to_bridge(
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => pool::give(buf),
             Err(_) => {
-                outbound.try_send(Frame::error("reset", "the client's connection failed"));
+                outbound.try_send(Frame::reset("the client's connection failed"));
                 return Err(Failure::Tcp);
             }
         }

@@ -49,6 +49,10 @@ pub const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
 /// How long dialing a peer node may take before the CONNECT gets `unavailable`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The `condition` of an error frame sent because a client connection reset
+/// (every other error frame carries a PROTOCOL.md condition).
+pub const RESET: &str = "reset";
+
 impl proto::Frame {
     /// The first frame of a Bridge.
     pub fn open(registration_id: &[u8; 32], owner_node_id: &str) -> Self {
@@ -73,8 +77,19 @@ impl proto::Frame {
         Self::of(proto::frame::Kind::Fin(proto::Fin {}))
     }
 
-    /// An abnormal end.
-    pub fn error(condition: &str, text: &str) -> Self {
+    /// An abnormal end, with the PROTOCOL.md condition the peer's client
+    /// would be told.
+    pub fn error(condition: dtcp_wire::Condition, text: &str) -> Self {
+        Self::abnormal(condition.as_str(), text)
+    }
+
+    /// An abnormal end because the sender's client connection reset or
+    /// failed.
+    pub fn reset(text: &str) -> Self {
+        Self::abnormal(RESET, text)
+    }
+
+    fn abnormal(condition: &str, text: &str) -> Self {
         Self::of(proto::frame::Kind::Error(proto::Error {
             condition: condition.to_owned(),
             text: text.to_owned(),

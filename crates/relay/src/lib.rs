@@ -4,18 +4,29 @@
 //!
 //! The `dtcp-relay` binary parses a [`Config`], installs the metrics recorder
 //! ([`metrics::install`]) and calls [`Relay::bind`] then [`Relay::run`].
+//!
+//! One connection goes down the modules in this order: `server` (wiring and
+//! the drain), `accept` (a slot, a task, a span), `conn` (the handshake, then
+//! registering or claiming), `pending` (the table where claims happen),
+//! `session` (the paired session and its pump). Beside them: `plane` (the
+//! Bridge service, where another node's claim arrives), `admin` (the HTTP
+//! endpoints), and below everything `node`, `limits`, `reply`, `outcome`,
+//! `metrics` and `config`.
 
 pub mod config;
-mod conn;
-mod forwarded;
-mod http;
 pub mod metrics;
+
+mod accept;
+mod admin;
+mod conn;
+mod limits;
 mod node;
-mod pairing;
+mod outcome;
+mod pending;
 mod plane;
-mod pump;
+mod reply;
 mod server;
-mod store_metrics;
+mod session;
 
 pub use config::{Config, LogFormat};
 pub use server::{Relay, RunError};

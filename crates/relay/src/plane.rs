@@ -22,16 +22,18 @@ use tracing::{info, warn};
 
 use crate::metrics::{BRIDGE_ERRORS, NODES_ALIVE};
 use crate::node::Node;
-use crate::pairing::{Claim, RemoteClaim};
+use crate::pending::{Claim, RemoteClaim};
 
 /// gRPC health service name that says the process is alive (liveness probe).
-pub const LIVENESS: &str = "dtcp.liveness";
+pub(crate) const LIVENESS: &str = "dtcp.liveness";
 /// gRPC health service name that says the node takes new work (readiness probe).
-pub const READINESS: &str = "dtcp.readiness";
+pub(crate) const READINESS: &str = "dtcp.readiness";
 /// How often a node renews its heartbeat in the store.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a heartbeat lasts: three missed renewals and the node counts as gone.
-pub const HEARTBEAT_TTL: Duration = Duration::from_secs(6);
+pub(crate) const HEARTBEAT_TTL: Duration = Duration::from_secs(6);
+
+/// The owner's side of a Bridge: where a claim from another node happens.
 struct Plane {
     node: Arc<Node>,
 }

@@ -1,4 +1,5 @@
-//! The listeners, the connection limit, and the drain.
+//! The node's wiring: what [`Relay::bind`] sets up (listeners, store,
+//! forwarding plane) and what [`Relay::run`] runs, then the drain.
 
 use std::future::Future;
 use std::io;
@@ -10,31 +11,27 @@ use std::path::PathBuf;
 
 use dtcp_forward::{Dialer, PlaneTls, Secret};
 use dtcp_store::{MemoryStore, NodeInfo, RedisConfig, RedisStore, StoreError};
-use dtcp_wire::Condition;
-use metrics::{counter, gauge};
+use metrics::gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use crate::accept::accept_loop;
+use crate::admin;
 use crate::config::Config;
-use crate::conn;
-use crate::http;
-use crate::metrics::{CONNECTIONS_MAX, CONNECTIONS_REFUSED, DRAINING};
+use crate::limits::{effective_max_connections, raise_nofile_limit};
+use crate::metrics::{CONNECTIONS_MAX, DRAINING};
 use crate::node::Node;
 use crate::plane;
 
-/// Descriptors kept free beyond the connection limit: listeners, the metrics
-/// endpoint's connections, refusals in flight, store and forwarding sockets.
-const FD_RESERVE: u64 = 256;
-/// Connections being refused at once when the limit is reached; beyond this
-/// they are closed without a reply.
-const REFUSALS_IN_FLIGHT: usize = 64;
-/// Pause after an `accept` that failed for lack of descriptors, so that the
-/// loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// After the drain timeout has cut the sessions still open, how long they
+/// get to write their log lines and metrics before the node goes on.
+const CUT_SESSIONS_GRACE: Duration = Duration::from_secs(1);
+/// How long removing this node's heartbeat from the store may take when it
+/// leaves the cluster.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the forwarding plane may take, once every session has ended, to
 /// send what they left queued toward other nodes and close.
 const PLANE_SHUTDOWN: Duration = Duration::from_secs(5);
@@ -56,39 +53,6 @@ pub enum RunError {
         /// Why.
         source: io::Error,
     },
-}
-
-/// A connection slot: one permit of the connection limit, held for as long
-/// as the socket is open (it moves with the socket when a session pairs).
-/// `dtcp_connections_open` is the count of these, read off the limit when
-/// the metrics are scraped ([`Slots::open`]).
-#[derive(Debug)]
-pub(crate) struct Slot(#[allow(dead_code)] pub(crate) OwnedSemaphorePermit);
-
-/// The connection limit: one [`Slot`] per open client connection.
-#[derive(Debug)]
-pub(crate) struct Slots {
-    permits: Arc<Semaphore>,
-    max: usize,
-}
-
-impl Slots {
-    pub fn new(max: usize) -> Self {
-        Slots {
-            permits: Arc::new(Semaphore::new(max)),
-            max,
-        }
-    }
-
-    /// A slot, or `None` at the limit.
-    pub fn take(&self) -> Option<Slot> {
-        self.permits.clone().try_acquire_owned().ok().map(Slot)
-    }
-
-    /// Client connections open now.
-    pub fn open(&self) -> usize {
-        self.max - self.permits.available_permits()
-    }
 }
 
 /// A relay node with its listeners bound, ready to [`run`](Relay::run).
@@ -230,9 +194,12 @@ impl Relay {
             plane,
             metrics,
         } = self;
-        let heartbeat = tokio::spawn(plane::heartbeat(node.clone()));
+        // A lone node has nobody to tell it is alive.
+        let heartbeat = node
+            .cluster
+            .then(|| tokio::spawn(plane::heartbeat(node.clone())));
         let mut tasks = vec![
-            tokio::spawn(http::serve(metrics_listener, metrics, node.clone())),
+            tokio::spawn(admin::serve(metrics_listener, metrics, node.clone())),
             tokio::spawn(accept_loop(node.clone(), listener)),
         ];
         if let Some(mut registered) = node.store.watch_registrations() {
@@ -276,6 +243,11 @@ impl Relay {
         );
         gauge!(DRAINING).set(1.0);
         node.drain.cancel();
+        if !node.cluster {
+            // A lone node: nobody can claim a pending CREATE once it drains.
+            // In a cluster other nodes still can, until the drain timeout.
+            node.pending.close();
+        }
         if let Some(reporter) = &health {
             plane::set_health(reporter, false).await;
         }
@@ -289,14 +261,15 @@ impl Relay {
                 "drain timeout: closing the sessions still open"
             );
             node.stop.cancel();
+            node.pending.close();
             // Sessions end at once when told to; give them a moment to log.
-            let _ = tokio::time::timeout(Duration::from_secs(1), node.sessions.wait()).await;
+            let _ = tokio::time::timeout(CUT_SESSIONS_GRACE, node.sessions.wait()).await;
         }
-        if node.cluster {
+        if let Some(heartbeat) = heartbeat {
             // Leave the cluster: the heartbeat goes now, not when it expires.
             heartbeat.abort();
             let leave = node.store.remove_node(&node.info);
-            match tokio::time::timeout(Duration::from_secs(2), leave).await {
+            match tokio::time::timeout(LEAVE_TIMEOUT, leave).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     warn!(error = %e, "could not remove the heartbeat; it expires by itself")
@@ -304,7 +277,6 @@ impl Relay {
                 Err(_) => warn!("removing the heartbeat timed out; it expires by itself"),
             }
         }
-        heartbeat.abort();
         if let Some(task) = plane_task {
             // A session that has ended here may still have its last frames
             // (data, fin) queued toward the other node: cutting the plane now
@@ -347,85 +319,4 @@ fn load_tls(config: &Config) -> Result<Option<PlaneTls>, RunError> {
         None => client = client.ca_certificate(Certificate::from_pem(read(cert)?)),
     }
     Ok(Some(PlaneTls { client, server }))
-}
-
-/// Raises the soft open-file limit to the hard one; returns the limit in force.
-fn raise_nofile_limit() -> u64 {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => n,
-        Err(e) => {
-            warn!(error = %e, "cannot raise the open-file limit");
-            rlimit::getrlimit(rlimit::Resource::NOFILE)
-                .map(|(soft, _)| soft)
-                .unwrap_or(1024)
-        }
-    }
-}
-
-/// The connection limit, lowered if need be so that the relay refuses
-/// connections before it runs out of descriptors.
-fn effective_max_connections(requested: usize, nofile: u64) -> usize {
-    let fits = nofile.saturating_sub(FD_RESERVE).max(1);
-    requested.min(usize::try_from(fits).unwrap_or(usize::MAX))
-}
-
-async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
-    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) if is_out_of_descriptors(&e) => {
-                counter!(CONNECTIONS_REFUSED, "reason" => "descriptors").increment(1);
-                warn!(error = %e, "accept failed: out of descriptors; backing off");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-            Err(e) => {
-                debug!(error = %e, "accept failed");
-                continue;
-            }
-        };
-        node.hot.connections_accepted.increment(1);
-        let _ = stream.set_nodelay(true);
-        match node.slots.take() {
-            Some(slot) => {
-                tokio::spawn(conn::handle(node.clone(), stream, peer, slot));
-            }
-            None => {
-                counter!(CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
-                refuse_over_limit(stream, &refusals);
-            }
-        }
-    }
-}
-
-fn refuse_over_limit(stream: TcpStream, refusals: &Arc<Semaphore>) {
-    // Past this many refusals in flight, close without a word.
-    let Ok(permit) = refusals.clone().try_acquire_owned() else {
-        return;
-    };
-    tokio::spawn(async move {
-        let text = "the relay is at its connection limit";
-        conn::refuse(stream, "", Condition::ResourceConstraint, text).await;
-        drop(permit);
-    });
-}
-
-fn is_out_of_descriptors(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_limit_fits_the_descriptor_limit() {
-        assert_eq!(effective_max_connections(10_000, 1_048_576), 10_000);
-        assert_eq!(effective_max_connections(10_000, 1024), 1024 - 256);
-        assert_eq!(effective_max_connections(10_000, 10), 1);
-    }
 }

@@ -1,4 +1,8 @@
 //! Sessions whose two sides are on different nodes, joined by a Bridge.
+//!
+//! Each node runs one side: the **target side** (the node the `CONNECT`
+//! reached: it opens the Bridge, then joins its Target to it) and the
+//! **owner side** (the node holding the Initiator, which the Bridge claimed).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +17,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::conn::{finished, send_ok};
+use crate::limits::Slot;
 use crate::metrics::{BRIDGE_ERRORS, BRIDGE_STREAMS};
 use crate::node::Node;
-use crate::pairing::RemoteClaim;
-use crate::server::Slot;
+use crate::outcome::Outcome;
+use crate::pending::RemoteClaim;
+use crate::reply::send_ok;
+use crate::session::report::{Ended, finished};
 
 /// Why a Bridge was not opened.
 pub(crate) enum OpenError {
@@ -27,11 +33,11 @@ pub(crate) enum OpenError {
     Refuse(Condition, &'static str),
 }
 
-/// The CONNECT node's side: the registration is `owner`'s. Opens a Bridge
-/// to it; on success the owner has claimed its Initiator and answered it `OK`.
+/// Target side: the registration is `owner`'s. Opens a Bridge to it; on
+/// success the owner has claimed its Initiator and answered it `OK`.
 /// The bridge comes boxed: it is large, and every waiting CONNECT's state
 /// would otherwise make room for it.
-pub(crate) async fn open(
+pub(crate) async fn open_bridge(
     node: &Node,
     id: &RegistrationId,
     owner: &NodeInfo,
@@ -69,8 +75,9 @@ pub(crate) async fn open(
         })
 }
 
-/// Answers the Target `OK` and joins its socket to the open Bridge.
-pub(crate) async fn run(
+/// Target side, once the Bridge is open: answers the Target `OK` and joins
+/// its socket to the Bridge.
+pub(crate) async fn run_target_side(
     node: Arc<Node>,
     target: TcpStream,
     _slot: Slot,
@@ -109,8 +116,8 @@ pub(crate) async fn run(
     }
 }
 
-/// The owner's side: a Bridge claimed this node's pending Initiator.
-pub(crate) async fn serve(
+/// Owner side: a Bridge claimed this node's pending Initiator.
+pub(crate) async fn run_owner_side(
     node: Arc<Node>,
     initiator: TcpStream,
     early: BytesMut,
@@ -147,24 +154,31 @@ pub(crate) async fn serve(
     let (outcome, moved) = tokio::select! {
         report = &mut joined => {
             let outcome = match &report.end {
-                End::Closed => "closed",
-                End::Reset => "reset",
-                End::IdleTimeout => "idle_timeout",
+                End::Closed => Outcome::Closed,
+                End::Reset => Outcome::Reset,
+                End::IdleTimeout => Outcome::IdleTimeout,
                 End::Broken(why) => {
                     counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
                     debug!(registration = %id, why, "bridge ended abnormally");
-                    "bridge_broken"
+                    Outcome::BridgeBroken
                 }
             };
             (outcome, [report.sent, report.received])
         }
         () = node.stop.cancelled() => {
-            stopper.try_send(Frame::error("shutting-down", "the relay is shutting down"));
-            ("drained", [0, 0])
+            stopper.try_send(Frame::error(Condition::ShuttingDown, "the relay is shutting down"));
+            (Outcome::Drained, [0, 0])
         }
     };
     drop(stopper);
     streams.decrement(1.0);
     series.active.decrement(1.0);
-    finished(series, id, paired_at, waited, moved, outcome);
+    let ended = Ended {
+        id,
+        paired_at,
+        waited,
+        moved,
+        outcome,
+    };
+    finished(series, ended);
 }

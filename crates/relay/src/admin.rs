@@ -1,5 +1,6 @@
-//! The metrics listener: `/metrics` (Prometheus text), `/healthz` (the
-//! process answers) and `/readyz` (it takes new sessions: not draining).
+//! The admin listener (`--metrics-listen`): `/metrics` (Prometheus text),
+//! `/healthz` (the process answers) and `/readyz` (it takes new sessions:
+//! not draining).
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ struct Http {
     process: Arc<metrics_process::Collector>,
 }
 
+/// Serves the admin endpoints on `listener` for ever.
 pub(crate) async fn serve(listener: TcpListener, metrics: PrometheusHandle, node: Arc<Node>) {
     let upkeep = metrics.clone();
     tokio::spawn(async move {

@@ -18,6 +18,10 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::outcome::Outcome;
+#[cfg(target_os = "linux")]
+use crate::session::splice;
+
 /// Size of one copy buffer.
 const BUF_SIZE: usize = 64 * 1024;
 /// Buffers kept for reuse per worker thread: enough for the sessions a
@@ -42,30 +46,6 @@ fn give_buf(buf: Box<[u8]>) {
             p.push(buf);
         }
     });
-}
-
-/// How a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum End {
-    /// Both directions finished with a FIN.
-    Closed,
-    /// A side reset or failed; the other was closed.
-    Reset,
-    /// No byte moved for the idle timeout.
-    IdleTimeout,
-    /// The node's drain timeout ran out.
-    Drained,
-}
-
-impl End {
-    pub fn label(self) -> &'static str {
-        match self {
-            End::Closed => "closed",
-            End::Reset => "reset",
-            End::IdleTimeout => "idle_timeout",
-            End::Drained => "drained",
-        }
-    }
 }
 
 /// One direction: bytes read from one socket, not yet written to the other.
@@ -115,7 +95,8 @@ impl Way<'_> {
 }
 
 /// Moves bytes between `a` and `b` until both directions end (a FIN each
-/// way), one side fails, or no byte moves for the idle timeout.
+/// way: [`Outcome::Closed`]), one side fails ([`Outcome::Reset`]), or no
+/// byte moves for the idle timeout ([`Outcome::IdleTimeout`]).
 #[derive(Debug)]
 pub(crate) struct Pump<'a> {
     ends: [&'a TcpStream; 2],
@@ -129,7 +110,7 @@ pub(crate) struct Pump<'a> {
 impl<'a> Pump<'a> {
     /// A pump between `a` and `b`; `early` bytes of each go first, and each
     /// direction's bytes are counted on its counter.
-    pub fn new(
+    pub(crate) fn new(
         a: (&'a TcpStream, &'a [u8], Counter),
         b: (&'a TcpStream, &'a [u8], Counter),
         idle: Option<Duration>,
@@ -157,7 +138,7 @@ impl<'a> Pump<'a> {
     }
 
     /// Bytes moved `a` to `b`, and `b` to `a`.
-    pub fn moved(&self) -> [u64; 2] {
+    pub(crate) fn moved(&self) -> [u64; 2] {
         [self.ways[0].moved, self.ways[1].moved]
     }
 
@@ -270,119 +251,19 @@ impl Pump<'_> {
     }
 }
 
-/// Pipes for splice(2), pooled per thread like the copy buffers.
-#[cfg(target_os = "linux")]
-mod splice {
-    use std::cell::RefCell;
-    use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
-    /// Bytes moved per splice call, and the pipe's capacity. Larger than the
-    /// default 64 KiB: fewer calls per GiB, and the pages are only held while
-    /// data is in flight.
-    const PIPE_CHUNK: usize = 256 * 1024;
-    /// Pipes kept for reuse per worker thread.
-    const POOL_MAX: usize = 4;
-
-    thread_local! {
-        static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// A non-blocking pipe.
-    #[derive(Debug)]
-    pub(super) struct Pipe {
-        read: OwnedFd,
-        write: OwnedFd,
-    }
-
-    impl Pipe {
-        fn new() -> io::Result<Pipe> {
-            let mut fds = [0; 2];
-            // SAFETY: pipe2 writes two descriptors into the array it is given.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: both descriptors were just created and are owned by no one else.
-            let pipe = unsafe {
-                Pipe {
-                    read: OwnedFd::from_raw_fd(fds[0]),
-                    write: OwnedFd::from_raw_fd(fds[1]),
-                }
-            };
-            // Best effort: an unprivileged process may be refused a larger
-            // pipe (fs.pipe-max-size), and the default works too.
-            // SAFETY: fcntl on a descriptor we own.
-            unsafe {
-                libc::fcntl(
-                    pipe.write.as_raw_fd(),
-                    libc::F_SETPIPE_SZ,
-                    PIPE_CHUNK as libc::c_int,
-                )
-            };
-            Ok(pipe)
-        }
-
-        /// Moves up to a pipe's worth from socket `fd` into the pipe; 0 at EOF.
-        pub(super) fn fill_from(&self, fd: RawFd) -> io::Result<usize> {
-            splice(fd, self.write.as_raw_fd(), PIPE_CHUNK)
-        }
-
-        /// Moves up to `len` bytes from the pipe to socket `fd`.
-        pub(super) fn drain_to(&self, fd: RawFd, len: usize) -> io::Result<usize> {
-            splice(self.read.as_raw_fd(), fd, len)
-        }
-    }
-
-    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-        // SAFETY: both descriptors are open for the duration of the call; null
-        // offsets are what pipes and sockets require.
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
-    /// A pipe from the pool, or a new one.
-    pub(super) fn take_pipe() -> io::Result<Pipe> {
-        match PIPES.with(|p| p.borrow_mut().pop()) {
-            Some(p) => Ok(p),
-            None => Pipe::new(),
-        }
-    }
-
-    /// Returns an empty pipe to the pool.
-    pub(super) fn give_pipe(pipe: Pipe) {
-        PIPES.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < POOL_MAX {
-                p.push(pipe);
-            }
-        });
-    }
-}
-
 impl Future for Pump<'_> {
-    type Output = End;
+    type Output = Outcome;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.get_mut();
         let before = this.moved();
         let a = this.poll_way(0, cx);
         let b = this.poll_way(1, cx);
         match (a, b) {
-            (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => return Poll::Ready(End::Reset),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
+            (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => {
+                return Poll::Ready(Outcome::Reset);
+            }
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Outcome::Closed),
             _ => {}
         }
         let active = this.moved() != before;
@@ -391,7 +272,7 @@ impl Future for Pump<'_> {
                 sleep.as_mut().reset(Instant::now() + *idle);
             }
             if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(End::IdleTimeout);
+                return Poll::Ready(Outcome::IdleTimeout);
             }
         }
         Poll::Pending

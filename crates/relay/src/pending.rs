@@ -1,5 +1,5 @@
-//! The local pending table: CREATEs of this node waiting for their CONNECT,
-//! and the per-address limit on them.
+//! The pending table: registrations of this node waiting for their claim,
+//! and the claims that complete them.
 //!
 //! A claim is the removal of the table entry: whoever removes it (a CONNECT on
 //! this node, or a Bridge from another node) is the one pairing, so pairing is
@@ -7,8 +7,7 @@
 //! sending half of a oneshot channel through which the claimant hands its side
 //! of the session to the task that holds the Initiator's socket.
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::BytesMut;
@@ -22,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
+use crate::limits::Slot;
 use crate::metrics::PENDING;
-use crate::server::Slot;
 
 /// The Target's side of a session, handed to the Initiator's task by a claim.
 #[derive(Debug)]
@@ -38,23 +37,23 @@ pub(crate) enum Claim {
 #[derive(Debug)]
 pub(crate) struct RemoteClaim {
     /// Frames toward the Target's node (the Bridge's response body).
-    pub outbound: Outbound,
+    pub(crate) outbound: Outbound,
     /// Frames from it. Boxed: it is large, and every pending CREATE's claim
     /// channel makes room for a claim.
-    pub inbound: Box<Inbound>,
+    pub(crate) inbound: Box<Inbound>,
 }
 
 /// A Target connected to this node.
 #[derive(Debug)]
 pub(crate) struct LocalClaim {
     /// The Target's socket, its `OK` not yet sent.
-    pub target: TcpStream,
+    pub(crate) target: TcpStream,
     /// Bytes the Target sent behind its command, to be delivered first.
-    pub early: BytesMut,
+    pub(crate) early: BytesMut,
     /// The Target's connection slot, released when the session ends.
-    pub slot: Slot,
+    pub(crate) slot: Slot,
     /// When the Target's command was complete: pairing latency starts here.
-    pub connect_started: Instant,
+    pub(crate) connect_started: Instant,
 }
 
 #[derive(Debug)]
@@ -69,63 +68,84 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct PendingTable {
     entries: DashMap<RegistrationId, Entry>,
-    /// CONNECTs on this node waiting for a CREATE that has not arrived yet.
-    waiters: DashMap<RegistrationId, Arc<Arrival>>,
+    /// CONNECTs on this node expecting a CREATE that has not arrived yet.
+    expected: DashMap<RegistrationId, Arc<Expected>>,
     tokens: AtomicU64,
+    /// Set once the node takes no more claims: see [`PendingTable::close`].
+    closed: AtomicBool,
     /// `dtcp_pending_registrations`.
     gauge: Gauge,
 }
 
-/// What a CREATE task holds while its registration is in the table.
+/// Why a registration was not entered in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InsertError {
+    /// One with the same id is pending.
+    Conflict,
+    /// The table is closed: the node is shutting down.
+    Closed,
+}
+
+/// What a CREATE task holds while its registration is in the table: the
+/// claim comes through it.
 #[derive(Debug)]
-pub(crate) struct Pending {
-    pub token: u64,
-    pub rx: oneshot::Receiver<Claim>,
+pub(crate) struct Ticket {
+    /// Tells this entry apart from a later one with the same id.
+    pub(crate) token: u64,
+    /// Where the claimant sends the Target's side.
+    pub(crate) rx: oneshot::Receiver<Claim>,
 }
 
 impl PendingTable {
     /// An empty table (its gauge taken from the recorder installed now).
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         PendingTable {
             entries: DashMap::new(),
-            waiters: DashMap::new(),
+            expected: DashMap::new(),
             tokens: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             gauge: gauge!(PENDING),
         }
     }
 
-    /// Registers a pending CREATE; `None` if one with the same id is pending.
-    pub fn insert(&self, id: RegistrationId) -> Option<Pending> {
+    /// Registers a pending CREATE.
+    pub(crate) fn insert(&self, id: RegistrationId) -> Result<Ticket, InsertError> {
         match self.entries.entry(id) {
-            MapEntry::Occupied(_) => None,
+            // Checked under the shard's lock, which `close` takes after
+            // setting the flag: an entry is either refused or cleared.
+            _ if self.closed.load(Ordering::SeqCst) => Err(InsertError::Closed),
+            MapEntry::Occupied(_) => Err(InsertError::Conflict),
             MapEntry::Vacant(slot) => {
                 let (tx, rx) = oneshot::channel();
                 let token = self.tokens.fetch_add(1, Ordering::Relaxed);
                 slot.insert(Entry { token, tx });
                 self.gauge.increment(1.0);
-                Some(Pending { token, rx })
+                Ok(Ticket { token, rx })
             }
         }
     }
 
-    /// Wakes CONNECTs on this node waiting for `id`.
-    pub fn notify(&self, id: &RegistrationId) {
-        if let Some(waiter) = self.waiters.get(id) {
-            waiter.notify.notify_waiters();
+    /// Wakes CONNECTs on this node expecting `id`.
+    pub(crate) fn notify(&self, id: &RegistrationId) {
+        if let Some(expected) = self.expected.get(id) {
+            expected.notify.notify_waiters();
         }
     }
 
-    /// Another node registered a CREATE: CONNECTs here waiting for it learn
+    /// Another node registered a CREATE: CONNECTs here expecting it learn
     /// its owner, and go to it without asking the store again.
-    pub fn announce(&self, registered: Registered) {
-        if let Some(waiter) = self.waiters.get(&registered.id) {
-            *waiter.owner.lock().unwrap_or_else(PoisonError::into_inner) = Some(registered.owner);
-            waiter.notify.notify_waiters();
+    pub(crate) fn announce(&self, registered: Registered) {
+        if let Some(expected) = self.expected.get(&registered.id) {
+            *expected
+                .owner
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(registered.owner);
+            expected.notify.notify_waiters();
         }
     }
 
     /// Claims `id`: removes it and returns the channel to the CREATE's task.
-    pub fn take(&self, id: &RegistrationId) -> Option<oneshot::Sender<Claim>> {
+    pub(crate) fn take(&self, id: &RegistrationId) -> Option<oneshot::Sender<Claim>> {
         let (_, entry) = self.entries.remove(id)?;
         self.gauge.decrement(1.0);
         Some(entry.tx)
@@ -133,7 +153,7 @@ impl PendingTable {
 
     /// Withdraws the CREATE's own entry. `false` means it was claimed already
     /// and the claim is on its way through the channel.
-    pub fn withdraw(&self, id: &RegistrationId, token: u64) -> bool {
+    pub(crate) fn withdraw(&self, id: &RegistrationId, token: u64) -> bool {
         let removed = self
             .entries
             .remove_if(id, |_, e| e.token == token)
@@ -144,114 +164,78 @@ impl PendingTable {
         removed
     }
 
+    /// Closes the table when the node takes no more claims: every entry is
+    /// removed, so that its CREATE's ticket sees its channel close and the
+    /// wait ends (with `shutting-down`), and later inserts are refused.
+    ///
+    /// This is how a node's shutdown reaches its pending CREATEs: through
+    /// the channel each already waits on, rather than through a shutdown
+    /// future in every pending CREATE's state.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let mut removed = 0;
+        self.entries.retain(|_, _| {
+            removed += 1;
+            false
+        });
+        self.gauge.decrement(f64::from(removed));
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     /// How many CREATEs are pending.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// Subscribes to the arrival of `id` on this node.
-    pub fn waiter(&self, id: RegistrationId) -> Waiter<'_> {
-        let arrival = self.waiters.entry(id).or_default().clone();
-        Waiter {
+    /// Subscribes to the arrival of `id` on this node (a CONNECT expecting
+    /// its CREATE).
+    pub(crate) fn expect(&self, id: RegistrationId) -> Expectation<'_> {
+        let expected = self.expected.entry(id).or_default().clone();
+        Expectation {
             table: self,
             id,
-            arrival,
+            expected,
         }
     }
 }
 
-/// What wakes the CONNECTs waiting for one registration.
+/// What wakes the CONNECTs expecting one registration.
 #[derive(Debug, Default)]
-pub(crate) struct Arrival {
-    pub notify: Notify,
+pub(crate) struct Expected {
+    /// Woken when the registration arrives here or is announced elsewhere.
+    pub(crate) notify: Notify,
     /// The owner another node announced, if one did.
     owner: Mutex<Option<NodeInfo>>,
 }
 
 /// A CONNECT's subscription to the arrival of its CREATE; unsubscribes on drop.
 #[derive(Debug)]
-pub(crate) struct Waiter<'a> {
+pub(crate) struct Expectation<'a> {
     table: &'a PendingTable,
     id: RegistrationId,
-    pub arrival: Arc<Arrival>,
+    /// Shared with the table and with other CONNECTs for the same id.
+    pub(crate) expected: Arc<Expected>,
 }
 
-impl Waiter<'_> {
+impl Expectation<'_> {
     /// The owner announced since the last call, if any.
-    pub fn announced_owner(&self) -> Option<NodeInfo> {
-        let owner = self.arrival.owner.lock();
+    pub(crate) fn announced_owner(&self) -> Option<NodeInfo> {
+        let owner = self.expected.owner.lock();
         owner.unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 
-impl Drop for Waiter<'_> {
+impl Drop for Expectation<'_> {
     fn drop(&mut self) {
         // Two references: ours and the map's. More means another CONNECT for
         // the same id still waits. Both clones happen under the shard lock.
         self.table
-            .waiters
+            .expected
             .remove_if(&self.id, |_, n| Arc::strong_count(n) <= 2);
-    }
-}
-
-/// Pending CREATEs per source address.
-#[derive(Debug)]
-pub(crate) struct PerIpLimit {
-    counts: DashMap<IpAddr, usize>,
-    max: usize,
-}
-
-impl PerIpLimit {
-    pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(PerIpLimit {
-            counts: DashMap::new(),
-            max,
-        })
-    }
-
-    /// One more pending CREATE from `ip`, or `None` at the limit.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
-        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let ip = ip.to_canonical();
-        let mut count = self.counts.entry(ip).or_insert(0);
-        if *count >= self.max {
-            drop(count);
-            self.release(ip, 0);
-            return None;
-        }
-        *count += 1;
-        Some(IpGuard {
-            limit: self.clone(),
-            ip,
-        })
-    }
-
-    fn release(&self, ip: IpAddr, by: usize) {
-        if let MapEntry::Occupied(mut o) = self.counts.entry(ip) {
-            *o.get_mut() -= by;
-            if *o.get() == 0 {
-                o.remove();
-            }
-        }
-    }
-
-    /// Addresses with a pending CREATE (for tests).
-    #[cfg(test)]
-    fn addresses(&self) -> usize {
-        self.counts.len()
-    }
-}
-
-/// One pending CREATE counted against its address; uncounted on drop.
-#[derive(Debug)]
-pub(crate) struct IpGuard {
-    limit: Arc<PerIpLimit>,
-    ip: IpAddr,
-}
-
-impl Drop for IpGuard {
-    fn drop(&mut self) {
-        self.limit.release(self.ip, 1);
     }
 }
 
@@ -264,7 +248,7 @@ mod tests {
         let t = PendingTable::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
         let p = t.insert(id).expect("first");
-        assert!(t.insert(id).is_none(), "same id pending: conflict");
+        assert_eq!(t.insert(id).unwrap_err(), InsertError::Conflict);
         assert!(t.take(&id).is_some());
         assert!(!t.withdraw(&id, p.token), "already claimed");
         let p2 = t.insert(id).expect("free again");
@@ -274,15 +258,30 @@ mod tests {
     }
 
     #[test]
-    fn waiters_are_removed_by_the_last_one() {
+    fn closing_ends_every_wait_and_refuses_more() {
+        let t = PendingTable::new();
+        let a = RegistrationId::of("k", "a@b", "c@d");
+        let b = RegistrationId::of("k2", "a@b", "c@d");
+        let mut ta = t.insert(a).unwrap();
+        let mut tb = t.insert(b).unwrap();
+        t.close();
+        assert!(t.is_closed());
+        assert_eq!(t.len(), 0);
+        assert!(ta.rx.try_recv().is_err() && tb.rx.try_recv().is_err());
+        assert!(!t.withdraw(&a, ta.token), "nothing left to withdraw");
+        assert_eq!(t.insert(a).unwrap_err(), InsertError::Closed);
+    }
+
+    #[test]
+    fn expectations_are_removed_by_the_last_one() {
         let t = PendingTable::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
-        let w1 = t.waiter(id);
-        let w2 = t.waiter(id);
+        let w1 = t.expect(id);
+        let w2 = t.expect(id);
         drop(w1);
-        assert_eq!(t.waiters.len(), 1);
+        assert_eq!(t.expected.len(), 1);
         drop(w2);
-        assert_eq!(t.waiters.len(), 0);
+        assert_eq!(t.expected.len(), 0);
     }
 
     #[test]
@@ -293,8 +292,8 @@ mod tests {
             id: "node-a".into(),
             forward_addr: "10.0.0.1:7780".into(),
         };
-        let w = t.waiter(id);
-        let notified = w.arrival.notify.notified();
+        let w = t.expect(id);
+        let notified = w.expected.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let other = RegistrationId::of("k2", "a@b", "c@d");
@@ -312,20 +311,5 @@ mod tests {
         assert!(notified.as_mut().poll(&mut cx).is_ready(), "woken");
         assert_eq!(w.announced_owner(), Some(owner));
         assert_eq!(w.announced_owner(), None, "taken once");
-    }
-
-    #[test]
-    fn per_ip_limit_counts_and_forgets() {
-        let l = PerIpLimit::new(2);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        let a = l.acquire(ip).unwrap();
-        let b = l.acquire(mapped).unwrap();
-        assert!(l.acquire(ip).is_none(), "mapped and plain are one address");
-        assert!(l.acquire("192.0.2.2".parse().unwrap()).is_some());
-        drop(a);
-        let c = l.acquire(ip).unwrap();
-        drop((b, c));
-        assert_eq!(l.addresses(), 0);
     }
 }

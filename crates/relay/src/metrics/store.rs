@@ -9,7 +9,17 @@ use dtcp_wire::RegistrationId;
 use metrics::{Counter, Histogram, counter, histogram};
 use tokio::time::Instant;
 
-use crate::metrics::{STORE_ERRORS, STORE_LATENCY, STORE_OPERATIONS};
+use crate::metrics::names::{STORE_ERRORS, STORE_LATENCY, STORE_OPERATIONS};
+
+/// The `op` label of every store operation, in the order of [`Instrumented`]'s fields.
+pub(crate) const STORE_OPS: [&str; 6] = [
+    "register",
+    "lookup",
+    "remove",
+    "heartbeat",
+    "remove_node",
+    "nodes_alive",
+];
 
 /// A store whose operations are recorded in metrics by `op`.
 #[derive(Debug)]
@@ -24,20 +34,28 @@ pub(crate) struct Instrumented {
 }
 
 impl Instrumented {
-    pub fn new(store: Arc<dyn Rendezvous>) -> Self {
+    pub(crate) fn new(store: Arc<dyn Rendezvous>) -> Self {
+        let [
+            register,
+            lookup,
+            remove,
+            heartbeat,
+            remove_node,
+            nodes_alive,
+        ] = STORE_OPS.map(Op::new);
         Instrumented {
             store,
-            register: Op::new("register"),
-            lookup: Op::new("lookup"),
-            remove: Op::new("remove"),
-            heartbeat: Op::new("heartbeat"),
-            remove_node: Op::new("remove_node"),
-            nodes_alive: Op::new("nodes_alive"),
+            register,
+            lookup,
+            remove,
+            heartbeat,
+            remove_node,
+            nodes_alive,
         }
     }
 }
 
-/// One operation's series, looked up once (see [`crate::metrics::Hot`]).
+/// One operation's series, looked up once (as the hot series are).
 #[derive(Debug)]
 struct Op {
     name: &'static str,

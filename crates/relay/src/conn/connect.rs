@@ -1,0 +1,150 @@
+//! The side that claims (a `CONNECT`): from the local pending table when
+//! the registration is here, else through the store and a Bridge to the node
+//! that holds it; within the connect grace.
+
+use std::future::poll_fn;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use dtcp_wire::Condition;
+use metrics::counter;
+use tokio::net::TcpStream;
+use tokio::time::{sleep, sleep_until};
+use tracing::{Instrument, warn};
+
+use crate::conn::early::poll_hung_up;
+use crate::conn::request::Request;
+use crate::limits::Slot;
+use crate::metrics::COMMANDS;
+use crate::node::Node;
+use crate::pending::{Claim, LocalClaim};
+use crate::reply::refuse;
+use crate::session::forwarded::{self, OpenError};
+
+/// The `verb` label of this side.
+const VERB: Option<&str> = Some("connect");
+/// How soon a waiting CONNECT first asks the shared store again (cluster
+/// mode); the wait doubles up to [`STORE_POLL_MAX`]. A CONNECT usually comes
+/// a moment after its CREATE, so the first looks are quick.
+const STORE_POLL_MIN: Duration = Duration::from_millis(1);
+/// The longest wait between two looks at the shared store.
+const STORE_POLL_MAX: Duration = Duration::from_millis(100);
+
+/// What woke a waiting CONNECT.
+enum Wake {
+    /// Look for the CREATE again.
+    Look,
+    /// The connect grace ran out.
+    Expired,
+    /// The node started draining.
+    Drain,
+    /// The Target closed its connection.
+    HungUp,
+}
+
+/// Claims the registration a `CONNECT` names, and hands its side of the
+/// session over: to the local `CREATE`'s task, or to a task of its own
+/// joined to a Bridge.
+pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, request: Request) {
+    let Request {
+        id,
+        mut early,
+        received,
+        ..
+    } = request;
+    let deadline = received + node.config.connect_grace;
+    let expectation = node.pending.expect(id);
+    let mut poll = STORE_POLL_MIN;
+    let mut expiry = pin!(sleep_until(deadline));
+    let mut drain = pin!(node.drain.cancelled());
+    let bridge = loop {
+        let notified = expectation.expected.notify.notified();
+        tokio::pin!(notified);
+        // Subscribe before looking, so a CREATE that arrives in between wakes us.
+        notified.as_mut().enable();
+        if let Some(tx) = node.pending.take(&id) {
+            let claim = Claim::Local(LocalClaim {
+                target: stream,
+                early,
+                slot,
+                connect_started: received,
+            });
+            if let Err(Claim::Local(c)) = tx.send(claim) {
+                let text = "no pending CREATE matched";
+                refuse(c.target, VERB, Condition::NotFound, text).await;
+            }
+            return;
+        }
+        // One store round trip per look, none when another node announced
+        // the registration (and so its owner) since the last look.
+        let owner = match expectation.announced_owner() {
+            Some(owner) => Ok(Some(owner)),
+            None => node.store.lookup(&id).await,
+        };
+        match owner {
+            Ok(Some(owner)) if owner.id != node.info.id => {
+                // Boxed: the Bridge call's state would otherwise enlarge the
+                // start of every connection, forwarded or not.
+                match Box::pin(forwarded::open_bridge(&node, &id, &owner)).await {
+                    Ok(bridge) => break bridge,
+                    // Claimed by another Target, withdrawn, or the record names an
+                    // earlier process at that address: look again until the grace
+                    // runs out, as a CREATE may be registering right now.
+                    Err(OpenError::NotFound) => {}
+                    Err(OpenError::Refuse(condition, text)) => {
+                        return refuse(stream, VERB, condition, text).await;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(registration = %id, error = %e, "store lookup failed");
+                let text = "the rendezvous store is unavailable";
+                return refuse(stream, VERB, Condition::Unavailable, text).await;
+            }
+        }
+        // Wait for: the CREATE arriving here, the next look at the shared
+        // store (cluster), the grace running out, the drain, or the Target
+        // sending early bytes or hanging up. A hand-written poll: this is the
+        // state of every waiting CONNECT, so it is kept small.
+        let mut next_look = pin!(sleep(poll));
+        let wake = poll_fn(|cx| {
+            if notified.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Look);
+            }
+            if node.cluster && next_look.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Look);
+            }
+            if expiry.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Expired);
+            }
+            if drain.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Drain);
+            }
+            poll_hung_up(&stream, &mut early, cx).map(|()| Wake::HungUp)
+        })
+        .await;
+        match wake {
+            Wake::Look => poll = (poll * 2).min(STORE_POLL_MAX),
+            Wake::Expired => {
+                let text = "no pending CREATE matched within the connect grace";
+                return refuse(stream, VERB, Condition::NotFound, text).await;
+            }
+            Wake::Drain => {
+                let text = "the relay is shutting down";
+                return refuse(stream, VERB, Condition::ShuttingDown, text).await;
+            }
+            Wake::HungUp => {
+                counter!(COMMANDS, "verb" => "connect", "outcome" => "abandoned").increment(1);
+                return;
+            }
+        }
+    };
+    drop(expectation);
+    // Its own task, like a local session: this one's memory is freed.
+    let session =
+        forwarded::run_target_side(node.clone(), stream, slot, id, early, received, bridge);
+    tokio::spawn(session.in_current_span());
+}

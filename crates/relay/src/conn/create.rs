@@ -1,0 +1,287 @@
+//! The side that registers (a `CREATE`): into the local pending table, then
+//! into the store; then the wait for a claim, and what follows it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use dtcp_forward::proto::Frame;
+use dtcp_wire::{Condition, RegistrationId};
+use metrics::counter;
+use pin_project_lite::pin_project;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::{Instrument, debug, warn};
+
+use crate::conn::early::poll_hung_up;
+use crate::conn::request::Request;
+use crate::limits::{IpGuard, Slot};
+use crate::metrics::COMMANDS;
+use crate::node::Node;
+use crate::pending::{Claim, InsertError, Ticket};
+use crate::reply::refuse;
+use crate::session;
+
+/// The `verb` label of this side.
+const VERB: Option<&str> = Some("create");
+/// The text of a refused duplicate.
+const CONFLICT: &str = "a CREATE with the same key and JIDs is already pending";
+/// The text of a refusal because the node shuts down.
+const SHUTTING_DOWN: &str = "the relay is shutting down";
+
+/// What admitted a registering connection, kept until its session ends:
+/// its connection slot, and the token a draining node waits for.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    _slot: Slot,
+    _tracked: TaskTrackerToken,
+}
+
+/// Registers a `CREATE`; `None` when it was refused (and answered).
+pub(crate) async fn register(
+    node: Arc<Node>,
+    stream: TcpStream,
+    slot: Slot,
+    request: Request,
+) -> Option<(Admission, Wait)> {
+    let Request {
+        id, client, early, ..
+    } = request;
+    let Some(per_ip) = node.per_ip.acquire(client.ip()) else {
+        let text = "too many pending sessions from this address";
+        refuse(stream, VERB, Condition::ResourceConstraint, text).await;
+        return None;
+    };
+    let ticket = match node.pending.insert(id) {
+        Ok(ticket) => ticket,
+        Err(InsertError::Conflict) => {
+            refuse(stream, VERB, Condition::Conflict, CONFLICT).await;
+            return None;
+        }
+        Err(InsertError::Closed) => {
+            refuse(stream, VERB, Condition::ShuttingDown, SHUTTING_DOWN).await;
+            return None;
+        }
+    };
+    // Held until the session ends, so a draining node waits for it.
+    let tracked = node.sessions.token();
+    let mut record = StoreRecord {
+        node: node.clone(),
+        id,
+        armed: false,
+    };
+    let registered = node
+        .store
+        .register(&id, &node.info, node.config.pending_ttl)
+        .await;
+    let refusal = match registered {
+        Ok(true) => {
+            record.armed = true;
+            None
+        }
+        Ok(false) => Some((Condition::Conflict, CONFLICT)),
+        Err(e) => {
+            warn!(registration = %id, error = %e, "store register failed");
+            let text = "the rendezvous store is unavailable";
+            Some((Condition::Unavailable, text))
+        }
+    };
+    if let Some((condition, text)) = refusal {
+        if node.pending.withdraw(&id, ticket.token) {
+            refuse(stream, VERB, condition, text).await;
+            return None;
+        }
+        // A local CONNECT claimed it meanwhile: pair anyway.
+    } else {
+        node.pending.notify(&id);
+    }
+    debug!(registration = %id, "pending");
+
+    let since = Instant::now();
+    let admission = Admission {
+        _slot: slot,
+        _tracked: tracked,
+    };
+    let wait = Wait {
+        expiry: sleep_until(since + node.config.pending_ttl),
+        registered: Some(Registered {
+            stream,
+            early,
+            ticket,
+            record,
+            _per_ip: per_ip,
+            since,
+        }),
+    };
+    Some((admission, wait))
+}
+
+pin_project! {
+    /// A pending CREATE's wait, for: its claim, the pending TTL, the node
+    /// shutting down (which closes the pending table, and so the ticket's
+    /// channel), or the Initiator sending early bytes or hanging up.
+    ///
+    /// Written by hand, not as an `async` block: this is the state of every
+    /// pending CREATE, and it keeps only what the wait needs.
+    #[derive(Debug)]
+    pub(crate) struct Wait {
+        #[pin]
+        expiry: Sleep,
+        // Taken when the wait ends.
+        registered: Option<Registered>,
+    }
+}
+
+/// What a pending CREATE keeps while it waits.
+#[derive(Debug)]
+pub(crate) struct Registered {
+    stream: TcpStream,
+    early: BytesMut,
+    ticket: Ticket,
+    record: StoreRecord,
+    _per_ip: IpGuard,
+    since: Instant,
+}
+
+/// Why a pending CREATE stopped waiting without a claim.
+#[derive(Debug)]
+pub(crate) enum Unclaimed {
+    /// The Initiator closed its connection.
+    HungUp,
+    /// Answer the Initiator this.
+    Refuse(Condition, &'static str),
+    /// The ticket's channel closed unsent (the table was closed, or a
+    /// claimant gave up): answer the Initiator this. No claim can follow.
+    Dropped(Condition, &'static str),
+}
+
+impl Wait {
+    /// Polls the wait; once it ends, gives back what it kept and why.
+    pub(crate) fn poll_wait(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<(Registered, Result<Claim, Unclaimed>)> {
+        let this = self.project();
+        let r = this
+            .registered
+            .as_mut()
+            .expect("a pending CREATE polled after its wait");
+        let waited = if let Poll::Ready(claim) = Pin::new(&mut r.ticket.rx).poll(cx) {
+            claim.map_err(|_| {
+                if r.record.node.pending.is_closed() {
+                    Unclaimed::Dropped(Condition::ShuttingDown, SHUTTING_DOWN)
+                } else {
+                    // The claimant dropped its half unsent, so nothing can pair us now.
+                    Unclaimed::Dropped(Condition::Unavailable, "pairing failed")
+                }
+            })
+        } else if this.expiry.poll(cx).is_ready() {
+            let text = "no CONNECT within the pending TTL";
+            Err(Unclaimed::Refuse(Condition::Timeout, text))
+        } else if poll_hung_up(&r.stream, &mut r.early, cx).is_ready() {
+            Err(Unclaimed::HungUp)
+        } else {
+            return Poll::Pending;
+        };
+        let registered = this.registered.take().expect("checked above");
+        Poll::Ready((registered, waited))
+    }
+}
+
+/// What follows a pending CREATE's wait: the session, or a refusal.
+pub(crate) fn finish(
+    registered: Registered,
+    waited: Result<Claim, Unclaimed>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let Registered {
+        stream,
+        early,
+        ticket,
+        record,
+        _per_ip,
+        since,
+    } = registered;
+    match waited {
+        Ok(claim) => {
+            let (node, id) = (record.node.clone(), record.id);
+            drop((record, _per_ip, ticket));
+            session::start(node, stream, early, claim, id, since.elapsed())
+        }
+        Err(unclaimed) => Box::pin(give_up(stream, early, ticket, record, since, unclaimed)),
+    }
+}
+
+/// A pending CREATE that stopped waiting without a claim: withdraws it,
+/// unless a claim got there first and is in the channel.
+async fn give_up(
+    stream: TcpStream,
+    early: BytesMut,
+    mut ticket: Ticket,
+    record: StoreRecord,
+    since: Instant,
+    unclaimed: Unclaimed,
+) {
+    let (node, id) = (record.node.clone(), record.id);
+    // A channel that has closed must not be polled again.
+    let closed = matches!(unclaimed, Unclaimed::Dropped(..));
+    let late = if closed || node.pending.withdraw(&id, ticket.token) {
+        None
+    } else {
+        (&mut ticket.rx).await.ok()
+    };
+    match (late, unclaimed) {
+        (Some(claim), Unclaimed::Refuse(..) | Unclaimed::Dropped(..)) => {
+            drop((record, ticket));
+            session::start(node, stream, early, claim, id, since.elapsed()).await;
+        }
+        (Some(claim), Unclaimed::HungUp) => {
+            let text = "the initiator hung up";
+            match claim {
+                Claim::Local(c) => {
+                    refuse(c.target, Some("connect"), Condition::NotFound, text).await
+                }
+                Claim::Remote(r) => r.outbound.try_send(Frame::error(Condition::NotFound, text)),
+            }
+        }
+        (None, Unclaimed::HungUp) => {
+            debug!(registration = %id, "initiator hung up while pending");
+            counter!(COMMANDS, "verb" => "create", "outcome" => "abandoned").increment(1);
+        }
+        (None, Unclaimed::Refuse(condition, text) | Unclaimed::Dropped(condition, text)) => {
+            drop(record);
+            refuse(stream, VERB, condition, text).await;
+        }
+    }
+}
+
+/// This node's store record of a registration: removed when dropped.
+#[derive(Debug)]
+struct StoreRecord {
+    node: Arc<Node>,
+    id: RegistrationId,
+    /// Whether the record was written (and so is ours to remove).
+    armed: bool,
+}
+
+impl Drop for StoreRecord {
+    fn drop(&mut self) {
+        if self.armed {
+            let (node, id) = (self.node.clone(), self.id);
+            let mut remove = Box::pin(async move {
+                if let Err(e) = node.store.remove_if_owner(&id, &node.info).await {
+                    warn!(registration = %id, error = %e, "store remove failed; the record expires with its TTL");
+                }
+            });
+            // The in-memory store of a lone node answers at once: no task for
+            // that. Redis does not, and pairing does not wait for it: the rest
+            // runs in a task of its own (which polls with its own waker).
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if remove.as_mut().poll(&mut cx).is_pending() {
+                tokio::spawn(remove.in_current_span());
+            }
+        }
+    }
+}

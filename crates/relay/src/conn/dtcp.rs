@@ -1,0 +1,68 @@
+//! The DTCP protocol's handshake (PROTOCOL.md section 1): one `CREATE` or
+//! `CONNECT` command, decoded by `wire`, then the node's policy.
+
+use std::io;
+
+use bytes::BytesMut;
+use dtcp_wire::{Command, CommandDecoder, Condition, Verb, WireError};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::conn::request::{Refusal, Side};
+use crate::node::Node;
+
+/// First allocation of the handshake buffer; it grows up to the command limit.
+pub(crate) const HANDSHAKE_BUF: usize = 512;
+
+/// Why no command could be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The bytes cannot become a command.
+    Wire(WireError),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+/// Reads until a command is complete (`Some`), the client closes (`None`), or
+/// the bytes cannot become a command. What `buf` already holds is decoded
+/// first; what follows the command stays in `buf`.
+pub(crate) async fn read_command(
+    node: &Node,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Option<Command>, ReadError> {
+    let limits = node.config.limits();
+    let mut decoder = CommandDecoder::new(limits);
+    loop {
+        if let Some(command) = decoder.decode(buf).map_err(ReadError::Wire)? {
+            return Ok(Some(command));
+        }
+        if buf.len() == buf.capacity() {
+            // Grow by doubling, never far past the command limit.
+            let room = buf.len().clamp(HANDSHAKE_BUF, limits.max_command_len);
+            buf.reserve(room);
+        }
+        if stream.read_buf(buf).await.map_err(ReadError::Io)? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// The node's policy on a complete command: which side it asks for, or why
+/// it is refused.
+pub(crate) fn admit(node: &Node, command: &Command) -> Result<Side, Refusal> {
+    let side = match command.verb {
+        Verb::Create => Side::Register,
+        Verb::Connect => Side::Claim,
+    };
+    if node.drain.is_cancelled() {
+        let text = "the relay is shutting down";
+        return Err(Refusal::new(side.verb(), Condition::ShuttingDown, text));
+    }
+    let (initiator, target) = (command.triple.initiator(), command.triple.target());
+    if !node.config.allows(initiator, target) {
+        let text = "neither JID's domain is served by this relay";
+        return Err(Refusal::new(side.verb(), Condition::Forbidden, text));
+    }
+    Ok(side)
+}

@@ -1,0 +1,243 @@
+//! One client connection, from its handshake to the end of its session.
+//!
+//! The phases, one file each: [`handshake`] (the preamble, then the
+//! protocol the first byte names: [`dtcp`] today), which produces a
+//! [`request::Request`] to register or to claim; [`create`] (register, then
+//! wait for the claim) or [`connect`] (claim, locally or through a Bridge);
+//! [`early`] (what a client sends before it is paired). The paired session
+//! itself is in [`crate::session`].
+//!
+//! # Memory
+//!
+//! A task's memory is the size of its future's largest state, held for the
+//! task's whole life, and every pending CREATE and every idle session is one
+//! task. So the policy, which `state_size` below enforces:
+//!
+//! - the phases that come and go (the handshake, registering, a CONNECT, a
+//!   refusal, the session) are each boxed, and only a pending CREATE's wait
+//!   ([`create::Wait`]) is inline, in a hand-written state that keeps just
+//!   what the wait needs;
+//! - rarely taken branches inside a phase are boxed too (a refusal's linger,
+//!   `OK` written in pieces, the Bridge call of a forwarded CONNECT), and so
+//!   is the Bridge once open;
+//! - a session's future is built by a plain fn returning an `async move`
+//!   block (`session::start`), since an `async fn` keeps a second copy of
+//!   every argument;
+//! - the pump and the forwarding plane hold copy buffers and pipes only while
+//!   data is in flight (pooled per thread), never while a session is idle.
+
+mod connect;
+mod create;
+mod dtcp;
+mod early;
+mod handshake;
+mod request;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::net::TcpStream;
+
+use crate::conn::create::{Admission, Wait};
+use crate::conn::request::Side;
+use crate::limits::Slot;
+use crate::node::Node;
+use crate::reply::refuse;
+
+/// A boxed future of one phase of a connection.
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Serves one accepted connection to its end: the future of its task.
+pub(crate) fn handle(
+    node: Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+) -> Connection {
+    Connection {
+        admission: None,
+        phase: Phase::Start {
+            fut: Box::pin(start(node, stream, peer, slot)),
+        },
+    }
+}
+
+pin_project! {
+    /// A connection task's future (see the module's memory policy).
+    #[derive(Debug)]
+    pub(crate) struct Connection {
+        // A registering connection's slot and drain token, from the wait to
+        // the session's end.
+        admission: Option<Admission>,
+        #[pin]
+        phase: Phase,
+    }
+}
+
+pin_project! {
+    #[project = PhaseProj]
+    enum Phase {
+        // The handshake, then a CREATE's registration or a whole CONNECT.
+        Start { fut: BoxFuture<Next> },
+        // A pending CREATE.
+        Waiting { #[pin] wait: Wait },
+        // What follows the wait: the session, or a refusal.
+        Finish { fut: BoxFuture<()> },
+        Done,
+    }
+}
+
+impl std::fmt::Debug for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Start { .. } => "Start",
+            Phase::Waiting { .. } => "Waiting",
+            Phase::Finish { .. } => "Finish",
+            Phase::Done => "Done",
+        })
+    }
+}
+
+/// How the start of a connection ended.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once, then moved into the task's state, where a box would cost an allocation per pending CREATE"
+)]
+enum Next {
+    /// Nothing more to do: refused, or a CONNECT handed over or served.
+    Done,
+    /// A CREATE is pending.
+    Wait { admission: Admission, wait: Wait },
+}
+
+impl Future for Connection {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            let next = match this.phase.as_mut().project() {
+                PhaseProj::Start { fut } => match ready!(fut.as_mut().poll(cx)) {
+                    Next::Done => Phase::Done,
+                    Next::Wait { admission, wait } => {
+                        *this.admission = Some(admission);
+                        Phase::Waiting { wait }
+                    }
+                },
+                PhaseProj::Waiting { wait } => {
+                    let (registered, waited) = ready!(wait.poll_wait(cx));
+                    Phase::Finish {
+                        fut: create::finish(registered, waited),
+                    }
+                }
+                PhaseProj::Finish { fut } => {
+                    ready!(fut.as_mut().poll(cx));
+                    Phase::Done
+                }
+                PhaseProj::Done => {
+                    *this.admission = None;
+                    return Poll::Ready(());
+                }
+            };
+            this.phase.set(next);
+        }
+    }
+}
+
+/// The handshake, then registering or claiming.
+async fn start(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, slot: Slot) -> Next {
+    let request = match handshake::read(&node, &mut stream, peer).await {
+        Ok(request) => request,
+        Err(Some(r)) => {
+            refuse(stream, Some(r.verb), r.condition, &r.text).await;
+            return Next::Done;
+        }
+        Err(None) => return Next::Done,
+    };
+    // Every later line of this connection names its registration.
+    tracing::Span::current().record("registration", tracing::field::display(&request.id));
+    match request.side {
+        Side::Register => match create::register(node, stream, slot, request).await {
+            Some((admission, wait)) => Next::Wait { admission, wait },
+            None => Next::Done,
+        },
+        Side::Claim => {
+            connect::claim(node, stream, slot, request).await;
+            Next::Done
+        }
+    }
+}
+
+/// Every pending CREATE is a [`Connection`] (in its tracing span), and every
+/// idle local session a `Connection` and a boxed local session, so their
+/// size is most of what the relay holds per connection. These budgets catch a change that makes
+/// them grow unnoticed (a large value held across an await, an unboxed
+/// rarely-taken branch); raise them only knowingly.
+#[cfg(test)]
+mod state_size {
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use clap::Parser;
+    use dtcp_wire::RegistrationId;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::limits::Slots;
+    use crate::pending::LocalClaim;
+
+    /// With tokio's task header and trailer (about 110 bytes), a task's
+    /// memory comes in steps of 128 bytes on x86_64: this keeps a pending
+    /// CREATE's task within 512.
+    const CONNECTION_BUDGET: usize = 400;
+    const SESSION_BUDGET: usize = 650;
+
+    #[tokio::test]
+    async fn connection_states_stay_within_budget() {
+        let config = crate::config::Config::try_parse_from(["dtcp-relay"]).unwrap();
+        let memory = Arc::new(dtcp_store::MemoryStore::new());
+        let info = dtcp_store::NodeInfo {
+            id: "n".into(),
+            forward_addr: String::new(),
+        };
+        let node = Arc::new(Node::new(config, info, memory.clone(), Some(memory), None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let socket = || TcpStream::connect(addr);
+        let slots = Slots::new(8);
+        let slot = || slots.take().unwrap();
+
+        // As spawned: inside the connection's tracing span.
+        let connection_size = std::mem::size_of::<tracing::instrument::Instrumented<Connection>>();
+        let claim = LocalClaim {
+            target: socket().await.unwrap(),
+            early: BytesMut::new(),
+            slot: slot(),
+            connect_started: Instant::now(),
+        };
+        let id = RegistrationId::of("k", "a@b", "c@d");
+        // What `session::start` boxes for a local pair.
+        let session_state = crate::session::local_run(
+            node.clone(),
+            socket().await.unwrap(),
+            BytesMut::new(),
+            claim,
+            id,
+            Duration::ZERO,
+        );
+        let session_size = std::mem::size_of_val(&session_state);
+        drop(session_state);
+        assert!(
+            connection_size <= CONNECTION_BUDGET,
+            "connection task state: {connection_size} bytes"
+        );
+        assert!(
+            session_size <= SESSION_BUDGET,
+            "session state: {session_size} bytes"
+        );
+    }
+}

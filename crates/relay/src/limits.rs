@@ -1,0 +1,174 @@
+//! The limits a node keeps on its clients: connection slots (the
+//! connection limit, fitted to the open-file limit) and pending `CREATE`s
+//! per source address.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::warn;
+
+/// Descriptors kept free beyond the connection limit: listeners, the metrics
+/// endpoint's connections, refusals in flight, store and forwarding sockets.
+const FD_RESERVE: u64 = 256;
+/// The open-file limit assumed when it can be neither raised nor read.
+const FALLBACK_NOFILE: u64 = 1024;
+
+/// A connection slot: one permit of the connection limit, held for as long
+/// as the socket is open (it moves with the socket when a session pairs).
+/// `dtcp_connections_open` is the count of these, read off the limit when
+/// the metrics are scraped ([`Slots::open`]).
+#[derive(Debug)]
+pub(crate) struct Slot(
+    #[expect(dead_code, reason = "held, never read: dropping it frees the slot")]
+    OwnedSemaphorePermit,
+);
+
+/// The connection limit: one [`Slot`] per open client connection.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Slots {
+    /// A limit of `max` connections.
+    pub(crate) fn new(max: usize) -> Self {
+        Slots {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A slot, or `None` at the limit.
+    pub(crate) fn take(&self) -> Option<Slot> {
+        self.permits.clone().try_acquire_owned().ok().map(Slot)
+    }
+
+    /// Client connections open now.
+    pub(crate) fn open(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+}
+
+/// Raises the soft open-file limit to the hard one; returns the limit in force.
+pub(crate) fn raise_nofile_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(error = %e, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(FALLBACK_NOFILE)
+        }
+    }
+}
+
+/// The connection limit, lowered if need be so that the relay refuses
+/// connections before it runs out of descriptors.
+pub(crate) fn effective_max_connections(requested: usize, nofile: u64) -> usize {
+    let fits = nofile.saturating_sub(FD_RESERVE).max(1);
+    requested.min(usize::try_from(fits).unwrap_or(usize::MAX))
+}
+
+/// Pending CREATEs per source address.
+#[derive(Debug)]
+pub(crate) struct PerIpLimit {
+    counts: DashMap<IpAddr, usize>,
+    max: usize,
+}
+
+impl PerIpLimit {
+    /// A limit of `max` pending CREATEs per address.
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(PerIpLimit {
+            counts: DashMap::new(),
+            max,
+        })
+    }
+
+    /// One more pending CREATE from `ip`, or `None` at the limit.
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
+        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = ip.to_canonical();
+        let mut count = self.counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            drop(count);
+            self.release(ip, 0);
+            return None;
+        }
+        *count += 1;
+        Some(IpGuard {
+            limit: self.clone(),
+            ip,
+        })
+    }
+
+    fn release(&self, ip: IpAddr, by: usize) {
+        if let Entry::Occupied(mut o) = self.counts.entry(ip) {
+            *o.get_mut() -= by;
+            if *o.get() == 0 {
+                o.remove();
+            }
+        }
+    }
+
+    /// Addresses with a pending CREATE (for tests).
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
+        self.counts.len()
+    }
+}
+
+/// One pending CREATE counted against its address; uncounted on drop.
+#[derive(Debug)]
+pub(crate) struct IpGuard {
+    limit: Arc<PerIpLimit>,
+    ip: IpAddr,
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        self.limit.release(self.ip, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limit_fits_the_descriptor_limit() {
+        assert_eq!(effective_max_connections(10_000, 1_048_576), 10_000);
+        assert_eq!(effective_max_connections(10_000, 1024), 1024 - 256);
+        assert_eq!(effective_max_connections(10_000, 10), 1);
+    }
+
+    #[test]
+    fn slots_count_what_is_open() {
+        let slots = Slots::new(2);
+        let a = slots.take().unwrap();
+        let _b = slots.take().unwrap();
+        assert!(slots.take().is_none(), "at the limit");
+        assert_eq!(slots.open(), 2);
+        drop(a);
+        assert_eq!(slots.open(), 1);
+    }
+
+    #[test]
+    fn per_ip_limit_counts_and_forgets() {
+        let l = PerIpLimit::new(2);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let a = l.acquire(ip).unwrap();
+        let b = l.acquire(mapped).unwrap();
+        assert!(l.acquire(ip).is_none(), "mapped and plain are one address");
+        assert!(l.acquire("192.0.2.2".parse().unwrap()).is_some());
+        drop(a);
+        let c = l.acquire(ip).unwrap();
+        drop((b, c));
+        assert_eq!(l.addresses(), 0);
+    }
+}

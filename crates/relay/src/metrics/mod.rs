@@ -1,0 +1,169 @@
+//! Every metric the relay exports: names ([`names`]), help texts, units and
+//! histogram buckets in one place; the handles of the hot series; the store's
+//! instrumentation.
+
+mod hot;
+pub mod names;
+mod store;
+
+use std::time::Duration;
+
+use dtcp_wire::Condition;
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub(crate) use hot::{Hot, PathSeries};
+pub use names::*;
+pub(crate) use store::{Instrumented, STORE_OPS};
+
+use crate::outcome::Outcome;
+
+/// Buckets of the latency histograms, in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Buckets of the duration histograms, in seconds: 10 ms to a day.
+const DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+];
+
+/// Installs the global Prometheus recorder and describes every metric.
+///
+/// Histograms get explicit buckets so that they are exported as Prometheus
+/// histograms (summable across nodes), not summaries.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(PAIRING_LATENCY.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(PENDING_WAIT.into()), DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(STORE_LATENCY.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(SESSION_DURATION.into()), DURATION_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+/// How often the exporter's histograms are compacted.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+fn describe() {
+    describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted.");
+    describe_gauge!(CONNECTIONS_OPEN, "Client connections open now.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections refused before any command, by reason (max_connections, descriptors)."
+    );
+    describe_gauge!(CONNECTIONS_MAX, "The connection limit in force.");
+    describe_counter!(
+        COMMANDS,
+        "Commands answered, by verb and outcome (ok or an error condition)."
+    );
+    describe_counter!(ERRORS, "ERROR replies sent, by condition.");
+    describe_gauge!(PENDING, "CREATEs waiting for their CONNECT on this node.");
+    describe_gauge!(
+        STORE_REGISTRATIONS,
+        "Registrations in the embedded in-memory store (absent in cluster mode)."
+    );
+    describe_gauge!(SESSIONS_ACTIVE, "Paired sessions running now, by path.");
+    describe_counter!(
+        SESSIONS_COMPLETED,
+        "Paired sessions finished, by path and outcome (how they ended: closed, reset, or a cut)."
+    );
+    describe_counter!(BYTES, Unit::Bytes, "Bytes relayed, by path and direction.");
+    describe_histogram!(
+        PAIRING_LATENCY,
+        Unit::Seconds,
+        "From a CONNECT's command to both sides holding OK, by path."
+    );
+    describe_histogram!(
+        PENDING_WAIT,
+        Unit::Seconds,
+        "How long a CREATE waited for its CONNECT."
+    );
+    describe_histogram!(
+        SESSION_DURATION,
+        Unit::Seconds,
+        "From OK to the end of a paired session, by path."
+    );
+    describe_counter!(STORE_OPERATIONS, "Rendezvous store operations, by op.");
+    describe_counter!(STORE_ERRORS, "Failed rendezvous store operations, by op.");
+    describe_histogram!(
+        STORE_LATENCY,
+        Unit::Seconds,
+        "Rendezvous store latency, by op."
+    );
+    describe_gauge!(
+        NODES_ALIVE,
+        "Nodes with a live heartbeat in the store, as this node last saw it."
+    );
+    describe_gauge!(
+        BRIDGE_STREAMS,
+        "Bridge streams open now, by role (client: holds the Target; server: holds the Initiator)."
+    );
+    describe_counter!(BRIDGE_ERRORS, "Bridges that failed, by role and reason.");
+    describe_gauge!(DRAINING, "1 while the node drains, else 0.");
+    describe_gauge!(BUILD_INFO, "Always 1, labelled with the relay's version.");
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    init_series();
+}
+
+/// Every series the relay can export, at zero: a fresh node shows them all,
+/// so that `rate()` and dashboards work from the first scrape instead of
+/// showing "No data" until the first event of each kind.
+fn init_series() {
+    const PATHS: [&str; 2] = ["local", "forwarded"];
+    for gauge in [
+        DRAINING,
+        PENDING,
+        CONNECTIONS_OPEN,
+        STORE_REGISTRATIONS,
+        NODES_ALIVE,
+    ] {
+        gauge!(gauge).set(0.0);
+    }
+    counter!(CONNECTIONS_ACCEPTED).absolute(0);
+    for reason in ["max_connections", "descriptors"] {
+        counter!(CONNECTIONS_REFUSED, "reason" => reason).absolute(0);
+    }
+    let conditions = Condition::ALL.map(Condition::as_str);
+    for condition in conditions {
+        counter!(ERRORS, "condition" => condition).absolute(0);
+    }
+    for verb in ["create", "connect", "unknown"] {
+        for outcome in conditions.into_iter().chain(["ok", "abandoned"]) {
+            counter!(COMMANDS, "verb" => verb, "outcome" => outcome).absolute(0);
+        }
+    }
+    for path in PATHS {
+        gauge!(SESSIONS_ACTIVE, "path" => path).set(0.0);
+        let _ = histogram!(PAIRING_LATENCY, "path" => path);
+        let _ = histogram!(SESSION_DURATION, "path" => path);
+        for outcome in Outcome::ALL {
+            counter!(SESSIONS_COMPLETED, "path" => path, "outcome" => outcome.label()).absolute(0);
+        }
+        for direction in ["initiator_to_target", "target_to_initiator"] {
+            counter!(BYTES, "path" => path, "direction" => direction).absolute(0);
+        }
+    }
+    let _ = histogram!(PENDING_WAIT);
+    for op in STORE_OPS {
+        counter!(STORE_OPERATIONS, "op" => op).absolute(0);
+        counter!(STORE_ERRORS, "op" => op).absolute(0);
+        let _ = histogram!(STORE_LATENCY, "op" => op);
+    }
+    for role in ["client", "server"] {
+        gauge!(BRIDGE_STREAMS, "role" => role).set(0.0);
+    }
+    for (role, reason) in [
+        ("client", "unreachable"),
+        ("client", "unauthenticated"),
+        ("client", "protocol"),
+        ("client", "broken"),
+        ("server", "broken"),
+        ("server", "stale_owner"),
+    ] {
+        counter!(BRIDGE_ERRORS, "role" => role, "reason" => reason).absolute(0);
+    }
+}

@@ -1,0 +1,50 @@
+//! The name of every metric the relay exports.
+//!
+//! Counters end in `_total`, units are in the name, and labels take values
+//! from small fixed sets only (never a key, a JID, an address or an id).
+
+/// Client connections accepted.
+pub const CONNECTIONS_ACCEPTED: &str = "dtcp_connections_accepted_total";
+/// Client connections open now.
+pub const CONNECTIONS_OPEN: &str = "dtcp_connections_open";
+/// Client connections refused before any command, by `reason`.
+pub const CONNECTIONS_REFUSED: &str = "dtcp_connections_refused_total";
+/// The connection limit in force (after clamping to the descriptor limit).
+pub const CONNECTIONS_MAX: &str = "dtcp_connections_max";
+/// Commands answered, by `verb` and `outcome` (`ok` or an error condition).
+pub const COMMANDS: &str = "dtcp_commands_total";
+/// `ERROR` replies sent, by `condition`.
+pub const ERRORS: &str = "dtcp_errors_total";
+/// CREATEs waiting for their CONNECT on this node.
+pub const PENDING: &str = "dtcp_pending_registrations";
+/// Registrations in the embedded in-memory store.
+pub const STORE_REGISTRATIONS: &str = "dtcp_store_registrations";
+/// Paired sessions running now, by `path`.
+pub const SESSIONS_ACTIVE: &str = "dtcp_sessions_active";
+/// Paired sessions finished, by `path` and `outcome`.
+pub const SESSIONS_COMPLETED: &str = "dtcp_sessions_completed_total";
+/// Bytes relayed, by `path` and `direction`.
+pub const BYTES: &str = "dtcp_relayed_bytes_total";
+/// From a CONNECT's command to both sides holding `OK`, by `path`.
+pub const PAIRING_LATENCY: &str = "dtcp_pairing_latency_seconds";
+/// How long a CREATE waited for its CONNECT.
+pub const PENDING_WAIT: &str = "dtcp_pending_wait_seconds";
+/// From `OK` to the end of a session, by `path`.
+pub const SESSION_DURATION: &str = "dtcp_session_duration_seconds";
+/// Rendezvous store operations, by `op`.
+pub const STORE_OPERATIONS: &str = "dtcp_store_operations_total";
+/// Failed rendezvous store operations, by `op`.
+pub const STORE_ERRORS: &str = "dtcp_store_errors_total";
+/// Rendezvous store latency, by `op`.
+pub const STORE_LATENCY: &str = "dtcp_store_latency_seconds";
+/// Nodes with a live heartbeat in the store, as this node last saw it.
+pub const NODES_ALIVE: &str = "dtcp_nodes_alive";
+/// Bridge streams open now, by `role` (`client`: this node holds the
+/// Target; `server`: it holds the Initiator).
+pub const BRIDGE_STREAMS: &str = "dtcp_bridge_streams_active";
+/// Bridges that failed, by `role` and `reason`.
+pub const BRIDGE_ERRORS: &str = "dtcp_bridge_errors_total";
+/// 1 while the node drains, else 0.
+pub const DRAINING: &str = "dtcp_draining";
+/// Always 1, labelled with the `version`.
+pub const BUILD_INFO: &str = "dtcp_build_info";

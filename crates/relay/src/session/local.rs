@@ -1,0 +1,79 @@
+//! A session whose Initiator and Target are both connected to this node.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dtcp_wire::RegistrationId;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::node::Node;
+use crate::outcome::Outcome;
+use crate::pending::LocalClaim;
+use crate::reply::send_ok;
+use crate::session::pump::{self, Pump};
+use crate::session::report::{Ended, finished};
+
+/// `OK` to both, then the pump until the session ends.
+///
+/// A plain fn returning an `async move` block, which uses what it captures in
+/// place: an `async fn` keeps a second copy of each argument (216 bytes
+/// here), and every idle session would hold it.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice"
+)]
+pub(crate) fn run(
+    node: Arc<Node>,
+    initiator: TcpStream,
+    i_early: BytesMut,
+    claim: LocalClaim,
+    id: RegistrationId,
+    waited: Duration,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Released when the session ends.
+        let _target_slot = &claim.slot;
+        send_ok(&initiator).await;
+        send_ok(&claim.target).await;
+        let series = &node.hot.local;
+        series
+            .pairing_latency
+            .record(claim.connect_started.elapsed());
+        node.hot.create_ok.increment(1);
+        node.hot.connect_ok.increment(1);
+        series.active.increment(1.0);
+        let paired_at = Instant::now();
+        let mut pump = Pump::new(
+            (&initiator, &i_early, series.initiator_to_target.clone()),
+            (
+                &claim.target,
+                &claim.early,
+                series.target_to_initiator.clone(),
+            ),
+            node.config.idle_timeout(),
+            !node.config.no_splice,
+        );
+        let outcome = tokio::select! {
+            outcome = &mut pump => outcome,
+            () = node.stop.cancelled() => Outcome::Drained,
+        };
+        if outcome == Outcome::Reset {
+            // Pass the reset on: close with RST rather than FIN.
+            pump::reset_on_close(&initiator);
+            pump::reset_on_close(&claim.target);
+        }
+        let moved = pump.moved();
+        series.active.decrement(1.0);
+        let ended = Ended {
+            id,
+            paired_at,
+            waited,
+            moved,
+            outcome,
+        };
+        finished(series, ended);
+    }
+}
