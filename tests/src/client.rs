@@ -56,7 +56,7 @@ pub fn command(verb: Verb, triple: &Triple) -> Vec<u8> {
     WireCommand::new(verb, triple.clone()).encode()
 }
 
-/// Reads everything until the relay closes (bounded by [`READ_TIMEOUT`]).
+/// Reads everything until the relay closes (bounded by `READ_TIMEOUT`, 10 s).
 pub async fn read_all(s: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     tokio::time::timeout(READ_TIMEOUT, s.read_to_end(&mut out))
@@ -66,7 +66,7 @@ pub async fn read_all(s: &mut TcpStream) -> Vec<u8> {
     out
 }
 
-/// Reads exactly `n` bytes (bounded by [`READ_TIMEOUT`]).
+/// Reads exactly `n` bytes (bounded by `READ_TIMEOUT`, 10 s).
 pub async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut out = vec![0u8; n];
     tokio::time::timeout(READ_TIMEOUT, s.read_exact(&mut out))

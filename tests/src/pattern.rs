@@ -78,7 +78,7 @@ pub async fn recv_digest<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> (u64, [u
     }
 }
 
-/// Reads at most [`SLOW_CHUNK`] bytes per [`SLOW_PAUSE`]: a Target that
+/// Reads at most `SLOW_CHUNK` (16 KiB) per `SLOW_PAUSE` (1 ms): a Target that
 /// cannot keep up.
 #[derive(Debug)]
 pub struct SlowReader {

@@ -164,7 +164,7 @@ impl Relay {
         http_get(self.metrics, "/metrics").await.1
     }
 
-    /// Waits (up to [`METRIC_WAIT`]) until `sample` reads `value`; panics with the last
+    /// Waits (up to `METRIC_WAIT`, 10 s) until `sample` reads `value`; panics with the last
     /// reading otherwise.
     pub async fn wait_for(&self, sample: &str, value: f64) {
         let deadline = tokio::time::Instant::now() + METRIC_WAIT;

@@ -22,7 +22,7 @@ use crate::accept::accept_loop;
 use crate::admin;
 use crate::config::Config;
 use crate::limits::{effective_max_connections, raise_nofile_limit};
-use crate::metrics::{CONNECTIONS_MAX, DRAINING};
+use crate::metrics::{CONNECTIONS_MAX, DRAINING, NODES_ALIVE};
 use crate::node::Node;
 use crate::plane;
 
