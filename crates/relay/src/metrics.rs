@@ -207,6 +207,7 @@ fn init_series() {
         "register",
         "lookup",
         "remove",
+        "register_many",
         "heartbeat",
         "remove_node",
         "nodes_alive",

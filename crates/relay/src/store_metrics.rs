@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dtcp_store::{NodeInfo, Registered, Rendezvous, StoreError};
+use dtcp_store::{Beat, NodeInfo, Registered, Rendezvous, StoreError};
 use dtcp_wire::RegistrationId;
 use metrics::{Counter, Histogram, counter, histogram};
 use tokio::time::Instant;
@@ -18,6 +18,7 @@ pub(crate) struct Instrumented {
     register: Op,
     lookup: Op,
     remove: Op,
+    register_many: Op,
     heartbeat: Op,
     remove_node: Op,
     nodes_alive: Op,
@@ -30,6 +31,7 @@ impl Instrumented {
             register: Op::new("register"),
             lookup: Op::new("lookup"),
             remove: Op::new("remove"),
+            register_many: Op::new("register_many"),
             heartbeat: Op::new("heartbeat"),
             remove_node: Op::new("remove_node"),
             nodes_alive: Op::new("nodes_alive"),
@@ -96,7 +98,17 @@ impl Rendezvous for Instrumented {
             .await
     }
 
-    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+    async fn register_many(
+        &self,
+        owner: &NodeInfo,
+        registrations: &[(RegistrationId, Duration)],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.register_many
+            .record(self.store.register_many(owner, registrations))
+            .await
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<Beat, StoreError> {
         self.heartbeat.record(self.store.heartbeat(node, ttl)).await
     }
 
@@ -110,5 +122,9 @@ impl Rendezvous for Instrumented {
 
     fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<Registered>> {
         self.store.watch_registrations()
+    }
+
+    fn watch_recoveries(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.store.watch_recoveries()
     }
 }
