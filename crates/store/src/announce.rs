@@ -66,6 +66,16 @@ enum Source {
     Sentinel(SentinelClient),
 }
 
+/// What a push of the cluster subscription means for it.
+enum Pushed {
+    /// An announcement, or nothing to act on.
+    Message,
+    /// A node connection dropped.
+    Broken,
+    /// The server ended the subscription.
+    Unsubscribed,
+}
+
 struct Subscriber {
     config: RedisConfig,
     channel: String,
@@ -168,10 +178,14 @@ impl Subscriber {
     }
 
     /// `SSUBSCRIBE` on a Redis Cluster: the redis crate's cluster connection
-    /// (RESP3) sends it to the shard that holds the channel's slot and sends
-    /// it again to the new holder after the slot map changes. A check on the
-    /// channel's slot (a command routed there) makes a failover visible to it
-    /// even when nothing else is sent.
+    /// (RESP3) sends it to the shard that holds the channel's slot. The
+    /// crate does not move it by itself when that shard's master dies, so
+    /// after a node connection drops this checks the slot (a command routed
+    /// there, which makes the connection look the slot up again) until it
+    /// answers, then subscribes again: on the replica promoted in its place.
+    /// The same check runs every [`SUBSCRIPTION_CHECK`] meanwhile. A
+    /// failover that drops no connection of ours (a manual one) ends the
+    /// subscription with a `SUNSUBSCRIBE` push, and it is made again too.
     async fn sharded(self) {
         let (push_tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
         let client = match cluster_builder(&self.config)
@@ -197,8 +211,12 @@ impl Subscriber {
             }
         };
         let mut subscribed = false;
-        let mut check = tokio::time::interval(SUBSCRIPTION_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A node connection dropped or the check failed: the channel's
+        // shard may have moved. Checked again soon, and once it answers,
+        // subscribed again (on the slot's holder now; a second SSUBSCRIBE
+        // where the first still holds is harmless).
+        let mut stale = false;
+        let mut next_check = tokio::time::Instant::now() + SUBSCRIPTION_CHECK;
         loop {
             if !subscribed {
                 match within(
@@ -224,54 +242,66 @@ impl Subscriber {
             }
             tokio::select! {
                 push = pushes.recv() => match push {
-                    Some(push) => {
-                        if self.sharded_push(push) {
-                            // The slot moved away without a new holder named:
-                            // subscribe again.
-                            subscribed = false;
+                    Some(push) => match self.sharded_push(push) {
+                        Pushed::Message => {}
+                        Pushed::Broken => {
+                            if !stale {
+                                stale = true;
+                                delays = self.backoff();
+                                next_check = tokio::time::Instant::now();
+                            }
                         }
-                    }
+                        Pushed::Unsubscribed => subscribed = false,
+                    },
                     None => return,
                 },
-                _ = check.tick() => {
+                () = tokio::time::sleep_until(next_check) => {
                     // Any command on the channel's slot: if its holder died,
-                    // this fails and the connection looks the slot up again
-                    // (and moves the subscription there).
+                    // this fails and the connection looks the slot up again.
                     let probe: RedisResult<i64> = within(
                         self.config.operation_timeout,
                         redis::cmd("EXISTS").arg(&self.channel).query_async(&mut conn),
                     )
                     .await;
-                    match probe {
-                        Ok(_) => self.health.answered(),
+                    let wait = match probe {
+                        Ok(_) => {
+                            self.health.answered();
+                            if std::mem::take(&mut stale) {
+                                subscribed = false;
+                            }
+                            SUBSCRIPTION_CHECK
+                        }
                         Err(e) => {
                             debug!(error = %e, "announcement shard not answering");
                             self.health.trouble();
+                            stale = true;
+                            delays.next().unwrap_or(self.config.retry_max_delay)
                         }
-                    }
+                    };
+                    next_check = tokio::time::Instant::now() + wait;
                 }
                 () = self.tx.closed() => return,
             }
         }
     }
 
-    /// Handles one push of the cluster subscription; whether the
-    /// subscription was dropped by the server.
-    fn sharded_push(&self, push: PushInfo) -> bool {
+    /// Handles one push of the cluster subscription.
+    fn sharded_push(&self, push: PushInfo) -> Pushed {
         match push.kind {
             PushKind::SMessage => {
                 // [channel, payload]
                 if let Some(Value::BulkString(payload)) = push.data.get(1) {
                     self.forward(payload);
                 }
-                false
+                Pushed::Message
             }
             PushKind::Disconnection => {
                 self.health.trouble();
-                false
+                Pushed::Broken
             }
-            PushKind::SUnsubscribe => true,
-            _ => false,
+            // The server dropped the subscription (its slot moved away).
+            PushKind::SUnsubscribe => Pushed::Unsubscribed,
+            _ => Pushed::Message,
         }
     }
 }

@@ -211,14 +211,21 @@ pub const SENTINEL_PASSWORD: &str = "sentinel-pw";
 
 impl SentinelSet {
     pub fn start() -> SentinelSet {
-        let auth = [
+        Self::start_with(DOWN_AFTER_MS, &[])
+    }
+
+    /// As [`SentinelSet::start`], with the sentinels' down-after time and
+    /// more arguments for the servers.
+    pub fn start_with(down_after_ms: u64, server_args: &[&str]) -> SentinelSet {
+        let mut auth = vec![
             "--requirepass",
             REDIS_PASSWORD,
             "--masterauth",
             REDIS_PASSWORD,
         ];
+        auth.extend(server_args);
         let master = Server::start_on(free_port(), &auth, Some(REDIS_PASSWORD));
-        let mut replica_args = auth.to_vec();
+        let mut replica_args = auth.clone();
         let master_port = master.port.to_string();
         replica_args.extend(["--replicaof", "127.0.0.1", &master_port]);
         let replica = Server::start_on(free_port(), &replica_args, Some(REDIS_PASSWORD));
@@ -228,7 +235,7 @@ impl SentinelSet {
         let conf = vec![
             format!("sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2", master.port),
             format!("sentinel auth-pass {MASTER_NAME} {REDIS_PASSWORD}"),
-            format!("sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}"),
+            format!("sentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}"),
             format!("sentinel failover-timeout {MASTER_NAME} 10000"),
             format!("requirepass {SENTINEL_PASSWORD}"),
             format!("sentinel sentinel-pass {SENTINEL_PASSWORD}"),
@@ -308,7 +315,12 @@ pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 1000;
 
 impl Cluster {
     pub fn start(masters: usize, replicas: usize) -> Cluster {
-        let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
+        Self::start_with(masters, replicas, CLUSTER_NODE_TIMEOUT_MS)
+    }
+
+    /// As [`Cluster::start`], with the nodes' `cluster-node-timeout`.
+    pub fn start_with(masters: usize, replicas: usize, node_timeout_ms: u64) -> Cluster {
+        let timeout = node_timeout_ms.to_string();
         let nodes: Vec<Server> = (0..masters * (1 + replicas))
             .map(|_| {
                 let port = free_port();
