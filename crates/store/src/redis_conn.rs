@@ -133,8 +133,9 @@ impl Conn {
 /// Tries of the cluster connection's own for one command.
 const CLUSTER_RETRIES: u32 = 2;
 /// Reconnection tries of the connection manager before it fails the waiting
-/// commands (and tries again on the next).
-const MANAGER_RECONNECT_TRIES: usize = 3;
+/// commands (and tries again on the next): one, as the store's own retries
+/// come on top.
+const MANAGER_RECONNECT_TRIES: usize = 1;
 
 fn ms(d: std::time::Duration) -> u64 {
     d.as_millis() as u64

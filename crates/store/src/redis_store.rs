@@ -73,6 +73,11 @@ pub struct RedisConfig {
     /// retries included: past it the operation fails (the client gets
     /// `unavailable`) rather than wait.
     pub operation_timeout: Duration,
+    /// Retries of one operation after a connection failure (a drop, a
+    /// refused connection, a timeout, a demoted master), within
+    /// `operation_timeout`. Few: a Redis that is down is reported to clients
+    /// at once rather than after the whole timeout.
+    pub retries: usize,
     /// Shortest wait before retrying after a connection failure; each retry
     /// waits up to twice as long as the last, with random jitter.
     pub retry_min_delay: Duration,
@@ -104,20 +109,28 @@ impl RedisConfig {
     pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(20);
     /// Default longest retry delay.
     pub const RETRY_MAX_DELAY: Duration = Duration::from_millis(1000);
+    /// Default retries of one operation.
+    pub const RETRIES: usize = 2;
 
     /// Whether `urls` name a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.sentinel.is_none() && (self.cluster || self.urls.len() > 1)
     }
 
-    /// The retry delays: exponential, with jitter, as many as the operation's
-    /// time allows.
+    /// The delays between attempts to subscribe again: exponential, with
+    /// jitter, for ever.
     pub(crate) fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_min_delay(self.retry_min_delay)
             .with_max_delay(self.retry_max_delay)
             .with_jitter()
             .without_max_times()
+    }
+
+    /// The retry delays of one operation: as [`RedisConfig::backoff`],
+    /// [`RedisConfig::retries`] of them.
+    pub(crate) fn operation_backoff(&self) -> ExponentialBuilder {
+        self.backoff().with_max_times(self.retries)
     }
 }
 
@@ -132,6 +145,7 @@ impl Default for RedisConfig {
             connect_timeout: Self::CONNECT_TIMEOUT,
             response_timeout: Self::RESPONSE_TIMEOUT,
             operation_timeout: Self::OPERATION_TIMEOUT,
+            retries: Self::RETRIES,
             retry_min_delay: Self::RETRY_MIN_DELAY,
             retry_max_delay: Self::RETRY_MAX_DELAY,
         }
@@ -151,6 +165,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("operation_timeout", &self.operation_timeout)
+            .field("retries", &self.retries)
             .field("retry_min_delay", &self.retry_min_delay)
             .field("retry_max_delay", &self.retry_max_delay)
             .finish()
@@ -226,7 +241,7 @@ impl RedisStore {
                     Script::new(COMPARE_AND_SET),
                 ),
                 health: Arc::new(Health::new()),
-                backoff: config.backoff(),
+                backoff: config.operation_backoff(),
             }),
         })
     }
@@ -279,10 +294,11 @@ impl RedisStore {
             .await
     }
 
-    /// Runs `f` on a connection until it succeeds, fails for good, or the
-    /// operation's time is up. A connection failure (a drop, a timeout, a
-    /// demoted master) is retried after a backoff with jitter; every command
-    /// here is safe to run twice. The whole is bounded by
+    /// Runs `f` on a connection until it succeeds, fails for good, has been
+    /// retried [`RedisConfig::retries`] times, or the operation's time is up.
+    /// A connection failure (a drop, a timeout, a demoted master) is retried
+    /// after a backoff with jitter; every command here is safe to run twice.
+    /// The whole is bounded by
     /// [`RedisConfig::operation_timeout`], so a client waits that long at
     /// most before it gets `unavailable`.
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
