@@ -94,6 +94,10 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     /// order: `true` if `owner` holds it now, `false` if another node does
     /// (it registered the same id while the store had lost this one).
     ///
+    /// A TTL shorter than a millisecond is written as one millisecond (the
+    /// caller leaves out what has expired). On a Redis Cluster, where a
+    /// pipeline cannot span slots, each is its own command, many in flight.
+    ///
     /// Not announced ([`Rendezvous::watch_registrations`]): a CONNECT waiting
     /// for one of them finds it at its next look. Other operations run
     /// alongside; a failed batch is an error as a whole and may be retried
