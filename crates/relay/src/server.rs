@@ -22,6 +22,7 @@ use crate::accept::accept_loop;
 use crate::admin;
 use crate::config::Config;
 use crate::limits::{effective_max_connections, raise_nofile_limit};
+use crate::membership;
 use crate::metrics::{CONNECTIONS_MAX, DRAINING, NODES_ALIVE};
 use crate::node::Node;
 use crate::plane;
@@ -194,7 +195,7 @@ impl Relay {
         // that "nodes scraped minus nodes alive" stays 0 for it too.
         let heartbeat = node
             .cluster
-            .then(|| tokio::spawn(plane::heartbeat(node.clone())));
+            .then(|| tokio::spawn(membership::run(node.clone())));
         if !node.cluster {
             gauge!(NODES_ALIVE).set(1.0);
         }

@@ -96,6 +96,10 @@ pub(crate) async fn register(
         }
         // A local CONNECT claimed it meanwhile: pair anyway.
     } else {
+        // The TTL is counted from the write, a moment before `since`: a
+        // rewrite then errs on the short side.
+        let expires = Instant::now() + node.config.pending_ttl;
+        node.pending.recorded(&id, ticket.token, expires);
         node.pending.notify(&id);
     }
     debug!(registration = %id, "pending");
