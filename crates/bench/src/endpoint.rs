@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use dtcp_wire::{Command, Triple, Verb};
+use dtcp_wire::{Command, Reply, Triple, Verb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -84,21 +84,16 @@ async fn connect_to(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(s)
 }
 
-/// Reads the relay's reply; anything but `OK` is an error.
+/// Reads the relay's reply (with the client library's parser); anything
+/// but `OK` is an error.
 pub(crate) async fn read_ok(s: &mut TcpStream) -> io::Result<()> {
-    let mut reply = [0u8; 3];
-    s.read_exact(&mut reply).await?;
-    if &reply != b"OK\0" {
-        let mut rest = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut rest)).await;
-        let mut all = reply.to_vec();
-        all.extend(rest);
-        return Err(io::Error::other(format!(
-            "relay refused: {}",
-            String::from_utf8_lossy(&all).replace('\0', " ")
-        )));
+    match dtcp_client::read_reply(s).await {
+        Ok(Reply::Ok) => Ok(()),
+        Ok(Reply::Error { condition, text }) => Err(io::Error::other(format!(
+            "relay refused: {condition}: {text}"
+        ))),
+        Err(e) => Err(io::Error::other(e)),
     }
-    Ok(())
 }
 
 /// The generator's own sink: accepts connections, reads the 8-byte id each

@@ -189,8 +189,9 @@ pub async fn pair(
     }
 }
 
-/// Reads one reply without reading past `OK\0`.
-async fn read_reply(stream: &mut TcpStream) -> Result<Reply, ClientError> {
+/// Reads the relay's reply to a command, without reading past `OK\0` (what
+/// follows is the peer's). An `ERROR` is returned as a reply, not an error.
+pub async fn read_reply(stream: &mut TcpStream) -> Result<Reply, ClientError> {
     let mut head = [0u8; 3];
     if let Err(e) = stream.read_exact(&mut head).await {
         return Err(match e.kind() {
