@@ -11,7 +11,7 @@
 //! `session` (the paired session and its pump). Beside them: `plane` (the
 //! Bridge service, where another node's claim arrives), `admin` (the HTTP
 //! endpoints), and below everything `node`, `limits`, `reply`, `outcome`,
-//! `metrics` and `config`.
+//! `trust` (secrets and their files), `metrics` and `config`.
 
 pub mod config;
 pub mod metrics;
@@ -27,6 +27,8 @@ mod plane;
 mod reply;
 mod server;
 mod session;
+mod trust;
 
 pub use config::{Config, LogFormat};
 pub use server::{Relay, RunError};
+pub use trust::TrustError;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use dtcp_forward::proto::Open;
 use dtcp_forward::{
-    BridgeService, CONNECTION_WINDOW, Claimer, H2_MAX_FRAME, Halves, KEEPALIVE_INTERVAL,
-    KEEPALIVE_TIMEOUT, STREAM_WINDOW, Secret, TCP_KEEPALIVE,
+    AuthFailure, BridgeService, CONNECTION_WINDOW, Claimer, H2_MAX_FRAME, Halves,
+    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, STREAM_WINDOW, TCP_KEEPALIVE,
 };
 use dtcp_wire::RegistrationId;
 use metrics::{counter, gauge};
@@ -20,7 +20,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
-use crate::metrics::{BRIDGE_ERRORS, NODES_ALIVE};
+use crate::metrics::{AUTH_FAILURES, BRIDGE_ERRORS, NODES_ALIVE};
 use crate::node::Node;
 use crate::pending::{Claim, RemoteClaim};
 
@@ -61,6 +61,10 @@ impl Claimer for Plane {
         }
         Ok(())
     }
+
+    fn refused(&self, failure: AuthFailure) {
+        counter!(AUTH_FAILURES, "reason" => failure.as_str()).increment(1);
+    }
 }
 
 /// Serves the Bridge service and gRPC health on `listener` until `shutdown`
@@ -70,7 +74,6 @@ pub(crate) async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
-    secret: Secret,
     health: HealthServer<impl Health>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -91,7 +94,8 @@ pub(crate) async fn serve(
             }
         };
     }
-    let bridge = BridgeService::new(Plane { node }, secret);
+    let (auth, addr) = (node.trust.plane.clone(), node.info.forward_addr.clone());
+    let bridge = BridgeService::new(Plane { node }, auth, &addr);
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(TCP_KEEPALIVE));

@@ -373,7 +373,10 @@ impl Rendezvous for RedisStore {
         keep_for: Duration,
     ) -> Result<bool, StoreError> {
         let key = self.reg_key(id);
-        let (value, used) = (Self::owner_value(owner), Self::owner_value(&NodeInfo::used()));
+        let (value, used) = (
+            Self::owner_value(owner),
+            Self::owner_value(&NodeInfo::used()),
+        );
         let ttl_ms = ms(keep_for).to_string();
         let cas = &self.cas.1;
         let replaced: i64 = self
