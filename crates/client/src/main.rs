@@ -1,5 +1,7 @@
 //! `dtcp`: send or receive one file through a DTCP relay.
 
+mod keygen;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +53,8 @@ enum Cmd {
         #[arg(long, default_value_t = 300, value_name = "SECS")]
         wait: u64,
     },
+    /// Print a signed key for two JIDs (for a relay started with `--key-secret-file`).
+    Keygen(keygen::Keygen),
     /// Ask a relay's metrics listener whether it takes new sessions
     /// (`GET /readyz`): exit 0 if so. For container health checks, where the
     /// image has no shell and no HTTP client.
@@ -101,6 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             wait,
         } => recv(session, tls_fingerprint, output, Duration::from_secs(wait)).await,
         Cmd::Health { addr } => health(&addr).await,
+        Cmd::Keygen(args) => keygen::run(args),
     }
 }
 
