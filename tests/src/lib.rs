@@ -5,6 +5,9 @@
 //! Binaries are taken from the same target directory as the test itself, so
 //! `cargo build --release --bins` must have run first (`scripts/test` does).
 
+pub mod trust;
+pub use trust::*;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
