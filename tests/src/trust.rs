@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use dtcp_client::dtcp_wire::{RegistrationId, Secrets, Triple, sign};
+use dtcp_client::dtcp_wire::{Secrets, Triple, sign};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The key secret the tests' relays are started with.
@@ -40,16 +40,11 @@ pub fn reg_key(t: &Triple) -> String {
     format!("dtcp:reg:{}", t.registration_id())
 }
 
-/// A record value naming `node_id` at `addr` as the owner of `id`, sealed
-/// as a node holding `secret` would seal it.
-pub fn sealed_record(secret: &str, id: &RegistrationId, node_id: &str, addr: &str) -> String {
+/// A record value naming `node_id` at `addr` as an owner, sealed as a node
+/// holding `secret` would seal it.
+pub fn sealed_record(secret: &str, node_id: &str, addr: &str) -> String {
     let secrets = Secrets::new([secret]);
-    let parts: [&[u8]; 4] = [
-        b"dtcp-record-v1",
-        id.as_bytes(),
-        node_id.as_bytes(),
-        addr.as_bytes(),
-    ];
+    let parts: [&[u8]; 3] = [b"dtcp-record-v1", node_id.as_bytes(), addr.as_bytes()];
     let mac = secrets.mac(&parts).unwrap();
     format!("{node_id} {addr} {}", URL_SAFE_NO_PAD.encode(mac))
 }

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use dtcp_client::dtcp_wire::{Condition, Verb};
 use dtcp_client::{Initiator, Target};
 use dtcp_tests::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_transfer_finish_and_refuses_new_commands() {
-    let mut relay = Relay::start(&["--drain-timeout", "30"]);
+    let mut relay = NodeOptions::new().drain_timeout(30.0).start();
     let t = triple("draining");
     let (mut i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     let pending = raw(relay.addr, &command(Verb::Create, &triple("never-claimed"))).await;
@@ -60,7 +60,7 @@ async fn sigterm_lets_a_transfer_finish_and_refuses_new_commands() {
 
 #[tokio::test]
 async fn the_drain_timeout_bounds_the_wait_for_sessions() {
-    let mut relay = Relay::start(&["--drain-timeout", "1"]);
+    let mut relay = NodeOptions::new().drain_timeout(1.0).start();
     let t = triple("stuck");
     let (_i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     let started = Instant::now();
@@ -74,15 +74,19 @@ async fn the_drain_timeout_bounds_the_wait_for_sessions() {
         waited >= Duration::from_millis(900),
         "left before the drain timeout: {waited:?}"
     );
-    assert!(
-        read_all(&mut tg).await.is_empty(),
-        "the idle session was closed"
-    );
+    // Cut by the drain timeout: reset, never a FIN that would pass for the
+    // Initiator's end of stream (PROTOCOL.md section 2).
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), tg.read(&mut byte))
+        .await
+        .expect("the cut session was not closed");
+    let err = read.expect_err("the cut session ended with a FIN, not a reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }
 
 #[tokio::test]
 async fn an_idle_node_exits_at_once_on_sigint() {
-    let mut relay = Relay::start(&["--drain-timeout", "30"]);
+    let mut relay = NodeOptions::new().drain_timeout(30.0).start();
     let started = Instant::now();
     relay.signal(libc::SIGINT);
     let status = relay.wait_exit(Duration::from_secs(10)).expect("exits");

@@ -1,5 +1,7 @@
 //! `dtcp`: send or receive one file through a DTCP relay.
 
+#![forbid(unsafe_code)]
+
 mod keygen;
 
 use std::io::IsTerminal;

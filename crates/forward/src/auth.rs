@@ -17,7 +17,12 @@
 //! registration, within seconds, and only once.
 //!
 //! The same secrets seal the store's registration records ([`PlaneAuth::seal`]):
-//! a node dials only an owner whose record the cluster wrote.
+//! a node dials only an owner whose record the cluster wrote. The seal binds
+//! the owner's node id to its address, not to the registration: a record
+//! copied to another registration can only send a claim to the real node,
+//! which refuses what it does not hold (and the call's authenticator names
+//! the registration); and one seal per node lets a node write all its
+//! records again in one batch when the store lost them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use dtcp_wire::{Keyring, RegistrationId};
+use dtcp_wire::Keyring;
 use http::{HeaderMap, HeaderValue};
 use tonic::Status;
 
@@ -241,29 +246,23 @@ impl PlaneAuth {
         self.check(headers, addr, unix_ms())
     }
 
-    /// The seal of a registration record naming `node_id` at `addr` as the
-    /// owner of `id`; `None` on an insecure plane.
-    pub fn seal(&self, id: &RegistrationId, node_id: &str, addr: &str) -> Option<String> {
+    /// The seal of a record naming `node_id` at `addr` as an owner; `None`
+    /// on an insecure plane.
+    pub fn seal(&self, node_id: &str, addr: &str) -> Option<String> {
         let keys = self.keys.as_ref()?.current();
-        let mac = keys.mac(&[SEAL_TAG, id.as_bytes(), node_id.as_bytes(), addr.as_bytes()])?;
+        let mac = keys.mac(&[SEAL_TAG, node_id.as_bytes(), addr.as_bytes()])?;
         Some(URL_SAFE_NO_PAD.encode(mac))
     }
 
     /// Whether a record's seal is the cluster's (always, on an insecure plane).
-    pub fn verify_seal(
-        &self,
-        id: &RegistrationId,
-        node_id: &str,
-        addr: &str,
-        seal: Option<&str>,
-    ) -> bool {
+    pub fn verify_seal(&self, node_id: &str, addr: &str, seal: Option<&str>) -> bool {
         let Some(keys) = &self.keys else {
             return true;
         };
         let Some(mac) = seal.and_then(|s| URL_SAFE_NO_PAD.decode(s).ok()) else {
             return false;
         };
-        let parts = [SEAL_TAG, id.as_bytes(), node_id.as_bytes(), addr.as_bytes()];
+        let parts = [SEAL_TAG, node_id.as_bytes(), addr.as_bytes()];
         keys.current().verify(&parts, &mac)
     }
 }
@@ -352,18 +351,12 @@ mod tests {
     #[test]
     fn records_are_sealed_to_their_owner_and_address() {
         let a = auth("s1");
-        let id = RegistrationId::of("k", "a@b", "c@d");
-        let seal = a.seal(&id, "A", ADDR).unwrap();
-        assert!(a.verify_seal(&id, "A", ADDR, Some(&seal)));
-        assert!(!a.verify_seal(&id, "A", "10.9.9.9:1", Some(&seal)));
-        assert!(!a.verify_seal(&id, "B", ADDR, Some(&seal)));
-        assert!(!a.verify_seal(
-            &RegistrationId::of("k2", "a@b", "c@d"),
-            "A",
-            ADDR,
-            Some(&seal)
-        ));
-        assert!(!a.verify_seal(&id, "A", ADDR, None));
-        assert!(PlaneAuth::new(None).verify_seal(&id, "A", ADDR, None));
+        let seal = a.seal("A", ADDR).unwrap();
+        assert!(a.verify_seal("A", ADDR, Some(&seal)));
+        assert!(!a.verify_seal("A", "10.9.9.9:1", Some(&seal)));
+        assert!(!a.verify_seal("B", ADDR, Some(&seal)));
+        assert!(!auth("s2").verify_seal("A", ADDR, Some(&seal)));
+        assert!(!a.verify_seal("A", ADDR, None));
+        assert!(PlaneAuth::new(None).verify_seal("A", ADDR, None));
     }
 }

@@ -9,8 +9,9 @@
 //! the drain), `accept` (a slot, a task, a span), `conn` (the handshake, then
 //! registering or claiming), `pending` (the table where claims happen),
 //! `session` (the paired session and its pump). Beside them: `plane` (the
-//! Bridge service, where another node's claim arrives), `admin` (the HTTP
-//! endpoints), and below everything `node`, `limits`, `reply`, `outcome`,
+//! Bridge service, where another node's claim arrives), `membership` (the
+//! heartbeat, and writing pending registrations again when the store lost
+//! them), `admin` (the HTTP endpoints), and below everything `node`, `limits`, `reply`, `outcome`,
 //! `trust` (secrets and their files), `metrics` and `config`.
 
 pub mod config;
@@ -20,6 +21,7 @@ mod accept;
 mod admin;
 mod conn;
 mod limits;
+mod membership;
 mod node;
 mod outcome;
 mod pending;

@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use dashmap::DashMap;
@@ -62,6 +63,9 @@ struct Entry {
     /// CREATE task never removes an entry it does not own.
     token: u64,
     tx: oneshot::Sender<Claim>,
+    /// When its store record expires, once it has one
+    /// ([`PendingTable::recorded`]): what a rewrite of the store gives it.
+    record_expires: Option<Instant>,
 }
 
 /// CREATEs waiting on this node, by registration id.
@@ -118,11 +122,38 @@ impl PendingTable {
             MapEntry::Vacant(slot) => {
                 let (tx, rx) = oneshot::channel();
                 let token = self.tokens.fetch_add(1, Ordering::Relaxed);
-                slot.insert(Entry { token, tx });
+                slot.insert(Entry {
+                    token,
+                    tx,
+                    record_expires: None,
+                });
                 self.gauge.increment(1.0);
                 Ok(Ticket { token, rx })
             }
         }
+    }
+
+    /// Notes that the entry `token` of `id` has a store record until
+    /// `expires`, so that it is written again if the store loses it.
+    pub(crate) fn recorded(&self, id: &RegistrationId, token: u64, expires: Instant) {
+        if let Some(mut entry) = self.entries.get_mut(id)
+            && entry.token == token
+        {
+            entry.record_expires = Some(expires);
+        }
+    }
+
+    /// The registrations with a store record, each with the time its record
+    /// has left: what to write again when the store has lost them.
+    pub(crate) fn records(&self) -> Vec<(RegistrationId, Duration)> {
+        let now = Instant::now();
+        self.entries
+            .iter()
+            .filter_map(|e| {
+                let left = e.record_expires?.checked_duration_since(now)?;
+                (!left.is_zero()).then_some((*e.key(), left))
+            })
+            .collect()
     }
 
     /// Wakes CONNECTs on this node expecting `id`.
@@ -270,6 +301,24 @@ mod tests {
         assert!(ta.rx.try_recv().is_err() && tb.rx.try_recv().is_err());
         assert!(!t.withdraw(&a, ta.token), "nothing left to withdraw");
         assert_eq!(t.insert(a).unwrap_err(), InsertError::Closed);
+    }
+
+    #[test]
+    fn records_are_the_entries_with_a_store_record_and_their_time_left() {
+        let t = PendingTable::new();
+        let a = RegistrationId::of("k", "a@b", "c@d");
+        let b = RegistrationId::of("k2", "a@b", "c@d");
+        let ta = t.insert(a).unwrap();
+        let _tb = t.insert(b).unwrap();
+        assert!(t.records().is_empty(), "no record written yet");
+        let expires = Instant::now() + Duration::from_secs(60);
+        t.recorded(&a, ta.token + 1, expires);
+        assert!(t.records().is_empty(), "another entry's token");
+        t.recorded(&a, ta.token, expires);
+        let records = t.records();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].0, a);
+        assert!(records[0].1 <= Duration::from_secs(60) && records[0].1 > Duration::from_secs(59));
     }
 
     #[test]

@@ -1,8 +1,7 @@
 //! The node's side of the forwarding plane: the `Bridge` service (where a
-//! claim from another node happens), gRPC health, and the heartbeat.
+//! claim from another node happens) and gRPC health.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use dtcp_forward::proto::Open;
 use dtcp_forward::{
@@ -10,7 +9,7 @@ use dtcp_forward::{
     KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, STREAM_WINDOW, TCP_KEEPALIVE,
 };
 use dtcp_wire::RegistrationId;
-use metrics::{counter, gauge};
+use metrics::counter;
 use tokio::net::TcpListener;
 use tonic::Status;
 use tonic::transport::server::TcpIncoming;
@@ -18,9 +17,9 @@ use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::metrics::{AUTH_FAILURES, BRIDGE_ERRORS, NODES_ALIVE};
+use crate::metrics::{AUTH_FAILURES, BRIDGE_ERRORS};
 use crate::node::Node;
 use crate::pending::{Claim, RemoteClaim};
 
@@ -28,10 +27,6 @@ use crate::pending::{Claim, RemoteClaim};
 pub(crate) const LIVENESS: &str = "dtcp.liveness";
 /// gRPC health service name that says the node takes new work (readiness probe).
 pub(crate) const READINESS: &str = "dtcp.readiness";
-/// How often a node renews its heartbeat in the store.
-pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-/// How long a heartbeat lasts: three missed renewals and the node counts as gone.
-pub(crate) const HEARTBEAT_TTL: Duration = Duration::from_secs(6);
 
 /// The owner's side of a Bridge: where a claim from another node happens.
 struct Plane {
@@ -122,34 +117,4 @@ pub(crate) async fn set_health(reporter: &HealthReporter, ready: bool) {
         .await;
     reporter.set_service_status(READINESS, status).await;
     reporter.set_service_status("", status).await;
-}
-
-/// Renews this node's heartbeat and reads how many nodes are alive, for ever.
-pub(crate) async fn heartbeat(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut healthy = true;
-    loop {
-        tick.tick().await;
-        let result = async {
-            node.store.heartbeat(&node.info, HEARTBEAT_TTL).await?;
-            node.store.nodes_alive().await
-        }
-        .await;
-        match result {
-            Ok(alive) => {
-                gauge!(NODES_ALIVE).set(alive as f64);
-                if !healthy {
-                    info!("rendezvous store reachable again");
-                }
-                healthy = true;
-            }
-            Err(e) => {
-                if healthy {
-                    warn!(error = %e, "heartbeat failed: rendezvous store unreachable");
-                }
-                healthy = false;
-            }
-        }
-    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use dtcp_forward::{Dialer, PlaneTls};
-use dtcp_store::{MemoryStore, NodeInfo, RedisConfig, RedisStore, StoreError};
+use dtcp_store::{MemoryStore, NodeInfo, RedisStore, StoreError};
 use metrics::gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -22,7 +22,8 @@ use crate::accept::accept_loop;
 use crate::admin;
 use crate::config::Config;
 use crate::limits::{effective_max_connections, raise_nofile_limit};
-use crate::metrics::{CONNECTIONS_MAX, DRAINING};
+use crate::membership;
+use crate::metrics::{CONNECTIONS_MAX, DRAINING, NODES_ALIVE};
 use crate::node::Node;
 use crate::plane;
 use crate::trust::{self, Trust, TrustError};
@@ -120,19 +121,7 @@ impl Relay {
                     .to_string(),
             };
             let tls = load_tls(&config)?;
-            let urls = match &config.redis_password_file {
-                Some(path) => {
-                    let password = trust::redis_password(path)?;
-                    let with = |u: &String| trust::with_password(u, &password);
-                    config.redis_urls.iter().map(with).collect()
-                }
-                None => config.redis_urls.clone(),
-            };
-            let store = RedisStore::new(&RedisConfig {
-                urls,
-                cluster: config.redis_cluster,
-                prefix: config.redis_prefix.clone(),
-            })?;
+            let store = RedisStore::new(&config.redis_config().map_err(RunError::Config)?)?;
             let (client_tls, server_tls) = match tls {
                 Some(PlaneTls { client, server }) => (Some(client), Some(server)),
                 None => (None, None),
@@ -212,10 +201,14 @@ impl Relay {
             metrics,
             watched,
         } = self;
-        // A lone node has nobody to tell it is alive.
+        // A lone node has nobody to tell it is alive; it counts itself, so
+        // that "nodes scraped minus nodes alive" stays 0 for it too.
         let heartbeat = node
             .cluster
-            .then(|| tokio::spawn(plane::heartbeat(node.clone())));
+            .then(|| tokio::spawn(membership::run(node.clone())));
+        if !node.cluster {
+            gauge!(NODES_ALIVE).set(1.0);
+        }
         let mut tasks = vec![
             tokio::spawn(admin::serve(metrics_listener, metrics, node.clone())),
             tokio::spawn(accept_loop(node.clone(), listener)),

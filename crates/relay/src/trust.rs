@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dtcp_forward::PlaneAuth;
 use dtcp_store::NodeInfo;
-use dtcp_wire::{KeyError, Keyring, RegistrationId, Secrets, Triple};
+use dtcp_wire::{KeyError, Keyring, Secrets, Triple};
 use metrics::counter;
 use tracing::{info, warn};
 
@@ -213,21 +213,22 @@ impl Trust {
         })
     }
 
-    /// `info` as the owner of `id` in the store: sealed on a secure plane.
-    pub(crate) fn sealed(&self, id: &RegistrationId, info: &NodeInfo) -> Option<NodeInfo> {
-        let seal = self.plane.seal(id, &info.id, &info.forward_addr)?;
+    /// `info` as records in the store name it: sealed on a secure plane,
+    /// with the signing secret in force now.
+    pub(crate) fn sealed(&self, info: &NodeInfo) -> Option<NodeInfo> {
+        let seal = self.plane.seal(&info.id, &info.forward_addr)?;
         Some(NodeInfo {
             seal: Some(seal),
             ..info.clone()
         })
     }
 
-    /// Whether a record naming `owner` for `id` was written by the cluster;
-    /// a record that was not is counted.
-    pub(crate) fn verify_record(&self, id: &RegistrationId, owner: &NodeInfo) -> bool {
+    /// Whether a record naming `owner` was written by the cluster; a record
+    /// that was not is counted.
+    pub(crate) fn verify_record(&self, owner: &NodeInfo) -> bool {
         let ok = self
             .plane
-            .verify_seal(id, &owner.id, &owner.forward_addr, owner.seal.as_deref());
+            .verify_seal(&owner.id, &owner.forward_addr, owner.seal.as_deref());
         if !ok {
             counter!(AUTH_FAILURES, "reason" => "bad_record").increment(1);
         }
@@ -260,57 +261,9 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or_default()
 }
 
-/// Reads the Redis password file (its first line).
-pub(crate) fn redis_password(path: &Path) -> Result<String, TrustError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrustError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let line = text.lines().next().unwrap_or_default().trim();
-    if line.is_empty() {
-        return Err(TrustError::Empty(path.to_owned()));
-    }
-    Ok(line.to_owned())
-}
-
-/// `url` with `password` in it, unless it names one already.
-pub(crate) fn with_password(url: &str, password: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    if authority.contains('@') {
-        return url.to_owned();
-    }
-    // Percent-encode all but the URL's unreserved characters.
-    let encoded: String = password
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    format!("{scheme}://:{encoded}@{rest}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_password_goes_into_urls_that_have_none() {
-        assert_eq!(
-            with_password("redis://10.0.0.1:6379/0", "p@ss w"),
-            "redis://:p%40ss%20w@10.0.0.1:6379/0"
-        );
-        assert_eq!(
-            with_password("rediss://u:x@h:1", "p"),
-            "rediss://u:x@h:1",
-            "a URL's own password wins"
-        );
-    }
 
     #[test]
     fn a_changed_file_is_reloaded_and_a_broken_one_keeps_the_old_secrets() {

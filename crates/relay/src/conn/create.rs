@@ -79,7 +79,7 @@ pub(crate) async fn register(
         node: node.clone(),
         id,
         // On a secure plane the record carries the cluster's seal.
-        sealed: node.trust.sealed(&id, &node.info).map(Box::new),
+        sealed: node.trust.sealed(&node.info).map(Box::new),
         armed: false,
         paired: false,
         key_expiry: key_expiry.unwrap_or(0),
@@ -111,6 +111,10 @@ pub(crate) async fn register(
         }
         // A local CONNECT claimed it meanwhile: pair anyway.
     } else {
+        // The TTL is counted from the write, a moment before `since`: a
+        // rewrite then errs on the short side.
+        let expires = Instant::now() + node.config.pending_ttl;
+        node.pending.recorded(&id, ticket.token, expires);
         node.pending.notify(&id);
     }
     debug!(registration = %id, "pending");

@@ -94,9 +94,17 @@ fn describe() {
         Unit::Seconds,
         "Rendezvous store latency, by op."
     );
+    describe_counter!(
+        STORE_REWRITES,
+        "Times this node wrote its pending registrations to the store again, after the store had lost them (a restart, a failover)."
+    );
+    describe_counter!(
+        STORE_REWRITTEN,
+        "Pending registrations written to the store again."
+    );
     describe_gauge!(
         NODES_ALIVE,
-        "Nodes with a live heartbeat in the store, as this node last saw it."
+        "Nodes with a live heartbeat in the store, as this node last saw it (1 on a lone node: itself)."
     );
     describe_gauge!(
         BRIDGE_STREAMS,
@@ -128,6 +136,8 @@ fn init_series() {
         gauge!(gauge).set(0.0);
     }
     counter!(CONNECTIONS_ACCEPTED).absolute(0);
+    counter!(STORE_REWRITES).absolute(0);
+    counter!(STORE_REWRITTEN).absolute(0);
     for reason in ["max_connections", "descriptors"] {
         counter!(CONNECTIONS_REFUSED, "reason" => reason).absolute(0);
     }

@@ -37,6 +37,11 @@ pub const STORE_OPERATIONS: &str = "dtcp_store_operations_total";
 pub const STORE_ERRORS: &str = "dtcp_store_errors_total";
 /// Rendezvous store latency, by `op`.
 pub const STORE_LATENCY: &str = "dtcp_store_latency_seconds";
+/// Times this node wrote its pending registrations to the store again,
+/// after the store had lost them.
+pub const STORE_REWRITES: &str = "dtcp_store_rewrites_total";
+/// Pending registrations written to the store again.
+pub const STORE_REWRITTEN: &str = "dtcp_store_rewritten_registrations_total";
 /// Nodes with a live heartbeat in the store, as this node last saw it.
 pub const NODES_ALIVE: &str = "dtcp_nodes_alive";
 /// Bridge streams open now, by `role` (`client`: this node holds the
