@@ -14,9 +14,11 @@ pub mod metrics;
 pub mod pattern;
 pub mod redis;
 pub mod relay;
+pub mod trust;
 
 pub use client::*;
 pub use metrics::*;
 pub use pattern::*;
 pub use redis::*;
 pub use relay::*;
+pub use trust::*;

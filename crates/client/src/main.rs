@@ -2,6 +2,8 @@
 
 #![forbid(unsafe_code)]
 
+mod keygen;
+
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -78,6 +80,8 @@ enum Cmd {
         #[arg(long, default_value_t = 300, value_name = "SECS")]
         wait: u64,
     },
+    /// Print a signed key for two JIDs (for a relay started with `--key-secret-file`).
+    Keygen(keygen::Keygen),
     /// Ask a relay's metrics listener whether it takes new sessions
     /// (`GET /readyz`): exit 0 if so. For container health checks, where the
     /// image has no shell and no HTTP client.
@@ -145,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             recv(session, list, timeouts, tls_fingerprint, output, wait).await
         }
         Cmd::Health { addr } => health(&addr).await,
+        Cmd::Keygen(args) => keygen::run(args),
     }
 }
 
