@@ -17,6 +17,27 @@
 //! [`STANDBY_RETRY`] to take over when that node goes. Its [`LinkState`] is a
 //! `watch` channel, for the relay's metric.
 //!
+//! # Servers
+//!
+//! Prosody (0.12) accepts one connection per component: with its default
+//! `component_conflict_resolve = "kick_new"` a second node connecting as the
+//! same component is refused with a `conflict` stream error, and that node
+//! becomes a [`LinkState::Standby`] that takes over within about a second of
+//! the connected node going (measured in `tests/tests/xmpp.rs`). Do not set
+//! `kick_old`: the nodes would take the component from each other in turn.
+//!
+//! ```lua
+//! component_ports = { 5347 }
+//! component_interfaces = { "10.0.0.5" }
+//! Component "proxy.example.org"
+//!     component_secret = "the --xmpp-secret"
+//! -- and on the VirtualHost, so that clients find the proxy:
+//! disco_items = { { "proxy.example.org", "SOCKS5 Bytestreams Service" } }
+//! ```
+//!
+//! ejabberd's `ejabberd_service` listener is configured with the same
+//! component name and secret (`hosts: proxy.example.org: password: ...`).
+//!
 //! ```no_run
 //! # async fn relay() -> Result<(), dtcp_xmpp::ConfigError> {
 //! use dtcp_xmpp::{Component, Secret, XmppConfig};
