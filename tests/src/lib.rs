@@ -15,6 +15,7 @@ use std::time::Duration;
 use dtcp_client::dtcp_wire::{Command as WireCommand, Triple, Verb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+pub mod xmpp;
 
 /// How long a relay may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
