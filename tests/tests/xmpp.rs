@@ -72,9 +72,11 @@ impl Link {
 
     /// Waits until the link is in `want`; panics after `limit`.
     async fn wait_for(&mut self, want: LinkState, limit: Duration) {
-        let got = tokio::time::timeout(limit, self.state.wait_for(|s| *s == want)).await;
+        let reached = tokio::time::timeout(limit, self.state.wait_for(|s| *s == want))
+            .await
+            .is_ok_and(|r| r.is_ok());
         assert!(
-            got.is_ok(),
+            reached,
             "the link is {:?}, not {want:?}, after {limit:?}",
             self.now()
         );

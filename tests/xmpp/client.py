@@ -33,7 +33,7 @@ async def run(args):
     xmpp.enable_direct_tls = False
     xmpp.enable_plaintext = True
     # The test server has no certificate: SCRAM over loopback plaintext.
-    xmpp["feature_mechanisms"].unencrypted_scram = True
+    xmpp.plugin["feature_mechanisms"].unencrypted_scram = True
     xmpp.register_plugin("xep_0030")
     xmpp.register_plugin("xep_0065")
     started = asyncio.Event()
@@ -45,7 +45,7 @@ async def run(args):
     try:
         if args["op"] == "query":
             try:
-                info = await xmpp["xep_0030"].get_info(jid=proxy, timeout=timeout)
+                info = await xmpp.plugin["xep_0030"].get_info(jid=proxy, timeout=timeout)
                 say({
                     "type": "result",
                     "identities": [[i[0], i[1]] for i in info["disco_info"]["identities"]],
@@ -54,7 +54,7 @@ async def run(args):
             except (IqError, IqTimeout) as exc:
                 say(outcome(exc))
             try:
-                iq = await xmpp["xep_0065"].get_network_address(proxy, timeout=timeout)
+                iq = await xmpp.plugin["xep_0065"].get_network_address(proxy, timeout=timeout)
                 sh = iq["socks"]["streamhost"]
                 say({"type": "result", "streamhost": {
                     "jid": str(sh["jid"]), "host": sh["host"], "port": int(sh["port"]),
@@ -62,7 +62,7 @@ async def run(args):
             except (IqError, IqTimeout) as exc:
                 say(outcome(exc))
         elif args["op"] == "activate":
-            plugin = xmpp["xep_0065"]
+            plugin = xmpp.plugin["xep_0065"]
             # slixmpp's JID class normalises as servers do; the Target side
             # of slixmpp hashes the JID objects it got from the server.
             target = slixmpp.JID(args["target"])
