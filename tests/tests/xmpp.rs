@@ -197,7 +197,7 @@ async fn activate(
         json!({"op": "activate", "component": component, "sid": sid, "target": target}),
     );
     let computed = c.next().await;
-    let outcome = match answer {
+    match answer {
         Some(answer) => {
             let a = link.next_activation().await;
             assert_eq!(
@@ -220,8 +220,7 @@ async fn activate(
             c.finish().await;
             line
         }
-    };
-    outcome
+    }
 }
 
 #[tokio::test]

@@ -4,8 +4,9 @@
 //!
 //! The component answers disco#info (identity `proxy`/`bytestreams`), the
 //! streamhost query (`<streamhost jid host port/>` from `--socks5-advertise`)
-//! and `<activate>`. It computes the bytestream's hash, SHA1(sid + requester
-//! + target) over JIDs normalised as the servers do, and hands an
+//! and `<activate>`. It computes the bytestream's hash,
+//! `SHA1(sid + requester + target)` over JIDs normalised as the servers do,
+//! and hands an
 //! [`Activation`] to the relay, which pairs the two SOCKS5 connections that
 //! presented that hash and answers; the requester gets `result` or the
 //! XEP-0065 stanza error.

@@ -137,6 +137,8 @@ impl Service {
     }
 
     /// The checks of an activation request: who asks, the sid, the Target.
+    // The error is the stanza error itself, built once per refused request.
+    #[allow(clippy::result_large_err)]
     fn activation(
         &self,
         from: Option<&Jid>,
