@@ -7,7 +7,9 @@
 //!
 //! By concern: [`relay`] (nodes as processes, [`NodeOptions`]), [`redis`]
 //! (Redis servers and clusters), [`client`] (commands, replies, pairs),
-//! [`pattern`] (checked byte streams), [`metrics`] (scraping a node).
+//! [`pattern`] (checked byte streams), [`metrics`] (scraping a node),
+//! [`trust`] (signed keys and sealed records), [`xmpp`] (Prosody and XMPP
+//! clients).
 
 pub mod client;
 pub mod metrics;
@@ -15,6 +17,7 @@ pub mod pattern;
 pub mod redis;
 pub mod relay;
 pub mod trust;
+pub mod xmpp;
 
 pub use client::*;
 pub use metrics::*;

@@ -1,4 +1,5 @@
-//! The DTCP relay handshake codec (PROTOCOL.md, section 1).
+//! The DTCP relay handshake codec (PROTOCOL.md, section 1), and the SOCKS5
+//! codec of XEP-0065 mode in [`socks5`] (section 6).
 //!
 //! Pure: bytes in, values out, no sockets. A relay feeds the bytes it has read
 //! so far to a [`CommandDecoder`], which answers "need more" (`Ok(None)`), a
@@ -30,6 +31,7 @@ mod jid;
 mod limits;
 mod reply;
 mod signed;
+pub mod socks5;
 
 pub use command::{Command, CommandDecoder, Triple, Verb};
 pub use condition::{Condition, UnknownCondition};
