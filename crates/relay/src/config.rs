@@ -1,12 +1,14 @@
 //! The relay's configuration: command-line flags, each also settable by an
 //! environment variable (`DTCP_LISTEN` for `--listen`, and so on).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use dtcp_wire::Limits;
+use ipnet::IpNet;
 
 /// Configuration of one relay node.
 #[derive(Debug, Clone, Parser)]
@@ -53,6 +55,35 @@ pub struct Config {
         value_name = "N"
     )]
     pub max_pending_per_ip: usize,
+
+    /// Expect a PROXY protocol header (version 1 or 2) from the load
+    /// balancers of `--proxy-protocol-from`: its source address is then the
+    /// client's for every limit and log line.
+    #[arg(long, env = "DTCP_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
+    /// A network whose connections must begin with a PROXY protocol header
+    /// (repeatable; the environment variable takes a comma-separated list).
+    /// Required with `--proxy-protocol`. A header from any other source is
+    /// refused `forbidden`.
+    #[arg(
+        long = "proxy-protocol-from",
+        env = "DTCP_PROXY_PROTOCOL_FROM",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub proxy_protocol_from: Vec<IpNet>,
+
+    /// New connections per second from one client address (`N/s`); beyond it
+    /// (and its burst) a connection gets `resource-constraint` at once.
+    /// Unset: no limit.
+    #[arg(long, env = "DTCP_MAX_CONNECTION_RATE_PER_IP", value_parser = parse_rate, value_name = "N/s")]
+    pub max_connection_rate_per_ip: Option<NonZeroU32>,
+
+    /// Connections one client address may open at once above its rate.
+    /// Default: one second's worth of the rate.
+    #[arg(long, env = "DTCP_CONNECTION_BURST_PER_IP", value_name = "N")]
+    pub connection_burst_per_ip: Option<NonZeroU32>,
 
     /// Close a paired session after this many seconds with no bytes either way (0: never).
     #[arg(long, env = "DTCP_IDLE_TIMEOUT", default_value = "0", value_parser = parse_secs, value_name = "SECS")]
@@ -236,7 +267,28 @@ impl Config {
                 self.forward_listen
             ));
         }
+        if self.proxy_protocol && self.proxy_protocol_from.is_empty() {
+            return Err(
+                "--proxy-protocol needs --proxy-protocol-from: the load balancers' networks".into(),
+            );
+        }
+        if !self.proxy_protocol && !self.proxy_protocol_from.is_empty() {
+            return Err("--proxy-protocol-from is set but --proxy-protocol is off".into());
+        }
+        if self.connection_burst_per_ip.is_some() && self.max_connection_rate_per_ip.is_none() {
+            return Err("--connection-burst-per-ip needs --max-connection-rate-per-ip".into());
+        }
         Ok(())
+    }
+
+    /// Whether a connection from `peer` must begin with a PROXY protocol header.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_protocol
+            && self
+                .proxy_protocol_from
+                .iter()
+                .any(|net| net.contains(&peer))
     }
 
     /// Whether the domain policy lets a session between these JIDs through.
@@ -254,6 +306,14 @@ impl Config {
     pub fn idle_timeout(&self) -> Option<Duration> {
         (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
     }
+}
+
+/// A rate per second, written `N/s` (or just `N`).
+fn parse_rate(s: &str) -> Result<NonZeroU32, String> {
+    let n = s.strip_suffix("/s").unwrap_or(s);
+    n.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate: a whole number above 0 per second, like 20/s"))
 }
 
 /// Seconds, whole or fractional (`0.5`), as a duration.
@@ -355,6 +415,59 @@ mod tests {
         assert!(c.allows("romeo@montague.lit/x", "juliet@Capulet.lit"));
         assert!(c.allows("verona.lit", "x@y"));
         assert!(!c.allows("romeo@montague.lit", "tybalt@sub.capulet.lit"));
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_networks() {
+        let parse =
+            |args: &[&str]| Config::try_parse_from([&["dtcp-relay"], args].concat()).unwrap();
+        let off = parse(&[]);
+        assert!(!off.proxy_protocol);
+        assert!(!off.trusts("127.0.0.1".parse().unwrap()));
+        let alone = parse(&["--proxy-protocol"]);
+        assert!(
+            alone
+                .validate()
+                .unwrap_err()
+                .contains("--proxy-protocol-from")
+        );
+        let from_only = parse(&["--proxy-protocol-from", "10.0.0.0/8"]);
+        assert!(from_only.validate().is_err());
+        let on = parse(&[
+            "--proxy-protocol",
+            "--proxy-protocol-from",
+            "10.0.0.0/8,192.0.2.1/32",
+            "--proxy-protocol-from",
+            "2001:db8::/32",
+        ]);
+        assert!(on.validate().is_ok());
+        assert!(on.trusts("10.1.2.3".parse().unwrap()));
+        assert!(on.trusts("::ffff:10.1.2.3".parse().unwrap()), "v4-mapped");
+        assert!(on.trusts("2001:db8::5".parse().unwrap()));
+        assert!(!on.trusts("192.0.2.2".parse().unwrap()));
+        assert!(
+            Config::try_parse_from(["dtcp-relay", "--proxy-protocol-from", "10.0.0.0/33"]).is_err()
+        );
+    }
+
+    #[test]
+    fn connection_rate_is_per_second() {
+        let c =
+            Config::try_parse_from(["dtcp-relay", "--max-connection-rate-per-ip", "20/s"]).unwrap();
+        assert_eq!(c.max_connection_rate_per_ip, NonZeroU32::new(20));
+        assert!(c.validate().is_ok());
+        let bare = Config::try_parse_from(["dtcp-relay", "--max-connection-rate-per-ip", "5"]);
+        assert_eq!(bare.unwrap().max_connection_rate_per_ip, NonZeroU32::new(5));
+        for bad in ["0/s", "fast", "-1/s", "2/m"] {
+            assert!(
+                Config::try_parse_from(["dtcp-relay", "--max-connection-rate-per-ip", bad])
+                    .is_err(),
+                "{bad}"
+            );
+        }
+        let burst_alone =
+            Config::try_parse_from(["dtcp-relay", "--connection-burst-per-ip", "5"]).unwrap();
+        assert!(burst_alone.validate().is_err());
     }
 
     #[test]

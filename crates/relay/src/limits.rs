@@ -1,12 +1,17 @@
 //! The limits a node keeps on its clients: connection slots (the
-//! connection limit, fitted to the open-file limit) and pending `CREATE`s
-//! per source address.
+//! connection limit, fitted to the open-file limit), pending `CREATE`s
+//! per source address, and new connections per second per source address.
 
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use governor::clock::MonotonicClock;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
@@ -135,6 +140,46 @@ impl Drop for IpGuard {
     }
 }
 
+/// How often the connection rate limiter forgets the addresses that have
+/// been quiet long enough to be as good as new, so that a spray of source
+/// addresses cannot grow its memory without bound.
+pub(crate) const RATE_EVICTION_INTERVAL: Duration = Duration::from_secs(5);
+
+/// New connections per second per client address: a keyed GCRA limiter on a
+/// monotonic clock (one 8-byte state per recently seen address).
+#[derive(Debug)]
+pub(crate) struct ConnectionRate {
+    limiter: RateLimiter<IpAddr, DashMapStateStore<IpAddr>, MonotonicClock>,
+}
+
+impl ConnectionRate {
+    /// `per_second` connections per second, and up to `burst` at once
+    /// (default: one second's worth).
+    pub(crate) fn new(per_second: NonZeroU32, burst: Option<NonZeroU32>) -> Self {
+        let quota = Quota::per_second(per_second).allow_burst(burst.unwrap_or(per_second));
+        ConnectionRate {
+            limiter: RateLimiter::dashmap_with_clock(quota, MonotonicClock),
+        }
+    }
+
+    /// Whether one more connection from `ip` is within its rate (and counts it).
+    pub(crate) fn check(&self, ip: IpAddr) -> bool {
+        self.limiter.check_key(&ip.to_canonical()).is_ok()
+    }
+
+    /// Forgets the addresses whose state is back to that of a fresh one, and
+    /// gives the table's memory back.
+    pub(crate) fn evict_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// Addresses the limiter remembers now.
+    pub(crate) fn sources(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +215,21 @@ mod tests {
         let c = l.acquire(ip).unwrap();
         drop((b, c));
         assert_eq!(l.addresses(), 0);
+    }
+
+    #[test]
+    fn connection_rate_is_per_address_and_forgets() {
+        let rate = ConnectionRate::new(NonZeroU32::new(1000).unwrap(), NonZeroU32::new(3));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!((0..3).all(|_| rate.check(a)), "the burst passes");
+        assert!(!rate.check(a), "then the rate holds");
+        assert!(rate.check(b), "another address is not affected");
+        assert_eq!(rate.sources(), 2);
+        // After a few ms at 1,000/s both are as good as new.
+        std::thread::sleep(Duration::from_millis(20));
+        rate.evict_idle();
+        assert_eq!(rate.sources(), 0);
+        assert!(rate.check(a));
     }
 }

@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 use dtcp_forward::Dialer;
 
 use crate::config::Config;
-use crate::limits::{PerIpLimit, Slots};
+use crate::limits::{ConnectionRate, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
 use crate::pending::PendingTable;
 
@@ -31,6 +31,8 @@ pub(crate) struct Node {
     pub(crate) pending: PendingTable,
     /// Pending CREATEs per source address.
     pub(crate) per_ip: Arc<PerIpLimit>,
+    /// New connections per second per client address, if limited.
+    pub(crate) rate: Option<ConnectionRate>,
     /// Fires when the node starts draining: new commands get `shutting-down`.
     pub(crate) drain: CancellationToken,
     /// Fires when the drain timeout has run out: sessions still open end.
@@ -55,6 +57,9 @@ impl Node {
         dialer: Option<Dialer>,
     ) -> Self {
         let per_ip = PerIpLimit::new(config.max_pending_per_ip);
+        let rate = config
+            .max_connection_rate_per_ip
+            .map(|n| ConnectionRate::new(n, config.connection_burst_per_ip));
         Node {
             slots: Slots::new(config.max_connections),
             cluster: dialer.is_some(),
@@ -65,6 +70,7 @@ impl Node {
             dialer,
             pending: PendingTable::new(),
             per_ip,
+            rate,
             drain: CancellationToken::new(),
             stop: CancellationToken::new(),
             sessions: TaskTracker::new(),

@@ -45,6 +45,9 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     Ok(handle)
 }
 
+/// The `reason` label of `dtcp_connections_refused_total`.
+pub const REFUSAL_REASONS: [&str; 3] = ["max_connections", "descriptors", "connection_rate"];
+
 /// How often the exporter's histograms are compacted.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -53,7 +56,11 @@ fn describe() {
     describe_gauge!(CONNECTIONS_OPEN, "Client connections open now.");
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "Client connections refused before any command, by reason (max_connections, descriptors)."
+        "Client connections refused before any command, by reason (max_connections, descriptors, connection_rate)."
+    );
+    describe_gauge!(
+        CONNECTION_RATE_SOURCES,
+        "Client addresses the connection rate limiter remembers now."
     );
     describe_gauge!(CONNECTIONS_MAX, "The connection limit in force.");
     describe_counter!(
@@ -120,11 +127,12 @@ fn init_series() {
         CONNECTIONS_OPEN,
         STORE_REGISTRATIONS,
         NODES_ALIVE,
+        CONNECTION_RATE_SOURCES,
     ] {
         gauge!(gauge).set(0.0);
     }
     counter!(CONNECTIONS_ACCEPTED).absolute(0);
-    for reason in ["max_connections", "descriptors"] {
+    for reason in REFUSAL_REASONS {
         counter!(CONNECTIONS_REFUSED, "reason" => reason).absolute(0);
     }
     let conditions = Condition::ALL.map(Condition::as_str);

@@ -9,6 +9,8 @@ pub const CONNECTIONS_ACCEPTED: &str = "dtcp_connections_accepted_total";
 pub const CONNECTIONS_OPEN: &str = "dtcp_connections_open";
 /// Client connections refused before any command, by `reason`.
 pub const CONNECTIONS_REFUSED: &str = "dtcp_connections_refused_total";
+/// Client addresses the connection rate limiter remembers now.
+pub const CONNECTION_RATE_SOURCES: &str = "dtcp_connection_rate_sources";
 /// The connection limit in force (after clamping to the descriptor limit).
 pub const CONNECTIONS_MAX: &str = "dtcp_connections_max";
 /// Commands answered, by `verb` and `outcome` (`ok` or an error condition).
