@@ -37,7 +37,7 @@ fn ok(out: &Output, who: &str) {
 
 #[test]
 fn send_and_recv_a_file_plain() {
-    let relay = Relay::start(&[]);
+    let relay = NodeOptions::new().start();
     let dir = tempdir("plain");
     let (src, dst) = (dir.join("in.bin"), dir.join("out.bin"));
     write_file(&src, 12 << 20, 11);
@@ -59,7 +59,7 @@ fn send_and_recv_a_file_plain() {
 
 #[test]
 fn send_and_recv_with_end_to_end_tls_and_stdin_stdout() {
-    let relay = Relay::start(&[]);
+    let relay = NodeOptions::new().start();
     let dir = tempdir("tls");
     let src = dir.join("in.bin");
     write_file(&src, 3 << 20, 12);
@@ -126,7 +126,7 @@ fn send_and_recv_with_end_to_end_tls_and_stdin_stdout() {
 
 #[test]
 fn recv_started_first_waits_for_the_sender() {
-    let relay = Relay::start(&["--connect-grace", "0.3"]);
+    let relay = NodeOptions::new().connect_grace(0.3).start();
     let dir = tempdir("order");
     let (src, dst) = (dir.join("in.bin"), dir.join("out.bin"));
     write_file(&src, 100_000, 13);
@@ -149,7 +149,7 @@ fn recv_started_first_waits_for_the_sender() {
 
 #[test]
 fn a_refusal_exits_non_zero_with_the_condition() {
-    let relay = Relay::start(&["--connect-grace", "0.2"]);
+    let relay = NodeOptions::new().connect_grace(0.2).start();
     let out = dtcp(&relay, &["recv", "--wait", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -169,7 +169,7 @@ fn a_refusal_exits_non_zero_with_the_condition() {
 
 #[test]
 fn health_answers_for_ready_and_draining_relays() {
-    let relay = Relay::start(&["--drain-timeout", "30"]);
+    let relay = NodeOptions::new().drain_timeout(30.0).start();
     let health = || {
         Command::new(bin("dtcp"))
             .args(["health", &relay.metrics.to_string()])

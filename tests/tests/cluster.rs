@@ -357,47 +357,14 @@ async fn sigterm_drains_a_cluster_node() {
     exchange(i, tg, 1024, 3).await;
 }
 
-/// Reads at most 16 KiB a millisecond.
-struct SlowReader {
-    inner: TcpStream,
-    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
-
-impl SlowReader {
-    fn new(inner: TcpStream) -> Self {
-        let pause = Box::pin(tokio::time::sleep(Duration::ZERO));
-        SlowReader { inner, pause }
-    }
-}
-
-impl tokio::io::AsyncRead for SlowReader {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::ready!(self.pause.as_mut().poll(cx));
-        let room = buf.remaining().min(16 * 1024);
-        let mut small = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(room));
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut small);
-        let n = small.filled().len();
-        buf.advance(n);
-        if n > 0 {
-            let next = tokio::time::Instant::now() + Duration::from_millis(1);
-            self.pause.as_mut().reset(next);
-        }
-        polled
-    }
-}
-
 /// The owner's session ends as soon as its last frames are queued toward
 /// the Target's node; a node that drains must send them before it exits,
 /// or that node resets its Target with bytes still owed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_owner_delivers_every_queued_byte_before_it_exits() {
     let redis = RedisServer::start();
-    let mut a = cluster_node(&[redis.url()], &[]);
-    let b = cluster_node(&[redis.url()], &[]);
+    let mut a = NodeOptions::cluster(&[redis.url()]).start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
     let (mut i, mut tg) = pair(a.addr, b.addr, &triple("drain-flush")).await;
     // The Target is done at once: its fin reaches A long before the
     // Initiator's bytes have crossed, so A's session ends with them queued.
@@ -425,16 +392,13 @@ async fn a_draining_owner_delivers_every_queued_byte_before_it_exits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_without_the_right_secret_pairs_nothing() {
     let redis = RedisServer::start();
-    let a = cluster_node(&[redis.url()], &[]);
-    let b = cluster_node(&[redis.url()], &[]);
-    let intruder = Relay::start(&[
-        "--forward-listen",
-        "127.0.0.1:0",
-        "--redis-url",
-        &redis.url(),
-        "--cluster-secret",
-        "not-the-secret",
-    ]);
+    let a = NodeOptions::cluster(&[redis.url()]).start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
+    let intruder = NodeOptions::new()
+        .forward_listen("127.0.0.1:0")
+        .arg("--redis-url", redis.url())
+        .arg("--cluster-secret", "not-the-secret")
+        .start();
     let t = triple("guarded");
     let mut i = raw(a.addr, &command(Verb::Create, &t)).await;
     a.wait_for("dtcp_pending_registrations", 1.0).await;
@@ -461,8 +425,12 @@ async fn a_bridge_without_the_right_secret_pairs_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_at_the_same_address_leaves_old_registrations_alone() {
     let redis = RedisServer::start();
-    let mut a = cluster_node(&[redis.url()], &["--pending-ttl", "30"]);
-    let b = cluster_node(&[redis.url()], &["--connect-grace", "1"]);
+    let mut a = NodeOptions::cluster(&[redis.url()])
+        .pending_ttl(30.0)
+        .start();
+    let b = NodeOptions::cluster(&[redis.url()])
+        .connect_grace(1.0)
+        .start();
     let forward = a.forward.expect("forward address").to_string();
     let t = triple("before-restart");
     let _i = raw(a.addr, &command(Verb::Create, &t)).await;
@@ -473,7 +441,9 @@ async fn a_node_restarted_at_the_same_address_leaves_old_registrations_alone() {
     let old_id = a.node_id.clone();
     a.signal(libc::SIGKILL);
     a.wait_exit(Duration::from_secs(5)).expect("killed");
-    let a2 = cluster_node(&[redis.url()], &["--forward-listen", &forward]);
+    let a2 = NodeOptions::cluster(&[redis.url()])
+        .forward_listen(&forward)
+        .start();
     assert_ne!(a2.node_id, old_id);
     assert_eq!(a2.forward.unwrap().to_string(), forward);
 
@@ -514,8 +484,8 @@ async fn a_node_restarted_at_the_same_address_leaves_old_registrations_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_stops_reading_keeps_memory_flat() {
     let redis = RedisServer::start();
-    let a = cluster_node(&[redis.url()], &[]);
-    let b = cluster_node(&[redis.url()], &[]);
+    let a = NodeOptions::cluster(&[redis.url()]).start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
     let (i, _tg) = pair(a.addr, b.addr, &triple("stalled")).await;
     let before = (a.rss(), b.rss());
     // The Initiator pushes for 3 s; the Target never reads.
@@ -553,7 +523,9 @@ async fn grpc_health_turns_not_ready_while_a_node_drains() {
     use tonic_health::pb::health_client::HealthClient;
 
     let redis = RedisServer::start();
-    let a = cluster_node(&[redis.url()], &["--drain-timeout", "20"]);
+    let a = NodeOptions::cluster(&[redis.url()])
+        .drain_timeout(20.0)
+        .start();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.forward.unwrap()))
         .unwrap()
         .connect()
@@ -621,8 +593,12 @@ async fn a_connect_that_comes_first_pairs_with_a_create_on_another_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_forwarded_session_is_closed_after_the_idle_timeout() {
     let redis = RedisServer::start();
-    let a = cluster_node(&[redis.url()], &["--idle-timeout", "0.5"]);
-    let b = cluster_node(&[redis.url()], &["--idle-timeout", "0.5"]);
+    let a = NodeOptions::cluster(&[redis.url()])
+        .idle_timeout(0.5)
+        .start();
+    let b = NodeOptions::cluster(&[redis.url()])
+        .idle_timeout(0.5)
+        .start();
     let (mut i, mut tg) = pair(a.addr, b.addr, &triple("idle-across")).await;
     // Traffic keeps it alive past the timeout...
     for _ in 0..6 {

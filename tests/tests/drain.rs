@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_transfer_finish_and_refuses_new_commands() {
-    let mut relay = Relay::start(&["--drain-timeout", "30"]);
+    let mut relay = NodeOptions::new().drain_timeout(30.0).start();
     let t = triple("draining");
     let (mut i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     let pending = raw(relay.addr, &command(Verb::Create, &triple("never-claimed"))).await;
@@ -60,7 +60,7 @@ async fn sigterm_lets_a_transfer_finish_and_refuses_new_commands() {
 
 #[tokio::test]
 async fn the_drain_timeout_bounds_the_wait_for_sessions() {
-    let mut relay = Relay::start(&["--drain-timeout", "1"]);
+    let mut relay = NodeOptions::new().drain_timeout(1.0).start();
     let t = triple("stuck");
     let (_i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     let started = Instant::now();
@@ -82,7 +82,7 @@ async fn the_drain_timeout_bounds_the_wait_for_sessions() {
 
 #[tokio::test]
 async fn an_idle_node_exits_at_once_on_sigint() {
-    let mut relay = Relay::start(&["--drain-timeout", "30"]);
+    let mut relay = NodeOptions::new().drain_timeout(30.0).start();
     let started = Instant::now();
     relay.signal(libc::SIGINT);
     let status = relay.wait_exit(Duration::from_secs(10)).expect("exits");

@@ -66,7 +66,7 @@ async fn transfer_both_ways(args: &[&str]) {
 async fn five_hundred_concurrent_pairs() {
     raise_fd_limit();
     const PAIRS: usize = 500;
-    let relay = Relay::start(&["--connect-grace", "20"]);
+    let relay = NodeOptions::new().connect_grace(20.0).start();
     let mut tasks = Vec::new();
     for n in 0..PAIRS {
         let addr = relay.addr;
@@ -99,7 +99,7 @@ async fn five_hundred_concurrent_pairs() {
 async fn a_flood_of_garbage_gets_bad_request_and_leaves_nothing() {
     raise_fd_limit();
     const CONNS: u64 = 2_000;
-    let relay = Relay::start(&[]);
+    let relay = NodeOptions::new().start();
     let mut tasks = Vec::new();
     for n in 0..CONNS {
         let addr = relay.addr;
@@ -125,7 +125,7 @@ async fn five_thousand_idle_connections_time_out_and_leave_nothing() {
     raise_fd_limit();
     const CONNS: usize = 5_000;
     // Long enough that all 5,000 are open at once even on a loaded machine.
-    let relay = Relay::start(&["--handshake-timeout", "8"]);
+    let relay = NodeOptions::new().handshake_timeout(8.0).start();
     let mut socks = Vec::with_capacity(CONNS);
     for n in 0..CONNS {
         // Half send nothing, half an unfinished command.

@@ -63,7 +63,9 @@ async fn one_shared_certificate() {
     assert!(a.logs().iter().any(|l| l["plane_tls"] == true));
     assert!(pairs_across(&a, &b, "shared-cert").await);
     // A node dialing in plain text cannot bridge to them.
-    let plain = cluster_node(&[redis.url()], &["--connect-grace", "1"]);
+    let plain = NodeOptions::cluster(&[redis.url()])
+        .connect_grace(1.0)
+        .start();
     assert!(!pairs_across(&a, &plain, "plain-dialer").await);
 }
 

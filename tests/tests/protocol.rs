@@ -111,7 +111,7 @@ async fn a_reset_on_one_side_closes_the_other() {
 
 #[tokio::test]
 async fn connect_before_create_waits_for_it_within_the_grace() {
-    let relay = Relay::start(&["--connect-grace", "3"]);
+    let relay = NodeOptions::new().connect_grace(3.0).start();
     let t = triple("early-connect");
     let target = tokio::spawn({
         let t = t.clone();
@@ -196,7 +196,7 @@ async fn a_duplicate_create_is_a_conflict() {
 
 #[tokio::test]
 async fn an_initiator_that_hangs_up_leaves_nothing_behind() {
-    let relay = Relay::start(&["--connect-grace", "0.3"]);
+    let relay = NodeOptions::new().connect_grace(0.3).start();
     let t = triple("hangup");
     for _ in 0..3 {
         let i = raw(relay.addr, &command(Verb::Create, &t)).await;
@@ -225,7 +225,7 @@ async fn an_initiator_that_hangs_up_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn an_unclaimed_create_times_out() {
-    let relay = Relay::start(&["--pending-ttl", "0.5"]);
+    let relay = NodeOptions::new().pending_ttl(0.5).start();
     let started = Instant::now();
     let err = Initiator::connect(relay.addr, &triple("lonely"))
         .await
@@ -272,7 +272,10 @@ async fn a_slow_loris_is_cut_off_at_the_handshake_timeout() {
 /// timeout here, and each answer must come long before it.
 #[tokio::test]
 async fn bad_requests_are_refused_at_once() {
-    let relay = Relay::start(&["--handshake-timeout", "30", "--max-command-len", "300"]);
+    let relay = NodeOptions::new()
+        .handshake_timeout(30.0)
+        .max_command_len(300)
+        .start();
     let long_key = format!("CONNECT\0{}\0", "k".repeat(257));
     let long_jid = format!("CREATE\0k\0{}@x\0", "j".repeat(1024));
     let long_cmd = format!("CREATE\0k\0{}\0", "j".repeat(290));
@@ -325,7 +328,10 @@ async fn bad_requests_are_refused_at_once() {
 
 #[tokio::test]
 async fn a_domain_policy_answers_forbidden() {
-    let relay = Relay::start(&["--allow-domain", "b.example", "--connect-grace", "0.5"]);
+    let relay = NodeOptions::new()
+        .allow_domain("b.example")
+        .connect_grace(0.5)
+        .start();
     let outsider =
         dtcp_client::dtcp_wire::Triple::new("k", "x@elsewhere.example", "y@other.example").unwrap();
     let err = Initiator::connect(relay.addr, &outsider).await.unwrap_err();
@@ -347,7 +353,10 @@ async fn a_domain_policy_answers_forbidden() {
 
 #[tokio::test]
 async fn the_connection_limit_answers_resource_constraint() {
-    let relay = Relay::start(&["--max-connections", "2", "--handshake-timeout", "30"]);
+    let relay = NodeOptions::new()
+        .max_connections(2)
+        .handshake_timeout(30.0)
+        .start();
     let _a = raw(relay.addr, b"CRE").await;
     let _b = raw(relay.addr, b"CON").await;
     relay.wait_for("dtcp_connections_open", 2.0).await;
@@ -362,7 +371,7 @@ async fn the_connection_limit_answers_resource_constraint() {
 
 #[tokio::test]
 async fn the_per_address_limit_answers_resource_constraint() {
-    let relay = Relay::start(&["--max-pending-per-ip", "2"]);
+    let relay = NodeOptions::new().max_pending_per_ip(2).start();
     let _a = raw(relay.addr, &command(Verb::Create, &triple("ip-a"))).await;
     let _b = raw(relay.addr, &command(Verb::Create, &triple("ip-b"))).await;
     relay.wait_for("dtcp_pending_registrations", 2.0).await;
@@ -388,7 +397,7 @@ async fn the_per_address_limit_answers_resource_constraint() {
 
 #[tokio::test]
 async fn an_idle_session_is_closed_after_the_idle_timeout() {
-    let relay = Relay::start(&["--idle-timeout", "0.5"]);
+    let relay = NodeOptions::new().idle_timeout(0.5).start();
     let t = triple("idle");
     let (mut i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     // Traffic keeps it alive past the timeout...

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 /// Where pairs come from.
 #[derive(Debug)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// A DTCP relay (or cluster): CREATE on one list, CONNECT on the other.
     Relay {
         create_on: Vec<SocketAddr>,
@@ -32,11 +32,11 @@ pub enum Endpoint {
 
 /// A pair: `.0` is the Initiator's end (or the proxy client), `.1` the
 /// Target's (or the sink's accepted socket), and the pairing latency.
-pub type Pair = (TcpStream, TcpStream, Duration);
+pub(crate) type Pair = (TcpStream, TcpStream, Duration);
 
 impl Endpoint {
     /// Opens pair number `n`.
-    pub async fn pair(&self, n: u64) -> io::Result<Pair> {
+    pub(crate) async fn pair(&self, n: u64) -> io::Result<Pair> {
         match self {
             Endpoint::Relay {
                 create_on,
@@ -85,7 +85,7 @@ async fn connect_to(addr: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// Reads the relay's reply; anything but `OK` is an error.
-pub async fn read_ok(s: &mut TcpStream) -> io::Result<()> {
+pub(crate) async fn read_ok(s: &mut TcpStream) -> io::Result<()> {
     let mut reply = [0u8; 3];
     s.read_exact(&mut reply).await?;
     if &reply != b"OK\0" {
@@ -104,14 +104,14 @@ pub async fn read_ok(s: &mut TcpStream) -> io::Result<()> {
 /// The generator's own sink: accepts connections, reads the 8-byte id each
 /// one starts with, and hands the socket to whoever waits for that id.
 #[derive(Debug)]
-pub struct Sink {
+pub(crate) struct Sink {
     waiting: DashMap<u64, oneshot::Sender<TcpStream>>,
     next: AtomicU64,
 }
 
 impl Sink {
     /// Listens on `addr`; returns the sink and the bound address.
-    pub async fn start(addr: SocketAddr) -> io::Result<(Arc<Sink>, SocketAddr)> {
+    pub(crate) async fn start(addr: SocketAddr) -> io::Result<(Arc<Sink>, SocketAddr)> {
         let listener = TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let sink = Arc::new(Sink {

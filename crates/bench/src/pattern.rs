@@ -28,18 +28,18 @@ fn buffer() -> &'static [u8] {
 }
 
 /// Where stream `n` starts in the cycle.
-pub fn start(n: u64) -> usize {
+pub(crate) fn start(n: u64) -> usize {
     (n as usize).wrapping_mul(4099) % PERIOD
 }
 
 /// The next `len` (at most a period) bytes of a stream at `offset`.
-pub fn slice(offset: usize, len: usize) -> &'static [u8] {
+pub(crate) fn slice(offset: usize, len: usize) -> &'static [u8] {
     let o = offset % PERIOD;
     &buffer()[o..o + len.min(PERIOD)]
 }
 
 /// Whether `data` is what a stream holds at `offset`.
-pub fn check(offset: usize, data: &[u8]) -> bool {
+pub(crate) fn check(offset: usize, data: &[u8]) -> bool {
     data.chunks(PERIOD)
         .enumerate()
         .all(|(k, c)| slice(offset + k * PERIOD, c.len()) == c)

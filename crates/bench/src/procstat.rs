@@ -3,7 +3,7 @@
 use std::io;
 
 /// Resident memory of `pid`, in bytes.
-pub fn rss(pid: u32) -> io::Result<u64> {
+pub(crate) fn rss(pid: u32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -14,7 +14,7 @@ pub fn rss(pid: u32) -> io::Result<u64> {
 }
 
 /// CPU seconds (user + system) `pid` has used so far.
-pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> io::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may contain spaces: count from its closing paren.
     let rest = &stat[stat
@@ -35,12 +35,12 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
 }
 
 /// The CPU seconds of several processes together.
-pub fn cpu_total(pids: &[u32]) -> f64 {
+pub(crate) fn cpu_total(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p).ok()).sum()
 }
 
 /// The RSS of several processes together.
-pub fn rss_total(pids: &[u32]) -> u64 {
+pub(crate) fn rss_total(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|p| rss(*p).ok()).sum()
 }
 

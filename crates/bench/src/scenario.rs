@@ -25,7 +25,7 @@ fn percentiles(mut samples: Vec<Duration>) -> Value {
 }
 
 /// `pairs` pairs, `concurrency` at a time: pair, one byte each way, close.
-pub async fn pair(
+pub(crate) async fn pair(
     ep: Arc<Endpoint>,
     pairs: u64,
     concurrency: usize,
@@ -77,7 +77,7 @@ async fn one_pair(ep: &Endpoint, n: u64) -> io::Result<Duration> {
 
 /// `pairs` concurrent pairs each moving `bytes` one way (or both ways),
 /// every byte checked.
-pub async fn throughput(
+pub(crate) async fn throughput(
     ep: Arc<Endpoint>,
     pairs: u64,
     bytes: u64,
@@ -181,7 +181,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 
 /// Holds `count` pending registrations, then `count` idle paired sessions,
 /// and reports the relays' resident memory per registration and per session.
-pub async fn hold(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> anyhow::Result<Value> {
+pub(crate) async fn hold(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> anyhow::Result<Value> {
     if pids.is_empty() {
         bail!("hold needs --relay-pid to read the relay's memory");
     }

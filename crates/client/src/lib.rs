@@ -13,6 +13,8 @@
 //!
 //! [`transfer`] holds the framing the `dtcp` tool uses to send one file.
 
+#![forbid(unsafe_code)]
+
 pub mod tls;
 pub mod transfer;
 

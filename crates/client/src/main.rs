@@ -1,5 +1,7 @@
 //! `dtcp`: send or receive one file through a DTCP relay.
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -210,7 +210,7 @@ async fn bridge_to_tcp(
 /// Read buffers for data frames, recycled.
 ///
 /// A frame's bytes are handed to HTTP/2 as they were read, and come back
-/// here when h2 has sent and dropped them. Allocating a fresh [`FRAME_SIZE`]
+/// here when h2 has sent and dropped them. Allocating a fresh [`FRAME_SIZE`](crate::FRAME_SIZE)
 /// buffer per frame instead cost the sending node page faults on every one
 /// (about 15% of its CPU at full speed).
 mod pool {

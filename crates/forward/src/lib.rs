@@ -5,8 +5,10 @@
 //! This crate holds the messages generated from it, the Bridge call framed
 //! by hand so that data crosses without copies ([`BridgeService`] on the
 //! owner, [`Dialer`] on the caller, one HTTP/2 connection per peer node),
-//! the cluster-secret check, and [`join`], which pumps bytes between a TCP
+//! the cluster-secret check, and [`join()`], which pumps bytes between a TCP
 //! socket and a Bridge in both directions with half-close and backpressure.
+
+#![forbid(unsafe_code)]
 
 mod auth;
 mod bridge;
@@ -14,7 +16,10 @@ mod dialer;
 mod join;
 
 /// The messages of `proto/forward.proto` (the service is framed by hand: see [`BridgeService`]).
-#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+#[expect(
+    missing_docs,
+    reason = "generated from proto/forward.proto, whose comments become its docs where it has them"
+)]
 pub mod proto {
     tonic::include_proto!("dtcp.forward.v1");
 }

@@ -1,3 +1,7 @@
+//! `dtcp-relay`: one relay node. Parses the configuration, sets up logging,
+//! the TLS provider and the metrics recorder, then binds and runs a
+//! [`dtcp_relay::Relay`] until SIGTERM or SIGINT, and drains it.
+
 use std::io::IsTerminal;
 
 use anyhow::Context;

@@ -22,7 +22,7 @@ use crate::accept::accept_loop;
 use crate::admin;
 use crate::config::Config;
 use crate::limits::{RATE_EVICTION_INTERVAL, effective_max_connections, raise_nofile_limit};
-use crate::metrics::{CONNECTIONS_MAX, DRAINING};
+use crate::metrics::{CONNECTIONS_MAX, DRAINING, NODES_ALIVE};
 use crate::node::Node;
 use crate::plane;
 
@@ -194,10 +194,14 @@ impl Relay {
             plane,
             metrics,
         } = self;
-        // A lone node has nobody to tell it is alive.
+        // A lone node has nobody to tell it is alive; it counts itself, so
+        // that "nodes scraped minus nodes alive" stays 0 for it too.
         let heartbeat = node
             .cluster
             .then(|| tokio::spawn(plane::heartbeat(node.clone())));
+        if !node.cluster {
+            gauge!(NODES_ALIVE).set(1.0);
+        }
         let mut tasks = vec![
             tokio::spawn(admin::serve(metrics_listener, metrics, node.clone())),
             tokio::spawn(accept_loop(node.clone(), listener)),

@@ -9,6 +9,8 @@
 //!
 //! Every operation names one key, so a store can be sharded (Redis Cluster).
 
+#![forbid(unsafe_code)]
+
 mod memory;
 mod redis_store;
 

@@ -29,9 +29,9 @@ use crate::{NodeInfo, Registered, Rendezvous, StoreError};
 
 /// How long a Redis command may take before the operation fails (and the
 /// client gets `unavailable` rather than a hang).
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long connecting to Redis may take.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_millis(1000);
+pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Deletes a key only if it still holds the caller's value.
 const COMPARE_AND_DELETE: &str = r"

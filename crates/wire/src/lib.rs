@@ -20,6 +20,8 @@
 //! # Ok::<(), dtcp_wire::WireError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod command;
 mod condition;
 mod error;

@@ -103,7 +103,7 @@ fn describe() {
     );
     describe_gauge!(
         NODES_ALIVE,
-        "Nodes with a live heartbeat in the store, as this node last saw it."
+        "Nodes with a live heartbeat in the store, as this node last saw it (1 on a lone node: itself)."
     );
     describe_gauge!(
         BRIDGE_STREAMS,

@@ -1,0 +1,114 @@
+//! Reproducible byte streams, so that big transfers are checked without
+//! being kept in memory, and a reader that reads slowly.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// The buffer patterns are written and read through.
+const CHUNK: usize = 256 * 1024;
+/// What [`SlowReader`] reads at most per [`SLOW_PAUSE`].
+const SLOW_CHUNK: usize = 16 * 1024;
+/// How long [`SlowReader`] pauses after each read.
+const SLOW_PAUSE: Duration = Duration::from_millis(1);
+
+/// A reproducible pseudo-random byte stream (xorshift64*), so that big
+/// transfers can be checked without keeping them in memory.
+#[derive(Debug, Clone)]
+pub struct Pattern(u64);
+
+impl Pattern {
+    /// A stream seeded with `seed` (not 0).
+    pub fn new(seed: u64) -> Self {
+        Pattern(seed | 1)
+    }
+
+    /// Fills `buf` with the next bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Writes `total` bytes of `Pattern::new(seed)` then half-closes; returns
+/// their SHA-256.
+pub async fn send_pattern<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    seed: u64,
+    total: u64,
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut p = Pattern::new(seed);
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        p.fill(&mut buf[..n]);
+        h.update(&buf[..n]);
+        w.write_all(&buf[..n]).await.expect("send");
+        left -= n as u64;
+    }
+    w.shutdown().await.expect("shutdown");
+    h.finalize().into()
+}
+
+/// Reads to EOF; returns the byte count and SHA-256.
+pub async fn recv_digest<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> (u64, [u8; 32]) {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await.expect("recv");
+        if n == 0 {
+            return (total, h.finalize().into());
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// Reads at most `SLOW_CHUNK` (16 KiB) per `SLOW_PAUSE` (1 ms): a Target that
+/// cannot keep up.
+#[derive(Debug)]
+pub struct SlowReader {
+    inner: TcpStream,
+    pause: Pin<Box<Sleep>>,
+}
+
+impl SlowReader {
+    /// Reads `inner` slowly.
+    pub fn new(inner: TcpStream) -> Self {
+        let pause = Box::pin(tokio::time::sleep(Duration::ZERO));
+        SlowReader { inner, pause }
+    }
+}
+
+impl AsyncRead for SlowReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        ready!(self.pause.as_mut().poll(cx));
+        let room = buf.remaining().min(SLOW_CHUNK);
+        let mut small = ReadBuf::new(buf.initialize_unfilled_to(room));
+        let polled = Pin::new(&mut self.inner).poll_read(cx, &mut small);
+        let n = small.filled().len();
+        buf.advance(n);
+        if n > 0 {
+            self.pause.as_mut().reset(Instant::now() + SLOW_PAUSE);
+        }
+        polled
+    }
+}

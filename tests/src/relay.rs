@@ -1,0 +1,307 @@
+//! `dtcp-relay` nodes as real processes: started with [`NodeOptions`],
+//! read through their logs and metrics, signalled and killed.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use crate::metrics::{http_get, sample_value};
+
+/// How long a relay may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`Relay::wait_for`] waits for a metric.
+const METRIC_WAIT: Duration = Duration::from_secs(10);
+/// How often [`Relay::wait_for`] and [`Relay::wait_exit`] look again.
+const POLL: Duration = Duration::from_millis(25);
+
+/// The cluster secret the tests' nodes share.
+pub const SECRET: &str = "test-cluster-secret";
+
+/// Path of one of the workspace's binaries, next to the running test's directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --release --bins`; scripts/test does it)",
+        path.display()
+    );
+    path
+}
+
+/// Raises this process's open-file limit, for tests that hold thousands of sockets.
+pub fn raise_fd_limit() -> u64 {
+    rlimit::increase_nofile_limit(u64::MAX).expect("raising the open-file limit")
+}
+
+/// A running `dtcp-relay` process, killed when dropped.
+#[derive(Debug)]
+pub struct Relay {
+    child: Child,
+    /// The client listener.
+    pub addr: SocketAddr,
+    /// The metrics listener.
+    pub metrics: SocketAddr,
+    /// The forwarding plane listener (cluster mode).
+    pub forward: Option<SocketAddr>,
+    /// The node id it announced.
+    pub node_id: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Relay {
+    /// Starts a relay on loopback ports chosen by the kernel, with `args`
+    /// added. [`NodeOptions`] says the same with names.
+    pub fn start(args: &[&str]) -> Relay {
+        Relay::spawn(args)
+    }
+
+    fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Relay {
+        let mut child = Command::new(bin("dtcp-relay"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting dtcp-relay");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "dtcp-relay listening"
+                {
+                    let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                    let _ = tx.send((
+                        field("listen"),
+                        field("metrics"),
+                        field("forward"),
+                        field("node_id"),
+                    ));
+                }
+                eprintln!("relay {}: {line}", std::process::id());
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (listen, metrics, forward, node_id) = rx
+            .recv_timeout(START_TIMEOUT)
+            .unwrap_or_else(|_| panic!("relay did not start: {:?}", logs.lock().unwrap()));
+        Relay {
+            child,
+            addr: listen.parse().expect("listen address"),
+            metrics: metrics.parse().expect("metrics address"),
+            forward: forward.parse().ok(),
+            node_id,
+            logs,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill({sig})");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(POLL);
+        }
+        None
+    }
+
+    /// Log lines so far (JSON objects).
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The `/metrics` page.
+    pub async fn scrape(&self) -> String {
+        http_get(self.metrics, "/metrics").await.1
+    }
+
+    /// Waits (up to `METRIC_WAIT`, 10 s) until `sample` reads `value`; panics with the last
+    /// reading otherwise.
+    pub async fn wait_for(&self, sample: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + METRIC_WAIT;
+        loop {
+            let now = self.metric(sample).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sample} is {now}, not {value}, after {METRIC_WAIT:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The value of one sample, e.g. `dtcp_pending_registrations` or
+    /// `dtcp_errors_total{condition="conflict"}`; 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        sample_value(&self.scrape().await, sample)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to start a node: its flags by name, on top of loopback listeners on
+/// kernel-chosen ports and JSON logs.
+///
+/// ```no_run
+/// # use dtcp_tests::NodeOptions;
+/// let relay = NodeOptions::new().connect_grace(0.3).pending_ttl(0.5).start();
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct NodeOptions {
+    args: Vec<String>,
+}
+
+impl NodeOptions {
+    /// A lone node with the relay's defaults.
+    pub fn new() -> Self {
+        NodeOptions::default()
+    }
+
+    /// A cluster node on `redis_urls`, with the tests' shared [`SECRET`] and
+    /// its forwarding plane on a kernel-chosen loopback port.
+    pub fn cluster(redis_urls: &[String]) -> Self {
+        let mut options = NodeOptions::new().arg("--cluster-secret", SECRET);
+        for url in redis_urls {
+            options = options.arg("--redis-url", url);
+        }
+        options
+    }
+
+    /// `--pending-ttl`, in seconds.
+    pub fn pending_ttl(self, secs: f64) -> Self {
+        self.arg("--pending-ttl", secs)
+    }
+
+    /// `--connect-grace`, in seconds.
+    pub fn connect_grace(self, secs: f64) -> Self {
+        self.arg("--connect-grace", secs)
+    }
+
+    /// `--handshake-timeout`, in seconds.
+    pub fn handshake_timeout(self, secs: f64) -> Self {
+        self.arg("--handshake-timeout", secs)
+    }
+
+    /// `--idle-timeout`, in seconds.
+    pub fn idle_timeout(self, secs: f64) -> Self {
+        self.arg("--idle-timeout", secs)
+    }
+
+    /// `--drain-timeout`, in seconds.
+    pub fn drain_timeout(self, secs: f64) -> Self {
+        self.arg("--drain-timeout", secs)
+    }
+
+    /// `--max-connections`.
+    pub fn max_connections(self, n: usize) -> Self {
+        self.arg("--max-connections", n)
+    }
+
+    /// `--max-pending-per-ip`.
+    pub fn max_pending_per_ip(self, n: usize) -> Self {
+        self.arg("--max-pending-per-ip", n)
+    }
+
+    /// `--max-command-len`.
+    pub fn max_command_len(self, n: usize) -> Self {
+        self.arg("--max-command-len", n)
+    }
+
+    /// `--allow-domain` (repeatable).
+    pub fn allow_domain(self, domain: &str) -> Self {
+        self.arg("--allow-domain", domain)
+    }
+
+    /// `--forward-listen`: where the forwarding plane listens (cluster).
+    pub fn forward_listen(self, addr: &str) -> Self {
+        self.arg("--forward-listen", addr)
+    }
+
+    /// Any other flag with its value.
+    pub fn arg(mut self, flag: &str, value: impl std::fmt::Display) -> Self {
+        self.args.push(flag.to_owned());
+        self.args.push(value.to_string());
+        self
+    }
+
+    /// Any other flag that takes no value.
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.args.push(flag.to_owned());
+        self
+    }
+
+    /// Starts the node.
+    pub fn start(self) -> Relay {
+        let mut args = self.args;
+        let clustered = args.iter().any(|a| a == "--redis-url");
+        if clustered && !args.iter().any(|a| a == "--forward-listen") {
+            args.extend(["--forward-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
+        Relay::spawn(&args)
+    }
+}
+
+/// Starts a cluster node on `redis_urls` with the shared secret and `args`
+/// (the shorthand of [`NodeOptions::cluster`] for a list of flags).
+pub fn cluster_node(redis_urls: &[String], args: &[&str]) -> Relay {
+    let mut options = NodeOptions::cluster(redis_urls);
+    options.args.extend(args.iter().map(|a| a.to_string()));
+    options.start()
+}
