@@ -7,15 +7,18 @@
 //!
 //! By concern: [`relay`] (nodes as processes, [`NodeOptions`]), [`redis`]
 //! (Redis servers and clusters), [`client`] (commands, replies, pairs),
-//! [`pattern`] (checked byte streams), [`metrics`] (scraping a node).
+//! [`pattern`] (checked byte streams), [`metrics`] (scraping a node),
+//! [`haproxy`] (a real HAProxy sending the PROXY protocol).
 
 pub mod client;
+pub mod haproxy;
 pub mod metrics;
 pub mod pattern;
 pub mod redis;
 pub mod relay;
 
 pub use client::*;
+pub use haproxy::*;
 pub use metrics::*;
 pub use pattern::*;
 pub use redis::*;

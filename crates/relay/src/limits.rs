@@ -232,4 +232,34 @@ mod tests {
         assert_eq!(rate.sources(), 0);
         assert!(rate.check(a));
     }
+
+    /// Resident memory of this process, in bytes (Linux).
+    fn rss() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split(' ').nth(1).unwrap().parse().unwrap();
+        // SAFETY: sysconf has no memory effects.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        pages * usize::try_from(page).unwrap()
+    }
+
+    /// The limiter's memory while it remembers 100,000 addresses at once
+    /// (the integration test sprays as many, but eviction keeps fewer).
+    #[test]
+    fn connection_rate_memory_at_100k_sources() {
+        const SOURCES: u32 = 100_000;
+        /// Generous: about 40 bytes an entry is expected.
+        const BUDGET: usize = 16 << 20;
+        let before = rss();
+        let rate = ConnectionRate::new(NonZeroU32::new(1).unwrap(), None);
+        for n in 0..SOURCES {
+            assert!(rate.check(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))));
+        }
+        assert_eq!(rate.sources(), SOURCES as usize);
+        let grown = rss().saturating_sub(before);
+        eprintln!(
+            "connection rate limiter: {SOURCES} sources, +{} KiB RSS",
+            grown >> 10
+        );
+        assert!(grown < BUDGET, "{grown} bytes for {SOURCES} sources");
+    }
 }
