@@ -324,3 +324,70 @@ async fn a_spray_of_addresses_leaves_the_limiter_bounded() {
     .await;
     assert_idle(&relay).await;
 }
+
+/// Pending CREATEs per address in the cluster tests (small, to stay quick).
+const CLUSTER_PER_IP: usize = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_limit_holds_across_nodes_and_without_the_store() {
+    let mut redis = RedisServer::start();
+    let urls = [redis.url()];
+    let nodes: Vec<Relay> = (0..3)
+        .map(|_| {
+            NodeOptions::cluster(&urls)
+                .max_pending_per_ip(CLUSTER_PER_IP)
+                .start()
+        })
+        .collect();
+    let source = loopback_source(7);
+    let other = loopback_source(8);
+
+    // One pending CREATE on each of two nodes: the third node refuses the
+    // next, though it holds none from this address itself.
+    let a = create_from(source, nodes[0].addr, "x0").await;
+    let b = create_from(source, nodes[1].addr, "x1").await;
+    nodes[0].wait_for("dtcp_pending_registrations", 1.0).await;
+    nodes[1].wait_for("dtcp_pending_registrations", 1.0).await;
+    let mut third = create_from(source, nodes[2].addr, "x2").await;
+    let reply = read_all(&mut third).await;
+    assert!(is_error(&reply, "resource-constraint"), "{reply:?}");
+    // Another address is not affected.
+    let c = create_from(other, nodes[2].addr, "y0").await;
+    nodes[2].wait_for("dtcp_pending_registrations", 1.0).await;
+    drop((a, b, c));
+    for node in &nodes {
+        node.wait_for("dtcp_pending_registrations", 0.0).await;
+    }
+    eventually(Duration::from_secs(5), "the counts are lowered", || async {
+        !redis.keys().iter().any(|k| k.contains("src:"))
+    })
+    .await;
+
+    // With the store down, each node still holds its own limit.
+    let held: Vec<TcpStream> = creates_from(source, nodes[0].addr).await;
+    nodes[0]
+        .wait_for("dtcp_pending_registrations", CLUSTER_PER_IP as f64)
+        .await;
+    redis.stop();
+    let mut over = create_from(source, nodes[0].addr, "z-over").await;
+    let reply = read_all(&mut over).await;
+    assert!(is_error(&reply, "resource-constraint"), "{reply:?}");
+    // (Where the local limit has room, the store's absence shows.)
+    let mut elsewhere = create_from(other, nodes[0].addr, "z-other").await;
+    let reply = read_all(&mut elsewhere).await;
+    assert!(is_error(&reply, "unavailable"), "{reply:?}");
+    drop(held);
+    for node in &nodes {
+        node.wait_for("dtcp_pending_registrations", 0.0).await;
+        node.wait_for("dtcp_connections_open", 0.0).await;
+    }
+}
+
+/// `CLUSTER_PER_IP` pending CREATEs from `source` to `to`.
+async fn creates_from(source: IpAddr, to: SocketAddr) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for n in 0..CLUSTER_PER_IP {
+        held.push(create_from(source, to, &format!("z{n}")).await);
+    }
+    held
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use dtcp_store::Rendezvous;
 use governor::clock::MonotonicClock;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
@@ -78,19 +79,27 @@ pub(crate) fn effective_max_connections(requested: usize, nofile: u64) -> usize 
     requested.min(usize::try_from(fits).unwrap_or(usize::MAX))
 }
 
-/// Pending CREATEs per source address.
+/// Pending CREATEs per source address: counted here, and in cluster mode in
+/// the shared store too (by the CREATE, which then marks its guard with
+/// [`IpGuard::counted_in_store`]), so that the limit holds across nodes and
+/// still holds on each node when the store is down.
 #[derive(Debug)]
 pub(crate) struct PerIpLimit {
     counts: DashMap<IpAddr, usize>,
-    max: usize,
+    /// The limit, per node and cluster-wide.
+    pub(crate) max: usize,
+    /// The shared store, in cluster mode: uncounted there too on drop.
+    store: Option<Arc<dyn Rendezvous>>,
 }
 
 impl PerIpLimit {
-    /// A limit of `max` pending CREATEs per address.
-    pub(crate) fn new(max: usize) -> Arc<Self> {
+    /// A limit of `max` pending CREATEs per address; `store` is the shared
+    /// store of a cluster.
+    pub(crate) fn new(max: usize, store: Option<Arc<dyn Rendezvous>>) -> Arc<Self> {
         Arc::new(PerIpLimit {
             counts: DashMap::new(),
             max,
+            store,
         })
     }
 
@@ -108,6 +117,7 @@ impl PerIpLimit {
         Some(IpGuard {
             limit: self.clone(),
             ip,
+            in_store: false,
         })
     }
 
@@ -132,11 +142,36 @@ impl PerIpLimit {
 pub(crate) struct IpGuard {
     limit: Arc<PerIpLimit>,
     ip: IpAddr,
+    /// Counted in the shared store as well.
+    in_store: bool,
+}
+
+impl IpGuard {
+    /// The address this guard counts against (canonical form).
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// Records that the store counted this CREATE too: it is uncounted
+    /// there on drop, in a task of its own (nobody waits for it).
+    pub(crate) fn counted_in_store(&mut self) {
+        self.in_store = self.limit.store.is_some();
+    }
 }
 
 impl Drop for IpGuard {
     fn drop(&mut self) {
         self.limit.release(self.ip, 1);
+        if self.in_store
+            && let Some(store) = self.limit.store.clone()
+        {
+            let ip = self.ip;
+            tokio::spawn(async move {
+                if let Err(e) = store.uncount_source(ip).await {
+                    warn!(error = %e, "store uncount failed; the count expires by itself");
+                }
+            });
+        }
     }
 }
 
@@ -204,7 +239,7 @@ mod tests {
 
     #[test]
     fn per_ip_limit_counts_and_forgets() {
-        let l = PerIpLimit::new(2);
+        let l = PerIpLimit::new(2, None);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         let a = l.acquire(ip).unwrap();

@@ -56,16 +56,19 @@ impl Node {
         memory: Option<Arc<MemoryStore>>,
         dialer: Option<Dialer>,
     ) -> Self {
-        let per_ip = PerIpLimit::new(config.max_pending_per_ip);
+        let store: Arc<dyn Rendezvous> = Arc::new(Instrumented::new(store));
+        let cluster = dialer.is_some();
+        // Counted across the cluster in the shared store, and here.
+        let per_ip = PerIpLimit::new(config.max_pending_per_ip, cluster.then(|| store.clone()));
         let rate = config
             .max_connection_rate_per_ip
             .map(|n| ConnectionRate::new(n, config.connection_burst_per_ip));
         Node {
             slots: Slots::new(config.max_connections),
-            cluster: dialer.is_some(),
+            cluster,
             config,
             info,
-            store: Arc::new(Instrumented::new(store)),
+            store,
             memory,
             dialer,
             pending: PendingTable::new(),
