@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use dtcp_client::dtcp_wire::{Condition, Verb};
 use dtcp_client::{Initiator, Target};
 use dtcp_tests::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_transfer_finish_and_refuses_new_commands() {
@@ -74,10 +74,14 @@ async fn the_drain_timeout_bounds_the_wait_for_sessions() {
         waited >= Duration::from_millis(900),
         "left before the drain timeout: {waited:?}"
     );
-    assert!(
-        read_all(&mut tg).await.is_empty(),
-        "the idle session was closed"
-    );
+    // Cut by the drain timeout: reset, never a FIN that would pass for the
+    // Initiator's end of stream (PROTOCOL.md section 2).
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), tg.read(&mut byte))
+        .await
+        .expect("the cut session was not closed");
+    let err = read.expect_err("the cut session ended with a FIN, not a reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }
 
 #[tokio::test]

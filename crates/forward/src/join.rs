@@ -10,21 +10,30 @@ use metrics::Counter;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 
+use dtcp_wire::Condition;
+
 use crate::proto::Frame;
 use crate::proto::frame::Kind;
-use crate::{Inbound, Outbound};
+use crate::{Inbound, Outbound, RESET};
 
-/// How a joined session ended.
+/// How a joined session ended. Every end but [`End::Closed`] closes the
+/// socket with a reset: a FIN toward a client only ever passes on its peer's
+/// FIN (PROTOCOL.md section 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
     /// Both directions ended with a half-close.
     Closed,
     /// The TCP side reset or failed.
     Reset,
-    /// The peer node reported an error, or the Bridge broke.
+    /// The peer node cut the session, for this PROTOCOL.md condition (its
+    /// drain timeout, its idle timeout, ...).
+    CutByPeer(String),
+    /// The Bridge broke, or the peer node answered nonsense.
     Broken(String),
-    /// No byte moved either way for the idle timeout.
+    /// Cut here: no byte moved either way for the idle timeout.
     IdleTimeout,
+    /// Cut here: the `stop` future given to [`join`] completed.
+    Stopped,
 }
 
 /// What [`join`] moved.
@@ -40,17 +49,28 @@ pub struct Report {
 
 enum Failure {
     Tcp,
+    Peer(String),
     Bridge(String),
 }
 
 /// How long the dialing side waits, after both directions are done, for the
 /// owner to end the call.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the dialing side waits, after it cut a session, for the owner to
+/// end the call (having read why).
+const CUT_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Moves bytes between `stream` and a Bridge until both directions have
-/// half-closed or one side fails. `early` (what the client sent before
-/// pairing) goes first. On failure the socket is closed with a reset and the
-/// Bridge is dropped, which the peer node sees as a broken session.
+/// half-closed, one side fails, no byte moves for `idle`, or `stop`
+/// completes. `early` (what the client sent before pairing) goes first.
+///
+/// Any end but both half-closes closes the socket with a reset. When the cut
+/// is this node's (idle, stop), the peer node is told why in an `error`
+/// frame, so that it resets its client too and can say which cut it was.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call per side of a session, each argument a different thing"
+)]
 pub async fn join(
     stream: &TcpStream,
     early: Bytes,
@@ -59,10 +79,14 @@ pub async fn join(
     sent_counter: Counter,
     received_counter: Counter,
     idle: Option<Duration>,
+    stop: impl Future<Output = ()>,
 ) -> Report {
     let sent = AtomicU64::new(0);
     let received = AtomicU64::new(0);
     let dialing = outbound.is_dialing();
+    // A second handle on the outbound half, only to tell the peer node of a
+    // cut; dropped when this returns, so that the stream can end.
+    let notifier = outbound.clone();
     let both = async {
         tokio::try_join!(
             tcp_to_bridge(stream, early, outbound, &sent_counter, &sent),
@@ -70,11 +94,37 @@ pub async fn join(
         )
     };
     let result = tokio::select! {
-        r = both => r,
-        () = idle_watch(idle, &sent, &received) => {
-            return Report { end: End::IdleTimeout, sent: sent.into_inner(), received: received.into_inner() };
+        r = both => Ok(r),
+        () = idle_watch(idle, &sent, &received) => Err(End::IdleTimeout),
+        () = stop => Err(End::Stopped),
+    };
+    // The pumps are dropped by now, and with them the outbound half.
+    let result = match result {
+        Ok(r) => r,
+        Err(end) => {
+            let (condition, text) = match end {
+                End::IdleTimeout => (Condition::Timeout, "no byte moved for the idle timeout"),
+                _ => (Condition::ShuttingDown, "the relay is shutting down"),
+            };
+            notifier.try_send(Frame::error(condition, text));
+            // The outbound half ends cleanly behind the error frame.
+            drop(notifier);
+            reset_on_close(stream);
+            if dialing {
+                // Dropping the call now would reset its HTTP/2 stream, which
+                // can overtake the error frame: the owner would see a broken
+                // Bridge, not this cut. It ends the call once it has read it.
+                let rest = async { while let Ok(Some(_)) = inbound.next().await {} };
+                let _ = tokio::time::timeout(CUT_FLUSH_TIMEOUT, rest).await;
+            }
+            return Report {
+                end,
+                sent: sent.into_inner(),
+                received: received.into_inner(),
+            };
         }
     };
+    drop(notifier);
     let end = match result {
         Ok(_) => {
             if dialing {
@@ -87,9 +137,10 @@ pub async fn join(
             End::Closed
         }
         Err(failure) => {
-            let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+            reset_on_close(stream);
             match failure {
                 Failure::Tcp => End::Reset,
+                Failure::Peer(condition) => End::CutByPeer(condition),
                 Failure::Bridge(why) => End::Broken(why),
             }
         }
@@ -196,12 +247,9 @@ async fn bridge_to_tcp(
                     .map_err(|_| Failure::Tcp)?;
                 return Ok(());
             }
-            Kind::Error(e) => {
-                return Err(Failure::Bridge(format!(
-                    "peer node: {}: {}",
-                    e.condition, e.text
-                )));
-            }
+            // The peer's client reset: a reset here too.
+            Kind::Error(e) if e.condition == RESET => return Err(Failure::Tcp),
+            Kind::Error(e) => return Err(Failure::Peer(e.condition)),
             _ => return Err(Failure::Bridge("unexpected frame on the bridge".into())),
         }
     }
@@ -297,6 +345,11 @@ mod pool {
             assert_eq!(again.as_ptr(), ptr, "back in the pool");
         }
     }
+}
+
+/// Closes `stream` with a reset rather than a FIN when it is dropped.
+pub fn reset_on_close(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 /// Writes all of `data` to a socket shared with a reader, waiting whenever

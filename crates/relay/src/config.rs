@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use dtcp_store::{RedisConfig, SentinelConfig};
 use dtcp_wire::Limits;
 use ipnet::IpNet;
 
@@ -120,6 +121,65 @@ pub struct Config {
     /// Treat a single `--redis-url` as a Redis Cluster seed.
     #[arg(long, env = "DTCP_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+
+    /// A Redis Sentinel to ask for the master, instead of `--redis-url`:
+    /// turns on cluster mode, and nodes follow the master through failovers.
+    /// Repeat it (or give a comma-separated list) for every sentinel.
+    /// `HOST:PORT`, or `rediss://HOST:PORT` for TLS (to the master too).
+    #[arg(
+        long = "redis-sentinel",
+        env = "DTCP_REDIS_SENTINELS",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub redis_sentinels: Vec<String>,
+
+    /// The name the sentinels monitor the master under (`sentinel monitor NAME ...`).
+    #[arg(long, env = "DTCP_REDIS_SENTINEL_MASTER", value_name = "NAME")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// Password of the Redis servers; `--redis-password-file` keeps it out
+    /// of the process list.
+    #[arg(
+        long,
+        env = "DTCP_REDIS_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD",
+        conflicts_with = "redis_password_file"
+    )]
+    pub redis_password: Option<String>,
+
+    /// File holding the password of the Redis servers (a trailing newline is ignored).
+    #[arg(long, env = "DTCP_REDIS_PASSWORD_FILE", value_name = "PATH")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// Password of the sentinels themselves; `--redis-sentinel-password-file`
+    /// keeps it out of the process list.
+    #[arg(
+        long,
+        env = "DTCP_REDIS_SENTINEL_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD",
+        conflicts_with = "redis_sentinel_password_file"
+    )]
+    pub redis_sentinel_password: Option<String>,
+
+    /// File holding the password of the sentinels (a trailing newline is ignored).
+    #[arg(long, env = "DTCP_REDIS_SENTINEL_PASSWORD_FILE", value_name = "PATH")]
+    pub redis_sentinel_password_file: Option<PathBuf>,
+
+    /// Seconds connecting to one Redis server may take.
+    #[arg(long, env = "DTCP_REDIS_CONNECT_TIMEOUT", default_value = "1", value_parser = parse_secs, value_name = "SECS")]
+    pub redis_connect_timeout: Duration,
+
+    /// Seconds one Redis reply may take.
+    #[arg(long, env = "DTCP_REDIS_RESPONSE_TIMEOUT", default_value = "1.5", value_parser = parse_secs, value_name = "SECS")]
+    pub redis_response_timeout: Duration,
+
+    /// Seconds one store operation may take in all, reconnections and
+    /// retries included; past it the client gets `unavailable`.
+    #[arg(long, env = "DTCP_REDIS_OPERATION_TIMEOUT", default_value = "3", value_parser = parse_secs, value_name = "SECS")]
+    pub redis_operation_timeout: Duration,
 
     /// Prefix of every Redis key this cluster uses.
     #[arg(
@@ -239,11 +299,95 @@ impl Config {
 
     /// Whether the node runs as part of a cluster (a shared store is configured).
     pub fn cluster(&self) -> bool {
-        !self.redis_urls.is_empty()
+        !self.redis_urls.is_empty() || !self.redis_sentinels.is_empty()
+    }
+
+    /// The shared store's configuration, passwords read from their files.
+    pub fn redis_config(&self) -> Result<RedisConfig, String> {
+        let secret = |value: &Option<String>, file: &Option<PathBuf>, flag: &str| match file {
+            Some(path) => read_secret(path, flag).map(Some),
+            None => Ok(value.clone()),
+        };
+        let sentinel = match &self.redis_sentinel_master {
+            Some(master) if !self.redis_sentinels.is_empty() => Some(SentinelConfig {
+                master: master.clone(),
+                sentinels: self.redis_sentinels.clone(),
+                password: secret(
+                    &self.redis_sentinel_password,
+                    &self.redis_sentinel_password_file,
+                    "--redis-sentinel-password-file",
+                )?,
+            }),
+            _ => None,
+        };
+        Ok(RedisConfig {
+            urls: self.redis_urls.clone(),
+            cluster: self.redis_cluster,
+            sentinel,
+            password: secret(
+                &self.redis_password,
+                &self.redis_password_file,
+                "--redis-password-file",
+            )?,
+            prefix: self.redis_prefix.clone(),
+            connect_timeout: self.redis_connect_timeout,
+            response_timeout: self.redis_response_timeout,
+            operation_timeout: self.redis_operation_timeout,
+            ..RedisConfig::default()
+        })
+    }
+
+    /// The Redis flags that contradict each other.
+    fn validate_redis(&self) -> Result<(), String> {
+        let sentinel = !self.redis_sentinels.is_empty();
+        if sentinel && !self.redis_urls.is_empty() {
+            return Err("--redis-sentinel and --redis-url exclude each other: give one".into());
+        }
+        if sentinel && self.redis_cluster {
+            return Err("--redis-cluster does not apply to --redis-sentinel".into());
+        }
+        if sentinel != self.redis_sentinel_master.is_some() {
+            return Err("--redis-sentinel and --redis-sentinel-master go together".into());
+        }
+        if self.redis_sentinel_master.as_deref() == Some("") {
+            return Err("--redis-sentinel-master is empty".into());
+        }
+        if !sentinel
+            && (self.redis_sentinel_password.is_some()
+                || self.redis_sentinel_password_file.is_some())
+        {
+            return Err("a sentinel password needs --redis-sentinel".into());
+        }
+        if let Some(bad) = self
+            .redis_sentinels
+            .iter()
+            .find(|a| !a.contains("://") && !is_host_port(a))
+        {
+            return Err(format!("--redis-sentinel {bad:?} is not HOST:PORT"));
+        }
+        let timeouts = [
+            ("--redis-connect-timeout", self.redis_connect_timeout),
+            ("--redis-response-timeout", self.redis_response_timeout),
+            ("--redis-operation-timeout", self.redis_operation_timeout),
+        ];
+        if let Some((flag, _)) = timeouts.iter().find(|(_, t)| t.is_zero()) {
+            return Err(format!("{flag} must be more than 0"));
+        }
+        if self.redis_response_timeout > self.redis_operation_timeout
+            || self.redis_connect_timeout > self.redis_operation_timeout
+        {
+            return Err(
+                "--redis-operation-timeout bounds the others: it must be at least \
+                 --redis-connect-timeout and --redis-response-timeout"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// Refuses inconsistent combinations before anything starts.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_redis()?;
         if self.cluster() && self.cluster_secret.is_none() && !self.insecure_plane {
             return Err(
                 "cluster mode needs --cluster-secret (or --insecure-plane to run without one)"
@@ -314,6 +458,23 @@ fn parse_rate(s: &str) -> Result<NonZeroU32, String> {
     n.trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a rate: a whole number above 0 per second, like 20/s"))
+}
+
+/// `HOST:PORT` with a port number.
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// A secret from a file: its contents less a trailing newline.
+fn read_secret(path: &std::path::Path, flag: &str) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(format!("{flag} {} is empty", path.display()));
+    }
+    Ok(secret.to_owned())
 }
 
 /// Seconds, whole or fractional (`0.5`), as a duration.
@@ -399,6 +560,108 @@ mod tests {
         assert!(
             Config::try_parse_from(["dtcp-relay", "--forward-tls-cert", "c.pem"]).is_err(),
             "cert needs a key"
+        );
+    }
+
+    #[test]
+    fn sentinel_flags_and_store_timeouts() {
+        let parse =
+            |args: &[&str]| Config::try_parse_from([&["dtcp-relay"], args].concat()).unwrap();
+        let defaults = parse(&[]).redis_config().unwrap();
+        let store = RedisConfig::default();
+        assert_eq!(defaults.connect_timeout, store.connect_timeout);
+        assert_eq!(defaults.response_timeout, store.response_timeout);
+        assert_eq!(defaults.operation_timeout, store.operation_timeout);
+        assert!(defaults.sentinel.is_none());
+
+        let dir = std::env::temp_dir().join(format!("dtcp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (redis_pw, sentinel_pw) = (dir.join("redis"), dir.join("sentinel"));
+        std::fs::write(&redis_pw, "r-secret\n").unwrap();
+        std::fs::write(&sentinel_pw, "s-secret").unwrap();
+        let c = parse(&[
+            "--redis-sentinel",
+            "10.0.0.1:26379,10.0.0.2:26379",
+            "--redis-sentinel",
+            "[::1]:26379",
+            "--redis-sentinel-master",
+            "mymaster",
+            "--redis-password-file",
+            redis_pw.to_str().unwrap(),
+            "--redis-sentinel-password-file",
+            sentinel_pw.to_str().unwrap(),
+            "--redis-operation-timeout",
+            "2",
+            "--redis-response-timeout",
+            "0.5",
+            "--cluster-secret",
+            "s",
+            "--advertise-addr",
+            "10.0.0.9:7778",
+        ]);
+        assert!(c.cluster(), "Sentinel is cluster mode");
+        assert_eq!(c.validate(), Ok(()));
+        let r = c.redis_config().unwrap();
+        let s = r.sentinel.as_ref().unwrap();
+        assert_eq!(s.master, "mymaster");
+        assert_eq!(s.sentinels.len(), 3);
+        assert_eq!(s.password.as_deref(), Some("s-secret"));
+        assert_eq!(r.password.as_deref(), Some("r-secret"), "newline dropped");
+        assert_eq!(r.operation_timeout, Duration::from_secs(2));
+        assert_eq!(r.response_timeout, Duration::from_millis(500));
+        assert!(
+            !format!("{r:?}").contains("secret"),
+            "passwords not printed"
+        );
+        std::fs::write(&redis_pw, "").unwrap();
+        assert!(c.redis_config().unwrap_err().contains("empty"));
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let invalid = |args: &[&str], why: &str| {
+            let err = parse(args).validate().unwrap_err();
+            assert!(err.contains(why), "{args:?}: {err}");
+        };
+        invalid(&["--redis-sentinel", "a:1"], "--redis-sentinel-master");
+        invalid(&["--redis-sentinel-master", "m"], "go together");
+        invalid(
+            &[
+                "--redis-sentinel",
+                "a:1",
+                "--redis-sentinel-master",
+                "m",
+                "--redis-url",
+                "redis://b",
+            ],
+            "exclude",
+        );
+        invalid(
+            &["--redis-sentinel", "a", "--redis-sentinel-master", "m"],
+            "HOST:PORT",
+        );
+        invalid(
+            &["--redis-sentinel-password", "p"],
+            "needs --redis-sentinel",
+        );
+        invalid(&["--redis-operation-timeout", "0"], "more than 0");
+        invalid(
+            &[
+                "--redis-response-timeout",
+                "5",
+                "--redis-operation-timeout",
+                "3",
+            ],
+            "bounds",
+        );
+        assert!(
+            Config::try_parse_from([
+                "dtcp-relay",
+                "--redis-password",
+                "p",
+                "--redis-password-file",
+                "f"
+            ])
+            .is_err(),
+            "a password and its file exclude each other"
         );
     }
 

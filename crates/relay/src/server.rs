@@ -10,7 +10,7 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use dtcp_forward::{Dialer, PlaneTls, Secret};
-use dtcp_store::{MemoryStore, NodeInfo, RedisConfig, RedisStore, StoreError};
+use dtcp_store::{MemoryStore, NodeInfo, RedisStore, StoreError};
 use metrics::gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -115,11 +115,7 @@ impl Relay {
             };
             let tls = load_tls(&config)?;
             let secret = Secret::new(config.cluster_secret.as_deref());
-            let store = RedisStore::new(&RedisConfig {
-                urls: config.redis_urls.clone(),
-                cluster: config.redis_cluster,
-                prefix: config.redis_prefix.clone(),
-            })?;
+            let store = RedisStore::new(&config.redis_config().map_err(RunError::Config)?)?;
             let (client_tls, server_tls) = match tls {
                 Some(PlaneTls { client, server }) => (Some(client), Some(server)),
                 None => (None, None),

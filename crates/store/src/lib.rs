@@ -5,13 +5,23 @@
 //! is the embedded default (one node, no Redis); a shared store lets a
 //! `CONNECT` landing on any node find the node that owns the `CREATE`.
 //!
-//! [`RedisStore`] is the shared store of a cluster.
+//! [`RedisStore`] is the shared store of a cluster: one Redis, a Redis
+//! Sentinel deployment (it follows the master through failovers), or a Redis
+//! Cluster.
 //!
 //! Every operation names one key, so a store can be sharded (Redis Cluster).
+//!
+//! A shared store can lose what it was given (a Redis restarted empty, a
+//! failover to a replica that had not yet received the last writes). A node
+//! learns of it from [`Rendezvous::heartbeat`] ([`Beat::Lost`]) or at once
+//! from [`Rendezvous::watch_recoveries`], and writes its pending registrations
+//! again with [`Rendezvous::register_many`].
 
 #![forbid(unsafe_code)]
 
+mod announce;
 mod memory;
+mod redis_conn;
 mod redis_store;
 
 use std::fmt;
@@ -22,7 +32,7 @@ use async_trait::async_trait;
 use dtcp_wire::RegistrationId;
 
 pub use memory::MemoryStore;
-pub use redis_store::{RedisConfig, RedisStore};
+pub use redis_store::{RedisConfig, RedisStore, SentinelConfig};
 
 /// A relay node as other nodes see it: its id and the address of its
 /// forwarding plane.
@@ -79,8 +89,29 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
         owner: &NodeInfo,
     ) -> Result<bool, StoreError>;
 
-    /// Announces that `node` is alive for the next `ttl`.
-    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError>;
+    /// Writes again registrations this node holds, each with its remaining
+    /// TTL, in pipelined batches: each is written if it is absent, and left as
+    /// it is if `owner` already holds it. One result per registration, in
+    /// order: `true` if `owner` holds it now, `false` if another node does
+    /// (it registered the same id while the store had lost this one).
+    ///
+    /// A TTL shorter than a millisecond is written as one millisecond (the
+    /// caller leaves out what has expired). On a Redis Cluster, where a
+    /// pipeline cannot span slots, each is its own command, many in flight.
+    ///
+    /// Not announced ([`Rendezvous::watch_registrations`]): a CONNECT waiting
+    /// for one of them finds it at its next look. Other operations run
+    /// alongside; a failed batch is an error as a whole and may be retried
+    /// as it is (a registration already written counts as `owner`'s).
+    async fn register_many(
+        &self,
+        owner: &NodeInfo,
+        registrations: &[(RegistrationId, Duration)],
+    ) -> Result<Vec<bool>, StoreError>;
+
+    /// Announces that `node` is alive for the next `ttl`, and tells whether
+    /// the store kept `node`'s records since the last beat ([`Beat`]).
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<Beat, StoreError>;
 
     /// Withdraws `node`'s heartbeat (a clean shutdown).
     async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError>;
@@ -110,6 +141,30 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<Registered>> {
         None
     }
+
+    /// A count that goes up each time the store answers again after its
+    /// connection failed or timed out (a restart, a failover, a network
+    /// fault): records written before may be gone, so the node should write
+    /// its pending registrations again. The next [`Rendezvous::heartbeat`]
+    /// reports the same event as [`Beat::Lost`]; this is for reacting at
+    /// once. `None`: the store cannot lose anything (in memory).
+    fn watch_recoveries(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// The node's heartbeat was still there, and the store answered without a
+    /// connection failure since the last beat: it holds what it was given.
+    Renewed,
+    /// The store may have lost this node's records since its last beat: its
+    /// heartbeat was missing before this one wrote it (the first beat, a
+    /// Redis restarted empty or flushed, a failover, a beat that expired), or
+    /// the store's connection failed and came back since. The node should
+    /// write its pending registrations again ([`Rendezvous::register_many`]).
+    Lost,
 }
 
 /// A registration another node announced: a CONNECT waiting for it can open

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use dtcp_wire::RegistrationId;
 use tokio::time::Instant;
 
-use crate::{NodeInfo, Rendezvous, StoreError};
+use crate::{Beat, NodeInfo, Rendezvous, StoreError};
 
 /// The in-memory store of a lone node: no Redis, no other nodes.
 ///
@@ -135,10 +135,33 @@ impl Rendezvous for MemoryStore {
         }
     }
 
-    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+    async fn register_many(
+        &self,
+        owner: &NodeInfo,
+        registrations: &[(RegistrationId, Duration)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let now = Instant::now();
+        let shared = self.shared(owner);
+        let mut map = self.registrations.lock().expect("poisoned");
+        Ok(registrations
+            .iter()
+            .map(|(id, ttl)| match map.get(id) {
+                Some((held, exp)) if *exp > now => held.id == owner.id,
+                _ => {
+                    map.insert(*id, (shared.clone(), now + *ttl));
+                    true
+                }
+            })
+            .collect())
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<Beat, StoreError> {
+        let now = Instant::now();
         let mut nodes = self.nodes.lock().expect("poisoned");
-        nodes.insert(node.id.clone(), Instant::now() + ttl);
-        Ok(())
+        match nodes.insert(node.id.clone(), now + ttl) {
+            Some(exp) if exp > now => Ok(Beat::Renewed),
+            _ => Ok(Beat::Lost),
+        }
     }
 
     async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError> {
@@ -180,16 +203,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn register_many_writes_the_absent_and_keeps_its_own() {
+        let s = MemoryStore::new();
+        let ttl = Duration::from_secs(10);
+        let ids: Vec<_> = (0..3)
+            .map(|i| RegistrationId::of("k", &format!("a{i}@b"), "c@d"))
+            .collect();
+        assert!(s.register(&ids[0], &node("a"), ttl).await.unwrap());
+        assert!(s.register(&ids[1], &node("b"), ttl).await.unwrap());
+        let batch: Vec<_> = ids.iter().map(|id| (*id, ttl)).collect();
+        let written = s.register_many(&node("a"), &batch).await.unwrap();
+        assert_eq!(written, [true, false, true]);
+        assert_eq!(s.lookup(&ids[1]).await.unwrap(), Some(node("b")));
+        assert_eq!(s.lookup(&ids[2]).await.unwrap(), Some(node("a")));
+        assert_eq!(s.len(), 3);
+    }
+
+    #[tokio::test]
     async fn registrations_and_heartbeats_expire() {
         let s = MemoryStore::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
         let ttl = Duration::from_millis(100);
         assert!(s.register(&id, &node("a"), ttl).await.unwrap());
-        s.heartbeat(&node("a"), ttl).await.unwrap();
+        assert_eq!(s.heartbeat(&node("a"), ttl).await.unwrap(), Beat::Lost);
+        assert_eq!(s.heartbeat(&node("a"), ttl).await.unwrap(), Beat::Renewed);
         assert_eq!(s.nodes_alive().await.unwrap(), 1);
         tokio::time::sleep(ttl * 2).await;
         assert_eq!(s.lookup(&id).await.unwrap(), None);
         assert_eq!(s.nodes_alive().await.unwrap(), 0);
+        assert_eq!(
+            s.heartbeat(&node("a"), ttl).await.unwrap(),
+            Beat::Lost,
+            "an expired beat"
+        );
         assert!(
             s.register(&id, &node("b"), Duration::from_secs(5))
                 .await

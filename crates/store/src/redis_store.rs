@@ -1,4 +1,5 @@
-//! The rendezvous store on Redis (or Redis Cluster).
+//! The rendezvous store on Redis: one server, a Sentinel deployment, or a
+//! Redis Cluster.
 //!
 //! Keys, all under a configurable prefix, and every command on one key so
 //! that Redis Cluster can shard them:
@@ -10,32 +11,30 @@
 //! | `<prefix>src:<address>` | pending CREATEs from that client address, cluster-wide (`sources.rs`) | pending TTL and a margin, from its last increase |
 //! | `<prefix>nodes` | sorted set: node id scored by its heartbeat's expiry (ms) | none; expired members are trimmed |
 //!
+//! Registrations are announced on the channel `<prefix>registered` (sharded
+//! pub/sub on a Redis Cluster, which needs Redis 7).
+//!
 //! Only registration ids (hashes) and client addresses go into keys, never
 //! a key or a JID.
 
 mod sources;
 
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use dtcp_wire::RegistrationId;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, RedisError, Script};
-use tokio::sync::{OnceCell, mpsc};
-use tokio_stream::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Script, Value};
+use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use crate::{NodeInfo, Registered, Rendezvous, StoreError};
-
-/// How long a Redis command may take before the operation fails (and the
-/// client gets `unavailable` rather than a hang).
-pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
-/// How long connecting to Redis may take.
-pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_millis(1000);
+use crate::announce;
+use crate::redis_conn::{Conn, ConnRef, Health, retryable, unavailable};
+use crate::{Beat, NodeInfo, Registered, Rendezvous, StoreError};
 
 /// Deletes a key only if it still holds the caller's value.
 const COMPARE_AND_DELETE: &str = r"
@@ -52,191 +51,385 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-/// Where to find Redis.
-#[derive(Debug, Clone)]
+/// Where to find Redis, and how long to wait for it.
+///
+/// `RedisConfig { urls, ..Default::default() }` is a single Redis with the
+/// default timeouts.
+#[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` URLs; several are the seeds of a Redis Cluster.
+    /// `redis://` or `rediss://` URLs; several are the seeds of a Redis
+    /// Cluster. Unused with [`RedisConfig::sentinel`].
     pub urls: Vec<String>,
     /// Treat a single URL as a Redis Cluster seed too.
     pub cluster: bool,
+    /// Find the master through Redis Sentinel instead of `urls`.
+    pub sentinel: Option<SentinelConfig>,
+    /// Password of the Redis servers (the `default` user), unless the URLs
+    /// carry one. With Sentinel: of the master (and replicas).
+    pub password: Option<String>,
     /// Prefix of every key.
     pub prefix: String,
+    /// How long connecting to one server may take.
+    pub connect_timeout: Duration,
+    /// How long one reply may take (one command or one pipeline).
+    pub response_timeout: Duration,
+    /// How long one store operation may take in all, reconnections and
+    /// retries included: past it the operation fails (the client gets
+    /// `unavailable`) rather than wait.
+    pub operation_timeout: Duration,
+    /// Retries of one operation after a connection failure (a drop, a
+    /// refused connection, a timeout, a demoted master), within
+    /// `operation_timeout`. Few: a Redis that is down is reported to clients
+    /// at once rather than after the whole timeout.
+    pub retries: usize,
+    /// Shortest wait before retrying after a connection failure; each retry
+    /// waits up to twice as long as the last, with random jitter.
+    pub retry_min_delay: Duration,
+    /// Longest wait between two retries (and between two attempts to
+    /// subscribe again to the announcements).
+    pub retry_max_delay: Duration,
 }
 
+/// A Redis Sentinel deployment: the sentinels to ask and the master's name.
 #[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(Arc<LazyCluster>),
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the master under.
+    pub master: String,
+    /// The sentinels: `HOST:PORT`, or `redis://` / `rediss://` URLs (TLS to
+    /// the sentinels then means TLS to the master too).
+    pub sentinels: Vec<String>,
+    /// Password of the sentinels themselves (`requirepass` in sentinel.conf).
+    pub password: Option<String>,
 }
 
-/// A cluster connection made on first use, and made again on the next use
-/// after it could not be made.
-struct LazyCluster {
-    client: ClusterClient,
-    conn: OnceCell<ClusterConnection>,
+impl RedisConfig {
+    /// Default time to connect to one server.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+    /// Default time for one reply.
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
+    /// Default time for one operation, retries included.
+    pub const OPERATION_TIMEOUT: Duration = Duration::from_millis(3000);
+    /// Default shortest retry delay.
+    pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(20);
+    /// Default longest retry delay.
+    pub const RETRY_MAX_DELAY: Duration = Duration::from_millis(1000);
+    /// Default retries of one operation.
+    pub const RETRIES: usize = 2;
+
+    /// Whether `urls` name a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.sentinel.is_none() && (self.cluster || self.urls.len() > 1)
+    }
+
+    /// The delays between attempts to subscribe again: exponential, with
+    /// jitter, for ever.
+    pub(crate) fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.retry_min_delay)
+            .with_max_delay(self.retry_max_delay)
+            .with_jitter()
+            .without_max_times()
+    }
+
+    /// The retry delays of one operation: as [`RedisConfig::backoff`],
+    /// [`RedisConfig::retries`] of them.
+    pub(crate) fn operation_backoff(&self) -> ExponentialBuilder {
+        self.backoff().with_max_times(self.retries)
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            urls: Vec::new(),
+            cluster: false,
+            sentinel: None,
+            password: None,
+            prefix: "dtcp:".into(),
+            connect_timeout: Self::CONNECT_TIMEOUT,
+            response_timeout: Self::RESPONSE_TIMEOUT,
+            operation_timeout: Self::OPERATION_TIMEOUT,
+            retries: Self::RETRIES,
+            retry_min_delay: Self::RETRY_MIN_DELAY,
+            retry_max_delay: Self::RETRY_MAX_DELAY,
+        }
+    }
+}
+
+/// Passwords are never printed, nor the user part of a URL.
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("RedisConfig")
+            .field("urls", &urls)
+            .field("cluster", &self.cluster)
+            .field("sentinel", &self.sentinel)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("retries", &self.retries)
+            .field("retry_min_delay", &self.retry_min_delay)
+            .field("retry_max_delay", &self.retry_max_delay)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SentinelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sentinels: Vec<String> = self.sentinels.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("SentinelConfig")
+            .field("master", &self.master)
+            .field("sentinels", &sentinels)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `scheme://user:pass@host` as `scheme://<redacted>@host`.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}<redacted>{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// The Redis rendezvous store.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: Conn,
-    prefix: Arc<str>,
-    cas: Arc<(Script, Script)>,
-    /// Where the pub/sub subscription connects: any node of a Redis Cluster
-    /// will do, as a classic PUBLISH reaches every node.
-    pubsub_url: Arc<str>,
+    inner: Arc<Inner>,
 }
 
-/// How long the subscriber waits before reconnecting after Redis went away.
-const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
-/// Announcements queued for the relay before the oldest are dropped.
-const WATCH_QUEUE: usize = 4096;
+struct Inner {
+    conn: Conn,
+    config: RedisConfig,
+    cas: (Script, Script),
+    health: Arc<Health>,
+    backoff: ExponentialBuilder,
+}
 
-impl std::fmt::Debug for RedisStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.conn {
-            Conn::Single(_) => "single",
-            Conn::Cluster(_) => "cluster",
-        };
+/// Registrations per pipeline when they are written again: large enough to
+/// write thousands in a few round trips, small enough that a command sent
+/// meanwhile on the same connection waits for at most this many replies.
+const REWRITE_BATCH: usize = 256;
+/// Registrations written again at once on a Redis Cluster, where a pipeline
+/// cannot span slots: each is its own command, pipelined by the per-node
+/// connections.
+const REWRITE_IN_FLIGHT: usize = 256;
+/// Rounds of "write if absent, else read whose" for a registration that
+/// expires between the two.
+const REWRITE_ROUNDS: usize = 3;
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
-            .field("kind", &kind)
-            .field("prefix", &self.prefix)
+            .field("kind", &self.inner.conn.kind())
+            .field("prefix", &self.inner.config.prefix)
             .finish()
     }
 }
 
-fn unavailable(e: RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
 impl RedisStore {
-    /// A store on the Redis at `config.urls`. Connects lazily: a node starts
-    /// while Redis is down and works as soon as it is up.
+    /// A store on the Redis that `config` names. Connects lazily: a node
+    /// starts while Redis is down and works as soon as it is up.
     pub fn new(config: &RedisConfig) -> Result<Self, StoreError> {
-        let conn = if config.cluster || config.urls.len() > 1 {
-            let client = ClusterClient::builder(config.urls.iter().map(String::as_str))
-                .connection_timeout(CONNECTION_TIMEOUT)
-                .response_timeout(RESPONSE_TIMEOUT)
-                .retries(1)
-                .build()
-                .map_err(unavailable)?;
-            Conn::Cluster(Arc::new(LazyCluster {
-                client,
-                conn: OnceCell::new(),
-            }))
-        } else {
-            let url = config
-                .urls
-                .first()
-                .ok_or_else(|| StoreError::Unavailable("no Redis URL".into()))?;
-            let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
-            let manager_config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(CONNECTION_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(500));
-            Conn::Single(
-                ConnectionManager::new_lazy_with_config(client, manager_config)
-                    .map_err(unavailable)?,
-            )
-        };
         Ok(RedisStore {
-            conn,
-            pubsub_url: Arc::from(config.urls.first().map(String::as_str).unwrap_or_default()),
-            prefix: Arc::from(config.prefix.as_str()),
-            cas: Arc::new((
-                Script::new(COMPARE_AND_DELETE),
-                Script::new(COMPARE_AND_SET),
-            )),
+            inner: Arc::new(Inner {
+                conn: Conn::new(config)?,
+                config: config.clone(),
+                cas: (
+                    Script::new(COMPARE_AND_DELETE),
+                    Script::new(COMPARE_AND_SET),
+                ),
+                health: Arc::new(Health::new()),
+                backoff: config.operation_backoff(),
+            }),
         })
     }
 
     fn reg_key(&self, id: &RegistrationId) -> String {
-        format!("{}reg:{id}", self.prefix)
+        format!("{}reg:{id}", self.inner.config.prefix)
     }
 
     fn node_key(&self, node_id: &str) -> String {
-        format!("{}node:{node_id}", self.prefix)
+        format!("{}node:{node_id}", self.inner.config.prefix)
     }
 
     fn nodes_key(&self) -> String {
-        format!("{}nodes", self.prefix)
+        format!("{}nodes", self.inner.config.prefix)
     }
 
     fn registered_channel(&self) -> String {
-        format!("{}registered", self.prefix)
+        format!("{}registered", self.inner.config.prefix)
     }
 
     /// Tells every node that `id` is registered and by whom (the 32-byte id,
     /// then the record's value), without making the CREATE wait for it: the
-    /// registration itself is already done.
+    /// registration itself is already done. On a Redis Cluster the channel
+    /// is sharded (`SPUBLISH`, Redis 7): it lives on the shard of its slot,
+    /// where the subscribers are.
     fn announce(&self, id: &RegistrationId, value: &str) {
         let store = self.clone();
+        let verb = if self.inner.config.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
         let (channel, payload) = (self.registered_channel(), announcement(id, value));
         tokio::spawn(async move {
             let _: Result<i64, _> = store
-                .query(redis::cmd("PUBLISH").arg(channel).arg(payload))
+                .query(redis::cmd(verb).arg(channel).arg(payload))
                 .await;
         });
     }
 
-    /// Runs one command, retrying once if the connection had dropped (the
-    /// connection manager fails the first command after a drop, then
-    /// reconnects). Every command here is safe to run twice. A timeout is not
-    /// retried: the client is waiting, and gets `unavailable` instead.
+    /// Runs one command under [`RedisStore::run`].
     async fn query<T: FromRedisValue + Send>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        self.retrying(|mut conn| async move { conn.query(cmd).await })
+        self.run(|mut c| async move { cmd.query_async(&mut c).await })
             .await
     }
 
-    async fn retrying<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
-    where
-        F: Fn(ConnRef) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        match f(self.conn_ref().await?).await {
-            Ok(v) => Ok(v),
-            Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                f(self.conn_ref().await?).await.map_err(unavailable)
-            }
-            Err(e) => Err(unavailable(e)),
-        }
+    /// Runs one pipeline under [`RedisStore::run`].
+    async fn pipeline<T: FromRedisValue + Send>(&self, pipe: &Pipeline) -> Result<T, StoreError> {
+        self.run(|mut c| async move { pipe.query_async(&mut c).await })
+            .await
     }
 
-    async fn conn_ref(&self) -> Result<ConnRef, StoreError> {
-        Ok(match &self.conn {
-            Conn::Single(m) => ConnRef::Single(m.clone()),
-            Conn::Cluster(lazy) => {
-                let conn = lazy
-                    .conn
-                    .get_or_try_init(|| lazy.client.get_async_connection())
-                    .await
-                    .map_err(unavailable)?;
-                ConnRef::Cluster(conn.clone())
+    /// Runs `f` on a connection until it succeeds, fails for good, has been
+    /// retried [`RedisConfig::retries`] times, or the operation's time is up.
+    /// A connection failure (a drop, a timeout, a demoted master) is retried
+    /// after a backoff with jitter; every command here is safe to run twice.
+    /// The whole is bounded by
+    /// [`RedisConfig::operation_timeout`], so a client waits that long at
+    /// most before it gets `unavailable`.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(ConnRef) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let inner = &*self.inner;
+        let attempt = || async {
+            let conn = inner.conn.get().await?;
+            let generation = conn.generation();
+            let result = f(conn).await;
+            if let Err(e) = &result
+                && retryable(e)
+            {
+                inner.conn.failed(generation);
             }
-        })
+            result
+        };
+        let retried = attempt
+            .retry(inner.backoff)
+            .sleep(tokio::time::sleep)
+            .when(retryable)
+            .notify(|e, after| {
+                inner.health.trouble();
+                debug!(error = %e, ?after, "rendezvous store command failed; retrying");
+            });
+        match tokio::time::timeout(inner.config.operation_timeout, retried).await {
+            Ok(Ok(v)) => {
+                inner.health.answered();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                if retryable(&e) {
+                    inner.health.trouble();
+                }
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                inner.health.trouble();
+                Err(StoreError::Unavailable(format!(
+                    "no answer within {:?}",
+                    inner.config.operation_timeout
+                )))
+            }
+        }
     }
 
     /// `SET key value NX PX ttl`: whether the key was free and is now ours.
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let set: Option<String> = self
-            .query(
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms(ttl)),
-            )
-            .await?;
+        let set: Option<String> = self.query(&set_nx_cmd(key, value, ttl)).await?;
         Ok(set.is_some())
+    }
+
+    /// Writes again one chunk of registrations in pipelines: all `SET NX`,
+    /// then a `GET` of those that were there, to tell ours from another
+    /// node's.
+    async fn rewrite_chunk(
+        &self,
+        value: &str,
+        chunk: &[(RegistrationId, Duration)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let keys: Vec<String> = chunk.iter().map(|(id, _)| self.reg_key(id)).collect();
+        let mut outcome: Vec<Option<bool>> = vec![None; chunk.len()];
+        for _ in 0..REWRITE_ROUNDS {
+            let open: Vec<usize> = (0..chunk.len()).filter(|i| outcome[*i].is_none()).collect();
+            if open.is_empty() {
+                break;
+            }
+            let mut set = redis::pipe();
+            for &i in &open {
+                set.add_command(set_nx_cmd(&keys[i], value, chunk[i].1));
+            }
+            let replies: Vec<Value> = self.pipeline(&set).await?;
+            let held: Vec<usize> = open
+                .iter()
+                .zip(&replies)
+                .filter_map(|(&i, reply)| match reply {
+                    Value::Nil => Some(i),
+                    _ => {
+                        outcome[i] = Some(true);
+                        None
+                    }
+                })
+                .collect();
+            if held.is_empty() {
+                break;
+            }
+            let mut get = redis::pipe();
+            for &i in &held {
+                get.cmd("GET").arg(&keys[i]);
+            }
+            let holders: Vec<Option<String>> = self.pipeline(&get).await?;
+            for (&i, holder) in held.iter().zip(holders) {
+                // None: it expired in between; the next round writes it.
+                outcome[i] = holder.map(|h| h == value);
+            }
+        }
+        // Still open after every round: it keeps expiring under us; not ours.
+        Ok(outcome.into_iter().map(|o| o.unwrap_or(false)).collect())
+    }
+
+    /// Writes again one registration on its own (Redis Cluster).
+    async fn rewrite_one(
+        &self,
+        value: &str,
+        id: &RegistrationId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.reg_key(id);
+        for _ in 0..REWRITE_ROUNDS {
+            if self.set_nx(&key, value, ttl).await? {
+                return Ok(true);
+            }
+            let holder: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
+            if let Some(holder) = holder {
+                return Ok(holder == value);
+            }
+        }
+        Ok(false)
     }
 
     fn owner_value(owner: &NodeInfo) -> String {
         format!("{} {}", owner.id, owner.forward_addr)
     }
 
-    fn parse_owner(value: &str) -> Result<NodeInfo, StoreError> {
+    pub(crate) fn parse_owner(value: &str) -> Result<NodeInfo, StoreError> {
         let (id, addr) = value
             .split_once(' ')
             .ok_or_else(|| StoreError::Malformed(format!("owner {value:?}")))?;
@@ -247,35 +440,10 @@ impl RedisStore {
     }
 }
 
-/// A connection handle for one command.
-enum ConnRef {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnRef {
-    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, RedisError> {
-        match self {
-            ConnRef::Single(c) => cmd.query_async(c).await,
-            ConnRef::Cluster(c) => cmd.query_async(c).await,
-        }
-    }
-
-    async fn script<T: FromRedisValue>(
-        &mut self,
-        script: &Script,
-        key: &str,
-        args: &[&str],
-    ) -> Result<T, RedisError> {
-        let mut invocation = script.key(key);
-        for a in args {
-            invocation.arg(*a);
-        }
-        match self {
-            ConnRef::Single(c) => invocation.invoke_async(c).await,
-            ConnRef::Cluster(c) => invocation.invoke_async(c).await,
-        }
-    }
+fn set_nx_cmd(key: &str, value: &str, ttl: Duration) -> Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(value).arg("NX").arg("PX").arg(ms(ttl));
+    cmd
 }
 
 fn now_ms() -> u64 {
@@ -323,11 +491,18 @@ impl Rendezvous for RedisStore {
             return Ok(false);
         }
         let ttl_ms = ms(ttl).to_string();
-        let cas = &self.cas.1;
+        let cas = &self.inner.cas.1;
         let replaced: i64 = self
-            .retrying(|mut c| {
+            .run(|mut c| {
                 let (key, current, value, ttl_ms) = (&key, &current, &value, &ttl_ms);
-                async move { c.script(cas, key, &[current, value, ttl_ms]).await }
+                async move {
+                    cas.key(key)
+                        .arg(current)
+                        .arg(value)
+                        .arg(ttl_ms)
+                        .invoke_async(&mut c)
+                        .await
+                }
             })
             .await?;
         if replaced == 1 {
@@ -361,45 +536,77 @@ impl Rendezvous for RedisStore {
     ) -> Result<bool, StoreError> {
         let key = self.reg_key(id);
         let value = Self::owner_value(owner);
-        let cad = &self.cas.0;
+        let cad = &self.inner.cas.0;
         let removed: i64 = self
-            .retrying(|mut c| {
+            .run(|mut c| {
                 let (key, value) = (&key, &value);
-                async move { c.script(cad, key, &[value]).await }
+                async move { cad.key(key).arg(value).invoke_async(&mut c).await }
             })
             .await?;
         Ok(removed == 1)
     }
 
-    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
-        let () = self
-            .query(
-                redis::cmd("SET")
-                    .arg(self.node_key(&node.id))
-                    .arg(&node.forward_addr)
-                    .arg("PX")
-                    .arg(ms(ttl)),
-            )
-            .await?;
+    async fn register_many(
+        &self,
+        owner: &NodeInfo,
+        registrations: &[(RegistrationId, Duration)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let value = Self::owner_value(owner);
+        if self.inner.conn.pipelines_span_keys() {
+            let mut written = Vec::with_capacity(registrations.len());
+            for chunk in registrations.chunks(REWRITE_BATCH) {
+                written.extend(self.rewrite_chunk(&value, chunk).await?);
+            }
+            return Ok(written);
+        }
+        // The futures are made first (they are lazy; `buffered` runs
+        // REWRITE_IN_FLIGHT at a time): a closure inside the stream would not
+        // be general enough for the `Send` bound `async_trait` needs.
+        let rewrites: Vec<_> = registrations
+            .iter()
+            .map(|(id, ttl)| self.rewrite_one(&value, id, *ttl))
+            .collect();
+        futures_util::stream::iter(rewrites)
+            .buffered(REWRITE_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<Beat, StoreError> {
+        // Whether the beat was there, and the new one, in one round trip (the
+        // same key, so the same slot on a Cluster; only this node writes it).
+        let key = self.node_key(&node.id);
+        let mut beat = redis::pipe();
+        beat.cmd("EXISTS")
+            .arg(&key)
+            .cmd("SET")
+            .arg(&key)
+            .arg(&node.forward_addr)
+            .arg("PX")
+            .arg(ms(ttl))
+            .ignore();
+        let (existed,): (bool,) = self.pipeline(&beat).await?;
         let now = now_ms();
-        let nodes = self.nodes_key();
-        let _: i64 = self
-            .query(
-                redis::cmd("ZADD")
-                    .arg(&nodes)
-                    .arg(now + ms(ttl))
-                    .arg(&node.id),
-            )
-            .await?;
-        let _: i64 = self
-            .query(
-                redis::cmd("ZREMRANGEBYSCORE")
-                    .arg(&nodes)
-                    .arg("-inf")
-                    .arg(now),
-            )
-            .await?;
-        Ok(())
+        let mut nodes = redis::pipe();
+        nodes
+            .cmd("ZADD")
+            .arg(self.nodes_key())
+            .arg(now + ms(ttl))
+            .arg(&node.id)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.nodes_key())
+            .arg("-inf")
+            .arg(now)
+            .ignore();
+        let () = self.pipeline(&nodes).await?;
+        // Read (and reset) the recovery flag whatever the key said.
+        let recovered = self.inner.health.take_recovered();
+        Ok(if existed && !recovered {
+            Beat::Renewed
+        } else {
+            Beat::Lost
+        })
     }
 
     async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError> {
@@ -413,18 +620,15 @@ impl Rendezvous for RedisStore {
     }
 
     fn watch_registrations(&self) -> Option<mpsc::Receiver<Registered>> {
-        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-        let (url, channel) = (self.pubsub_url.clone(), self.registered_channel());
-        tokio::spawn(async move {
-            // Resubscribe for as long as the relay listens, whatever Redis does.
-            while !tx.is_closed() {
-                if let Err(e) = forward_announcements(&url, &channel, &tx).await {
-                    debug!(error = %e, "registration announcements interrupted; resubscribing");
-                }
-                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
-            }
-        });
-        Some(rx)
+        announce::watch(
+            &self.inner.config,
+            self.registered_channel(),
+            self.inner.health.clone(),
+        )
+    }
+
+    fn watch_recoveries(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.health.subscribe())
     }
 
     async fn nodes_alive(&self) -> Result<usize, StoreError> {
@@ -441,40 +645,18 @@ impl Rendezvous for RedisStore {
 }
 
 /// An announcement's payload: the id, then the owner as the record names it.
-fn announcement(id: &RegistrationId, value: &str) -> Vec<u8> {
+pub(crate) fn announcement(id: &RegistrationId, value: &str) -> Vec<u8> {
     [id.as_bytes(), value.as_bytes()].concat()
 }
 
 /// The announcement in a payload, if it is one.
-fn parse_announcement(payload: &[u8]) -> Option<Registered> {
+pub(crate) fn parse_announcement(payload: &[u8]) -> Option<Registered> {
     let (id, value) = payload.split_first_chunk::<32>()?;
     let owner = RedisStore::parse_owner(std::str::from_utf8(value).ok()?).ok()?;
     Some(Registered {
         id: RegistrationId::from_bytes(*id),
         owner,
     })
-}
-
-/// Subscribes to the announcements and passes them on until the
-/// subscription breaks.
-async fn forward_announcements(
-    url: &str,
-    channel: &str,
-    tx: &mpsc::Sender<Registered>,
-) -> Result<(), RedisError> {
-    let client = redis::Client::open(url)?;
-    let mut pubsub = tokio::time::timeout(CONNECTION_TIMEOUT, client.get_async_pubsub())
-        .await
-        .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
-    pubsub.subscribe(channel).await?;
-    let mut messages = pubsub.on_message();
-    while let Some(msg) = messages.next().await {
-        if let Some(registered) = parse_announcement(msg.get_payload_bytes()) {
-            // Full: the relay is behind; those CONNECTs find theirs by looking.
-            let _ = tx.try_send(registered);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dtcp_store::{NodeInfo, Registered, Rendezvous, StoreError};
+use dtcp_store::{Beat, NodeInfo, Registered, Rendezvous, StoreError};
 use dtcp_wire::RegistrationId;
 use metrics::{Counter, Histogram, counter, histogram};
 use tokio::time::Instant;
@@ -13,10 +13,11 @@ use tokio::time::Instant;
 use crate::metrics::names::{STORE_ERRORS, STORE_LATENCY, STORE_OPERATIONS};
 
 /// The `op` label of every store operation, in the order of [`Instrumented`]'s fields.
-pub(crate) const STORE_OPS: [&str; 8] = [
+pub(crate) const STORE_OPS: [&str; 9] = [
     "register",
     "lookup",
     "remove",
+    "register_many",
     "heartbeat",
     "remove_node",
     "nodes_alive",
@@ -31,6 +32,7 @@ pub(crate) struct Instrumented {
     register: Op,
     lookup: Op,
     remove: Op,
+    register_many: Op,
     heartbeat: Op,
     remove_node: Op,
     nodes_alive: Op,
@@ -44,6 +46,7 @@ impl Instrumented {
             register,
             lookup,
             remove,
+            register_many,
             heartbeat,
             remove_node,
             nodes_alive,
@@ -55,6 +58,7 @@ impl Instrumented {
             register,
             lookup,
             remove,
+            register_many,
             heartbeat,
             remove_node,
             nodes_alive,
@@ -123,7 +127,17 @@ impl Rendezvous for Instrumented {
             .await
     }
 
-    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+    async fn register_many(
+        &self,
+        owner: &NodeInfo,
+        registrations: &[(RegistrationId, Duration)],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.register_many
+            .record(self.store.register_many(owner, registrations))
+            .await
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<Beat, StoreError> {
         self.heartbeat.record(self.store.heartbeat(node, ttl)).await
     }
 
@@ -154,5 +168,9 @@ impl Rendezvous for Instrumented {
 
     fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<Registered>> {
         self.store.watch_registrations()
+    }
+
+    fn watch_recoveries(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.store.watch_recoveries()
     }
 }

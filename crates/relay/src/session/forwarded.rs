@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use dtcp_forward::proto::Frame;
-use dtcp_forward::{BridgeError, End, Halves, join};
+use dtcp_forward::{BridgeError, End, Halves, join, reset_on_close};
 use dtcp_store::NodeInfo;
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::{counter, gauge};
@@ -23,7 +23,7 @@ use crate::node::Node;
 use crate::outcome::Outcome;
 use crate::pending::RemoteClaim;
 use crate::reply::send_ok;
-use crate::session::report::{Ended, finished};
+use crate::session::report::{Ended, Side, finished};
 
 /// Why a Bridge was not opened.
 pub(crate) enum OpenError {
@@ -94,7 +94,8 @@ pub(crate) async fn run_target_side(
     let _tracked = node.sessions.token();
     let streams = gauge!(BRIDGE_STREAMS, "role" => "client");
     streams.increment(1.0);
-    let joined = join(
+    let paired_at = Instant::now();
+    let report = join(
         &target,
         early.freeze(),
         bridge.outbound,
@@ -104,16 +105,21 @@ pub(crate) async fn run_target_side(
         // The idle timeout is the owner's to enforce: it holds the session's
         // record, and two nodes timing the same silence would race.
         None,
-    );
-    let end = tokio::select! {
-        report = joined => report.end,
-        () = node.stop.cancelled() => End::Broken("drained".into()),
-    };
+        node.stop.cancelled(),
+    )
+    .await;
     streams.decrement(1.0);
-    if let End::Broken(why) = &end {
-        counter!(BRIDGE_ERRORS, "role" => "client", "reason" => "broken").increment(1);
-        debug!(registration = %id, why, "bridge ended abnormally");
-    }
+    let (outcome, detail) = outcome_of(&report.end, "client");
+    let ended = Ended {
+        side: Side::Target,
+        id,
+        paired_at,
+        waited: Duration::ZERO,
+        moved: [report.received, report.sent],
+        outcome,
+        detail,
+    };
+    finished(series, ended);
 }
 
 /// Owner side: a Bridge claimed this node's pending Initiator.
@@ -130,6 +136,8 @@ pub(crate) async fn run_owner_side(
     node.hot.create_ok.increment(1);
     if outbound.send(Frame::paired()).await.is_err() {
         counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
+        // The Target's node is gone: the Initiator's OK stands for nothing.
+        reset_on_close(&initiator);
         return;
     }
     let series = &node.hot.forwarded;
@@ -137,11 +145,7 @@ pub(crate) async fn run_owner_side(
     series.active.increment(1.0);
     streams.increment(1.0);
     let paired_at = Instant::now();
-    // A second handle on the response stream, only to tell the Target's
-    // node when this node stops the session; dropped as soon as the session
-    // ends so that the stream can end.
-    let stopper = outbound.clone();
-    let joined = join(
+    let report = join(
         &initiator,
         early.freeze(),
         outbound,
@@ -149,36 +153,46 @@ pub(crate) async fn run_owner_side(
         series.initiator_to_target.clone(),
         series.target_to_initiator.clone(),
         node.config.idle_timeout(),
-    );
-    tokio::pin!(joined);
-    let (outcome, moved) = tokio::select! {
-        report = &mut joined => {
-            let outcome = match &report.end {
-                End::Closed => Outcome::Closed,
-                End::Reset => Outcome::Reset,
-                End::IdleTimeout => Outcome::IdleTimeout,
-                End::Broken(why) => {
-                    counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
-                    debug!(registration = %id, why, "bridge ended abnormally");
-                    Outcome::BridgeBroken
-                }
-            };
-            (outcome, [report.sent, report.received])
-        }
-        () = node.stop.cancelled() => {
-            stopper.try_send(Frame::error(Condition::ShuttingDown, "the relay is shutting down"));
-            (Outcome::Drained, [0, 0])
-        }
-    };
-    drop(stopper);
+        node.stop.cancelled(),
+    )
+    .await;
     streams.decrement(1.0);
     series.active.decrement(1.0);
+    let (outcome, detail) = outcome_of(&report.end, "server");
     let ended = Ended {
+        side: Side::Owner,
         id,
         paired_at,
         waited,
-        moved,
+        moved: [report.sent, report.received],
         outcome,
+        detail,
     };
     finished(series, ended);
+}
+
+/// The outcome of a joined session, and what the plane said of it; a broken
+/// Bridge is counted under `role`.
+fn outcome_of(end: &End, role: &'static str) -> (Outcome, Option<String>) {
+    match end {
+        End::Closed => (Outcome::Closed, None),
+        End::Reset => (Outcome::Reset, None),
+        End::IdleTimeout => (Outcome::IdleTimeout, None),
+        End::Stopped => (Outcome::Drained, None),
+        // The other node cut it: the same cut, seen from here.
+        End::CutByPeer(condition) => {
+            let outcome = if condition == Condition::ShuttingDown.as_str() {
+                Outcome::Drained
+            } else if condition == Condition::Timeout.as_str() {
+                Outcome::IdleTimeout
+            } else {
+                Outcome::BridgeBroken
+            };
+            (outcome, Some(format!("cut by the other node: {condition}")))
+        }
+        End::Broken(why) => {
+            counter!(BRIDGE_ERRORS, "role" => role, "reason" => "broken").increment(1);
+            (Outcome::BridgeBroken, Some(why.clone()))
+        }
+    }
 }

@@ -14,7 +14,7 @@ use crate::outcome::Outcome;
 use crate::pending::LocalClaim;
 use crate::reply::send_ok;
 use crate::session::pump::{self, Pump};
-use crate::session::report::{Ended, finished};
+use crate::session::report::{Ended, Side, finished};
 
 /// `OK` to both, then the pump until the session ends.
 ///
@@ -60,19 +60,22 @@ pub(crate) fn run(
             outcome = &mut pump => outcome,
             () = node.stop.cancelled() => Outcome::Drained,
         };
-        if outcome == Outcome::Reset {
-            // Pass the reset on: close with RST rather than FIN.
+        if outcome != Outcome::Closed {
+            // A reset is passed on, and a cut is one: close with RST, so that
+            // neither client mistakes it for its peer's FIN.
             pump::reset_on_close(&initiator);
             pump::reset_on_close(&claim.target);
         }
         let moved = pump.moved();
         series.active.decrement(1.0);
         let ended = Ended {
+            side: Side::Local,
             id,
             paired_at,
             waited,
             moved,
             outcome,
+            detail: None,
         };
         finished(series, ended);
     }

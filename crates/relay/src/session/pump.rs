@@ -280,6 +280,4 @@ impl Future for Pump<'_> {
 }
 
 /// Closes `s` with a reset rather than a FIN when it is dropped.
-pub(crate) fn reset_on_close(s: &TcpStream) {
-    let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
-}
+pub(crate) use dtcp_forward::reset_on_close;

@@ -9,9 +9,33 @@ use tracing::info;
 use crate::metrics::PathSeries;
 use crate::outcome::Outcome;
 
+/// Which side of a session a node ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Both clients on this node.
+    Local,
+    /// The node holding the Initiator, which the Bridge claimed.
+    Owner,
+    /// The node the `CONNECT` reached, which opened the Bridge.
+    Target,
+}
+
+impl Side {
+    /// The `side` field of the log line.
+    const fn label(self) -> &'static str {
+        match self {
+            Side::Local => "local",
+            Side::Owner => "owner",
+            Side::Target => "target",
+        }
+    }
+}
+
 /// What one node saw of a session that has ended.
 #[derive(Debug)]
 pub(crate) struct Ended {
+    /// The side this node ran.
+    pub(crate) side: Side,
     /// The registration the session paired.
     pub(crate) id: RegistrationId,
     /// When both sides had their `OK`.
@@ -22,21 +46,31 @@ pub(crate) struct Ended {
     pub(crate) moved: [u64; 2],
     /// How it ended.
     pub(crate) outcome: Outcome,
+    /// What the forwarding plane said of an abnormal end, if it did.
+    pub(crate) detail: Option<String>,
 }
 
 /// Records a finished session in `series` and writes its log line.
+///
+/// Both nodes of a forwarded session write a line (an operator can follow
+/// it from either end), but only the owner counts it in the session
+/// metrics, so that sums across the cluster count each session once.
 pub(crate) fn finished(series: &PathSeries, ended: Ended) {
     let duration = ended.paired_at.elapsed();
-    series.completed(ended.outcome);
-    series.duration.record(duration);
+    if ended.side != Side::Target {
+        series.completed(ended.outcome);
+        series.duration.record(duration);
+    }
     info!(
         registration = %ended.id,
         path = series.path,
+        side = ended.side.label(),
         duration_ms = duration.as_millis() as u64,
         waited_ms = ended.waited.as_millis() as u64,
         bytes_initiator_to_target = ended.moved[0],
         bytes_target_to_initiator = ended.moved[1],
         outcome = ended.outcome.label(),
+        detail = ended.detail,
         "session finished"
     );
 }

@@ -39,7 +39,7 @@ return 1
 
 impl RedisStore {
     fn source_key(&self, source: IpAddr) -> String {
-        format!("{}src:{}", self.prefix, source.to_canonical())
+        format!("{}src:{}", self.inner.config.prefix, source.to_canonical())
     }
 
     pub(super) async fn count_source_script(
@@ -50,23 +50,23 @@ impl RedisStore {
     ) -> Result<bool, StoreError> {
         let key = self.source_key(source);
         let (max, ttl) = (max.to_string(), ms(ttl).to_string());
-        // Not retried after a dropped connection, unlike the other
-        // commands: running it twice would count twice.
-        let mut conn = self.conn_ref().await?;
-        let counted: i64 = conn
-            .script(&COUNT, &key, &[&max, &ttl])
-            .await
-            .map_err(super::unavailable)?;
+        // Retried like every command. Unlike the others it is not safe to
+        // run twice: a retry after a lost reply counts one CREATE twice,
+        // until the count expires. That errs towards refusing, and only in
+        // the moments the store is failing.
+        let (key, max, ttl) = (&key, &max, &ttl);
+        let counted: i64 = self
+            .run(|mut c| async move { COUNT.key(key).arg(max).arg(ttl).invoke_async(&mut c).await })
+            .await?;
         Ok(counted == 1)
     }
 
     pub(super) async fn uncount_source_script(&self, source: IpAddr) -> Result<(), StoreError> {
         let key = self.source_key(source);
-        let mut conn = self.conn_ref().await?;
-        let _: i64 = conn
-            .script(&UNCOUNT, &key, &[])
-            .await
-            .map_err(super::unavailable)?;
+        let key = &key;
+        let _: i64 = self
+            .run(|mut c| async move { UNCOUNT.key(key).invoke_async(&mut c).await })
+            .await?;
         Ok(())
     }
 }

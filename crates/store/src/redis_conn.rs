@@ -1,0 +1,376 @@
+//! Connections to Redis however it is deployed (one server, a Sentinel
+//! deployment, a Redis Cluster), and the health of the store as its
+//! operations see it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod, TlsMode, Value,
+};
+use tokio::sync::{OnceCell, watch};
+use tracing::debug;
+
+use crate::StoreError;
+use crate::redis_store::{RedisConfig, SentinelConfig};
+
+pub(crate) fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Whether an operation that failed with `e` may succeed if tried again: the
+/// connection dropped or timed out, the server is a demoted master
+/// (`READONLY`), loading, or in the middle of a failover. Not a wrong
+/// password, a refused command or a malformed answer.
+pub(crate) fn retryable(e: &RedisError) -> bool {
+    !matches!(
+        e.kind(),
+        redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
+    ) && !matches!(
+        e.retry_method(),
+        RetryMethod::NoRetry | RetryMethod::AskRedirect | RetryMethod::MovedRedirect
+    )
+}
+
+/// The connection of a store, whatever the deployment.
+pub(crate) enum Conn {
+    /// One Redis: the redis crate's connection manager reconnects by itself.
+    Single(ConnectionManager),
+    /// A master found through Sentinel, found again after each failure.
+    Sentinel(Arc<SentinelConn>),
+    /// A Redis Cluster, connected on first use.
+    Cluster(Arc<LazyCluster>),
+}
+
+impl Conn {
+    pub(crate) fn new(config: &RedisConfig) -> Result<Self, StoreError> {
+        if let Some(sentinel) = &config.sentinel {
+            return Ok(Conn::Sentinel(Arc::new(SentinelConn {
+                sentinel: tokio::sync::Mutex::new(sentinel_client(config, sentinel)?),
+                current: Mutex::new(None),
+                generation: AtomicU64::new(0),
+                config: AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(Some(config.response_timeout)),
+            })));
+        }
+        if config.is_cluster() {
+            let client = cluster_builder(config)
+                // Retries of its own (MOVED, a node reconnecting) stay within
+                // one operation's time; the store retries on top of them.
+                .retries(CLUSTER_RETRIES)
+                .min_retry_wait(ms(config.retry_min_delay))
+                .max_retry_wait(ms(config.retry_max_delay))
+                .overall_response_timeout(Some(config.operation_timeout))
+                .build()
+                .map_err(unavailable)?;
+            return Ok(Conn::Cluster(Arc::new(LazyCluster {
+                client,
+                conn: OnceCell::new(),
+            })));
+        }
+        let client = Client::open(single_info(config)?).map_err(unavailable)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            // Its reconnection: backoff with jitter between these delays.
+            .set_min_delay(config.retry_min_delay)
+            .set_max_delay(config.retry_max_delay)
+            .set_number_of_retries(MANAGER_RECONNECT_TRIES);
+        Ok(Conn::Single(
+            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(unavailable)?,
+        ))
+    }
+
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Conn::Single(_) => "single",
+            Conn::Sentinel(_) => "sentinel",
+            Conn::Cluster(_) => "cluster",
+        }
+    }
+
+    /// Whether a pipeline may name keys of different slots (not on a Cluster).
+    pub(crate) fn pipelines_span_keys(&self) -> bool {
+        !matches!(self, Conn::Cluster(_))
+    }
+
+    /// A handle for one operation.
+    pub(crate) async fn get(&self) -> RedisResult<ConnRef> {
+        Ok(match self {
+            Conn::Single(m) => ConnRef::Manager(m.clone()),
+            Conn::Sentinel(s) => {
+                let (generation, conn) = s.get().await?;
+                ConnRef::Sentinel { conn, generation }
+            }
+            Conn::Cluster(lazy) => {
+                let conn = lazy
+                    .conn
+                    .get_or_try_init(|| lazy.client.get_async_connection())
+                    .await?;
+                ConnRef::Cluster(conn.clone())
+            }
+        })
+    }
+
+    /// The connection of `generation` ([`ConnRef::generation`]) failed with
+    /// a retryable error: a Sentinel master is looked up again before the
+    /// next command (the others reconnect by themselves).
+    pub(crate) fn failed(&self, generation: Option<u64>) {
+        if let (Conn::Sentinel(s), Some(generation)) = (self, generation) {
+            s.forget(generation);
+        }
+    }
+}
+
+/// Tries of the cluster connection's own for one command.
+const CLUSTER_RETRIES: u32 = 2;
+/// Reconnection tries of the connection manager before it fails the waiting
+/// commands (and tries again on the next): one, as the store's own retries
+/// come on top.
+const MANAGER_RECONNECT_TRIES: usize = 1;
+
+fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// The single server's connection info, with the configured password.
+pub(crate) fn single_info(config: &RedisConfig) -> Result<ConnectionInfo, StoreError> {
+    let url = config
+        .urls
+        .first()
+        .ok_or_else(|| StoreError::Unavailable("no Redis URL".into()))?;
+    let info = url.as_str().into_connection_info().map_err(unavailable)?;
+    Ok(match &config.password {
+        Some(p) => {
+            let redis = info.redis_settings().clone().set_password(p);
+            info.set_redis_settings(redis)
+        }
+        None => info,
+    })
+}
+
+/// A Cluster client's builder on the seeds, with the password and timeouts.
+pub(crate) fn cluster_builder(config: &RedisConfig) -> redis::cluster::ClusterClientBuilder {
+    let mut builder = ClusterClient::builder(config.urls.iter().map(String::as_str))
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.response_timeout);
+    if let Some(p) = &config.password {
+        builder = builder.password(p);
+    }
+    builder
+}
+
+/// A client of the Sentinel deployment that names the current master.
+pub(crate) fn sentinel_client(
+    config: &RedisConfig,
+    sentinel: &SentinelConfig,
+) -> Result<SentinelClient, StoreError> {
+    let addrs = sentinel
+        .sentinels
+        .iter()
+        .map(|a| sentinel_addr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err(StoreError::Unavailable("no Sentinel address".into()));
+    }
+    let tls = addrs
+        .iter()
+        .filter(|a| matches!(a, ConnectionAddr::TcpTls { .. }))
+        .count();
+    if tls != 0 && tls != addrs.len() {
+        return Err(StoreError::Unavailable(
+            "Sentinel addresses mix rediss:// and plain ones".into(),
+        ));
+    }
+    let mut builder =
+        SentinelClientBuilder::new(addrs, &sentinel.master, SentinelServerType::Master)
+            .map_err(unavailable)?;
+    if tls != 0 {
+        // Sentinels over TLS: the master is reached over TLS too.
+        builder = builder
+            .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+            .set_client_to_redis_tls_mode(TlsMode::Secure);
+    }
+    if let Some(p) = &config.password {
+        builder = builder.set_client_to_redis_password(p);
+    }
+    if let Some(p) = &sentinel.password {
+        builder = builder.set_client_to_sentinel_password(p);
+    }
+    builder.build().map_err(unavailable)
+}
+
+/// `HOST:PORT` (`[v6]:PORT`), or a `redis://` / `rediss://` URL.
+fn sentinel_addr(s: &str) -> Result<ConnectionAddr, StoreError> {
+    let bad = || StoreError::Unavailable(format!("Sentinel address {s:?} is not HOST:PORT"));
+    if s.contains("://") {
+        return Ok(s
+            .into_connection_info()
+            .map_err(unavailable)?
+            .addr()
+            .clone());
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok(ConnectionAddr::Tcp(host.to_owned(), port))
+}
+
+/// The current master of a Sentinel deployment, connected to; looked up
+/// again through the sentinels after the connection failed.
+pub(crate) struct SentinelConn {
+    /// Looks the master up (it needs `&mut`; lookups are rare and serialised).
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    /// The connection in use and its generation.
+    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    generation: AtomicU64,
+    config: AsyncConnectionConfig,
+}
+
+impl SentinelConn {
+    fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.current.lock().expect("poisoned").clone()
+    }
+
+    async fn get(&self) -> RedisResult<(u64, MultiplexedConnection)> {
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let mut sentinel = self.sentinel.lock().await;
+        // Another operation may have connected while this one waited.
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let conn = sentinel
+            .get_async_connection_with_config(&self.config)
+            .await?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.current.lock().expect("poisoned") = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    /// Drops connection `generation` if it is still the current one.
+    fn forget(&self, generation: u64) {
+        let mut current = self.current.lock().expect("poisoned");
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
+        }
+    }
+}
+
+/// A cluster connection made on first use, and made again on the next use
+/// after it could not be made.
+pub(crate) struct LazyCluster {
+    client: ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+}
+
+/// A connection handle for one operation.
+#[derive(Clone)]
+pub(crate) enum ConnRef {
+    Manager(ConnectionManager),
+    Sentinel {
+        conn: MultiplexedConnection,
+        generation: u64,
+    },
+    Cluster(ClusterConnection),
+}
+
+impl ConnRef {
+    /// Which Sentinel connection this is, to forget it if it fails.
+    pub(crate) fn generation(&self) -> Option<u64> {
+        match self {
+            ConnRef::Sentinel { generation, .. } => Some(*generation),
+            _ => None,
+        }
+    }
+}
+
+impl ConnectionLike for ConnRef {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            ConnRef::Manager(c) => c.req_packed_command(cmd),
+            ConnRef::Sentinel { conn, .. } => conn.req_packed_command(cmd),
+            ConnRef::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            ConnRef::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            ConnRef::Sentinel { conn, .. } => conn.req_packed_commands(pipeline, offset, count),
+            ConnRef::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            ConnRef::Manager(c) => c.get_db(),
+            ConnRef::Sentinel { conn, .. } => conn.get_db(),
+            ConnRef::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The store's health as its operations and its subscription see it: a
+/// failure followed by an answer is a recovery, after which records written
+/// before may be gone.
+#[derive(Debug)]
+pub(crate) struct Health {
+    /// A connection failed or timed out and nothing has answered since.
+    troubled: AtomicBool,
+    /// A recovery happened since the last heartbeat read this flag.
+    recovered_since_beat: AtomicBool,
+    recoveries: watch::Sender<u64>,
+}
+
+impl Health {
+    pub(crate) fn new() -> Self {
+        Health {
+            troubled: AtomicBool::new(false),
+            recovered_since_beat: AtomicBool::new(false),
+            recoveries: watch::Sender::new(0),
+        }
+    }
+
+    /// A connection failed, timed out, or a subscription broke.
+    pub(crate) fn trouble(&self) {
+        if !self.troubled.swap(true, Ordering::AcqRel) {
+            debug!("rendezvous store connection failed");
+        }
+    }
+
+    /// The store answered.
+    pub(crate) fn answered(&self) {
+        if self.troubled.swap(false, Ordering::AcqRel) {
+            self.recovered_since_beat.store(true, Ordering::Release);
+            self.recoveries.send_modify(|n| *n += 1);
+            debug!("rendezvous store answers again");
+        }
+    }
+
+    /// Whether a recovery happened since the last call.
+    pub(crate) fn take_recovered(&self) -> bool {
+        self.recovered_since_beat.swap(false, Ordering::AcqRel)
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.recoveries.subscribe()
+    }
+}

@@ -1,0 +1,216 @@
+//! A cut is never a clean end (PROTOCOL.md section 2): when the relay ends a
+//! session its peers did not end (drain timeout, idle timeout, the other
+//! node gone), every surviving peer sees a reset, never a FIN it could
+//! mistake for the end of its peer's stream. Each peer here only reads once
+//! the cut is on its way, as a receiver that trusts FIN would.
+
+use std::time::Duration;
+
+use dtcp_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a peer may wait for its connection to end.
+const END_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bytes each side sends before the cut.
+const BEFORE: usize = 64 * 1024;
+
+/// How a client's connection ended, and how many bytes it read first.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// A FIN: read returned 0.
+    Eof(u64),
+    /// A reset: read failed with ECONNRESET.
+    Reset(u64),
+}
+
+/// Reads until the connection ends.
+async fn ending(s: &mut TcpStream) -> Ending {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    let read = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return Ending::Eof(total),
+                Ok(n) => total += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Ending::Reset(total);
+                }
+                Err(e) => panic!("read failed with {e}, not a reset"),
+            }
+        }
+    };
+    tokio::time::timeout(END_TIMEOUT, read)
+        .await
+        .expect("the connection did not end")
+}
+
+/// Both peers read everything in flight, then see a reset.
+async fn both_reset(i: &mut TcpStream, tg: &mut TcpStream) {
+    let (ei, et) = tokio::join!(ending(i), ending(tg));
+    assert!(matches!(ei, Ending::Reset(_)), "initiator: {ei:?}");
+    assert!(matches!(et, Ending::Reset(_)), "target: {et:?}");
+}
+
+/// Pairs on `a` (CREATE) and `b` (CONNECT), and moves [`BEFORE`] bytes each
+/// way, read to the last byte, so that the session is busy and paired.
+async fn busy_pair(a: &Relay, b: &Relay, name: &str) -> (TcpStream, TcpStream) {
+    let (mut i, mut tg) = pair(a.addr, b.addr, &triple(name)).await;
+    let data = vec![7u8; BEFORE];
+    i.write_all(&data).await.unwrap();
+    tg.write_all(&data).await.unwrap();
+    assert_eq!(read_n(&mut tg, BEFORE).await, data);
+    assert_eq!(read_n(&mut i, BEFORE).await, data);
+    (i, tg)
+}
+
+/// The "session finished" log lines of a node.
+fn session_lines(relay: &Relay) -> Vec<serde_json::Value> {
+    relay
+        .logs()
+        .into_iter()
+        .filter(|l| l["message"] == "session finished")
+        .collect()
+}
+
+/// Waits for a node's log line of a finished session.
+async fn session_line(relay: &Relay) -> serde_json::Value {
+    eventually(Duration::from_secs(10), "a session line", || async {
+        !session_lines(relay).is_empty()
+    })
+    .await;
+    session_lines(relay).remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_timeout_resets_a_local_session() {
+    let mut relay = NodeOptions::new().drain_timeout(0.5).start();
+    let (mut i, mut tg) = busy_pair(&relay, &relay, "cut-drain-local").await;
+    relay.signal(libc::SIGTERM);
+    both_reset(&mut i, &mut tg).await;
+    assert!(relay.wait_exit(Duration::from_secs(10)).is_some());
+    let line = session_line(&relay).await;
+    assert_eq!(line["outcome"], "drained");
+    assert_eq!(line["bytes_initiator_to_target"], BEFORE as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_timeout_resets_a_local_session() {
+    let relay = NodeOptions::new().idle_timeout(0.5).start();
+    let (mut i, mut tg) = busy_pair(&relay, &relay, "cut-idle-local").await;
+    both_reset(&mut i, &mut tg).await;
+    relay
+        .wait_for(
+            "dtcp_sessions_completed_total{path=\"local\",outcome=\"idle_timeout\"}",
+            1.0,
+        )
+        .await;
+}
+
+/// Which node of a forwarded session drains.
+#[derive(Debug, Clone, Copy)]
+enum Drains {
+    Owner,
+    TargetSide,
+}
+
+async fn forwarded_drain(drains: Drains) {
+    let redis = RedisServer::start();
+    let mut a = NodeOptions::cluster(&[redis.url()])
+        .drain_timeout(0.5)
+        .start();
+    let mut b = NodeOptions::cluster(&[redis.url()])
+        .drain_timeout(0.5)
+        .start();
+    let name = format!("cut-drain-{drains:?}");
+    let (mut i, mut tg) = busy_pair(&a, &b, &name).await;
+    let (draining, other) = match drains {
+        Drains::Owner => (&mut a, &b),
+        Drains::TargetSide => (&mut b, &a),
+    };
+    draining.signal(libc::SIGTERM);
+    both_reset(&mut i, &mut tg).await;
+    assert!(draining.wait_exit(Duration::from_secs(10)).is_some());
+    // Both nodes log the session, with the true byte counts and the cut.
+    for (node, side) in [(&a, "owner"), (&b, "target")] {
+        let line = session_line(node).await;
+        assert_eq!(line["side"], side, "{line}");
+        assert_eq!(line["outcome"], "drained", "{line}");
+        assert_eq!(line["bytes_initiator_to_target"], BEFORE as u64, "{line}");
+        assert_eq!(line["bytes_target_to_initiator"], BEFORE as u64, "{line}");
+    }
+    // The surviving node counts the session once (only the owner counts it).
+    if let Drains::TargetSide = drains {
+        other
+            .wait_for(
+                "dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"drained\"}",
+                1.0,
+            )
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_timeout_on_the_owner_resets_both_peers_of_a_forwarded_session() {
+    forwarded_drain(Drains::Owner).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_timeout_on_the_target_side_resets_both_peers_of_a_forwarded_session() {
+    forwarded_drain(Drains::TargetSide).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_timeout_resets_both_peers_of_a_forwarded_session() {
+    let redis = RedisServer::start();
+    let a = NodeOptions::cluster(&[redis.url()])
+        .idle_timeout(0.5)
+        .start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
+    let (mut i, mut tg) = busy_pair(&a, &b, "cut-idle-forwarded").await;
+    both_reset(&mut i, &mut tg).await;
+    let line = session_line(&b).await;
+    assert_eq!(line["side"], "target");
+    assert_eq!(line["outcome"], "idle_timeout", "{line}");
+}
+
+/// Which node of a forwarded session is killed.
+#[derive(Debug, Clone, Copy)]
+enum Killed {
+    Owner,
+    TargetSide,
+}
+
+/// A node killed mid-transfer: the peer on the surviving node, which only
+/// reads, sees a reset after some of the bytes, never a FIN.
+async fn killed_mid_transfer(killed: Killed) {
+    let redis = RedisServer::start();
+    let a = NodeOptions::cluster(&[redis.url()]).start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
+    let name = format!("cut-kill-{killed:?}");
+    let (i, tg) = busy_pair(&a, &b, &name).await;
+    let (victim, mut survivor_peer, mut dead_peer) = match killed {
+        Killed::Owner => (a, tg, i),
+        Killed::TargetSide => (b, i, tg),
+    };
+    // The peer on the doomed node keeps writing; its relay dies under it.
+    let writer = tokio::spawn(async move {
+        let chunk = vec![1u8; 64 * 1024];
+        while dead_peer.write_all(&chunk).await.is_ok() {}
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(victim); // SIGKILL
+    let end = ending(&mut survivor_peer).await;
+    assert!(matches!(end, Ending::Reset(n) if n > 0), "{end:?}");
+    writer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_resets_the_target_mid_transfer() {
+    killed_mid_transfer(Killed::Owner).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_target_side_node_resets_the_initiator_mid_transfer() {
+    killed_mid_transfer(Killed::TargetSide).await;
+}
