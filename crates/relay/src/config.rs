@@ -86,6 +86,17 @@ pub struct Config {
     #[arg(long, env = "DTCP_CONNECTION_BURST_PER_IP", value_name = "N")]
     pub connection_burst_per_ip: Option<NonZeroU32>,
 
+    /// Bandwidth cap of each direction of a session, in bytes a second
+    /// (`10M/s`: K, M, G are powers of 1000, Ki, Mi, Gi of 1024). A session
+    /// over it is slowed down (the relay stops reading), never cut. Unset: none.
+    #[arg(long, env = "DTCP_MAX_SESSION_RATE", value_parser = parse_bytes_rate, value_name = "BYTES/s")]
+    pub max_session_rate: Option<u64>,
+
+    /// Bandwidth cap of the whole node (every direction of every session),
+    /// in bytes a second, as `--max-session-rate`. Unset: none.
+    #[arg(long, env = "DTCP_MAX_NODE_RATE", value_parser = parse_bytes_rate, value_name = "BYTES/s")]
+    pub max_node_rate: Option<u64>,
+
     /// Close a paired session after this many seconds with no bytes either way (0: never).
     #[arg(long, env = "DTCP_IDLE_TIMEOUT", default_value = "0", value_parser = parse_secs, value_name = "SECS")]
     pub idle_timeout: Duration,
@@ -452,6 +463,32 @@ impl Config {
     }
 }
 
+/// Bytes a second, written `N/s`, `10M/s`, `512Ki/s` (or without `/s`).
+fn parse_bytes_rate(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a rate in bytes a second, like 10M/s");
+    let n = s.strip_suffix("/s").unwrap_or(s).trim();
+    let n = n.strip_suffix('B').unwrap_or(n);
+    let (digits, unit) = match n.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => n.split_at(i),
+        None => (n, ""),
+    };
+    let scale: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let value: u64 = digits.parse().map_err(|_| bad())?;
+    match value.checked_mul(scale) {
+        Some(0) | None => Err(bad()),
+        Some(rate) => Ok(rate),
+    }
+}
+
 /// A rate per second, written `N/s` (or just `N`).
 fn parse_rate(s: &str) -> Result<NonZeroU32, String> {
     let n = s.strip_suffix("/s").unwrap_or(s);
@@ -711,6 +748,24 @@ mod tests {
         assert!(
             Config::try_parse_from(["dtcp-relay", "--proxy-protocol-from", "10.0.0.0/33"]).is_err()
         );
+    }
+
+    #[test]
+    fn bandwidth_caps_take_units() {
+        let parse = |v: &str| {
+            Config::try_parse_from(["dtcp-relay", "--max-session-rate", v])
+                .map(|c| c.max_session_rate)
+        };
+        assert_eq!(parse("10M/s").unwrap(), Some(10_000_000));
+        assert_eq!(parse("10MB/s").unwrap(), Some(10_000_000));
+        assert_eq!(parse("512Ki/s").unwrap(), Some(512 * 1024));
+        assert_eq!(parse("1000").unwrap(), Some(1000));
+        for bad in ["0/s", "fast", "10X/s", "-1", "99999999999G/s"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let c = Config::try_parse_from(["dtcp-relay", "--max-node-rate", "1G/s"]).unwrap();
+        assert_eq!(c.max_node_rate, Some(1_000_000_000));
+        assert_eq!(c.max_session_rate, None);
     }
 
     #[test]

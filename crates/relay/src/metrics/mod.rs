@@ -39,6 +39,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Full(PAIRING_LATENCY.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(PENDING_WAIT.into()), DURATION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(STORE_LATENCY.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(THROTTLED.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(SESSION_DURATION.into()), DURATION_BUCKETS)?
         .install_recorder()?;
     describe();
@@ -93,6 +94,11 @@ fn describe() {
         SESSION_DURATION,
         Unit::Seconds,
         "From OK to the end of a paired session, by path."
+    );
+    describe_histogram!(
+        THROTTLED,
+        Unit::Seconds,
+        "Each wait of a session direction held back by a bandwidth cap (the sum is the time spent throttled)."
     );
     describe_counter!(STORE_OPERATIONS, "Rendezvous store operations, by op.");
     describe_counter!(STORE_ERRORS, "Failed rendezvous store operations, by op.");
@@ -156,6 +162,7 @@ fn init_series() {
         }
     }
     let _ = histogram!(PENDING_WAIT);
+    let _ = histogram!(THROTTLED);
     for op in STORE_OPS {
         counter!(STORE_OPERATIONS, "op" => op).absolute(0);
         counter!(STORE_ERRORS, "op" => op).absolute(0);

@@ -33,6 +33,9 @@ pub const PAIRING_LATENCY: &str = "dtcp_pairing_latency_seconds";
 pub const PENDING_WAIT: &str = "dtcp_pending_wait_seconds";
 /// From `OK` to the end of a session, by `path`.
 pub const SESSION_DURATION: &str = "dtcp_session_duration_seconds";
+/// Each wait of a session direction held back by a bandwidth cap; the sum
+/// is the time spent throttled.
+pub const THROTTLED: &str = "dtcp_throttled_seconds";
 /// Rendezvous store operations, by `op`.
 pub const STORE_OPERATIONS: &str = "dtcp_store_operations_total";
 /// Failed rendezvous store operations, by `op`.

@@ -11,6 +11,7 @@ mod pump;
 mod report;
 #[cfg(target_os = "linux")]
 mod splice;
+pub(crate) mod throttle;
 
 use std::future::Future;
 use std::pin::Pin;
