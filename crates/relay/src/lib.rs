@@ -10,7 +10,8 @@
 //! registering or claiming), `pending` (the table where claims happen),
 //! `session` (the paired session and its pump). Beside them: `plane` (the
 //! Bridge service, where another node's claim arrives), `admin` (the HTTP
-//! endpoints), and below everything `node`, `limits`, `reply`, `outcome`,
+//! endpoints), and below everything `node`, `limits`, `throttle` (the
+//! bandwidth caps), `reply`, `outcome`,
 //! `metrics` and `config`.
 
 pub mod config;
@@ -27,6 +28,7 @@ mod plane;
 mod reply;
 mod server;
 mod session;
+mod throttle;
 
 pub use config::{Config, LogFormat};
 pub use server::{Relay, RunError};

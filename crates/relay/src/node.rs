@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::limits::{ConnectionRate, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
 use crate::pending::PendingTable;
-use crate::session::throttle::{NodeRate, Throttle};
+use crate::throttle::{NodeRate, Throttle};
 
 /// The state of one relay node.
 #[derive(Debug)]

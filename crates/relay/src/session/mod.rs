@@ -11,7 +11,6 @@ mod pump;
 mod report;
 #[cfg(target_os = "linux")]
 mod splice;
-pub(crate) mod throttle;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 use crate::outcome::Outcome;
 #[cfg(target_os = "linux")]
 use crate::session::splice;
-use crate::session::throttle::Throttle;
+use crate::throttle::Throttle;
 
 /// Size of one copy buffer.
 const BUF_SIZE: usize = 64 * 1024;
