@@ -7,6 +7,10 @@
 #   haproxy       HAProxy in TCP mode (both threads, option splice-auto) in
 #                 front of the generator's sink: the industrial TCP proxy
 #   direct        the generator talking to its own sink: the physical limit
+#   relay-behind-haproxy, relay-behind-haproxy-v2
+#                 one node behind HAProxy (TCP mode), without and with the
+#                 PROXY protocol v2 (send-proxy-v2, --proxy-protocol): what
+#                 reading the header costs a pairing, in the same run
 #
 # Prints each scenario's table, then the ratios (which stay meaningful on a
 # noisy shared machine when absolute numbers do not). Raw JSON lines go to
@@ -129,6 +133,38 @@ wait_port "$HP"
 ENDPOINT=(--via "127.0.0.1:$HP" --sink "127.0.0.1:$SINK")
 scenarios haproxy "$HPID"
 run haproxy --relay-pid "$HPID" hold --count "${HOLD[0]}"
+
+behind_haproxy() { # label send-proxy-option [relay args...]
+  local label=$1 send=$2; shift 2
+  local rp fp
+  rp=$(free_port); fp=$(free_port)
+  start_relay "$label" "$rp" "$@"; local rpid=$LAST
+  cat > "$WORK/$label.cfg" <<CFG
+global
+  nbthread 2
+  maxconn 7500
+defaults
+  mode tcp
+  option splice-auto
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend fe
+  bind 127.0.0.1:$fp
+  default_backend relay
+backend relay
+  server relay 127.0.0.1:$rp $send
+CFG
+  haproxy -f "$WORK/$label.cfg" -db > "$WORK/$label-haproxy.log" 2>&1 &
+  local hpid=$!; PIDS+=($hpid)
+  wait_port "$fp"
+  ENDPOINT=(--create-on "127.0.0.1:$fp")
+  run "$label" --relay-pid "$rpid,$hpid" pair --pairs "$PAIRS" --concurrency "$CONC"
+  kill "$hpid" "$rpid"
+}
+echo "== relay behind haproxy, without and with the PROXY protocol v2" >&2
+behind_haproxy relay-behind-haproxy ""
+behind_haproxy relay-behind-haproxy-v2 send-proxy-v2 --proxy-protocol --proxy-protocol-from 127.0.0.1/32
 
 echo "== direct" >&2
 ENDPOINT=(--direct)

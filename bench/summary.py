@@ -16,7 +16,7 @@ def main(path):
                 return r
         return None
 
-    labels = ["relay-local", "relay-cross", "haproxy", "direct"]
+    labels = ["relay-local", "relay-cross", "haproxy", "direct", "relay-behind-haproxy", "relay-behind-haproxy-v2"]
     print("\n| contender | pairs/s | p50 ms | p99 ms | max ms | CPU s/1k pairs |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for l in labels:
@@ -60,6 +60,9 @@ def main(path):
     if pl and ph:
         print(f"| relay-local / haproxy, pairs per second | {ratio(pl['pairs_per_s'], ph['pairs_per_s']):.2f} |")
         print(f"| relay-local / haproxy, p99 latency | {ratio(pl['latency_ms']['p99'], ph['latency_ms']['p99']):.2f} |")
+    pb, pv = get("relay-behind-haproxy", "pair"), get("relay-behind-haproxy-v2", "pair")
+    if pb and pv:
+        print(f"| behind HAProxy, PROXY v2 on / off, pairs per second | {ratio(pv['pairs_per_s'], pb['pairs_per_s']):.2f} |")
     if pc:
         print(f"| relay-cross p99 latency, ms | {pc['latency_ms']['p99']:.3f} |")
 

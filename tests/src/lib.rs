@@ -9,9 +9,11 @@
 //! (Redis servers and clusters), [`client`] (commands, replies, pairs),
 //! [`pattern`] (checked byte streams), [`metrics`] (scraping a node),
 //! [`trust`] (signed keys and sealed records), [`xmpp`] (Prosody and XMPP
-//! clients).
+//! clients),
+//! [`haproxy`] (a real HAProxy sending the PROXY protocol).
 
 pub mod client;
+pub mod haproxy;
 pub mod metrics;
 pub mod pattern;
 pub mod redis;
@@ -20,6 +22,7 @@ pub mod trust;
 pub mod xmpp;
 
 pub use client::*;
+pub use haproxy::*;
 pub use metrics::*;
 pub use pattern::*;
 pub use redis::*;

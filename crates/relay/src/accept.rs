@@ -44,10 +44,12 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
         node.hot.connections_accepted.increment(1);
         let _ = stream.set_nodelay(true);
         // Every line this connection logs carries its peer and, once known,
-        // its registration id.
+        // the client's address (the peer's, or the one a trusted PROXY
+        // protocol header names) and its registration id.
         let span = info_span!(
             "connection",
             peer = %peer,
+            client = tracing::field::Empty,
             registration = tracing::field::Empty
         );
         match node.slots.take() {

@@ -13,7 +13,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use crate::metrics::{CONNECTIONS_OPEN, STORE_REGISTRATIONS, UPKEEP_INTERVAL};
+use crate::metrics::{
+    CONNECTION_RATE_SOURCES, CONNECTIONS_OPEN, STORE_REGISTRATIONS, UPKEEP_INTERVAL,
+};
 use crate::node::Node;
 
 #[derive(Clone)]
@@ -53,6 +55,9 @@ pub(crate) async fn serve(listener: TcpListener, metrics: PrometheusHandle, node
 async fn render(State(http): State<Http>) -> String {
     // Counted where they are kept, not on every change.
     gauge!(CONNECTIONS_OPEN).set(http.node.slots.open() as f64);
+    if let Some(rate) = &http.node.rate {
+        gauge!(CONNECTION_RATE_SOURCES).set(rate.sources() as f64);
+    }
     if let Some(memory) = &http.node.memory {
         gauge!(STORE_REGISTRATIONS).set(memory.len() as f64);
     }

@@ -1,13 +1,15 @@
 //! The relay's configuration: command-line flags, each also settable by an
 //! environment variable (`DTCP_LISTEN` for `--listen`, and so on).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use dtcp_store::{RedisConfig, SentinelConfig};
 use dtcp_wire::Limits;
+use ipnet::IpNet;
 
 /// Configuration of one relay node.
 #[derive(Debug, Clone, Parser)]
@@ -54,6 +56,46 @@ pub struct Config {
         value_name = "N"
     )]
     pub max_pending_per_ip: usize,
+
+    /// Expect a PROXY protocol header (version 1 or 2) from the load
+    /// balancers of `--proxy-protocol-from`: its source address is then the
+    /// client's for every limit and log line.
+    #[arg(long, env = "DTCP_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
+    /// A network whose connections must begin with a PROXY protocol header
+    /// (repeatable; the environment variable takes a comma-separated list).
+    /// Required with `--proxy-protocol`. A header from any other source is
+    /// refused `forbidden`.
+    #[arg(
+        long = "proxy-protocol-from",
+        env = "DTCP_PROXY_PROTOCOL_FROM",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub proxy_protocol_from: Vec<IpNet>,
+
+    /// New connections per second from one client address (`N/s`); beyond it
+    /// (and its burst) a connection gets `resource-constraint` at once.
+    /// Unset: no limit.
+    #[arg(long, env = "DTCP_MAX_CONNECTION_RATE_PER_IP", value_parser = parse_rate, value_name = "N/s")]
+    pub max_connection_rate_per_ip: Option<NonZeroU32>,
+
+    /// Connections one client address may open at once above its rate.
+    /// Default: one second's worth of the rate.
+    #[arg(long, env = "DTCP_CONNECTION_BURST_PER_IP", value_name = "N")]
+    pub connection_burst_per_ip: Option<NonZeroU32>,
+
+    /// Bandwidth cap of each direction of a session, in bytes a second
+    /// (`10M/s`: K, M, G are powers of 1000, Ki, Mi, Gi of 1024). A session
+    /// over it is slowed down (the relay stops reading), never cut. Unset: none.
+    #[arg(long, env = "DTCP_MAX_SESSION_RATE", value_parser = parse_bytes_rate, value_name = "BYTES/s")]
+    pub max_session_rate: Option<u64>,
+
+    /// Bandwidth cap of the whole node (every direction of every session),
+    /// in bytes a second, as `--max-session-rate`. Unset: none.
+    #[arg(long, env = "DTCP_MAX_NODE_RATE", value_parser = parse_bytes_rate, value_name = "BYTES/s")]
+    pub max_node_rate: Option<u64>,
 
     /// Close a paired session after this many seconds with no bytes either way (0: never).
     #[arg(long, env = "DTCP_IDLE_TIMEOUT", default_value = "0", value_parser = parse_secs, value_name = "SECS")]
@@ -414,7 +456,28 @@ impl Config {
                 self.forward_listen
             ));
         }
+        if self.proxy_protocol && self.proxy_protocol_from.is_empty() {
+            return Err(
+                "--proxy-protocol needs --proxy-protocol-from: the load balancers' networks".into(),
+            );
+        }
+        if !self.proxy_protocol && !self.proxy_protocol_from.is_empty() {
+            return Err("--proxy-protocol-from is set but --proxy-protocol is off".into());
+        }
+        if self.connection_burst_per_ip.is_some() && self.max_connection_rate_per_ip.is_none() {
+            return Err("--connection-burst-per-ip needs --max-connection-rate-per-ip".into());
+        }
         Ok(())
+    }
+
+    /// Whether a connection from `peer` must begin with a PROXY protocol header.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_protocol
+            && self
+                .proxy_protocol_from
+                .iter()
+                .any(|net| net.contains(&peer))
     }
 
     /// Whether the domain policy lets a session between these JIDs through.
@@ -437,6 +500,40 @@ impl Config {
     pub fn idle_timeout(&self) -> Option<Duration> {
         (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
     }
+}
+
+/// Bytes a second, written `N/s`, `10M/s`, `512Ki/s` (or without `/s`).
+fn parse_bytes_rate(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a rate in bytes a second, like 10M/s");
+    let n = s.strip_suffix("/s").unwrap_or(s).trim();
+    let n = n.strip_suffix('B').unwrap_or(n);
+    let (digits, unit) = match n.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => n.split_at(i),
+        None => (n, ""),
+    };
+    let scale: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let value: u64 = digits.parse().map_err(|_| bad())?;
+    match value.checked_mul(scale) {
+        Some(0) | None => Err(bad()),
+        Some(rate) => Ok(rate),
+    }
+}
+
+/// A rate per second, written `N/s` (or just `N`).
+fn parse_rate(s: &str) -> Result<NonZeroU32, String> {
+    let n = s.strip_suffix("/s").unwrap_or(s);
+    n.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate: a whole number above 0 per second, like 20/s"))
 }
 
 /// `HOST:PORT` with a port number.
@@ -659,6 +756,77 @@ mod tests {
         assert!(c.allows("romeo@montague.lit/x", "juliet@Capulet.lit"));
         assert!(c.allows("verona.lit", "x@y"));
         assert!(!c.allows("romeo@montague.lit", "tybalt@sub.capulet.lit"));
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_networks() {
+        let parse =
+            |args: &[&str]| Config::try_parse_from([&["dtcp-relay"], args].concat()).unwrap();
+        let off = parse(&[]);
+        assert!(!off.proxy_protocol);
+        assert!(!off.trusts("127.0.0.1".parse().unwrap()));
+        let alone = parse(&["--proxy-protocol"]);
+        assert!(
+            alone
+                .validate()
+                .unwrap_err()
+                .contains("--proxy-protocol-from")
+        );
+        let from_only = parse(&["--proxy-protocol-from", "10.0.0.0/8"]);
+        assert!(from_only.validate().is_err());
+        let on = parse(&[
+            "--proxy-protocol",
+            "--proxy-protocol-from",
+            "10.0.0.0/8,192.0.2.1/32",
+            "--proxy-protocol-from",
+            "2001:db8::/32",
+        ]);
+        assert!(on.validate().is_ok());
+        assert!(on.trusts("10.1.2.3".parse().unwrap()));
+        assert!(on.trusts("::ffff:10.1.2.3".parse().unwrap()), "v4-mapped");
+        assert!(on.trusts("2001:db8::5".parse().unwrap()));
+        assert!(!on.trusts("192.0.2.2".parse().unwrap()));
+        assert!(
+            Config::try_parse_from(["dtcp-relay", "--proxy-protocol-from", "10.0.0.0/33"]).is_err()
+        );
+    }
+
+    #[test]
+    fn bandwidth_caps_take_units() {
+        let parse = |v: &str| {
+            Config::try_parse_from(["dtcp-relay", "--max-session-rate", v])
+                .map(|c| c.max_session_rate)
+        };
+        assert_eq!(parse("10M/s").unwrap(), Some(10_000_000));
+        assert_eq!(parse("10MB/s").unwrap(), Some(10_000_000));
+        assert_eq!(parse("512Ki/s").unwrap(), Some(512 * 1024));
+        assert_eq!(parse("1000").unwrap(), Some(1000));
+        for bad in ["0/s", "fast", "10X/s", "-1", "99999999999G/s"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let c = Config::try_parse_from(["dtcp-relay", "--max-node-rate", "1G/s"]).unwrap();
+        assert_eq!(c.max_node_rate, Some(1_000_000_000));
+        assert_eq!(c.max_session_rate, None);
+    }
+
+    #[test]
+    fn connection_rate_is_per_second() {
+        let c =
+            Config::try_parse_from(["dtcp-relay", "--max-connection-rate-per-ip", "20/s"]).unwrap();
+        assert_eq!(c.max_connection_rate_per_ip, NonZeroU32::new(20));
+        assert!(c.validate().is_ok());
+        let bare = Config::try_parse_from(["dtcp-relay", "--max-connection-rate-per-ip", "5"]);
+        assert_eq!(bare.unwrap().max_connection_rate_per_ip, NonZeroU32::new(5));
+        for bad in ["0/s", "fast", "-1/s", "2/m"] {
+            assert!(
+                Config::try_parse_from(["dtcp-relay", "--max-connection-rate-per-ip", bad])
+                    .is_err(),
+                "{bad}"
+            );
+        }
+        let burst_alone =
+            Config::try_parse_from(["dtcp-relay", "--connection-burst-per-ip", "5"]).unwrap();
+        assert!(burst_alone.validate().is_err());
     }
 
     #[test]

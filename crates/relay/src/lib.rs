@@ -11,8 +11,9 @@
 //! `session` (the paired session and its pump). Beside them: `plane` (the
 //! Bridge service, where another node's claim arrives), `membership` (the
 //! heartbeat, and writing pending registrations again when the store lost
-//! them), `admin` (the HTTP endpoints), and below everything `node`, `limits`, `reply`, `outcome`,
-//! `trust` (secrets and their files), `metrics` and `config`.
+//! them), `admin` (the HTTP endpoints), and below everything `node`,
+//! `limits`, `throttle` (the bandwidth caps), `reply`, `outcome`, `trust`
+//! (secrets and their files), `metrics` and `config`.
 
 pub mod config;
 pub mod metrics;
@@ -30,6 +31,7 @@ mod reply;
 mod server;
 mod session;
 mod trust;
+mod throttle;
 
 pub use config::{Config, LogFormat};
 pub use server::{Relay, RunError};

@@ -1,12 +1,18 @@
 //! The limits a node keeps on its clients: connection slots (the
-//! connection limit, fitted to the open-file limit) and pending `CREATE`s
-//! per source address.
+//! connection limit, fitted to the open-file limit), pending `CREATE`s
+//! per source address, and new connections per second per source address.
 
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use dtcp_store::Rendezvous;
+use governor::clock::MonotonicClock;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
@@ -73,19 +79,27 @@ pub(crate) fn effective_max_connections(requested: usize, nofile: u64) -> usize 
     requested.min(usize::try_from(fits).unwrap_or(usize::MAX))
 }
 
-/// Pending CREATEs per source address.
+/// Pending CREATEs per source address: counted here, and in cluster mode in
+/// the shared store too (by the CREATE, which then marks its guard with
+/// [`IpGuard::counted_in_store`]), so that the limit holds across nodes and
+/// still holds on each node when the store is down.
 #[derive(Debug)]
 pub(crate) struct PerIpLimit {
     counts: DashMap<IpAddr, usize>,
-    max: usize,
+    /// The limit, per node and cluster-wide.
+    pub(crate) max: usize,
+    /// The shared store, in cluster mode: uncounted there too on drop.
+    store: Option<Arc<dyn Rendezvous>>,
 }
 
 impl PerIpLimit {
-    /// A limit of `max` pending CREATEs per address.
-    pub(crate) fn new(max: usize) -> Arc<Self> {
+    /// A limit of `max` pending CREATEs per address; `store` is the shared
+    /// store of a cluster.
+    pub(crate) fn new(max: usize, store: Option<Arc<dyn Rendezvous>>) -> Arc<Self> {
         Arc::new(PerIpLimit {
             counts: DashMap::new(),
             max,
+            store,
         })
     }
 
@@ -103,6 +117,7 @@ impl PerIpLimit {
         Some(IpGuard {
             limit: self.clone(),
             ip,
+            in_store: false,
         })
     }
 
@@ -127,11 +142,76 @@ impl PerIpLimit {
 pub(crate) struct IpGuard {
     limit: Arc<PerIpLimit>,
     ip: IpAddr,
+    /// Counted in the shared store as well.
+    in_store: bool,
+}
+
+impl IpGuard {
+    /// The address this guard counts against (canonical form).
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// Records that the store counted this CREATE too: it is uncounted
+    /// there on drop, in a task of its own (nobody waits for it).
+    pub(crate) fn counted_in_store(&mut self) {
+        self.in_store = self.limit.store.is_some();
+    }
 }
 
 impl Drop for IpGuard {
     fn drop(&mut self) {
         self.limit.release(self.ip, 1);
+        if self.in_store
+            && let Some(store) = self.limit.store.clone()
+        {
+            let ip = self.ip;
+            tokio::spawn(async move {
+                if let Err(e) = store.uncount_source(ip).await {
+                    warn!(error = %e, "store uncount failed; the count expires by itself");
+                }
+            });
+        }
+    }
+}
+
+/// How often the connection rate limiter forgets the addresses that have
+/// been quiet long enough to be as good as new, so that a spray of source
+/// addresses cannot grow its memory without bound.
+pub(crate) const RATE_EVICTION_INTERVAL: Duration = Duration::from_secs(5);
+
+/// New connections per second per client address: a keyed GCRA limiter on a
+/// monotonic clock (one 8-byte state per recently seen address).
+#[derive(Debug)]
+pub(crate) struct ConnectionRate {
+    limiter: RateLimiter<IpAddr, DashMapStateStore<IpAddr>, MonotonicClock>,
+}
+
+impl ConnectionRate {
+    /// `per_second` connections per second, and up to `burst` at once
+    /// (default: one second's worth).
+    pub(crate) fn new(per_second: NonZeroU32, burst: Option<NonZeroU32>) -> Self {
+        let quota = Quota::per_second(per_second).allow_burst(burst.unwrap_or(per_second));
+        ConnectionRate {
+            limiter: RateLimiter::dashmap_with_clock(quota, MonotonicClock),
+        }
+    }
+
+    /// Whether one more connection from `ip` is within its rate (and counts it).
+    pub(crate) fn check(&self, ip: IpAddr) -> bool {
+        self.limiter.check_key(&ip.to_canonical()).is_ok()
+    }
+
+    /// Forgets the addresses whose state is back to that of a fresh one, and
+    /// gives the table's memory back.
+    pub(crate) fn evict_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// Addresses the limiter remembers now.
+    pub(crate) fn sources(&self) -> usize {
+        self.limiter.len()
     }
 }
 
@@ -159,7 +239,7 @@ mod tests {
 
     #[test]
     fn per_ip_limit_counts_and_forgets() {
-        let l = PerIpLimit::new(2);
+        let l = PerIpLimit::new(2, None);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         let a = l.acquire(ip).unwrap();
@@ -170,5 +250,51 @@ mod tests {
         let c = l.acquire(ip).unwrap();
         drop((b, c));
         assert_eq!(l.addresses(), 0);
+    }
+
+    #[test]
+    fn connection_rate_is_per_address_and_forgets() {
+        let rate = ConnectionRate::new(NonZeroU32::new(1000).unwrap(), NonZeroU32::new(3));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!((0..3).all(|_| rate.check(a)), "the burst passes");
+        assert!(!rate.check(a), "then the rate holds");
+        assert!(rate.check(b), "another address is not affected");
+        assert_eq!(rate.sources(), 2);
+        // After a few ms at 1,000/s both are as good as new.
+        std::thread::sleep(Duration::from_millis(20));
+        rate.evict_idle();
+        assert_eq!(rate.sources(), 0);
+        assert!(rate.check(a));
+    }
+
+    /// Resident memory of this process, in bytes (Linux).
+    fn rss() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split(' ').nth(1).unwrap().parse().unwrap();
+        // SAFETY: sysconf has no memory effects.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        pages * usize::try_from(page).unwrap()
+    }
+
+    /// The limiter's memory while it remembers 100,000 addresses at once
+    /// (the integration test sprays as many, but eviction keeps fewer).
+    #[test]
+    fn connection_rate_memory_at_100k_sources() {
+        const SOURCES: u32 = 100_000;
+        /// Generous: about 40 bytes an entry is expected.
+        const BUDGET: usize = 16 << 20;
+        let before = rss();
+        let rate = ConnectionRate::new(NonZeroU32::new(1).unwrap(), None);
+        for n in 0..SOURCES {
+            assert!(rate.check(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))));
+        }
+        assert_eq!(rate.sources(), SOURCES as usize);
+        let grown = rss().saturating_sub(before);
+        eprintln!(
+            "connection rate limiter: {SOURCES} sources, +{} KiB RSS",
+            grown >> 10
+        );
+        assert!(grown < BUDGET, "{grown} bytes for {SOURCES} sources");
     }
 }

@@ -9,10 +9,11 @@ use tokio_util::task::TaskTracker;
 use dtcp_forward::Dialer;
 
 use crate::config::Config;
-use crate::limits::{PerIpLimit, Slots};
+use crate::limits::{ConnectionRate, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
 use crate::pending::PendingTable;
 use crate::trust::Trust;
+use crate::throttle::{NodeRate, Throttle};
 
 /// The state of one relay node.
 #[derive(Debug)]
@@ -34,6 +35,10 @@ pub(crate) struct Node {
     pub(crate) pending: PendingTable,
     /// Pending CREATEs per source address.
     pub(crate) per_ip: Arc<PerIpLimit>,
+    /// New connections per second per client address, if limited.
+    pub(crate) rate: Option<ConnectionRate>,
+    /// The node's bandwidth cap (`--max-node-rate`), shared by every session.
+    pub(crate) node_rate: Option<Arc<NodeRate>>,
     /// Fires when the node starts draining: new commands get `shutting-down`.
     pub(crate) drain: CancellationToken,
     /// Fires when the drain timeout has run out: sessions still open end.
@@ -58,22 +63,42 @@ impl Node {
         memory: Option<Arc<MemoryStore>>,
         dialer: Option<Dialer>,
     ) -> Self {
-        let per_ip = PerIpLimit::new(config.max_pending_per_ip);
+        let store: Arc<dyn Rendezvous> = Arc::new(Instrumented::new(store));
+        let cluster = dialer.is_some();
+        // Counted across the cluster in the shared store, and here.
+        let per_ip = PerIpLimit::new(config.max_pending_per_ip, cluster.then(|| store.clone()));
+        let node_rate = config.max_node_rate.map(NodeRate::new);
+        let rate = config
+            .max_connection_rate_per_ip
+            .map(|n| ConnectionRate::new(n, config.connection_burst_per_ip));
         Node {
             slots: Slots::new(config.max_connections),
-            cluster: dialer.is_some(),
+            cluster,
             config,
             info,
             trust,
-            store: Arc::new(Instrumented::new(store)),
+            store,
             memory,
             dialer,
             pending: PendingTable::new(),
             per_ip,
+            rate,
+            node_rate,
             drain: CancellationToken::new(),
             stop: CancellationToken::new(),
             sessions: TaskTracker::new(),
             hot: Hot::new(),
         }
+    }
+}
+
+impl Node {
+    /// The bandwidth caps of one direction of a new session, if any.
+    pub(crate) fn throttle(&self) -> Option<Box<Throttle>> {
+        Throttle::new(
+            self.config.max_session_rate,
+            self.node_rate.clone(),
+            self.hot.throttled.clone(),
+        )
     }
 }

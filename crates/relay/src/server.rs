@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::accept::accept_loop;
 use crate::admin;
 use crate::config::Config;
-use crate::limits::{effective_max_connections, raise_nofile_limit};
+use crate::limits::{RATE_EVICTION_INTERVAL, effective_max_connections, raise_nofile_limit};
 use crate::membership;
 use crate::metrics::{CONNECTIONS_MAX, DRAINING, NODES_ALIVE};
 use crate::node::Node;
@@ -214,6 +214,19 @@ impl Relay {
             tokio::spawn(accept_loop(node.clone(), listener)),
             tokio::spawn(watched.run()),
         ];
+        if node.rate.is_some() {
+            // Addresses quiet for long enough are as good as new: forget them.
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(RATE_EVICTION_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    if let Some(rate) = &node.rate {
+                        rate.evict_idle();
+                    }
+                }
+            }));
+        }
         if let Some(mut registered) = node.store.watch_registrations() {
             // Another node registered a CREATE: a CONNECT here waiting for
             // it looks again now rather than at its next poll.

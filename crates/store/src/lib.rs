@@ -25,6 +25,7 @@ mod redis_conn;
 mod redis_store;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -154,6 +155,21 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
 
     /// How many nodes have a live heartbeat.
     async fn nodes_alive(&self) -> Result<usize, StoreError>;
+
+    /// Counts one more pending CREATE from `source`, across every node that
+    /// shares the store, unless `max` are counted already: returns whether
+    /// it was counted. The count expires `ttl` after its last increase, so
+    /// a node that died holding counts leaves them for that long at most.
+    async fn count_source(
+        &self,
+        source: IpAddr,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Uncounts one pending CREATE from `source` (one that
+    /// [`count_source`](Self::count_source) counted).
+    async fn uncount_source(&self, source: IpAddr) -> Result<(), StoreError>;
 
     /// Registrations made by any node, and by whom, as they are made, when
     /// the store can tell (Redis pub/sub). Best effort: a CONNECT that waits for its CREATE

@@ -1,4 +1,6 @@
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +24,9 @@ pub struct MemoryStore {
     nodes: Mutex<HashMap<String, Instant>>,
     /// The one used-key marker every retired registration shares.
     used: std::sync::OnceLock<Arc<NodeInfo>>,
+    /// Pending CREATEs per source address (one node: no expiry needed, every
+    /// count is uncounted by the node that made it).
+    sources: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl MemoryStore {
@@ -77,6 +82,35 @@ impl Rendezvous for MemoryStore {
                 Ok(true)
             }
         }
+    }
+
+    async fn count_source(
+        &self,
+        source: IpAddr,
+        max: usize,
+        _ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut map = self.sources.lock().expect("poisoned");
+        let count = map.entry(source).or_insert(0);
+        if *count >= max {
+            if *count == 0 {
+                map.remove(&source);
+            }
+            return Ok(false);
+        }
+        *count += 1;
+        Ok(true)
+    }
+
+    async fn uncount_source(&self, source: IpAddr) -> Result<(), StoreError> {
+        let mut map = self.sources.lock().expect("poisoned");
+        if let Entry::Occupied(mut o) = map.entry(source) {
+            *o.get_mut() -= 1;
+            if *o.get() == 0 {
+                o.remove();
+            }
+        }
+        Ok(())
     }
 
     async fn lookup(&self, id: &RegistrationId) -> Result<Option<NodeInfo>, StoreError> {

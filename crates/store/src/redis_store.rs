@@ -8,12 +8,16 @@
 //! | --- | --- | --- |
 //! | `<prefix>reg:<registration id>` | `<node id> <forward addr>[ <seal>]` of the owner, or `- ` for a used signed key | pending TTL, or the key's expiry |
 //! | `<prefix>node:<node id>` | the node's forward addr | heartbeat TTL |
+//! | `<prefix>src:<address>` | pending CREATEs from that client address, cluster-wide (`sources.rs`) | pending TTL and a margin, from its last increase |
 //! | `<prefix>nodes` | sorted set: node id scored by its heartbeat's expiry (ms) | none; expired members are trimmed |
 //!
 //! Registrations are announced on the channel `<prefix>registered` (sharded
 //! pub/sub on a Redis Cluster, which needs Redis 7).
 //!
-//! Only registration ids (hashes) go into keys, never a key or a JID.
+//! Only registration ids (hashes) and client addresses go into keys, never
+//! a key or a JID.
+
+mod sources;
 
 use std::fmt;
 use std::future::Future;
@@ -517,6 +521,19 @@ impl Rendezvous for RedisStore {
             self.announce(id, &value);
         }
         Ok(replaced == 1)
+    }
+
+    async fn count_source(
+        &self,
+        source: std::net::IpAddr,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.count_source_script(source, max, ttl).await
+    }
+
+    async fn uncount_source(&self, source: std::net::IpAddr) -> Result<(), StoreError> {
+        self.uncount_source_script(source).await
     }
 
     async fn lookup(&self, id: &RegistrationId) -> Result<Option<NodeInfo>, StoreError> {

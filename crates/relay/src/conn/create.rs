@@ -32,6 +32,11 @@ const VERB: Option<&str> = Some("create");
 const CONFLICT: &str = "a CREATE with the same key and JIDs is already pending";
 /// The text of a refused signed key that already paired.
 pub(crate) const REUSED: &str = "this key has already been used";
+/// The text of a refusal at the per-address pending limit.
+const TOO_MANY: &str = "too many pending sessions from this address";
+/// How long a cluster-wide count outlives the pending TTL of the CREATE
+/// that raised it last, should its node die without lowering it.
+const SOURCE_COUNT_MARGIN: Duration = Duration::from_secs(30);
 /// The text of a refusal because the node shuts down.
 const SHUTTING_DOWN: &str = "the relay is shutting down";
 
@@ -57,9 +62,8 @@ pub(crate) async fn register(
         key_expiry,
         ..
     } = request;
-    let Some(per_ip) = node.per_ip.acquire(client.ip()) else {
-        let text = "too many pending sessions from this address";
-        refuse(stream, VERB, Condition::ResourceConstraint, text).await;
+    let Some(mut per_ip) = node.per_ip.acquire(client.ip()) else {
+        refuse(stream, VERB, Condition::ResourceConstraint, TOO_MANY).await;
         return None;
     };
     let ticket = match node.pending.insert(id) {
@@ -84,14 +88,37 @@ pub(crate) async fn register(
         paired: false,
         key_expiry: key_expiry.unwrap_or(0),
     };
-    let registered = node
-        .store
-        .register(&id, record.owner(), node.config.pending_ttl)
-        .await;
+    let ttl = node.config.pending_ttl;
+    let registering = node.store.register(&id, record.owner(), ttl);
+    let (registered, counted) = if node.cluster {
+        // The cluster-wide count of this address goes out beside the
+        // registration, on the store's one multiplexed connection: it costs
+        // a second command, not a second round trip.
+        let counting =
+            node.store
+                .count_source(per_ip.ip(), node.per_ip.max, ttl + SOURCE_COUNT_MARGIN);
+        let (registered, counted) = tokio::join!(registering, counting);
+        (registered, counted)
+    } else {
+        (registering.await, Ok(true))
+    };
+    let over_cluster_limit = match counted {
+        Ok(true) => {
+            per_ip.counted_in_store();
+            false
+        }
+        Ok(false) => true,
+        // The store is down: the limit holds on this node alone.
+        Err(e) => {
+            warn!(registration = %id, error = %e, "store count failed; the per-node limit holds");
+            false
+        }
+    };
     let refusal = match registered {
         Ok(true) => {
+            // Ours to remove, whatever follows.
             record.armed = true;
-            None
+            over_cluster_limit.then_some((Condition::ResourceConstraint, TOO_MANY))
         }
         Ok(false) if key_expiry.is_some() && used(&node, &id).await => {
             counter!(AUTH_FAILURES, "reason" => "reused").increment(1);

@@ -6,13 +6,16 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use dtcp_wire::Condition;
+use metrics::counter;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::debug;
 
 use crate::conn::dtcp::{self, HANDSHAKE_BUF, ReadError};
+use crate::conn::proxy::{self, PreambleError};
 use crate::conn::request::{Refusal, Request};
+use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::Node;
 
 /// The `verb` label of a handshake refused before its command was known.
@@ -34,6 +37,16 @@ impl Protocol {
     }
 }
 
+/// How a handshake ended without a command.
+enum Ended {
+    /// The client left, or its socket failed, before a word.
+    Gone,
+    /// Refused by the preamble or the connection rate.
+    Refused(Refusal),
+    /// The command could not be read.
+    Read(ReadError),
+}
+
 /// Reads a client's handshake. `Err(None)`: the client left, or its socket
 /// failed, and there is nobody to answer.
 pub(crate) async fn read(
@@ -42,36 +55,63 @@ pub(crate) async fn read(
     peer: SocketAddr,
 ) -> Result<Request, Option<Refusal>> {
     let mut buf = BytesMut::with_capacity(HANDSHAKE_BUF);
-    // The preamble comes first: a PROXY protocol header from a trusted load
-    // balancer (PROTOCOL.md section 4) is read here, within the same timeout,
-    // and names the client. Without one the client is the socket's peer.
-    let client = peer;
+    let trusted = node.config.trusts(peer.ip());
     let read = async {
-        if stream.read_buf(&mut buf).await.map_err(ReadError::Io)? == 0 {
-            return Ok(None);
-        }
-        match Protocol::of(buf[0]) {
-            Protocol::Dtcp => dtcp::read_command(node, stream, &mut buf).await,
-        }
-    };
-    let command = match timeout(node.config.handshake_timeout, read).await {
-        Ok(Ok(Some(command))) => command,
-        // Connected and left without a word.
-        Ok(Ok(None)) if buf.is_empty() => return Err(None),
-        Ok(Ok(None)) => {
-            let text = "connection closed in the middle of a command";
-            return Err(Some(Refusal::new(
+        // The preamble comes first: a PROXY protocol header from a trusted
+        // load balancer (PROTOCOL.md section 4), within the same timeout and
+        // over the same buffer, names the client. Without one the client is
+        // the socket's peer.
+        let client = proxy::read(stream, &mut buf, peer, trusted, node.config.proxy_protocol)
+            .await
+            .map_err(|e| match e {
+                PreambleError::Gone => Ended::Gone,
+                PreambleError::Refused(r) => Ended::Refused(r),
+            })?;
+        tracing::Span::current().record("client", tracing::field::display(client));
+        // Checked on the real client, not on the balancer in front of it.
+        if let Some(rate) = &node.rate
+            && !rate.check(client.ip())
+        {
+            counter!(CONNECTIONS_REFUSED, "reason" => "connection_rate").increment(1);
+            let text = "too many new connections from this address";
+            return Err(Ended::Refused(Refusal::new(
                 UNKNOWN_VERB,
-                Condition::BadRequest,
+                Condition::ResourceConstraint,
                 text,
             )));
         }
-        Ok(Err(ReadError::Wire(e))) => {
+        if buf.is_empty() && stream.read_buf(&mut buf).await.map_err(|_| Ended::Gone)? == 0 {
+            // A header and nothing behind it: a balancer's health check.
+            return Err(Ended::Gone);
+        }
+        let command = match Protocol::of(buf[0]) {
+            Protocol::Dtcp => dtcp::read_command(node, stream, &mut buf).await,
+        };
+        match command {
+            Ok(Some(command)) => Ok((client, command)),
+            // Closed in the middle of a command.
+            Ok(None) => Err(Ended::Refused(Refusal::new(
+                UNKNOWN_VERB,
+                Condition::BadRequest,
+                "connection closed in the middle of a command",
+            ))),
+            Err(e) => Err(Ended::Read(e)),
+        }
+    };
+    let (client, command) = match timeout(node.config.handshake_timeout, read).await {
+        Ok(Ok(done)) => done,
+        // Connected and left without a word.
+        Ok(Err(Ended::Gone)) => return Err(None),
+        Ok(Err(Ended::Refused(refusal))) => {
+            debug!(condition = %refusal.condition.as_str(), text = %refusal.text, "handshake refused");
+            return Err(Some(refusal));
+        }
+        Ok(Err(Ended::Read(ReadError::Wire(e)))) => {
             debug!(error = %e, "bad command");
             let refusal = Refusal::new(UNKNOWN_VERB, e.condition(), e.to_string());
             return Err(Some(refusal));
         }
-        Ok(Err(ReadError::Io(e))) => {
+        Ok(Err(Ended::Read(ReadError::Io(e)))) => {
             debug!(error = %e, "read failed during handshake");
             return Err(None);
         }

@@ -1,6 +1,6 @@
 //! One client connection, from its handshake to the end of its session.
 //!
-//! The phases, one file each: [`handshake`] (the preamble, then the
+//! The phases, one file each: [`handshake`] (the preamble, [`proxy`], then the
 //! protocol the first byte names: [`dtcp`] today), which produces a
 //! [`request::Request`] to register or to claim; [`create`] (register, then
 //! wait for the claim) or [`connect`] (claim, locally or through a Bridge);
@@ -31,6 +31,7 @@ mod create;
 mod dtcp;
 mod early;
 mod handshake;
+mod proxy;
 mod request;
 
 use std::future::Future;

@@ -4,7 +4,7 @@ use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use crate::metrics::names::{
     BYTES, COMMANDS, CONNECTIONS_ACCEPTED, PAIRING_LATENCY, PENDING_WAIT, SESSION_DURATION,
-    SESSIONS_ACTIVE, SESSIONS_COMPLETED,
+    SESSIONS_ACTIVE, SESSIONS_COMPLETED, THROTTLED,
 };
 use crate::outcome::Outcome;
 
@@ -26,6 +26,9 @@ pub(crate) struct Hot {
     pub(crate) create_ok: Counter,
     /// `dtcp_commands_total{verb="connect",outcome="ok"}`.
     pub(crate) connect_ok: Counter,
+    /// `dtcp_throttled_seconds`: each wait of a direction held back by a
+    /// bandwidth cap (its sum is the time spent throttled).
+    pub(crate) throttled: Histogram,
     /// Sessions whose two sides are on this node.
     pub(crate) local: PathSeries,
     /// Sessions joined to another node by a Bridge.
@@ -38,6 +41,7 @@ impl Hot {
         Hot {
             connections_accepted: counter!(CONNECTIONS_ACCEPTED),
             pending_wait: histogram!(PENDING_WAIT),
+            throttled: histogram!(THROTTLED),
             create_ok: counter!(COMMANDS, "verb" => "create", "outcome" => "ok"),
             connect_ok: counter!(COMMANDS, "verb" => "connect", "outcome" => "ok"),
             local: PathSeries::new("local"),

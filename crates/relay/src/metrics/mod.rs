@@ -39,11 +39,15 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Full(PAIRING_LATENCY.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(PENDING_WAIT.into()), DURATION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(STORE_LATENCY.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(THROTTLED.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(SESSION_DURATION.into()), DURATION_BUCKETS)?
         .install_recorder()?;
     describe();
     Ok(handle)
 }
+
+/// The `reason` label of `dtcp_connections_refused_total`.
+pub const REFUSAL_REASONS: [&str; 3] = ["max_connections", "descriptors", "connection_rate"];
 
 /// How often the exporter's histograms are compacted.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -53,7 +57,11 @@ fn describe() {
     describe_gauge!(CONNECTIONS_OPEN, "Client connections open now.");
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "Client connections refused before any command, by reason (max_connections, descriptors)."
+        "Client connections refused before any command, by reason (max_connections, descriptors, connection_rate)."
+    );
+    describe_gauge!(
+        CONNECTION_RATE_SOURCES,
+        "Client addresses the connection rate limiter remembers now."
     );
     describe_gauge!(CONNECTIONS_MAX, "The connection limit in force.");
     describe_counter!(
@@ -86,6 +94,11 @@ fn describe() {
         SESSION_DURATION,
         Unit::Seconds,
         "From OK to the end of a paired session, by path."
+    );
+    describe_histogram!(
+        THROTTLED,
+        Unit::Seconds,
+        "Each wait of a session direction held back by a bandwidth cap (the sum is the time spent throttled)."
     );
     describe_counter!(STORE_OPERATIONS, "Rendezvous store operations, by op.");
     describe_counter!(STORE_ERRORS, "Failed rendezvous store operations, by op.");
@@ -132,13 +145,14 @@ fn init_series() {
         CONNECTIONS_OPEN,
         STORE_REGISTRATIONS,
         NODES_ALIVE,
+        CONNECTION_RATE_SOURCES,
     ] {
         gauge!(gauge).set(0.0);
     }
     counter!(CONNECTIONS_ACCEPTED).absolute(0);
     counter!(STORE_REWRITES).absolute(0);
     counter!(STORE_REWRITTEN).absolute(0);
-    for reason in ["max_connections", "descriptors"] {
+    for reason in REFUSAL_REASONS {
         counter!(CONNECTIONS_REFUSED, "reason" => reason).absolute(0);
     }
     let conditions = Condition::ALL.map(Condition::as_str);
@@ -162,6 +176,7 @@ fn init_series() {
         }
     }
     let _ = histogram!(PENDING_WAIT);
+    let _ = histogram!(THROTTLED);
     for op in STORE_OPS {
         counter!(STORE_OPERATIONS, "op" => op).absolute(0);
         counter!(STORE_ERRORS, "op" => op).absolute(0);

@@ -9,6 +9,8 @@ pub const CONNECTIONS_ACCEPTED: &str = "dtcp_connections_accepted_total";
 pub const CONNECTIONS_OPEN: &str = "dtcp_connections_open";
 /// Client connections refused before any command, by `reason`.
 pub const CONNECTIONS_REFUSED: &str = "dtcp_connections_refused_total";
+/// Client addresses the connection rate limiter remembers now.
+pub const CONNECTION_RATE_SOURCES: &str = "dtcp_connection_rate_sources";
 /// The connection limit in force (after clamping to the descriptor limit).
 pub const CONNECTIONS_MAX: &str = "dtcp_connections_max";
 /// Commands answered, by `verb` and `outcome` (`ok` or an error condition).
@@ -31,6 +33,9 @@ pub const PAIRING_LATENCY: &str = "dtcp_pairing_latency_seconds";
 pub const PENDING_WAIT: &str = "dtcp_pending_wait_seconds";
 /// From `OK` to the end of a session, by `path`.
 pub const SESSION_DURATION: &str = "dtcp_session_duration_seconds";
+/// Each wait of a session direction held back by a bandwidth cap; the sum
+/// is the time spent throttled.
+pub const THROTTLED: &str = "dtcp_throttled_seconds";
 /// Rendezvous store operations, by `op`.
 pub const STORE_OPERATIONS: &str = "dtcp_store_operations_total";
 /// Failed rendezvous store operations, by `op`.

@@ -1,5 +1,6 @@
 //! Counts and times every rendezvous store operation, whatever the store.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tokio::time::Instant;
 use crate::metrics::names::{STORE_ERRORS, STORE_LATENCY, STORE_OPERATIONS};
 
 /// The `op` label of every store operation, in the order of [`Instrumented`]'s fields.
-pub(crate) const STORE_OPS: [&str; 7] = [
+pub(crate) const STORE_OPS: [&str; 9] = [
     "register",
     "lookup",
     "remove",
@@ -20,6 +21,8 @@ pub(crate) const STORE_OPS: [&str; 7] = [
     "heartbeat",
     "remove_node",
     "nodes_alive",
+    "count_source",
+    "uncount_source",
 ];
 
 /// A store whose operations are recorded in metrics by `op`.
@@ -33,6 +36,8 @@ pub(crate) struct Instrumented {
     heartbeat: Op,
     remove_node: Op,
     nodes_alive: Op,
+    count_source: Op,
+    uncount_source: Op,
 }
 
 impl Instrumented {
@@ -45,6 +50,8 @@ impl Instrumented {
             heartbeat,
             remove_node,
             nodes_alive,
+            count_source,
+            uncount_source,
         ] = STORE_OPS.map(Op::new);
         Instrumented {
             store,
@@ -55,6 +62,8 @@ impl Instrumented {
             heartbeat,
             remove_node,
             nodes_alive,
+            count_source,
+            uncount_source,
         }
     }
 }
@@ -150,6 +159,23 @@ impl Rendezvous for Instrumented {
 
     async fn nodes_alive(&self) -> Result<usize, StoreError> {
         self.nodes_alive.record(self.store.nodes_alive()).await
+    }
+
+    async fn count_source(
+        &self,
+        source: IpAddr,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.count_source
+            .record(self.store.count_source(source, max, ttl))
+            .await
+    }
+
+    async fn uncount_source(&self, source: IpAddr) -> Result<(), StoreError> {
+        self.uncount_source
+            .record(self.store.uncount_source(source))
+            .await
     }
 
     fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<Registered>> {

@@ -55,6 +55,7 @@ pub(crate) fn run(
             ),
             node.config.idle_timeout(),
             !node.config.no_splice,
+            [node.throttle(), node.throttle()],
         );
         let outcome = tokio::select! {
             outcome = &mut pump => outcome,

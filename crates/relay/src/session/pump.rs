@@ -21,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 use crate::outcome::Outcome;
 #[cfg(target_os = "linux")]
 use crate::session::splice;
+use crate::throttle::Throttle;
 
 /// Size of one copy buffer.
 const BUF_SIZE: usize = 64 * 1024;
@@ -67,9 +68,28 @@ struct Way<'a> {
     done: bool,
     moved: u64,
     counter: Counter,
+    /// The bandwidth caps of this direction, if any (boxed: most sessions
+    /// have none, and every idle session holds its pump).
+    throttle: Option<Box<Throttle>>,
 }
 
 impl Way<'_> {
+    /// How many bytes the next read may take, at most `want`: `Pending`
+    /// while a cap holds the direction back.
+    fn poll_grant(&mut self, want: usize, cx: &mut Context<'_>) -> Poll<usize> {
+        match &mut self.throttle {
+            Some(t) => t.poll_grant(want, cx),
+            None => Poll::Ready(want),
+        }
+    }
+
+    /// The read took `n` of the bytes granted.
+    fn used(&mut self, n: usize) {
+        if let Some(t) = &mut self.throttle {
+            t.used(n);
+        }
+    }
+
     /// Counts `n` bytes delivered.
     fn note(&mut self, n: usize) {
         self.moved += n as u64;
@@ -115,8 +135,10 @@ impl<'a> Pump<'a> {
         b: (&'a TcpStream, &'a [u8], Counter),
         idle: Option<Duration>,
         splice: bool,
+        throttles: [Option<Box<Throttle>>; 2],
     ) -> Self {
-        let way = |early, counter| Way {
+        let [ta, tb] = throttles;
+        let way = |early, counter, throttle| Way {
             early,
             buf: None,
             start: 0,
@@ -128,10 +150,11 @@ impl<'a> Pump<'a> {
             done: false,
             moved: 0,
             counter,
+            throttle,
         };
         Pump {
             ends: [a.0, b.0],
-            ways: [way(a.1, a.2), way(b.1, b.2)],
+            ways: [way(a.1, a.2, ta), way(b.1, b.2, tb)],
             splice: splice && cfg!(target_os = "linux"),
             idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
         }
@@ -170,8 +193,12 @@ impl<'a> Pump<'a> {
                 }
             }
             ready!(from.poll_read_ready(cx))?;
+            // Asked once per read: a capped direction stops reading here.
+            let max = ready!(way.poll_grant(BUF_SIZE, cx));
             let buf = way.buf.get_or_insert_with(take_buf);
-            match from.try_read(buf) {
+            let read = from.try_read(&mut buf[..max]);
+            way.used(*read.as_ref().unwrap_or(&0));
+            match read {
                 Ok(0) => {
                     // Everything before the FIN is delivered: pass the FIN
                     // on. The other direction keeps flowing.
@@ -225,12 +252,15 @@ impl Pump<'_> {
                 }
             }
             ready!(from.poll_read_ready(cx))?;
+            let max = ready!(way.poll_grant(usize::MAX, cx));
             let pipe = match &way.pipe {
                 Some(p) => p,
                 None => way.pipe.insert(splice::take_pipe()?),
             };
             let fd = from.as_raw_fd();
-            match from.try_io(Interest::READABLE, || pipe.fill_from(fd)) {
+            let read = from.try_io(Interest::READABLE, || pipe.fill_from(fd, max));
+            way.used(*read.as_ref().unwrap_or(&0));
+            match read {
                 Ok(0) => {
                     if let Some(p) = way.pipe.take() {
                         splice::give_pipe(p);

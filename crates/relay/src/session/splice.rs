@@ -51,8 +51,8 @@ impl Pipe {
     }
 
     /// Moves up to a pipe's worth from socket `fd` into the pipe; 0 at EOF.
-    pub(crate) fn fill_from(&self, fd: RawFd) -> io::Result<usize> {
-        splice(fd, self.write.as_raw_fd(), PIPE_CHUNK)
+    pub(crate) fn fill_from(&self, fd: RawFd, max: usize) -> io::Result<usize> {
+        splice(fd, self.write.as_raw_fd(), PIPE_CHUNK.min(max))
     }
 
     /// Moves up to `len` bytes from the pipe to socket `fd`.

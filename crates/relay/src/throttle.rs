@@ -1,0 +1,203 @@
+//! Bandwidth caps (`--max-session-rate` per direction of a session,
+//! `--max-node-rate` for the node's total): token buckets asked once per
+//! read, never per byte. A direction over its cap stops reading until the
+//! bucket has refilled, so TCP's flow control slows the sender down; the
+//! session is never cut.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use metrics::Histogram;
+use tokio::time::{Instant, Sleep};
+
+/// How much a bucket holds, as time at its rate: long enough that a
+/// direction woken late (a busy machine) loses no tokens to the bucket's
+/// brim, short enough that the first burst adds about 1 % to a ten-second
+/// transfer.
+const BURST: Duration = Duration::from_millis(100);
+/// The least a bucket holds, whatever the rate: one read's worth.
+const MIN_BURST: f64 = 16.0 * 1024.0;
+/// The most one read takes from the node's shared bucket.
+const NODE_GRANT: f64 = 64.0 * 1024.0;
+/// A throttled direction waits until this share of the burst has refilled,
+/// so that it wakes for a useful read rather than for a few bytes.
+const WAKE_SHARE: f64 = 0.25;
+
+/// A token bucket: `rate` bytes a second, holding at most `burst`.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Self {
+        let rate = rate as f64;
+        let burst = (rate * BURST.as_secs_f64()).max(MIN_BURST);
+        Bucket {
+            rate,
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+    }
+
+    /// How long until the bucket holds `want` bytes.
+    fn wait_for(&self, want: f64) -> Duration {
+        Duration::from_secs_f64(((want - self.tokens) / self.rate).max(0.0))
+    }
+}
+
+/// The node's bucket, shared by every direction of every session.
+#[derive(Debug)]
+pub(crate) struct NodeRate(Mutex<Bucket>);
+
+impl NodeRate {
+    /// A cap of `rate` bytes a second for the whole node.
+    pub(crate) fn new(rate: u64) -> Arc<Self> {
+        Arc::new(NodeRate(Mutex::new(Bucket::new(rate))))
+    }
+}
+
+/// The caps one direction of a session is under, and its wait.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    session: Option<Bucket>,
+    node: Option<Arc<NodeRate>>,
+    /// While throttled: the wake-up, and since when.
+    sleep: Option<(Pin<Box<Sleep>>, Instant)>,
+    /// Bytes granted for the read in progress, not yet accounted for.
+    granted: usize,
+    throttled: Histogram,
+}
+
+impl Throttle {
+    /// A throttle under `session` bytes a second for this direction and
+    /// the node's shared cap; `None` when neither is set.
+    pub(crate) fn new(
+        session: Option<u64>,
+        node: Option<Arc<NodeRate>>,
+        throttled: Histogram,
+    ) -> Option<Box<Self>> {
+        if session.is_none() && node.is_none() {
+            return None;
+        }
+        Some(Box::new(Throttle {
+            session: session.map(Bucket::new),
+            node,
+            sleep: None,
+            granted: 0,
+            throttled,
+        }))
+    }
+
+    /// How many bytes the next read may take, at most `want`; `Pending`
+    /// (with a timer armed) while the caps allow none.
+    pub(crate) fn poll_grant(&mut self, want: usize, cx: &mut Context<'_>) -> Poll<usize> {
+        loop {
+            if let Some((sleep, since)) = &mut self.sleep {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.throttled.record(since.elapsed());
+                self.sleep = None;
+            }
+            let now = Instant::now();
+            let mut allowed = want as f64;
+            let mut wait = Duration::ZERO;
+            // A bucket with less than a useful read in it holds the
+            // direction back until it has one (else a refill of a few bytes
+            // every microsecond would be read a few bytes at a time).
+            let mut check = |b: &mut Bucket| {
+                b.refill(now);
+                let useful = (b.burst * WAKE_SHARE).min(want as f64);
+                if b.tokens < useful {
+                    wait = wait.max(b.wait_for(useful));
+                }
+                allowed = allowed.min(b.tokens);
+            };
+            if let Some(b) = &mut self.session {
+                check(b);
+            }
+            let mut node = self.node.as_ref().map(|n| n.0.lock().expect("poisoned"));
+            if let Some(b) = node.as_deref_mut() {
+                check(b);
+                // One read's worth at a time from the shared bucket, so that
+                // the direction that wakes first does not take it all.
+                allowed = allowed.min(NODE_GRANT);
+            }
+            if wait.is_zero() && allowed >= 1.0 {
+                // Taken now, so that sessions sharing the node's bucket do
+                // not spend the same bytes; what the read leaves is given back.
+                let n = allowed as usize;
+                if let Some(b) = node.as_deref_mut() {
+                    b.tokens -= n as f64;
+                }
+                if let Some(b) = &mut self.session {
+                    b.tokens -= n as f64;
+                }
+                self.granted = n;
+                return Poll::Ready(n);
+            }
+            drop(node);
+            self.sleep = Some((Box::pin(tokio::time::sleep(wait)), now));
+        }
+    }
+
+    /// The read took `used` of the bytes granted: the rest goes back.
+    pub(crate) fn used(&mut self, used: usize) {
+        let unused = self.granted.saturating_sub(used) as f64;
+        self.granted = 0;
+        if unused > 0.0 {
+            if let Some(b) = &mut self.session {
+                b.tokens += unused;
+            }
+            if let Some(n) = &self.node {
+                n.0.lock().expect("poisoned").tokens += unused;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_capped_direction_gets_its_rate_and_waits_between() {
+        const RATE: u64 = 2_000_000;
+        let mut t = Throttle::new(Some(RATE), None, Histogram::noop()).unwrap();
+        let started = Instant::now();
+        let mut moved = 0usize;
+        while moved < 1_000_000 {
+            let n = std::future::poll_fn(|cx| t.poll_grant(64 * 1024, cx)).await;
+            assert!(n <= 64 * 1024);
+            t.used(n);
+            moved += n;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        // 1 MB at 2 MB/s, less the first burst (200 kB): 0.4 s.
+        assert!((0.37..0.55).contains(&secs), "{secs} s");
+    }
+
+    #[tokio::test]
+    async fn unused_grants_go_back() {
+        let node = NodeRate::new(100_000);
+        let mut t = Throttle::new(None, Some(node.clone()), Histogram::noop()).unwrap();
+        let n = std::future::poll_fn(|cx| t.poll_grant(usize::MAX, cx)).await;
+        t.used(0);
+        let again = std::future::poll_fn(|cx| t.poll_grant(usize::MAX, cx)).await;
+        assert_eq!(n, again, "nothing was spent");
+        assert!(Throttle::new(None, None, Histogram::noop()).is_none());
+    }
+}

@@ -1,0 +1,138 @@
+//! A real HAProxy in TCP mode in front of a node, sending the PROXY
+//! protocol (Debian package `haproxy`; scripts/test installs it), and
+//! PROXY protocol headers written by hand for the bad cases.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::redis::free_port;
+
+/// How long HAProxy may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often [`Haproxy::start`] looks whether it listens.
+const POLL: Duration = Duration::from_millis(20);
+/// Connections HAProxy takes at once (the tests hold a few hundred).
+const MAX_CONN: usize = 4096;
+
+/// Which PROXY protocol header HAProxy sends to the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// `send-proxy`: the text header.
+    V1,
+    /// `send-proxy-v2`: the binary header.
+    V2,
+}
+
+/// A running `haproxy` process, killed when dropped.
+#[derive(Debug)]
+pub struct Haproxy {
+    child: Child,
+    /// Where clients connect (127.0.0.1, a free port).
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Haproxy {
+    /// Starts HAProxy on a free loopback port, forwarding every connection
+    /// to `backend` with a PROXY protocol header of `version`.
+    pub fn start(backend: SocketAddr, version: ProxyVersion) -> Haproxy {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("dtcp-haproxy-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let send = match version {
+            ProxyVersion::V1 => "send-proxy",
+            ProxyVersion::V2 => "send-proxy-v2",
+        };
+        let config = format!(
+            "global\n  maxconn {MAX_CONN}\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
+             frontend clients\n  bind 127.0.0.1:{port}\n  default_backend relays\n\
+             backend relays\n  server relay {backend} {send}\n"
+        );
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("haproxy is needed for the edge tests (scripts/test installs it)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect_timeout(&addr, POLL).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "haproxy did not start"
+            );
+            std::thread::sleep(POLL);
+        }
+        Haproxy { child, addr, dir }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `n`th loopback source address a test client may bind to:
+/// 127.0.0.2 for 0, then 127.0.0.3, ... (every 127.0.0.0/8 address is
+/// loopback on Linux). Up to about 16 million.
+pub fn loopback_source(n: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 2)) + n))
+}
+
+/// Connects to `addr` from `source` (any port).
+pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind a loopback source address");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// A PROXY protocol version 1 header for a TCP4 client `client`.
+pub fn proxy_v1(client: SocketAddr, to: SocketAddr) -> Vec<u8> {
+    format!(
+        "PROXY TCP4 {} {} {} {}\r\n",
+        client.ip(),
+        to.ip(),
+        client.port(),
+        to.port()
+    )
+    .into_bytes()
+}
+
+/// The signature every PROXY protocol version 2 header begins with.
+pub const PROXY_V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// A PROXY protocol version 2 `PROXY` header for a TCP over IPv4 client.
+pub fn proxy_v2(client: SocketAddr, to: SocketAddr) -> Vec<u8> {
+    let (IpAddr::V4(c), IpAddr::V4(t)) = (client.ip(), to.ip()) else {
+        panic!("IPv4 addresses only");
+    };
+    let mut h = PROXY_V2_SIGNATURE.to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&c.octets());
+    h.extend_from_slice(&t.octets());
+    h.extend_from_slice(&client.port().to_be_bytes());
+    h.extend_from_slice(&to.port().to_be_bytes());
+    h
+}
+
+/// A PROXY protocol version 2 `LOCAL` header (a balancer's health check).
+pub fn proxy_v2_local() -> Vec<u8> {
+    let mut h = PROXY_V2_SIGNATURE.to_vec();
+    h.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    h
+}
