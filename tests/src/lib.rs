@@ -7,14 +7,17 @@
 //!
 //! By concern: [`relay`] (nodes as processes, [`NodeOptions`]), [`redis`]
 //! (Redis servers and clusters), [`client`] (commands, replies, pairs),
-//! [`pattern`] (checked byte streams), [`metrics`] (scraping a node).
+//! [`pattern`] (checked byte streams), [`metrics`] (scraping a node),
+//! [`chaos`] (seeded randomness, fixed ports, descriptor counts).
 
+pub mod chaos;
 pub mod client;
 pub mod metrics;
 pub mod pattern;
 pub mod redis;
 pub mod relay;
 
+pub use chaos::*;
 pub use client::*;
 pub use metrics::*;
 pub use pattern::*;
