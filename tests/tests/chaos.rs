@@ -234,20 +234,26 @@ async fn peer(
     let Ok((sent, got)) = timeout(transfer_timeout(), transfer).await else {
         return End::TimedOut("transfer");
     };
-    match got {
-        Err(e) => End::Reset("transfer", e.kind()),
-        Ok((n, digest)) => {
+    match (got, sent) {
+        (Err(e), _) => End::Reset("transfer", e.kind()),
+        (Ok((n, digest)), sent) => {
             let digest_ok = n == want && digest == pattern_digest(want_seed, want);
-            if !digest_ok {
-                End::Truncated {
+            match sent {
+                Ok(_) if digest_ok => End::Verified,
+                Err(_) if digest_ok => End::ReceivedThenReset,
+                Ok(_) => End::Truncated {
                     got: n,
                     want,
                     digest_ok,
-                }
-            } else if sent.is_ok() {
-                End::Verified
-            } else {
-                End::ReceivedThenReset
+                },
+                // Linux reports a reset once per socket, to whichever call
+                // comes first: when the writing half took it, the reading
+                // half then sees the connection done, an EOF. The peer did
+                // see the reset (a pure reader gets it on its read, as in
+                // cuts.rs). A FIN followed by a failed write lands here too:
+                // that peer is not fooled either, its connection failed. A
+                // FIN to a peer with nothing more to write is caught above.
+                Err(e) => End::Reset("transfer, on the write", e.kind()),
             }
         }
     }
