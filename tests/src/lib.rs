@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pattern;
 pub mod redis;
 pub mod relay;
+pub mod trust;
 
 pub use chaos::*;
 pub use client::*;
@@ -23,3 +24,4 @@ pub use metrics::*;
 pub use pattern::*;
 pub use redis::*;
 pub use relay::*;
+pub use trust::*;

@@ -406,9 +406,10 @@ async fn a_bridge_without_the_right_secret_pairs_nothing() {
         refused_with(Target::connect(intruder.addr, &t).await).await,
         Condition::Unavailable
     );
+    // Its secret does not verify the record's seal: it does not even dial.
     assert_eq!(
         intruder
-            .metric("dtcp_bridge_errors_total{role=\"client\",reason=\"unauthenticated\"}")
+            .metric("dtcp_auth_failures_total{reason=\"bad_record\"}")
             .await,
         1.0
     );

@@ -3,8 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use dtcp_client::{Initiator, Target};
+use dtcp_client::dtcp_wire::Condition;
+use dtcp_client::{ClientError, Initiator, Target};
 use dtcp_tests::*;
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 /// Pending CREATEs in the restart test, spread over three nodes. For a run by
@@ -114,4 +116,65 @@ async fn pending_creates_survive_a_redis_restart_without_persistence() {
         node.wait_for("dtcp_bridge_streams_active{role=\"server\"}", 0.0)
             .await;
     }
+}
+
+/// A Redis that stops answering (`DEBUG SLEEP`): every client still gets an
+/// answer, `unavailable`, within the connect grace plus the store's
+/// operation timeout, never a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_answers_every_client_within_its_bounds() {
+    /// The store's operation timeout (`--redis-operation-timeout`).
+    const OPERATION: Duration = Duration::from_secs(1);
+    /// The connect grace.
+    const GRACE: Duration = Duration::from_secs(1);
+    /// Slack for a busy machine.
+    const SLACK: Duration = Duration::from_secs(2);
+    let redis = RedisServer::start_with(free_port(), &["--enable-debug-command", "local"]);
+    let node = || {
+        NodeOptions::cluster(&[redis.url()])
+            .connect_grace(GRACE.as_secs_f64())
+            .arg("--redis-connect-timeout", 0.5)
+            .arg("--redis-response-timeout", 0.5)
+            .arg("--redis-operation-timeout", OPERATION.as_secs_f64())
+            .start()
+    };
+    let (a, b) = (node(), node());
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    let mut sleep = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "DEBUG", "SLEEP", "6"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-cli");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bound = GRACE + OPERATION + SLACK;
+    let started = Instant::now();
+    let (tc, tt) = (triple("stall-c"), triple("stall-t"));
+    let create = tokio::time::timeout(bound, Initiator::connect(a.addr, &tc));
+    let connect = tokio::time::timeout(bound, Target::connect(b.addr, &tt));
+    let (create, connect) = tokio::join!(create, connect);
+    let took = started.elapsed();
+    let condition = |r: Result<Result<TcpStream, ClientError>, _>, who: &str| match r {
+        Ok(Err(e)) => e.condition(),
+        Ok(Ok(_)) => panic!("{who} paired with nobody"),
+        Err(_) => panic!("{who} got no answer within {bound:?}"),
+    };
+    assert_eq!(condition(create, "CREATE"), Some(Condition::Unavailable));
+    assert_eq!(condition(connect, "CONNECT"), Some(Condition::Unavailable));
+    eprintln!("both answered unavailable within {took:?} of a stalled Redis");
+    let _ = sleep.wait();
+    // Once Redis answers again, pairing works.
+    eventually(
+        Duration::from_secs(10),
+        "a pair after the stall",
+        || async {
+            let t = triple(&format!("stall-after-{:?}", Instant::now()));
+            let i = tokio::spawn({
+                let (addr, t) = (a.addr, t.clone());
+                async move { Initiator::connect(addr, &t).await }
+            });
+            let tg = Target::connect(b.addr, &t).await;
+            matches!((i.await.unwrap(), tg), (Ok(_), Ok(_)))
+        },
+    )
+    .await;
 }

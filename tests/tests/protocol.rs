@@ -406,9 +406,15 @@ async fn an_idle_session_is_closed_after_the_idle_timeout() {
         i.write_all(b".").await.unwrap();
         assert_eq!(read_n(&mut tg, 1).await, b".");
     }
-    // ...silence ends it.
+    // ...silence ends it, with a reset: a cut, not the Initiator's FIN
+    // (PROTOCOL.md section 2).
     let started = Instant::now();
-    assert_eq!(read_all(&mut tg).await, b"");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), tg.read(&mut byte))
+        .await
+        .expect("the idle session was not closed");
+    let err = read.expect_err("the idle session ended with a FIN, not a reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert_eq!(
         relay

@@ -9,11 +9,38 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use dtcp_wire::{Command, Triple, Verb};
+use dtcp_wire::{Command, Reply, Triple, Verb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+/// How long the bench's signed keys are valid.
+const SIGNED_KEY_TTL: u64 = 3600;
+
+/// `name` as a key: as it is, or signed with `secret` (with `name` as the nonce).
+pub(crate) fn signed_key(
+    secret: Option<&str>,
+    name: &str,
+    initiator: &str,
+    target: &str,
+) -> io::Result<String> {
+    let Some(secret) = secret else {
+        return Ok(name.to_owned());
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(io::Error::other)?
+        .as_secs();
+    dtcp_wire::sign(
+        secret.as_bytes(),
+        now + SIGNED_KEY_TTL,
+        name,
+        initiator,
+        target,
+    )
+    .map_err(io::Error::other)
+}
 
 /// Where pairs come from.
 #[derive(Debug)]
@@ -24,6 +51,8 @@ pub(crate) enum Endpoint {
         connect_on: Vec<SocketAddr>,
         /// Makes keys unique to this run.
         run: u64,
+        /// Sign every key with this secret (a relay started with `--key-secret`).
+        key_secret: Option<String>,
     },
     /// Connections to `addr` arrive at `sink` (a proxy in front of it, or the
     /// sink itself for the direct measurement).
@@ -42,13 +71,19 @@ impl Endpoint {
                 create_on,
                 connect_on,
                 run,
+                key_secret,
             } => {
-                let triple = Triple::new(
-                    format!("bench-{run}-{n}"),
+                let (initiator, target) = (
                     "initiator@bench.example/load",
                     format!("target@bench.example/{n}"),
-                )
-                .map_err(io::Error::other)?;
+                );
+                let key = signed_key(
+                    key_secret.as_deref(),
+                    &format!("bench-{run}-{n}"),
+                    initiator,
+                    &target,
+                )?;
+                let triple = Triple::new(key, initiator, target).map_err(io::Error::other)?;
                 let create = Command::new(Verb::Create, triple.clone()).encode();
                 let connect = Command::new(Verb::Connect, triple).encode();
                 let mut i = connect_to(create_on[n as usize % create_on.len()]).await?;
@@ -84,21 +119,16 @@ async fn connect_to(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(s)
 }
 
-/// Reads the relay's reply; anything but `OK` is an error.
+/// Reads the relay's reply (with the client library's parser); anything
+/// but `OK` is an error.
 pub(crate) async fn read_ok(s: &mut TcpStream) -> io::Result<()> {
-    let mut reply = [0u8; 3];
-    s.read_exact(&mut reply).await?;
-    if &reply != b"OK\0" {
-        let mut rest = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut rest)).await;
-        let mut all = reply.to_vec();
-        all.extend(rest);
-        return Err(io::Error::other(format!(
-            "relay refused: {}",
-            String::from_utf8_lossy(&all).replace('\0', " ")
-        )));
+    match dtcp_client::read_reply(s).await {
+        Ok(Reply::Ok) => Ok(()),
+        Ok(Reply::Error { condition, text }) => Err(io::Error::other(format!(
+            "relay refused: {condition}: {text}"
+        ))),
+        Err(e) => Err(io::Error::other(e)),
     }
-    Ok(())
 }
 
 /// The generator's own sink: accepts connections, reads the 8-byte id each

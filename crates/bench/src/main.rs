@@ -51,6 +51,15 @@ struct Cli {
     /// Print one JSON object per scenario instead of a table.
     #[arg(long)]
     json: bool,
+    /// Sign every key with this secret, for a relay started with
+    /// `--key-secret` (measures the cost of the signature check).
+    #[arg(
+        long,
+        env = "DTCP_BENCH_KEY_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    key_secret: Option<String>,
     /// A label for the table and the JSON (e.g. "relay", "haproxy").
     #[arg(long, default_value = "")]
     label: String,
@@ -131,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
             create_on: cli.create_on.clone(),
             connect_on,
             run,
+            key_secret: cli.key_secret.clone(),
         }
     };
     let ep = Arc::new(endpoint);

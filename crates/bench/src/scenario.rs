@@ -189,6 +189,7 @@ pub(crate) async fn hold(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> any
         create_on,
         connect_on,
         run,
+        key_secret,
     } = &*ep
     else {
         return hold_proxied(ep, counts, pids).await;
@@ -202,11 +203,13 @@ pub(crate) async fn hold(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> any
         let mut initiators = Vec::with_capacity(count as usize);
         let mut commands = Vec::with_capacity(count as usize);
         for n in 0..count {
-            let triple = dtcp_wire::Triple::new(
-                format!("hold-{run}-{round}-{n}"),
+            let (initiator, target) = (
                 "initiator@bench.example/hold",
                 format!("target@bench.example/{n}"),
-            )?;
+            );
+            let name = format!("hold-{run}-{round}-{n}");
+            let key = endpoint::signed_key(key_secret.as_deref(), &name, initiator, &target)?;
+            let triple = dtcp_wire::Triple::new(key, initiator, target)?;
             let mut i = TcpStream::connect(create_on[n as usize % create_on.len()]).await?;
             i.write_all(&dtcp_wire::Command::new(dtcp_wire::Verb::Create, triple.clone()).encode())
                 .await?;

@@ -11,20 +11,58 @@
 //! self-signed certificate, whose SHA-256 fingerprint it tells the Target out
 //! of band) and the Target as client pinning that fingerprint.
 //!
+//! # Direct first, relay as fallback
+//!
+//! An Initiator can also listen itself and let the Target come straight to
+//! it, with the relay as the fallback: [`Initiator::offer`] binds listeners
+//! and gives the [`Candidates`] to hand the Target (text such as
+//! `dtcp://192.168.1.5:7001,relay@relay.example.org:7777`), and
+//! [`Offer::accept`] takes whichever path the Target completes first.
+//! [`Target::connect_any`] tries the candidates in order. Both get back a
+//! plain `TcpStream` on either path, so TLS works the same on both. See
+//! [`direct`] for what is answered when, and the races.
+//!
+//! ```no_run
+//! use dtcp_client::{Initiator, Target};
+//! use dtcp_client::dtcp_wire::Triple;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let triple = Triple::new("s3cret", "alice@example.org", "bob@example.net")?;
+//! // Initiator:
+//! let offer = Initiator::offer(&["192.168.1.5:0".parse()?], Some("relay.example.org:7777"), &triple)
+//!     .await?;
+//! let text = offer.candidates().to_string(); // out of band to the Target
+//! let initiator = tokio::spawn(offer.accept());
+//! // Target:
+//! let paired = Target::connect_any(&text.parse()?, &triple).await?;
+//! println!("{} via {}", paired.route, paired.peer);
+//! let _initiator_side = initiator.await??.stream;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! [`transfer`] holds the framing the `dtcp` tool uses to send one file.
 
 #![forbid(unsafe_code)]
 
+pub mod candidates;
+pub mod direct;
 pub mod tls;
 pub mod transfer;
 
 use std::io;
+use std::net::SocketAddr;
 
 use bytes::{BufMut, BytesMut};
 use dtcp_wire::{Command, Condition, MAX_REPLY_LEN, Reply, Triple, Verb, WireError, decode_reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
+pub use candidates::{Candidate, CandidateError, Candidates, Role};
+pub use direct::{
+    AllFailed, Attempt, AttemptError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RELAY_REPLY_TIMEOUT,
+    DEFAULT_REPLY_TIMEOUT, Offer, OfferError, OfferEvent, Paired, Route, Timeouts,
+};
 pub use dtcp_wire;
 
 /// Why a client could not get a paired stream.
@@ -81,6 +119,18 @@ impl Initiator {
     ) -> Result<TcpStream, ClientError> {
         pair(connect_relay(relay).await?, Verb::Create, triple).await
     }
+
+    /// Listens on `listen` (port 0: one the system picks) and, once
+    /// [accepted](Offer::accept), also registers at `relay` (`HOST:PORT`):
+    /// direct first, relay as fallback. [`Offer::candidates`] is what to hand
+    /// the Target.
+    pub async fn offer(
+        listen: &[SocketAddr],
+        relay: Option<&str>,
+        triple: &Triple,
+    ) -> Result<Offer, OfferError> {
+        Offer::bind(listen, relay, triple).await
+    }
 }
 
 impl Target {
@@ -90,6 +140,26 @@ impl Target {
         triple: &Triple,
     ) -> Result<TcpStream, ClientError> {
         pair(connect_relay(relay).await?, Verb::Connect, triple).await
+    }
+
+    /// Tries the candidates in order (the Initiator's listeners, then the
+    /// relay) with the default [`Timeouts`]; see [`direct::connect_any`].
+    pub async fn connect_any(
+        candidates: &Candidates,
+        triple: &Triple,
+    ) -> Result<Paired, AllFailed> {
+        direct::connect_any(candidates, triple).await
+    }
+
+    /// [`Target::connect_any`] with these timeouts, telling `on_failure`
+    /// about each candidate that failed as soon as it did.
+    pub async fn connect_any_with(
+        candidates: &Candidates,
+        triple: &Triple,
+        timeouts: &Timeouts,
+        on_failure: impl FnMut(&Attempt),
+    ) -> Result<Paired, AllFailed> {
+        direct::connect_any_with(candidates, triple, timeouts, on_failure).await
     }
 }
 
@@ -119,8 +189,9 @@ pub async fn pair(
     }
 }
 
-/// Reads one reply without reading past `OK\0`.
-async fn read_reply(stream: &mut TcpStream) -> Result<Reply, ClientError> {
+/// Reads the relay's reply to a command, without reading past `OK\0` (what
+/// follows is the peer's). An `ERROR` is returned as a reply, not an error.
+pub async fn read_reply(stream: &mut TcpStream) -> Result<Reply, ClientError> {
     let mut head = [0u8; 3];
     if let Err(e) = stream.read_exact(&mut head).await {
         return Err(match e.kind() {

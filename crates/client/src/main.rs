@@ -1,16 +1,23 @@
-//! `dtcp`: send or receive one file through a DTCP relay.
+//! `dtcp`: send or receive one file, directly or through a DTCP relay.
 
 #![forbid(unsafe_code)]
 
+mod keygen;
+
 use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use dtcp_client::direct::interface_addrs;
 use dtcp_client::transfer::{self, TransferError};
-use dtcp_client::{Initiator, Target, tls};
-use dtcp_wire::{Condition, Triple};
+use dtcp_client::{
+    Candidate, Candidates, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPLY_TIMEOUT, Initiator, OfferEvent,
+    Paired, Route, Target, Timeouts, tls,
+};
+use dtcp_wire::Triple;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -18,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 #[command(
     name = "dtcp",
     version,
-    about = "Send or receive a file through a DTCP relay."
+    about = "Send or receive a file, directly or through a DTCP relay."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,10 +34,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Be the Initiator: register the session and send FILE once the Target connects.
+    /// Be the Initiator: register the session (and listen, with --listen)
+    /// and send FILE once the Target connects.
     Send {
         #[command(flatten)]
         session: Session,
+        /// Also listen here, so that the receiver can come directly: `IP:PORT`,
+        /// `IP` (a port the system picks), `auto` (every non-loopback address
+        /// of this machine) or `auto:PORT`. Repeatable. Prints the candidate
+        /// list to give the receiver.
+        #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+        listen: Vec<Listen>,
         /// Secure the stream end to end: prints a fingerprint to give the receiver.
         #[arg(long)]
         tls: bool,
@@ -41,6 +55,18 @@ enum Cmd {
     Recv {
         #[command(flatten)]
         session: Session,
+        /// The candidate list printed by `dtcp send --listen` (e.g.
+        /// `dtcp://192.168.1.5:7001,relay@relay.example.org:7777`), tried in
+        /// order; a --relay is tried after them.
+        #[arg(long, env = "DTCP_CANDIDATES", value_name = "LIST")]
+        candidates: Option<String>,
+        /// How long to wait for each candidate's connection, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CONNECT_TIMEOUT.as_secs_f64())]
+        connect_timeout: f64,
+        /// How long to wait for a direct candidate's answer to CONNECT, in
+        /// seconds (a relay gets 10 s: it may wait its connect grace).
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_REPLY_TIMEOUT.as_secs_f64())]
+        reply_timeout: f64,
         /// The sender's fingerprint (printed by `dtcp send --tls`): turns on end-to-end TLS.
         #[arg(long, value_name = "HEX")]
         tls_fingerprint: Option<String>,
@@ -48,11 +74,14 @@ enum Cmd {
         /// standard output by default.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// How long to keep asking for the sender's session when the relay
-        /// answers `not-found` (the sender may not have started yet), in seconds.
+        /// How long to keep asking for the sender's session while it is not
+        /// there yet (refused connections, `not-found`: the sender may not
+        /// have started), in seconds.
         #[arg(long, default_value_t = 300, value_name = "SECS")]
         wait: u64,
     },
+    /// Print a signed key for two JIDs (for a relay started with `--key-secret-file`).
+    Keygen(keygen::Keygen),
     /// Ask a relay's metrics listener whether it takes new sessions
     /// (`GET /readyz`): exit 0 if so. For container health checks, where the
     /// image has no shell and no HTTP client.
@@ -65,9 +94,9 @@ enum Cmd {
 
 #[derive(Debug, Args)]
 struct Session {
-    /// The relay, `HOST:PORT`.
+    /// The relay, `HOST:PORT` (optional for `send --listen` and `recv --candidates`).
     #[arg(long, env = "DTCP_RELAY", value_name = "HOST:PORT")]
-    relay: String,
+    relay: Option<String>,
     /// The key both sides agreed on.
     #[arg(long, env = "DTCP_KEY", hide_env_values = true)]
     key: String,
@@ -95,14 +124,32 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Cmd::Send { session, tls, file } => send(session, tls, &file).await,
+        Cmd::Send {
+            session,
+            listen,
+            tls,
+            file,
+        } => send(session, &listen, tls, &file).await,
         Cmd::Recv {
             session,
+            candidates,
+            connect_timeout,
+            reply_timeout,
             tls_fingerprint,
             output,
             wait,
-        } => recv(session, tls_fingerprint, output, Duration::from_secs(wait)).await,
+        } => {
+            let timeouts = Timeouts {
+                connect: secs(connect_timeout, "--connect-timeout")?,
+                reply: secs(reply_timeout, "--reply-timeout")?,
+                ..Timeouts::default()
+            };
+            let list = candidate_list(&session, candidates.as_deref())?;
+            let wait = Duration::from_secs(wait);
+            recv(session, list, timeouts, tls_fingerprint, output, wait).await
+        }
         Cmd::Health { addr } => health(&addr).await,
+        Cmd::Keygen(args) => keygen::run(args),
     }
 }
 
@@ -130,8 +177,69 @@ async fn health(addr: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn send(session: Session, use_tls: bool, file: &Path) -> anyhow::Result<()> {
+/// A `--listen` value.
+#[derive(Debug, Clone)]
+enum Listen {
+    /// One address.
+    Addr(SocketAddr),
+    /// Every non-loopback interface address, on this port (0: any).
+    Auto(u16),
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a port number"))
+    };
+    if s == "auto" {
+        return Ok(Listen::Auto(0));
+    }
+    if let Some(p) = s.strip_prefix("auto:") {
+        return port(p).map(Listen::Auto);
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(Listen::Addr(addr));
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Listen::Addr(SocketAddr::new(ip, 0)));
+    }
+    Err("expected IP:PORT, IP, auto or auto:PORT (IPv6 in brackets with a port: [2001:db8::5]:7001)".into())
+}
+
+/// The addresses to bind for these `--listen` values.
+fn listen_addrs(listen: &[Listen]) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for l in listen {
+        match l {
+            Listen::Addr(a) => out.push(*a),
+            Listen::Auto(port) => {
+                let ips = interface_addrs().context("listing this machine's addresses")?;
+                if ips.is_empty() {
+                    bail!("--listen auto: this machine has no address but loopback");
+                }
+                out.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, *port)));
+            }
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
+fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v).with_context(|| format!("{flag}: {v} is not a duration"))
+}
+
+async fn send(
+    session: Session,
+    listen: &[Listen],
+    use_tls: bool,
+    file: &Path,
+) -> anyhow::Result<()> {
     let triple = session.triple()?;
+    let addrs = listen_addrs(listen)?;
+    if addrs.is_empty() && session.relay.is_none() {
+        bail!("give --relay HOST:PORT, --listen ADDR, or both");
+    }
     let (mut src, size): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) =
         if file == Path::new("-") {
             (Box::new(tokio::io::stdin()), None)
@@ -153,24 +261,74 @@ async fn send(session: Session, use_tls: bool, file: &Path) -> anyhow::Result<()
     } else {
         None
     };
-    eprintln!("waiting for the receiver on {} ...", session.relay);
-    let stream = Initiator::connect(&session.relay, &triple).await?;
-    let bar = progress(size);
+    let offer = Initiator::offer(&addrs, session.relay.as_deref(), &triple).await?;
+    if !addrs.is_empty() {
+        let list = offer.candidates();
+        eprintln!("candidates: {list}");
+        eprintln!("(give them to the receiver: dtcp recv --candidates '{list}' ...)");
+    }
+    let mut places: Vec<String> = offer
+        .local_addrs()
+        .iter()
+        .map(|a| format!("on {a}"))
+        .collect();
+    if let Some(relay) = &session.relay {
+        places.push(format!("through the relay {relay}"));
+    }
+    eprintln!("waiting for the receiver {} ...", places.join(", "));
+    let paired = offer
+        .accept_with(|event| match event {
+            OfferEvent::RelayFailed(e) => {
+                eprintln!("dtcp: the relay path failed ({e}); still waiting on the listeners");
+            }
+            OfferEvent::DirectRefused { peer, condition } => {
+                eprintln!("dtcp: refused a connection from {peer}: {condition}");
+            }
+        })
+        .await?;
+    announce(&paired, "receiver");
+    let route = paired.route;
+    let bar = progress(size, route);
     let sent = match identity {
         Some(id) => {
-            let mut s = tls::accept(stream, &id).await?;
+            let mut s = tls::accept(paired.stream, &id).await?;
             transfer::send(&mut s, &mut src, size, |n| bar.inc(n)).await
         }
         None => {
-            let mut s = stream;
+            let mut s = paired.stream;
             transfer::send(&mut s, &mut src, size, |n| bar.inc(n)).await
         }
     };
-    finish(&bar, sent, "sent")
+    finish(&bar, sent, "sent", route)
+}
+
+/// One line saying which path the transfer takes.
+fn announce(paired: &Paired, peer: &str) {
+    match paired.route {
+        Route::Direct => eprintln!("connected directly: the {peer} is at {}", paired.peer),
+        Route::Relay => eprintln!("connected through the relay at {}", paired.peer),
+    }
+}
+
+/// The receiver's candidates: `--candidates`, then `--relay`.
+fn candidate_list(session: &Session, candidates: Option<&str>) -> anyhow::Result<Candidates> {
+    let mut list = match candidates {
+        Some(text) => text.parse::<Candidates>().context("--candidates")?,
+        None => Candidates::default(),
+    };
+    if let Some(relay) = &session.relay {
+        list.push(Candidate::relay(relay).context("--relay")?);
+    }
+    if list.is_empty() {
+        bail!("give --relay HOST:PORT, --candidates LIST, or both");
+    }
+    Ok(list)
 }
 
 async fn recv(
     session: Session,
+    candidates: Candidates,
+    timeouts: Timeouts,
     fingerprint: Option<String>,
     output: Option<PathBuf>,
     wait: Duration,
@@ -179,7 +337,10 @@ async fn recv(
     let fingerprint = fingerprint
         .map(|f| tls::parse_fingerprint(&f))
         .transpose()?;
-    let stream = claim(&session.relay, &triple, wait).await?;
+    let paired = claim(&candidates, &triple, &timeouts, wait).await?;
+    announce(&paired, "sender");
+    let route = paired.route;
+    let stream = paired.stream;
     let (mut dst, part): (
         Box<dyn AsyncWrite + Unpin + Send>,
         Option<(PathBuf, PathBuf)>,
@@ -200,8 +361,8 @@ async fn recv(
     };
     let bar = ProgressBar::hidden();
     let on_size = |size: Option<u64>| {
+        style(&bar, size, route);
         bar.set_draw_target(ProgressDrawTarget::stderr());
-        style(&bar, size);
     };
     let got = match fingerprint {
         Some(fp) => {
@@ -224,58 +385,77 @@ async fn recv(
             eprintln!("dtcp: incomplete data left in {}", part.display());
         }
     }
-    finish(&bar, got, "received")
+    finish(&bar, got, "received", route)
 }
 
-/// CONNECTs until the sender's CREATE is there: the relay waits only its
-/// connect grace (5 s by default), and people start the two ends by hand.
+/// Tries the candidates until the sender is there: people start the two
+/// ends by hand, and the relay waits only its connect grace (5 s by default)
+/// for a CREATE. Each failed attempt of the first round is told, so the way
+/// to the fallback shows.
 async fn claim(
-    relay: &str,
+    candidates: &Candidates,
     triple: &Triple,
+    timeouts: &Timeouts,
     wait: Duration,
-) -> anyhow::Result<tokio::net::TcpStream> {
+) -> anyhow::Result<Paired> {
     let deadline = tokio::time::Instant::now() + wait;
-    let mut told = false;
+    let mut round = 0;
     loop {
-        match Target::connect(relay, triple).await {
-            Err(e)
-                if e.condition() == Some(Condition::NotFound)
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                if !told {
-                    eprintln!("waiting for the sender on {relay} ...");
-                    told = true;
+        round += 1;
+        let last = candidates.len();
+        let mut n = 0;
+        let tell = |a: &dtcp_client::Attempt| {
+            n += 1;
+            // The last one's failure is in the line or the error below.
+            if round == 1 && n < last {
+                eprintln!("dtcp: {a}; trying the next");
+            }
+        };
+        match Target::connect_any_with(candidates, triple, timeouts, tell).await {
+            Ok(paired) => return Ok(paired),
+            Err(all) if all.is_transient() && tokio::time::Instant::now() < deadline => {
+                if round == 1 {
+                    eprintln!("waiting for the sender ({candidates}) ...");
                 }
-                // The relay already waited its grace; ask again at once.
+                // Whoever answered not-found already waited; ask again soon.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            other => return Ok(other?),
+            Err(all) => return Err(all.into()),
         }
     }
 }
 
-fn progress(size: Option<u64>) -> ProgressBar {
+fn progress(size: Option<u64>, route: Route) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stderr());
-    style(&bar, size);
+    style(&bar, size, route);
     bar
 }
 
-fn style(bar: &ProgressBar, size: Option<u64>) {
+/// The bar starts with the path: `direct` or `relay`.
+fn style(bar: &ProgressBar, size: Option<u64>, route: Route) {
     bar.set_length(size.unwrap_or(0));
+    bar.set_prefix(route.to_string());
     let template = match size {
-        Some(_) => "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        None => "{spinner} {binary_bytes} {binary_bytes_per_sec} {elapsed}",
+        Some(_) => {
+            "{prefix} {bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}"
+        }
+        None => "{prefix} {spinner} {binary_bytes} {binary_bytes_per_sec} {elapsed}",
     };
     bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
     bar.enable_steady_tick(Duration::from_millis(200));
 }
 
-fn finish(bar: &ProgressBar, result: Result<u64, TransferError>, verb: &str) -> anyhow::Result<()> {
+fn finish(
+    bar: &ProgressBar,
+    result: Result<u64, TransferError>,
+    verb: &str,
+    route: Route,
+) -> anyhow::Result<()> {
     bar.finish_and_clear();
     match result {
         Ok(n) => {
             if std::io::stderr().is_terminal() {
-                eprintln!("{verb} {n} bytes");
+                eprintln!("{verb} {n} bytes {}", route.adverb());
             }
             Ok(())
         }

@@ -27,9 +27,10 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::server::NamedService;
 
+use crate::auth::{AuthFailure, PlaneAuth};
 use crate::proto::frame::Kind;
 use crate::proto::{Frame, Open};
-use crate::{FRAME_SIZE, FRAMES_IN_FLIGHT, Secret};
+use crate::{FRAME_SIZE, FRAMES_IN_FLIGHT};
 
 /// The gRPC service name, as `proto/forward.proto` declares it.
 pub const SERVICE: &str = "dtcp.forward.v1.Forward";
@@ -325,11 +326,21 @@ pub struct Halves {
     pub inbound: Inbound,
 }
 
+/// Who places a call, to whom: what its authenticator names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallTo<'a> {
+    pub(crate) caller: &'a str,
+    pub(crate) callee: &'a str,
+    pub(crate) addr: &'a str,
+    pub(crate) registration: &'a [u8; 32],
+}
+
 /// The dialing side: sends the request, checks the response headers, and
 /// returns the two halves. The first frame sent is `open`.
 pub(crate) async fn call(
     channel: tonic::transport::Channel,
-    secret: &Secret,
+    auth: &PlaneAuth,
+    to: CallTo<'_>,
     open: Frame,
 ) -> Result<Halves, Status> {
     let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
@@ -339,7 +350,13 @@ pub(crate) async fn call(
         .header(TE, "trailers")
         .body(OutBody::body(rx, false))
         .expect("a valid request");
-    secret.attach(request.headers_mut())?;
+    auth.attach(
+        request.headers_mut(),
+        to.caller,
+        to.callee,
+        to.addr,
+        to.registration,
+    )?;
     let response = tower::ServiceExt::oneshot(channel, request)
         .await
         .map_err(|e| Status::unavailable(e.to_string()))?;
@@ -366,32 +383,48 @@ pub trait Claimer: Send + Sync + 'static {
     /// Claims the pending registration `open` names and hands `bridge` to
     /// its Initiator's session, or says why not.
     fn claim(&self, open: Open, bridge: Halves) -> Result<(), Status>;
+
+    /// A call was refused before any claim, for `failure` (to be counted).
+    fn refused(&self, failure: AuthFailure) {
+        let _ = failure;
+    }
 }
 
-/// The Bridge service, for tonic's server: checks the cluster secret, reads
-/// the `open` frame, and lets a [`Claimer`] pair the session.
+/// The Bridge service, for tonic's server: checks the call's authenticator
+/// (`crate::auth`), reads the `open` frame, checks that it is the one the
+/// authenticator names, and lets a [`Claimer`] pair the session.
 #[derive(Debug)]
 pub struct BridgeService<C> {
     claimer: Arc<C>,
-    secret: Secret,
+    auth: PlaneAuth,
+    /// The address this node advertises: calls must have dialed it.
+    addr: Arc<str>,
 }
 
 impl<C> Clone for BridgeService<C> {
     fn clone(&self) -> Self {
         BridgeService {
             claimer: self.claimer.clone(),
-            secret: self.secret.clone(),
+            auth: self.auth.clone(),
+            addr: self.addr.clone(),
         }
     }
 }
 
 impl<C: Claimer> BridgeService<C> {
-    /// The service, admitting callers that present `secret`.
-    pub fn new(claimer: C, secret: Secret) -> Self {
+    /// The service of the node advertised at `addr`, admitting calls that
+    /// `auth` verifies.
+    pub fn new(claimer: C, auth: PlaneAuth, addr: &str) -> Self {
         BridgeService {
             claimer: Arc::new(claimer),
-            secret,
+            auth,
+            addr: Arc::from(addr),
         }
+    }
+
+    fn refuse(&self, failure: AuthFailure) -> Status {
+        self.claimer.refused(failure);
+        Status::unauthenticated("the call's authenticator does not verify")
     }
 }
 
@@ -424,9 +457,10 @@ impl<C: Claimer> BridgeService<C> {
         if request.uri().path() != PATH {
             return Err(Status::unimplemented("no such method"));
         }
-        if !self.secret.admits(request.headers()) {
-            return Err(Status::unauthenticated("wrong or missing cluster secret"));
-        }
+        let claimed = self
+            .auth
+            .check_now(request.headers(), &self.addr)
+            .map_err(|f| self.refuse(f))?;
         let mut inbound = Inbound::new(request.into_body());
         let first = tokio::time::timeout(OPEN_FRAME_TIMEOUT, inbound.next())
             .await
@@ -434,6 +468,13 @@ impl<C: Claimer> BridgeService<C> {
         let Some(Kind::Open(open)) = first else {
             return Err(Status::invalid_argument("the first frame must be open"));
         };
+        // The authenticator is good for the one registration (and owner) it names.
+        if let Some(claimed) = claimed
+            && (claimed.registration[..] != open.registration_id[..]
+                || claimed.callee != open.owner_node_id)
+        {
+            return Err(self.refuse(AuthFailure::PlaneMac));
+        }
         let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
         let outbound = Outbound { tx, dialing: false };
         self.claimer.claim(open, Halves { outbound, inbound })?;

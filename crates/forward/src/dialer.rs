@@ -8,12 +8,12 @@ use dtcp_wire::Condition;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, ServerTlsConfig};
 use tonic::{Code, Status};
 
-use crate::bridge::{self, Halves};
+use crate::bridge::{self, CallTo, Halves};
 use crate::proto::Frame;
 use crate::proto::frame::Kind;
 use crate::{
     CONNECT_TIMEOUT, CONNECTION_WINDOW, H2_MAX_FRAME, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
-    STREAM_WINDOW, Secret, TCP_KEEPALIVE,
+    PlaneAuth, STREAM_WINDOW, TCP_KEEPALIVE,
 };
 
 /// How long the owner node may take to answer a Bridge with `paired`.
@@ -38,8 +38,8 @@ pub enum BridgeError {
     /// is a different process than the one that registered it).
     #[error("no such pending registration on the owner node")]
     NotFound,
-    /// The owner refused this node's cluster secret.
-    #[error("the owner node refused the cluster secret")]
+    /// The owner refused this node's authenticator (another cluster secret).
+    #[error("the owner node refused this node's authenticator")]
     Unauthenticated,
     /// The owner answered something this node does not understand.
     #[error("bridge protocol error: {0}")]
@@ -65,16 +65,20 @@ impl From<Status> for BridgeError {
 pub struct Dialer {
     channels: DashMap<String, Channel>,
     tls: Option<ClientTlsConfig>,
-    secret: Secret,
+    auth: PlaneAuth,
+    /// This node's id, which every call names as its caller.
+    node_id: String,
 }
 
 impl Dialer {
-    /// A dialer presenting `secret`, over TLS when `tls` is given.
-    pub fn new(tls: Option<ClientTlsConfig>, secret: Secret) -> Self {
+    /// A dialer for the node `node_id`, authenticating its calls with
+    /// `auth`, over TLS when `tls` is given.
+    pub fn new(tls: Option<ClientTlsConfig>, auth: PlaneAuth, node_id: &str) -> Self {
         Dialer {
             channels: DashMap::new(),
             tls,
-            secret,
+            auth,
+            node_id: node_id.to_owned(),
         }
     }
 
@@ -127,7 +131,13 @@ impl Dialer {
         owner_node_id: &str,
     ) -> Result<Halves, BridgeError> {
         let channel = self.channel(addr)?;
-        let call = bridge::call(channel, &self.secret, Frame::open(id, owner_node_id));
+        let to = CallTo {
+            caller: &self.node_id,
+            callee: owner_node_id,
+            addr,
+            registration: id,
+        };
+        let call = bridge::call(channel, &self.auth, to, Frame::open(id, owner_node_id));
         let mut halves = tokio::time::timeout(OPEN_TIMEOUT, call)
             .await
             .map_err(|_| BridgeError::Unreachable("no answer from the owner node".into()))??;

@@ -26,7 +26,7 @@ pub mod proto {
 
 use std::time::Duration;
 
-pub use auth::{SECRET_HEADER, Secret};
+pub use auth::{AUTH_HEADER, AUTH_WINDOW, AuthFailure, Claimed, PlaneAuth, REPLAY_CACHE_CAPACITY};
 pub use bridge::{BridgeService, Claimer, Halves, Inbound, Outbound, SERVICE};
 pub use dialer::{BridgeError, Dialer, PlaneTls};
 pub use join::{End, Report, join, pass_fin, reset_on_close, write_all};

@@ -173,7 +173,8 @@ pub struct Config {
     #[arg(long, env = "DTCP_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
 
-    /// Shared by all nodes; every Bridge call carries it.
+    /// Shared by all nodes: it signs every Bridge call and every store record
+    /// (it never leaves the node). For development; prefer `--cluster-secret-file`.
     #[arg(
         long,
         env = "DTCP_CLUSTER_SECRET",
@@ -181,6 +182,32 @@ pub struct Config {
         value_name = "SECRET"
     )]
     pub cluster_secret: Option<String>,
+    /// A file of cluster secrets, one per line: the first signs, all verify
+    /// (a rotation is add, roll, remove). Re-read when it changes.
+    #[arg(long, env = "DTCP_CLUSTER_SECRET_FILE", value_name = "PATH")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Accept only keys signed with this secret (PROTOCOL.md section 5;
+    /// repeatable, any may verify). For development; prefer `--key-secret-file`.
+    #[arg(
+        long = "key-secret",
+        env = "DTCP_KEY_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub key_secrets: Vec<String>,
+    /// A file of key secrets, one per line, all of which verify
+    /// (repeatable). Re-read when it changes.
+    #[arg(
+        long = "key-secret-file",
+        env = "DTCP_KEY_SECRET_FILES",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
+    pub key_secret_files: Vec<PathBuf>,
+    /// Longest lifetime of a signed key: an expiry further ahead is `forbidden`.
+    #[arg(long, env = "DTCP_MAX_KEY_LIFETIME", default_value = "86400", value_parser = parse_secs, value_name = "SECS")]
+    pub max_key_lifetime: Duration,
 
     /// Allow cluster mode without a cluster secret (anyone who can reach the
     /// forwarding port can then take over pending sessions).
@@ -357,11 +384,18 @@ impl Config {
     /// Refuses inconsistent combinations before anything starts.
     pub fn validate(&self) -> Result<(), String> {
         self.validate_redis()?;
-        if self.cluster() && self.cluster_secret.is_none() && !self.insecure_plane {
+        let has_secret = self.cluster_secret.is_some() || self.cluster_secret_file.is_some();
+        if self.cluster() && !has_secret && !self.insecure_plane {
             return Err(
-                "cluster mode needs --cluster-secret (or --insecure-plane to run without one)"
+                "cluster mode needs --cluster-secret-file or --cluster-secret (or --insecure-plane to run without one)"
                     .into(),
             );
+        }
+        if self.cluster_secret.is_some() && self.cluster_secret_file.is_some() {
+            return Err("give --cluster-secret or --cluster-secret-file, not both".into());
+        }
+        if self.key_secrets.iter().any(String::is_empty) {
+            return Err("a --key-secret is empty".into());
         }
         if self.cluster_secret.as_deref() == Some("") {
             return Err("--cluster-secret is empty".into());
@@ -392,6 +426,11 @@ impl Config {
                     .iter()
                     .any(|d| d.eq_ignore_ascii_case(domain))
             })
+    }
+
+    /// Whether only signed keys are accepted.
+    pub fn signed_keys(&self) -> bool {
+        !self.key_secrets.is_empty() || !self.key_secret_files.is_empty()
     }
 
     /// The idle timeout, if one is set.
@@ -444,6 +483,8 @@ mod tests {
         assert_eq!(c.limits(), Limits::default());
         assert_eq!(c.log_format, LogFormat::Text);
         assert!(c.allows("a@anything", "b@else"));
+        assert!(!c.signed_keys());
+        assert_eq!(c.max_key_lifetime, Duration::from_secs(86_400));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! Bridge service, where another node's claim arrives), `membership` (the
 //! heartbeat, and writing pending registrations again when the store lost
 //! them), `admin` (the HTTP endpoints), and below everything `node`, `limits`, `reply`, `outcome`,
-//! `metrics` and `config`.
+//! `trust` (secrets and their files), `metrics` and `config`.
 
 pub mod config;
 pub mod metrics;
@@ -29,6 +29,8 @@ mod plane;
 mod reply;
 mod server;
 mod session;
+mod trust;
 
 pub use config::{Config, LogFormat};
 pub use server::{Relay, RunError};
+pub use trust::TrustError;

@@ -83,7 +83,10 @@ async fn rewrite(node: &Node, why: &'static str) {
         return;
     }
     let started = Instant::now();
-    match node.store.register_many(&node.info, &records).await {
+    // Sealed with the signing secret in force now, as a new CREATE's record is.
+    let owner = node.trust.sealed(&node.info);
+    let owner = owner.as_ref().unwrap_or(&node.info);
+    match node.store.register_many(owner, &records).await {
         Ok(held) => {
             let taken = held.iter().filter(|h| !**h).count();
             counter!(STORE_REWRITES).increment(1);

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::limits::{PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
 use crate::pending::PendingTable;
+use crate::trust::Trust;
 
 /// The state of one relay node.
 #[derive(Debug)]
@@ -19,6 +20,8 @@ pub(crate) struct Node {
     pub(crate) config: Config,
     /// This node as the store and other nodes know it.
     pub(crate) info: NodeInfo,
+    /// The secrets: signed keys, the plane's authenticators, record seals.
+    pub(crate) trust: Trust,
     /// Where registrations are recorded.
     pub(crate) store: Arc<dyn Rendezvous>,
     /// The embedded store, when that is the store (for its gauge).
@@ -45,11 +48,12 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// A node with this identity and store. `memory` is the store too when
-    /// the node runs alone; `dialer` is set in cluster mode.
+    /// A node with this identity, secrets and store. `memory` is the store
+    /// too when the node runs alone; `dialer` is set in cluster mode.
     pub(crate) fn new(
         config: Config,
         info: NodeInfo,
+        trust: Trust,
         store: Arc<dyn Rendezvous>,
         memory: Option<Arc<MemoryStore>>,
         dialer: Option<Dialer>,
@@ -60,6 +64,7 @@ impl Node {
             cluster: dialer.is_some(),
             config,
             info,
+            trust,
             store: Arc::new(Instrumented::new(store)),
             memory,
             dialer,

@@ -340,6 +340,7 @@ mod tests {
         let owner = NodeInfo {
             id: "node-a".into(),
             forward_addr: "10.0.0.1:7780".into(),
+            seal: None,
         };
         let w = t.expect(id);
         let notified = w.expected.notify.notified();

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use dtcp_forward::proto::Open;
 use dtcp_forward::{
-    BridgeService, CONNECTION_WINDOW, Claimer, H2_MAX_FRAME, Halves, KEEPALIVE_INTERVAL,
-    KEEPALIVE_TIMEOUT, STREAM_WINDOW, Secret, TCP_KEEPALIVE,
+    AuthFailure, BridgeService, CONNECTION_WINDOW, Claimer, H2_MAX_FRAME, Halves,
+    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, STREAM_WINDOW, TCP_KEEPALIVE,
 };
 use dtcp_wire::RegistrationId;
 use metrics::counter;
@@ -19,7 +19,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tracing::warn;
 
-use crate::metrics::BRIDGE_ERRORS;
+use crate::metrics::{AUTH_FAILURES, BRIDGE_ERRORS};
 use crate::node::Node;
 use crate::pending::{Claim, RemoteClaim};
 
@@ -56,6 +56,10 @@ impl Claimer for Plane {
         }
         Ok(())
     }
+
+    fn refused(&self, failure: AuthFailure) {
+        counter!(AUTH_FAILURES, "reason" => failure.as_str()).increment(1);
+    }
 }
 
 /// Serves the Bridge service and gRPC health on `listener` until `shutdown`
@@ -65,7 +69,6 @@ pub(crate) async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
-    secret: Secret,
     health: HealthServer<impl Health>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -86,7 +89,8 @@ pub(crate) async fn serve(
             }
         };
     }
-    let bridge = BridgeService::new(Plane { node }, secret);
+    let (auth, addr) = (node.trust.plane.clone(), node.info.forward_addr.clone());
+    let bridge = BridgeService::new(Plane { node }, auth, &addr);
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(TCP_KEEPALIVE));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
-use dtcp_forward::{Dialer, PlaneTls, Secret};
+use dtcp_forward::{Dialer, PlaneTls};
 use dtcp_store::{MemoryStore, NodeInfo, RedisStore, StoreError};
 use metrics::gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -26,6 +26,7 @@ use crate::membership;
 use crate::metrics::{CONNECTIONS_MAX, DRAINING, NODES_ALIVE};
 use crate::node::Node;
 use crate::plane;
+use crate::trust::{self, Trust, TrustError};
 
 /// After the drain timeout has cut the sessions still open, how long they
 /// get to write their log lines and metrics before the node goes on.
@@ -43,6 +44,9 @@ pub enum RunError {
     /// The configuration is inconsistent or refers to unreadable files.
     #[error("configuration: {0}")]
     Config(String),
+    /// A secret file could not be used.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     /// The rendezvous store could not be set up.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -64,6 +68,8 @@ pub struct Relay {
     metrics_listener: TcpListener,
     plane: Option<PlaneParts>,
     metrics: PrometheusHandle,
+    /// The secret files, watched while the node runs.
+    watched: trust::Watched,
 }
 
 /// What serving the forwarding plane takes (cluster mode).
@@ -71,7 +77,6 @@ pub struct Relay {
 struct PlaneParts {
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
-    secret: Secret,
 }
 
 impl Relay {
@@ -102,6 +107,7 @@ impl Relay {
             .node_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let (trust, watched) = Trust::load(&config)?;
         let (node, plane) = if config.cluster() {
             let forward_listener = bind(config.forward_listen).await?;
             let forward_addr = match &config.advertise_addr {
@@ -115,29 +121,31 @@ impl Relay {
                     .to_string(),
             };
             let tls = load_tls(&config)?;
-            let secret = Secret::new(config.cluster_secret.as_deref());
             let store = RedisStore::new(&config.redis_config().map_err(RunError::Config)?)?;
             let (client_tls, server_tls) = match tls {
                 Some(PlaneTls { client, server }) => (Some(client), Some(server)),
                 None => (None, None),
             };
-            let dialer = Dialer::new(client_tls, secret.clone());
-            let info = NodeInfo { id, forward_addr };
-            let node = Node::new(config, info, Arc::new(store), None, Some(dialer));
+            let dialer = Dialer::new(client_tls, trust.plane.clone(), &id);
+            let info = NodeInfo {
+                id,
+                forward_addr,
+                seal: None,
+            };
+            let node = Node::new(config, info, trust, Arc::new(store), None, Some(dialer));
             let plane = PlaneParts {
                 listener: forward_listener,
                 tls: server_tls,
-                secret,
             };
             (node, Some(plane))
         } else {
             let memory = Arc::new(MemoryStore::new());
             let info = NodeInfo {
                 id,
-                forward_addr: String::new(),
+                ..NodeInfo::default()
             };
             (
-                Node::new(config, info, memory.clone(), Some(memory), None),
+                Node::new(config, info, trust, memory.clone(), Some(memory), None),
                 None,
             )
         };
@@ -147,6 +155,7 @@ impl Relay {
             metrics_listener,
             plane,
             metrics,
+            watched,
         };
         info!(
             listen = %relay.local_addr(),
@@ -190,6 +199,7 @@ impl Relay {
             metrics_listener,
             plane,
             metrics,
+            watched,
         } = self;
         // A lone node has nobody to tell it is alive; it counts itself, so
         // that "nodes scraped minus nodes alive" stays 0 for it too.
@@ -202,6 +212,7 @@ impl Relay {
         let mut tasks = vec![
             tokio::spawn(admin::serve(metrics_listener, metrics, node.clone())),
             tokio::spawn(accept_loop(node.clone(), listener)),
+            tokio::spawn(watched.run()),
         ];
         if let Some(mut registered) = node.store.watch_registrations() {
             // Another node registered a CREATE: a CONNECT here waiting for
@@ -216,18 +227,13 @@ impl Relay {
         // The plane outlives the sessions: it is stopped last, gracefully.
         let plane_stop = CancellationToken::new();
         let (health, plane_task) = match plane {
-            Some(PlaneParts {
-                listener,
-                tls,
-                secret,
-            }) => {
+            Some(PlaneParts { listener, tls }) => {
                 let (reporter, service) = tonic_health::server::health_reporter();
                 plane::set_health(&reporter, true).await;
                 let task = tokio::spawn(plane::serve(
                     node.clone(),
                     listener,
                     tls,
-                    secret,
                     service,
                     plane_stop.clone().cancelled_owned(),
                 ));

@@ -35,13 +35,38 @@ pub use redis_store::{RedisConfig, RedisStore, SentinelConfig};
 
 /// A relay node as other nodes see it: its id and the address of its
 /// forwarding plane.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodeInfo {
     /// Unique per process start (a UUID by default), so that a node restarted
     /// at the same address is a different owner.
     pub id: String,
     /// `host:port` other nodes dial to open a Bridge; empty for a lone node.
     pub forward_addr: String,
+    /// A MAC the relay computes over the record (registration id, node id,
+    /// address) under the cluster secret, stored with it, so that whoever
+    /// can write the store cannot redirect a claim. The store keeps it
+    /// opaque (no spaces); `None` on an insecure plane.
+    pub seal: Option<String>,
+}
+
+/// The node id of the marker a signed key's registration leaves behind
+/// once it has paired (see [`Rendezvous::retire_if_owner`]); no relay
+/// node may have it (node ids are UUIDs or checked to be other words).
+pub const USED_MARKER: &str = "-";
+
+impl NodeInfo {
+    /// The marker of a used signed key.
+    pub fn used() -> Self {
+        NodeInfo {
+            id: USED_MARKER.to_owned(),
+            ..NodeInfo::default()
+        }
+    }
+
+    /// Whether this is the marker of a used signed key, not a node.
+    pub fn is_used(&self) -> bool {
+        self.id == USED_MARKER
+    }
 }
 
 impl fmt::Display for NodeInfo {
@@ -86,6 +111,18 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
         &self,
         id: &RegistrationId,
         owner: &NodeInfo,
+    ) -> Result<bool, StoreError>;
+
+    /// Replaces `id`'s record by the marker [`NodeInfo::used`] for
+    /// `keep_for` if, and only if, `owner` still holds it: a signed key that
+    /// paired stays void until it expires, with no extra round trip (this
+    /// replaces the removal). A `register` of `id` meanwhile is a conflict
+    /// and a `lookup` returns the marker. Returns whether it replaced it.
+    async fn retire_if_owner(
+        &self,
+        id: &RegistrationId,
+        owner: &NodeInfo,
+        keep_for: Duration,
     ) -> Result<bool, StoreError>;
 
     /// Writes again registrations this node holds, each with its remaining

@@ -20,6 +20,8 @@ pub struct MemoryStore {
     registrations: Mutex<HashMap<RegistrationId, (Arc<NodeInfo>, Instant)>>,
     last_owner: Mutex<Option<Arc<NodeInfo>>>,
     nodes: Mutex<HashMap<String, Instant>>,
+    /// The one used-key marker every retired registration shares.
+    used: std::sync::OnceLock<Arc<NodeInfo>>,
 }
 
 impl MemoryStore {
@@ -101,6 +103,23 @@ impl Rendezvous for MemoryStore {
         }
     }
 
+    async fn retire_if_owner(
+        &self,
+        id: &RegistrationId,
+        owner: &NodeInfo,
+        keep_for: Duration,
+    ) -> Result<bool, StoreError> {
+        let used = self.used.get_or_init(|| Arc::new(NodeInfo::used())).clone();
+        let mut map = self.registrations.lock().expect("poisoned");
+        match map.get_mut(id) {
+            Some(entry) if entry.0.id == owner.id => {
+                *entry = (used, Instant::now() + keep_for);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn register_many(
         &self,
         owner: &NodeInfo,
@@ -149,8 +168,24 @@ mod tests {
     fn node(id: &str) -> NodeInfo {
         NodeInfo {
             id: id.into(),
-            forward_addr: String::new(),
+            ..NodeInfo::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_retired_registration_stays_as_a_used_marker() {
+        let s = MemoryStore::new();
+        let id = RegistrationId::of("k", "a@b", "c@d");
+        let ttl = Duration::from_secs(10);
+        let keep = Duration::from_millis(100);
+        assert!(s.register(&id, &node("a"), ttl).await.unwrap());
+        assert!(!s.retire_if_owner(&id, &node("b"), keep).await.unwrap());
+        assert!(s.retire_if_owner(&id, &node("a"), keep).await.unwrap());
+        assert!(s.lookup(&id).await.unwrap().unwrap().is_used());
+        assert!(!s.register(&id, &node("a"), ttl).await.unwrap(), "used");
+        tokio::time::sleep(keep * 2).await;
+        assert_eq!(s.lookup(&id).await.unwrap(), None);
+        assert!(s.register(&id, &node("a"), ttl).await.unwrap());
     }
 
     #[tokio::test]

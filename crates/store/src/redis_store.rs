@@ -6,7 +6,7 @@
 //!
 //! | key | value | TTL |
 //! | --- | --- | --- |
-//! | `<prefix>reg:<registration id>` | `<node id> <forward addr>` of the owner | pending TTL |
+//! | `<prefix>reg:<registration id>` | `<node id> <forward addr>[ <seal>]` of the owner, or `- ` for a used signed key | pending TTL, or the key's expiry |
 //! | `<prefix>node:<node id>` | the node's forward addr | heartbeat TTL |
 //! | `<prefix>nodes` | sorted set: node id scored by its heartbeat's expiry (ms) | none; expired members are trimmed |
 //!
@@ -422,16 +422,24 @@ impl RedisStore {
     }
 
     fn owner_value(owner: &NodeInfo) -> String {
-        format!("{} {}", owner.id, owner.forward_addr)
+        match &owner.seal {
+            Some(seal) => format!("{} {} {seal}", owner.id, owner.forward_addr),
+            None => format!("{} {}", owner.id, owner.forward_addr),
+        }
     }
 
     pub(crate) fn parse_owner(value: &str) -> Result<NodeInfo, StoreError> {
-        let (id, addr) = value
+        let (id, rest) = value
             .split_once(' ')
             .ok_or_else(|| StoreError::Malformed(format!("owner {value:?}")))?;
+        let (addr, seal) = match rest.split_once(' ') {
+            Some((addr, seal)) => (addr, Some(seal.to_owned())),
+            None => (rest, None),
+        };
         Ok(NodeInfo {
             id: id.to_owned(),
             forward_addr: addr.to_owned(),
+            seal,
         })
     }
 }
@@ -480,6 +488,10 @@ impl Rendezvous for RedisStore {
         // its registration is dead: take it over rather than answer `conflict`
         // until the old record expires.
         let holder = Self::parse_owner(&current)?;
+        if holder.is_used() {
+            // A signed key that already paired: void until it expires.
+            return Ok(false);
+        }
         let alive: bool = self
             .query(redis::cmd("EXISTS").arg(self.node_key(&holder.id)))
             .await?;
@@ -527,6 +539,35 @@ impl Rendezvous for RedisStore {
             })
             .await?;
         Ok(removed == 1)
+    }
+
+    async fn retire_if_owner(
+        &self,
+        id: &RegistrationId,
+        owner: &NodeInfo,
+        keep_for: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.reg_key(id);
+        let (value, used) = (
+            Self::owner_value(owner),
+            Self::owner_value(&NodeInfo::used()),
+        );
+        let ttl_ms = ms(keep_for).to_string();
+        let cas = &self.inner.cas.1;
+        let replaced: i64 = self
+            .run(|mut c| {
+                let (key, value, used, ttl_ms) = (&key, &value, &used, &ttl_ms);
+                async move {
+                    cas.key(key)
+                        .arg(value)
+                        .arg(used)
+                        .arg(ttl_ms)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(replaced == 1)
     }
 
     async fn register_many(
@@ -652,11 +693,16 @@ mod tests {
         let owner = NodeInfo {
             id: "0b7c".into(),
             forward_addr: "10.0.0.1:7780".into(),
+            seal: Some("c2VhbA".into()),
         };
         let payload = announcement(&id, &RedisStore::owner_value(&owner));
         let parsed = parse_announcement(&payload);
         assert_eq!(parsed, Some(Registered { id, owner }));
         assert_eq!(parse_announcement(&payload[..31]), None, "too short");
         assert_eq!(parse_announcement(id.as_bytes()), None, "no owner");
+        let unsealed = RedisStore::parse_owner("0b7c 10.0.0.1:7780").unwrap();
+        assert_eq!(unsealed.seal, None);
+        let used = RedisStore::owner_value(&NodeInfo::used());
+        assert!(RedisStore::parse_owner(&used).unwrap().is_used());
     }
 }

@@ -29,6 +29,7 @@ mod id;
 mod jid;
 mod limits;
 mod reply;
+mod signed;
 
 pub use command::{Command, CommandDecoder, Triple, Verb};
 pub use condition::{Condition, UnknownCondition};
@@ -37,3 +38,7 @@ pub use id::{ParseIdError, RegistrationId};
 pub use jid::{JidError, Part, check_jid, domainpart};
 pub use limits::{Limits, MAX_JID_PART_LEN};
 pub use reply::{MAX_REPLY_LEN, OK, Reply, decode_reply};
+pub use signed::{
+    DEFAULT_MAX_KEY_LIFETIME, KEY_VERSION, KeyError, Keyring, MAC_FIELD_LEN, MAX_NONCE_LEN,
+    MIN_NONCE_LEN, Secrets, sign, verify as verify_key,
+};

@@ -14,10 +14,11 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until};
 use tracing::{Instrument, warn};
 
+use crate::conn::create::REUSED;
 use crate::conn::early::poll_hung_up;
 use crate::conn::request::Request;
 use crate::limits::Slot;
-use crate::metrics::COMMANDS;
+use crate::metrics::{AUTH_FAILURES, COMMANDS};
 use crate::node::Node;
 use crate::pending::{Claim, LocalClaim};
 use crate::reply::refuse;
@@ -84,7 +85,17 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
             None => node.store.lookup(&id).await,
         };
         match owner {
+            Ok(Some(owner)) if owner.is_used() => {
+                counter!(AUTH_FAILURES, "reason" => "reused").increment(1);
+                return refuse(stream, VERB, Condition::Forbidden, REUSED).await;
+            }
             Ok(Some(owner)) if owner.id != node.info.id => {
+                // Whoever can write the store must not be able to redirect a claim.
+                if !node.trust.verify_record(&owner) {
+                    warn!(registration = %id, owner = %owner, "the store's record of this registration is not sealed by the cluster: not dialing it");
+                    let text = "the session's record in the rendezvous store does not verify";
+                    return refuse(stream, VERB, Condition::Unavailable, text).await;
+                }
                 // Boxed: the Bridge call's state would otherwise enlarge the
                 // start of every connection, forwarded or not.
                 match Box::pin(forwarded::open_bridge(&node, &id, &owner)).await {

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use dtcp_forward::proto::Frame;
@@ -19,7 +20,7 @@ use tracing::{Instrument, debug, warn};
 use crate::conn::early::poll_hung_up;
 use crate::conn::request::Request;
 use crate::limits::{IpGuard, Slot};
-use crate::metrics::COMMANDS;
+use crate::metrics::{AUTH_FAILURES, COMMANDS};
 use crate::node::Node;
 use crate::pending::{Claim, InsertError, Ticket};
 use crate::reply::refuse;
@@ -29,6 +30,8 @@ use crate::session;
 const VERB: Option<&str> = Some("create");
 /// The text of a refused duplicate.
 const CONFLICT: &str = "a CREATE with the same key and JIDs is already pending";
+/// The text of a refused signed key that already paired.
+pub(crate) const REUSED: &str = "this key has already been used";
 /// The text of a refusal because the node shuts down.
 const SHUTTING_DOWN: &str = "the relay is shutting down";
 
@@ -48,7 +51,11 @@ pub(crate) async fn register(
     request: Request,
 ) -> Option<(Admission, Wait)> {
     let Request {
-        id, client, early, ..
+        id,
+        client,
+        early,
+        key_expiry,
+        ..
     } = request;
     let Some(per_ip) = node.per_ip.acquire(client.ip()) else {
         let text = "too many pending sessions from this address";
@@ -71,16 +78,24 @@ pub(crate) async fn register(
     let mut record = StoreRecord {
         node: node.clone(),
         id,
+        // On a secure plane the record carries the cluster's seal.
+        sealed: node.trust.sealed(&node.info).map(Box::new),
         armed: false,
+        paired: false,
+        key_expiry: key_expiry.unwrap_or(0),
     };
     let registered = node
         .store
-        .register(&id, &node.info, node.config.pending_ttl)
+        .register(&id, record.owner(), node.config.pending_ttl)
         .await;
     let refusal = match registered {
         Ok(true) => {
             record.armed = true;
             None
+        }
+        Ok(false) if key_expiry.is_some() && used(&node, &id).await => {
+            counter!(AUTH_FAILURES, "reason" => "reused").increment(1);
+            Some((Condition::Forbidden, REUSED))
         }
         Ok(false) => Some((Condition::Conflict, CONFLICT)),
         Err(e) => {
@@ -210,6 +225,8 @@ pub(crate) fn finish(
     } = registered;
     match waited {
         Ok(claim) => {
+            let mut record = record;
+            record.paired = true;
             let (node, id) = (record.node.clone(), record.id);
             drop((record, _per_ip, ticket));
             session::start(node, stream, early, claim, id, since.elapsed())
@@ -238,6 +255,8 @@ async fn give_up(
     };
     match (late, unclaimed) {
         (Some(claim), Unclaimed::Refuse(..) | Unclaimed::Dropped(..)) => {
+            let mut record = record;
+            record.paired = true;
             drop((record, ticket));
             session::start(node, stream, early, claim, id, since.elapsed()).await;
         }
@@ -261,21 +280,52 @@ async fn give_up(
     }
 }
 
-/// This node's store record of a registration: removed when dropped.
+/// Whether the store holds `id` as a used signed key (asked only once a
+/// register found `id` taken: a pairing costs no extra round trip).
+async fn used(node: &Node, id: &RegistrationId) -> bool {
+    matches!(node.store.lookup(id).await, Ok(Some(owner)) if owner.is_used())
+}
+
+/// This node's store record of a registration: removed when dropped, or,
+/// for a signed key that paired, left as a used marker until the key expires.
 #[derive(Debug)]
 struct StoreRecord {
     node: Arc<Node>,
     id: RegistrationId,
+    /// The record as written on a secure plane (with its seal); boxed, as
+    /// every pending CREATE keeps it.
+    sealed: Option<Box<dtcp_store::NodeInfo>>,
     /// Whether the record was written (and so is ours to remove).
     armed: bool,
+    /// Whether the registration paired.
+    paired: bool,
+    /// A signed key's expiry (Unix seconds), or 0.
+    key_expiry: u64,
+}
+
+impl StoreRecord {
+    /// The owner as the record names it.
+    fn owner(&self) -> &dtcp_store::NodeInfo {
+        self.sealed.as_deref().unwrap_or(&self.node.info)
+    }
 }
 
 impl Drop for StoreRecord {
     fn drop(&mut self) {
         if self.armed {
             let (node, id) = (self.node.clone(), self.id);
+            let owner = self.sealed.take();
+            let now = crate::trust::unix_now();
+            // A signed key that paired stays void until it expires.
+            let retire = (self.paired && self.key_expiry > now)
+                .then(|| Duration::from_secs(self.key_expiry - now));
             let mut remove = Box::pin(async move {
-                if let Err(e) = node.store.remove_if_owner(&id, &node.info).await {
+                let owner = owner.as_deref().unwrap_or(&node.info);
+                let removed = match retire {
+                    Some(keep) => node.store.retire_if_owner(&id, owner, keep).await,
+                    None => node.store.remove_if_owner(&id, owner).await,
+                };
+                if let Err(e) = removed {
                     warn!(registration = %id, error = %e, "store remove failed; the record expires with its TTL");
                 }
             });

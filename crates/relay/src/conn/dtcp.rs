@@ -48,9 +48,9 @@ pub(crate) async fn read_command(
     }
 }
 
-/// The node's policy on a complete command: which side it asks for, or why
-/// it is refused.
-pub(crate) fn admit(node: &Node, command: &Command) -> Result<Side, Refusal> {
+/// The node's policy on a complete command: which side it asks for (and,
+/// for a signed key, its expiry), or why it is refused.
+pub(crate) fn admit(node: &Node, command: &Command) -> Result<(Side, Option<u64>), Refusal> {
     let side = match command.verb {
         Verb::Create => Side::Register,
         Verb::Connect => Side::Claim,
@@ -64,5 +64,11 @@ pub(crate) fn admit(node: &Node, command: &Command) -> Result<Side, Refusal> {
         let text = "neither JID's domain is served by this relay";
         return Err(Refusal::new(side.verb(), Condition::Forbidden, text));
     }
-    Ok(side)
+    // PROTOCOL.md section 5: both commands are checked. Whether the key was
+    // used already is the store's to say (`create.rs`, `connect.rs`).
+    let expiry = node
+        .trust
+        .check_key(&command.triple)
+        .map_err(|e| Refusal::new(side.verb(), Condition::Forbidden, e.to_string()))?;
+    Ok((side, expiry))
 }

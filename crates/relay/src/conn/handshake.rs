@@ -81,7 +81,7 @@ pub(crate) async fn read(
         }
     };
     let received = Instant::now();
-    let side = dtcp::admit(node, &command).map_err(Some)?;
+    let (side, key_expiry) = dtcp::admit(node, &command).map_err(Some)?;
     // Free the handshake buffer: keep only what came behind the command.
     let early = if buf.is_empty() {
         BytesMut::new()
@@ -95,5 +95,6 @@ pub(crate) async fn read(
         client,
         early,
         received,
+        key_expiry,
     })
 }

@@ -202,9 +202,17 @@ mod state_size {
         let memory = Arc::new(dtcp_store::MemoryStore::new());
         let info = dtcp_store::NodeInfo {
             id: "n".into(),
-            forward_addr: String::new(),
+            ..Default::default()
         };
-        let node = Arc::new(Node::new(config, info, memory.clone(), Some(memory), None));
+        let trust = crate::trust::Trust::open();
+        let node = Arc::new(Node::new(
+            config,
+            info,
+            trust,
+            memory.clone(),
+            Some(memory),
+            None,
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let socket = || TcpStream::connect(addr);

@@ -40,6 +40,9 @@ pub(crate) struct Request {
     pub(crate) early: BytesMut,
     /// When the handshake was complete: pairing latency starts here.
     pub(crate) received: Instant,
+    /// A signed key's expiry (Unix seconds): it pairs once, and its
+    /// registration stays void until then.
+    pub(crate) key_expiry: Option<u64>,
 }
 
 /// Why a handshake is answered with `ERROR`.

@@ -111,6 +111,10 @@ fn describe() {
         "Bridge streams open now, by role (client: holds the Target; server: holds the Initiator)."
     );
     describe_counter!(BRIDGE_ERRORS, "Bridges that failed, by role and reason.");
+    describe_counter!(
+        AUTH_FAILURES,
+        "Refused credentials (signed keys, Bridge authenticators, store records), by reason."
+    );
     describe_gauge!(DRAINING, "1 while the node drains, else 0.");
     describe_gauge!(BUILD_INFO, "Always 1, labelled with the relay's version.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -175,5 +179,8 @@ fn init_series() {
         ("server", "stale_owner"),
     ] {
         counter!(BRIDGE_ERRORS, "role" => role, "reason" => reason).absolute(0);
+    }
+    for reason in AUTH_FAILURE_REASONS {
+        counter!(AUTH_FAILURES, "reason" => reason).absolute(0);
     }
 }

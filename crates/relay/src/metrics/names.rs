@@ -49,6 +49,21 @@ pub const NODES_ALIVE: &str = "dtcp_nodes_alive";
 pub const BRIDGE_STREAMS: &str = "dtcp_bridge_streams_active";
 /// Bridges that failed, by `role` and `reason`.
 pub const BRIDGE_ERRORS: &str = "dtcp_bridge_errors_total";
+/// Refused credentials, by `reason`: a client's signed key (`bad_signature`,
+/// `expired`, `lifetime`, `reused`), a Bridge call's authenticator
+/// (`plane_mac`, `plane_replay`), a store record that is not the cluster's
+/// (`bad_record`).
+pub const AUTH_FAILURES: &str = "dtcp_auth_failures_total";
+/// Every `reason` of [`AUTH_FAILURES`].
+pub const AUTH_FAILURE_REASONS: [&str; 7] = [
+    "bad_signature",
+    "expired",
+    "lifetime",
+    "reused",
+    "plane_mac",
+    "plane_replay",
+    "bad_record",
+];
 /// 1 while the node drains, else 0.
 pub const DRAINING: &str = "dtcp_draining";
 /// Always 1, labelled with the `version`.

@@ -118,6 +118,18 @@ impl Rendezvous for Instrumented {
             .await
     }
 
+    async fn retire_if_owner(
+        &self,
+        id: &RegistrationId,
+        owner: &NodeInfo,
+        keep_for: Duration,
+    ) -> Result<bool, StoreError> {
+        // It takes the removal's place: counted as one.
+        self.remove
+            .record(self.store.retire_if_owner(id, owner, keep_for))
+            .await
+    }
+
     async fn register_many(
         &self,
         owner: &NodeInfo,

@@ -429,6 +429,7 @@ pub(crate) fn node(id: &str) -> NodeInfo {
     NodeInfo {
         id: id.into(),
         forward_addr: format!("127.0.0.1:{}", 7000 + id.len()),
+        seal: None,
     }
 }
 
