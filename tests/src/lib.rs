@@ -10,8 +10,10 @@
 //! [`pattern`] (checked byte streams), [`metrics`] (scraping a node),
 //! [`trust`] (signed keys and sealed records), [`xmpp`] (Prosody and XMPP
 //! clients),
-//! [`haproxy`] (a real HAProxy sending the PROXY protocol).
+//! [`haproxy`] (a real HAProxy sending the PROXY protocol),
+//! [`chaos`] (seeded randomness, fixed ports, descriptor counts).
 
+pub mod chaos;
 pub mod client;
 pub mod haproxy;
 pub mod metrics;
@@ -21,6 +23,7 @@ pub mod relay;
 pub mod trust;
 pub mod xmpp;
 
+pub use chaos::*;
 pub use client::*;
 pub use haproxy::*;
 pub use metrics::*;

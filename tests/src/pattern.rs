@@ -46,6 +46,16 @@ pub async fn send_pattern<W: tokio::io::AsyncWrite + Unpin>(
     seed: u64,
     total: u64,
 ) -> [u8; 32] {
+    try_send_pattern(w, seed, total).await.expect("send")
+}
+
+/// [`send_pattern`] for a connection that may fail: the first write or
+/// shutdown error instead of a panic.
+pub async fn try_send_pattern<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    seed: u64,
+    total: u64,
+) -> std::io::Result<[u8; 32]> {
     use sha2::Digest;
     let mut p = Pattern::new(seed);
     let mut h = sha2::Sha256::new();
@@ -55,23 +65,48 @@ pub async fn send_pattern<W: tokio::io::AsyncWrite + Unpin>(
         let n = left.min(buf.len() as u64) as usize;
         p.fill(&mut buf[..n]);
         h.update(&buf[..n]);
-        w.write_all(&buf[..n]).await.expect("send");
+        w.write_all(&buf[..n]).await?;
         left -= n as u64;
     }
-    w.shutdown().await.expect("shutdown");
+    w.shutdown().await?;
+    Ok(h.finalize().into())
+}
+
+/// The SHA-256 of the first `total` bytes of `Pattern::new(seed)`: what a
+/// receiver of [`send_pattern`] must read.
+pub fn pattern_digest(seed: u64, total: u64) -> [u8; 32] {
+    use sha2::Digest;
+    let mut p = Pattern::new(seed);
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        p.fill(&mut buf[..n]);
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
     h.finalize().into()
 }
 
 /// Reads to EOF; returns the byte count and SHA-256.
 pub async fn recv_digest<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> (u64, [u8; 32]) {
+    try_recv_digest(r).await.expect("recv")
+}
+
+/// [`recv_digest`] for a connection that may fail: the read error (a
+/// reset, say) instead of a panic. `Ok` means a clean EOF.
+pub async fn try_recv_digest<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<(u64, [u8; 32])> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
-        let n = r.read(&mut buf).await.expect("recv");
+        let n = r.read(&mut buf).await?;
         if n == 0 {
-            return (total, h.finalize().into());
+            return Ok((total, h.finalize().into()));
         }
         h.update(&buf[..n]);
         total += n as u64;

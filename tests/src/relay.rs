@@ -62,15 +62,19 @@ impl Relay {
     }
 
     fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Relay {
+        // Kernel-chosen ports unless the caller named its own (a node
+        // started again where its predecessor listened): the relay takes
+        // each flag once.
+        let given = |flag: &str| args.iter().any(|a| a.as_ref() == flag);
+        let mut defaults = Vec::new();
+        for flag in ["--listen", "--metrics-listen"] {
+            if !given(flag) {
+                defaults.extend([flag, "127.0.0.1:0"]);
+            }
+        }
         let mut child = Command::new(bin("dtcp-relay"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
+            .args(defaults)
+            .args(["--log-format", "json"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -267,6 +271,16 @@ impl NodeOptions {
     /// `--allow-domain` (repeatable).
     pub fn allow_domain(self, domain: &str) -> Self {
         self.arg("--allow-domain", domain)
+    }
+
+    /// `--listen`: the client listener, instead of a kernel-chosen port.
+    pub fn listen(self, addr: SocketAddr) -> Self {
+        self.arg("--listen", addr)
+    }
+
+    /// `--metrics-listen`: the metrics listener, instead of a kernel-chosen port.
+    pub fn metrics_listen(self, addr: SocketAddr) -> Self {
+        self.arg("--metrics-listen", addr)
     }
 
     /// `--forward-listen`: where the forwarding plane listens (cluster).

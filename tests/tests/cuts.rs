@@ -214,3 +214,20 @@ async fn a_killed_owner_resets_the_target_mid_transfer() {
 async fn a_killed_target_side_node_resets_the_initiator_mid_transfer() {
     killed_mid_transfer(Killed::TargetSide).await;
 }
+
+/// A node killed mid-session: its own clients, which only read, see a
+/// reset, not the FIN the kernel would send for a socket it closes with
+/// nothing unread (found by the chaos run, `tests/tests/chaos.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_resets_its_own_clients() {
+    let redis = RedisServer::start();
+    let a = NodeOptions::cluster(&[redis.url()]).start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
+    // A local session on `a`, and a forwarded one with its Target on `a`.
+    let (mut li, mut lt) = busy_pair(&a, &a, "cut-kill-own-local").await;
+    let (_fi, mut ft) = busy_pair(&b, &a, "cut-kill-own-forwarded").await;
+    drop(a); // SIGKILL, with nothing unread in its sockets
+    both_reset(&mut li, &mut lt).await;
+    let end = ending(&mut ft).await;
+    assert!(matches!(end, Ending::Reset(_)), "forwarded target: {end:?}");
+}

@@ -242,9 +242,7 @@ async fn bridge_to_tcp(
                 received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
             Kind::Fin(_) => {
-                SockRef::from(stream)
-                    .shutdown(Shutdown::Write)
-                    .map_err(|_| Failure::Tcp)?;
+                pass_fin(stream).map_err(|_| Failure::Tcp)?;
                 return Ok(());
             }
             // The peer's client reset: a reset here too.
@@ -347,9 +345,19 @@ mod pool {
     }
 }
 
-/// Closes `stream` with a reset rather than a FIN when it is dropped.
+/// Closes `stream` with a reset rather than a FIN when it is dropped, or
+/// when the process dies and the kernel closes it (zero linger).
 pub fn reset_on_close(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// Passes the peer's FIN on to `stream`: undoes [`reset_on_close`] first,
+/// so that the bytes still queued toward this client are delivered before
+/// the FIN (a zero-linger close would throw them away), then half-closes.
+pub fn pass_fin(stream: &TcpStream) -> std::io::Result<()> {
+    let sock = SockRef::from(stream);
+    sock.set_linger(None)?;
+    sock.shutdown(Shutdown::Write)
 }
 
 /// Writes all of `data` to a socket shared with a reader, waiting whenever

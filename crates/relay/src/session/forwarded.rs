@@ -86,7 +86,10 @@ pub(crate) async fn run_target_side(
     started: Instant,
     bridge: Box<Halves>,
 ) {
-    // The owner has answered its Initiator: now the Target.
+    // The owner has answered its Initiator: now the Target. From OK on, a
+    // close that is not a passed-on FIN (the process killed included) is a
+    // reset (`join` undoes it for the FIN).
+    reset_on_close(&target);
     send_ok(&target).await;
     let series = &node.hot.forwarded;
     series.pairing_latency.record(started.elapsed());
@@ -132,6 +135,9 @@ pub(crate) async fn run_owner_side(
     waited: Duration,
 ) {
     let RemoteClaim { outbound, inbound } = claim;
+    // From OK on, a close that is not a passed-on FIN (the process killed
+    // included) is a reset (`join` undoes it for the FIN).
+    reset_on_close(&initiator);
     send_ok(&initiator).await;
     node.hot.create_ok.increment(1);
     if outbound.send(Frame::paired()).await.is_err() {

@@ -36,6 +36,11 @@ pub(crate) fn run(
     async move {
         // Released when the session ends.
         let _target_slot = &claim.slot;
+        // From OK on, a socket closed by anything but a passed-on FIN (the
+        // process killed included: the kernel then closes it) is reset, never
+        // ended with a FIN the client could take for its peer's.
+        pump::reset_on_close(&initiator);
+        pump::reset_on_close(&claim.target);
         send_ok(&initiator).await;
         send_ok(&claim.target).await;
         let series = &node.hot.local;
@@ -63,7 +68,8 @@ pub(crate) fn run(
         };
         if outcome != Outcome::Closed {
             // A reset is passed on, and a cut is one: close with RST, so that
-            // neither client mistakes it for its peer's FIN.
+            // neither client mistakes it for its peer's FIN. (Set since OK;
+            // again here, where the reason is.)
             pump::reset_on_close(&initiator);
             pump::reset_on_close(&claim.target);
         }

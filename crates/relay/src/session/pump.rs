@@ -8,13 +8,11 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::net::Shutdown;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use metrics::Counter;
-use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -206,7 +204,7 @@ impl<'a> Pump<'a> {
                         give_buf(buf);
                     }
                     way.done = true;
-                    SockRef::from(to).shutdown(Shutdown::Write)?;
+                    pass_fin(to)?;
                 }
                 Ok(n) => (way.start, way.end) = (0, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -266,7 +264,7 @@ impl Pump<'_> {
                         splice::give_pipe(p);
                     }
                     way.done = true;
-                    SockRef::from(to).shutdown(Shutdown::Write)?;
+                    pass_fin(to)?;
                 }
                 Ok(n) => way.in_pipe = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -310,4 +308,4 @@ impl Future for Pump<'_> {
 }
 
 /// Closes `s` with a reset rather than a FIN when it is dropped.
-pub(crate) use dtcp_forward::reset_on_close;
+pub(crate) use dtcp_forward::{pass_fin, reset_on_close};
