@@ -30,8 +30,8 @@ mod plane;
 mod reply;
 mod server;
 mod session;
-mod trust;
 mod throttle;
+mod trust;
 
 pub use config::{Config, LogFormat};
 pub use server::{Relay, RunError};

@@ -12,8 +12,8 @@ use crate::config::Config;
 use crate::limits::{ConnectionRate, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
 use crate::pending::PendingTable;
-use crate::trust::Trust;
 use crate::throttle::{NodeRate, Throttle};
+use crate::trust::Trust;
 
 /// The state of one relay node.
 #[derive(Debug)]
