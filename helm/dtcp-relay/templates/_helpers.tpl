@@ -49,7 +49,7 @@ app.kubernetes.io/component: relay
 
 {{/* Whether the in-chart Redis is used. */}}
 {{- define "dtcp-relay.internalRedis" -}}
-{{- if and (not .Values.redis.urls) (not .Values.redis.existingSecret) }}true{{ end }}
+{{- if and (not .Values.redis.urls) (not .Values.redis.existingSecret) (not .Values.redis.sentinel.addresses) }}true{{ end }}
 {{- end }}
 
 {{/* The pod termination grace: longer than the drain, with room for the preStop sleep. */}}
