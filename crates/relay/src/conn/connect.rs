@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use dtcp_wire::Condition;
 use metrics::counter;
 use tokio::net::TcpStream;
@@ -27,7 +28,8 @@ use crate::session::forwarded::{self, OpenError};
 /// The `verb` label of this side.
 const VERB: Option<&str> = Some("connect");
 /// How soon a waiting CONNECT first asks the shared store again (cluster
-/// mode); the wait doubles up to [`STORE_POLL_MAX`]. A CONNECT usually comes
+/// mode); the wait grows exponentially, with jitter, up to
+/// [`STORE_POLL_MAX`]. A CONNECT usually comes
 /// a moment after its CREATE, so the first looks are quick.
 const STORE_POLL_MIN: Duration = Duration::from_millis(1);
 /// The longest wait between two looks at the shared store.
@@ -57,6 +59,13 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
     } = request;
     let deadline = received + node.config.connect_grace;
     let expectation = node.pending.expect(id);
+    // Jittered, so that the CONNECTs of a burst do not all look at once.
+    let mut looks = ExponentialBuilder::default()
+        .with_min_delay(STORE_POLL_MIN)
+        .with_max_delay(STORE_POLL_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build();
     let mut poll = STORE_POLL_MIN;
     let mut expiry = pin!(sleep_until(deadline));
     let mut drain = pin!(node.drain.cancelled());
@@ -138,7 +147,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         })
         .await;
         match wake {
-            Wake::Look => poll = (poll * 2).min(STORE_POLL_MAX),
+            Wake::Look => poll = looks.next().unwrap_or(STORE_POLL_MAX),
             Wake::Expired => {
                 let text = "no pending CREATE matched within the connect grace";
                 return refuse(stream, VERB, Condition::NotFound, text).await;
