@@ -1,0 +1,83 @@
+//! A cluster of relays on a Redis Cluster with replicas: the master holding
+//! the announcement channel's shard dies. Its replica takes over, the nodes
+//! follow it, and cross-node pairing keeps working (that the announcements
+//! themselves come back is the store's test, crates/store/tests/cluster.rs).
+
+// The store's own tests start the same Redis Cluster: one harness for both
+// (plain process management, shared by path).
+#[path = "../../crates/store/tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use dtcp_client::{Initiator, Target};
+use dtcp_tests::*;
+
+/// The key prefix the nodes use (their default).
+const PREFIX: &str = "dtcp:";
+/// The most cross-node pairing may take to work again after the shard's
+/// master dies: the replicas' failover (cluster-node-timeout 1 s, measured
+/// at about 3 s) with room for a busy machine.
+const PAIRING_BACK: Duration = Duration::from_secs(30);
+
+/// Pairs a CREATE on `a` with a CONNECT on `b`, every byte checked; `false`
+/// when either side was refused.
+async fn cross_pair(a: &Relay, b: &Relay, name: &str) -> bool {
+    let t = triple(name);
+    let i = tokio::spawn({
+        let (addr, t) = (a.addr, t.clone());
+        async move { Initiator::connect(addr, &t).await }
+    });
+    let tg = Target::connect(b.addr, &t).await;
+    match (i.await.unwrap(), tg) {
+        (Ok(i), Ok(tg)) => {
+            exchange(i, tg, 4096, 3).await;
+            true
+        }
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_pairing_survives_the_failover_of_the_announcement_shard() {
+    let mut cluster = Cluster::start(3, 1);
+    let urls = cluster.urls();
+    let nodes = [0, 1, 2].map(|_| NodeOptions::cluster(&urls).connect_grace(5.0).start());
+    nodes[0].wait_for("dtcp_nodes_alive", 3.0).await;
+    for k in 0..3 {
+        let name = format!("shard-before-{k}");
+        assert!(cross_pair(&nodes[k], &nodes[(k + 1) % 3], &name).await);
+    }
+
+    let channel = format!("{PREFIX}registered");
+    let holder = cluster.master_of(&channel);
+    cluster.nodes[holder].kill();
+    let killed = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if cross_pair(&nodes[0], &nodes[1], &format!("shard-after-{attempt}")).await {
+            break;
+        }
+        assert!(
+            killed.elapsed() < PAIRING_BACK,
+            "no cross-node pair within {PAIRING_BACK:?} of the shard master's death"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "cross-node pairing worked again {:?} after the shard master was killed",
+        killed.elapsed()
+    );
+    cluster.wait_ok();
+    assert_ne!(cluster.master_of(&channel), holder, "a replica holds it now");
+    // Every node pairs with every other again.
+    for k in 0..3 {
+        let name = format!("shard-after-all-{k}");
+        assert!(cross_pair(&nodes[k], &nodes[(k + 2) % 3], &name).await);
+    }
+    for node in &nodes {
+        node.wait_for("dtcp_pending_registrations", 0.0).await;
+    }
+}
