@@ -71,7 +71,11 @@ async fn cross_node_pairing_survives_the_failover_of_the_announcement_shard() {
         killed.elapsed()
     );
     cluster.wait_ok();
-    assert_ne!(cluster.master_of(&channel), holder, "a replica holds it now");
+    assert_ne!(
+        cluster.master_of(&channel),
+        holder,
+        "a replica holds it now"
+    );
     // Every node pairs with every other again.
     for k in 0..3 {
         let name = format!("shard-after-all-{k}");
