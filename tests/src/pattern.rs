@@ -56,37 +56,60 @@ pub async fn try_send_pattern<W: tokio::io::AsyncWrite + Unpin>(
     seed: u64,
     total: u64,
 ) -> std::io::Result<[u8; 32]> {
-    use sha2::Digest;
-    let mut p = Pattern::new(seed);
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = total;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        p.fill(&mut buf[..n]);
-        h.update(&buf[..n]);
-        w.write_all(&buf[..n]).await?;
-        left -= n as u64;
+    let mut chunks = Chunks::new(seed, total);
+    while let Some(chunk) = chunks.next_chunk() {
+        w.write_all(chunk).await?;
     }
     w.shutdown().await?;
-    Ok(h.finalize().into())
+    Ok(chunks.digest())
 }
 
 /// The SHA-256 of the first `total` bytes of `Pattern::new(seed)`: what a
 /// receiver of [`send_pattern`] must read.
 pub fn pattern_digest(seed: u64, total: u64) -> [u8; 32] {
-    use sha2::Digest;
-    let mut p = Pattern::new(seed);
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = total;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        p.fill(&mut buf[..n]);
-        h.update(&buf[..n]);
-        left -= n as u64;
+    let mut chunks = Chunks::new(seed, total);
+    while chunks.next_chunk().is_some() {}
+    chunks.digest()
+}
+
+/// The first `total` bytes of `Pattern::new(seed)`, a [`CHUNK`] at a time,
+/// hashed as they are made.
+struct Chunks {
+    pattern: Pattern,
+    hash: sha2::Sha256,
+    buf: Vec<u8>,
+    left: u64,
+}
+
+impl Chunks {
+    fn new(seed: u64, total: u64) -> Self {
+        use sha2::Digest;
+        Chunks {
+            pattern: Pattern::new(seed),
+            hash: sha2::Sha256::new(),
+            buf: vec![0u8; CHUNK],
+            left: total,
+        }
     }
-    h.finalize().into()
+
+    /// The next chunk, already counted in the digest; `None` at the end.
+    fn next_chunk(&mut self) -> Option<&[u8]> {
+        use sha2::Digest;
+        if self.left == 0 {
+            return None;
+        }
+        let n = self.left.min(self.buf.len() as u64) as usize;
+        self.pattern.fill(&mut self.buf[..n]);
+        self.hash.update(&self.buf[..n]);
+        self.left -= n as u64;
+        Some(&self.buf[..n])
+    }
+
+    /// The SHA-256 of every byte made.
+    fn digest(self) -> [u8; 32] {
+        use sha2::Digest;
+        self.hash.finalize().into()
+    }
 }
 
 /// Reads to EOF; returns the byte count and SHA-256.
