@@ -29,7 +29,7 @@ use std::time::Duration;
 pub use auth::{AUTH_HEADER, AUTH_WINDOW, AuthFailure, Claimed, PlaneAuth, REPLAY_CACHE_CAPACITY};
 pub use bridge::{BridgeService, Claimer, Halves, Inbound, Outbound, SERVICE};
 pub use dialer::{BridgeError, Dialer, PlaneTls};
-pub use join::{End, Report, join, pass_fin, reset_on_close, write_all};
+pub use join::{End, Gate, Gates, Report, join, pass_fin, reset_on_close, write_all};
 
 /// Largest data frame: big enough to amortise HTTP/2 and protobuf framing,
 /// small enough to keep per-stream buffering modest.

@@ -105,6 +105,9 @@ pub(crate) async fn run_target_side(
         bridge.inbound,
         series.target_to_initiator.clone(),
         series.initiator_to_target.clone(),
+        // The Target's bytes are capped here, where they are read; see
+        // `Node::gates` for which node caps what.
+        node.gates(),
         // The idle timeout is the owner's to enforce: it holds the session's
         // record, and two nodes timing the same silence would race.
         None,
@@ -158,6 +161,8 @@ pub(crate) async fn run_owner_side(
         *inbound,
         series.initiator_to_target.clone(),
         series.target_to_initiator.clone(),
+        // The Initiator's bytes are capped here, where they are read.
+        node.gates(),
         node.config.idle_timeout(),
         node.stop.cancelled(),
     )
