@@ -1,6 +1,7 @@
 //! Behind a load balancer, on the open internet (PROTOCOL.md section 4): a
-//! real HAProxy sending the PROXY protocol, every bad header, and the
-//! per-source connection rate.
+//! real HAProxy sending the PROXY protocol, every bad header, the Target's
+//! real address carried across the Bridge, and the per-source connection
+//! rate.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -219,6 +220,56 @@ async fn bad_headers_are_refused_and_register_nothing() {
         !clients.contains(&client.ip()),
         "a refused header's address was believed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_logs_the_targets_real_address() {
+    let redis = RedisServer::start();
+    let owner = NodeOptions::cluster(&[redis.url()]).start();
+    // The Target's node is behind a balancer: its client is in the header.
+    let edge = NodeOptions::cluster(&[redis.url()])
+        .flag("--proxy-protocol")
+        .arg("--proxy-protocol-from", BALANCER)
+        .start();
+    let target: SocketAddr = "192.0.2.77:4077".parse().unwrap();
+    let t = triple("real-target");
+    let initiator = loopback_source(20);
+    let mut i = create_from(initiator, owner.addr, "real-target").await;
+    owner.wait_for("dtcp_pending_registrations", 1.0).await;
+    let balancer: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut tg = connect_from(balancer, edge.addr).await;
+    tg.write_all(&[proxy_v2(target, edge.addr), command(Verb::Connect, &t)].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_n(&mut i, 3).await, b"OK\0");
+    assert_eq!(read_n(&mut tg, 3).await, b"OK\0");
+    i.shutdown().await.unwrap();
+    tg.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut tg).await, b"");
+    assert_eq!(read_all(&mut i).await, b"");
+    owner
+        .wait_for("dtcp_sessions_active{path=\"forwarded\"}", 0.0)
+        .await;
+    owner.wait_for("dtcp_connections_open", 0.0).await;
+    edge.wait_for("dtcp_connections_open", 0.0).await;
+
+    // The owner's session line, in the Initiator's span, names the Target
+    // as its node saw it, not that node (nor the balancer in front of it).
+    let finished = |relay: &Relay, side: &str| {
+        relay
+            .logs()
+            .into_iter()
+            .find(|l| l["message"] == "session finished" && l["side"] == side)
+            .unwrap_or_else(|| panic!("no {side} line"))
+    };
+    let line = finished(&owner, "owner");
+    assert_eq!(line["span"]["target_client"], target.to_string(), "{line}");
+    let client = line["span"]["client"]
+        .as_str()
+        .and_then(|c| c.parse::<SocketAddr>().ok());
+    assert_eq!(client.map(|c| c.ip()), Some(initiator), "{line}");
+    let line = finished(&edge, "target");
+    assert_eq!(line["span"]["client"], target.to_string(), "{line}");
 }
 
 #[tokio::test]

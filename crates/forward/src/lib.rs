@@ -24,6 +24,7 @@ pub mod proto {
     tonic::include_proto!("dtcp.forward.v1");
 }
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use auth::{AUTH_HEADER, AUTH_WINDOW, AuthFailure, Claimed, PlaneAuth, REPLAY_CACHE_CAPACITY};
@@ -58,12 +59,21 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// (every other error frame carries a PROTOCOL.md condition).
 pub const RESET: &str = "reset";
 
+impl proto::Open {
+    /// The Target's client address, if the CONNECT node sent one that
+    /// parses (it is only ever logged).
+    pub fn target(&self) -> Option<SocketAddr> {
+        self.target_addr.parse().ok()
+    }
+}
+
 impl proto::Frame {
-    /// The first frame of a Bridge.
-    pub fn open(registration_id: &[u8; 32], owner_node_id: &str) -> Self {
+    /// The first frame of a Bridge, for the Target at `target`.
+    pub fn open(registration_id: &[u8; 32], owner_node_id: &str, target: SocketAddr) -> Self {
         Self::of(proto::frame::Kind::Open(proto::Open {
             registration_id: bytes::Bytes::copy_from_slice(registration_id),
             owner_node_id: owner_node_id.to_owned(),
+            target_addr: target.to_string(),
         }))
     }
 

@@ -45,12 +45,15 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         // Every line this connection logs carries its peer and, once known,
         // the client's address (the peer's, or the one a trusted PROXY
-        // protocol header names) and its registration id.
+        // protocol header names) and its registration id; an Initiator's
+        // connection, once a Target on another node claimed it, that
+        // Target's client address too.
         let span = info_span!(
             "connection",
             peer = %peer,
             client = tracing::field::Empty,
-            registration = tracing::field::Empty
+            registration = tracing::field::Empty,
+            target_client = tracing::field::Empty
         );
         match node.slots.take() {
             Some(slot) => {

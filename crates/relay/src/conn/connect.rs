@@ -53,6 +53,7 @@ enum Wake {
 pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, request: Request) {
     let Request {
         id,
+        client,
         mut early,
         received,
         ..
@@ -107,7 +108,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
                 }
                 // Boxed: the Bridge call's state would otherwise enlarge the
                 // start of every connection, forwarded or not.
-                match Box::pin(forwarded::open_bridge(&node, &id, &owner)).await {
+                match Box::pin(forwarded::open_bridge(&node, &id, &owner, client)).await {
                     Ok(bridge) => break bridge,
                     // Claimed by another Target, withdrawn, or the record names an
                     // earlier process at that address: look again until the grace

@@ -4,6 +4,7 @@
 //! reached: it opens the Bridge, then joins its Target to it) and the
 //! **owner side** (the node holding the Initiator, which the Bridge claimed).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,14 +34,16 @@ pub(crate) enum OpenError {
     Refuse(Condition, &'static str),
 }
 
-/// Target side: the registration is `owner`'s. Opens a Bridge to it; on
-/// success the owner has claimed its Initiator and answered it `OK`.
+/// Target side: the registration is `owner`'s. Opens a Bridge to it for the
+/// Target at `client` (the owner logs it); on success the owner has claimed
+/// its Initiator and answered it `OK`.
 /// The bridge comes boxed: it is large, and every waiting CONNECT's state
 /// would otherwise make room for it.
 pub(crate) async fn open_bridge(
     node: &Node,
     id: &RegistrationId,
     owner: &NodeInfo,
+    client: SocketAddr,
 ) -> Result<Box<Halves>, OpenError> {
     let Some(dialer) = &node.dialer else {
         warn!(registration = %id, owner = %owner, "registration held by another node, and this node has no forwarding plane");
@@ -48,7 +51,7 @@ pub(crate) async fn open_bridge(
         return Err(OpenError::Refuse(Condition::Unavailable, text));
     };
     dialer
-        .open(&owner.forward_addr, id.as_bytes(), &owner.id)
+        .open(&owner.forward_addr, id.as_bytes(), &owner.id, client)
         .await
         .map(Box::new)
         .map_err(|e| {
@@ -137,7 +140,16 @@ pub(crate) async fn run_owner_side(
     id: RegistrationId,
     waited: Duration,
 ) {
-    let RemoteClaim { outbound, inbound } = claim;
+    let RemoteClaim {
+        outbound,
+        inbound,
+        target,
+    } = claim;
+    // This connection's lines (its session's included) name the Target as
+    // its node saw it, not the node: the Bridge carried its address.
+    if let Some(target) = target {
+        tracing::Span::current().record("target_client", tracing::field::display(target));
+    }
     // From OK on, a close that is not a passed-on FIN (the process killed
     // included) is a reset (`join` undoes it for the FIN).
     reset_on_close(&initiator);
