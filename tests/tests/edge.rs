@@ -423,7 +423,7 @@ async fn the_pending_limit_holds_across_nodes_and_without_the_store() {
         node.wait_for("dtcp_pending_registrations", 0.0).await;
     }
     eventually(Duration::from_secs(5), "the counts are lowered", || async {
-        !redis.keys().iter().any(|k| k.contains("src:"))
+        !redis.keys().iter().any(|k| k.contains("srcset:"))
     })
     .await;
 

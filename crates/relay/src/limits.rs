@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -90,6 +91,9 @@ pub(crate) struct PerIpLimit {
     pub(crate) max: usize,
     /// The shared store, in cluster mode: uncounted there too on drop.
     store: Option<Arc<dyn Rendezvous>>,
+    /// The next CREATE's entry in the store's count: from a random start,
+    /// so that no two nodes' entries meet.
+    next_entry: AtomicU64,
 }
 
 impl PerIpLimit {
@@ -100,6 +104,7 @@ impl PerIpLimit {
             counts: DashMap::new(),
             max,
             store,
+            next_entry: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
         })
     }
 
@@ -117,6 +122,7 @@ impl PerIpLimit {
         Some(IpGuard {
             limit: self.clone(),
             ip,
+            entry: self.next_entry.fetch_add(1, Ordering::Relaxed),
             in_store: false,
         })
     }
@@ -142,7 +148,9 @@ impl PerIpLimit {
 pub(crate) struct IpGuard {
     limit: Arc<PerIpLimit>,
     ip: IpAddr,
-    /// Counted in the shared store as well.
+    /// This CREATE's entry in the store's count of its address.
+    entry: u64,
+    /// Counted in the shared store as well (or perhaps).
     in_store: bool,
 }
 
@@ -150,6 +158,11 @@ impl IpGuard {
     /// The address this guard counts against (canonical form).
     pub(crate) fn ip(&self) -> IpAddr {
         self.ip
+    }
+
+    /// This CREATE's entry in the store's count.
+    pub(crate) fn entry(&self) -> u64 {
+        self.entry
     }
 
     /// Records that the store counted this CREATE too: it is uncounted
@@ -165,9 +178,9 @@ impl Drop for IpGuard {
         if self.in_store
             && let Some(store) = self.limit.store.clone()
         {
-            let ip = self.ip;
+            let (ip, entry) = (self.ip, self.entry);
             tokio::spawn(async move {
-                if let Err(e) = store.uncount_source(ip).await {
+                if let Err(e) = store.uncount_source(ip, entry).await {
                     warn!(error = %e, "store uncount failed; the count expires by itself");
                 }
             });

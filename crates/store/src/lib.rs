@@ -158,18 +158,23 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
 
     /// Counts one more pending CREATE from `source`, across every node that
     /// shares the store, unless `max` are counted already: returns whether
-    /// it was counted. The count expires `ttl` after its last increase, so
-    /// a node that died holding counts leaves them for that long at most.
+    /// it was counted. `entry` names this one CREATE (a number no other
+    /// CREATE of the cluster uses): counting the same entry again, as a
+    /// retry after a lost reply does, counts nothing more. Each entry
+    /// expires `ttl` after it was counted, so a node that died holding
+    /// counts leaves them for that long at most.
     async fn count_source(
         &self,
         source: IpAddr,
+        entry: u64,
         max: usize,
         ttl: Duration,
     ) -> Result<bool, StoreError>;
 
-    /// Uncounts one pending CREATE from `source` (one that
-    /// [`count_source`](Self::count_source) counted).
-    async fn uncount_source(&self, source: IpAddr) -> Result<(), StoreError>;
+    /// Uncounts the pending CREATE `entry` from `source` (one that
+    /// [`count_source`](Self::count_source) counted); uncounting it again
+    /// does nothing.
+    async fn uncount_source(&self, source: IpAddr, entry: u64) -> Result<(), StoreError>;
 
     /// Registrations made by any node, and by whom, as they are made, when
     /// the store can tell (Redis pub/sub). Best effort: a CONNECT that waits for its CREATE

@@ -1,5 +1,5 @@
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,9 +24,9 @@ pub struct MemoryStore {
     nodes: Mutex<HashMap<String, Instant>>,
     /// The one used-key marker every retired registration shares.
     used: std::sync::OnceLock<Arc<NodeInfo>>,
-    /// Pending CREATEs per source address (one node: no expiry needed, every
-    /// count is uncounted by the node that made it).
-    sources: Mutex<HashMap<IpAddr, usize>>,
+    /// Pending CREATEs per source address, by entry (one node: no expiry
+    /// needed, every entry is uncounted by the node that made it).
+    sources: Mutex<HashMap<IpAddr, HashSet<u64>>>,
 }
 
 impl MemoryStore {
@@ -87,26 +87,30 @@ impl Rendezvous for MemoryStore {
     async fn count_source(
         &self,
         source: IpAddr,
+        entry: u64,
         max: usize,
         _ttl: Duration,
     ) -> Result<bool, StoreError> {
         let mut map = self.sources.lock().expect("poisoned");
-        let count = map.entry(source).or_insert(0);
-        if *count >= max {
-            if *count == 0 {
+        let entries = map.entry(source).or_default();
+        if entries.contains(&entry) {
+            return Ok(true);
+        }
+        if entries.len() >= max {
+            if entries.is_empty() {
                 map.remove(&source);
             }
             return Ok(false);
         }
-        *count += 1;
+        entries.insert(entry);
         Ok(true)
     }
 
-    async fn uncount_source(&self, source: IpAddr) -> Result<(), StoreError> {
+    async fn uncount_source(&self, source: IpAddr, entry: u64) -> Result<(), StoreError> {
         let mut map = self.sources.lock().expect("poisoned");
         if let Entry::Occupied(mut o) = map.entry(source) {
-            *o.get_mut() -= 1;
-            if *o.get() == 0 {
+            o.get_mut().remove(&entry);
+            if o.get().is_empty() {
                 o.remove();
             }
         }

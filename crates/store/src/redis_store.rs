@@ -526,14 +526,15 @@ impl Rendezvous for RedisStore {
     async fn count_source(
         &self,
         source: std::net::IpAddr,
+        entry: u64,
         max: usize,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        self.count_source_script(source, max, ttl).await
+        self.count_source_script(source, entry, max, ttl).await
     }
 
-    async fn uncount_source(&self, source: std::net::IpAddr) -> Result<(), StoreError> {
-        self.uncount_source_script(source).await
+    async fn uncount_source(&self, source: std::net::IpAddr, entry: u64) -> Result<(), StoreError> {
+        self.uncount_source_script(source, entry).await
     }
 
     async fn lookup(&self, id: &RegistrationId) -> Result<Option<NodeInfo>, StoreError> {

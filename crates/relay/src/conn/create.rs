@@ -94,9 +94,12 @@ pub(crate) async fn register(
         // The cluster-wide count of this address goes out beside the
         // registration, on the store's one multiplexed connection: it costs
         // a second command, not a second round trip.
-        let counting =
-            node.store
-                .count_source(per_ip.ip(), node.per_ip.max, ttl + SOURCE_COUNT_MARGIN);
+        let counting = node.store.count_source(
+            per_ip.ip(),
+            per_ip.entry(),
+            node.per_ip.max,
+            ttl + SOURCE_COUNT_MARGIN,
+        );
         let (registered, counted) = tokio::join!(registering, counting);
         (registered, counted)
     } else {
@@ -111,6 +114,10 @@ pub(crate) async fn register(
         // The store is down: the limit holds on this node alone.
         Err(e) => {
             warn!(registration = %id, error = %e, "store count failed; the per-node limit holds");
+            // Redis may have counted it all the same (a reply lost): an
+            // entry uncounted that is not there is nothing, so uncount it
+            // on drop rather than leave it to expire.
+            per_ip.counted_in_store();
             false
         }
     };

@@ -164,17 +164,18 @@ impl Rendezvous for Instrumented {
     async fn count_source(
         &self,
         source: IpAddr,
+        entry: u64,
         max: usize,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         self.count_source
-            .record(self.store.count_source(source, max, ttl))
+            .record(self.store.count_source(source, entry, max, ttl))
             .await
     }
 
-    async fn uncount_source(&self, source: IpAddr) -> Result<(), StoreError> {
+    async fn uncount_source(&self, source: IpAddr, entry: u64) -> Result<(), StoreError> {
         self.uncount_source
-            .record(self.store.uncount_source(source))
+            .record(self.store.uncount_source(source, entry))
             .await
     }
 

@@ -1,6 +1,9 @@
-//! Pending CREATEs per client address across the cluster: one expiring
-//! counter per address, raised and lowered by a script so that the check
-//! and the increase are one step.
+//! Pending CREATEs per client address across the cluster: one sorted set
+//! per address, a member per CREATE (its entry number) scored by when it
+//! expires, changed by scripts so that the check and the count are one
+//! step. Keyed by entry, both are idempotent: a retry after a lost reply
+//! (every command is retried) counts or uncounts nothing twice. An INCR
+//! counter could not tell a retry from a second CREATE.
 
 use std::net::IpAddr;
 use std::sync::LazyLock;
@@ -9,27 +12,34 @@ use std::time::Duration;
 use super::{RedisStore, ms};
 use crate::StoreError;
 
-/// `INCR` unless at the limit (ARGV[1]), then `PEXPIRE` (ARGV[2] ms):
-/// 1 if counted, 0 at the limit.
+/// Drops the members past their time (Redis's clock, the same for every
+/// node), then adds ARGV[3] to expire in ARGV[2] ms unless ARGV[1] others
+/// are there already: 1 if counted (now or before), 0 at the limit. The
+/// key itself expires with its last member.
 static COUNT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-local n = redis.call('INCR', KEYS[1])
-if n > tonumber(ARGV[1]) then
-  redis.call('DECR', KEYS[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[3])
+   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
   return 0
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
 ",
     )
 });
 
-/// `DECR`, and the key goes at zero (or below, after it expired meanwhile).
+/// Removes member ARGV[1]; the key goes with its last member.
 static UNCOUNT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-if redis.call('DECR', KEYS[1]) <= 0 then
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('ZCARD', KEYS[1]) == 0 then
   redis.call('DEL', KEYS[1])
 end
 return 1
@@ -38,34 +48,53 @@ return 1
 });
 
 impl RedisStore {
+    /// Not the `src:` of the INCR counters before: in a cluster being
+    /// upgraded, old and new nodes then each count in their own keys (each
+    /// group holding the limit among itself) instead of failing on a key
+    /// of the other type.
     fn source_key(&self, source: IpAddr) -> String {
-        format!("{}src:{}", self.inner.config.prefix, source.to_canonical())
+        format!(
+            "{}srcset:{}",
+            self.inner.config.prefix,
+            source.to_canonical()
+        )
     }
 
     pub(super) async fn count_source_script(
         &self,
         source: IpAddr,
+        entry: u64,
         max: usize,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let key = self.source_key(source);
-        let (max, ttl) = (max.to_string(), ms(ttl).to_string());
-        // Retried like every command. Unlike the others it is not safe to
-        // run twice: a retry after a lost reply counts one CREATE twice,
-        // until the count expires. That errs towards refusing, and only in
-        // the moments the store is failing.
-        let (key, max, ttl) = (&key, &max, &ttl);
+        let (max, ttl, entry) = (max.to_string(), ms(ttl).to_string(), entry.to_string());
+        // Retried like every command, and safe to: the entry is counted once.
+        let (key, max, ttl, entry) = (&key, &max, &ttl, &entry);
         let counted: i64 = self
-            .run(|mut c| async move { COUNT.key(key).arg(max).arg(ttl).invoke_async(&mut c).await })
+            .run(|mut c| async move {
+                COUNT
+                    .key(key)
+                    .arg(max)
+                    .arg(ttl)
+                    .arg(entry)
+                    .invoke_async(&mut c)
+                    .await
+            })
             .await?;
         Ok(counted == 1)
     }
 
-    pub(super) async fn uncount_source_script(&self, source: IpAddr) -> Result<(), StoreError> {
+    pub(super) async fn uncount_source_script(
+        &self,
+        source: IpAddr,
+        entry: u64,
+    ) -> Result<(), StoreError> {
         let key = self.source_key(source);
-        let key = &key;
+        let entry = entry.to_string();
+        let (key, entry) = (&key, &entry);
         let _: i64 = self
-            .run(|mut c| async move { UNCOUNT.key(key).invoke_async(&mut c).await })
+            .run(|mut c| async move { UNCOUNT.key(key).arg(entry).invoke_async(&mut c).await })
             .await?;
         Ok(())
     }
