@@ -162,6 +162,40 @@ async fn a_session_cap_holds_across_the_bridge() {
     );
 }
 
+/// A node cap across two nodes: each node counts what its own client socket
+/// moves, both ways, so a session sending both ways at once through two
+/// nodes capped at 20 MB/s moves 20 MB/s in all (how the two directions
+/// share it is not held to a split: each passes two nodes' buckets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cap_counts_both_ways_of_a_forwarded_session() {
+    let redis = RedisServer::start();
+    let node = || {
+        NodeOptions::cluster(&[redis.url()])
+            .arg("--max-node-rate", format!("{NODE_CAP}/s"))
+            .start()
+    };
+    let (owner, other) = (node(), node());
+    let (i, tg) = pair(owner.addr, other.addr, &triple("node-cap-forwarded")).await;
+    let rates = both_ways(i, tg, SHARE * 2).await;
+    // Both ways' bytes over the time until the last of them arrived.
+    let total = 2.0 * rates[0].min(rates[1]);
+    eprintln!(
+        "node cap across the Bridge: {:.3} MB/s in all under {:.3} ({:.3} and {:.3} MB/s each way)",
+        total / 1e6,
+        NODE_CAP as f64 / 1e6,
+        rates[0] / 1e6,
+        rates[1] / 1e6
+    );
+    let error = (total - NODE_CAP as f64).abs() / NODE_CAP as f64;
+    assert!(error < TOLERANCE, "{total} B/s, {:.1} % off", error * 100.0);
+    owner
+        .wait_for("dtcp_sessions_active{path=\"forwarded\"}", 0.0)
+        .await;
+    for node in [&owner, &other] {
+        node.wait_for("dtcp_connections_open", 0.0).await;
+    }
+}
+
 /// The node cap of the fairness test, and the sessions sharing it.
 const NODE_CAP: u64 = 20_000_000;
 const SESSIONS: u64 = 4;
