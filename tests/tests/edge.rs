@@ -44,14 +44,14 @@ async fn create_from(source: IpAddr, to: SocketAddr, name: &str) -> TcpStream {
     s
 }
 
-/// The client addresses the node's log lines name, and whether any line's
-/// client is HAProxy's own address.
+/// The client addresses the node's log lines name (a session's line names
+/// its Initiator's and its Target's).
 fn logged_clients(relay: &Relay) -> HashSet<IpAddr> {
     relay
         .logs()
         .iter()
-        .filter_map(|l| l["span"]["client"].as_str()?.parse::<SocketAddr>().ok())
-        .map(|a| a.ip())
+        .flat_map(|l| [&l["initiator"], &l["target"]])
+        .filter_map(|a| a.as_str()?.parse::<IpAddr>().ok())
         .collect()
 }
 
@@ -103,8 +103,8 @@ async fn three_hundred_clients_behind(version: ProxyVersion) {
     drop((initiators, targets, crowd));
     assert_idle(&relay).await;
 
-    // The logs name the clients (one line per session, in the span of one
-    // of its two connections), never HAProxy.
+    // The logs name the clients (one line per session, naming both), never
+    // HAProxy.
     let clients = logged_clients(&relay);
     let ours: HashSet<IpAddr> = (0..2 * CLIENTS + 2).map(loopback_source).collect();
     assert!(

@@ -55,8 +55,10 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         id,
         mut early,
         received,
+        client,
         ..
     } = request;
+    let client = client.ip();
     let deadline = received + node.config.connect_grace;
     let expectation = node.pending.expect(id);
     // Jittered, so that the CONNECTs of a burst do not all look at once.
@@ -80,6 +82,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
                 early,
                 slot,
                 connect_started: received,
+                client,
             });
             if let Err(Claim::Local(c)) = tx.send(claim) {
                 let text = "no pending CREATE matched";
@@ -164,7 +167,15 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
     };
     drop(expectation);
     // Its own task, like a local session: this one's memory is freed.
-    let session =
-        forwarded::run_target_side(node.clone(), stream, slot, id, early, received, bridge);
+    let session = forwarded::run_target_side(
+        node.clone(),
+        stream,
+        slot,
+        id,
+        early,
+        received,
+        bridge,
+        client,
+    );
     tokio::spawn(session.in_current_span());
 }

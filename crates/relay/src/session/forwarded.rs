@@ -4,6 +4,7 @@
 //! reached: it opens the Bridge, then joins its Target to it) and the
 //! **owner side** (the node holding the Initiator, which the Bridge claimed).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +78,10 @@ pub(crate) async fn open_bridge(
 
 /// Target side, once the Bridge is open: answers the Target `OK` and joins
 /// its socket to the Bridge.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of one CONNECT, moved in once; a struct would only be built to be taken apart"
+)]
 pub(crate) async fn run_target_side(
     node: Arc<Node>,
     target: TcpStream,
@@ -85,6 +90,7 @@ pub(crate) async fn run_target_side(
     early: BytesMut,
     started: Instant,
     bridge: Box<Halves>,
+    client: IpAddr,
 ) {
     // The owner has answered its Initiator: now the Target. From OK on, a
     // close that is not a passed-on FIN (the process killed included) is a
@@ -121,6 +127,8 @@ pub(crate) async fn run_target_side(
         moved: [report.received, report.sent],
         outcome,
         detail,
+        // The Initiator's address stays with the node that holds it.
+        clients: [None, Some(client)],
     };
     finished(series, ended);
 }
@@ -133,6 +141,7 @@ pub(crate) async fn run_owner_side(
     claim: RemoteClaim,
     id: RegistrationId,
     waited: Duration,
+    client: IpAddr,
 ) {
     let RemoteClaim { outbound, inbound } = claim;
     // From OK on, a close that is not a passed-on FIN (the process killed
@@ -173,6 +182,7 @@ pub(crate) async fn run_owner_side(
         moved: [report.sent, report.received],
         outcome,
         detail,
+        clients: [Some(client), None],
     };
     finished(series, ended);
 }
