@@ -1,6 +1,6 @@
 //! Bandwidth caps: a capped session slows down to its cap (and is never
-//! cut), on the splice path and on the copy path; a node cap is shared
-//! fairly by the sessions under it.
+//! cut), on the splice path, on the copy path and across the Bridge; a node
+//! cap is shared fairly by the sessions under it.
 
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,88 @@ async fn a_session_cap_holds_on_the_splice_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_cap_holds_on_the_copy_path() {
     capped_session(&["--no-splice"], "cap-copy").await;
+}
+
+/// Sends `size` bytes each way at once; returns the rate each receiver got
+/// them at, Initiator to Target first, in bytes a second.
+async fn both_ways(i: TcpStream, tg: TcpStream, size: u64) -> [f64; 2] {
+    let (mut ir, mut iw) = i.into_split();
+    let (mut tr, mut tw) = tg.into_split();
+    let started = Instant::now();
+    let timed = |got: (u64, [u8; 32])| (got, size as f64 / started.elapsed().as_secs_f64());
+    let (to_t, to_i, (got_t, rate_t), (got_i, rate_i)) = tokio::join!(
+        send_pattern(&mut iw, 11, size),
+        send_pattern(&mut tw, 12, size),
+        async { timed(recv_digest(&mut tr).await) },
+        async { timed(recv_digest(&mut ir).await) },
+    );
+    assert_eq!(
+        got_t,
+        (size, to_t),
+        "initiator -> target: every byte, in order"
+    );
+    assert_eq!(
+        got_i,
+        (size, to_i),
+        "target -> initiator: every byte, in order"
+    );
+    [rate_t, rate_i]
+}
+
+/// A session cap across two nodes (the CREATE on one, the CONNECT on the
+/// other), 100 MB each way at once. Each direction is capped by the node
+/// that reads it from its client, so this measures both nodes' caps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cap_holds_across_the_bridge() {
+    let redis = RedisServer::start();
+    let node = || {
+        NodeOptions::cluster(&[redis.url()])
+            .arg("--max-session-rate", format!("{CAP}/s"))
+            .start()
+    };
+    let (owner, other) = (node(), node());
+    let (i, tg) = pair(owner.addr, other.addr, &triple("cap-forwarded")).await;
+    let rates = both_ways(i, tg, TRANSFER).await;
+    for (way, rate) in ["initiator -> target", "target -> initiator"]
+        .iter()
+        .zip(rates)
+    {
+        eprintln!(
+            "cap-forwarded, {way}: {:.3} MB/s under a 10 MB/s cap",
+            rate / 1e6
+        );
+        let error = (rate - CAP as f64).abs() / CAP as f64;
+        assert!(
+            error < TOLERANCE,
+            "{way}: {rate} B/s, {:.1} % off",
+            error * 100.0
+        );
+    }
+    // Each node held back the direction it reads.
+    for node in [&owner, &other] {
+        let throttled = node.metric("dtcp_throttled_seconds_sum").await;
+        assert!(throttled > 5.0, "time spent throttled: {throttled} s");
+    }
+    owner
+        .wait_for("dtcp_sessions_active{path=\"forwarded\"}", 0.0)
+        .await;
+    owner
+        .wait_for("dtcp_bridge_streams_active{role=\"server\"}", 0.0)
+        .await;
+    other
+        .wait_for("dtcp_bridge_streams_active{role=\"client\"}", 0.0)
+        .await;
+    for node in [&owner, &other] {
+        node.wait_for("dtcp_connections_open", 0.0).await;
+        node.wait_for("dtcp_pending_registrations", 0.0).await;
+    }
+    assert_eq!(
+        owner
+            .metric("dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"closed\"}")
+            .await,
+        1.0,
+        "slowed down, not cut"
+    );
 }
 
 /// The node cap of the fairness test, and the sessions sharing it.

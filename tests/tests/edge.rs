@@ -1,6 +1,7 @@
 //! Behind a load balancer, on the open internet (PROTOCOL.md section 4): a
-//! real HAProxy sending the PROXY protocol, every bad header, and the
-//! per-source connection rate.
+//! real HAProxy sending the PROXY protocol, every bad header, the Target's
+//! real address carried across the Bridge, and the per-source connection
+//! rate.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -50,7 +51,7 @@ fn logged_clients(relay: &Relay) -> HashSet<IpAddr> {
     relay
         .logs()
         .iter()
-        .flat_map(|l| [&l["initiator"], &l["target"]])
+        .flat_map(|l| [&l["initiator_client"], &l["target_client"]])
         .filter_map(|a| a.as_str()?.parse::<IpAddr>().ok())
         .collect()
 }
@@ -221,6 +222,53 @@ async fn bad_headers_are_refused_and_register_nothing() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_logs_the_targets_real_address() {
+    let redis = RedisServer::start();
+    let owner = NodeOptions::cluster(&[redis.url()]).start();
+    // The Target's node is behind a balancer: its client is in the header.
+    let edge = NodeOptions::cluster(&[redis.url()])
+        .flag("--proxy-protocol")
+        .arg("--proxy-protocol-from", BALANCER)
+        .start();
+    let target: SocketAddr = "192.0.2.77:4077".parse().unwrap();
+    let t = triple("real-target");
+    let initiator = loopback_source(20);
+    let mut i = create_from(initiator, owner.addr, "real-target").await;
+    owner.wait_for("dtcp_pending_registrations", 1.0).await;
+    let balancer: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut tg = connect_from(balancer, edge.addr).await;
+    tg.write_all(&[proxy_v2(target, edge.addr), command(Verb::Connect, &t)].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_n(&mut i, 3).await, b"OK\0");
+    assert_eq!(read_n(&mut tg, 3).await, b"OK\0");
+    i.shutdown().await.unwrap();
+    tg.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut tg).await, b"");
+    assert_eq!(read_all(&mut i).await, b"");
+    owner
+        .wait_for("dtcp_sessions_active{path=\"forwarded\"}", 0.0)
+        .await;
+    owner.wait_for("dtcp_connections_open", 0.0).await;
+    edge.wait_for("dtcp_connections_open", 0.0).await;
+
+    // The owner's session line names the Target as its node saw it, not
+    // that node (nor the balancer in front of it), and the Initiator.
+    let finished = |relay: &Relay, side: &str| {
+        relay
+            .logs()
+            .into_iter()
+            .find(|l| l["message"] == "session finished" && l["side"] == side)
+            .unwrap_or_else(|| panic!("no {side} line"))
+    };
+    let line = finished(&owner, "owner");
+    assert_eq!(line["target_client"], target.ip().to_string(), "{line}");
+    assert_eq!(line["initiator_client"], initiator.to_string(), "{line}");
+    let line = finished(&edge, "target");
+    assert_eq!(line["target_client"], target.ip().to_string(), "{line}");
+}
+
 #[tokio::test]
 async fn a_source_over_its_rate_is_refused_and_another_is_not() {
     let relay = behind_balancer()
@@ -262,14 +310,27 @@ async fn a_source_over_its_rate_is_refused_and_another_is_not() {
     assert_idle(&relay).await;
 }
 
-/// Distinct client addresses sprayed at the limiter.
-const SPRAY: u32 = 100_000;
+/// Distinct client addresses sprayed at the limiter by default: enough to
+/// outlast an eviction round (the spray takes several seconds), few enough
+/// to keep the suite quick.
+const SPRAY_DEFAULT: u32 = 10_000;
 /// Connections of the spray in flight at once.
 const SPRAY_CONCURRENCY: u32 = 64;
+
+/// How many addresses to spray: `DTCP_SPRAY` if set. The README's figure
+/// for the limiter's memory is from `DTCP_SPRAY=100000` (about a minute):
+/// `DTCP_SPRAY=100000 cargo test --release -p dtcp-tests --test edge spray -- --nocapture`.
+fn spray_size() -> u32 {
+    match std::env::var("DTCP_SPRAY") {
+        Ok(n) => n.parse().expect("DTCP_SPRAY is a number of addresses"),
+        Err(_) => SPRAY_DEFAULT,
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spray_of_addresses_leaves_the_limiter_bounded() {
     raise_fd_limit();
+    let spray = spray_size();
     let relay = behind_balancer()
         .arg("--max-connection-rate-per-ip", "1/s")
         .start();
@@ -280,7 +341,7 @@ async fn a_spray_of_addresses_leaves_the_limiter_bounded() {
     for w in 0..SPRAY_CONCURRENCY {
         workers.push(tokio::spawn(async move {
             let mut n = w;
-            while n < SPRAY {
+            while n < spray {
                 // 10.0.0.0 + n: one address per connection.
                 let client =
                     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n)), 1000);
@@ -308,7 +369,7 @@ async fn a_spray_of_addresses_leaves_the_limiter_bounded() {
     let rss_after = relay.rss();
     let grown = rss_after.saturating_sub(rss_before);
     eprintln!(
-        "limiter: {SPRAY} sources in {elapsed:.1?}; peak {peak} remembered; RSS {} -> {} MiB (+{} KiB)",
+        "limiter: {spray} sources in {elapsed:.1?}; peak {peak} remembered; RSS {} -> {} MiB (+{} KiB)",
         rss_before >> 20,
         rss_after >> 20,
         grown >> 10

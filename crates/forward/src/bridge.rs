@@ -468,7 +468,13 @@ impl<C: Claimer> BridgeService<C> {
         let Some(Kind::Open(open)) = first else {
             return Err(Status::invalid_argument("the first frame must be open"));
         };
-        // The authenticator is good for the one registration (and owner) it names.
+        // The authenticator is good for the one registration (and owner) it
+        // names. The Target's address in `open` is not covered by it: the
+        // owner only logs it, and a limit or access decision that keyed on
+        // it would have to be (a new authenticator version). Until then it
+        // is as trustworthy as the session's own bytes, which only the
+        // plane's TLS protects, and it comes from a node that proved it
+        // holds the cluster secret.
         if let Some(claimed) = claimed
             && (claimed.registration[..] != open.registration_id[..]
                 || claimed.callee != open.owner_node_id)
@@ -527,7 +533,7 @@ mod tests {
     async fn frames_cross_in_any_split_and_match_prost() {
         let payload: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
         let frames = vec![
-            Frame::open(&[7; 32], "node"),
+            Frame::open(&[7; 32], "node", "192.0.2.1:4000".parse().unwrap()),
             Frame::data(Bytes::from(payload.clone())),
             Frame::data(Bytes::from_static(b"x")),
             Frame::fin(),

@@ -1,6 +1,7 @@
 //! The dialing side of the plane: one HTTP/2 connection per peer node,
 //! shared by every session forwarded to it.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -109,14 +110,16 @@ impl Dialer {
     }
 
     /// Asks the node at `addr` to pair its pending registration `id` with a
-    /// Target held here. On success the owner has sent its Initiator `OK`.
+    /// Target held here, whose client address is `target`. On success the
+    /// owner has sent its Initiator `OK`.
     pub async fn open(
         &self,
         addr: &str,
         id: &[u8; 32],
         owner_node_id: &str,
+        target: SocketAddr,
     ) -> Result<Halves, BridgeError> {
-        let result = self.try_open(addr, id, owner_node_id).await;
+        let result = self.try_open(addr, id, owner_node_id, target).await;
         if let Err(BridgeError::Unreachable(_)) = &result {
             // Forget the channel: a node that is gone for good must not stay cached.
             self.channels.remove(addr);
@@ -129,6 +132,7 @@ impl Dialer {
         addr: &str,
         id: &[u8; 32],
         owner_node_id: &str,
+        target: SocketAddr,
     ) -> Result<Halves, BridgeError> {
         let channel = self.channel(addr)?;
         let to = CallTo {
@@ -137,7 +141,12 @@ impl Dialer {
             addr,
             registration: id,
         };
-        let call = bridge::call(channel, &self.auth, to, Frame::open(id, owner_node_id));
+        let call = bridge::call(
+            channel,
+            &self.auth,
+            to,
+            Frame::open(id, owner_node_id, target),
+        );
         let mut halves = tokio::time::timeout(OPEN_TIMEOUT, call)
             .await
             .map_err(|_| BridgeError::Unreachable("no answer from the owner node".into()))??;

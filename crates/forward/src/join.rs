@@ -1,8 +1,10 @@
 //! Pumps bytes between a TCP socket and a Bridge stream, both ways.
 
+use std::future::poll_fn;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +16,55 @@ use dtcp_wire::Condition;
 
 use crate::proto::Frame;
 use crate::proto::frame::Kind;
-use crate::{Inbound, Outbound, RESET};
+use crate::{FRAME_SIZE, Inbound, Outbound, RESET};
+
+/// A bandwidth limit on one direction of [`join`], asked once per socket
+/// read or write, never per byte. The limit lives with whoever calls
+/// `join` (the relay's token buckets); this crate only asks it.
+pub trait Gate: Send {
+    /// How many bytes the next read or write may move, at most `want`
+    /// (never 0); `Pending`, with a wake-up arranged, while the limit
+    /// allows none. A direction held here stops reading, and the sender is
+    /// slowed down by flow control (TCP's, or the Bridge's HTTP/2 window).
+    fn poll_grant(&mut self, want: usize, cx: &mut Context<'_>) -> Poll<usize>;
+
+    /// The read or write moved `used` of the bytes just granted; the rest
+    /// goes back.
+    fn used(&mut self, used: usize);
+}
+
+/// The limits on the two directions of a joined session; `None`: unlimited.
+#[derive(Default)]
+pub struct Gates {
+    /// Socket to Bridge: what this node reads from its client.
+    pub read: Option<Box<dyn Gate>>,
+    /// Bridge to socket: what this node writes to its client.
+    pub write: Option<Box<dyn Gate>>,
+}
+
+impl std::fmt::Debug for Gates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gates")
+            .field("read", &self.read.is_some())
+            .field("write", &self.write.is_some())
+            .finish()
+    }
+}
+
+/// Asks `gate` for up to `want` bytes (all of them without one).
+async fn grant(gate: &mut Option<Box<dyn Gate>>, want: usize) -> usize {
+    match gate {
+        Some(g) => poll_fn(|cx| g.poll_grant(want, cx)).await,
+        None => want,
+    }
+}
+
+/// Tells `gate` how many of the granted bytes were moved.
+fn used(gate: &mut Option<Box<dyn Gate>>, n: usize) {
+    if let Some(g) = gate {
+        g.used(n);
+    }
+}
 
 /// How a joined session ended. Every end but [`End::Closed`] closes the
 /// socket with a reset: a FIN toward a client only ever passes on its peer's
@@ -63,6 +113,8 @@ const CUT_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 /// Moves bytes between `stream` and a Bridge until both directions have
 /// half-closed, one side fails, no byte moves for `idle`, or `stop`
 /// completes. `early` (what the client sent before pairing) goes first.
+/// `gates` limit how fast each direction moves (the early bytes are not
+/// held back: they were read before pairing).
 ///
 /// Any end but both half-closes closes the socket with a reset. When the cut
 /// is this node's (idle, stop), the peer node is told why in an `error`
@@ -78,6 +130,7 @@ pub async fn join(
     mut inbound: Inbound,
     sent_counter: Counter,
     received_counter: Counter,
+    gates: Gates,
     idle: Option<Duration>,
     stop: impl Future<Output = ()>,
 ) -> Report {
@@ -87,10 +140,11 @@ pub async fn join(
     // A second handle on the outbound half, only to tell the peer node of a
     // cut; dropped when this returns, so that the stream can end.
     let notifier = outbound.clone();
+    let Gates { read, write } = gates;
     let both = async {
         tokio::try_join!(
-            tcp_to_bridge(stream, early, outbound, &sent_counter, &sent),
-            bridge_to_tcp(&mut inbound, stream, &received_counter, &received),
+            tcp_to_bridge(stream, early, outbound, read, &sent_counter, &sent),
+            bridge_to_tcp(&mut inbound, stream, write, &received_counter, &received),
         )
     };
     let result = tokio::select! {
@@ -177,6 +231,7 @@ async fn tcp_to_bridge(
     stream: &TcpStream,
     early: Bytes,
     outbound: Outbound,
+    mut gate: Option<Box<dyn Gate>>,
     counter: &Counter,
     sent: &AtomicU64,
 ) -> Result<(), Failure> {
@@ -189,9 +244,14 @@ async fn tcp_to_bridge(
     }
     loop {
         stream.readable().await.map_err(|_| Failure::Tcp)?;
+        // Asked once per read, once there is something to read (an idle
+        // session takes nothing): a capped direction stops reading here.
+        let max = grant(&mut gate, FRAME_SIZE).await;
         // Taken only when the socket is readable: an idle session holds none.
         let mut buf = pool::take();
-        match stream.try_read(&mut buf) {
+        let read = stream.try_read(&mut buf[..max]);
+        used(&mut gate, *read.as_ref().unwrap_or(&0));
+        match read {
             Ok(0) => {
                 pool::give(buf);
                 outbound.send(Frame::fin()).await.map_err(bridge)?;
@@ -217,6 +277,7 @@ async fn tcp_to_bridge(
 async fn bridge_to_tcp(
     inbound: &mut Inbound,
     stream: &TcpStream,
+    mut gate: Option<Box<dyn Gate>>,
     counter: &Counter,
     received: &AtomicU64,
 ) -> Result<(), Failure> {
@@ -237,9 +298,20 @@ async fn bridge_to_tcp(
         };
         match kind {
             Kind::Data(bytes) => {
-                write_all(stream, &bytes).await.map_err(|_| Failure::Tcp)?;
-                counter.increment(bytes.len() as u64);
-                received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                // In as many writes as the gate grants (one without a gate);
+                // while it holds them back, no frame is read, and the
+                // Bridge's flow control slows the sending node down.
+                let mut rest = &bytes[..];
+                while !rest.is_empty() {
+                    let n = grant(&mut gate, rest.len()).await;
+                    write_all(stream, &rest[..n])
+                        .await
+                        .map_err(|_| Failure::Tcp)?;
+                    used(&mut gate, n);
+                    rest = &rest[n..];
+                    counter.increment(n as u64);
+                    received.fetch_add(n as u64, Ordering::Relaxed);
+                }
             }
             Kind::Fin(_) => {
                 pass_fin(stream).map_err(|_| Failure::Tcp)?;

@@ -24,12 +24,13 @@ pub mod proto {
     tonic::include_proto!("dtcp.forward.v1");
 }
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use auth::{AUTH_HEADER, AUTH_WINDOW, AuthFailure, Claimed, PlaneAuth, REPLAY_CACHE_CAPACITY};
 pub use bridge::{BridgeService, Claimer, Halves, Inbound, Outbound, SERVICE};
 pub use dialer::{BridgeError, Dialer, PlaneTls};
-pub use join::{End, Report, join, pass_fin, reset_on_close, write_all};
+pub use join::{End, Gate, Gates, Report, join, pass_fin, reset_on_close, write_all};
 
 /// Largest data frame: big enough to amortise HTTP/2 and protobuf framing,
 /// small enough to keep per-stream buffering modest.
@@ -58,12 +59,21 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// (every other error frame carries a PROTOCOL.md condition).
 pub const RESET: &str = "reset";
 
+impl proto::Open {
+    /// The Target's client address, if the CONNECT node sent one that
+    /// parses (it is only ever logged).
+    pub fn target(&self) -> Option<SocketAddr> {
+        self.target_addr.parse().ok()
+    }
+}
+
 impl proto::Frame {
-    /// The first frame of a Bridge.
-    pub fn open(registration_id: &[u8; 32], owner_node_id: &str) -> Self {
+    /// The first frame of a Bridge, for the Target at `target`.
+    pub fn open(registration_id: &[u8; 32], owner_node_id: &str, target: SocketAddr) -> Self {
         Self::of(proto::frame::Kind::Open(proto::Open {
             registration_id: bytes::Bytes::copy_from_slice(registration_id),
             owner_node_id: owner_node_id.to_owned(),
+            target_addr: target.to_string(),
         }))
     }
 

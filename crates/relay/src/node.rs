@@ -6,7 +6,7 @@ use dtcp_store::{MemoryStore, NodeInfo, Rendezvous};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use dtcp_forward::Dialer;
+use dtcp_forward::{Dialer, Gates};
 
 use crate::config::Config;
 use crate::limits::{ConnectionRate, PerIpLimit, Slots};
@@ -100,5 +100,26 @@ impl Node {
             self.node_rate.clone(),
             self.hot.throttled.clone(),
         )
+    }
+
+    /// The caps of this node's side of a forwarded session.
+    ///
+    /// Each node of a forwarded session caps the bytes of its own client
+    /// socket, so that each cap is asked once per byte it governs:
+    /// - the session cap, per direction, on the node that reads that
+    ///   direction from its client (the Initiator's bytes on the owner, the
+    ///   Target's on the CONNECT node). Capped at its source, a direction
+    ///   slows its sender through TCP at once and piles nothing up in the
+    ///   Bridge, and no byte waits in two buckets of the same rate;
+    /// - the node cap (the node's own total) on both directions here: this
+    ///   node's client socket moves the bytes it reads and those it writes,
+    ///   as a local session's two sockets do.
+    pub(crate) fn gates(&self) -> Gates {
+        let gate = |t: Box<Throttle>| -> Box<dyn dtcp_forward::Gate> { t };
+        let node_only = Throttle::new(None, self.node_rate.clone(), self.hot.throttled.clone());
+        Gates {
+            read: self.throttle().map(gate),
+            write: node_only.map(gate),
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! sending half of a oneshot channel through which the claimant hands its side
 //! of the session to the task that holds the Initiator's socket.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -43,6 +43,8 @@ pub(crate) struct RemoteClaim {
     /// Frames from it. Boxed: it is large, and every pending CREATE's claim
     /// channel makes room for a claim.
     pub(crate) inbound: Box<Inbound>,
+    /// The Target's client address, as its node sent it (for logs only).
+    pub(crate) target: Option<SocketAddr>,
 }
 
 /// A Target connected to this node.

@@ -50,6 +50,7 @@ impl Claimer for Plane {
         let claim = Claim::Remote(RemoteClaim {
             outbound: bridge.outbound,
             inbound: Box::new(bridge.inbound),
+            target: open.target(),
         });
         if claimant.send(claim).is_err() {
             return Err(Status::not_found("the initiator is gone"));

@@ -3,6 +3,10 @@
 //! read, never per byte. A direction over its cap stops reading until the
 //! bucket has refilled, so TCP's flow control slows the sender down; the
 //! session is never cut.
+//!
+//! The same throttles cap a forwarded session: the forwarding plane's pump
+//! asks them through [`dtcp_forward::Gate`], which [`Throttle`] implements,
+//! so the buckets stay here and the plane knows only the trait.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -166,6 +170,16 @@ impl Throttle {
                 n.0.lock().expect("poisoned").tokens += unused;
             }
         }
+    }
+}
+
+impl dtcp_forward::Gate for Throttle {
+    fn poll_grant(&mut self, want: usize, cx: &mut Context<'_>) -> Poll<usize> {
+        Throttle::poll_grant(self, want, cx)
+    }
+
+    fn used(&mut self, used: usize) {
+        Throttle::used(self, used);
     }
 }
 

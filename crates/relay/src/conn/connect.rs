@@ -53,12 +53,11 @@ enum Wake {
 pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, request: Request) {
     let Request {
         id,
+        client,
         mut early,
         received,
-        client,
         ..
     } = request;
-    let client = client.ip();
     let deadline = received + node.config.connect_grace;
     let expectation = node.pending.expect(id);
     // Jittered, so that the CONNECTs of a burst do not all look at once.
@@ -82,7 +81,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
                 early,
                 slot,
                 connect_started: received,
-                client,
+                client: client.ip(),
             });
             if let Err(Claim::Local(c)) = tx.send(claim) {
                 let text = "no pending CREATE matched";
@@ -110,7 +109,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
                 }
                 // Boxed: the Bridge call's state would otherwise enlarge the
                 // start of every connection, forwarded or not.
-                match Box::pin(forwarded::open_bridge(&node, &id, &owner)).await {
+                match Box::pin(forwarded::open_bridge(&node, &id, &owner, client)).await {
                     Ok(bridge) => break bridge,
                     // Claimed by another Target, withdrawn, or the record names an
                     // earlier process at that address: look again until the grace
@@ -175,7 +174,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         early,
         received,
         bridge,
-        client,
+        client.ip(),
     );
     tokio::spawn(session.in_current_span());
 }

@@ -4,7 +4,7 @@
 //! reached: it opens the Bridge, then joins its Target to it) and the
 //! **owner side** (the node holding the Initiator, which the Bridge claimed).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,14 +34,16 @@ pub(crate) enum OpenError {
     Refuse(Condition, &'static str),
 }
 
-/// Target side: the registration is `owner`'s. Opens a Bridge to it; on
-/// success the owner has claimed its Initiator and answered it `OK`.
+/// Target side: the registration is `owner`'s. Opens a Bridge to it for the
+/// Target at `client` (the owner logs it); on success the owner has claimed
+/// its Initiator and answered it `OK`.
 /// The bridge comes boxed: it is large, and every waiting CONNECT's state
 /// would otherwise make room for it.
 pub(crate) async fn open_bridge(
     node: &Node,
     id: &RegistrationId,
     owner: &NodeInfo,
+    client: SocketAddr,
 ) -> Result<Box<Halves>, OpenError> {
     let Some(dialer) = &node.dialer else {
         warn!(registration = %id, owner = %owner, "registration held by another node, and this node has no forwarding plane");
@@ -49,7 +51,7 @@ pub(crate) async fn open_bridge(
         return Err(OpenError::Refuse(Condition::Unavailable, text));
     };
     dialer
-        .open(&owner.forward_addr, id.as_bytes(), &owner.id)
+        .open(&owner.forward_addr, id.as_bytes(), &owner.id, client)
         .await
         .map(Box::new)
         .map_err(|e| {
@@ -111,6 +113,9 @@ pub(crate) async fn run_target_side(
         bridge.inbound,
         series.target_to_initiator.clone(),
         series.initiator_to_target.clone(),
+        // The Target's bytes are capped here, where they are read; see
+        // `Node::gates` for which node caps what.
+        node.gates(),
         // The idle timeout is the owner's to enforce: it holds the session's
         // record, and two nodes timing the same silence would race.
         None,
@@ -143,7 +148,17 @@ pub(crate) async fn run_owner_side(
     waited: Duration,
     client: IpAddr,
 ) {
-    let RemoteClaim { outbound, inbound } = claim;
+    let RemoteClaim {
+        outbound,
+        inbound,
+        target,
+    } = claim;
+    // With debug logging, this connection's lines name the Target as its
+    // node saw it, not the node: the Bridge carried its address (the
+    // session line names it at any level).
+    if let Some(target) = target {
+        tracing::Span::current().record("target_client", tracing::field::display(target));
+    }
     // From OK on, a close that is not a passed-on FIN (the process killed
     // included) is a reset (`join` undoes it for the FIN).
     reset_on_close(&initiator);
@@ -167,6 +182,8 @@ pub(crate) async fn run_owner_side(
         *inbound,
         series.initiator_to_target.clone(),
         series.target_to_initiator.clone(),
+        // The Initiator's bytes are capped here, where they are read.
+        node.gates(),
         node.config.idle_timeout(),
         node.stop.cancelled(),
     )
@@ -182,7 +199,7 @@ pub(crate) async fn run_owner_side(
         moved: [report.sent, report.received],
         outcome,
         detail,
-        clients: [Some(client), None],
+        clients: [Some(client), target.map(|t| t.ip())],
     };
     finished(series, ended);
 }

@@ -67,8 +67,8 @@ pub(crate) fn finished(series: &PathSeries, ended: Ended) {
     }
     info!(
         registration = %ended.id,
-        initiator = ended.clients[0].map(tracing::field::display),
-        target = ended.clients[1].map(tracing::field::display),
+        initiator_client = ended.clients[0].map(tracing::field::display),
+        target_client = ended.clients[1].map(tracing::field::display),
         path = series.path,
         side = ended.side.label(),
         duration_ms = duration.as_millis() as u64,
