@@ -311,14 +311,17 @@ impl RedisStore {
         Fut: Future<Output = RedisResult<T>>,
     {
         let inner = &*self.inner;
+        // The connection of the latest attempt, told if the whole times out.
+        let latest = std::sync::Mutex::new(None);
         let attempt = || async {
             let conn = inner.conn.get().await?;
             let generation = conn.generation();
+            *latest.lock().expect("poisoned") = generation;
             let result = f(conn).await;
             if let Err(e) = &result
                 && retryable(e)
             {
-                inner.conn.failed(generation);
+                inner.conn.failed(generation, e);
             }
             result
         };
@@ -343,6 +346,8 @@ impl RedisStore {
             }
             Err(_) => {
                 inner.health.trouble();
+                let generation = *latest.lock().expect("poisoned");
+                inner.conn.failed(generation, &timed_out());
                 Err(StoreError::Unavailable(format!(
                     "no answer within {:?}",
                     inner.config.operation_timeout
@@ -446,6 +451,11 @@ impl RedisStore {
             seal,
         })
     }
+}
+
+/// A timeout as the redis crate reports one.
+fn timed_out() -> redis::RedisError {
+    std::io::Error::from(std::io::ErrorKind::TimedOut).into()
 }
 
 fn set_nx_cmd(key: &str, value: &str, ttl: Duration) -> Cmd {
