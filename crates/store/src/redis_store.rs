@@ -71,7 +71,9 @@ pub struct RedisConfig {
     pub prefix: String,
     /// How long connecting to one server may take.
     pub connect_timeout: Duration,
-    /// How long one reply may take (one command or one pipeline).
+    /// How long one reply may take (one command or one pipeline). On a
+    /// Redis Cluster, one attempt with its redirections; a Cluster
+    /// connection that lets one pass without any answer is replaced.
     pub response_timeout: Duration,
     /// How long one store operation may take in all, reconnections and
     /// retries included: past it the operation fails (the client gets
