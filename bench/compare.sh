@@ -16,7 +16,11 @@
 # noisy shared machine when absolute numbers do not). Raw JSON lines go to
 # $OUT (default target/bench/results.jsonl).
 #
-# Usage: bench/compare.sh [--quick]
+# With --proxy N, only the two behind-HAProxy contenders run, N rounds each,
+# alternating (off, on, on, off, ...) so that a machine's drift weighs on
+# both alike; the summary gives each round and the medians.
+#
+# Usage: bench/compare.sh [--quick | --proxy N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +28,10 @@ QUICK=${1:-}
 PAIRS=2000 CONC=32 STREAMS=4 BYTES=1GiB HOLD=(2000 9000)
 if [ "$QUICK" = "--quick" ]; then
   PAIRS=500 BYTES=256MiB HOLD=(1000 2000)
+fi
+ROUNDS=0
+if [ "$QUICK" = "--proxy" ]; then
+  ROUNDS=${2:?--proxy takes a number of rounds}
 fi
 OUT=${OUT:-target/bench/results.jsonl}
 mkdir -p "$(dirname "$OUT")"
@@ -80,6 +88,46 @@ scenarios() { # label pids
   run "$label" --relay-pid "$pids" throughput --pairs 1 --bytes "$BYTES" --both-ways
 }
 
+behind_haproxy() { # label send-proxy-option [relay args...]
+  local label=$1 send=$2; shift 2
+  local rp fp
+  rp=$(free_port); fp=$(free_port)
+  start_relay "$label" "$rp" "$@"; local rpid=$LAST
+  cat > "$WORK/$label.cfg" <<CFG
+global
+  nbthread 2
+  maxconn 7500
+defaults
+  mode tcp
+  option splice-auto
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend fe
+  bind 127.0.0.1:$fp
+  default_backend relay
+backend relay
+  server relay 127.0.0.1:$rp $send
+CFG
+  haproxy -f "$WORK/$label.cfg" -db > "$WORK/$label-haproxy.log" 2>&1 &
+  local hpid=$!; PIDS+=($hpid)
+  wait_port "$fp"
+  ENDPOINT=(--create-on "127.0.0.1:$fp")
+  run "$label" --relay-pid "$rpid,$hpid" pair --pairs "$PAIRS" --concurrency "$CONC"
+  kill "$hpid" "$rpid"
+}
+proxy_off() { behind_haproxy relay-behind-haproxy ""; }
+proxy_on() { behind_haproxy relay-behind-haproxy-v2 send-proxy-v2 --proxy-protocol --proxy-protocol-from 127.0.0.1/32; }
+
+if [ "$ROUNDS" -gt 0 ]; then
+  echo "== relay behind haproxy, PROXY protocol v2 off and on, $ROUNDS rounds each" >&2
+  for r in $(seq "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then proxy_off; proxy_on; else proxy_on; proxy_off; fi
+  done
+  python3 bench/summary.py "$OUT"
+  exit 0
+fi
+
 echo "== relay, one node" >&2
 for k in "${HOLD[@]}"; do
   # A fresh process per count: freed memory would blur the next count.
@@ -134,37 +182,9 @@ ENDPOINT=(--via "127.0.0.1:$HP" --sink "127.0.0.1:$SINK")
 scenarios haproxy "$HPID"
 run haproxy --relay-pid "$HPID" hold --count "${HOLD[0]}"
 
-behind_haproxy() { # label send-proxy-option [relay args...]
-  local label=$1 send=$2; shift 2
-  local rp fp
-  rp=$(free_port); fp=$(free_port)
-  start_relay "$label" "$rp" "$@"; local rpid=$LAST
-  cat > "$WORK/$label.cfg" <<CFG
-global
-  nbthread 2
-  maxconn 7500
-defaults
-  mode tcp
-  option splice-auto
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-frontend fe
-  bind 127.0.0.1:$fp
-  default_backend relay
-backend relay
-  server relay 127.0.0.1:$rp $send
-CFG
-  haproxy -f "$WORK/$label.cfg" -db > "$WORK/$label-haproxy.log" 2>&1 &
-  local hpid=$!; PIDS+=($hpid)
-  wait_port "$fp"
-  ENDPOINT=(--create-on "127.0.0.1:$fp")
-  run "$label" --relay-pid "$rpid,$hpid" pair --pairs "$PAIRS" --concurrency "$CONC"
-  kill "$hpid" "$rpid"
-}
 echo "== relay behind haproxy, without and with the PROXY protocol v2" >&2
-behind_haproxy relay-behind-haproxy ""
-behind_haproxy relay-behind-haproxy-v2 send-proxy-v2 --proxy-protocol --proxy-protocol-from 127.0.0.1/32
+proxy_off
+proxy_on
 
 echo "== direct" >&2
 ENDPOINT=(--direct)

@@ -53,15 +53,23 @@ def main(path):
     cpu = lambda xs: xs[0]["relay_cpu_s_per_gib"] if xs else None
     print("\n| ratio | value |")
     print("| --- | ---: |")
-    print(f"| relay-local / haproxy, throughput | {ratio(bps(tl), bps(th)):.2f} |")
-    print(f"| relay-local / haproxy, CPU s per GiB | {ratio(cpu(tl), cpu(th)):.2f} |")
-    print(f"| relay-cross / relay-local, throughput | {ratio(bps(tc), bps(tl)):.2f} |")
-    print(f"| relay-local / direct, throughput | {ratio(bps(tl), bps(td)):.2f} |")
+    if tl:
+        print(f"| relay-local / haproxy, throughput | {ratio(bps(tl), bps(th)):.2f} |")
+        print(f"| relay-local / haproxy, CPU s per GiB | {ratio(cpu(tl), cpu(th)):.2f} |")
+        print(f"| relay-cross / relay-local, throughput | {ratio(bps(tc), bps(tl)):.2f} |")
+        print(f"| relay-local / direct, throughput | {ratio(bps(tl), bps(td)):.2f} |")
     if pl and ph:
         print(f"| relay-local / haproxy, pairs per second | {ratio(pl['pairs_per_s'], ph['pairs_per_s']):.2f} |")
         print(f"| relay-local / haproxy, p99 latency | {ratio(pl['latency_ms']['p99'], ph['latency_ms']['p99']):.2f} |")
+    off = [x["pairs_per_s"] for x in rows if x["label"] == "relay-behind-haproxy" and x["scenario"] == "pair"]
+    on = [x["pairs_per_s"] for x in rows if x["label"] == "relay-behind-haproxy-v2" and x["scenario"] == "pair"]
+    if len(off) > 1 and len(on) > 1:
+        med = lambda xs: sorted(xs)[len(xs) // 2] if len(xs) % 2 else sum(sorted(xs)[len(xs) // 2 - 1:len(xs) // 2 + 1]) / 2
+        print(f"| behind HAProxy, PROXY v2 off, pairs per second, rounds | {', '.join(f'{v:.0f}' for v in off)} |")
+        print(f"| behind HAProxy, PROXY v2 on, pairs per second, rounds | {', '.join(f'{v:.0f}' for v in on)} |")
+        print(f"| behind HAProxy, PROXY v2 on / off, median pairs per second | {ratio(med(on), med(off)):.2f} |")
     pb, pv = get("relay-behind-haproxy", "pair"), get("relay-behind-haproxy-v2", "pair")
-    if pb and pv:
+    if pb and pv and len(off) == 1:
         print(f"| behind HAProxy, PROXY v2 on / off, pairs per second | {ratio(pv['pairs_per_s'], pb['pairs_per_s']):.2f} |")
     if pc:
         print(f"| relay-cross p99 latency, ms | {pc['latency_ms']['p99']:.3f} |")

@@ -7,7 +7,7 @@
 //! sending half of a oneshot channel through which the claimant hands its side
 //! of the session to the task that holds the Initiator's socket.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -58,6 +58,8 @@ pub(crate) struct LocalClaim {
     pub(crate) slot: Slot,
     /// When the Target's command was complete: pairing latency starts here.
     pub(crate) connect_started: Instant,
+    /// The Target's client address, for the session's log line.
+    pub(crate) client: IpAddr,
 }
 
 #[derive(Debug)]

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use futures_util::StreamExt;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::SentinelClient;
 use redis::{Client, ProtocolVersion, PushInfo, PushKind, RedisError, RedisResult, Value};
 use tokio::sync::mpsc;
@@ -183,7 +185,9 @@ impl Subscriber {
     /// after a node connection drops this checks the slot (a command routed
     /// there, which makes the connection look the slot up again) until it
     /// answers, then subscribes again: on the replica promoted in its place.
-    /// The same check runs every [`SUBSCRIPTION_CHECK`] meanwhile. A
+    /// The same check runs every [`SUBSCRIPTION_CHECK`] meanwhile; one that
+    /// gets no answer at all makes a new connection (the old one may be
+    /// wedged) and subscribes on it. A
     /// failover that drops no connection of ours (a manual one) ends the
     /// subscription with a `SUNSUBSCRIBE` push, and it is made again too.
     async fn sharded(self) {
@@ -199,17 +203,10 @@ impl Subscriber {
                 return;
             }
         };
-        let mut delays = self.backoff();
-        let mut conn = loop {
-            match within(self.config.operation_timeout, client.get_async_connection()).await {
-                Ok(conn) => break conn,
-                Err(e) => debug!(error = %e, "Redis Cluster not reachable for announcements"),
-            }
-            let delay = delays.next().unwrap_or(self.config.retry_max_delay);
-            if !self.pause(delay).await {
-                return;
-            }
+        let Some(mut conn) = self.cluster_connection(&client).await else {
+            return;
         };
+        let mut delays = self.backoff();
         let mut subscribed = false;
         // A node connection dropped or the check failed: the channel's
         // shard may have moved. Checked again soon, and once it answers,
@@ -275,12 +272,38 @@ impl Subscriber {
                             debug!(error = %e, "announcement shard not answering");
                             self.health.trouble();
                             stale = true;
+                            if e.is_timeout() {
+                                // No answer at all: the connection may be
+                                // wedged for good (see `ClusterConn` in
+                                // redis_conn.rs); a new one subscribes anew.
+                                let Some(new) = self.cluster_connection(&client).await else {
+                                    return;
+                                };
+                                conn = new;
+                                subscribed = false;
+                            }
                             delays.next().unwrap_or(self.config.retry_max_delay)
                         }
                     };
                     next_check = tokio::time::Instant::now() + wait;
                 }
                 () = self.tx.closed() => return,
+            }
+        }
+    }
+
+    /// A connection of `client`, tried again with backoff until one is made;
+    /// `None` if the relay stops listening first.
+    async fn cluster_connection(&self, client: &ClusterClient) -> Option<ClusterConnection> {
+        let mut delays = self.backoff();
+        loop {
+            match within(self.config.operation_timeout, client.get_async_connection()).await {
+                Ok(conn) => return Some(conn),
+                Err(e) => debug!(error = %e, "Redis Cluster not reachable for announcements"),
+            }
+            let delay = delays.next().unwrap_or(self.config.retry_max_delay);
+            if !self.pause(delay).await {
+                return None;
             }
         }
     }

@@ -15,8 +15,8 @@ use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
     Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod, TlsMode, Value,
 };
-use tokio::sync::{OnceCell, watch};
-use tracing::debug;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
 
 use crate::StoreError;
 use crate::redis_store::{RedisConfig, SentinelConfig};
@@ -45,8 +45,9 @@ pub(crate) enum Conn {
     Single(ConnectionManager),
     /// A master found through Sentinel, found again after each failure.
     Sentinel(Arc<SentinelConn>),
-    /// A Redis Cluster, connected on first use.
-    Cluster(Arc<LazyCluster>),
+    /// A Redis Cluster, connected on first use, replaced when it stops
+    /// answering.
+    Cluster(Arc<ClusterConn>),
 }
 
 impl Conn {
@@ -64,16 +65,22 @@ impl Conn {
         if config.is_cluster() {
             let client = cluster_builder(config)
                 // Retries of its own (MOVED, a node reconnecting) stay within
-                // one operation's time; the store retries on top of them.
+                // one reply's time: an attempt that gets no answer by then
+                // is a timeout the store sees, retries, and replaces the
+                // connection for ([`ClusterConn`]).
                 .retries(CLUSTER_RETRIES)
                 .min_retry_wait(ms(config.retry_min_delay))
                 .max_retry_wait(ms(config.retry_max_delay))
-                .overall_response_timeout(Some(config.operation_timeout))
+                .overall_response_timeout(Some(config.response_timeout))
                 .build()
                 .map_err(unavailable)?;
-            return Ok(Conn::Cluster(Arc::new(LazyCluster {
+            return Ok(Conn::Cluster(Arc::new(ClusterConn {
                 client,
-                conn: OnceCell::new(),
+                current: Mutex::new(None),
+                generation: AtomicU64::new(0),
+                connecting: tokio::sync::Mutex::new(()),
+                replacing: AtomicBool::new(false),
+                replace_within: config.operation_timeout,
             })));
         }
         let client = Client::open(single_info(config)?).map_err(unavailable)?;
@@ -110,22 +117,22 @@ impl Conn {
                 let (generation, conn) = s.get().await?;
                 ConnRef::Sentinel { conn, generation }
             }
-            Conn::Cluster(lazy) => {
-                let conn = lazy
-                    .conn
-                    .get_or_try_init(|| lazy.client.get_async_connection())
-                    .await?;
-                ConnRef::Cluster(conn.clone())
+            Conn::Cluster(c) => {
+                let (generation, conn) = c.get().await?;
+                ConnRef::Cluster { conn, generation }
             }
         })
     }
 
     /// The connection of `generation` ([`ConnRef::generation`]) failed with
-    /// a retryable error: a Sentinel master is looked up again before the
-    /// next command (the others reconnect by themselves).
-    pub(crate) fn failed(&self, generation: Option<u64>) {
-        if let (Conn::Sentinel(s), Some(generation)) = (self, generation) {
-            s.forget(generation);
+    /// `e`, a retryable error: a Sentinel master is looked up again before
+    /// the next command; a Cluster connection that gave no answer at all is
+    /// replaced. (The others reconnect by themselves.)
+    pub(crate) fn failed(&self, generation: Option<u64>, e: &RedisError) {
+        match (self, generation) {
+            (Conn::Sentinel(s), Some(generation)) => s.forget(generation),
+            (Conn::Cluster(c), Some(generation)) if e.is_timeout() => c.replace(generation),
+            _ => {}
         }
     }
 }
@@ -269,11 +276,86 @@ impl SentinelConn {
     }
 }
 
-/// A cluster connection made on first use, and made again on the next use
-/// after it could not be made.
-pub(crate) struct LazyCluster {
+/// A Redis Cluster connection: made on first use (again on the next use if
+/// it could not be made), and replaced when an attempt on it gets no answer.
+///
+/// The redis crate's cluster connection can wedge for good when a master
+/// dies: its task stops serving requests while it reads the slot map again,
+/// and that refresh can wait for ever on the lock of its map of node
+/// connections, which a request it no longer polls has been handed. Nothing
+/// comes out of it then, neither answers nor errors, so nothing inside it
+/// would ever refresh anything. A timeout is the only sign; on one, a new
+/// connection (its own task, the slot map read afresh from the seeds) is
+/// made in the background and takes over once it is up, while the old one
+/// keeps serving the shards it still can (a single stalled shard must not
+/// hold up the others during the reconnection).
+pub(crate) struct ClusterConn {
     client: ClusterClient,
-    conn: OnceCell<ClusterConnection>,
+    /// The connection in use and its generation.
+    current: Mutex<Option<(u64, ClusterConnection)>>,
+    generation: AtomicU64,
+    /// Serialises the first connection (and one after a failed attempt).
+    connecting: tokio::sync::Mutex<()>,
+    /// A replacement is being made.
+    replacing: AtomicBool,
+    /// How long making a replacement may take before it is given up.
+    replace_within: std::time::Duration,
+}
+
+impl ClusterConn {
+    fn cached(&self) -> Option<(u64, ClusterConnection)> {
+        self.current.lock().expect("poisoned").clone()
+    }
+
+    async fn get(&self) -> RedisResult<(u64, ClusterConnection)> {
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let _one = self.connecting.lock().await;
+        // Another operation may have connected while this one waited.
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let conn = self.client.get_async_connection().await?;
+        Ok(self.install(conn))
+    }
+
+    fn install(&self, conn: ClusterConnection) -> (u64, ClusterConnection) {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.current.lock().expect("poisoned") = Some((generation, conn.clone()));
+        (generation, conn)
+    }
+
+    /// Connection `generation` gave no answer: unless it has been replaced
+    /// already, or a replacement is under way, connect a new one in the
+    /// background and put it in its place once it is up. The old one ends
+    /// when its last user drops it.
+    fn replace(self: &Arc<Self>, generation: u64) {
+        if self.cached().is_none_or(|(g, _)| g != generation)
+            || self.replacing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        warn!(
+            generation,
+            "Redis Cluster connection not answering; replacing it"
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            let made =
+                tokio::time::timeout(this.replace_within, this.client.get_async_connection()).await;
+            match made {
+                Ok(Ok(conn)) => {
+                    let (new, _) = this.install(conn);
+                    info!(generation = new, "Redis Cluster connection replaced");
+                }
+                // The old one stays; the next timeout tries again.
+                Ok(Err(e)) => debug!(error = %e, "Redis Cluster connection not replaced"),
+                Err(_) => debug!("Redis Cluster connection not replaced: no answer in time"),
+            }
+            this.replacing.store(false, Ordering::Release);
+        });
+    }
 }
 
 /// A connection handle for one operation.
@@ -284,15 +366,21 @@ pub(crate) enum ConnRef {
         conn: MultiplexedConnection,
         generation: u64,
     },
-    Cluster(ClusterConnection),
+    Cluster {
+        conn: ClusterConnection,
+        generation: u64,
+    },
 }
 
 impl ConnRef {
-    /// Which Sentinel connection this is, to forget it if it fails.
+    /// Which Sentinel or Cluster connection this is, to forget or replace
+    /// it if it fails.
     pub(crate) fn generation(&self) -> Option<u64> {
         match self {
-            ConnRef::Sentinel { generation, .. } => Some(*generation),
-            _ => None,
+            ConnRef::Sentinel { generation, .. } | ConnRef::Cluster { generation, .. } => {
+                Some(*generation)
+            }
+            ConnRef::Manager(_) => None,
         }
     }
 }
@@ -302,7 +390,7 @@ impl ConnectionLike for ConnRef {
         match self {
             ConnRef::Manager(c) => c.req_packed_command(cmd),
             ConnRef::Sentinel { conn, .. } => conn.req_packed_command(cmd),
-            ConnRef::Cluster(c) => c.req_packed_command(cmd),
+            ConnRef::Cluster { conn, .. } => conn.req_packed_command(cmd),
         }
     }
 
@@ -315,7 +403,7 @@ impl ConnectionLike for ConnRef {
         match self {
             ConnRef::Manager(c) => c.req_packed_commands(pipeline, offset, count),
             ConnRef::Sentinel { conn, .. } => conn.req_packed_commands(pipeline, offset, count),
-            ConnRef::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            ConnRef::Cluster { conn, .. } => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -323,7 +411,7 @@ impl ConnectionLike for ConnRef {
         match self {
             ConnRef::Manager(c) => c.get_db(),
             ConnRef::Sentinel { conn, .. } => conn.get_db(),
-            ConnRef::Cluster(c) => c.get_db(),
+            ConnRef::Cluster { conn, .. } => conn.get_db(),
         }
     }
 }

@@ -71,7 +71,9 @@ pub struct RedisConfig {
     pub prefix: String,
     /// How long connecting to one server may take.
     pub connect_timeout: Duration,
-    /// How long one reply may take (one command or one pipeline).
+    /// How long one reply may take (one command or one pipeline). On a
+    /// Redis Cluster, one attempt with its redirections; a Cluster
+    /// connection that lets one pass without any answer is replaced.
     pub response_timeout: Duration,
     /// How long one store operation may take in all, reconnections and
     /// retries included: past it the operation fails (the client gets
@@ -311,14 +313,17 @@ impl RedisStore {
         Fut: Future<Output = RedisResult<T>>,
     {
         let inner = &*self.inner;
+        // The connection of the latest attempt, told if the whole times out.
+        let latest = std::sync::Mutex::new(None);
         let attempt = || async {
             let conn = inner.conn.get().await?;
             let generation = conn.generation();
+            *latest.lock().expect("poisoned") = generation;
             let result = f(conn).await;
             if let Err(e) = &result
                 && retryable(e)
             {
-                inner.conn.failed(generation);
+                inner.conn.failed(generation, e);
             }
             result
         };
@@ -343,6 +348,8 @@ impl RedisStore {
             }
             Err(_) => {
                 inner.health.trouble();
+                let generation = *latest.lock().expect("poisoned");
+                inner.conn.failed(generation, &timed_out());
                 Err(StoreError::Unavailable(format!(
                     "no answer within {:?}",
                     inner.config.operation_timeout
@@ -446,6 +453,11 @@ impl RedisStore {
             seal,
         })
     }
+}
+
+/// A timeout as the redis crate reports one.
+fn timed_out() -> redis::RedisError {
+    std::io::Error::from(std::io::ErrorKind::TimedOut).into()
 }
 
 fn set_nx_cmd(key: &str, value: &str, ttl: Duration) -> Cmd {

@@ -81,6 +81,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
                 early,
                 slot,
                 connect_started: received,
+                client: client.ip(),
             });
             if let Err(Claim::Local(c)) = tx.send(claim) {
                 let text = "no pending CREATE matched";
@@ -165,7 +166,15 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
     };
     drop(expectation);
     // Its own task, like a local session: this one's memory is freed.
-    let session =
-        forwarded::run_target_side(node.clone(), stream, slot, id, early, received, bridge);
+    let session = forwarded::run_target_side(
+        node.clone(),
+        stream,
+        slot,
+        id,
+        early,
+        received,
+        bridge,
+        client.ip(),
+    );
     tokio::spawn(session.in_current_span());
 }

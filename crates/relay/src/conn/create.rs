@@ -2,6 +2,7 @@
 //! into the store; then the wait for a claim, and what follows it.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -261,11 +262,16 @@ pub(crate) fn finish(
         Ok(claim) => {
             let mut record = record;
             record.paired = true;
-            let (node, id) = (record.node.clone(), record.id);
+            let (node, id, client) = (record.node.clone(), record.id, _per_ip.ip());
             drop((record, _per_ip, ticket));
-            session::start(node, stream, early, claim, id, since.elapsed())
+            session::start(node, stream, early, claim, id, since.elapsed(), client)
         }
-        Err(unclaimed) => Box::pin(give_up(stream, early, ticket, record, since, unclaimed)),
+        Err(unclaimed) => {
+            let client = _per_ip.ip();
+            Box::pin(give_up(
+                stream, early, ticket, record, since, unclaimed, client,
+            ))
+        }
     }
 }
 
@@ -278,6 +284,7 @@ async fn give_up(
     record: StoreRecord,
     since: Instant,
     unclaimed: Unclaimed,
+    client: IpAddr,
 ) {
     let (node, id) = (record.node.clone(), record.id);
     // A channel that has closed must not be polled again.
@@ -292,7 +299,7 @@ async fn give_up(
             let mut record = record;
             record.paired = true;
             drop((record, ticket));
-            session::start(node, stream, early, claim, id, since.elapsed()).await;
+            session::start(node, stream, early, claim, id, since.elapsed(), client).await;
         }
         (Some(claim), Unclaimed::HungUp) => {
             let text = "the initiator hung up";

@@ -25,6 +25,11 @@
 //!   every argument;
 //! - the pump and the forwarding plane hold copy buffers and pipes only while
 //!   data is in flight (pooled per thread), never while a session is idle.
+//! - no log subscriber state per connection at the default level: the
+//!   connection's tracing span is `debug` (an enabled span is a registry
+//!   record with its formatted fields, about 500 bytes for the connection's
+//!   life), so the lines a connection writes at `info` carry their
+//!   registration and client addresses as fields instead.
 
 mod connect;
 mod create;
@@ -227,6 +232,7 @@ mod state_size {
             early: BytesMut::new(),
             slot: slot(),
             connect_started: Instant::now(),
+            client: std::net::Ipv4Addr::LOCALHOST.into(),
         };
         let id = RegistrationId::of("k", "a@b", "c@d");
         // What `session::start` boxes for a local pair.
@@ -237,6 +243,7 @@ mod state_size {
             claim,
             id,
             Duration::ZERO,
+            std::net::Ipv4Addr::LOCALHOST.into(),
         );
         let session_size = std::mem::size_of_val(&session_state);
         drop(session_state);

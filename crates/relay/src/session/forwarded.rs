@@ -4,7 +4,7 @@
 //! reached: it opens the Bridge, then joins its Target to it) and the
 //! **owner side** (the node holding the Initiator, which the Bridge claimed).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +80,10 @@ pub(crate) async fn open_bridge(
 
 /// Target side, once the Bridge is open: answers the Target `OK` and joins
 /// its socket to the Bridge.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of one CONNECT, moved in once; a struct would only be built to be taken apart"
+)]
 pub(crate) async fn run_target_side(
     node: Arc<Node>,
     target: TcpStream,
@@ -88,6 +92,7 @@ pub(crate) async fn run_target_side(
     early: BytesMut,
     started: Instant,
     bridge: Box<Halves>,
+    client: IpAddr,
 ) {
     // The owner has answered its Initiator: now the Target. From OK on, a
     // close that is not a passed-on FIN (the process killed included) is a
@@ -127,6 +132,8 @@ pub(crate) async fn run_target_side(
         moved: [report.received, report.sent],
         outcome,
         detail,
+        // The Initiator's address stays with the node that holds it.
+        clients: [None, Some(client)],
     };
     finished(series, ended);
 }
@@ -139,14 +146,16 @@ pub(crate) async fn run_owner_side(
     claim: RemoteClaim,
     id: RegistrationId,
     waited: Duration,
+    client: IpAddr,
 ) {
     let RemoteClaim {
         outbound,
         inbound,
         target,
     } = claim;
-    // This connection's lines (its session's included) name the Target as
-    // its node saw it, not the node: the Bridge carried its address.
+    // With debug logging, this connection's lines name the Target as its
+    // node saw it, not the node: the Bridge carried its address (the
+    // session line names it at any level).
     if let Some(target) = target {
         tracing::Span::current().record("target_client", tracing::field::display(target));
     }
@@ -190,6 +199,7 @@ pub(crate) async fn run_owner_side(
         moved: [report.sent, report.received],
         outcome,
         detail,
+        clients: [Some(client), target.map(|t| t.ip())],
     };
     finished(series, ended);
 }

@@ -1,6 +1,7 @@
 //! A session whose Initiator and Target are both connected to this node.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ pub(crate) fn run(
     claim: LocalClaim,
     id: RegistrationId,
     waited: Duration,
+    client: IpAddr,
 ) -> impl Future<Output = ()> + Send {
     async move {
         // Released when the session ends.
@@ -83,6 +85,7 @@ pub(crate) fn run(
             moved,
             outcome,
             detail: None,
+            clients: [Some(client), Some(claim.client)],
         };
         finished(series, ended);
     }

@@ -13,6 +13,7 @@ mod report;
 mod splice;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,12 +38,15 @@ pub(crate) fn start(
     claim: Claim,
     id: RegistrationId,
     waited: Duration,
+    client: IpAddr,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     node.hot.pending_wait.record(waited);
     match claim {
-        Claim::Local(local) => Box::pin(local::run(node, initiator, i_early, local, id, waited)),
+        Claim::Local(local) => Box::pin(local::run(
+            node, initiator, i_early, local, id, waited, client,
+        )),
         Claim::Remote(remote) => Box::pin(forwarded::run_owner_side(
-            node, initiator, i_early, remote, id, waited,
+            node, initiator, i_early, remote, id, waited, client,
         )),
     }
 }

@@ -1,5 +1,6 @@
 //! The end of a paired session: its metrics and its log line.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use dtcp_wire::RegistrationId;
@@ -48,6 +49,9 @@ pub(crate) struct Ended {
     pub(crate) outcome: Outcome,
     /// What the forwarding plane said of an abnormal end, if it did.
     pub(crate) detail: Option<String>,
+    /// The Initiator's and the Target's client addresses, where this node
+    /// knows them (the client a trusted PROXY header named, else the peer).
+    pub(crate) clients: [Option<IpAddr>; 2],
 }
 
 /// Records a finished session in `series` and writes its log line.
@@ -63,6 +67,8 @@ pub(crate) fn finished(series: &PathSeries, ended: Ended) {
     }
     info!(
         registration = %ended.id,
+        initiator_client = ended.clients[0].map(tracing::field::display),
+        target_client = ended.clients[1].map(tracing::field::display),
         path = series.path,
         side = ended.side.label(),
         duration_ms = duration.as_millis() as u64,
