@@ -69,7 +69,13 @@ pub(crate) struct NodeRate(Mutex<Bucket>);
 impl NodeRate {
     /// A cap of `rate` bytes a second for the whole node.
     pub(crate) fn new(rate: u64) -> Arc<Self> {
-        Arc::new(NodeRate(Mutex::new(Bucket::new(rate))))
+        let mut bucket = Bucket::new(rate);
+        // One grant's worth, not a tenth of a second's: a burst goes to
+        // whichever direction asks first, and the shared bucket loses
+        // nothing to its brim anyway while directions wait in debt.
+        bucket.burst = NODE_GRANT;
+        bucket.tokens = NODE_GRANT;
+        Arc::new(NodeRate(Mutex::new(bucket)))
     }
 }
 
@@ -82,6 +88,8 @@ pub(crate) struct Throttle {
     sleep: Option<(Pin<Box<Sleep>>, Instant)>,
     /// Bytes granted for the read in progress, not yet accounted for.
     granted: usize,
+    /// Bytes reserved in the node's bucket, granted when the sleep ends.
+    reserved: usize,
     throttled: Histogram,
 }
 
@@ -101,12 +109,21 @@ impl Throttle {
             node,
             sleep: None,
             granted: 0,
+            reserved: 0,
             throttled,
         }))
     }
 
     /// How many bytes the next read may take, at most `want`; `Pending`
     /// (with a timer armed) while the caps allow none.
+    ///
+    /// The session's own bucket is waited on until it holds a useful read.
+    /// The node's shared bucket is different: a direction *reserves* its
+    /// grant there at once, taking the bucket into debt if it must, and
+    /// sleeps until the debt ahead of it is repaid. So directions that share
+    /// the node are served in the order they asked, one grant each: had
+    /// they all slept until the bucket refilled, the one whose timer fires
+    /// first would take the refill every time.
     pub(crate) fn poll_grant(&mut self, want: usize, cx: &mut Context<'_>) -> Poll<usize> {
         loop {
             if let Some((sleep, since)) = &mut self.sleep {
@@ -115,60 +132,81 @@ impl Throttle {
                 }
                 self.throttled.record(since.elapsed());
                 self.sleep = None;
+                if self.reserved > 0 {
+                    // Its turn at the node's bucket has come.
+                    let n = std::mem::take(&mut self.reserved);
+                    self.granted = n;
+                    return Poll::Ready(n);
+                }
             }
             let now = Instant::now();
             let mut allowed = want as f64;
-            let mut wait = Duration::ZERO;
-            // A bucket with less than a useful read in it holds the
-            // direction back until it has one (else a refill of a few bytes
-            // every microsecond would be read a few bytes at a time).
-            let mut check = |b: &mut Bucket| {
+            if let Some(b) = &mut self.session {
                 b.refill(now);
+                // A bucket with less than a useful read in it holds the
+                // direction back until it has one (else a refill of a few
+                // bytes every microsecond would be read a few bytes at a time).
                 let useful = (b.burst * WAKE_SHARE).min(want as f64);
                 if b.tokens < useful {
-                    wait = wait.max(b.wait_for(useful));
+                    let wait = b.wait_for(useful);
+                    self.sleep = Some((Box::pin(tokio::time::sleep(wait)), now));
+                    continue;
                 }
                 allowed = allowed.min(b.tokens);
-            };
-            if let Some(b) = &mut self.session {
-                check(b);
             }
-            let mut node = self.node.as_ref().map(|n| n.0.lock().expect("poisoned"));
-            if let Some(b) = node.as_deref_mut() {
-                check(b);
-                // One read's worth at a time from the shared bucket, so that
-                // the direction that wakes first does not take it all.
+            let mut wait = Duration::ZERO;
+            if let Some(node) = &self.node {
+                // One read's worth at a time from the shared bucket.
                 allowed = allowed.min(NODE_GRANT);
+                let mut b = node.0.lock().expect("poisoned");
+                b.refill(now);
+                b.tokens -= allowed.floor();
+                if b.tokens < 0.0 {
+                    wait = Duration::from_secs_f64(-b.tokens / b.rate);
+                }
             }
-            if wait.is_zero() && allowed >= 1.0 {
-                // Taken now, so that sessions sharing the node's bucket do
-                // not spend the same bytes; what the read leaves is given back.
-                let n = allowed as usize;
-                if let Some(b) = node.as_deref_mut() {
-                    b.tokens -= n as f64;
-                }
-                if let Some(b) = &mut self.session {
-                    b.tokens -= n as f64;
-                }
+            let n = allowed as usize;
+            if n == 0 {
+                // Asked for nothing: nothing to wait for.
+                return Poll::Ready(0);
+            }
+            if let Some(b) = &mut self.session {
+                b.tokens -= n as f64;
+            }
+            if wait.is_zero() {
                 self.granted = n;
                 return Poll::Ready(n);
             }
-            drop(node);
+            self.reserved = n;
             self.sleep = Some((Box::pin(tokio::time::sleep(wait)), now));
         }
     }
 
     /// The read took `used` of the bytes granted: the rest goes back.
     pub(crate) fn used(&mut self, used: usize) {
-        let unused = self.granted.saturating_sub(used) as f64;
+        let unused = self.granted.saturating_sub(used);
         self.granted = 0;
-        if unused > 0.0 {
+        if unused > 0 {
+            let unused = unused as f64;
             if let Some(b) = &mut self.session {
                 b.tokens += unused;
             }
             if let Some(n) = &self.node {
                 n.0.lock().expect("poisoned").tokens += unused;
             }
+        }
+    }
+}
+
+impl Drop for Throttle {
+    /// A direction that ends while it waits for its turn (or with a grant
+    /// unread) pays back what it took from the node's bucket.
+    fn drop(&mut self) {
+        let unused = self.reserved + self.granted;
+        if unused > 0
+            && let Some(n) = &self.node
+        {
+            n.0.lock().expect("poisoned").tokens += unused as f64;
         }
     }
 }
@@ -202,6 +240,36 @@ mod tests {
         let secs = started.elapsed().as_secs_f64();
         // 1 MB at 2 MB/s, less the first burst (200 kB): 0.4 s.
         assert!((0.37..0.55).contains(&secs), "{secs} s");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn directions_sharing_the_node_get_equal_turns() {
+        const RATE: u64 = 4_000_000;
+        let node = NodeRate::new(RATE);
+        let deadline = Instant::now() + Duration::from_millis(600);
+        let runs: Vec<_> = (0..4)
+            .map(|_| {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let mut t = Throttle::new(None, Some(node), Histogram::noop()).unwrap();
+                    let mut moved = 0usize;
+                    while Instant::now() < deadline {
+                        let n = std::future::poll_fn(|cx| t.poll_grant(256 * 1024, cx)).await;
+                        t.used(n);
+                        moved += n;
+                    }
+                    moved
+                })
+            })
+            .collect();
+        let mut moved = Vec::new();
+        for run in runs {
+            moved.push(run.await.unwrap() as f64);
+        }
+        let mean = moved.iter().sum::<f64>() / moved.len() as f64;
+        for m in &moved {
+            assert!((m - mean).abs() / mean < 0.2, "{moved:?}");
+        }
     }
 
     #[tokio::test]
