@@ -90,6 +90,8 @@ pub(crate) struct Throttle {
     granted: usize,
     /// Bytes reserved in the node's bucket, granted when the sleep ends.
     reserved: usize,
+    /// How much to reserve from the node's bucket per read.
+    grant_size: f64,
     throttled: Histogram,
 }
 
@@ -110,6 +112,7 @@ impl Throttle {
             sleep: None,
             granted: 0,
             reserved: 0,
+            grant_size: NODE_GRANT,
             throttled,
         }))
     }
@@ -156,8 +159,12 @@ impl Throttle {
             }
             let mut wait = Duration::ZERO;
             if let Some(node) = &self.node {
-                // One read's worth at a time from the shared bucket.
-                allowed = allowed.min(NODE_GRANT);
+                // One read's worth at a time from the shared bucket, sized by
+                // what this direction's last read took: what a read leaves
+                // comes back to the bucket for whoever asks next, so a
+                // direction whose reads come up short would otherwise hand
+                // its share to the others.
+                allowed = allowed.min(self.grant_size);
                 let mut b = node.0.lock().expect("poisoned");
                 b.refill(now);
                 b.tokens -= allowed.floor();
@@ -185,6 +192,10 @@ impl Throttle {
     /// The read took `used` of the bytes granted: the rest goes back.
     pub(crate) fn used(&mut self, used: usize) {
         let unused = self.granted.saturating_sub(used);
+        // A read that took nothing (an end, an error) says nothing of size.
+        if self.granted > 0 && used > 0 {
+            self.grant_size = (2.0 * used as f64).clamp(MIN_BURST, NODE_GRANT);
+        }
         self.granted = 0;
         if unused > 0 {
             let unused = unused as f64;
