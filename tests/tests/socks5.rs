@@ -340,6 +340,20 @@ async fn an_activated_pair_moves_megabytes_both_ways_and_nothing_early() {
             .await,
         1.0
     );
+    // Pairing latency counts the relay's part, once per pair, by protocol.
+    assert_eq!(
+        relay
+            .metric("dtcp_pairing_latency_seconds_count{path=\"local\",protocol=\"socks5\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        relay
+            .metric("dtcp_pairing_latency_seconds_count{path=\"local\"}")
+            .await,
+        0.0,
+        "no DTCP pairing"
+    );
     relay
         .wait_for(
             "dtcp_sessions_active{path=\"local\",protocol=\"socks5\"}",
