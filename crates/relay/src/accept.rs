@@ -45,9 +45,9 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         // With debug logging on, every line this connection logs carries its
         // peer and, once known, the client's address (the peer's, or the one
-        // a trusted PROXY protocol header names), its registration id and, on
-        // an Initiator's connection a Target on another node claimed, that
-        // Target's client address.
+        // a trusted PROXY protocol header names), the protocol it speaks, its
+        // registration id and, on an Initiator's connection a Target on
+        // another node claimed, that Target's client address.
         // Debug, not info: an enabled span lives in the log subscriber's
         // registry as long as the connection, measured at about 500 bytes
         // per pending CREATE and 700 per idle session; at info level the
@@ -57,6 +57,7 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
             "connection",
             peer = %peer,
             client = tracing::field::Empty,
+            protocol = tracing::field::Empty,
             registration = tracing::field::Empty,
             target_client = tracing::field::Empty
         );

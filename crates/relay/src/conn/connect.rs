@@ -22,6 +22,7 @@ use crate::limits::Slot;
 use crate::metrics::{AUTH_FAILURES, COMMANDS};
 use crate::node::Node;
 use crate::pending::{Claim, LocalClaim};
+use crate::protocol::Protocol;
 use crate::reply::refuse;
 use crate::session::forwarded::{self, OpenError};
 
@@ -82,6 +83,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
                 slot,
                 connect_started: received,
                 client: client.ip(),
+                protocol: Protocol::Dtcp,
             });
             if let Err(Claim::Local(c)) = tx.send(claim) {
                 let text = "no pending CREATE matched";
@@ -175,6 +177,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         received,
         bridge,
         client.ip(),
+        Protocol::Dtcp,
     );
     tokio::spawn(session.in_current_span());
 }

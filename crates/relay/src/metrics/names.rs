@@ -27,7 +27,8 @@ pub const SESSIONS_ACTIVE: &str = "dtcp_sessions_active";
 pub const SESSIONS_COMPLETED: &str = "dtcp_sessions_completed_total";
 /// Bytes relayed, by `path` and `direction`.
 pub const BYTES: &str = "dtcp_relayed_bytes_total";
-/// From a CONNECT's command to both sides holding `OK`, by `path`.
+/// From a CONNECT's command to both sides holding `OK`, by `path` (a
+/// XEP-0065 requester: from its request to its success reply).
 pub const PAIRING_LATENCY: &str = "dtcp_pairing_latency_seconds";
 /// How long a CREATE waited for its CONNECT.
 pub const PENDING_WAIT: &str = "dtcp_pending_wait_seconds";
@@ -69,6 +70,18 @@ pub const AUTH_FAILURE_REASONS: [&str; 7] = [
     "plane_replay",
     "bad_record",
 ];
+/// XEP-0065 pairs on this node (their Target's owner) waiting for their
+/// activation.
+pub const SOCKS5_AWAITING: &str = "dtcp_socks5_pairs_awaiting_activation";
+/// The XMPP component link (XEP-0065 mode), by `state` (`down`, `standby`,
+/// `connected`): 1 for the state it is in, 0 for the others.
+pub const XMPP_LINK: &str = "dtcp_xmpp_link";
+/// Activations this node's component asked for, by `outcome`.
+pub const ACTIVATIONS: &str = "dtcp_xmpp_activations_total";
+/// Every `outcome` of [`ACTIVATIONS`]: activated here or by the owner node,
+/// no such pair, activated before, or the owner could not be asked.
+pub const ACTIVATION_OUTCOMES: [&str; 4] =
+    ["activated", "not_found", "already_activated", "failed"];
 /// 1 while the node drains, else 0.
 pub const DRAINING: &str = "dtcp_draining";
 /// Always 1, labelled with the `version`.

@@ -70,6 +70,7 @@ pub(crate) fn finished(series: &PathSeries, ended: Ended) {
         initiator_client = ended.clients[0].map(tracing::field::display),
         target_client = ended.clients[1].map(tracing::field::display),
         path = series.path,
+        protocol = series.protocol.label(),
         side = ended.side.label(),
         duration_ms = duration.as_millis() as u64,
         waited_ms = ended.waited.as_millis() as u64,
