@@ -126,6 +126,13 @@ impl Relay {
                 watched.tls(tls.clone());
             }
             let store = RedisStore::new(&config.redis_config().map_err(RunError::Config)?)?;
+            if let Some(why) = store.tls_refusal().await {
+                // A certificate refused now is refused at every reconnection:
+                // better a node that does not start than one that never pairs.
+                return Err(RunError::Config(format!(
+                    "Redis refused this node's TLS: {why}"
+                )));
+            }
             let dialer = Dialer::new(tls.clone(), trust.plane.clone(), &id);
             let info = NodeInfo {
                 id,

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use dtcp_wire::RegistrationId;
 
 pub use memory::MemoryStore;
-pub use redis_store::{RedisConfig, RedisStore, SentinelConfig};
+pub use redis_store::{RedisConfig, RedisStore, RedisTls, SentinelConfig};
 
 /// A relay node as other nodes see it: its id and the address of its
 /// forwarding plane.

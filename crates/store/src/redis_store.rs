@@ -67,6 +67,10 @@ pub struct RedisConfig {
     /// Password of the Redis servers (the `default` user), unless the URLs
     /// carry one. With Sentinel: of the master (and replicas).
     pub password: Option<String>,
+    /// Certificates for `rediss://` (TLS) connections: to the servers, and
+    /// to the sentinels when they are reached over TLS. `None`: the system's
+    /// CA roots and no client certificate.
+    pub tls: Option<RedisTls>,
     /// Prefix of every key.
     pub prefix: String,
     /// How long connecting to one server may take.
@@ -88,6 +92,28 @@ pub struct RedisConfig {
     /// Longest wait between two retries (and between two attempts to
     /// subscribe again to the announcements).
     pub retry_max_delay: Duration,
+}
+
+/// What a node presents and trusts on TLS connections to Redis (a managed
+/// Redis that signs its servers with its own CA, or asks clients for a
+/// certificate).
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// PEM certificates of the CA(s) that sign the servers, instead of the
+    /// system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// A PEM client certificate chain and its PEM private key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The key is never printed.
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
 }
 
 /// A Redis Sentinel deployment: the sentinels to ask and the master's name.
@@ -145,6 +171,7 @@ impl Default for RedisConfig {
             cluster: false,
             sentinel: None,
             password: None,
+            tls: None,
             prefix: "dtcp:".into(),
             connect_timeout: Self::CONNECT_TIMEOUT,
             response_timeout: Self::RESPONSE_TIMEOUT,
@@ -165,6 +192,7 @@ impl fmt::Debug for RedisConfig {
             .field("cluster", &self.cluster)
             .field("sentinel", &self.sentinel)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .field("prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
@@ -248,6 +276,26 @@ impl RedisStore {
                 backoff: config.operation_backoff(),
             }),
         })
+    }
+
+    /// Connects once, if the store is reached over TLS with certificates
+    /// of its own ([`RedisConfig::tls`]), and tells why if the TLS handshake
+    /// was refused (a client certificate missing or not trusted, a server
+    /// certificate this node does not trust): a configuration error a node
+    /// should not start with. `None` when the server answered, or failed in
+    /// another way: a Redis that is down at start is no error, the store
+    /// connects lazily.
+    pub async fn tls_refusal(&self) -> Option<String> {
+        let inner = &*self.inner;
+        inner.config.tls.as_ref()?;
+        let ping = async {
+            let mut conn = inner.conn.get().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match tokio::time::timeout(inner.config.operation_timeout, ping).await {
+            Ok(Err(e)) if is_tls_error(&e) => Some(e.to_string()),
+            _ => None,
+        }
     }
 
     fn reg_key(&self, id: &RegistrationId) -> String {
@@ -446,6 +494,26 @@ impl RedisStore {
             seal,
         })
     }
+}
+
+/// Whether `e` comes from TLS: the TLS library reports a refused or
+/// failed handshake as invalid data, which nothing else in connecting does
+/// (a reply Redis sends that cannot be parsed is an error of its own kind).
+fn is_tls_error(e: &redis::RedisError) -> bool {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        // The redis crate keeps the I/O error behind an `Arc`.
+        let io = err.downcast_ref::<std::io::Error>().or_else(|| {
+            err.downcast_ref::<Shared>()?
+                .downcast_ref::<std::io::Error>()
+        });
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData) {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn set_nx_cmd(key: &str, value: &str, ttl: Duration) -> Cmd {
