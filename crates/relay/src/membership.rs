@@ -78,15 +78,19 @@ pub(crate) async fn run(node: Arc<Node>) {
 /// registered meanwhile stays this node's locally (a CONNECT here still
 /// pairs with it) and expires with its TTL.
 async fn rewrite(node: &Node, why: &'static str) {
-    let records = node.pending.records();
+    let started = Instant::now();
+    // Each sealed for its own registration with the signing secret in
+    // force now, as a new CREATE's record is.
+    let records: Vec<_> = node
+        .pending
+        .records()
+        .into_iter()
+        .map(|(id, ttl)| (id, ttl, node.trust.seal(&id, &node.info)))
+        .collect();
     if records.is_empty() {
         return;
     }
-    let started = Instant::now();
-    // Sealed with the signing secret in force now, as a new CREATE's record is.
-    let owner = node.trust.sealed(&node.info);
-    let owner = owner.as_ref().unwrap_or(&node.info);
-    match node.store.register_many(owner, &records).await {
+    match node.store.register_many(&node.info, &records).await {
         Ok(held) => {
             let taken = held.iter().filter(|h| !**h).count();
             counter!(STORE_REWRITES).increment(1);

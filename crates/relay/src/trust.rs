@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dtcp_forward::{PlaneAuth, PlaneTls};
 use dtcp_store::NodeInfo;
-use dtcp_wire::{KeyError, Keyring, Secrets, Triple};
+use dtcp_wire::{KeyError, Keyring, RegistrationId, Secrets, Triple};
 use metrics::counter;
 use tracing::{info, warn};
 
@@ -254,22 +254,29 @@ impl Trust {
         })
     }
 
-    /// `info` as records in the store name it: sealed on a secure plane,
-    /// with the signing secret in force now.
-    pub(crate) fn sealed(&self, info: &NodeInfo) -> Option<NodeInfo> {
-        let seal = self.plane.seal(&info.id, &info.forward_addr)?;
+    /// The seal of `id`'s record naming `info` as its owner, with the
+    /// signing secret in force now; `None` on an insecure plane.
+    pub(crate) fn seal(&self, id: &RegistrationId, info: &NodeInfo) -> Option<String> {
+        self.plane.seal(id.as_bytes(), &info.id, &info.forward_addr)
+    }
+
+    /// `info` as `id`'s record in the store names it: sealed on a secure plane.
+    pub(crate) fn sealed(&self, id: &RegistrationId, info: &NodeInfo) -> Option<NodeInfo> {
         Some(NodeInfo {
-            seal: Some(seal),
+            seal: Some(self.seal(id, info)?),
             ..info.clone()
         })
     }
 
-    /// Whether a record naming `owner` was written by the cluster; a record
-    /// that was not is counted.
-    pub(crate) fn verify_record(&self, owner: &NodeInfo) -> bool {
-        let ok = self
-            .plane
-            .verify_seal(&owner.id, &owner.forward_addr, owner.seal.as_deref());
+    /// Whether `id`'s record naming `owner` was written by the cluster for
+    /// that registration; a record that was not is counted.
+    pub(crate) fn verify_record(&self, id: &RegistrationId, owner: &NodeInfo) -> bool {
+        let ok = self.plane.verify_seal(
+            id.as_bytes(),
+            &owner.id,
+            &owner.forward_addr,
+            owner.seal.as_deref(),
+        );
         if !ok {
             counter!(AUTH_FAILURES, "reason" => "bad_record").increment(1);
         }

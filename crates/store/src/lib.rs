@@ -43,10 +43,11 @@ pub struct NodeInfo {
     pub id: String,
     /// `host:port` other nodes dial to open a Bridge; empty for a lone node.
     pub forward_addr: String,
-    /// A MAC the relay computes over the record (registration id, node id,
-    /// address) under the cluster secret, stored with it, so that whoever
-    /// can write the store cannot redirect a claim. The store keeps it
-    /// opaque (no spaces); `None` on an insecure plane.
+    /// A MAC the relay computes over one registration's record
+    /// (registration id, node id, address) under the cluster secret, stored
+    /// with it, so that whoever can write the store cannot redirect a claim
+    /// nor move a record to another registration. The store keeps it opaque
+    /// (no spaces); `None` on an insecure plane.
     pub seal: Option<String>,
 }
 
@@ -127,8 +128,9 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     ) -> Result<bool, StoreError>;
 
     /// Writes again registrations this node holds, each with its remaining
-    /// TTL, in pipelined batches: each is written if it is absent, and left as
-    /// it is if `owner` already holds it. One result per registration, in
+    /// TTL and its record's seal (`owner`'s own seal is not used: a seal
+    /// covers one registration), in pipelined batches: each is written if it
+    /// is absent, and left as it is if `owner` already holds it. One result per registration, in
     /// order: `true` if `owner` holds it now, `false` if another node does
     /// (it registered the same id while the store had lost this one).
     ///
@@ -143,7 +145,7 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     async fn register_many(
         &self,
         owner: &NodeInfo,
-        registrations: &[(RegistrationId, Duration)],
+        registrations: &[(RegistrationId, Duration, Option<String>)],
     ) -> Result<Vec<bool>, StoreError>;
 
     /// Announces that `node` is alive for the next `ttl`, and tells whether

@@ -410,10 +410,15 @@ impl RedisStore {
     /// node's.
     async fn rewrite_chunk(
         &self,
-        value: &str,
-        chunk: &[(RegistrationId, Duration)],
+        owner: &NodeInfo,
+        chunk: &[(RegistrationId, Duration, Option<String>)],
     ) -> Result<Vec<bool>, StoreError> {
-        let keys: Vec<String> = chunk.iter().map(|(id, _)| self.reg_key(id)).collect();
+        let keys: Vec<String> = chunk.iter().map(|(id, ..)| self.reg_key(id)).collect();
+        // One value per record: each seal covers its own registration.
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|(_, _, seal)| Self::record_value(owner, seal.as_deref()))
+            .collect();
         let mut outcome: Vec<Option<bool>> = vec![None; chunk.len()];
         for _ in 0..REWRITE_ROUNDS {
             let open: Vec<usize> = (0..chunk.len()).filter(|i| outcome[*i].is_none()).collect();
@@ -422,7 +427,7 @@ impl RedisStore {
             }
             let mut set = redis::pipe();
             for &i in &open {
-                set.add_command(set_nx_cmd(&keys[i], value, chunk[i].1));
+                set.add_command(set_nx_cmd(&keys[i], &values[i], chunk[i].1));
             }
             let replies: Vec<Value> = self.pipeline(&set).await?;
             let held: Vec<usize> = open
@@ -446,7 +451,7 @@ impl RedisStore {
             let holders: Vec<Option<String>> = self.pipeline(&get).await?;
             for (&i, holder) in held.iter().zip(holders) {
                 // None: it expired in between; the next round writes it.
-                outcome[i] = holder.map(|h| h == value);
+                outcome[i] = holder.map(|h| h == values[i]);
             }
         }
         // Still open after every round: it keeps expiring under us; not ours.
@@ -474,7 +479,12 @@ impl RedisStore {
     }
 
     fn owner_value(owner: &NodeInfo) -> String {
-        match &owner.seal {
+        Self::record_value(owner, owner.seal.as_deref())
+    }
+
+    /// A record naming `owner`'s id and address, with `seal`.
+    fn record_value(owner: &NodeInfo, seal: Option<&str>) -> String {
+        match seal {
             Some(seal) => format!("{} {} {seal}", owner.id, owner.forward_addr),
             None => format!("{} {}", owner.id, owner.forward_addr),
         }
@@ -658,13 +668,12 @@ impl Rendezvous for RedisStore {
     async fn register_many(
         &self,
         owner: &NodeInfo,
-        registrations: &[(RegistrationId, Duration)],
+        registrations: &[(RegistrationId, Duration, Option<String>)],
     ) -> Result<Vec<bool>, StoreError> {
-        let value = Self::owner_value(owner);
         if self.inner.conn.pipelines_span_keys() {
             let mut written = Vec::with_capacity(registrations.len());
             for chunk in registrations.chunks(REWRITE_BATCH) {
-                written.extend(self.rewrite_chunk(&value, chunk).await?);
+                written.extend(self.rewrite_chunk(owner, chunk).await?);
             }
             return Ok(written);
         }
@@ -673,7 +682,10 @@ impl Rendezvous for RedisStore {
         // be general enough for the `Send` bound `async_trait` needs.
         let rewrites: Vec<_> = registrations
             .iter()
-            .map(|(id, ttl)| self.rewrite_one(&value, id, *ttl))
+            .map(|(id, ttl, seal)| {
+                let value = Self::record_value(owner, seal.as_deref());
+                async move { self.rewrite_one(&value, id, *ttl).await }
+            })
             .collect();
         futures_util::stream::iter(rewrites)
             .buffered(REWRITE_IN_FLIGHT)

@@ -31,7 +31,7 @@ async fn announcements_survive_the_failover_of_their_shard() {
 
     let me = node("writer");
     let ttl = Duration::from_secs(60);
-    let batch: Vec<_> = (60_000..65_000).map(|i| (reg(i), ttl)).collect();
+    let batch: Vec<_> = (60_000..65_000).map(|i| (reg(i), ttl, None)).collect();
     let started = Instant::now();
     let written = writer.register_many(&me, &batch).await.unwrap();
     eprintln!(
@@ -40,7 +40,7 @@ async fn announcements_survive_the_failover_of_their_shard() {
         started.elapsed()
     );
     assert!(written.iter().all(|w| *w));
-    for (id, _) in batch.iter().step_by(500) {
+    for (id, _, _) in batch.iter().step_by(500) {
         assert_eq!(watcher.lookup(id).await.unwrap(), Some(me.clone()));
     }
 

@@ -142,7 +142,7 @@ impl Rendezvous for Instrumented {
     async fn register_many(
         &self,
         owner: &NodeInfo,
-        registrations: &[(RegistrationId, Duration)],
+        registrations: &[(RegistrationId, Duration, Option<String>)],
     ) -> Result<Vec<bool>, StoreError> {
         self.register_many
             .record(self.store.register_many(owner, registrations))
