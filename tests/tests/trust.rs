@@ -237,6 +237,20 @@ async fn poisoned_records_are_not_dialed_and_captured_calls_cannot_be_replayed()
     assert_eq!(read_n(&mut initiator, 3).await, b"OK\0");
     let (i, tg) = pair(a.addr, b.addr, &triple("after-replay")).await;
     exchange(i, tg, 1024, 5).await;
+
+    // Heartbeats the cluster did not write, unsealed and with a made-up
+    // seal, live for a minute: no node counts them.
+    let until = ((unix_now() + 60) * 1000).to_string();
+    for forged in ["forged-a 127.0.0.1:1", "forged-b 127.0.0.1:2 c2VhbA"] {
+        redis.cli(&["ZADD", "dtcp:nodes", &until, forged]);
+    }
+    let listed = redis.cli(&["ZCOUNT", "dtcp:nodes", "-inf", "+inf"]);
+    assert!(listed.trim().parse::<u32>().unwrap() >= 4, "{listed}");
+    // Two heartbeat intervals: each node has counted the set again.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    for n in [&a, &b] {
+        assert_eq!(n.metric("dtcp_nodes_alive").await, 2.0);
+    }
 }
 
 fn replace(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {

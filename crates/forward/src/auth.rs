@@ -48,6 +48,8 @@ const MAX_NONCE_LEN: usize = 64;
 /// The domain-separation tag of a sealed registration record (v2: the
 /// registration id is sealed too).
 const SEAL_TAG: &[u8] = b"dtcp-record-v2";
+/// The domain-separation tag of a sealed heartbeat.
+const HEARTBEAT_TAG: &[u8] = b"dtcp-heartbeat-v1";
 
 /// Why a call was refused, as the `reason` label of
 /// `dtcp_auth_failures_total`.
@@ -246,6 +248,26 @@ impl PlaneAuth {
         self.check(headers, addr, unix_ms())
     }
 
+    /// The seal of the heartbeat of `node_id` at `addr`; `None` on an
+    /// insecure plane.
+    pub fn heartbeat_seal(&self, node_id: &str, addr: &str) -> Option<String> {
+        let keys = self.keys.as_ref()?.current();
+        let mac = keys.mac(&[HEARTBEAT_TAG, node_id.as_bytes(), addr.as_bytes()])?;
+        Some(URL_SAFE_NO_PAD.encode(mac))
+    }
+
+    /// Whether a heartbeat's seal is the cluster's (always, on an insecure plane).
+    pub fn verify_heartbeat(&self, node_id: &str, addr: &str, seal: Option<&str>) -> bool {
+        let Some(keys) = &self.keys else {
+            return true;
+        };
+        let Some(mac) = seal.and_then(|s| URL_SAFE_NO_PAD.decode(s).ok()) else {
+            return false;
+        };
+        let parts = [HEARTBEAT_TAG, node_id.as_bytes(), addr.as_bytes()];
+        keys.current().verify(&parts, &mac)
+    }
+
     /// The seal of `registration`'s record naming `node_id` at `addr` as
     /// its owner; `None` on an insecure plane.
     pub fn seal(&self, registration: &[u8; 32], node_id: &str, addr: &str) -> Option<String> {
@@ -366,5 +388,13 @@ mod tests {
         assert!(!auth("s2").verify_seal(&reg, "A", ADDR, Some(&seal)));
         assert!(!a.verify_seal(&reg, "A", ADDR, None));
         assert!(PlaneAuth::new(None).verify_seal(&reg, "A", ADDR, None));
+        let beat = a.heartbeat_seal("A", ADDR).unwrap();
+        assert!(a.verify_heartbeat("A", ADDR, Some(&beat)));
+        assert!(!a.verify_heartbeat("B", ADDR, Some(&beat)));
+        assert!(
+            !a.verify_seal(&reg, "A", ADDR, Some(&beat)),
+            "not a record's seal"
+        );
+        assert!(!a.verify_heartbeat("A", ADDR, None));
     }
 }

@@ -48,8 +48,11 @@ pub(crate) async fn run(node: Arc<Node>) {
             }
         }
         let result = async {
-            let beat = node.store.heartbeat(&node.info, HEARTBEAT_TTL).await?;
-            Ok::<_, dtcp_store::StoreError>((beat, node.store.nodes_alive().await?))
+            // Sealed with the signing secret in force now.
+            let beat = node.trust.beating(&node.info);
+            let beat = node.store.heartbeat(&beat, HEARTBEAT_TTL).await?;
+            let live = node.store.live_nodes().await?;
+            Ok::<_, dtcp_store::StoreError>((beat, node.trust.count_nodes(&live)))
         }
         .await;
         match result {

@@ -295,7 +295,9 @@ impl Relay {
         if let Some(heartbeat) = heartbeat {
             // Leave the cluster: the heartbeat goes now, not when it expires.
             heartbeat.abort();
-            let leave = node.store.remove_node(&node.info);
+            // The heartbeat as written (its seal names its member of the set).
+            let beating = node.trust.beating(&node.info);
+            let leave = node.store.remove_node(&beating);
             match tokio::time::timeout(LEAVE_TIMEOUT, leave).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {

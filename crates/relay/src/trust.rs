@@ -268,6 +268,28 @@ impl Trust {
         })
     }
 
+    /// `info` as its heartbeat names it: sealed on a secure plane.
+    pub(crate) fn beating(&self, info: &NodeInfo) -> NodeInfo {
+        NodeInfo {
+            seal: self.plane.heartbeat_seal(&info.id, &info.forward_addr),
+            ..info.clone()
+        }
+    }
+
+    /// How many distinct nodes of `live` beat with the cluster's seal: a
+    /// heartbeat the cluster did not write is not counted.
+    pub(crate) fn count_nodes(&self, live: &[NodeInfo]) -> usize {
+        let sealed: std::collections::HashSet<&str> = live
+            .iter()
+            .filter(|n| {
+                self.plane
+                    .verify_heartbeat(&n.id, &n.forward_addr, n.seal.as_deref())
+            })
+            .map(|n| n.id.as_str())
+            .collect();
+        sealed.len()
+    }
+
     /// Whether `id`'s record naming `owner` was written by the cluster for
     /// that registration; a record that was not is counted.
     pub(crate) fn verify_record(&self, id: &RegistrationId, owner: &NodeInfo) -> bool {

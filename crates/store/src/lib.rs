@@ -150,13 +150,20 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
 
     /// Announces that `node` is alive for the next `ttl`, and tells whether
     /// the store kept `node`'s records since the last beat ([`Beat`]).
+    /// `node.seal` is the heartbeat's own (over its id and address), kept
+    /// with it for [`Rendezvous::live_nodes`].
     async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<Beat, StoreError>;
 
-    /// Withdraws `node`'s heartbeat (a clean shutdown).
+    /// Withdraws `node`'s heartbeat (a clean shutdown), `node` as it beat.
     async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError>;
 
-    /// How many nodes have a live heartbeat.
+    /// How many nodes have a live heartbeat, whoever wrote it.
     async fn nodes_alive(&self) -> Result<usize, StoreError>;
+
+    /// The nodes with a live heartbeat, each with the seal it beat with, so
+    /// that the caller counts only the ones the cluster wrote (a node id
+    /// may appear twice for a moment after its seal changed).
+    async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
 
     /// Counts one more pending CREATE from `source`, across every node that
     /// shares the store, unless `max` are counted already: returns whether

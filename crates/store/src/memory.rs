@@ -201,6 +201,20 @@ impl Rendezvous for MemoryStore {
         let nodes = self.nodes.lock().expect("poisoned");
         Ok(nodes.values().filter(|exp| **exp > now).count())
     }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        // A lone node: no plane, nothing sealed.
+        let now = Instant::now();
+        let nodes = self.nodes.lock().expect("poisoned");
+        Ok(nodes
+            .iter()
+            .filter(|(_, exp)| **exp > now)
+            .map(|(id, _)| NodeInfo {
+                id: id.clone(),
+                ..NodeInfo::default()
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@
 //! | key | value | TTL |
 //! | --- | --- | --- |
 //! | `<prefix>reg:<registration id>` | `<node id> <forward addr>[ <seal>]` of the owner, or `- ` for a used signed key | pending TTL, or the key's expiry |
-//! | `<prefix>node:<node id>` | the node's forward addr | heartbeat TTL |
+//! | `<prefix>node:<node id>` | the node's forward addr[ and its heartbeat seal] | heartbeat TTL |
 //! | `<prefix>src:<address>` | pending CREATEs from that client address, cluster-wide (`sources.rs`) | pending TTL and a margin, from its last increase |
-//! | `<prefix>nodes` | sorted set: node id scored by its heartbeat's expiry (ms) | none; expired members are trimmed |
+//! | `<prefix>nodes` | sorted set: `<node id> <forward addr>[ <heartbeat seal>]` scored by the heartbeat's expiry (ms) | none; expired members are trimmed |
 //!
 //! Registrations are announced on the channel `<prefix>registered` (sharded
 //! pub/sub on a Redis Cluster, which needs Redis 7).
@@ -697,12 +697,16 @@ impl Rendezvous for RedisStore {
         // Whether the beat was there, and the new one, in one round trip (the
         // same key, so the same slot on a Cluster; only this node writes it).
         let key = self.node_key(&node.id);
+        let beat_value = match &node.seal {
+            Some(seal) => format!("{} {seal}", node.forward_addr),
+            None => node.forward_addr.clone(),
+        };
         let mut beat = redis::pipe();
         beat.cmd("EXISTS")
             .arg(&key)
             .cmd("SET")
             .arg(&key)
-            .arg(&node.forward_addr)
+            .arg(beat_value)
             .arg("PX")
             .arg(ms(ttl))
             .ignore();
@@ -713,7 +717,7 @@ impl Rendezvous for RedisStore {
             .cmd("ZADD")
             .arg(self.nodes_key())
             .arg(now + ms(ttl))
-            .arg(&node.id)
+            .arg(Self::owner_value(node))
             .ignore()
             .cmd("ZREMRANGEBYSCORE")
             .arg(self.nodes_key())
@@ -735,7 +739,11 @@ impl Rendezvous for RedisStore {
             .query(redis::cmd("DEL").arg(self.node_key(&node.id)))
             .await?;
         let _: i64 = self
-            .query(redis::cmd("ZREM").arg(self.nodes_key()).arg(&node.id))
+            .query(
+                redis::cmd("ZREM")
+                    .arg(self.nodes_key())
+                    .arg(Self::owner_value(node)),
+            )
             .await?;
         Ok(())
     }
@@ -750,6 +758,22 @@ impl Rendezvous for RedisStore {
 
     fn watch_recoveries(&self) -> Option<watch::Receiver<u64>> {
         Some(self.inner.health.subscribe())
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let members: Vec<String> = self
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.nodes_key())
+                    .arg(now_ms())
+                    .arg("+inf"),
+            )
+            .await?;
+        // A member of another format (an older node's bare id) names no node.
+        Ok(members
+            .iter()
+            .filter_map(|m| Self::parse_owner(m).ok())
+            .collect())
     }
 
     async fn nodes_alive(&self) -> Result<usize, StoreError> {

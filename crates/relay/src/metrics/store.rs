@@ -157,6 +157,10 @@ impl Rendezvous for Instrumented {
         self.remove_node.record(self.store.remove_node(node)).await
     }
 
+    async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        self.nodes_alive.record(self.store.live_nodes()).await
+    }
+
     async fn nodes_alive(&self) -> Result<usize, StoreError> {
         self.nodes_alive.record(self.store.nodes_alive()).await
     }
