@@ -40,11 +40,17 @@ pub fn reg_key(t: &Triple) -> String {
     format!("dtcp:reg:{}", t.registration_id())
 }
 
-/// A record value naming `node_id` at `addr` as an owner, sealed as a node
-/// holding `secret` would seal it.
-pub fn sealed_record(secret: &str, node_id: &str, addr: &str) -> String {
+/// `t`'s record value naming `node_id` at `addr` as its owner, sealed as a
+/// node holding `secret` would seal it.
+pub fn sealed_record(secret: &str, t: &Triple, node_id: &str, addr: &str) -> String {
     let secrets = Secrets::new([secret]);
-    let parts: [&[u8]; 3] = [b"dtcp-record-v1", node_id.as_bytes(), addr.as_bytes()];
+    let id = t.registration_id();
+    let parts: [&[u8]; 4] = [
+        b"dtcp-record-v2",
+        id.as_bytes(),
+        node_id.as_bytes(),
+        addr.as_bytes(),
+    ];
     let mac = secrets.mac(&parts).unwrap();
     format!("{node_id} {addr} {}", URL_SAFE_NO_PAD.encode(mac))
 }

@@ -146,7 +146,7 @@ async fn poisoned_records_are_not_dialed_and_captured_calls_cannot_be_replayed()
     let t = triple("poisoned");
     let other = triple("poisoned-other");
     let (mut initiator, record) = pending_on(&a, &redis, &t).await;
-    let (_other_initiator, _) = pending_on(&a, &redis, &other).await;
+    let (_other_initiator, other_record) = pending_on(&a, &redis, &other).await;
     let key = reg_key(&t);
 
     let trap = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -154,7 +154,14 @@ async fn poisoned_records_are_not_dialed_and_captured_calls_cannot_be_replayed()
     let fields: Vec<&str> = record.split(' ').collect();
     let unsigned = format!("{} {trap_addr}", a.node_id);
     let copied = format!("{} {trap_addr} {}", a.node_id, fields[2]);
-    for (what, value) in [("unsigned", unsigned), ("copied seal", copied)] {
+    // A real record, sealed by A, of another registration: its seal does not
+    // cover this one, so B does not dial A for it (before seals covered the
+    // registration id, it did).
+    for (what, value) in [
+        ("unsigned", unsigned),
+        ("copied seal", copied),
+        ("another registration's record", other_record),
+    ] {
         let before = b
             .metric("dtcp_auth_failures_total{reason=\"bad_record\"}")
             .await;
@@ -173,7 +180,7 @@ async fn poisoned_records_are_not_dialed_and_captured_calls_cannot_be_replayed()
 
     // The secret leaked: a record sealed with it is dialed, and what the
     // trap receives holds no secret and opens nothing elsewhere.
-    let leaked = sealed_record(SECRET, &a.node_id, &trap_addr);
+    let leaked = sealed_record(SECRET, &t, &a.node_id, &trap_addr);
     redis.cli(&["SET", &key, &leaked, "PX", "60000"]);
     let capture = tokio::spawn(capture_one(trap, Duration::from_secs(10)));
     let reply = answer(b.addr, Verb::Connect, &t).await;
@@ -230,6 +237,20 @@ async fn poisoned_records_are_not_dialed_and_captured_calls_cannot_be_replayed()
     assert_eq!(read_n(&mut initiator, 3).await, b"OK\0");
     let (i, tg) = pair(a.addr, b.addr, &triple("after-replay")).await;
     exchange(i, tg, 1024, 5).await;
+
+    // Heartbeats the cluster did not write, unsealed and with a made-up
+    // seal, live for a minute: no node counts them.
+    let until = ((unix_now() + 60) * 1000).to_string();
+    for forged in ["forged-a 127.0.0.1:1", "forged-b 127.0.0.1:2 c2VhbA"] {
+        redis.cli(&["ZADD", "dtcp:nodes", &until, forged]);
+    }
+    let listed = redis.cli(&["ZCOUNT", "dtcp:nodes", "-inf", "+inf"]);
+    assert!(listed.trim().parse::<u32>().unwrap() >= 4, "{listed}");
+    // Two heartbeat intervals: each node has counted the set again.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    for n in [&a, &b] {
+        assert_eq!(n.metric("dtcp_nodes_alive").await, 2.0);
+    }
 }
 
 fn replace(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
@@ -317,11 +338,11 @@ async fn cluster_secret_rotation_under_traffic() {
     let mut initiator = raw(addrs[0], &command(Verb::Create, &t)).await;
     nodes[0].wait_for("dtcp_pending_registrations", 1.0).await;
     let forward = nodes[0].forward.unwrap().to_string();
-    let stale = sealed_record("old-secret", &nodes[0].node_id, &forward);
+    let stale = sealed_record("old-secret", &t, &nodes[0].node_id, &forward);
     redis.cli(&["SET", &reg_key(&t), &stale, "PX", "60000"]);
     let reply = answer(addrs[1], Verb::Connect, &t).await;
     assert!(is_error(&reply, "unavailable"), "{reply:?}");
-    let fresh = sealed_record("new-secret", &nodes[0].node_id, &forward);
+    let fresh = sealed_record("new-secret", &t, &nodes[0].node_id, &forward);
     redis.cli(&["SET", &reg_key(&t), &fresh, "PX", "60000"]);
     let mut target = raw(addrs[1], &command(Verb::Connect, &t)).await;
     assert_eq!(read_n(&mut target, 3).await, b"OK\0");

@@ -17,12 +17,11 @@
 //! registration, within seconds, and only once.
 //!
 //! The same secrets seal the store's registration records ([`PlaneAuth::seal`]):
-//! a node dials only an owner whose record the cluster wrote. The seal binds
-//! the owner's node id to its address, not to the registration: a record
-//! copied to another registration can only send a claim to the real node,
-//! which refuses what it does not hold (and the call's authenticator names
-//! the registration); and one seal per node lets a node write all its
-//! records again in one batch when the store lost them.
+//! a node dials only an owner whose record the cluster wrote for that very
+//! registration. The seal binds the registration id, the owner's node id and
+//! its address: a record changed in any of them, or copied from another
+//! registration, does not verify, so whoever can write the store can make a
+//! pairing fail but never send a claim anywhere the cluster did not.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -46,8 +45,11 @@ pub const AUTH_WINDOW: Duration = Duration::from_secs(30);
 pub const REPLAY_CACHE_CAPACITY: usize = 200_000;
 /// Longest nonce accepted (the dialer sends 32 hex digits).
 const MAX_NONCE_LEN: usize = 64;
-/// The domain-separation tag of a sealed registration record.
-const SEAL_TAG: &[u8] = b"dtcp-record-v1";
+/// The domain-separation tag of a sealed registration record (v2: the
+/// registration id is sealed too).
+const SEAL_TAG: &[u8] = b"dtcp-record-v2";
+/// The domain-separation tag of a sealed heartbeat.
+const HEARTBEAT_TAG: &[u8] = b"dtcp-heartbeat-v1";
 
 /// Why a call was refused, as the `reason` label of
 /// `dtcp_auth_failures_total`.
@@ -246,23 +248,50 @@ impl PlaneAuth {
         self.check(headers, addr, unix_ms())
     }
 
-    /// The seal of a record naming `node_id` at `addr` as an owner; `None`
-    /// on an insecure plane.
-    pub fn seal(&self, node_id: &str, addr: &str) -> Option<String> {
+    /// The seal of the heartbeat of `node_id` at `addr`; `None` on an
+    /// insecure plane.
+    pub fn heartbeat_seal(&self, node_id: &str, addr: &str) -> Option<String> {
         let keys = self.keys.as_ref()?.current();
-        let mac = keys.mac(&[SEAL_TAG, node_id.as_bytes(), addr.as_bytes()])?;
+        let mac = keys.mac(&[HEARTBEAT_TAG, node_id.as_bytes(), addr.as_bytes()])?;
         Some(URL_SAFE_NO_PAD.encode(mac))
     }
 
-    /// Whether a record's seal is the cluster's (always, on an insecure plane).
-    pub fn verify_seal(&self, node_id: &str, addr: &str, seal: Option<&str>) -> bool {
+    /// Whether a heartbeat's seal is the cluster's (always, on an insecure plane).
+    pub fn verify_heartbeat(&self, node_id: &str, addr: &str, seal: Option<&str>) -> bool {
         let Some(keys) = &self.keys else {
             return true;
         };
         let Some(mac) = seal.and_then(|s| URL_SAFE_NO_PAD.decode(s).ok()) else {
             return false;
         };
-        let parts = [SEAL_TAG, node_id.as_bytes(), addr.as_bytes()];
+        let parts = [HEARTBEAT_TAG, node_id.as_bytes(), addr.as_bytes()];
+        keys.current().verify(&parts, &mac)
+    }
+
+    /// The seal of `registration`'s record naming `node_id` at `addr` as
+    /// its owner; `None` on an insecure plane.
+    pub fn seal(&self, registration: &[u8; 32], node_id: &str, addr: &str) -> Option<String> {
+        let keys = self.keys.as_ref()?.current();
+        let mac = keys.mac(&[SEAL_TAG, registration, node_id.as_bytes(), addr.as_bytes()])?;
+        Some(URL_SAFE_NO_PAD.encode(mac))
+    }
+
+    /// Whether a record's seal is the cluster's for that registration
+    /// (always, on an insecure plane).
+    pub fn verify_seal(
+        &self,
+        registration: &[u8; 32],
+        node_id: &str,
+        addr: &str,
+        seal: Option<&str>,
+    ) -> bool {
+        let Some(keys) = &self.keys else {
+            return true;
+        };
+        let Some(mac) = seal.and_then(|s| URL_SAFE_NO_PAD.decode(s).ok()) else {
+            return false;
+        };
+        let parts = [SEAL_TAG, registration, node_id.as_bytes(), addr.as_bytes()];
         keys.current().verify(&parts, &mac)
     }
 }
@@ -349,14 +378,23 @@ mod tests {
     }
 
     #[test]
-    fn records_are_sealed_to_their_owner_and_address() {
-        let a = auth("s1");
-        let seal = a.seal("A", ADDR).unwrap();
-        assert!(a.verify_seal("A", ADDR, Some(&seal)));
-        assert!(!a.verify_seal("A", "10.9.9.9:1", Some(&seal)));
-        assert!(!a.verify_seal("B", ADDR, Some(&seal)));
-        assert!(!auth("s2").verify_seal("A", ADDR, Some(&seal)));
-        assert!(!a.verify_seal("A", ADDR, None));
-        assert!(PlaneAuth::new(None).verify_seal("A", ADDR, None));
+    fn records_are_sealed_to_their_registration_owner_and_address() {
+        let (a, reg) = (auth("s1"), [7; 32]);
+        let seal = a.seal(&reg, "A", ADDR).unwrap();
+        assert!(a.verify_seal(&reg, "A", ADDR, Some(&seal)));
+        assert!(!a.verify_seal(&[8; 32], "A", ADDR, Some(&seal)));
+        assert!(!a.verify_seal(&reg, "A", "10.9.9.9:1", Some(&seal)));
+        assert!(!a.verify_seal(&reg, "B", ADDR, Some(&seal)));
+        assert!(!auth("s2").verify_seal(&reg, "A", ADDR, Some(&seal)));
+        assert!(!a.verify_seal(&reg, "A", ADDR, None));
+        assert!(PlaneAuth::new(None).verify_seal(&reg, "A", ADDR, None));
+        let beat = a.heartbeat_seal("A", ADDR).unwrap();
+        assert!(a.verify_heartbeat("A", ADDR, Some(&beat)));
+        assert!(!a.verify_heartbeat("B", ADDR, Some(&beat)));
+        assert!(
+            !a.verify_seal(&reg, "A", ADDR, Some(&beat)),
+            "not a record's seal"
+        );
+        assert!(!a.verify_heartbeat("A", ADDR, None));
     }
 }

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use dtcp_wire::Condition;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint, ServerTlsConfig};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::bridge::{self, CallTo, Halves};
 use crate::proto::Frame;
 use crate::proto::frame::Kind;
+use crate::tls::PlaneTls;
 use crate::{
     CONNECT_TIMEOUT, CONNECTION_WINDOW, H2_MAX_FRAME, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
     PlaneAuth, STREAM_WINDOW, TCP_KEEPALIVE,
@@ -19,15 +20,6 @@ use crate::{
 
 /// How long the owner node may take to answer a Bridge with `paired`.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// TLS for the plane: what a node presents and what it trusts.
-#[derive(Debug, Clone)]
-pub struct PlaneTls {
-    /// For dialing other nodes.
-    pub client: ClientTlsConfig,
-    /// For serving the plane.
-    pub server: ServerTlsConfig,
-}
 
 /// Why a Bridge could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +57,7 @@ impl From<Status> for BridgeError {
 #[derive(Debug)]
 pub struct Dialer {
     channels: DashMap<String, Channel>,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<PlaneTls>,
     auth: PlaneAuth,
     /// This node's id, which every call names as its caller.
     node_id: String,
@@ -74,7 +66,7 @@ pub struct Dialer {
 impl Dialer {
     /// A dialer for the node `node_id`, authenticating its calls with
     /// `auth`, over TLS when `tls` is given.
-    pub fn new(tls: Option<ClientTlsConfig>, auth: PlaneAuth, node_id: &str) -> Self {
+    pub fn new(tls: Option<PlaneTls>, auth: PlaneAuth, node_id: &str) -> Self {
         Dialer {
             channels: DashMap::new(),
             tls,
@@ -102,8 +94,9 @@ impl Dialer {
         if let Some(ch) = self.channels.get(addr) {
             return Ok(ch.clone());
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        // `http` even with TLS: the TLS is this crate's, made by the
+        // connector below with the certificates in force at each connection.
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| BridgeError::Unreachable(format!("bad node address {addr:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -114,12 +107,16 @@ impl Dialer {
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(H2_MAX_FRAME);
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint
-                .tls_config(tls.clone())
-                .map_err(|e| BridgeError::Unreachable(format!("TLS configuration: {e}")))?;
-        }
-        let channel = endpoint.connect_lazy();
+        let channel = match &self.tls {
+            Some(tls) => {
+                let tls = tls.clone();
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |uri| {
+                    let tls = tls.clone();
+                    async move { tls.connect(uri).await }
+                }))
+            }
+            None => endpoint.connect_lazy(),
+        };
         self.channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }

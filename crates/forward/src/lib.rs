@@ -15,6 +15,7 @@ mod auth;
 mod bridge;
 mod dialer;
 mod join;
+mod tls;
 
 /// The messages of `proto/forward.proto` (the service is framed by hand: see [`BridgeService`]).
 #[expect(
@@ -31,8 +32,9 @@ use std::time::Duration;
 pub use activate::{ActivationError, binding as activation_binding};
 pub use auth::{AUTH_HEADER, AUTH_WINDOW, AuthFailure, Claimed, PlaneAuth, REPLAY_CACHE_CAPACITY};
 pub use bridge::{BridgeService, Claimer, Halves, Inbound, Outbound, SERVICE};
-pub use dialer::{BridgeError, Dialer, PlaneTls};
+pub use dialer::{BridgeError, Dialer};
 pub use join::{End, Gate, Gates, Report, join, pass_fin, reset_on_close, write_all};
+pub use tls::{PlaneTls, TlsError, TlsFiles};
 
 /// Largest data frame: big enough to amortise HTTP/2 and protobuf framing,
 /// small enough to keep per-stream buffering modest.

@@ -116,7 +116,7 @@ async fn activate(node: &Node, id: &RegistrationId) -> (&'static str, Result<(),
             return ("failed", Err(ActivateError::Failed));
         }
     };
-    if !node.trust.verify_record(&owner) {
+    if !node.trust.verify_record(id, &owner) {
         warn!(owner = %owner, "the store's record of this registration is not sealed by the cluster: not asking it");
         return ("failed", Err(ActivateError::Failed));
     }

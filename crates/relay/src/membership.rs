@@ -48,8 +48,11 @@ pub(crate) async fn run(node: Arc<Node>) {
             }
         }
         let result = async {
-            let beat = node.store.heartbeat(&node.info, HEARTBEAT_TTL).await?;
-            Ok::<_, dtcp_store::StoreError>((beat, node.store.nodes_alive().await?))
+            // Sealed with the signing secret in force now.
+            let beat = node.trust.beating(&node.info);
+            let beat = node.store.heartbeat(&beat, HEARTBEAT_TTL).await?;
+            let live = node.store.live_nodes().await?;
+            Ok::<_, dtcp_store::StoreError>((beat, node.trust.count_nodes(&live)))
         }
         .await;
         match result {
@@ -78,18 +81,21 @@ pub(crate) async fn run(node: Arc<Node>) {
 /// registered meanwhile stays this node's locally (a CONNECT here still
 /// pairs with it) and expires with its TTL.
 async fn rewrite(node: &Node, why: &'static str) {
+    let started = Instant::now();
     let mut records = node.pending.records();
     // XEP-0065 pairs keep their record until they end (component.rs finds
     // their owner through it).
     records.extend(node.activations.records());
+    // Each sealed for its own registration with the signing secret in
+    // force now, as a new CREATE's record is.
+    let records: Vec<_> = records
+        .into_iter()
+        .map(|(id, ttl)| (id, ttl, node.trust.seal(&id, &node.info)))
+        .collect();
     if records.is_empty() {
         return;
     }
-    let started = Instant::now();
-    // Sealed with the signing secret in force now, as a new CREATE's record is.
-    let owner = node.trust.sealed(&node.info);
-    let owner = owner.as_ref().unwrap_or(&node.info);
-    match node.store.register_many(owner, &records).await {
+    match node.store.register_many(&node.info, &records).await {
         Ok(held) => {
             let taken = held.iter().filter(|h| !**h).count();
             counter!(STORE_REWRITES).increment(1);

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use dtcp_forward::proto::Open;
 use dtcp_forward::{
     AuthFailure, BridgeService, CONNECTION_WINDOW, Claimer, H2_MAX_FRAME, Halves,
-    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, STREAM_WINDOW, TCP_KEEPALIVE,
+    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE,
 };
 use dtcp_wire::RegistrationId;
 use metrics::counter;
 use tokio::net::TcpListener;
 use tonic::Status;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
@@ -104,7 +104,7 @@ impl Claimer for Plane {
 pub(crate) async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<PlaneTls>,
     health: HealthServer<impl Health>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -116,26 +116,27 @@ pub(crate) async fn serve(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(H2_MAX_FRAME);
-    if let Some(tls) = tls {
-        builder = match builder.tls_config(tls) {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(error = %e, "forwarding plane TLS configuration refused");
-                return;
-            }
-        };
-    }
     let (auth, addr) = (node.trust.plane.clone(), node.info.forward_addr.clone());
     let bridge = BridgeService::new(Plane { node }, auth, &addr);
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE));
-    if let Err(e) = builder
-        .add_service(health)
-        .add_service(bridge)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-    {
+    let router = builder.add_service(health).add_service(bridge);
+    let served = match tls {
+        // TLS made per connection with the certificates in force then, so
+        // that a renewed certificate is served without a restart.
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
+                .await
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(TCP_KEEPALIVE));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    };
+    if let Err(e) = served {
         warn!(error = %e, "forwarding plane stopped");
     }
 }

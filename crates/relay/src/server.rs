@@ -7,15 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::path::PathBuf;
-
-use dtcp_forward::{Dialer, PlaneTls};
+use dtcp_forward::{Dialer, PlaneTls, TlsFiles};
 use dtcp_store::{MemoryStore, NodeInfo, RedisStore, StoreError};
 use metrics::gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::accept::accept_loop;
@@ -50,6 +47,9 @@ pub enum RunError {
     /// A secret file could not be used.
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// The forwarding plane's TLS files could not be used.
+    #[error("forwarding plane TLS: {0}")]
+    Tls(#[from] dtcp_forward::TlsError),
     /// The rendezvous store could not be set up.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -81,7 +81,7 @@ pub struct Relay {
 #[derive(Debug)]
 struct PlaneParts {
     listener: TcpListener,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<PlaneTls>,
 }
 
 impl Relay {
@@ -112,7 +112,7 @@ impl Relay {
             .node_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let (trust, watched) = Trust::load(&config)?;
+        let (trust, mut watched) = Trust::load(&config)?;
         let xmpp = config.xmpp.xmpp_config().map_err(RunError::Config)?;
         let (node, plane) = if config.cluster() {
             let forward_listener = bind(config.forward_listen).await?;
@@ -126,13 +126,20 @@ impl Relay {
                     })?
                     .to_string(),
             };
-            let tls = load_tls(&config)?;
+            let tls = tls_files(&config).map(PlaneTls::load).transpose()?;
+            if let Some(tls) = &tls {
+                // One configuration for both sides, reloaded when its files change.
+                watched.tls(tls.clone());
+            }
             let store = RedisStore::new(&config.redis_config().map_err(RunError::Config)?)?;
-            let (client_tls, server_tls) = match tls {
-                Some(PlaneTls { client, server }) => (Some(client), Some(server)),
-                None => (None, None),
-            };
-            let dialer = Dialer::new(client_tls, trust.plane.clone(), &id);
+            if let Some(why) = store.tls_refusal().await {
+                // A certificate refused now is refused at every reconnection:
+                // better a node that does not start than one that never pairs.
+                return Err(RunError::Config(format!(
+                    "Redis refused this node's TLS: {why}"
+                )));
+            }
+            let dialer = Dialer::new(tls.clone(), trust.plane.clone(), &id);
             let info = NodeInfo {
                 id,
                 forward_addr,
@@ -141,7 +148,7 @@ impl Relay {
             let node = Node::new(config, info, trust, Arc::new(store), None, Some(dialer));
             let plane = PlaneParts {
                 listener: forward_listener,
-                tls: server_tls,
+                tls,
             };
             (node, Some(plane))
         } else {
@@ -310,7 +317,9 @@ impl Relay {
         if let Some(heartbeat) = heartbeat {
             // Leave the cluster: the heartbeat goes now, not when it expires.
             heartbeat.abort();
-            let leave = node.store.remove_node(&node.info);
+            // The heartbeat as written (its seal names its member of the set).
+            let beating = node.trust.beating(&node.info);
+            let leave = node.store.remove_node(&beating);
             match tokio::time::timeout(LEAVE_TIMEOUT, leave).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -339,26 +348,15 @@ impl Relay {
     }
 }
 
-/// Reads the forwarding plane's TLS files.
-fn load_tls(config: &Config) -> Result<Option<PlaneTls>, RunError> {
+/// Where the forwarding plane's TLS files are, if TLS is on.
+fn tls_files(config: &Config) -> Option<TlsFiles> {
     let (Some(cert), Some(key)) = (&config.forward_tls_cert, &config.forward_tls_key) else {
-        return Ok(None);
+        return None;
     };
-    let read = |p: &PathBuf| {
-        std::fs::read(p).map_err(|e| RunError::Config(format!("reading {}: {e}", p.display())))
-    };
-    let identity = Identity::from_pem(read(cert)?, read(key)?);
-    let mut server = ServerTlsConfig::new().identity(identity.clone());
-    let mut client = ClientTlsConfig::new().domain_name(config.forward_tls_server_name.clone());
-    match &config.forward_tls_ca {
-        Some(ca) => {
-            // Mutual TLS: every node presents a certificate signed by the CA.
-            let ca = Certificate::from_pem(read(ca)?);
-            server = server.client_ca_root(ca.clone());
-            client = client.ca_certificate(ca).identity(identity);
-        }
-        // One certificate shared by all nodes: trust exactly it.
-        None => client = client.ca_certificate(Certificate::from_pem(read(cert)?)),
-    }
-    Ok(Some(PlaneTls { client, server }))
+    Some(TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: config.forward_tls_ca.clone(),
+        server_name: config.forward_tls_server_name.clone(),
+    })
 }

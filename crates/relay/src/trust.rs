@@ -12,9 +12,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dtcp_forward::PlaneAuth;
+use dtcp_forward::{PlaneAuth, PlaneTls};
 use dtcp_store::NodeInfo;
-use dtcp_wire::{KeyError, Keyring, Secrets, Triple};
+use dtcp_wire::{KeyError, Keyring, RegistrationId, Secrets, Triple};
 use metrics::counter;
 use tracing::{info, warn};
 
@@ -143,7 +143,44 @@ pub(crate) struct Trust {
 
 /// The sources a node watches for its lifetime.
 #[derive(Debug)]
-pub(crate) struct Watched(Vec<Source>);
+pub(crate) struct Watched {
+    sources: Vec<Source>,
+    tls: Option<TlsWatch>,
+}
+
+/// The forwarding plane's TLS files and the versions in force.
+#[derive(Debug)]
+struct TlsWatch {
+    tls: PlaneTls,
+    stamps: Vec<Option<Stamp>>,
+}
+
+impl TlsWatch {
+    fn stamps(tls: &PlaneTls) -> Vec<Option<Stamp>> {
+        tls.files().paths().into_iter().map(stamp).collect()
+    }
+
+    /// Reloads the certificates if a file changed. A set that does not load
+    /// (a key that no longer matches its certificate while the two are
+    /// replaced one after the other, a file half-written) leaves the ones
+    /// in force, and is tried again at the next poll.
+    fn poll(&mut self) {
+        let stamps = Self::stamps(&self.tls);
+        if stamps == self.stamps {
+            return;
+        }
+        match self.tls.reload() {
+            Ok(()) => {
+                info!("forwarding plane TLS certificates reloaded");
+                self.stamps = stamps;
+            }
+            Err(e) => warn!(
+                error = %e,
+                "forwarding plane TLS certificates not reloaded; the current ones stay"
+            ),
+        }
+    }
+}
 
 impl Trust {
     /// The secrets `config` names, read now, and what to watch. The cluster
@@ -175,7 +212,11 @@ impl Trust {
             max_key_lifetime: config.max_key_lifetime.as_secs(),
             plane,
         };
-        Ok((trust, Watched(watched)))
+        let watched = Watched {
+            sources: watched,
+            tls: None,
+        };
+        Ok((trust, watched))
     }
 
     /// A node that trusts everyone (tests of other parts).
@@ -213,22 +254,51 @@ impl Trust {
         })
     }
 
-    /// `info` as records in the store name it: sealed on a secure plane,
-    /// with the signing secret in force now.
-    pub(crate) fn sealed(&self, info: &NodeInfo) -> Option<NodeInfo> {
-        let seal = self.plane.seal(&info.id, &info.forward_addr)?;
+    /// The seal of `id`'s record naming `info` as its owner, with the
+    /// signing secret in force now; `None` on an insecure plane.
+    pub(crate) fn seal(&self, id: &RegistrationId, info: &NodeInfo) -> Option<String> {
+        self.plane.seal(id.as_bytes(), &info.id, &info.forward_addr)
+    }
+
+    /// `info` as `id`'s record in the store names it: sealed on a secure plane.
+    pub(crate) fn sealed(&self, id: &RegistrationId, info: &NodeInfo) -> Option<NodeInfo> {
         Some(NodeInfo {
-            seal: Some(seal),
+            seal: Some(self.seal(id, info)?),
             ..info.clone()
         })
     }
 
-    /// Whether a record naming `owner` was written by the cluster; a record
-    /// that was not is counted.
-    pub(crate) fn verify_record(&self, owner: &NodeInfo) -> bool {
-        let ok = self
-            .plane
-            .verify_seal(&owner.id, &owner.forward_addr, owner.seal.as_deref());
+    /// `info` as its heartbeat names it: sealed on a secure plane.
+    pub(crate) fn beating(&self, info: &NodeInfo) -> NodeInfo {
+        NodeInfo {
+            seal: self.plane.heartbeat_seal(&info.id, &info.forward_addr),
+            ..info.clone()
+        }
+    }
+
+    /// How many distinct nodes of `live` beat with the cluster's seal: a
+    /// heartbeat the cluster did not write is not counted.
+    pub(crate) fn count_nodes(&self, live: &[NodeInfo]) -> usize {
+        let sealed: std::collections::HashSet<&str> = live
+            .iter()
+            .filter(|n| {
+                self.plane
+                    .verify_heartbeat(&n.id, &n.forward_addr, n.seal.as_deref())
+            })
+            .map(|n| n.id.as_str())
+            .collect();
+        sealed.len()
+    }
+
+    /// Whether `id`'s record naming `owner` was written by the cluster for
+    /// that registration; a record that was not is counted.
+    pub(crate) fn verify_record(&self, id: &RegistrationId, owner: &NodeInfo) -> bool {
+        let ok = self.plane.verify_seal(
+            id.as_bytes(),
+            &owner.id,
+            &owner.forward_addr,
+            owner.seal.as_deref(),
+        );
         if !ok {
             counter!(AUTH_FAILURES, "reason" => "bad_record").increment(1);
         }
@@ -237,17 +307,26 @@ impl Trust {
 }
 
 impl Watched {
-    /// Re-reads the secret files whenever they change, for ever.
+    /// Watches the files of the plane's TLS too, as loaded in `tls`.
+    pub(crate) fn tls(&mut self, tls: PlaneTls) {
+        let stamps = TlsWatch::stamps(&tls);
+        self.tls = Some(TlsWatch { tls, stamps });
+    }
+
+    /// Re-reads the secret and certificate files whenever they change, for ever.
     pub(crate) async fn run(mut self) {
-        if self.0.iter().all(|s| s.files.is_empty()) {
+        if self.tls.is_none() && self.sources.iter().all(|s| s.files.is_empty()) {
             return;
         }
         let mut tick = tokio::time::interval(SECRET_POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for source in &mut self.0 {
+            for source in &mut self.sources {
                 source.poll();
+            }
+            if let Some(tls) = &mut self.tls {
+                tls.poll();
             }
         }
     }

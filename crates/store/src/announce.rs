@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::Registered;
-use crate::redis_conn::{Health, cluster_builder, sentinel_client, single_info, unavailable};
+use crate::redis_conn::{Health, cluster_builder, sentinel_client, single_client};
 use crate::redis_store::{RedisConfig, parse_announcement};
 
 /// Announcements queued for the relay before the newest are dropped.
@@ -44,9 +44,7 @@ pub(crate) fn watch(
     } else {
         let source = match &config.sentinel {
             Some(sentinel) => sentinel_client(config, sentinel).map(Source::Sentinel),
-            None => single_info(config)
-                .and_then(|info| Client::open(info).map_err(unavailable))
-                .map(Source::Fixed),
+            None => single_client(config).map(Source::Fixed),
         };
         match source {
             Ok(source) => {

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use dtcp_wire::RegistrationId;
 
 pub use memory::MemoryStore;
-pub use redis_store::{RedisConfig, RedisStore, SentinelConfig};
+pub use redis_store::{RedisConfig, RedisStore, RedisTls, SentinelConfig};
 
 /// A relay node as other nodes see it: its id and the address of its
 /// forwarding plane.
@@ -43,10 +43,11 @@ pub struct NodeInfo {
     pub id: String,
     /// `host:port` other nodes dial to open a Bridge; empty for a lone node.
     pub forward_addr: String,
-    /// A MAC the relay computes over the record (registration id, node id,
-    /// address) under the cluster secret, stored with it, so that whoever
-    /// can write the store cannot redirect a claim. The store keeps it
-    /// opaque (no spaces); `None` on an insecure plane.
+    /// A MAC the relay computes over one registration's record
+    /// (registration id, node id, address) under the cluster secret, stored
+    /// with it, so that whoever can write the store cannot redirect a claim
+    /// nor move a record to another registration. The store keeps it opaque
+    /// (no spaces); `None` on an insecure plane.
     pub seal: Option<String>,
 }
 
@@ -127,8 +128,9 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     ) -> Result<bool, StoreError>;
 
     /// Writes again registrations this node holds, each with its remaining
-    /// TTL, in pipelined batches: each is written if it is absent, and left as
-    /// it is if `owner` already holds it. One result per registration, in
+    /// TTL and its record's seal (`owner`'s own seal is not used: a seal
+    /// covers one registration), in pipelined batches: each is written if it
+    /// is absent, and left as it is if `owner` already holds it. One result per registration, in
     /// order: `true` if `owner` holds it now, `false` if another node does
     /// (it registered the same id while the store had lost this one).
     ///
@@ -143,18 +145,25 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     async fn register_many(
         &self,
         owner: &NodeInfo,
-        registrations: &[(RegistrationId, Duration)],
+        registrations: &[(RegistrationId, Duration, Option<String>)],
     ) -> Result<Vec<bool>, StoreError>;
 
     /// Announces that `node` is alive for the next `ttl`, and tells whether
     /// the store kept `node`'s records since the last beat ([`Beat`]).
+    /// `node.seal` is the heartbeat's own (over its id and address), kept
+    /// with it for [`Rendezvous::live_nodes`].
     async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<Beat, StoreError>;
 
-    /// Withdraws `node`'s heartbeat (a clean shutdown).
+    /// Withdraws `node`'s heartbeat (a clean shutdown), `node` as it beat.
     async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError>;
 
-    /// How many nodes have a live heartbeat.
+    /// How many nodes have a live heartbeat, whoever wrote it.
     async fn nodes_alive(&self) -> Result<usize, StoreError>;
+
+    /// The nodes with a live heartbeat, each with the seal it beat with, so
+    /// that the caller counts only the ones the cluster wrote (a node id
+    /// may appear twice for a moment after its seal changed).
+    async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
 
     /// Counts one more pending CREATE from `source`, across every node that
     /// shares the store, unless `max` are counted already: returns whether

@@ -161,17 +161,25 @@ impl Rendezvous for MemoryStore {
     async fn register_many(
         &self,
         owner: &NodeInfo,
-        registrations: &[(RegistrationId, Duration)],
+        registrations: &[(RegistrationId, Duration, Option<String>)],
     ) -> Result<Vec<bool>, StoreError> {
         let now = Instant::now();
         let shared = self.shared(owner);
         let mut map = self.registrations.lock().expect("poisoned");
         Ok(registrations
             .iter()
-            .map(|(id, ttl)| match map.get(id) {
+            .map(|(id, ttl, seal)| match map.get(id) {
                 Some((held, exp)) if *exp > now => held.id == owner.id,
                 _ => {
-                    map.insert(*id, (shared.clone(), now + *ttl));
+                    // A lone node seals nothing; a seal given is kept as given.
+                    let held = match seal {
+                        None => shared.clone(),
+                        Some(seal) => Arc::new(NodeInfo {
+                            seal: Some(seal.clone()),
+                            ..owner.clone()
+                        }),
+                    };
+                    map.insert(*id, (held, now + *ttl));
                     true
                 }
             })
@@ -196,6 +204,20 @@ impl Rendezvous for MemoryStore {
         let now = Instant::now();
         let nodes = self.nodes.lock().expect("poisoned");
         Ok(nodes.values().filter(|exp| **exp > now).count())
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        // A lone node: no plane, nothing sealed.
+        let now = Instant::now();
+        let nodes = self.nodes.lock().expect("poisoned");
+        Ok(nodes
+            .iter()
+            .filter(|(_, exp)| **exp > now)
+            .map(|(id, _)| NodeInfo {
+                id: id.clone(),
+                ..NodeInfo::default()
+            })
+            .collect())
     }
 }
 
@@ -250,7 +272,7 @@ mod tests {
             .collect();
         assert!(s.register(&ids[0], &node("a"), ttl).await.unwrap());
         assert!(s.register(&ids[1], &node("b"), ttl).await.unwrap());
-        let batch: Vec<_> = ids.iter().map(|id| (*id, ttl)).collect();
+        let batch: Vec<_> = ids.iter().map(|id| (*id, ttl, None)).collect();
         let written = s.register_many(&node("a"), &batch).await.unwrap();
         assert_eq!(written, [true, false, true]);
         assert_eq!(s.lookup(&ids[1]).await.unwrap(), Some(node("b")));

@@ -12,14 +12,15 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
-    Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod, TlsMode, Value,
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo,
+    IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod,
+    TlsCertificates, TlsMode, Value,
 };
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::StoreError;
-use crate::redis_store::{RedisConfig, SentinelConfig};
+use crate::redis_store::{RedisConfig, RedisTls, SentinelConfig};
 
 pub(crate) fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -83,7 +84,7 @@ impl Conn {
                 replace_within: config.operation_timeout,
             })));
         }
-        let client = Client::open(single_info(config)?).map_err(unavailable)?;
+        let client = single_client(config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
@@ -164,13 +165,38 @@ pub(crate) fn single_info(config: &RedisConfig) -> Result<ConnectionInfo, StoreE
     })
 }
 
-/// A Cluster client's builder on the seeds, with the password and timeouts.
+/// The certificates of `tls` as the redis crate takes them.
+fn certificates(tls: &RedisTls) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
+            client_cert: cert.clone(),
+            client_key: key.clone(),
+        }),
+        root_cert: tls.ca.clone(),
+    }
+}
+
+/// A client of the single server, with the configured password and TLS certificates.
+pub(crate) fn single_client(config: &RedisConfig) -> Result<Client, StoreError> {
+    let info = single_info(config)?;
+    match &config.tls {
+        Some(tls) => Client::build_with_tls(info, certificates(tls)),
+        None => Client::open(info),
+    }
+    .map_err(unavailable)
+}
+
+/// A Cluster client's builder on the seeds, with the password, TLS
+/// certificates and timeouts.
 pub(crate) fn cluster_builder(config: &RedisConfig) -> redis::cluster::ClusterClientBuilder {
     let mut builder = ClusterClient::builder(config.urls.iter().map(String::as_str))
         .connection_timeout(config.connect_timeout)
         .response_timeout(config.response_timeout);
     if let Some(p) = &config.password {
         builder = builder.password(p);
+    }
+    if let Some(tls) = &config.tls {
+        builder = builder.certs(certificates(tls));
     }
     builder
 }
@@ -205,6 +231,15 @@ pub(crate) fn sentinel_client(
         builder = builder
             .set_client_to_sentinel_tls_mode(TlsMode::Secure)
             .set_client_to_redis_tls_mode(TlsMode::Secure);
+        if let Some(certs) = &config.tls {
+            builder = builder
+                .set_client_to_sentinel_certificates(certificates(certs))
+                .set_client_to_redis_certificates(certificates(certs));
+        }
+    } else if config.tls.is_some() {
+        return Err(StoreError::Unavailable(
+            "Redis TLS certificates need rediss:// Sentinel addresses".into(),
+        ));
     }
     if let Some(p) = &config.password {
         builder = builder.set_client_to_redis_password(p);

@@ -7,9 +7,9 @@
 //! | key | value | TTL |
 //! | --- | --- | --- |
 //! | `<prefix>reg:<registration id>` | `<node id> <forward addr>[ <seal>]` of the owner, or `- ` for a used signed key | pending TTL, or the key's expiry |
-//! | `<prefix>node:<node id>` | the node's forward addr | heartbeat TTL |
+//! | `<prefix>node:<node id>` | the node's forward addr[ and its heartbeat seal] | heartbeat TTL |
 //! | `<prefix>src:<address>` | pending CREATEs from that client address, cluster-wide (`sources.rs`) | pending TTL and a margin, from its last increase |
-//! | `<prefix>nodes` | sorted set: node id scored by its heartbeat's expiry (ms) | none; expired members are trimmed |
+//! | `<prefix>nodes` | sorted set: `<node id> <forward addr>[ <heartbeat seal>]` scored by the heartbeat's expiry (ms) | none; expired members are trimmed |
 //!
 //! Registrations are announced on the channel `<prefix>registered` (sharded
 //! pub/sub on a Redis Cluster, which needs Redis 7).
@@ -67,6 +67,10 @@ pub struct RedisConfig {
     /// Password of the Redis servers (the `default` user), unless the URLs
     /// carry one. With Sentinel: of the master (and replicas).
     pub password: Option<String>,
+    /// Certificates for `rediss://` (TLS) connections: to the servers, and
+    /// to the sentinels when they are reached over TLS. `None`: the system's
+    /// CA roots and no client certificate.
+    pub tls: Option<RedisTls>,
     /// Prefix of every key.
     pub prefix: String,
     /// How long connecting to one server may take.
@@ -90,6 +94,28 @@ pub struct RedisConfig {
     /// Longest wait between two retries (and between two attempts to
     /// subscribe again to the announcements).
     pub retry_max_delay: Duration,
+}
+
+/// What a node presents and trusts on TLS connections to Redis (a managed
+/// Redis that signs its servers with its own CA, or asks clients for a
+/// certificate).
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// PEM certificates of the CA(s) that sign the servers, instead of the
+    /// system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// A PEM client certificate chain and its PEM private key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The key is never printed.
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
 }
 
 /// A Redis Sentinel deployment: the sentinels to ask and the master's name.
@@ -147,6 +173,7 @@ impl Default for RedisConfig {
             cluster: false,
             sentinel: None,
             password: None,
+            tls: None,
             prefix: "dtcp:".into(),
             connect_timeout: Self::CONNECT_TIMEOUT,
             response_timeout: Self::RESPONSE_TIMEOUT,
@@ -167,6 +194,7 @@ impl fmt::Debug for RedisConfig {
             .field("cluster", &self.cluster)
             .field("sentinel", &self.sentinel)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .field("prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
@@ -250,6 +278,26 @@ impl RedisStore {
                 backoff: config.operation_backoff(),
             }),
         })
+    }
+
+    /// Connects once, if the store is reached over TLS with certificates
+    /// of its own ([`RedisConfig::tls`]), and tells why if the TLS handshake
+    /// was refused (a client certificate missing or not trusted, a server
+    /// certificate this node does not trust): a configuration error a node
+    /// should not start with. `None` when the server answered, or failed in
+    /// another way: a Redis that is down at start is no error, the store
+    /// connects lazily.
+    pub async fn tls_refusal(&self) -> Option<String> {
+        let inner = &*self.inner;
+        inner.config.tls.as_ref()?;
+        let ping = async {
+            let mut conn = inner.conn.get().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match tokio::time::timeout(inner.config.operation_timeout, ping).await {
+            Ok(Err(e)) if is_tls_error(&e) => Some(e.to_string()),
+            _ => None,
+        }
     }
 
     fn reg_key(&self, id: &RegistrationId) -> String {
@@ -369,10 +417,15 @@ impl RedisStore {
     /// node's.
     async fn rewrite_chunk(
         &self,
-        value: &str,
-        chunk: &[(RegistrationId, Duration)],
+        owner: &NodeInfo,
+        chunk: &[(RegistrationId, Duration, Option<String>)],
     ) -> Result<Vec<bool>, StoreError> {
-        let keys: Vec<String> = chunk.iter().map(|(id, _)| self.reg_key(id)).collect();
+        let keys: Vec<String> = chunk.iter().map(|(id, ..)| self.reg_key(id)).collect();
+        // One value per record: each seal covers its own registration.
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|(_, _, seal)| Self::record_value(owner, seal.as_deref()))
+            .collect();
         let mut outcome: Vec<Option<bool>> = vec![None; chunk.len()];
         for _ in 0..REWRITE_ROUNDS {
             let open: Vec<usize> = (0..chunk.len()).filter(|i| outcome[*i].is_none()).collect();
@@ -381,7 +434,7 @@ impl RedisStore {
             }
             let mut set = redis::pipe();
             for &i in &open {
-                set.add_command(set_nx_cmd(&keys[i], value, chunk[i].1));
+                set.add_command(set_nx_cmd(&keys[i], &values[i], chunk[i].1));
             }
             let replies: Vec<Value> = self.pipeline(&set).await?;
             let held: Vec<usize> = open
@@ -405,7 +458,7 @@ impl RedisStore {
             let holders: Vec<Option<String>> = self.pipeline(&get).await?;
             for (&i, holder) in held.iter().zip(holders) {
                 // None: it expired in between; the next round writes it.
-                outcome[i] = holder.map(|h| h == value);
+                outcome[i] = holder.map(|h| h == values[i]);
             }
         }
         // Still open after every round: it keeps expiring under us; not ours.
@@ -433,7 +486,12 @@ impl RedisStore {
     }
 
     fn owner_value(owner: &NodeInfo) -> String {
-        match &owner.seal {
+        Self::record_value(owner, owner.seal.as_deref())
+    }
+
+    /// A record naming `owner`'s id and address, with `seal`.
+    fn record_value(owner: &NodeInfo, seal: Option<&str>) -> String {
+        match seal {
             Some(seal) => format!("{} {} {seal}", owner.id, owner.forward_addr),
             None => format!("{} {}", owner.id, owner.forward_addr),
         }
@@ -458,6 +516,26 @@ impl RedisStore {
 /// A timeout as the redis crate reports one.
 fn timed_out() -> redis::RedisError {
     std::io::Error::from(std::io::ErrorKind::TimedOut).into()
+}
+
+/// Whether `e` comes from TLS: the TLS library reports a refused or
+/// failed handshake as invalid data, which nothing else in connecting does
+/// (a reply Redis sends that cannot be parsed is an error of its own kind).
+fn is_tls_error(e: &redis::RedisError) -> bool {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        // The redis crate keeps the I/O error behind an `Arc`.
+        let io = err.downcast_ref::<std::io::Error>().or_else(|| {
+            err.downcast_ref::<Shared>()?
+                .downcast_ref::<std::io::Error>()
+        });
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData) {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn set_nx_cmd(key: &str, value: &str, ttl: Duration) -> Cmd {
@@ -603,13 +681,12 @@ impl Rendezvous for RedisStore {
     async fn register_many(
         &self,
         owner: &NodeInfo,
-        registrations: &[(RegistrationId, Duration)],
+        registrations: &[(RegistrationId, Duration, Option<String>)],
     ) -> Result<Vec<bool>, StoreError> {
-        let value = Self::owner_value(owner);
         if self.inner.conn.pipelines_span_keys() {
             let mut written = Vec::with_capacity(registrations.len());
             for chunk in registrations.chunks(REWRITE_BATCH) {
-                written.extend(self.rewrite_chunk(&value, chunk).await?);
+                written.extend(self.rewrite_chunk(owner, chunk).await?);
             }
             return Ok(written);
         }
@@ -618,7 +695,10 @@ impl Rendezvous for RedisStore {
         // be general enough for the `Send` bound `async_trait` needs.
         let rewrites: Vec<_> = registrations
             .iter()
-            .map(|(id, ttl)| self.rewrite_one(&value, id, *ttl))
+            .map(|(id, ttl, seal)| {
+                let value = Self::record_value(owner, seal.as_deref());
+                async move { self.rewrite_one(&value, id, *ttl).await }
+            })
             .collect();
         futures_util::stream::iter(rewrites)
             .buffered(REWRITE_IN_FLIGHT)
@@ -630,12 +710,16 @@ impl Rendezvous for RedisStore {
         // Whether the beat was there, and the new one, in one round trip (the
         // same key, so the same slot on a Cluster; only this node writes it).
         let key = self.node_key(&node.id);
+        let beat_value = match &node.seal {
+            Some(seal) => format!("{} {seal}", node.forward_addr),
+            None => node.forward_addr.clone(),
+        };
         let mut beat = redis::pipe();
         beat.cmd("EXISTS")
             .arg(&key)
             .cmd("SET")
             .arg(&key)
-            .arg(&node.forward_addr)
+            .arg(beat_value)
             .arg("PX")
             .arg(ms(ttl))
             .ignore();
@@ -646,7 +730,7 @@ impl Rendezvous for RedisStore {
             .cmd("ZADD")
             .arg(self.nodes_key())
             .arg(now + ms(ttl))
-            .arg(&node.id)
+            .arg(Self::owner_value(node))
             .ignore()
             .cmd("ZREMRANGEBYSCORE")
             .arg(self.nodes_key())
@@ -668,7 +752,11 @@ impl Rendezvous for RedisStore {
             .query(redis::cmd("DEL").arg(self.node_key(&node.id)))
             .await?;
         let _: i64 = self
-            .query(redis::cmd("ZREM").arg(self.nodes_key()).arg(&node.id))
+            .query(
+                redis::cmd("ZREM")
+                    .arg(self.nodes_key())
+                    .arg(Self::owner_value(node)),
+            )
             .await?;
         Ok(())
     }
@@ -683,6 +771,22 @@ impl Rendezvous for RedisStore {
 
     fn watch_recoveries(&self) -> Option<watch::Receiver<u64>> {
         Some(self.inner.health.subscribe())
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let members: Vec<String> = self
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.nodes_key())
+                    .arg(now_ms())
+                    .arg("+inf"),
+            )
+            .await?;
+        // A member of another format (an older node's bare id) names no node.
+        Ok(members
+            .iter()
+            .filter_map(|m| Self::parse_owner(m).ok())
+            .collect())
     }
 
     async fn nodes_alive(&self) -> Result<usize, StoreError> {

@@ -42,7 +42,9 @@ async fn announcements_survive_the_failover_of_their_shard() {
 
     let me = node("writer");
     let ttl = Duration::from_secs(60);
-    let batch: Vec<_> = (60_000..60_000 + PENDING).map(|i| (reg(i), ttl)).collect();
+    let batch: Vec<_> = (60_000..60_000 + PENDING)
+        .map(|i| (reg(i), ttl, None))
+        .collect();
     let started = Instant::now();
     let written = writer.register_many(&me, &batch).await.unwrap();
     eprintln!(
@@ -51,7 +53,7 @@ async fn announcements_survive_the_failover_of_their_shard() {
         started.elapsed()
     );
     assert!(written.iter().all(|w| *w));
-    for (id, _) in batch.iter().step_by(500) {
+    for (id, _, _) in batch.iter().step_by(500) {
         assert_eq!(watcher.lookup(id).await.unwrap(), Some(me.clone()));
     }
 
@@ -67,7 +69,7 @@ async fn announcements_survive_the_failover_of_their_shard() {
     let rewriter = {
         let (writer, me) = (writer.clone(), me.clone());
         let batch: Vec<_> = (100_000..100_000 + PENDING)
-            .map(|i| (reg(i), ttl))
+            .map(|i| (reg(i), ttl, None))
             .collect();
         tokio::spawn(async move {
             let mut failures = 0;
@@ -103,7 +105,7 @@ async fn announcements_survive_the_failover_of_their_shard() {
     // Right after the failover, a rewrite goes through at the first try, and
     // every slot answers lookups again (the promoted shard's included).
     let batch: Vec<_> = (200_000..200_000 + PENDING)
-        .map(|i| (reg(i), ttl))
+        .map(|i| (reg(i), ttl, None))
         .collect();
     let started = Instant::now();
     let written = writer.register_many(&me, &batch).await.unwrap();
@@ -112,7 +114,7 @@ async fn announcements_survive_the_failover_of_their_shard() {
         started.elapsed()
     );
     assert!(written.iter().all(|w| *w));
-    for (id, _) in batch.iter().step_by(50) {
+    for (id, _, _) in batch.iter().step_by(50) {
         assert_eq!(watcher.lookup(id).await.unwrap(), Some(me.clone()));
     }
 

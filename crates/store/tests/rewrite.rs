@@ -24,7 +24,7 @@ async fn five_thousand_registrations_are_written_back_after_a_flush() {
     let owner = node("owner");
     let ttl = Duration::from_secs(300);
     let pending: Vec<_> = (0..PENDING)
-        .map(|i| (reg(i), ttl - Duration::from_millis(i as u64)))
+        .map(|i| (reg(i), ttl - Duration::from_millis(i as u64), None))
         .collect();
     let first = s.register_many(&owner, &pending).await.unwrap();
     assert!(first.iter().all(|w| *w), "a fresh store takes them all");
@@ -89,7 +89,7 @@ async fn another_nodes_registration_is_left_alone() {
     let s = store(&config);
     let ttl = Duration::from_secs(60);
     assert!(s.register(&reg(1), &node("other"), ttl).await.unwrap());
-    let batch: Vec<_> = (0..3).map(|i| (reg(i), ttl)).collect();
+    let batch: Vec<_> = (0..3).map(|i| (reg(i), ttl, None)).collect();
     let written = s.register_many(&node("me"), &batch).await.unwrap();
     assert_eq!(written, [true, false, true]);
     assert_eq!(s.lookup(&reg(1)).await.unwrap(), Some(node("other")));

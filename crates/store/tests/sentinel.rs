@@ -142,7 +142,7 @@ async fn the_store_follows_the_master_through_failovers() {
     assert!(back.is_some(), "announcements after the master was killed");
 
     // The batch rewrite lands on the new master too.
-    let batch: Vec<_> = (50_000..50_500).map(|i| (reg(i), ttl)).collect();
+    let batch: Vec<_> = (50_000..50_500).map(|i| (reg(i), ttl, None)).collect();
     let written = writer.register_many(&me, &batch).await.unwrap();
     assert!(written.iter().all(|w| *w));
     assert_eq!(

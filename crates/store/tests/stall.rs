@@ -46,7 +46,7 @@ async fn every_operation(s: &Arc<RedisStore>) -> Vec<(&'static str, bool, Durati
         ("register_many", {
             let (s, me) = (s.clone(), me.clone());
             Box::pin(async move {
-                let batch: Vec<_> = (10..600).map(|i| (reg(i), ttl)).collect();
+                let batch: Vec<_> = (10..600).map(|i| (reg(i), ttl, None)).collect();
                 s.register_many(&me, &batch).await.map(drop)
             })
         }),

@@ -190,6 +190,29 @@ pub struct Config {
     #[arg(long, env = "DTCP_REDIS_SENTINEL_PASSWORD_FILE", value_name = "PATH")]
     pub redis_sentinel_password_file: Option<PathBuf>,
 
+    /// PEM CA that signs the Redis servers' certificates (a managed Redis
+    /// with its own CA), instead of the system's roots. For `rediss://`.
+    #[arg(long, env = "DTCP_REDIS_CA", value_name = "PEM")]
+    pub redis_ca: Option<PathBuf>,
+
+    /// PEM client certificate presented to Redis (`tls-auth-clients`). For `rediss://`.
+    #[arg(
+        long,
+        env = "DTCP_REDIS_CLIENT_CERT",
+        value_name = "PEM",
+        requires = "redis_client_key"
+    )]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of `--redis-client-cert`.
+    #[arg(
+        long,
+        env = "DTCP_REDIS_CLIENT_KEY",
+        value_name = "PEM",
+        requires = "redis_client_cert"
+    )]
+    pub redis_client_key: Option<PathBuf>,
+
     /// Seconds connecting to one Redis server may take.
     #[arg(long, env = "DTCP_REDIS_CONNECT_TIMEOUT", default_value = "1", value_parser = parse_secs, value_name = "SECS")]
     pub redis_connect_timeout: Duration,

@@ -268,3 +268,32 @@ fn fractional_seconds_and_bad_values() {
     assert!(Config::try_parse_from(["dtcp-relay", "--pending-ttl", "soon"]).is_err());
     assert!(Config::try_parse_from(["dtcp-relay", "--pending-ttl", "-1"]).is_err());
 }
+
+#[test]
+fn redis_certificates_need_rediss() {
+    let parse = |args: &[&str]| {
+        let base = ["dtcp-relay", "--insecure-plane", "--advertise-addr", "n:1"];
+        Config::try_parse_from([&base[..], args].concat()).unwrap()
+    };
+    let plain = parse(&["--redis-url", "redis://r:6379", "--redis-ca", "ca.pem"]);
+    assert!(plain.validate().unwrap_err().contains("rediss://"));
+    let tls = parse(&["--redis-url", "rediss://r:6379", "--redis-ca", "ca.pem"]);
+    assert_eq!(tls.validate(), Ok(()));
+    let sentinel = parse(&[
+        "--redis-sentinel",
+        "rediss://s:26379",
+        "--redis-sentinel-master",
+        "m",
+        "--redis-client-cert",
+        "c.pem",
+        "--redis-client-key",
+        "k.pem",
+    ]);
+    assert_eq!(sentinel.validate(), Ok(()));
+    assert!(
+        Config::try_parse_from(["dtcp-relay", "--redis-client-cert", "c.pem"]).is_err(),
+        "a certificate needs its key"
+    );
+    let unreadable = tls.redis_config().unwrap_err();
+    assert!(unreadable.contains("ca.pem"), "{unreadable}");
+}

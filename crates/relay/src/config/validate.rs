@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dtcp_store::{RedisConfig, SentinelConfig};
+use dtcp_store::{RedisConfig, RedisTls, SentinelConfig};
 use dtcp_wire::Limits;
 
 use crate::config::Config;
@@ -53,12 +53,36 @@ impl Config {
                 &self.redis_password_file,
                 "--redis-password-file",
             )?,
+            tls: self.redis_tls()?,
             prefix: self.redis_prefix.clone(),
             connect_timeout: self.redis_connect_timeout,
             response_timeout: self.redis_response_timeout,
             operation_timeout: self.redis_operation_timeout,
             ..RedisConfig::default()
         })
+    }
+
+    /// The Redis TLS certificates, read from their files, if any is given.
+    fn redis_tls(&self) -> Result<Option<RedisTls>, String> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
+        };
+        let ca = self.redis_ca.as_ref().map(read).transpose()?;
+        let client = match (&self.redis_client_cert, &self.redis_client_key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            _ => None,
+        };
+        Ok((ca.is_some() || client.is_some()).then_some(RedisTls { ca, client }))
+    }
+
+    /// Whether every Redis address is reached over TLS (`rediss://`).
+    fn redis_over_tls(&self) -> bool {
+        let addrs = if self.redis_sentinels.is_empty() {
+            &self.redis_urls
+        } else {
+            &self.redis_sentinels
+        };
+        !addrs.is_empty() && addrs.iter().all(|a| a.starts_with("rediss://"))
     }
 
     /// The Redis flags that contradict each other.
@@ -94,6 +118,13 @@ impl Config {
             ("--redis-response-timeout", self.redis_response_timeout),
             ("--redis-operation-timeout", self.redis_operation_timeout),
         ];
+        if (self.redis_ca.is_some() || self.redis_client_cert.is_some()) && !self.redis_over_tls() {
+            return Err(
+                "--redis-ca and --redis-client-cert need TLS: every --redis-url (or \
+                 --redis-sentinel) must be rediss://"
+                    .into(),
+            );
+        }
         if let Some((flag, _)) = timeouts.iter().find(|(_, t)| t.is_zero()) {
             return Err(format!("{flag} must be more than 0"));
         }

@@ -144,7 +144,7 @@ async fn claim_elsewhere(
             return None;
         }
     };
-    if !node.trust.verify_record(&owner) {
+    if !node.trust.verify_record(&id, &owner) {
         warn!(registration = %id, owner = %owner, "the store's record of this registration is not sealed by the cluster: not dialing it");
         refuse(stream, ReplyCode::GeneralFailure).await;
         return None;

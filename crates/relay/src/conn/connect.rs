@@ -104,7 +104,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
             }
             Ok(Some(owner)) if owner.id != node.info.id => {
                 // Whoever can write the store must not be able to redirect a claim.
-                if !node.trust.verify_record(&owner) {
+                if !node.trust.verify_record(&id, &owner) {
                     warn!(registration = %id, owner = %owner, "the store's record of this registration is not sealed by the cluster: not dialing it");
                     let text = "the session's record in the rendezvous store does not verify";
                     return refuse(stream, VERB, Condition::Unavailable, text).await;

@@ -125,7 +125,7 @@ pub(crate) async fn register(
         node: node.clone(),
         id,
         // On a secure plane the record carries the cluster's seal.
-        sealed: node.trust.sealed(&node.info).map(Box::new),
+        sealed: node.trust.sealed(&id, &node.info).map(Box::new),
         armed: false,
         paired: false,
         key_expiry: request.key_expiry.unwrap_or(0),

@@ -142,7 +142,7 @@ impl Rendezvous for Instrumented {
     async fn register_many(
         &self,
         owner: &NodeInfo,
-        registrations: &[(RegistrationId, Duration)],
+        registrations: &[(RegistrationId, Duration, Option<String>)],
     ) -> Result<Vec<bool>, StoreError> {
         self.register_many
             .record(self.store.register_many(owner, registrations))
@@ -155,6 +155,10 @@ impl Rendezvous for Instrumented {
 
     async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError> {
         self.remove_node.record(self.store.remove_node(node)).await
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        self.nodes_alive.record(self.store.live_nodes()).await
     }
 
     async fn nodes_alive(&self) -> Result<usize, StoreError> {

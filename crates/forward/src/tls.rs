@@ -1,0 +1,319 @@
+//! TLS on the plane, reloadable: the certificate a node presents, the key,
+//! and the CA it trusts come from files that may be replaced while the node
+//! runs (a renewal by cert-manager). [`PlaneTls::reload`] reads them again
+//! and swaps the server's and the dialer's rustls configurations; every
+//! handshake from then on uses the new ones, while connections already
+//! established keep what they were made with.
+//!
+//! tonic's own TLS settings are fixed when the server or the channel is
+//! built, so the plane does its TLS itself: [`PlaneTls::incoming`] turns a
+//! listener's connections into TLS streams for the server, and the dialer
+//! connects through [`PlaneTls::connect`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::debug;
+
+use crate::TCP_KEEPALIVE;
+
+/// The protocol both sides must agree on: gRPC is HTTP/2.
+const ALPN_H2: &[u8] = b"h2";
+/// How long a TLS handshake may take, either side.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshaken connections waiting for the server to take them.
+const ACCEPTED_QUEUE: usize = 64;
+
+/// Where the plane's TLS files are, and the name the nodes' certificates carry.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain this node presents.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// PEM CA that signs every node's certificate (mutual TLS). Without it,
+    /// nodes share one certificate and trust exactly it.
+    pub ca: Option<PathBuf>,
+    /// The name checked in the certificate of a node dialed.
+    pub server_name: String,
+}
+
+impl TlsFiles {
+    /// The files to watch for a change.
+    pub fn paths(&self) -> Vec<&Path> {
+        let mut paths = vec![self.cert.as_path(), self.key.as_path()];
+        paths.extend(self.ca.as_deref());
+        paths
+    }
+}
+
+/// Why the plane's TLS files could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file holds no usable PEM certificate or key.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// rustls refused the certificates (a key that does not match the
+    /// certificate, an unusable CA, a bad server name).
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// The configurations in force, swapped as a whole on reload.
+#[derive(Debug)]
+struct Current {
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+    /// Without a CA: the shared certificate trusted now, kept one reload
+    /// longer so that nodes that have not reloaded yet still verify.
+    shared: Option<CertificateDer<'static>>,
+}
+
+/// The plane's TLS, as both the server and the dialer use it; clones share
+/// the configuration, so one reload serves both sides.
+#[derive(Debug, Clone)]
+pub struct PlaneTls {
+    files: Arc<TlsFiles>,
+    server_name: ServerName<'static>,
+    current: Arc<RwLock<Current>>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            what: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            what: "no certificate".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(&read(path)?).map_err(|e| TlsError::Pem {
+        path: path.to_owned(),
+        what: e.to_string(),
+    })
+}
+
+fn config_error(e: impl std::fmt::Display) -> TlsError {
+    TlsError::Config(e.to_string())
+}
+
+impl PlaneTls {
+    /// Reads the files and builds both configurations.
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let server_name = ServerName::try_from(files.server_name.clone()).map_err(config_error)?;
+        let current = build(&files, None)?;
+        Ok(PlaneTls {
+            files: Arc::new(files),
+            server_name,
+            current: Arc::new(RwLock::new(current)),
+        })
+    }
+
+    /// The files this configuration comes from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// Reads the files again and, if they make a good configuration, puts it
+    /// in force for every new handshake. On an error nothing changes: the
+    /// node keeps serving with what it had (a file caught half-written).
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let previous = self.lock().shared.clone();
+        let next = build(&self.files, previous)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.lock().server.clone())
+    }
+
+    fn connector(&self) -> TlsConnector {
+        TlsConnector::from(self.lock().client.clone())
+    }
+
+    /// Server side: the connections of `listener`, each through a TLS
+    /// handshake with the configuration in force when it arrived.
+    /// Handshakes run side by side, so a slow or silent caller holds up
+    /// nobody; one that fails is dropped. The listener closes when the
+    /// returned stream is dropped.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> ReceiverStream<Result<server::TlsStream<TcpStream>, io::Error>> {
+        let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
+        let tls = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of descriptors, a connection reset before it was taken.
+                            debug!(error = %e, "plane accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    () = tx.closed() => return,
+                };
+                tune(&tcp);
+                let (acceptor, tx) = (tls.acceptor(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send(Ok(stream)).await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "plane TLS handshake failed"),
+                        Err(_) => debug!(%peer, "plane TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
+    /// Client side: connects to `uri`'s host and port and makes a TLS
+    /// handshake with the configuration in force now, checking that the
+    /// peer speaks HTTP/2.
+    pub async fn connect(&self, uri: Uri) -> io::Result<TokioIo<client::TlsStream<TcpStream>>> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
+        let host = uri.host().ok_or_else(|| invalid("no host"))?;
+        let port = uri.port_u16().ok_or_else(|| invalid("no port"))?;
+        // A bracketed IPv6 literal is a host name to the URI, an address here.
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => TcpStream::connect(SocketAddr::new(ip, port)).await?,
+            Err(_) => TcpStream::connect((host, port)).await?,
+        };
+        tune(&tcp);
+        let handshake = self.connector().connect(self.server_name.clone(), tcp);
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+            return Err(io::Error::other("the peer node did not agree on HTTP/2"));
+        }
+        Ok(TokioIo::new(stream))
+    }
+}
+
+/// The plane's socket options, which tonic sets on the sockets it makes.
+fn tune(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let _ = SockRef::from(tcp).set_tcp_keepalive(&TcpKeepalive::new().with_time(TCP_KEEPALIVE));
+}
+
+/// Both configurations from the files; `previous` is the shared certificate
+/// trusted until now (no CA).
+fn build(files: &TlsFiles, previous: Option<CertificateDer<'static>>) -> Result<Current, TlsError> {
+    let chain = certs(&files.cert)?;
+    let key = key(&files.key)?;
+    let mut roots = RootCertStore::empty();
+    let (server, shared) = match &files.ca {
+        Some(ca) => {
+            // Mutual TLS: every node presents a certificate signed by the CA.
+            for cert in certs(ca)? {
+                roots.add(cert).map_err(config_error)?;
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider())
+                    .build()
+                    .map_err(config_error)?;
+            let server = ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(config_error)?
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain.clone(), key.clone_key())
+                .map_err(config_error)?;
+            (server, None)
+        }
+        None => {
+            // One certificate shared by all nodes: trust exactly it, and
+            // the one before it while the nodes reload one after another.
+            let own = chain[0].clone();
+            roots.add(own.clone()).map_err(config_error)?;
+            if let Some(old) = previous.filter(|old| *old != own) {
+                let _ = roots.add(old);
+            }
+            let server = ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(config_error)?
+                .with_no_client_auth()
+                .with_single_cert(chain.clone(), key.clone_key())
+                .map_err(config_error)?;
+            (server, Some(own))
+        }
+    };
+    let client = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_root_certificates(roots);
+    let mut client = if files.ca.is_some() {
+        client
+            .with_client_auth_cert(chain, key)
+            .map_err(config_error)?
+    } else {
+        client.with_no_client_auth()
+    };
+    let mut server = server;
+    server.alpn_protocols = vec![ALPN_H2.to_vec()];
+    client.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Current {
+        server: Arc::new(server),
+        client: Arc::new(client),
+        shared,
+    })
+}
