@@ -209,6 +209,9 @@ async fn await_activation(
     match woke {
         Woke::Activated => {
             debug!(registration = %id, "SOCKS5 pair activated (target on another node)");
+            let Some(stream) = session::rearm(stream) else {
+                return;
+            };
             forwarded::run_target_side(
                 node,
                 stream,

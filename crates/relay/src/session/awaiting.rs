@@ -122,6 +122,13 @@ pub(crate) fn run(
                     return;
                 }
                 debug!(registration = %id, "SOCKS5 pair activated");
+                let mut requester = requester;
+                let (Some(target), Some(requester_stream)) =
+                    (rearm(target), rearm(requester.target))
+                else {
+                    return;
+                };
+                requester.target = requester_stream;
                 local::run(node, target, t_early, requester, id, waited, client).await;
             }
             Requester::Remote(requester) => {
@@ -156,6 +163,9 @@ pub(crate) fn run(
                     return;
                 }
                 debug!(registration = %id, "SOCKS5 pair activated (requester on another node)");
+                let Some(target) = rearm(target) else {
+                    return;
+                };
                 let claim = RemoteClaim {
                     outbound: requester.outbound,
                     inbound,
@@ -210,6 +220,24 @@ pub(crate) fn reset(stream: TcpStream) {
 /// it does next. Bytes it sends stay in the kernel, unread (TCP pushes back
 /// when they fill its window), and are delivered after the activation; a
 /// client that sends bytes and then its FIN is kept, as its bytes are.
+/// Registers an activated pair's socket with the runtime anew, so that bytes
+/// its client sent before the activation wake the pump: [`poll_gone_unread`]
+/// cleared the socket's readiness to leave them unread, and an edge-triggered
+/// poller reports nothing more until new bytes arrive, which a client that
+/// sent everything early never sends. A fresh registration reports what is
+/// waiting at once. `None` (and the socket closed, with a reset) if the
+/// runtime refuses it.
+pub(crate) fn rearm(stream: TcpStream) -> Option<TcpStream> {
+    let std = stream.into_std().ok()?;
+    match TcpStream::from_std(std) {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            debug!(error = %e, "an activated socket could not be registered again");
+            None
+        }
+    }
+}
+
 pub(crate) fn poll_gone_unread(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<()> {
     loop {
         match stream.poll_read_ready(cx) {

@@ -27,7 +27,7 @@ use crate::node::Node;
 use crate::pending::Claim;
 use crate::protocol::Protocol;
 
-pub(crate) use awaiting::{abandon, counted_requester, poll_gone_unread, reset};
+pub(crate) use awaiting::{abandon, counted_requester, poll_gone_unread, rearm, reset};
 
 /// The session of a claimed registration, from the side of the node holding
 /// the Initiator.
