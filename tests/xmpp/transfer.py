@@ -65,8 +65,11 @@ async def login(args, auto_accept=False):
     xmpp.enable_starttls = False
     xmpp.enable_direct_tls = False
     xmpp.enable_plaintext = True
-    # The test server has no certificate: SCRAM over loopback plaintext.
+    # The test servers have no certificate: SCRAM over loopback plaintext
+    # (Prosody), or PLAIN where the server offers nothing else (ejabberd
+    # with anonymous logins, which keeps no passwords to do SCRAM with).
     xmpp.plugin["feature_mechanisms"].unencrypted_scram = True
+    xmpp.plugin["feature_mechanisms"].unencrypted_plain = True
     xmpp.register_plugin("xep_0030")
     xmpp.register_plugin("xep_0065", {"auto_accept": auto_accept})
     started = asyncio.Event()
