@@ -27,6 +27,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::server::NamedService;
 
+use crate::activate::{self, ACTIVATE_PATH};
 use crate::auth::{AuthFailure, PlaneAuth};
 use crate::proto::frame::Kind;
 use crate::proto::{Frame, Open};
@@ -388,6 +389,16 @@ pub trait Claimer: Send + Sync + 'static {
     fn refused(&self, failure: AuthFailure) {
         let _ = failure;
     }
+
+    /// XEP-0065 mode: activates the pair of the registration `id`, which
+    /// the store names `owner_node_id`'s; `NOT_FOUND` when the two
+    /// connections are not both here, `ALREADY_EXISTS` when activated before.
+    fn activate(&self, id: &[u8; 32], owner_node_id: &str) -> Result<(), Status> {
+        let _ = (id, owner_node_id);
+        Err(Status::unimplemented(
+            "this node does not serve XEP-0065 activations",
+        ))
+    }
 }
 
 /// The Bridge service, for tonic's server: checks the call's authenticator
@@ -444,10 +455,12 @@ impl<C: Claimer> tower::Service<Request<Body>> for BridgeService<C> {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            Ok(this
-                .serve(request)
-                .await
-                .unwrap_or_else(|status| status.into_http()))
+            let response = if request.uri().path() == ACTIVATE_PATH {
+                activate::serve(&*this.claimer, &this.auth, &this.addr, request).await
+            } else {
+                this.serve(request).await
+            };
+            Ok(response.unwrap_or_else(|status| status.into_http()))
         })
     }
 }

@@ -82,7 +82,22 @@ impl Dialer {
         }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, BridgeError> {
+    /// The node's id, which every call names as its caller.
+    pub(crate) fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The authenticator of this node's calls.
+    pub(crate) fn auth(&self) -> &PlaneAuth {
+        &self.auth
+    }
+
+    /// Forgets the channel to `addr` (its node is gone).
+    pub(crate) fn forget(&self, addr: &str) {
+        self.channels.remove(addr);
+    }
+
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, BridgeError> {
         if let Some(ch) = self.channels.get(addr) {
             return Ok(ch.clone());
         }

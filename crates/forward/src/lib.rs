@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod activate;
 mod auth;
 mod bridge;
 mod dialer;
@@ -26,6 +27,7 @@ pub mod proto {
 
 use std::time::Duration;
 
+pub use activate::{ActivationError, binding as activation_binding};
 pub use auth::{AUTH_HEADER, AUTH_WINDOW, AuthFailure, Claimed, PlaneAuth, REPLAY_CACHE_CAPACITY};
 pub use bridge::{BridgeService, Claimer, Halves, Inbound, Outbound, SERVICE};
 pub use dialer::{BridgeError, Dialer, PlaneTls};
@@ -70,6 +72,11 @@ impl proto::Frame {
     /// The claim succeeded.
     pub fn paired() -> Self {
         Self::of(proto::frame::Kind::Paired(proto::Paired {}))
+    }
+
+    /// XEP-0065 mode: the pair is activated, the session starts.
+    pub fn activated() -> Self {
+        Self::of(proto::frame::Kind::Activated(proto::Activated {}))
     }
 
     /// Bytes of the session.

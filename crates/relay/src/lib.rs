@@ -13,13 +13,17 @@
 //! heartbeat, and writing pending registrations again when the store lost
 //! them), `admin` (the HTTP endpoints), and below everything `node`,
 //! `limits`, `throttle` (the bandwidth caps), `reply`, `outcome`, `trust`
-//! (secrets and their files), `metrics` and `config`.
+//! (secrets and their files), `metrics` and `config`. XEP-0065 mode adds
+//! `component` (the XMPP component link and the activations it asks for),
+//! `activation` (the pairs waiting for theirs) and `protocol`.
 
 pub mod config;
 pub mod metrics;
 
 mod accept;
+mod activation;
 mod admin;
+mod component;
 mod conn;
 mod limits;
 mod membership;
@@ -27,6 +31,7 @@ mod node;
 mod outcome;
 mod pending;
 mod plane;
+mod protocol;
 mod reply;
 mod server;
 mod session;

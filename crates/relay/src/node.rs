@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use dtcp_forward::Dialer;
 
+use crate::activation::Activations;
 use crate::config::Config;
 use crate::limits::{ConnectionRate, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
@@ -33,6 +34,12 @@ pub(crate) struct Node {
     pub(crate) dialer: Option<Dialer>,
     /// CREATEs of this node waiting for their CONNECT.
     pub(crate) pending: PendingTable,
+    /// XEP-0065 pairs of this node waiting for (or past) their activation.
+    pub(crate) activations: Activations,
+    /// Whether a first byte `05` is SOCKS5 (XEP-0065 mode): on a node with
+    /// the XMPP component, and on every cluster node (whichever node holds
+    /// the component activates pairs held by any).
+    pub(crate) socks5: bool,
     /// Pending CREATEs per source address.
     pub(crate) per_ip: Arc<PerIpLimit>,
     /// New connections per second per client address, if limited.
@@ -65,6 +72,7 @@ impl Node {
     ) -> Self {
         let store: Arc<dyn Rendezvous> = Arc::new(Instrumented::new(store));
         let cluster = dialer.is_some();
+        let socks5 = cluster || config.xmpp.is_set();
         // Counted across the cluster in the shared store, and here.
         let per_ip = PerIpLimit::new(config.max_pending_per_ip, cluster.then(|| store.clone()));
         let node_rate = config.max_node_rate.map(NodeRate::new);
@@ -81,6 +89,8 @@ impl Node {
             memory,
             dialer,
             pending: PendingTable::new(),
+            activations: Activations::new(),
+            socks5,
             per_ip,
             rate,
             node_rate,

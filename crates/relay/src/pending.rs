@@ -17,13 +17,16 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dtcp_forward::{Inbound, Outbound};
 use dtcp_store::{NodeInfo, Registered};
 use dtcp_wire::RegistrationId;
+use dtcp_wire::socks5::StreamHash;
 use metrics::{Gauge, gauge};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
+use crate::activation::PairTicket;
 use crate::limits::Slot;
 use crate::metrics::PENDING;
+use crate::protocol::Protocol;
 
 /// The Target's side of a session, handed to the Initiator's task by a claim.
 #[derive(Debug)]
@@ -31,6 +34,33 @@ pub(crate) enum Claim {
     /// The Target is connected to this node.
     Local(LocalClaim),
     /// The Target is connected to another node, which opened a Bridge.
+    Remote(RemoteClaim),
+    /// XEP-0065: the requester's side (local or remote), paired with the
+    /// pending Target but not yet activated. Boxed: rare, and every pending
+    /// CREATE's claim channel makes room for a claim.
+    Socks5(Box<Socks5Claim>),
+}
+
+/// A XEP-0065 requester's side, handed to the Target's task by its claim.
+///
+/// The naming of the two sides is DTCP's: the SOCKS5 Target connects first
+/// and registers (the role of a DTCP Initiator); the requester connects
+/// second and claims (the role of a DTCP Target).
+#[derive(Debug)]
+pub(crate) struct Socks5Claim {
+    /// The requester.
+    pub(crate) requester: Requester,
+    /// The pair's entry in the activation table, entered by the claimant.
+    pub(crate) ticket: PairTicket,
+}
+
+/// Where a XEP-0065 requester is connected.
+#[derive(Debug)]
+pub(crate) enum Requester {
+    /// To this node; the hash is for its success reply, which the Target's
+    /// task sends.
+    Local(LocalClaim, StreamHash),
+    /// To another node, which answers it once this node says `paired`.
     Remote(RemoteClaim),
 }
 
@@ -55,6 +85,8 @@ pub(crate) struct LocalClaim {
     pub(crate) slot: Slot,
     /// When the Target's command was complete: pairing latency starts here.
     pub(crate) connect_started: Instant,
+    /// The protocol both sides speak.
+    pub(crate) protocol: Protocol,
 }
 
 #[derive(Debug)]
@@ -66,6 +98,9 @@ struct Entry {
     /// When its store record expires, once it has one
     /// ([`PendingTable::recorded`]): what a rewrite of the store gives it.
     record_expires: Option<Instant>,
+    /// What the registering client speaks: a claim from another node
+    /// pairs a SOCKS5 Target without starting its session.
+    protocol: Protocol,
 }
 
 /// CREATEs waiting on this node, by registration id.
@@ -112,8 +147,12 @@ impl PendingTable {
         }
     }
 
-    /// Registers a pending CREATE.
-    pub(crate) fn insert(&self, id: RegistrationId) -> Result<Ticket, InsertError> {
+    /// Registers a pending CREATE (or SOCKS5 Target).
+    pub(crate) fn insert(
+        &self,
+        id: RegistrationId,
+        protocol: Protocol,
+    ) -> Result<Ticket, InsertError> {
         match self.entries.entry(id) {
             // Checked under the shard's lock, which `close` takes after
             // setting the flag: an entry is either refused or cleared.
@@ -126,6 +165,7 @@ impl PendingTable {
                     token,
                     tx,
                     record_expires: None,
+                    protocol,
                 });
                 self.gauge.increment(1.0);
                 Ok(Ticket { token, rx })
@@ -177,9 +217,17 @@ impl PendingTable {
 
     /// Claims `id`: removes it and returns the channel to the CREATE's task.
     pub(crate) fn take(&self, id: &RegistrationId) -> Option<oneshot::Sender<Claim>> {
+        self.take_with_protocol(id).map(|(tx, _)| tx)
+    }
+
+    /// Claims `id`, and says what its registering client speaks.
+    pub(crate) fn take_with_protocol(
+        &self,
+        id: &RegistrationId,
+    ) -> Option<(oneshot::Sender<Claim>, Protocol)> {
         let (_, entry) = self.entries.remove(id)?;
         self.gauge.decrement(1.0);
-        Some(entry.tx)
+        Some((entry.tx, entry.protocol))
     }
 
     /// Withdraws the CREATE's own entry. `false` means it was claimed already
@@ -278,11 +326,14 @@ mod tests {
     fn insert_conflict_take_withdraw() {
         let t = PendingTable::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
-        let p = t.insert(id).expect("first");
-        assert_eq!(t.insert(id).unwrap_err(), InsertError::Conflict);
+        let p = t.insert(id, Protocol::Dtcp).expect("first");
+        assert_eq!(
+            t.insert(id, Protocol::Dtcp).unwrap_err(),
+            InsertError::Conflict
+        );
         assert!(t.take(&id).is_some());
         assert!(!t.withdraw(&id, p.token), "already claimed");
-        let p2 = t.insert(id).expect("free again");
+        let p2 = t.insert(id, Protocol::Dtcp).expect("free again");
         assert!(!t.withdraw(&id, p.token), "an old token removes nothing");
         assert!(t.withdraw(&id, p2.token));
         assert_eq!(t.len(), 0);
@@ -293,14 +344,17 @@ mod tests {
         let t = PendingTable::new();
         let a = RegistrationId::of("k", "a@b", "c@d");
         let b = RegistrationId::of("k2", "a@b", "c@d");
-        let mut ta = t.insert(a).unwrap();
-        let mut tb = t.insert(b).unwrap();
+        let mut ta = t.insert(a, Protocol::Dtcp).unwrap();
+        let mut tb = t.insert(b, Protocol::Dtcp).unwrap();
         t.close();
         assert!(t.is_closed());
         assert_eq!(t.len(), 0);
         assert!(ta.rx.try_recv().is_err() && tb.rx.try_recv().is_err());
         assert!(!t.withdraw(&a, ta.token), "nothing left to withdraw");
-        assert_eq!(t.insert(a).unwrap_err(), InsertError::Closed);
+        assert_eq!(
+            t.insert(a, Protocol::Dtcp).unwrap_err(),
+            InsertError::Closed
+        );
     }
 
     #[test]
@@ -308,8 +362,8 @@ mod tests {
         let t = PendingTable::new();
         let a = RegistrationId::of("k", "a@b", "c@d");
         let b = RegistrationId::of("k2", "a@b", "c@d");
-        let ta = t.insert(a).unwrap();
-        let _tb = t.insert(b).unwrap();
+        let ta = t.insert(a, Protocol::Dtcp).unwrap();
+        let _tb = t.insert(b, Protocol::Dtcp).unwrap();
         assert!(t.records().is_empty(), "no record written yet");
         let expires = Instant::now() + Duration::from_secs(60);
         t.recorded(&a, ta.token + 1, expires);

@@ -1,5 +1,6 @@
 //! The node's side of the forwarding plane: the `Bridge` service (where a
-//! claim from another node happens) and gRPC health.
+//! claim from another node happens, and in XEP-0065 mode an activation)
+//! and gRPC health.
 
 use std::sync::Arc;
 
@@ -19,9 +20,11 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tracing::warn;
 
+use crate::activation::Activated;
 use crate::metrics::{AUTH_FAILURES, BRIDGE_ERRORS};
 use crate::node::Node;
-use crate::pending::{Claim, RemoteClaim};
+use crate::pending::{Claim, RemoteClaim, Requester, Socks5Claim};
+use crate::protocol::Protocol;
 
 /// gRPC health service name that says the process is alive (liveness probe).
 pub(crate) const LIVENESS: &str = "dtcp.liveness";
@@ -44,13 +47,27 @@ impl Claimer for Plane {
             return Err(Status::not_found("registered by another node"));
         }
         // The claim: only here, on the owner, can it happen.
-        let Some(claimant) = self.node.pending.take(&id) else {
+        let Some((claimant, protocol)) = self.node.pending.take_with_protocol(&id) else {
             return Err(Status::not_found("no such pending registration"));
         };
-        let claim = Claim::Remote(RemoteClaim {
+        let remote = RemoteClaim {
             outbound: bridge.outbound,
             inbound: Box::new(bridge.inbound),
-        });
+        };
+        let claim = match protocol {
+            Protocol::Dtcp => Claim::Remote(remote),
+            Protocol::Socks5 => {
+                // A SOCKS5 pair: entered for its activation before the
+                // requester's node can answer its client (see `activation`).
+                let Some(ticket) = self.node.activations.pair(id) else {
+                    return Err(Status::not_found("a pair of this stream is running"));
+                };
+                Claim::Socks5(Box::new(Socks5Claim {
+                    requester: Requester::Remote(remote),
+                    ticket,
+                }))
+            }
+        };
         if claimant.send(claim).is_err() {
             return Err(Status::not_found("the initiator is gone"));
         }
@@ -59,6 +76,23 @@ impl Claimer for Plane {
 
     fn refused(&self, failure: AuthFailure) {
         counter!(AUTH_FAILURES, "reason" => failure.as_str()).increment(1);
+    }
+
+    fn activate(&self, id: &[u8; 32], owner_node_id: &str) -> Result<(), Status> {
+        if owner_node_id != self.node.info.id {
+            // The store named an earlier process at this address.
+            return Err(Status::not_found("registered by another node"));
+        }
+        // Exactly once: decided here, on the owner, under the table's lock.
+        match self
+            .node
+            .activations
+            .activate(&RegistrationId::from_bytes(*id))
+        {
+            Activated::Now => Ok(()),
+            Activated::NotFound => Err(Status::not_found("no such pair")),
+            Activated::Already => Err(Status::already_exists("activated before")),
+        }
     }
 }
 

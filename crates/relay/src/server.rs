@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::accept::accept_loop;
 use crate::admin;
+use crate::component;
 use crate::config::Config;
 use crate::limits::{RATE_EVICTION_INTERVAL, effective_max_connections, raise_nofile_limit};
 use crate::membership;
@@ -37,6 +38,8 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the forwarding plane may take, once every session has ended, to
 /// send what they left queued toward other nodes and close.
 const PLANE_SHUTDOWN: Duration = Duration::from_secs(5);
+/// How long the XMPP component link may take to close when the node drains.
+const COMPONENT_SHUTDOWN: Duration = Duration::from_secs(3);
 
 /// Errors that stop a relay from starting.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,8 @@ pub struct Relay {
     metrics: PrometheusHandle,
     /// The secret files, watched while the node runs.
     watched: trust::Watched,
+    /// XEP-0065 mode's component, if configured.
+    xmpp: Option<dtcp_xmpp::XmppConfig>,
 }
 
 /// What serving the forwarding plane takes (cluster mode).
@@ -108,6 +113,7 @@ impl Relay {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let (trust, watched) = Trust::load(&config)?;
+        let xmpp = config.xmpp.xmpp_config().map_err(RunError::Config)?;
         let (node, plane) = if config.cluster() {
             let forward_listener = bind(config.forward_listen).await?;
             let forward_addr = match &config.advertise_addr {
@@ -156,6 +162,7 @@ impl Relay {
             plane,
             metrics,
             watched,
+            xmpp,
         };
         info!(
             listen = %relay.local_addr(),
@@ -167,6 +174,7 @@ impl Relay {
             nofile,
             mode = if relay.node.cluster { "cluster" } else { "standalone" },
             plane_tls = relay.plane.as_ref().is_some_and(|p| p.tls.is_some()),
+            xmpp_component = relay.xmpp.as_ref().map(|x| x.component.to_string()),
             "dtcp-relay listening"
         );
         Ok(relay)
@@ -200,6 +208,7 @@ impl Relay {
             plane,
             metrics,
             watched,
+            xmpp,
         } = self;
         // A lone node has nobody to tell it is alive; it counts itself, so
         // that "nodes scraped minus nodes alive" stays 0 for it too.
@@ -255,6 +264,9 @@ impl Relay {
             None => (None, None),
         };
 
+        // Started once the plane serves: an activation may need it at once.
+        let component = xmpp.map(|config| component::start(node.clone(), config));
+
         shutdown.await;
         info!(
             pending = node.pending.len(),
@@ -263,6 +275,16 @@ impl Relay {
         );
         gauge!(DRAINING).set(1.0);
         node.drain.cancel();
+        if let Some(component) = component {
+            // Another node (a standby) takes the component over; this node's
+            // pairs can still be activated through it, over the plane.
+            if tokio::time::timeout(COMPONENT_SHUTDOWN, component.stop())
+                .await
+                .is_err()
+            {
+                warn!("the XMPP component link did not close in time");
+            }
+        }
         if !node.cluster {
             // A lone node: nobody can claim a pending CREATE once it drains.
             // In a cluster other nodes still can, until the drain timeout.

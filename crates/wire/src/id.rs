@@ -3,6 +3,11 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
+use crate::socks5::StreamHash;
+
+/// What precedes a stream hash in the preimage of its registration id.
+const STREAM_TAG: &[u8] = b"\0socks5\0";
+
 /// The name of a registration: SHA-256 of `key \0 initiator-jid \0 target-jid`
 /// (PROTOCOL.md, section 3), shown as lowercase hex.
 ///
@@ -20,6 +25,19 @@ impl RegistrationId {
         h.update(initiator.as_bytes());
         h.update([0]);
         h.update(target.as_bytes());
+        RegistrationId(h.finalize().into())
+    }
+
+    /// The id of a XEP-0065 bytestream's registration (PROTOCOL.md section
+    /// 6): SHA-256 of `\0socks5\0` and the 20 bytes of its [`StreamHash`].
+    ///
+    /// A separate namespace: a DTCP triple's preimage begins with its key,
+    /// which is never empty, so it never begins with NUL and the two kinds
+    /// of id cannot collide.
+    pub fn of_stream(hash: &StreamHash) -> Self {
+        let mut h = Sha256::new();
+        h.update(STREAM_TAG);
+        h.update(hash.as_bytes());
         RegistrationId(h.finalize().into())
     }
 
@@ -76,5 +94,17 @@ mod tests {
         );
         assert_eq!(id.to_string().parse::<RegistrationId>(), Ok(id));
         assert!("xyz".parse::<RegistrationId>().is_err());
+    }
+
+    #[test]
+    fn stream_ids_are_sha256_of_the_tagged_hash() {
+        let hash: StreamHash = "0123456789abcdef0123456789abcdef01234567".parse().unwrap();
+        let id = RegistrationId::of_stream(&hash);
+        // printf '\0socks5\0' | cat - <(xxd -r -p <<< 0123456789abcdef0123456789abcdef01234567) | sha256sum
+        assert_eq!(
+            id.to_string(),
+            "090bf3a6708523552a7c19f842516dd2795749db1e105a7d484bc0ffa85202b4"
+        );
+        assert_ne!(id, RegistrationId::of("socks5", "", ""));
     }
 }

@@ -7,6 +7,9 @@ mod parse;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod xmpp;
+
+pub use xmpp::XmppFlags;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -322,6 +325,10 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "DTCP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// XEP-0065 mode's XMPP component (config/xmpp.rs).
+    #[command(flatten)]
+    pub xmpp: XmppFlags,
 }
 
 /// How log lines look.

@@ -112,6 +112,7 @@ impl Config {
     /// Refuses inconsistent combinations before anything starts.
     pub fn validate(&self) -> Result<(), String> {
         self.validate_redis()?;
+        self.xmpp.validate()?;
         let has_secret = self.cluster_secret.is_some() || self.cluster_secret_file.is_some();
         if self.cluster() && !has_secret && !self.insecure_plane {
             return Err(

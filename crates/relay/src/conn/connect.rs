@@ -22,6 +22,7 @@ use crate::limits::Slot;
 use crate::metrics::{AUTH_FAILURES, COMMANDS};
 use crate::node::Node;
 use crate::pending::{Claim, LocalClaim};
+use crate::protocol::Protocol;
 use crate::reply::refuse;
 use crate::session::forwarded::{self, OpenError};
 
@@ -80,6 +81,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
                 early,
                 slot,
                 connect_started: received,
+                protocol: Protocol::Dtcp,
             });
             if let Err(Claim::Local(c)) = tx.send(claim) {
                 let text = "no pending CREATE matched";
@@ -164,7 +166,15 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
     };
     drop(expectation);
     // Its own task, like a local session: this one's memory is freed.
-    let session =
-        forwarded::run_target_side(node.clone(), stream, slot, id, early, received, bridge);
+    let session = forwarded::run_target_side(
+        node.clone(),
+        stream,
+        slot,
+        id,
+        early,
+        received,
+        bridge,
+        Protocol::Dtcp,
+    );
     tokio::spawn(session.in_current_span());
 }

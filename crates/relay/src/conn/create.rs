@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use dtcp_forward::proto::Frame;
+use dtcp_wire::socks5::ReplyCode;
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::counter;
 use pin_project_lite::pin_project;
@@ -18,12 +19,13 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, debug, warn};
 
 use crate::conn::early::poll_hung_up;
-use crate::conn::request::Request;
+use crate::conn::request::{Request, SOCKS5_TARGET, Side};
 use crate::limits::{IpGuard, Slot};
 use crate::metrics::{AUTH_FAILURES, COMMANDS};
 use crate::node::Node;
 use crate::pending::{Claim, InsertError, Ticket};
-use crate::reply::refuse;
+use crate::protocol::Protocol;
+use crate::reply::{Socks5Refusal, refuse, refuse_socks5, send_socks5_ok};
 use crate::session;
 
 /// The `verb` label of this side.
@@ -48,33 +50,72 @@ pub(crate) struct Admission {
     _tracked: TaskTrackerToken,
 }
 
-/// Registers a `CREATE`; `None` when it was refused (and answered).
+/// How registering ended.
+pub(crate) enum Registration {
+    /// Pending: what the connection task keeps, and its wait.
+    Pending(Admission, Wait),
+    /// Refused, and answered.
+    Refused,
+    /// A SOCKS5 Target with this stream hash is already there (`Here`: in
+    /// this node's pending table; otherwise the store names its node): this
+    /// connection is its requester. Given back, unanswered.
+    Taken(TcpStream, Slot, Request, Here),
+}
+
+/// Where [`Registration::Taken`] found the Target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Here {
+    /// In this node's pending table.
+    Local,
+    /// In the store, registered by another node.
+    Elsewhere,
+}
+
+/// Refuses a registering client in its own protocol: DTCP `ERROR`, or a
+/// SOCKS5 reply (`02` for a conflict, `01` for everything else: SOCKS5 has
+/// no finer code for a relay's trouble).
+async fn decline(stream: TcpStream, protocol: Protocol, condition: Condition, text: &str) {
+    match protocol {
+        Protocol::Dtcp => refuse(stream, VERB, condition, text).await,
+        Protocol::Socks5 => {
+            let code = match condition {
+                Condition::Conflict => ReplyCode::NotAllowed,
+                _ => ReplyCode::GeneralFailure,
+            };
+            debug!(
+                condition = condition.as_str(),
+                text, "SOCKS5 target refused"
+            );
+            refuse_socks5(stream, SOCKS5_TARGET, Socks5Refusal::Reply(code)).await;
+        }
+    }
+}
+
+/// Registers a `CREATE`, or the first SOCKS5 connection of a stream hash.
 pub(crate) async fn register(
     node: Arc<Node>,
     stream: TcpStream,
     slot: Slot,
     request: Request,
-) -> Option<(Admission, Wait)> {
-    let Request {
-        id,
-        client,
-        early,
-        key_expiry,
-        ..
-    } = request;
-    let Some(mut per_ip) = node.per_ip.acquire(client.ip()) else {
-        refuse(stream, VERB, Condition::ResourceConstraint, TOO_MANY).await;
-        return None;
+) -> Registration {
+    let protocol = request.side.protocol();
+    let Some(mut per_ip) = node.per_ip.acquire(request.client.ip()) else {
+        decline(stream, protocol, Condition::ResourceConstraint, TOO_MANY).await;
+        return Registration::Refused;
     };
-    let ticket = match node.pending.insert(id) {
+    let id = request.id;
+    let ticket = match node.pending.insert(id, protocol) {
         Ok(ticket) => ticket,
+        Err(InsertError::Conflict) if protocol == Protocol::Socks5 => {
+            return Registration::Taken(stream, slot, request, Here::Local);
+        }
         Err(InsertError::Conflict) => {
             refuse(stream, VERB, Condition::Conflict, CONFLICT).await;
-            return None;
+            return Registration::Refused;
         }
         Err(InsertError::Closed) => {
-            refuse(stream, VERB, Condition::ShuttingDown, SHUTTING_DOWN).await;
-            return None;
+            decline(stream, protocol, Condition::ShuttingDown, SHUTTING_DOWN).await;
+            return Registration::Refused;
         }
     };
     // Held until the session ends, so a draining node waits for it.
@@ -86,8 +127,10 @@ pub(crate) async fn register(
         sealed: node.trust.sealed(&node.info).map(Box::new),
         armed: false,
         paired: false,
-        key_expiry: key_expiry.unwrap_or(0),
+        key_expiry: request.key_expiry.unwrap_or(0),
+        protocol,
     };
+    let key_expiry = request.key_expiry;
     let ttl = node.config.pending_ttl;
     let registering = node.store.register(&id, record.owner(), ttl);
     let (registered, counted) = if node.cluster {
@@ -124,6 +167,15 @@ pub(crate) async fn register(
             counter!(AUTH_FAILURES, "reason" => "reused").increment(1);
             Some((Condition::Forbidden, REUSED))
         }
+        // Another node's SOCKS5 Target has this hash: claim it there.
+        Ok(false) if protocol == Protocol::Socks5 => {
+            if node.pending.withdraw(&id, ticket.token) {
+                drop((record, per_ip));
+                return Registration::Taken(stream, slot, request, Here::Elsewhere);
+            }
+            // A local connection claimed it meanwhile: pair with it.
+            None
+        }
         Ok(false) => Some((Condition::Conflict, CONFLICT)),
         Err(e) => {
             warn!(registration = %id, error = %e, "store register failed");
@@ -133,8 +185,8 @@ pub(crate) async fn register(
     };
     if let Some((condition, text)) = refusal {
         if node.pending.withdraw(&id, ticket.token) {
-            refuse(stream, VERB, condition, text).await;
-            return None;
+            decline(stream, protocol, condition, text).await;
+            return Registration::Refused;
         }
         // A local CONNECT claimed it meanwhile: pair anyway.
     } else {
@@ -144,7 +196,14 @@ pub(crate) async fn register(
         node.pending.recorded(&id, ticket.token, expires);
         node.pending.notify(&id);
     }
-    debug!(registration = %id, "pending");
+    debug!(registration = %id, protocol = protocol.label(), "pending");
+    if let Side::Arrive(hash) = request.side {
+        // XEP-0065: the Target has its success reply at once; nothing is
+        // read from it until its pair is activated.
+        send_socks5_ok(&stream, &hash).await;
+        counter!(COMMANDS, "protocol" => protocol.label(), "verb" => SOCKS5_TARGET, "outcome" => "ok")
+            .increment(1);
+    }
 
     let since = Instant::now();
     let admission = Admission {
@@ -155,14 +214,14 @@ pub(crate) async fn register(
         expiry: sleep_until(since + node.config.pending_ttl),
         registered: Some(Registered {
             stream,
-            early,
+            early: request.early,
             ticket,
             record,
             _per_ip: per_ip,
             since,
         }),
     };
-    Some((admission, wait))
+    Registration::Pending(admission, wait)
 }
 
 pin_project! {
@@ -227,6 +286,13 @@ impl Wait {
         } else if this.expiry.poll(cx).is_ready() {
             let text = "no CONNECT within the pending TTL";
             Err(Unclaimed::Refuse(Condition::Timeout, text))
+        } else if r.record.protocol == Protocol::Socks5 {
+            // Nothing is read before activation: the bytes wait in the kernel.
+            if session::poll_gone_unread(&r.stream, cx).is_ready() {
+                Err(Unclaimed::HungUp)
+            } else {
+                return Poll::Pending;
+            }
         } else if poll_hung_up(&r.stream, &mut r.early, cx).is_ready() {
             Err(Unclaimed::HungUp)
         } else {
@@ -255,8 +321,19 @@ pub(crate) fn finish(
             let mut record = record;
             record.paired = true;
             let (node, id) = (record.node.clone(), record.id);
-            drop((record, _per_ip, ticket));
-            session::start(node, stream, early, claim, id, since.elapsed())
+            drop((_per_ip, ticket));
+            let session = session::start(node, stream, early, claim, id, since.elapsed());
+            if record.protocol == Protocol::Socks5 {
+                // The record stays until the pair ends: an activation on any
+                // node finds this owner through it, and a third connection
+                // on any node is told `02`.
+                return Box::pin(async move {
+                    session.await;
+                    drop(record);
+                });
+            }
+            drop(record);
+            session
         }
         Err(unclaimed) => Box::pin(give_up(stream, early, ticket, record, since, unclaimed)),
     }
@@ -294,11 +371,23 @@ async fn give_up(
                     refuse(c.target, Some("connect"), Condition::NotFound, text).await
                 }
                 Claim::Remote(r) => r.outbound.try_send(Frame::error(Condition::NotFound, text)),
+                Claim::Socks5(c) => session::abandon(*c, "the target hung up"),
             }
+        }
+        (None, Unclaimed::HungUp) if record.protocol == Protocol::Socks5 => {
+            debug!(registration = %id, "SOCKS5 target hung up while pending");
         }
         (None, Unclaimed::HungUp) => {
             debug!(registration = %id, "initiator hung up while pending");
             counter!(COMMANDS, "verb" => "create", "outcome" => "abandoned").increment(1);
+        }
+        (None, Unclaimed::Refuse(_, text) | Unclaimed::Dropped(_, text))
+            if record.protocol == Protocol::Socks5 =>
+        {
+            // It has its success reply: a cut is a reset.
+            debug!(registration = %id, why = text, "SOCKS5 target closed unpaired");
+            drop(record);
+            session::reset(stream);
         }
         (None, Unclaimed::Refuse(condition, text) | Unclaimed::Dropped(condition, text)) => {
             drop(record);
@@ -328,6 +417,8 @@ struct StoreRecord {
     paired: bool,
     /// A signed key's expiry (Unix seconds), or 0.
     key_expiry: u64,
+    /// What the registering client speaks.
+    protocol: Protocol,
 }
 
 impl StoreRecord {

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use dtcp_wire::Condition;
+use dtcp_wire::socks5::{ReplyCode, StreamHash};
+use dtcp_wire::{Command, Condition, RegistrationId};
 use metrics::counter;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -14,27 +15,31 @@ use tracing::debug;
 
 use crate::conn::dtcp::{self, HANDSHAKE_BUF, ReadError};
 use crate::conn::proxy::{self, PreambleError};
-use crate::conn::request::{Refusal, Request};
+use crate::conn::request::{Refusal, Refused, Request, Side, Socks5Refusal};
+use crate::conn::socks5;
 use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::Node;
+use crate::protocol::Protocol;
 
 /// The `verb` label of a handshake refused before its command was known.
 const UNKNOWN_VERB: &str = "unknown";
 
-/// The protocols a client connection may speak, told apart by its first byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
-    /// PROTOCOL.md section 1: `CREATE` and `CONNECT`.
-    Dtcp,
-}
-
-impl Protocol {
-    /// The protocol a connection speaks, from its first byte. DTCP is the
-    /// only one yet, and it judges every first byte itself (anything that
-    /// cannot begin a command gets `bad-request` at once).
-    fn of(_first: u8) -> Protocol {
+/// The protocol a connection speaks, from its first byte: `05` is SOCKS5
+/// (RFC 1928's version byte) on a node that serves XEP-0065; DTCP judges
+/// every other first byte itself (anything that cannot begin a command gets
+/// `bad-request` at once).
+fn protocol_of(node: &Node, first: u8) -> Protocol {
+    if first == dtcp_wire::socks5::VERSION && node.socks5 {
+        Protocol::Socks5
+    } else {
         Protocol::Dtcp
     }
+}
+
+/// A complete handshake, in the protocol it was spoken in.
+enum Spoken {
+    Dtcp(Command),
+    Socks5(StreamHash),
 }
 
 /// How a handshake ended without a command.
@@ -45,6 +50,8 @@ enum Ended {
     Refused(Refusal),
     /// The command could not be read.
     Read(ReadError),
+    /// The SOCKS5 handshake is refused with this reply.
+    Socks5(Socks5Refusal),
 }
 
 /// Reads a client's handshake. `Err(None)`: the client left, or its socket
@@ -53,9 +60,11 @@ pub(crate) async fn read(
     node: &Node,
     stream: &mut TcpStream,
     peer: SocketAddr,
-) -> Result<Request, Option<Refusal>> {
+) -> Result<Request, Option<Refused>> {
     let mut buf = BytesMut::with_capacity(HANDSHAKE_BUF);
     let trusted = node.config.trusts(peer.ip());
+    // Which protocol the client began to speak, for the timeout's answer.
+    let mut spoke = Protocol::Dtcp;
     let read = async {
         // The preamble comes first: a PROXY protocol header from a trusted
         // load balancer (PROTOCOL.md section 4), within the same timeout and
@@ -84,11 +93,20 @@ pub(crate) async fn read(
             // A header and nothing behind it: a balancer's health check.
             return Err(Ended::Gone);
         }
-        let command = match Protocol::of(buf[0]) {
+        spoke = protocol_of(node, buf[0]);
+        let command = match spoke {
             Protocol::Dtcp => dtcp::read_command(node, stream, &mut buf).await,
+            Protocol::Socks5 => {
+                return match socks5::read_request(stream, &mut buf).await {
+                    Ok(hash) => Ok((client, Spoken::Socks5(hash))),
+                    Err(socks5::Failed::Refused(r)) => Err(Ended::Socks5(r)),
+                    Err(socks5::Failed::Gone) => Err(Ended::Gone),
+                    Err(socks5::Failed::Io(e)) => Err(Ended::Read(ReadError::Io(e))),
+                };
+            }
         };
         match command {
-            Ok(Some(command)) => Ok((client, command)),
+            Ok(Some(command)) => Ok((client, Spoken::Dtcp(command))),
             // Closed in the middle of a command.
             Ok(None) => Err(Ended::Refused(Refusal::new(
                 UNKNOWN_VERB,
@@ -104,24 +122,50 @@ pub(crate) async fn read(
         Ok(Err(Ended::Gone)) => return Err(None),
         Ok(Err(Ended::Refused(refusal))) => {
             debug!(condition = %refusal.condition.as_str(), text = %refusal.text, "handshake refused");
-            return Err(Some(refusal));
+            return Err(Some(refusal.into()));
         }
         Ok(Err(Ended::Read(ReadError::Wire(e)))) => {
             debug!(error = %e, "bad command");
             let refusal = Refusal::new(UNKNOWN_VERB, e.condition(), e.to_string());
-            return Err(Some(refusal));
+            return Err(Some(refusal.into()));
+        }
+        Ok(Err(Ended::Socks5(refusal))) => {
+            debug!(reply = refusal.label(), "SOCKS5 request refused");
+            return Err(Some(Refused::Socks5(refusal)));
         }
         Ok(Err(Ended::Read(ReadError::Io(e)))) => {
             debug!(error = %e, "read failed during handshake");
             return Err(None);
         }
+        // SOCKS5 has no reply for a handshake that never ends: a close.
+        Err(_) if spoke == Protocol::Socks5 => {
+            debug!("SOCKS5 handshake not complete within the handshake timeout");
+            return Err(None);
+        }
         Err(_) => {
             let text = "command not complete within the handshake timeout";
-            return Err(Some(Refusal::new(UNKNOWN_VERB, Condition::Timeout, text)));
+            return Err(Some(
+                Refusal::new(UNKNOWN_VERB, Condition::Timeout, text).into(),
+            ));
         }
     };
     let received = Instant::now();
-    let (side, key_expiry) = dtcp::admit(node, &command).map_err(Some)?;
+    let (side, id, key_expiry) = match command {
+        Spoken::Dtcp(command) => {
+            let (side, key_expiry) = dtcp::admit(node, &command).map_err(|r| Some(r.into()))?;
+            // The key is not needed past this point.
+            (side, command.triple.registration_id(), key_expiry)
+        }
+        Spoken::Socks5(hash) => {
+            if node.drain.is_cancelled() {
+                let refusal = Socks5Refusal::Reply(ReplyCode::GeneralFailure);
+                return Err(Some(Refused::Socks5(refusal)));
+            }
+            // No key and no JIDs: who may use a pair is the activation's
+            // question (the component's `--xmpp-allow-domain`).
+            (Side::Arrive(hash), RegistrationId::of_stream(&hash), None)
+        }
+    };
     // Free the handshake buffer: keep only what came behind the command.
     let early = if buf.is_empty() {
         BytesMut::new()
@@ -130,8 +174,7 @@ pub(crate) async fn read(
     };
     Ok(Request {
         side,
-        // The key is not needed past this point.
-        id: command.triple.registration_id(),
+        id,
         client,
         early,
         received,

@@ -1,11 +1,12 @@
 //! One client connection, from its handshake to the end of its session.
 //!
 //! The phases, one file each: [`handshake`] (the preamble, [`proxy`], then the
-//! protocol the first byte names: [`dtcp`] today), which produces a
-//! [`request::Request`] to register or to claim; [`create`] (register, then
-//! wait for the claim) or [`connect`] (claim, locally or through a Bridge);
-//! [`early`] (what a client sends before it is paired). The paired session
-//! itself is in [`crate::session`].
+//! protocol the first byte names: [`dtcp`], or [`socks5`] in XEP-0065 mode),
+//! which produces a [`request::Request`] to register or to claim; [`create`]
+//! (register, then wait for the claim) or [`connect`] (claim, locally or
+//! through a Bridge), or for SOCKS5 [`arrive`] (the first connection of a
+//! stream hash registers, the second claims); [`early`] (what a client sends
+//! before it is paired). The paired session itself is in [`crate::session`].
 //!
 //! # Memory
 //!
@@ -26,6 +27,7 @@
 //! - the pump and the forwarding plane hold copy buffers and pipes only while
 //!   data is in flight (pooled per thread), never while a session is idle.
 
+mod arrive;
 mod connect;
 mod create;
 mod dtcp;
@@ -33,6 +35,7 @@ mod early;
 mod handshake;
 mod proxy;
 mod request;
+mod socks5;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,11 +46,11 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
-use crate::conn::create::{Admission, Wait};
-use crate::conn::request::Side;
+use crate::conn::create::{Admission, Registration, Wait};
+use crate::conn::request::{Refused, SOCKS5_UNKNOWN, Side};
 use crate::limits::Slot;
 use crate::node::Node;
-use crate::reply::refuse;
+use crate::reply::{refuse, refuse_socks5};
 
 /// A boxed future of one phase of a connection.
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -153,8 +156,12 @@ impl Future for Connection {
 async fn start(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, slot: Slot) -> Next {
     let request = match handshake::read(&node, &mut stream, peer).await {
         Ok(request) => request,
-        Err(Some(r)) => {
+        Err(Some(Refused::Dtcp(r))) => {
             refuse(stream, Some(r.verb), r.condition, &r.text).await;
+            return Next::Done;
+        }
+        Err(Some(Refused::Socks5(r))) => {
+            refuse_socks5(stream, SOCKS5_UNKNOWN, r).await;
             return Next::Done;
         }
         Err(None) => return Next::Done,
@@ -163,13 +170,16 @@ async fn start(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, slot: S
     tracing::Span::current().record("registration", tracing::field::display(&request.id));
     match request.side {
         Side::Register => match create::register(node, stream, slot, request).await {
-            Some((admission, wait)) => Next::Wait { admission, wait },
-            None => Next::Done,
+            Registration::Pending(admission, wait) => Next::Wait { admission, wait },
+            // A DTCP registration is never given back.
+            Registration::Refused | Registration::Taken(..) => Next::Done,
         },
         Side::Claim => {
             connect::claim(node, stream, slot, request).await;
             Next::Done
         }
+        // Boxed: the SOCKS5 path's state stays out of every connection's.
+        Side::Arrive(hash) => Box::pin(arrive::arrive(node, stream, slot, request, hash)).await,
     }
 }
 
@@ -227,6 +237,7 @@ mod state_size {
             early: BytesMut::new(),
             slot: slot(),
             connect_started: Instant::now(),
+            protocol: crate::protocol::Protocol::Dtcp,
         };
         let id = RegistrationId::of("k", "a@b", "c@d");
         // What `session::start` boxes for a local pair.

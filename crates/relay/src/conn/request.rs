@@ -5,8 +5,12 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
+use dtcp_wire::socks5::StreamHash;
 use dtcp_wire::{Condition, RegistrationId};
 use tokio::time::Instant;
+
+use crate::protocol::Protocol;
+pub(crate) use crate::reply::Socks5Refusal;
 
 /// Which side of a pairing a client asks to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +19,10 @@ pub(crate) enum Side {
     Register,
     /// The side that completes a registration: it claims (a DTCP `CONNECT`).
     Claim,
+    /// A SOCKS5 CONNECT of XEP-0065 mode: the first connection with this
+    /// stream hash registers (the bytestream's Target), the second claims
+    /// (its requester), and the pair waits for its activation.
+    Arrive(StreamHash),
 }
 
 impl Side {
@@ -23,9 +31,26 @@ impl Side {
         match self {
             Side::Register => "create",
             Side::Claim => "connect",
+            Side::Arrive(_) => SOCKS5_UNKNOWN,
+        }
+    }
+
+    /// The protocol the client speaks.
+    pub(crate) const fn protocol(self) -> Protocol {
+        match self {
+            Side::Register | Side::Claim => Protocol::Dtcp,
+            Side::Arrive(_) => Protocol::Socks5,
         }
     }
 }
+
+/// The `verb` label of a SOCKS5 connection's `dtcp_commands_total`
+/// (`protocol="socks5"`) before it is known to be the Target or the requester.
+pub(crate) const SOCKS5_UNKNOWN: &str = "unknown";
+/// The `verb` label of a SOCKS5 connection that registered: the Target.
+pub(crate) const SOCKS5_TARGET: &str = "target";
+/// The `verb` label of a SOCKS5 connection that claimed: the requester.
+pub(crate) const SOCKS5_REQUESTER: &str = "requester";
 
 /// A client's complete, admitted handshake.
 #[derive(Debug)]
@@ -43,6 +68,21 @@ pub(crate) struct Request {
     /// A signed key's expiry (Unix seconds): it pairs once, and its
     /// registration stays void until then.
     pub(crate) key_expiry: Option<u64>,
+}
+
+/// Why a handshake is refused, in the protocol the client speaks.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// Answered with a DTCP `ERROR`.
+    Dtcp(Refusal),
+    /// Answered with a SOCKS5 reply, then closed.
+    Socks5(Socks5Refusal),
+}
+
+impl From<Refusal> for Refused {
+    fn from(r: Refusal) -> Self {
+        Refused::Dtcp(r)
+    }
 }
 
 /// Why a handshake is answered with `ERROR`.

@@ -1,12 +1,13 @@
 //! Handles of the series that every pairing and session touches.
 
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, Label, counter, gauge, histogram};
 
 use crate::metrics::names::{
     BYTES, COMMANDS, CONNECTIONS_ACCEPTED, PAIRING_LATENCY, PENDING_WAIT, SESSION_DURATION,
     SESSIONS_ACTIVE, SESSIONS_COMPLETED, THROTTLED,
 };
 use crate::outcome::Outcome;
+use crate::protocol::Protocol;
 
 /// Handles of the series that every pairing and session touches, looked up
 /// once when the node is built (after the recorder is installed).
@@ -29,10 +30,14 @@ pub(crate) struct Hot {
     /// `dtcp_throttled_seconds`: each wait of a direction held back by a
     /// bandwidth cap (its sum is the time spent throttled).
     pub(crate) throttled: Histogram,
-    /// Sessions whose two sides are on this node.
+    /// DTCP sessions whose two sides are on this node.
     pub(crate) local: PathSeries,
-    /// Sessions joined to another node by a Bridge.
+    /// DTCP sessions joined to another node by a Bridge.
     pub(crate) forwarded: PathSeries,
+    /// XEP-0065 sessions whose two sides are on this node.
+    pub(crate) socks5_local: PathSeries,
+    /// XEP-0065 sessions joined to another node by a Bridge.
+    pub(crate) socks5_forwarded: PathSeries,
 }
 
 impl Hot {
@@ -44,10 +49,46 @@ impl Hot {
             throttled: histogram!(THROTTLED),
             create_ok: counter!(COMMANDS, "verb" => "create", "outcome" => "ok"),
             connect_ok: counter!(COMMANDS, "verb" => "connect", "outcome" => "ok"),
-            local: PathSeries::new("local"),
-            forwarded: PathSeries::new("forwarded"),
+            local: PathSeries::new("local", Protocol::Dtcp),
+            forwarded: PathSeries::new("forwarded", Protocol::Dtcp),
+            socks5_local: PathSeries::new("local", Protocol::Socks5),
+            socks5_forwarded: PathSeries::new("forwarded", Protocol::Socks5),
         }
     }
+
+    /// The series of local sessions of `protocol`.
+    pub(crate) fn local(&self, protocol: Protocol) -> &PathSeries {
+        match protocol {
+            Protocol::Dtcp => &self.local,
+            Protocol::Socks5 => &self.socks5_local,
+        }
+    }
+
+    /// The series of forwarded sessions of `protocol`.
+    pub(crate) fn forwarded(&self, protocol: Protocol) -> &PathSeries {
+        match protocol {
+            Protocol::Dtcp => &self.forwarded,
+            Protocol::Socks5 => &self.socks5_forwarded,
+        }
+    }
+}
+
+/// The labels of a session series: its `path`, `extra`, and for XEP-0065
+/// sessions `protocol="socks5"`. DTCP's series keep the label set they have
+/// always had (no `protocol` label), so that every existing query and
+/// dashboard still reads them unchanged; `{protocol="socks5"}` selects
+/// XEP-0065 sessions, and a sum over `path` counts both.
+pub(crate) fn session_labels(
+    path: &'static str,
+    protocol: Protocol,
+    extra: &[(&'static str, &'static str)],
+) -> Vec<Label> {
+    let mut labels = vec![Label::from_static_parts("path", path)];
+    labels.extend(extra.iter().map(|&(k, v)| Label::from_static_parts(k, v)));
+    if protocol == Protocol::Socks5 {
+        labels.push(Label::from_static_parts("protocol", protocol.label()));
+    }
+    labels
 }
 
 /// The series of one session `path` (`local` or `forwarded`).
@@ -55,6 +96,8 @@ impl Hot {
 pub(crate) struct PathSeries {
     /// The `path` label.
     pub(crate) path: &'static str,
+    /// The sessions' protocol (a label of XEP-0065's series only).
+    pub(crate) protocol: Protocol,
     /// `dtcp_pairing_latency_seconds`.
     pub(crate) pairing_latency: Histogram,
     /// `dtcp_sessions_active`.
@@ -70,17 +113,18 @@ pub(crate) struct PathSeries {
 }
 
 impl PathSeries {
-    fn new(path: &'static str) -> Self {
-        let completed = Outcome::ALL.map(
-            |outcome| counter!(SESSIONS_COMPLETED, "path" => path, "outcome" => outcome.label()),
-        );
+    fn new(path: &'static str, protocol: Protocol) -> Self {
+        let labels = |extra: &[(&'static str, &'static str)]| session_labels(path, protocol, extra);
+        let completed = Outcome::ALL
+            .map(|outcome| counter!(SESSIONS_COMPLETED, labels(&[("outcome", outcome.label())])));
         PathSeries {
             path,
-            pairing_latency: histogram!(PAIRING_LATENCY, "path" => path),
-            active: gauge!(SESSIONS_ACTIVE, "path" => path),
-            initiator_to_target: counter!(BYTES, "path" => path, "direction" => "initiator_to_target"),
-            target_to_initiator: counter!(BYTES, "path" => path, "direction" => "target_to_initiator"),
-            duration: histogram!(SESSION_DURATION, "path" => path),
+            protocol,
+            pairing_latency: histogram!(PAIRING_LATENCY, labels(&[])),
+            active: gauge!(SESSIONS_ACTIVE, labels(&[])),
+            initiator_to_target: counter!(BYTES, labels(&[("direction", "initiator_to_target")])),
+            target_to_initiator: counter!(BYTES, labels(&[("direction", "target_to_initiator")])),
+            duration: histogram!(SESSION_DURATION, labels(&[])),
             completed,
         }
     }

@@ -14,11 +14,12 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub(crate) use hot::{Hot, PathSeries};
+pub(crate) use hot::{Hot, PathSeries, session_labels};
 pub use names::*;
 pub(crate) use store::{Instrumented, STORE_OPS};
 
 use crate::outcome::Outcome;
+use crate::protocol::Protocol;
 
 /// Buckets of the latency histograms, in seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -128,6 +129,18 @@ fn describe() {
         AUTH_FAILURES,
         "Refused credentials (signed keys, Bridge authenticators, store records), by reason."
     );
+    describe_gauge!(
+        SOCKS5_AWAITING,
+        "XEP-0065 pairs on this node waiting for their activation."
+    );
+    describe_gauge!(
+        XMPP_LINK,
+        "The XMPP component link, by state (down, standby, connected): 1 for its state, 0 for the others."
+    );
+    describe_counter!(
+        ACTIVATIONS,
+        "XEP-0065 activations this node's component asked for, by outcome."
+    );
     describe_gauge!(DRAINING, "1 while the node drains, else 0.");
     describe_gauge!(BUILD_INFO, "Always 1, labelled with the relay's version.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -164,16 +177,43 @@ fn init_series() {
             counter!(COMMANDS, "verb" => verb, "outcome" => outcome).absolute(0);
         }
     }
-    for path in PATHS {
-        gauge!(SESSIONS_ACTIVE, "path" => path).set(0.0);
-        let _ = histogram!(PAIRING_LATENCY, "path" => path);
-        let _ = histogram!(SESSION_DURATION, "path" => path);
+    for (path, protocol) in PATHS
+        .into_iter()
+        .flat_map(|p| [(p, Protocol::Dtcp), (p, Protocol::Socks5)])
+    {
+        let labels = |extra: &[(&'static str, &'static str)]| session_labels(path, protocol, extra);
+        gauge!(SESSIONS_ACTIVE, labels(&[])).set(0.0);
+        let _ = histogram!(PAIRING_LATENCY, labels(&[]));
+        let _ = histogram!(SESSION_DURATION, labels(&[]));
         for outcome in Outcome::ALL {
-            counter!(SESSIONS_COMPLETED, "path" => path, "outcome" => outcome.label()).absolute(0);
+            counter!(SESSIONS_COMPLETED, labels(&[("outcome", outcome.label())])).absolute(0);
         }
         for direction in ["initiator_to_target", "target_to_initiator"] {
-            counter!(BYTES, "path" => path, "direction" => direction).absolute(0);
+            counter!(BYTES, labels(&[("direction", direction)])).absolute(0);
         }
+    }
+    // XEP-0065 mode: each SOCKS5 connection is counted once, by its role
+    // (`unknown` when refused before it had one) and its reply.
+    let socks5_replies = [
+        "ok",
+        "no-acceptable-method",
+        "general-failure",
+        "not-allowed",
+        "command-not-supported",
+        "address-type-not-supported",
+    ];
+    for verb in ["unknown", "target", "requester"] {
+        for outcome in socks5_replies {
+            counter!(COMMANDS, "protocol" => "socks5", "verb" => verb, "outcome" => outcome)
+                .absolute(0);
+        }
+    }
+    gauge!(SOCKS5_AWAITING).set(0.0);
+    for state in dtcp_xmpp::LinkState::ALL {
+        gauge!(XMPP_LINK, "state" => state.label()).set(0.0);
+    }
+    for outcome in ACTIVATION_OUTCOMES {
+        counter!(ACTIVATIONS, "outcome" => outcome).absolute(0);
     }
     let _ = histogram!(PENDING_WAIT);
     let _ = histogram!(THROTTLED);

@@ -69,6 +69,18 @@ pub const AUTH_FAILURE_REASONS: [&str; 7] = [
     "plane_replay",
     "bad_record",
 ];
+/// XEP-0065 pairs on this node (their Target's owner) waiting for their
+/// activation.
+pub const SOCKS5_AWAITING: &str = "dtcp_socks5_pairs_awaiting_activation";
+/// The XMPP component link (XEP-0065 mode), by `state` (`down`, `standby`,
+/// `connected`): 1 for the state it is in, 0 for the others.
+pub const XMPP_LINK: &str = "dtcp_xmpp_link";
+/// Activations this node's component asked for, by `outcome`.
+pub const ACTIVATIONS: &str = "dtcp_xmpp_activations_total";
+/// Every `outcome` of [`ACTIVATIONS`]: activated here or by the owner node,
+/// no such pair, activated before, or the owner could not be asked.
+pub const ACTIVATION_OUTCOMES: [&str; 4] =
+    ["activated", "not_found", "already_activated", "failed"];
 /// 1 while the node drains, else 0.
 pub const DRAINING: &str = "dtcp_draining";
 /// Always 1, labelled with the `version`.

@@ -22,6 +22,7 @@ use crate::metrics::{BRIDGE_ERRORS, BRIDGE_STREAMS};
 use crate::node::Node;
 use crate::outcome::Outcome;
 use crate::pending::RemoteClaim;
+use crate::protocol::Protocol;
 use crate::reply::send_ok;
 use crate::session::report::{Ended, Side, finished};
 
@@ -75,8 +76,12 @@ pub(crate) async fn open_bridge(
         })
 }
 
-/// Target side, once the Bridge is open: answers the Target `OK` and joins
-/// its socket to the Bridge.
+/// Target side, once the Bridge is open (and, in XEP-0065 mode, the pair
+/// activated): answers a DTCP Target `OK` and joins its socket to the Bridge.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of a session handed over at once"
+)]
 pub(crate) async fn run_target_side(
     node: Arc<Node>,
     target: TcpStream,
@@ -85,15 +90,18 @@ pub(crate) async fn run_target_side(
     early: BytesMut,
     started: Instant,
     bridge: Box<Halves>,
+    protocol: Protocol,
 ) {
     // The owner has answered its Initiator: now the Target. From OK on, a
     // close that is not a passed-on FIN (the process killed included) is a
     // reset (`join` undoes it for the FIN).
     reset_on_close(&target);
-    send_ok(&target).await;
-    let series = &node.hot.forwarded;
+    if protocol == Protocol::Dtcp {
+        send_ok(&target).await;
+        node.hot.connect_ok.increment(1);
+    }
+    let series = node.hot.forwarded(protocol);
     series.pairing_latency.record(started.elapsed());
-    node.hot.connect_ok.increment(1);
     let _tracked = node.sessions.token();
     let streams = gauge!(BRIDGE_STREAMS, "role" => "client");
     streams.increment(1.0);
@@ -125,7 +133,9 @@ pub(crate) async fn run_target_side(
     finished(series, ended);
 }
 
-/// Owner side: a Bridge claimed this node's pending Initiator.
+/// Owner side: a Bridge claimed this node's pending Initiator (in XEP-0065
+/// mode: the pair was activated, and both sides have had their replies and
+/// the requester's node its `paired` and `activated` frames).
 pub(crate) async fn run_owner_side(
     node: Arc<Node>,
     initiator: TcpStream,
@@ -133,20 +143,23 @@ pub(crate) async fn run_owner_side(
     claim: RemoteClaim,
     id: RegistrationId,
     waited: Duration,
+    protocol: Protocol,
 ) {
     let RemoteClaim { outbound, inbound } = claim;
     // From OK on, a close that is not a passed-on FIN (the process killed
     // included) is a reset (`join` undoes it for the FIN).
     reset_on_close(&initiator);
-    send_ok(&initiator).await;
-    node.hot.create_ok.increment(1);
-    if outbound.send(Frame::paired()).await.is_err() {
-        counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
-        // The Target's node is gone: the Initiator's OK stands for nothing.
-        reset_on_close(&initiator);
-        return;
+    if protocol == Protocol::Dtcp {
+        send_ok(&initiator).await;
+        node.hot.create_ok.increment(1);
+        if outbound.send(Frame::paired()).await.is_err() {
+            counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
+            // The Target's node is gone: the Initiator's OK stands for nothing.
+            reset_on_close(&initiator);
+            return;
+        }
     }
-    let series = &node.hot.forwarded;
+    let series = node.hot.forwarded(protocol);
     let streams = gauge!(BRIDGE_STREAMS, "role" => "server");
     series.active.increment(1.0);
     streams.increment(1.0);

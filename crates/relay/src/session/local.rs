@@ -12,11 +12,13 @@ use tokio::time::Instant;
 use crate::node::Node;
 use crate::outcome::Outcome;
 use crate::pending::LocalClaim;
+use crate::protocol::Protocol;
 use crate::reply::send_ok;
 use crate::session::pump::{self, Pump};
 use crate::session::report::{Ended, Side, finished};
 
-/// `OK` to both, then the pump until the session ends.
+/// `OK` to both (DTCP; a XEP-0065 pair has had its replies), then the pump
+/// until the session ends.
 ///
 /// A plain fn returning an `async move` block, which uses what it captures in
 /// place: an `async fn` keeps a second copy of each argument (216 bytes
@@ -41,14 +43,16 @@ pub(crate) fn run(
         // ended with a FIN the client could take for its peer's.
         pump::reset_on_close(&initiator);
         pump::reset_on_close(&claim.target);
-        send_ok(&initiator).await;
-        send_ok(&claim.target).await;
-        let series = &node.hot.local;
+        let series = node.hot.local(claim.protocol);
+        if claim.protocol == Protocol::Dtcp {
+            send_ok(&initiator).await;
+            send_ok(&claim.target).await;
+            node.hot.create_ok.increment(1);
+            node.hot.connect_ok.increment(1);
+        }
         series
             .pairing_latency
             .record(claim.connect_started.elapsed());
-        node.hot.create_ok.increment(1);
-        node.hot.connect_ok.increment(1);
         series.active.increment(1.0);
         let paired_at = Instant::now();
         let mut pump = Pump::new(

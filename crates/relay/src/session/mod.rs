@@ -5,6 +5,7 @@
 //! [`Outcome`](crate::outcome::Outcome) in its metrics and its log line
 //! ([`report`]).
 
+mod awaiting;
 pub(crate) mod forwarded;
 mod local;
 mod pump;
@@ -23,6 +24,9 @@ use tokio::net::TcpStream;
 
 use crate::node::Node;
 use crate::pending::Claim;
+use crate::protocol::Protocol;
+
+pub(crate) use awaiting::{abandon, counted_requester, poll_gone_unread, reset};
 
 /// The session of a claimed registration, from the side of the node holding
 /// the Initiator.
@@ -42,8 +46,15 @@ pub(crate) fn start(
     match claim {
         Claim::Local(local) => Box::pin(local::run(node, initiator, i_early, local, id, waited)),
         Claim::Remote(remote) => Box::pin(forwarded::run_owner_side(
-            node, initiator, i_early, remote, id, waited,
+            node,
+            initiator,
+            i_early,
+            remote,
+            id,
+            waited,
+            Protocol::Dtcp,
         )),
+        Claim::Socks5(pair) => Box::pin(awaiting::run(node, initiator, i_early, *pair, id, waited)),
     }
 }
 

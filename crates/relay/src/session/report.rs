@@ -64,6 +64,7 @@ pub(crate) fn finished(series: &PathSeries, ended: Ended) {
     info!(
         registration = %ended.id,
         path = series.path,
+        protocol = series.protocol.label(),
         side = ended.side.label(),
         duration_ms = duration.as_millis() as u64,
         waited_ms = ended.waited.as_millis() as u64,

@@ -1,0 +1,141 @@
+//! XEP-0065 mode's flags (PROTOCOL.md section 6): the XMPP component that
+//! an XMPP server reaches this node as, and where clients find its SOCKS5
+//! port. All four of component, server, secret and advertised address, or
+//! none.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use dtcp_xmpp::{Secret, XmppConfig};
+
+use crate::config::parse::read_secret;
+
+/// The XMPP component flags.
+#[derive(Debug, Clone, Default, Args)]
+pub struct XmppFlags {
+    /// XEP-0065 mode: the JID of the XMPP component this node connects as
+    /// (e.g. `proxy.example.org`), answering disco, the streamhost query and
+    /// activation. Needs `--xmpp-server`, a secret and `--socks5-advertise`.
+    #[arg(
+        long = "xmpp-component",
+        env = "DTCP_XMPP_COMPONENT",
+        value_name = "JID"
+    )]
+    pub xmpp_component: Option<String>,
+
+    /// The XMPP server's component port (XEP-0114), `HOST:PORT`.
+    #[arg(
+        long = "xmpp-server",
+        env = "DTCP_XMPP_SERVER",
+        value_name = "HOST:PORT"
+    )]
+    pub xmpp_server: Option<String>,
+
+    /// The component's shared secret. For development; prefer
+    /// `--xmpp-secret-file`.
+    #[arg(
+        long = "xmpp-secret",
+        env = "DTCP_XMPP_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET",
+        conflicts_with = "xmpp_secret_file"
+    )]
+    pub xmpp_secret: Option<String>,
+
+    /// File holding the component's shared secret (a trailing newline is ignored).
+    #[arg(
+        long = "xmpp-secret-file",
+        env = "DTCP_XMPP_SECRET_FILE",
+        value_name = "PATH"
+    )]
+    pub xmpp_secret_file: Option<PathBuf>,
+
+    /// Where clients reach the SOCKS5 port (this node's `--listen`, or the
+    /// load balancer in front of the cluster), `HOST:PORT`: what the
+    /// streamhost query answers.
+    #[arg(
+        long = "socks5-advertise",
+        env = "DTCP_SOCKS5_ADVERTISE",
+        value_name = "HOST:PORT"
+    )]
+    pub socks5_advertise: Option<String>,
+
+    /// Only requesters whose JID has one of these domains may query the
+    /// streamhost or activate (repeatable; the environment variable takes a
+    /// comma-separated list). Unset: any domain the XMPP server lets through.
+    #[arg(
+        long = "xmpp-allow-domain",
+        env = "DTCP_XMPP_ALLOW_DOMAINS",
+        value_delimiter = ',',
+        value_name = "DOMAIN"
+    )]
+    pub xmpp_allow_domains: Vec<String>,
+}
+
+impl XmppFlags {
+    /// Whether XEP-0065 mode's component is configured.
+    pub fn is_set(&self) -> bool {
+        self.xmpp_component.is_some()
+    }
+
+    /// The component flags that do not go together, or do not parse.
+    pub(super) fn validate(&self) -> Result<(), String> {
+        let secret = self.xmpp_secret.is_some() || self.xmpp_secret_file.is_some();
+        let given = [
+            ("--xmpp-component", self.xmpp_component.is_some()),
+            ("--xmpp-server", self.xmpp_server.is_some()),
+            ("--xmpp-secret or --xmpp-secret-file", secret),
+            ("--socks5-advertise", self.socks5_advertise.is_some()),
+        ];
+        if given.iter().any(|(_, set)| *set) {
+            if let Some((missing, _)) = given.iter().find(|(_, set)| !set) {
+                return Err(format!(
+                    "XEP-0065 mode needs --xmpp-component, --xmpp-server, a secret and --socks5-advertise together: {missing} is missing"
+                ));
+            }
+        } else if !self.xmpp_allow_domains.is_empty() {
+            return Err("--xmpp-allow-domain needs --xmpp-component".into());
+        }
+        if self.xmpp_secret.as_deref() == Some("") {
+            return Err("--xmpp-secret is empty".into());
+        }
+        // Everything but the secret file, which is read at start.
+        if self.is_set() {
+            self.build(Secret::new("-"))?;
+        }
+        Ok(())
+    }
+
+    /// The component's configuration, its secret read from its file; `None`
+    /// without `--xmpp-component`.
+    pub fn xmpp_config(&self) -> Result<Option<XmppConfig>, String> {
+        if !self.is_set() {
+            return Ok(None);
+        }
+        let secret = match (&self.xmpp_secret, &self.xmpp_secret_file) {
+            (_, Some(path)) => Secret::new(read_secret(path, "--xmpp-secret-file")?),
+            (Some(secret), None) => Secret::new(secret.as_str()),
+            (None, None) => return Err("the XMPP component needs a secret".into()),
+        };
+        self.build(secret).map(Some)
+    }
+
+    fn build(&self, secret: Secret) -> Result<XmppConfig, String> {
+        let missing = |flag: &str| format!("{flag} is missing");
+        let component = self
+            .xmpp_component
+            .as_deref()
+            .ok_or_else(|| missing("--xmpp-component"))?;
+        let server = self
+            .xmpp_server
+            .clone()
+            .ok_or_else(|| missing("--xmpp-server"))?;
+        let advertise = self
+            .socks5_advertise
+            .as_deref()
+            .ok_or_else(|| missing("--socks5-advertise"))?;
+        XmppConfig::new(component, server, secret, advertise)
+            .and_then(|c| c.allow_domains(&self.xmpp_allow_domains))
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,219 @@
+//! XEP-0065 mode: a pair on the node that holds its Target, from the claim
+//! to the activation, then the session.
+//!
+//! The Target has had its success reply since it registered; the requester
+//! gets its own now (from this node when it is connected here, from its own
+//! node once the Bridge says `paired`). Nothing is read from either socket
+//! until the activation: what a client sends early waits in the kernel and
+//! is the first thing the pump reads. A pair not activated within the
+//! pending TTL (counted from the Target's registration), or one of whose
+//! sides goes, is cut: both sockets are reset.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dtcp_forward::proto::Frame;
+use dtcp_wire::{Condition, RegistrationId};
+use metrics::counter;
+use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until};
+use tracing::debug;
+
+use crate::activation::PairTicket;
+use crate::metrics::COMMANDS;
+use crate::node::Node;
+use crate::pending::{RemoteClaim, Requester, Socks5Claim};
+use crate::protocol::Protocol;
+use crate::reply::send_socks5_ok;
+use crate::session::forwarded;
+use crate::session::local;
+use crate::session::pump::reset_on_close;
+
+/// What ended a pair's wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woke {
+    Activated,
+    /// The pending TTL ran out.
+    Expired,
+    /// The Target closed or reset.
+    TargetGone,
+    /// The requester (or its node) went.
+    RequesterGone,
+    /// The node's drain timeout ran out.
+    Stopped,
+}
+
+impl Woke {
+    /// Why the pair was cut, for the log line and the Bridge's error frame.
+    const fn why(self) -> &'static str {
+        match self {
+            Woke::Activated => "activated",
+            Woke::Expired => "not activated within the pending TTL",
+            Woke::TargetGone => "the target hung up",
+            Woke::RequesterGone => "the requester hung up",
+            Woke::Stopped => "the relay is shutting down",
+        }
+    }
+
+    /// The condition of the error frame that tells the requester's node.
+    const fn condition(self) -> Condition {
+        match self {
+            Woke::Expired => Condition::Timeout,
+            Woke::Stopped => Condition::ShuttingDown,
+            _ => Condition::NotFound,
+        }
+    }
+}
+
+/// The pair of the Target `target`, claimed by `pair`'s requester: waits for
+/// the activation, then runs the session. `waited`: how long the Target
+/// waited for its requester.
+pub(crate) fn run(
+    node: Arc<Node>,
+    target: TcpStream,
+    t_early: BytesMut,
+    pair: Socks5Claim,
+    id: RegistrationId,
+    waited: Duration,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let Socks5Claim { requester, ticket } = pair;
+        let PairTicket { mut start, guard } = ticket;
+        let deadline = Instant::now() + node.config.pending_ttl.saturating_sub(waited);
+        // From here on a cut is a reset: both have had a success reply.
+        reset_on_close(&target);
+        match requester {
+            Requester::Local(requester, hash) => {
+                reset_on_close(&requester.target);
+                send_socks5_ok(&requester.target, &hash).await;
+                counted_requester();
+                debug!(registration = %id, "SOCKS5 pair awaiting activation");
+                let woke = tokio::select! {
+                    biased;
+                    r = &mut start => if r.is_ok() { Woke::Activated } else { Woke::Expired },
+                    () = node.stop.cancelled() => Woke::Stopped,
+                    () = sleep_until(deadline) => Woke::Expired,
+                    () = poll_fn(|cx| poll_gone_unread(&target, cx)) => Woke::TargetGone,
+                    () = poll_fn(|cx| poll_gone_unread(&requester.target, cx)) => Woke::RequesterGone,
+                };
+                if woke != Woke::Activated {
+                    debug!(registration = %id, why = woke.why(), "SOCKS5 pair cut before activation");
+                    return;
+                }
+                debug!(registration = %id, "SOCKS5 pair activated");
+                local::run(node, target, t_early, requester, id, waited).await;
+            }
+            Requester::Remote(requester) => {
+                // The requester's node answers its client on this frame.
+                if requester.outbound.send(Frame::paired()).await.is_err() {
+                    debug!(registration = %id, "the requester's node went before the pair was made");
+                    return;
+                }
+                debug!(registration = %id, "SOCKS5 pair awaiting activation (requester on another node)");
+                let mut inbound = requester.inbound;
+                let woke = tokio::select! {
+                    biased;
+                    r = &mut start => if r.is_ok() { Woke::Activated } else { Woke::Expired },
+                    () = node.stop.cancelled() => Woke::Stopped,
+                    () = sleep_until(deadline) => Woke::Expired,
+                    () = poll_fn(|cx| poll_gone_unread(&target, cx)) => Woke::TargetGone,
+                    // Before activation the requester's node sends nothing
+                    // but an error frame (its client went) or its end.
+                    _ = inbound.next() => Woke::RequesterGone,
+                };
+                if woke != Woke::Activated {
+                    debug!(registration = %id, why = woke.why(), "SOCKS5 pair cut before activation");
+                    if woke != Woke::RequesterGone {
+                        requester
+                            .outbound
+                            .try_send(Frame::error(woke.condition(), woke.why()));
+                    }
+                    return;
+                }
+                if requester.outbound.send(Frame::activated()).await.is_err() {
+                    debug!(registration = %id, "the requester's node went at the activation");
+                    return;
+                }
+                debug!(registration = %id, "SOCKS5 pair activated (requester on another node)");
+                let claim = RemoteClaim {
+                    outbound: requester.outbound,
+                    inbound,
+                };
+                forwarded::run_owner_side(
+                    node,
+                    target,
+                    t_early,
+                    claim,
+                    id,
+                    waited,
+                    Protocol::Socks5,
+                )
+                .await;
+            }
+        }
+        // The pair's entry goes only now: until the session ends, another
+        // activation is told it came too late.
+        drop(guard);
+    }
+}
+
+/// Counts a requester answered with its success reply.
+pub(crate) fn counted_requester() {
+    counter!(COMMANDS, "protocol" => "socks5", "verb" => "requester", "outcome" => "ok")
+        .increment(1);
+}
+
+/// A pair whose Target went before it could start: its requester is cut
+/// (reset here, or told through its Bridge).
+pub(crate) fn abandon(pair: Socks5Claim, why: &str) {
+    match pair.requester {
+        Requester::Local(requester, _) => reset(requester.target),
+        Requester::Remote(requester) => requester
+            .outbound
+            .try_send(Frame::error(Condition::NotFound, why)),
+    }
+}
+
+/// Closes a client connection with a reset (SOCKS5 has no reply once the
+/// success reply is sent: a cut is a reset).
+pub(crate) fn reset(stream: TcpStream) {
+    reset_on_close(&stream);
+    drop(stream);
+}
+
+/// Whether a client that must not be read from yet (a XEP-0065 connection
+/// before its activation) has gone: `Ready` once it closed without sending
+/// anything, reset, or its socket failed; `Pending` otherwise, woken by what
+/// it does next. Bytes it sends stay in the kernel, unread (TCP pushes back
+/// when they fill its window), and are delivered after the activation; a
+/// client that sends bytes and then its FIN is kept, as its bytes are.
+pub(crate) fn poll_gone_unread(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<()> {
+    loop {
+        match stream.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(())) => {}
+        }
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+        let peeked = stream.try_io(Interest::READABLE, || {
+            match SockRef::from(stream).peek(&mut byte) {
+                // Bytes are waiting: leave them, and clear the readiness so
+                // that only the client's next move wakes this task.
+                Ok(n) if n > 0 => Err(io::ErrorKind::WouldBlock.into()),
+                other => other,
+            }
+        });
+        match peeked {
+            // Stale readiness, or bytes left waiting: wait again.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // End of stream with nothing before it, or a reset.
+            Ok(_) | Err(_) => return Poll::Ready(()),
+        }
+    }
+}
