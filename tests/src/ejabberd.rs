@@ -165,10 +165,7 @@ modules:
 
 /// `id <flag> <user>`: a user's uid or gid.
 fn id(user: &str, flag: &str) -> u32 {
-    let out = Command::new("id")
-        .args([flag, user])
-        .output()
-        .expect("id");
+    let out = Command::new("id").args([flag, user]).output().expect("id");
     assert!(
         out.status.success(),
         "no user {user}: is the ejabberd package installed?"

@@ -57,7 +57,10 @@ impl Haproxy {
             .enumerate()
             .map(|(i, b)| format!("  server relay{i} {b}\n"))
             .collect();
-        Haproxy::spawn("  nbthread 1\n", &format!("  balance roundrobin\n{servers}"))
+        Haproxy::spawn(
+            "  nbthread 1\n",
+            &format!("  balance roundrobin\n{servers}"),
+        )
     }
 
     fn spawn(global: &str, backend: &str) -> Haproxy {
