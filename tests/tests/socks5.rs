@@ -419,3 +419,32 @@ async fn a_pair_across_two_nodes_is_activated_through_a_third() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_pair_stays_activatable_when_the_store_loses_its_record() {
+    let redis = RedisServer::start();
+    let prosody = Prosody::start(&["romeo"]);
+    let urls = [redis.url()];
+    let a = NodeOptions::cluster(&urls).start();
+    let c = xmpp_node(&prosody.component_addr(), NodeOptions::cluster(&urls));
+    c.wait_for("dtcp_xmpp_link{state=\"connected\"}", 1.0).await;
+    let target_jid = format!("juliet@{DOMAIN}/balcony");
+    let hash = hash_of("sid-lost", &requester(), &target_jid);
+    let target = connect(&a, &hash).await;
+    let req = connect(&a, &hash).await;
+    a.wait_for("dtcp_socks5_pairs_awaiting_activation", 1.0)
+        .await;
+    // The store forgets everything (a restart without persistence): the
+    // owner writes the pair's record again, so the component's node finds it.
+    redis.cli(&["FLUSHALL"]);
+    a.wait_for("dtcp_store_rewritten_registrations_total", 1.0)
+        .await;
+    let (_, outcome) = activate(&prosody, "sid-lost", &target_jid).await;
+    assert_eq!(outcome["type"], "result", "{outcome}");
+    let t = tokio::spawn(both_ways(target, 5, 6, 64 * 1024, b""));
+    let r = tokio::spawn(both_ways(req, 6, 5, 64 * 1024, b""));
+    t.await.unwrap();
+    r.await.unwrap();
+    a.wait_for("dtcp_socks5_pairs_awaiting_activation", 0.0)
+        .await;
+}

@@ -15,11 +15,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::Duration;
+
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use dtcp_wire::RegistrationId;
 use metrics::{Gauge, gauge};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::metrics::SOCKS5_AWAITING;
 
@@ -38,6 +41,9 @@ struct Pair {
     token: u64,
     /// `Some` until activated: fired to start the session.
     start: Option<oneshot::Sender<()>>,
+    /// When the store record of its registration expires (it stays until
+    /// the pair ends): what a rewrite of the store gives it.
+    record_expires: Option<Instant>,
 }
 
 /// What an activation found.
@@ -92,10 +98,14 @@ impl Activations {
         }
     }
 
-    /// Enters the pair of `id`, awaiting its activation; `None` when a pair
-    /// with this id is here already (a later connection of a bytestream
-    /// that is paired or running).
-    pub(crate) fn pair(&self, id: RegistrationId) -> Option<PairTicket> {
+    /// Enters the pair of `id`, awaiting its activation, its store record
+    /// good until `record_expires`; `None` when a pair with this id is here
+    /// already (a later connection of a bytestream that is paired or running).
+    pub(crate) fn pair(
+        &self,
+        id: RegistrationId,
+        record_expires: Option<Instant>,
+    ) -> Option<PairTicket> {
         match self.entries.entry(id) {
             Entry::Occupied(_) => None,
             Entry::Vacant(slot) => {
@@ -104,6 +114,7 @@ impl Activations {
                 slot.insert(Pair {
                     token,
                     start: Some(tx),
+                    record_expires,
                 });
                 self.awaiting.increment(1.0);
                 Some(PairTicket {
@@ -136,6 +147,19 @@ impl Activations {
         Activated::Now
     }
 
+    /// The pairs with a store record, each with the time it has left: what
+    /// to write again when the store has lost them (as the pending table's).
+    pub(crate) fn records(&self) -> Vec<(RegistrationId, Duration)> {
+        let now = Instant::now();
+        self.entries
+            .iter()
+            .filter_map(|e| {
+                let left = e.record_expires?.checked_duration_since(now)?;
+                (!left.is_zero()).then_some((*e.key(), left))
+            })
+            .collect()
+    }
+
     /// Whether a pair of `id` is here (awaiting or running).
     pub(crate) fn contains(&self, id: &RegistrationId) -> bool {
         self.entries.contains_key(id)
@@ -164,8 +188,8 @@ mod tests {
         let table = Activations::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
         assert_eq!(table.activate(&id), Activated::NotFound);
-        let mut ticket = table.pair(id).expect("first pair");
-        assert!(table.pair(id).is_none(), "one pair per id");
+        let mut ticket = table.pair(id, None).expect("first pair");
+        assert!(table.pair(id, None).is_none(), "one pair per id");
         assert!(ticket.start.try_recv().is_err(), "not activated yet");
         assert_eq!(table.activate(&id), Activated::Now);
         assert!(ticket.start.try_recv().is_ok(), "activated");
@@ -177,10 +201,23 @@ mod tests {
     }
 
     #[test]
+    fn records_are_the_pairs_with_a_store_record() {
+        let table = Activations::new();
+        let a = RegistrationId::of("k", "a@b", "c@d");
+        let b = RegistrationId::of("k2", "a@b", "c@d");
+        let _ta = table.pair(a, Some(Instant::now() + Duration::from_secs(60)));
+        let _tb = table.pair(b, None);
+        let records = table.records();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].0, a);
+        assert!(records[0].1 > Duration::from_secs(59));
+    }
+
+    #[test]
     fn a_pair_that_ended_is_not_activated() {
         let table = Activations::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
-        let PairTicket { start, guard } = table.pair(id).unwrap();
+        let PairTicket { start, guard } = table.pair(id, None).unwrap();
         drop(start);
         assert_eq!(table.activate(&id), Activated::NotFound);
         // An old guard removes nothing of a later pair.
@@ -191,7 +228,7 @@ mod tests {
             !entries.contains_key(&id)
         };
         assert!(removed_by_old);
-        let later = table.pair(id).unwrap();
+        let later = table.pair(id, None).unwrap();
         let stale = PairGuard {
             entries: table.entries.clone(),
             id,

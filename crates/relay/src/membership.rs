@@ -73,12 +73,15 @@ pub(crate) async fn run(node: Arc<Node>) {
     }
 }
 
-/// Writes every pending registration of this node to the store again, each
+/// Writes every pending registration (and XEP-0065 pair) of this node to the store again, each
 /// with the time its record had left. A registration that another node
 /// registered meanwhile stays this node's locally (a CONNECT here still
 /// pairs with it) and expires with its TTL.
 async fn rewrite(node: &Node, why: &'static str) {
-    let records = node.pending.records();
+    let mut records = node.pending.records();
+    // XEP-0065 pairs keep their record until they end (component.rs finds
+    // their owner through it).
+    records.extend(node.activations.records());
     if records.is_empty() {
         return;
     }

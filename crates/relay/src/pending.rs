@@ -125,6 +125,18 @@ pub(crate) enum InsertError {
     Closed,
 }
 
+/// A claimed entry: the channel to its registering task, and what it knew.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// Where the claimant sends its side.
+    pub(crate) tx: oneshot::Sender<Claim>,
+    /// What the registering client speaks.
+    pub(crate) protocol: Protocol,
+    /// When its store record expires, if it has one: a SOCKS5 pair keeps it,
+    /// and writes it again if the store loses it.
+    pub(crate) record_expires: Option<Instant>,
+}
+
 /// What a CREATE task holds while its registration is in the table: the
 /// claim comes through it.
 #[derive(Debug)]
@@ -217,17 +229,18 @@ impl PendingTable {
 
     /// Claims `id`: removes it and returns the channel to the CREATE's task.
     pub(crate) fn take(&self, id: &RegistrationId) -> Option<oneshot::Sender<Claim>> {
-        self.take_with_protocol(id).map(|(tx, _)| tx)
+        self.take_entry(id).map(|taken| taken.tx)
     }
 
-    /// Claims `id`, and says what its registering client speaks.
-    pub(crate) fn take_with_protocol(
-        &self,
-        id: &RegistrationId,
-    ) -> Option<(oneshot::Sender<Claim>, Protocol)> {
+    /// Claims `id`, with what its entry knew.
+    pub(crate) fn take_entry(&self, id: &RegistrationId) -> Option<Taken> {
         let (_, entry) = self.entries.remove(id)?;
         self.gauge.decrement(1.0);
-        Some((entry.tx, entry.protocol))
+        Some(Taken {
+            tx: entry.tx,
+            protocol: entry.protocol,
+            record_expires: entry.record_expires,
+        })
     }
 
     /// Withdraws the CREATE's own entry. `false` means it was claimed already

@@ -47,19 +47,20 @@ impl Claimer for Plane {
             return Err(Status::not_found("registered by another node"));
         }
         // The claim: only here, on the owner, can it happen.
-        let Some((claimant, protocol)) = self.node.pending.take_with_protocol(&id) else {
+        let Some(taken) = self.node.pending.take_entry(&id) else {
             return Err(Status::not_found("no such pending registration"));
         };
+        let claimant = taken.tx;
         let remote = RemoteClaim {
             outbound: bridge.outbound,
             inbound: Box::new(bridge.inbound),
         };
-        let claim = match protocol {
+        let claim = match taken.protocol {
             Protocol::Dtcp => Claim::Remote(remote),
             Protocol::Socks5 => {
                 // A SOCKS5 pair: entered for its activation before the
                 // requester's node can answer its client (see `activation`).
-                let Some(ticket) = self.node.activations.pair(id) else {
+                let Some(ticket) = self.node.activations.pair(id, taken.record_expires) else {
                     return Err(Status::not_found("a pair of this stream is running"));
                 };
                 Claim::Socks5(Box::new(Socks5Claim {

@@ -139,3 +139,101 @@ impl XmppFlags {
             .map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::config::Config;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from([&["dtcp-relay"], args].concat())
+    }
+
+    const ALL: [&str; 8] = [
+        "--xmpp-component",
+        "Proxy.Example.org",
+        "--xmpp-server",
+        "xmpp.internal:5347",
+        "--xmpp-secret",
+        "s3cret",
+        "--socks5-advertise",
+        "relay.example.org:7777",
+    ];
+
+    #[test]
+    fn all_four_flags_make_the_component() {
+        let none = parse(&[]).unwrap();
+        assert!(!none.xmpp.is_set());
+        assert!(none.xmpp.xmpp_config().unwrap().is_none());
+        let mut args = ALL.to_vec();
+        args.extend([
+            "--xmpp-allow-domain",
+            "example.org",
+            "--xmpp-allow-domain",
+            "Example.NET",
+        ]);
+        let c = parse(&args).unwrap();
+        c.validate().unwrap();
+        let x = c.xmpp.xmpp_config().unwrap().expect("configured");
+        assert_eq!(x.component.to_string(), "proxy.example.org");
+        assert_eq!(x.server, "xmpp.internal:5347");
+        assert_eq!(
+            (x.advertise.host.as_str(), x.advertise.port),
+            ("relay.example.org", 7777)
+        );
+        assert_eq!(x.allow_domains, ["example.org", "example.net"]);
+        assert!(
+            !format!("{x:?}").contains("s3cret"),
+            "the secret never shows"
+        );
+    }
+
+    #[test]
+    fn a_partial_or_bad_set_is_refused_with_the_flag_named() {
+        for skip in [0, 2, 4, 6] {
+            let mut args = ALL.to_vec();
+            let missing = args[skip];
+            args.drain(skip..skip + 2);
+            let err = parse(&args).unwrap().validate().unwrap_err();
+            assert!(err.contains(missing), "{missing}: {err}");
+        }
+        let err = parse(&["--xmpp-allow-domain", "example.org"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("--xmpp-component"), "{err}");
+        let mut bad = ALL.to_vec();
+        bad[7] = "no-port";
+        let err = parse(&bad).unwrap().validate().unwrap_err();
+        assert!(err.contains("--socks5-advertise"), "{err}");
+        let mut bad = ALL.to_vec();
+        bad[1] = "user@proxy";
+        assert!(parse(&bad).unwrap().validate().is_err());
+        let mut both = ALL.to_vec();
+        both.extend(["--xmpp-secret-file", "/nonexistent"]);
+        assert!(parse(&both).is_err(), "a secret and a secret file");
+    }
+
+    #[test]
+    fn the_secret_comes_from_its_file() {
+        let dir = std::env::temp_dir().join(format!("dtcp-xmpp-flags-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (good, empty) = (dir.join("secret"), dir.join("empty"));
+        std::fs::write(&good, "from-file\n").unwrap();
+        std::fs::write(&empty, "\n").unwrap();
+        // Component and server, the file, and the advertised address.
+        let with_file = |path: &std::path::Path| {
+            let mut args = ALL[..4].to_vec();
+            args.extend(["--xmpp-secret-file", path.to_str().unwrap()]);
+            args.extend(&ALL[6..]);
+            parse(&args).unwrap()
+        };
+        let c = with_file(&good);
+        c.validate().unwrap();
+        assert!(c.xmpp.xmpp_config().unwrap().is_some());
+        let err = with_file(&empty).xmpp.xmpp_config().unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use dtcp_forward::proto::frame::Kind;
 use dtcp_wire::socks5::{ReplyCode, StreamHash};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, warn};
 
@@ -21,7 +20,7 @@ use crate::conn::create::{self, Here, Registration};
 use crate::conn::request::{Request, SOCKS5_REQUESTER};
 use crate::limits::Slot;
 use crate::node::Node;
-use crate::pending::{Claim, LocalClaim, Requester, Socks5Claim};
+use crate::pending::{Claim, LocalClaim, Requester, Socks5Claim, Taken};
 use crate::protocol::Protocol;
 use crate::reply::{Socks5Refusal, refuse_socks5, send_socks5_ok};
 use crate::session::{self, forwarded};
@@ -54,8 +53,8 @@ pub(crate) async fn arrive(
             refuse(stream, ReplyCode::NotAllowed).await;
             return Next::Done;
         }
-        if let Some(tx) = node.pending.take(&id) {
-            claim_here(&node, tx, stream, slot, request, hash).await;
+        if let Some(taken) = node.pending.take_entry(&id) {
+            claim_here(&node, taken, stream, slot, request, hash).await;
             return Next::Done;
         }
         match create::register(node.clone(), stream, slot, request).await {
@@ -80,14 +79,14 @@ pub(crate) async fn arrive(
 /// answers it.
 async fn claim_here(
     node: &Node,
-    tx: oneshot::Sender<Claim>,
+    taken: Taken,
     stream: TcpStream,
     slot: Slot,
     request: Request,
     hash: StreamHash,
 ) {
     let id = request.id;
-    let Some(ticket) = node.activations.pair(id) else {
+    let Some(ticket) = node.activations.pair(id, taken.record_expires) else {
         // A Target registered while the previous pair of this hash still
         // runs: not one we can pair (dropping `tx` cuts that Target too).
         refuse(stream, ReplyCode::NotAllowed).await;
@@ -104,7 +103,7 @@ async fn claim_here(
         requester: Requester::Local(requester, hash),
         ticket,
     }));
-    if let Err(Claim::Socks5(pair)) = tx.send(claim)
+    if let Err(Claim::Socks5(pair)) = taken.tx.send(claim)
         && let Requester::Local(requester, _) = pair.requester
     {
         // The Target's task ended in the meantime.

@@ -74,6 +74,13 @@ impl Woke {
 /// The pair of the Target `target`, claimed by `pair`'s requester: waits for
 /// the activation, then runs the session. `waited`: how long the Target
 /// waited for its requester.
+///
+/// A plain fn returning an `async move` block, as `local::run` is: an
+/// `async fn` would keep a second copy of its arguments.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice"
+)]
 pub(crate) fn run(
     node: Arc<Node>,
     target: TcpStream,
