@@ -1,7 +1,8 @@
 //! XEP-0065 mode end to end (PROTOCOL.md section 6): unmodified XMPP clients
 //! (slixmpp, its own XEP-0065 plugin doing the Target side) move a file
-//! through dtcp-relay nodes that a real Prosody reaches as their component;
-//! curl as both SOCKS5 peers; a standby node taking the component over.
+//! through dtcp-relay nodes that a real Prosody or a real ejabberd reaches
+//! as their component; curl as both SOCKS5 peers; a standby node taking the
+//! component over.
 //!
 //! `bench_xep0065` (ignored; `bench/xep0065.sh` runs it) measures the same
 //! transfer and an activation loop through dtcp-relay and through the XMPP
