@@ -340,6 +340,20 @@ async fn an_activated_pair_moves_megabytes_both_ways_and_nothing_early() {
             .await,
         1.0
     );
+    // Pairing latency counts the relay's part, once per pair, by protocol.
+    assert_eq!(
+        relay
+            .metric("dtcp_pairing_latency_seconds_count{path=\"local\",protocol=\"socks5\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        relay
+            .metric("dtcp_pairing_latency_seconds_count{path=\"local\"}")
+            .await,
+        0.0,
+        "no DTCP pairing"
+    );
     relay
         .wait_for(
             "dtcp_sessions_active{path=\"local\",protocol=\"socks5\"}",
@@ -350,6 +364,16 @@ async fn an_activated_pair_moves_megabytes_both_ways_and_nothing_early() {
         .wait_for("dtcp_socks5_pairs_awaiting_activation", 0.0)
         .await;
     relay.wait_for("dtcp_connections_open", 0.0).await;
+    // Its log line names the protocol, and the registration by its id.
+    let id = dtcp_wire::RegistrationId::of_stream(&hash).to_string();
+    let logs = relay.logs();
+    let line = logs
+        .iter()
+        .find(|l| l["message"] == "session finished")
+        .expect("a session line");
+    assert_eq!(line["protocol"], "socks5", "{line}");
+    assert_eq!(line["registration"], id.as_str(), "{line}");
+    assert_eq!(line["span"]["protocol"], "socks5", "{line}");
 }
 
 #[tokio::test]

@@ -225,7 +225,68 @@ pub(crate) async fn serve<C: Claimer>(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use dtcp_wire::{Keyring, Secrets};
+
     use super::*;
+
+    /// Records the activations it is asked for.
+    #[derive(Default)]
+    struct Owner(Mutex<Vec<[u8; 32]>>);
+
+    impl Claimer for Owner {
+        fn claim(&self, _: crate::proto::Open, _: crate::Halves) -> Result<(), Status> {
+            Err(Status::not_found("no bridges here"))
+        }
+
+        fn activate(&self, id: &[u8; 32], _owner: &str) -> Result<(), Status> {
+            self.0.lock().unwrap().push(*id);
+            Ok(())
+        }
+    }
+
+    /// A call to node `b` at `addr` for `id`, its authenticator naming `named`.
+    fn call(auth: &PlaneAuth, addr: &str, id: [u8; 32], named: [u8; 32]) -> Request<Body> {
+        let message = ActivateRequest {
+            registration_id: Bytes::copy_from_slice(&id),
+            owner_node_id: "b".into(),
+        };
+        let mut request = Request::post(ACTIVATE_PATH)
+            .body(Body::new(Full::new(framed(&message))))
+            .unwrap();
+        auth.attach(request.headers_mut(), "a", "b", addr, &named)
+            .unwrap();
+        request
+    }
+
+    #[tokio::test]
+    async fn only_an_authenticator_bound_to_the_activation_activates() {
+        let auth = PlaneAuth::new(Some(Keyring::new(Secrets::from_lines("s"))));
+        let owner = Owner::default();
+        let id = [3u8; 32];
+        // A Bridge's authenticator for the same registration: refused.
+        let bridge_like = call(&auth, "10.0.0.2:7778", id, id);
+        let err = serve(&owner, &auth, "10.0.0.2:7778", bridge_like)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        // Bound to another registration: refused.
+        let other = call(&auth, "10.0.0.2:7778", id, binding(&[4u8; 32]));
+        let err = serve(&owner, &auth, "10.0.0.2:7778", other)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        assert!(owner.0.lock().unwrap().is_empty());
+        // Bound to this activation: served.
+        let good = call(&auth, "10.0.0.2:7778", id, binding(&id));
+        let response = serve(&owner, &auth, "10.0.0.2:7778", good).await.unwrap();
+        assert_eq!(*owner.0.lock().unwrap(), [id]);
+        let body = response.into_body().collect().await.unwrap();
+        let trailers = body.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        ActivateReply::decode(unframed(body.to_bytes()).unwrap()).unwrap();
+    }
 
     #[test]
     fn the_binding_is_not_the_registration() {

@@ -45,11 +45,13 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         // Every line this connection logs carries its peer and, once known,
         // the client's address (the peer's, or the one a trusted PROXY
-        // protocol header names) and its registration id.
+        // protocol header names), the protocol it speaks and its
+        // registration id.
         let span = info_span!(
             "connection",
             peer = %peer,
             client = tracing::field::Empty,
+            protocol = tracing::field::Empty,
             registration = tracing::field::Empty
         );
         match node.slots.take() {

@@ -165,6 +165,11 @@ async fn claim_elsewhere(
     dtcp_forward::reset_on_close(&stream);
     send_socks5_ok(&stream, &hash).await;
     session::counted_requester();
+    // Pairing latency: from the request to the claim (as `session::awaiting`).
+    node.hot
+        .socks5_forwarded
+        .pairing_latency
+        .record(request.received.elapsed());
     let deadline = Instant::now() + node.config.pending_ttl;
     let task = await_activation(node.clone(), stream, slot, request, bridge, deadline);
     tokio::spawn(task.in_current_span());

@@ -94,6 +94,7 @@ pub(crate) async fn read(
             return Err(Ended::Gone);
         }
         spoke = protocol_of(node, buf[0]);
+        tracing::Span::current().record("protocol", spoke.label());
         let command = match spoke {
             Protocol::Dtcp => dtcp::read_command(node, stream, &mut buf).await,
             Protocol::Socks5 => {

@@ -27,7 +27,8 @@ pub const SESSIONS_ACTIVE: &str = "dtcp_sessions_active";
 pub const SESSIONS_COMPLETED: &str = "dtcp_sessions_completed_total";
 /// Bytes relayed, by `path` and `direction`.
 pub const BYTES: &str = "dtcp_relayed_bytes_total";
-/// From a CONNECT's command to both sides holding `OK`, by `path`.
+/// From a CONNECT's command to both sides holding `OK`, by `path` (a
+/// XEP-0065 requester: from its request to its success reply).
 pub const PAIRING_LATENCY: &str = "dtcp_pairing_latency_seconds";
 /// How long a CREATE waited for its CONNECT.
 pub const PENDING_WAIT: &str = "dtcp_pending_wait_seconds";

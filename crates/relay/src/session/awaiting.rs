@@ -100,6 +100,12 @@ pub(crate) fn run(
                 reset_on_close(&requester.target);
                 send_socks5_ok(&requester.target, &hash).await;
                 counted_requester();
+                // The relay's part of the pairing ends here: the rest is the
+                // clients' wait for their activation.
+                node.hot
+                    .socks5_local
+                    .pairing_latency
+                    .record(requester.connect_started.elapsed());
                 debug!(registration = %id, "SOCKS5 pair awaiting activation");
                 let woke = tokio::select! {
                     biased;

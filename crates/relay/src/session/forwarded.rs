@@ -96,12 +96,13 @@ pub(crate) async fn run_target_side(
     // close that is not a passed-on FIN (the process killed included) is a
     // reset (`join` undoes it for the FIN).
     reset_on_close(&target);
+    let series = node.hot.forwarded(protocol);
     if protocol == Protocol::Dtcp {
         send_ok(&target).await;
         node.hot.connect_ok.increment(1);
+        // A XEP-0065 pair's was recorded at its claim (see `local::run`).
+        series.pairing_latency.record(started.elapsed());
     }
-    let series = node.hot.forwarded(protocol);
-    series.pairing_latency.record(started.elapsed());
     let _tracked = node.sessions.token();
     let streams = gauge!(BRIDGE_STREAMS, "role" => "client");
     streams.increment(1.0);
