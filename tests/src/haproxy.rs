@@ -40,18 +40,38 @@ impl Haproxy {
     /// Starts HAProxy on a free loopback port, forwarding every connection
     /// to `backend` with a PROXY protocol header of `version`.
     pub fn start(backend: SocketAddr, version: ProxyVersion) -> Haproxy {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("dtcp-haproxy-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         let send = match version {
             ProxyVersion::V1 => "send-proxy",
             ProxyVersion::V2 => "send-proxy-v2",
         };
+        Haproxy::spawn("", &format!("  server relay {backend} {send}\n"))
+    }
+
+    /// Starts HAProxy on a free loopback port, handing connections to
+    /// `backends` in turn (`balance roundrobin`, on one thread so that the
+    /// turn is strict: consecutive connections reach different nodes),
+    /// without a PROXY protocol header.
+    pub fn round_robin(backends: &[SocketAddr]) -> Haproxy {
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("  server relay{i} {b}\n"))
+            .collect();
+        Haproxy::spawn(
+            "  nbthread 1\n",
+            &format!("  balance roundrobin\n{servers}"),
+        )
+    }
+
+    fn spawn(global: &str, backend: &str) -> Haproxy {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("dtcp-haproxy-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let config = format!(
-            "global\n  maxconn {MAX_CONN}\n\
+            "global\n  maxconn {MAX_CONN}\n{global}\
              defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
              frontend clients\n  bind 127.0.0.1:{port}\n  default_backend relays\n\
-             backend relays\n  server relay {backend} {send}\n"
+             backend relays\n{backend}"
         );
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();

@@ -9,12 +9,13 @@
 //! (Redis servers and clusters), [`client`] (commands, replies, pairs),
 //! [`pattern`] (checked byte streams), [`metrics`] (scraping a node),
 //! [`trust`] (signed keys and sealed records), [`xmpp`] (Prosody and XMPP
-//! clients),
+//! clients), [`ejabberd`] (the other XMPP server),
 //! [`haproxy`] (a real HAProxy sending the PROXY protocol),
 //! [`chaos`] (seeded randomness, fixed ports, descriptor counts).
 
 pub mod chaos;
 pub mod client;
+pub mod ejabberd;
 pub mod haproxy;
 pub mod metrics;
 pub mod pattern;
