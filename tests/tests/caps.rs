@@ -15,6 +15,11 @@ const TRANSFER: u64 = 100_000_000;
 /// How far the measured rate may be from the cap.
 const TOLERANCE: f64 = 0.05;
 
+/// The fairness test runs alone (write), the others side by side (read):
+/// it measures how the relay shares a node cap when it has the machine's two
+/// cores to do so, not how the other tests' transfers delay its wake-ups.
+static ALONE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Sends `size` bytes Initiator to Target (the other way closes at once);
 /// returns the rate the Target received them at, in bytes a second.
 async fn one_way(i: TcpStream, tg: TcpStream, size: u64, seed: u64) -> f64 {
@@ -72,11 +77,13 @@ async fn capped_session(extra: &[&str], name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_cap_holds_on_the_splice_path() {
+    let _side_by_side = ALONE.read().await;
     capped_session(&[], "cap-splice").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_cap_holds_on_the_copy_path() {
+    let _side_by_side = ALONE.read().await;
     capped_session(&["--no-splice"], "cap-copy").await;
 }
 
@@ -111,6 +118,7 @@ async fn both_ways(i: TcpStream, tg: TcpStream, size: u64) -> [f64; 2] {
 /// that reads it from its client, so this measures both nodes' caps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_cap_holds_across_the_bridge() {
+    let _side_by_side = ALONE.read().await;
     let redis = RedisServer::start();
     let node = || {
         NodeOptions::cluster(&[redis.url()])
@@ -168,6 +176,7 @@ async fn a_session_cap_holds_across_the_bridge() {
 /// share it is not held to a split: each passes two nodes' buckets).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cap_counts_both_ways_of_a_forwarded_session() {
+    let _side_by_side = ALONE.read().await;
     let redis = RedisServer::start();
     let node = || {
         NodeOptions::cluster(&[redis.url()])
@@ -206,6 +215,7 @@ const FAIRNESS: f64 = 0.20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cap_is_shared_fairly() {
+    let _alone = ALONE.write().await;
     let relay = NodeOptions::new()
         .arg("--max-node-rate", format!("{NODE_CAP}/s"))
         .start();
