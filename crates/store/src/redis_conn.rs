@@ -366,9 +366,14 @@ impl ClusterConn {
     /// background and put it in its place once it is up. The old one ends
     /// when its last user drops it.
     fn replace(self: &Arc<Self>, generation: u64) {
-        if self.cached().is_none_or(|(g, _)| g != generation)
-            || self.replacing.swap(true, Ordering::AcqRel)
-        {
+        // The flag first, then the generation: checked the other way round,
+        // a replacement finishing in between would let this one replace the
+        // fresh connection it just installed.
+        if self.replacing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if self.cached().is_none_or(|(g, _)| g != generation) {
+            self.replacing.store(false, Ordering::Release);
             return;
         }
         warn!(

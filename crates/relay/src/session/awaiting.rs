@@ -117,6 +117,7 @@ pub(crate) fn run(
                     () = poll_fn(|cx| poll_gone_unread(&target, cx)) => Woke::TargetGone,
                     () = poll_fn(|cx| poll_gone_unread(&requester.target, cx)) => Woke::RequesterGone,
                 };
+                let woke = settled(woke, &mut start);
                 if woke != Woke::Activated {
                     debug!(registration = %id, why = woke.why(), "SOCKS5 pair cut before activation");
                     return;
@@ -149,6 +150,7 @@ pub(crate) fn run(
                     // but an error frame (its client went) or its end.
                     _ = inbound.next() => Woke::RequesterGone,
                 };
+                let woke = settled(woke, &mut start);
                 if woke != Woke::Activated {
                     debug!(registration = %id, why = woke.why(), "SOCKS5 pair cut before activation");
                     if woke != Woke::RequesterGone {
@@ -187,6 +189,22 @@ pub(crate) fn run(
         // The pair's entry goes only now: until the session ends, another
         // activation is told it came too late.
         drop(guard);
+    }
+}
+
+/// How a pair's wait really ended: one that woke for anything but its
+/// activation shuts its start channel, and if an activation got in before
+/// that (answered `result` to its client), the pair is activated after all
+/// and its session runs (and ends at once if a client has gone).
+fn settled(woke: Woke, start: &mut tokio::sync::oneshot::Receiver<()>) -> Woke {
+    if woke == Woke::Activated {
+        return woke;
+    }
+    start.close();
+    if start.try_recv().is_ok() {
+        Woke::Activated
+    } else {
+        woke
     }
 }
 
