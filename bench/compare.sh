@@ -88,12 +88,9 @@ scenarios() { # label pids
   run "$label" --relay-pid "$pids" throughput --pairs 1 --bytes "$BYTES" --both-ways
 }
 
-behind_haproxy() { # label send-proxy-option [relay args...]
-  local label=$1 send=$2; shift 2
-  local rp fp
-  rp=$(free_port); fp=$(free_port)
-  start_relay "$label" "$rp" "$@"; local rpid=$LAST
-  cat > "$WORK/$label.cfg" <<CFG
+start_haproxy() { # name port "backend-addr [server options]"; sets LAST
+  local name=$1 port=$2 server=$3
+  cat > "$WORK/$name.cfg" <<CFG
 global
   nbthread 2
   maxconn 7500
@@ -104,14 +101,23 @@ defaults
   timeout client 1h
   timeout server 1h
 frontend fe
-  bind 127.0.0.1:$fp
-  default_backend relay
-backend relay
-  server relay 127.0.0.1:$rp $send
+  bind 127.0.0.1:$port
+  default_backend be
+backend be
+  server be $server
 CFG
-  haproxy -f "$WORK/$label.cfg" -db > "$WORK/$label-haproxy.log" 2>&1 &
-  local hpid=$!; PIDS+=($hpid)
-  wait_port "$fp"
+  haproxy -f "$WORK/$name.cfg" -db > "$WORK/$name-haproxy.log" 2>&1 &
+  LAST=$!
+  PIDS+=("$LAST")
+  wait_port "$port"
+}
+
+behind_haproxy() { # label send-proxy-option [relay args...]
+  local label=$1 send=$2; shift 2
+  local rp fp
+  rp=$(free_port); fp=$(free_port)
+  start_relay "$label" "$rp" "$@"; local rpid=$LAST
+  start_haproxy "$label" "$fp" "127.0.0.1:$rp $send"; local hpid=$LAST
   ENDPOINT=(--create-on "127.0.0.1:$fp")
   run "$label" --relay-pid "$rpid,$hpid" pair --pairs "$PAIRS" --concurrency "$CONC"
   kill "$hpid" "$rpid"
@@ -159,25 +165,7 @@ scenarios relay-cross "$PA,$PB,$PC"
 
 echo "== haproxy (tcp, nbthread 2, splice-auto)" >&2
 HP=$(free_port); SINK=$(free_port)
-cat > "$WORK/haproxy.cfg" <<CFG
-global
-  nbthread 2
-  maxconn 7500
-defaults
-  mode tcp
-  option splice-auto
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-frontend fe
-  bind 127.0.0.1:$HP
-  default_backend sink
-backend sink
-  server sink 127.0.0.1:$SINK
-CFG
-haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
-HPID=$!; PIDS+=($HPID)
-wait_port "$HP"
+start_haproxy haproxy "$HP" "127.0.0.1:$SINK"; HPID=$LAST
 ENDPOINT=(--via "127.0.0.1:$HP" --sink "127.0.0.1:$SINK")
 scenarios haproxy "$HPID"
 run haproxy --relay-pid "$HPID" hold --count "${HOLD[0]}"

@@ -18,7 +18,7 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 use crate::auth::{AuthFailure, PlaneAuth};
-use crate::bridge::Claimer;
+use crate::bridge::{self, Claimer};
 use crate::dialer::Dialer;
 use crate::proto::{ActivateReply, ActivateRequest};
 
@@ -151,21 +151,9 @@ impl Dialer {
             addr,
             &binding(id),
         )?;
-        let response = tower::ServiceExt::oneshot(channel, request)
-            .await
-            .map_err(|e| ActivationError::Unreachable(e.to_string()))?;
-        if response.status() != http::StatusCode::OK {
-            return Err(ActivationError::Unreachable(format!(
-                "the owner node answered HTTP {}",
-                response.status()
-            )));
-        }
-        // A refusal comes as a response of headers only.
-        if let Some(status) = Status::from_header_map(response.headers())
-            && status.code() != Code::Ok
-        {
-            return Err(status.into());
-        }
+        // Unreachable and refused alike come back as a status: `From<Status>`
+        // sorts them.
+        let response = bridge::send(channel, request).await?;
         let body = response.into_body().collect().await?;
         match body.trailers().and_then(Status::from_header_map) {
             Some(status) if status.code() == Code::Ok => {}

@@ -358,6 +358,21 @@ pub(crate) async fn call(
         to.addr,
         to.registration,
     )?;
+    let response = send(channel, request).await?;
+    Ok(Halves {
+        outbound: Outbound { tx, dialing: true },
+        inbound: Inbound::new(response.into_body()),
+    })
+}
+
+/// Sends one plane call (its authenticator attached) and checks the head of
+/// its response: the node unreachable, or answering an HTTP status other
+/// than 200, is `unavailable`; a refusal comes as a response of headers
+/// only, and is that refusal.
+pub(crate) async fn send(
+    channel: tonic::transport::Channel,
+    request: Request<tonic::body::Body>,
+) -> Result<http::Response<tonic::body::Body>, Status> {
     let response = tower::ServiceExt::oneshot(channel, request)
         .await
         .map_err(|e| Status::unavailable(e.to_string()))?;
@@ -367,16 +382,12 @@ pub(crate) async fn call(
             response.status()
         )));
     }
-    // A refusal comes as a response of headers only.
     if let Some(status) = Status::from_header_map(response.headers())
         && status.code() != tonic::Code::Ok
     {
         return Err(status);
     }
-    Ok(Halves {
-        outbound: Outbound { tx, dialing: true },
-        inbound: Inbound::new(response.into_body()),
-    })
+    Ok(response)
 }
 
 /// What the owner node does with a Bridge once its `open` frame is in.

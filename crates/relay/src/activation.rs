@@ -153,10 +153,7 @@ impl Activations {
         let now = Instant::now();
         self.entries
             .iter()
-            .filter_map(|e| {
-                let left = e.record_expires?.checked_duration_since(now)?;
-                (!left.is_zero()).then_some((*e.key(), left))
-            })
+            .filter_map(|e| Some((*e.key(), record_left(e.record_expires, now)?)))
             .collect()
     }
 
@@ -164,6 +161,13 @@ impl Activations {
     pub(crate) fn contains(&self, id: &RegistrationId) -> bool {
         self.entries.contains_key(id)
     }
+}
+
+/// The time a store record good until `expires` has left at `now`, if it
+/// has a record and any time left: what a rewrite gives it again.
+pub(crate) fn record_left(expires: Option<Instant>, now: Instant) -> Option<Duration> {
+    let left = expires?.checked_duration_since(now)?;
+    (!left.is_zero()).then_some(left)
 }
 
 impl Drop for PairGuard {

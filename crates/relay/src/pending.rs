@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::activation::PairTicket;
+use crate::activation::{PairTicket, record_left};
 use crate::limits::Slot;
 use crate::metrics::PENDING;
 use crate::protocol::Protocol;
@@ -206,10 +206,7 @@ impl PendingTable {
         let now = Instant::now();
         self.entries
             .iter()
-            .filter_map(|e| {
-                let left = e.record_expires?.checked_duration_since(now)?;
-                (!left.is_zero()).then_some((*e.key(), left))
-            })
+            .filter_map(|e| Some((*e.key(), record_left(e.record_expires, now)?)))
             .collect()
     }
 
