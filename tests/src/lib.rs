@@ -11,8 +11,10 @@
 //! [`trust`] (signed keys and sealed records), [`xmpp`] (Prosody and XMPP
 //! clients), [`ejabberd`] (the other XMPP server),
 //! [`haproxy`] (a real HAProxy sending the PROXY protocol),
-//! [`chaos`] (seeded randomness, fixed ports, descriptor counts).
+//! [`chaos`] (seeded randomness, fixed ports, descriptor counts),
+//! [`abuse`] (attack sources, a legitimate prober, a node's footprint).
 
+pub mod abuse;
 pub mod chaos;
 pub mod client;
 pub mod ejabberd;

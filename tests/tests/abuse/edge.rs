@@ -1,0 +1,1 @@
+//! Attacks on this node's edge (see the suite's main module).

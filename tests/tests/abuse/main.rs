@@ -1,0 +1,19 @@
+//! The attack suite: each way one client (or one crowd) could try to
+//! exhaust a node, run from loopback against real `dtcp-relay` processes
+//! while a legitimate pair from another address probes throughout
+//! ([`dtcp_tests::abuse::Prober`]). Each asserts that every legitimate pair
+//! succeeds, that the node's memory stays within the budget docs/SECURITY.md
+//! gives for that attack, that descriptors never run out, and that the node
+//! goes back to its idle footprint afterwards.
+//!
+//! By what is attacked: [`plane`] (the forwarding plane and metrics ports),
+//! [`edge`] (connection slots and per-address shares), [`socks5`] (XEP-0065
+//! mode's SOCKS5 pairs), [`waiting`] (what waiting connections cost: early
+//! bytes, Redis lookups, pipes), [`store`] (a Redis that cannot be trusted
+//! with sizes).
+
+mod edge;
+mod plane;
+mod socks5;
+mod store;
+mod waiting;

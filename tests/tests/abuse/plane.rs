@@ -1,0 +1,1 @@
+//! Attacks on this node's plane (see the suite's main module).

@@ -1,0 +1,1 @@
+//! Attacks on this node's store (see the suite's main module).

@@ -1,0 +1,1 @@
+//! Attacks on this node's waiting (see the suite's main module).
