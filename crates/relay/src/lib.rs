@@ -1,6 +1,7 @@
-//! A DTCP relay node (see PROTOCOL.md and DESIGN.md in the project's shared
-//! documents): it pairs an Initiator's `CREATE` with a Target's `CONNECT` by
-//! key and JIDs, answers `OK` to both, and pipes bytes between them.
+//! A DTCP relay node (the wire protocol is `docs/PROTOCOL.md`, the design
+//! `docs/ARCHITECTURE.md`): it pairs an Initiator's `CREATE` with a Target's
+//! `CONNECT` by key and JIDs, answers `OK` to both, and pipes bytes between
+//! them.
 //!
 //! The `dtcp-relay` binary parses a [`Config`], installs the metrics recorder
 //! ([`metrics::install`]) and calls [`Relay::bind`] then [`Relay::run`].
