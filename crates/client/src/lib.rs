@@ -50,6 +50,8 @@
 //! reply: [`pair`], [`read_reply`], [`ClientError`]); [`candidates`] the
 //! candidate list; [`direct`] the direct-first offer and its fallback, one
 //! file per part; [`tls`] end-to-end TLS; [`transfer`] the file framing.
+//! `main.rs` and `cmd/` are the `dtcp` tool, built on this library and not
+//! part of it.
 
 #![forbid(unsafe_code)]
 
