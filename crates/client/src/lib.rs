@@ -42,21 +42,31 @@
 //! ```
 //!
 //! [`transfer`] holds the framing the `dtcp` tool uses to send one file.
+//!
+//! # Where things are
+//!
+//! This file holds the two roles, [`Initiator`] and [`Target`];
+//! `handshake.rs` the exchange they both make (one command, exactly its
+//! reply: [`pair`], [`read_reply`], [`ClientError`]); [`candidates`] the
+//! candidate list; [`direct`] the direct-first offer and its fallback, one
+//! file per part; [`tls`] end-to-end TLS; [`transfer`] the file framing.
+//! `main.rs` and `cmd/` are the `dtcp` tool, built on this library and not
+//! part of it.
 
 #![forbid(unsafe_code)]
 
 pub mod candidates;
 pub mod direct;
+mod handshake;
 pub mod tls;
 pub mod transfer;
 
-use std::io;
 use std::net::SocketAddr;
 
-use bytes::{BufMut, BytesMut};
-use dtcp_wire::{Command, Condition, MAX_REPLY_LEN, Reply, Triple, Verb, WireError, decode_reply};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use dtcp_wire::{Triple, Verb};
 use tokio::net::{TcpStream, ToSocketAddrs};
+
+use handshake::connect_relay;
 
 pub use candidates::{Candidate, CandidateError, Candidates, Role};
 pub use direct::{
@@ -64,44 +74,7 @@ pub use direct::{
     DEFAULT_REPLY_TIMEOUT, Offer, OfferError, OfferEvent, Paired, Route, Timeouts,
 };
 pub use dtcp_wire;
-
-/// Why a client could not get a paired stream.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The relay could not be reached.
-    #[error("cannot reach the relay: {0}")]
-    Connect(#[source] io::Error),
-    /// The connection failed after it was made.
-    #[error("connection to the relay failed: {0}")]
-    Io(#[from] io::Error),
-    /// The relay answered `ERROR`.
-    #[error("relay refused: {condition}: {text}")]
-    Refused {
-        /// Why, in machine-readable form.
-        condition: Condition,
-        /// Why, for people.
-        text: String,
-    },
-    /// The relay closed the connection without a reply.
-    #[error("the relay closed the connection without a reply")]
-    Closed,
-    /// The relay answered with bytes that are not a reply.
-    #[error("unexpected reply from the relay: {0}")]
-    Protocol(#[from] WireError),
-    /// End-to-end TLS failed.
-    #[error("end-to-end TLS: {0}")]
-    Tls(String),
-}
-
-impl ClientError {
-    /// The relay's condition, when the relay refused.
-    pub fn condition(&self) -> Option<Condition> {
-        match self {
-            ClientError::Refused { condition, .. } => Some(*condition),
-            _ => None,
-        }
-    }
-}
+pub use handshake::{ClientError, pair, read_reply};
 
 /// The side that asks for a bytestream (sends `CREATE`).
 #[derive(Debug, Clone, Copy)]
@@ -160,58 +133,5 @@ impl Target {
         on_failure: impl FnMut(&Attempt),
     ) -> Result<Paired, AllFailed> {
         direct::connect_any_with(candidates, triple, timeouts, on_failure).await
-    }
-}
-
-async fn connect_relay(relay: impl ToSocketAddrs) -> Result<TcpStream, ClientError> {
-    let stream = TcpStream::connect(relay)
-        .await
-        .map_err(ClientError::Connect)?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-/// Sends `verb` for `triple` on a connection to the relay and reads the reply.
-///
-/// Reads exactly the reply and nothing past it, so the stream returned
-/// starts with the peer's first byte.
-pub async fn pair(
-    mut stream: TcpStream,
-    verb: Verb,
-    triple: &Triple,
-) -> Result<TcpStream, ClientError> {
-    stream
-        .write_all(&Command::new(verb, triple.clone()).encode())
-        .await?;
-    match read_reply(&mut stream).await? {
-        Reply::Ok => Ok(stream),
-        Reply::Error { condition, text } => Err(ClientError::Refused { condition, text }),
-    }
-}
-
-/// Reads the relay's reply to a command, without reading past `OK\0` (what
-/// follows is the peer's). An `ERROR` is returned as a reply, not an error.
-pub async fn read_reply(stream: &mut TcpStream) -> Result<Reply, ClientError> {
-    let mut head = [0u8; 3];
-    if let Err(e) = stream.read_exact(&mut head).await {
-        return Err(match e.kind() {
-            io::ErrorKind::UnexpectedEof => ClientError::Closed,
-            _ => ClientError::Io(e),
-        });
-    }
-    let mut buf = BytesMut::from(&head[..]);
-    if let Some(reply) = decode_reply(&mut buf)? {
-        return Ok(reply);
-    }
-    // An ERROR: the relay closes after it, so reading on cannot steal peer bytes.
-    loop {
-        let room = MAX_REPLY_LEN + 1 - buf.len();
-        let n = stream.read_buf(&mut (&mut buf).limit(room)).await?;
-        if let Some(reply) = decode_reply(&mut buf)? {
-            return Ok(reply);
-        }
-        if n == 0 {
-            return Err(ClientError::Closed);
-        }
     }
 }

@@ -1,25 +1,20 @@
 //! `dtcp`: send or receive one file, directly or through a DTCP relay.
+//!
+//! This file holds the command line (what each subcommand takes) and hands
+//! each subcommand to its file under `cmd/`.
 
 #![forbid(unsafe_code)]
 
-mod keygen;
+mod cmd;
 
-use std::io::IsTerminal;
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
-use dtcp_client::direct::interface_addrs;
-use dtcp_client::transfer::{self, TransferError};
-use dtcp_client::{
-    Candidate, Candidates, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPLY_TIMEOUT, Initiator, OfferEvent,
-    Paired, Route, Target, Timeouts, tls,
-};
-use dtcp_wire::Triple;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use clap::{Parser, Subcommand};
+use dtcp_client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPLY_TIMEOUT, Timeouts};
+
+use cmd::args::{Listen, Session, candidate_list, parse_listen, secs};
+use cmd::{health, keygen, recv, send};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -92,28 +87,6 @@ enum Cmd {
     },
 }
 
-#[derive(Debug, Args)]
-struct Session {
-    /// The relay, `HOST:PORT` (optional for `send --listen` and `recv --candidates`).
-    #[arg(long, env = "DTCP_RELAY", value_name = "HOST:PORT")]
-    relay: Option<String>,
-    /// The key both sides agreed on.
-    #[arg(long, env = "DTCP_KEY", hide_env_values = true)]
-    key: String,
-    /// The Initiator's (sender's) JID.
-    #[arg(long = "from", value_name = "INITIATOR_JID")]
-    initiator: String,
-    /// The Target's (receiver's) JID.
-    #[arg(long = "to", value_name = "TARGET_JID")]
-    target: String,
-}
-
-impl Session {
-    fn triple(&self) -> anyhow::Result<Triple> {
-        Triple::new(&self.key, &self.initiator, &self.target).context("invalid key or JID")
-    }
-}
-
 #[tokio::main]
 async fn main() {
     if let Err(e) = run(Cli::parse()).await {
@@ -129,7 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             tls,
             file,
-        } => send(session, &listen, tls, &file).await,
+        } => send::send(session, &listen, tls, &file).await,
         Cmd::Recv {
             session,
             candidates,
@@ -146,319 +119,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let list = candidate_list(&session, candidates.as_deref())?;
             let wait = Duration::from_secs(wait);
-            recv(session, list, timeouts, tls_fingerprint, output, wait).await
+            recv::recv(session, list, timeouts, tls_fingerprint, output, wait).await
         }
-        Cmd::Health { addr } => health(&addr).await,
+        Cmd::Health { addr } => health::health(&addr).await,
         Cmd::Keygen(args) => keygen::run(args),
-    }
-}
-
-async fn health(addr: &str) -> anyhow::Result<()> {
-    use tokio::io::AsyncReadExt;
-    let check = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut response = Vec::new();
-        s.read_to_end(&mut response).await?;
-        anyhow::Ok(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(3), check)
-        .await
-        .context("no answer within 3 s")??;
-    let status = String::from_utf8_lossy(&response);
-    if status.starts_with("HTTP/1.1 200") {
-        Ok(())
-    } else {
-        bail!(
-            "not ready: {}",
-            status.lines().next().unwrap_or("no status line")
-        )
-    }
-}
-
-/// A `--listen` value.
-#[derive(Debug, Clone)]
-enum Listen {
-    /// One address.
-    Addr(SocketAddr),
-    /// Every non-loopback interface address, on this port (0: any).
-    Auto(u16),
-}
-
-fn parse_listen(s: &str) -> Result<Listen, String> {
-    let port = |p: &str| {
-        p.parse::<u16>()
-            .map_err(|_| format!("{p:?} is not a port number"))
-    };
-    if s == "auto" {
-        return Ok(Listen::Auto(0));
-    }
-    if let Some(p) = s.strip_prefix("auto:") {
-        return port(p).map(Listen::Auto);
-    }
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(Listen::Addr(addr));
-    }
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(Listen::Addr(SocketAddr::new(ip, 0)));
-    }
-    Err("expected IP:PORT, IP, auto or auto:PORT (IPv6 in brackets with a port: [2001:db8::5]:7001)".into())
-}
-
-/// The addresses to bind for these `--listen` values.
-fn listen_addrs(listen: &[Listen]) -> anyhow::Result<Vec<SocketAddr>> {
-    let mut out = Vec::new();
-    for l in listen {
-        match l {
-            Listen::Addr(a) => out.push(*a),
-            Listen::Auto(port) => {
-                let ips = interface_addrs().context("listing this machine's addresses")?;
-                if ips.is_empty() {
-                    bail!("--listen auto: this machine has no address but loopback");
-                }
-                out.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, *port)));
-            }
-        }
-    }
-    out.dedup();
-    Ok(out)
-}
-
-fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v).with_context(|| format!("{flag}: {v} is not a duration"))
-}
-
-async fn send(
-    session: Session,
-    listen: &[Listen],
-    use_tls: bool,
-    file: &Path,
-) -> anyhow::Result<()> {
-    let triple = session.triple()?;
-    let addrs = listen_addrs(listen)?;
-    if addrs.is_empty() && session.relay.is_none() {
-        bail!("give --relay HOST:PORT, --listen ADDR, or both");
-    }
-    let (mut src, size): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) =
-        if file == Path::new("-") {
-            (Box::new(tokio::io::stdin()), None)
-        } else {
-            let f = tokio::fs::File::open(file)
-                .await
-                .with_context(|| format!("opening {}", file.display()))?;
-            let len = f.metadata().await?.len();
-            (Box::new(f), Some(len))
-        };
-    let identity = if use_tls {
-        let id = tls::Identity::generate()?;
-        eprintln!("TLS fingerprint: {}", id.fingerprint());
-        eprintln!(
-            "(give it to the receiver: dtcp recv --tls-fingerprint {} ...)",
-            id.fingerprint()
-        );
-        Some(id)
-    } else {
-        None
-    };
-    let offer = Initiator::offer(&addrs, session.relay.as_deref(), &triple).await?;
-    if !addrs.is_empty() {
-        let list = offer.candidates();
-        eprintln!("candidates: {list}");
-        eprintln!("(give them to the receiver: dtcp recv --candidates '{list}' ...)");
-    }
-    let mut places: Vec<String> = offer
-        .local_addrs()
-        .iter()
-        .map(|a| format!("on {a}"))
-        .collect();
-    if let Some(relay) = &session.relay {
-        places.push(format!("through the relay {relay}"));
-    }
-    eprintln!("waiting for the receiver {} ...", places.join(", "));
-    let paired = offer
-        .accept_with(|event| match event {
-            OfferEvent::RelayFailed(e) => {
-                eprintln!("dtcp: the relay path failed ({e}); still waiting on the listeners");
-            }
-            OfferEvent::DirectRefused { peer, condition } => {
-                eprintln!("dtcp: refused a connection from {peer}: {condition}");
-            }
-        })
-        .await?;
-    announce(&paired, "receiver");
-    let route = paired.route;
-    let bar = progress(size, route);
-    let sent = match identity {
-        Some(id) => {
-            let mut s = tls::accept(paired.stream, &id).await?;
-            transfer::send(&mut s, &mut src, size, |n| bar.inc(n)).await
-        }
-        None => {
-            let mut s = paired.stream;
-            transfer::send(&mut s, &mut src, size, |n| bar.inc(n)).await
-        }
-    };
-    finish(&bar, sent, "sent", route)
-}
-
-/// One line saying which path the transfer takes.
-fn announce(paired: &Paired, peer: &str) {
-    match paired.route {
-        Route::Direct => eprintln!("connected directly: the {peer} is at {}", paired.peer),
-        Route::Relay => eprintln!("connected through the relay at {}", paired.peer),
-    }
-}
-
-/// The receiver's candidates: `--candidates`, then `--relay`.
-fn candidate_list(session: &Session, candidates: Option<&str>) -> anyhow::Result<Candidates> {
-    let mut list = match candidates {
-        Some(text) => text.parse::<Candidates>().context("--candidates")?,
-        None => Candidates::default(),
-    };
-    if let Some(relay) = &session.relay {
-        list.push(Candidate::relay(relay).context("--relay")?);
-    }
-    if list.is_empty() {
-        bail!("give --relay HOST:PORT, --candidates LIST, or both");
-    }
-    Ok(list)
-}
-
-async fn recv(
-    session: Session,
-    candidates: Candidates,
-    timeouts: Timeouts,
-    fingerprint: Option<String>,
-    output: Option<PathBuf>,
-    wait: Duration,
-) -> anyhow::Result<()> {
-    let triple = session.triple()?;
-    let fingerprint = fingerprint
-        .map(|f| tls::parse_fingerprint(&f))
-        .transpose()?;
-    let paired = claim(&candidates, &triple, &timeouts, wait).await?;
-    announce(&paired, "sender");
-    let route = paired.route;
-    let stream = paired.stream;
-    let (mut dst, part): (
-        Box<dyn AsyncWrite + Unpin + Send>,
-        Option<(PathBuf, PathBuf)>,
-    ) = match output {
-        Some(path) => {
-            let mut part = path.clone().into_os_string();
-            part.push(".part");
-            let part = PathBuf::from(part);
-            let f = tokio::fs::File::create(&part)
-                .await
-                .with_context(|| format!("creating {}", part.display()))?;
-            (
-                Box::new(tokio::io::BufWriter::with_capacity(1 << 20, f)),
-                Some((part, path)),
-            )
-        }
-        None => (Box::new(tokio::io::stdout()), None),
-    };
-    let bar = ProgressBar::hidden();
-    let on_size = |size: Option<u64>| {
-        style(&bar, size, route);
-        bar.set_draw_target(ProgressDrawTarget::stderr());
-    };
-    let got = match fingerprint {
-        Some(fp) => {
-            let mut s = tls::connect(stream, fp).await?;
-            transfer::receive(&mut s, &mut dst, on_size, |n| bar.inc(n)).await
-        }
-        None => {
-            let mut s = stream;
-            transfer::receive(&mut s, &mut dst, on_size, |n| bar.inc(n)).await
-        }
-    };
-    dst.shutdown().await.ok();
-    drop(dst);
-    if let Some((part, path)) = part {
-        if got.is_ok() {
-            tokio::fs::rename(&part, &path)
-                .await
-                .with_context(|| format!("renaming {} to {}", part.display(), path.display()))?;
-        } else {
-            eprintln!("dtcp: incomplete data left in {}", part.display());
-        }
-    }
-    finish(&bar, got, "received", route)
-}
-
-/// Tries the candidates until the sender is there: people start the two
-/// ends by hand, and the relay waits only its connect grace (5 s by default)
-/// for a CREATE. Each failed attempt of the first round is told, so the way
-/// to the fallback shows.
-async fn claim(
-    candidates: &Candidates,
-    triple: &Triple,
-    timeouts: &Timeouts,
-    wait: Duration,
-) -> anyhow::Result<Paired> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut round = 0;
-    loop {
-        round += 1;
-        let last = candidates.len();
-        let mut n = 0;
-        let tell = |a: &dtcp_client::Attempt| {
-            n += 1;
-            // The last one's failure is in the line or the error below.
-            if round == 1 && n < last {
-                eprintln!("dtcp: {a}; trying the next");
-            }
-        };
-        match Target::connect_any_with(candidates, triple, timeouts, tell).await {
-            Ok(paired) => return Ok(paired),
-            Err(all) if all.is_transient() && tokio::time::Instant::now() < deadline => {
-                if round == 1 {
-                    eprintln!("waiting for the sender ({candidates}) ...");
-                }
-                // Whoever answered not-found already waited; ask again soon.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(all) => return Err(all.into()),
-        }
-    }
-}
-
-fn progress(size: Option<u64>, route: Route) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stderr());
-    style(&bar, size, route);
-    bar
-}
-
-/// The bar starts with the path: `direct` or `relay`.
-fn style(bar: &ProgressBar, size: Option<u64>, route: Route) {
-    bar.set_length(size.unwrap_or(0));
-    bar.set_prefix(route.to_string());
-    let template = match size {
-        Some(_) => {
-            "{prefix} {bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}"
-        }
-        None => "{prefix} {spinner} {binary_bytes} {binary_bytes_per_sec} {elapsed}",
-    };
-    bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
-    bar.enable_steady_tick(Duration::from_millis(200));
-}
-
-fn finish(
-    bar: &ProgressBar,
-    result: Result<u64, TransferError>,
-    verb: &str,
-    route: Route,
-) -> anyhow::Result<()> {
-    bar.finish_and_clear();
-    match result {
-        Ok(n) => {
-            if std::io::stderr().is_terminal() {
-                eprintln!("{verb} {n} bytes {}", route.adverb());
-            }
-            Ok(())
-        }
-        Err(e) => bail!(e),
     }
 }

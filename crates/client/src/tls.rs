@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
-use crate::ClientError;
+use crate::handshake::ClientError;
 
 /// What the Target sends to start TLS.
 pub const STARTTLS: &[u8] = b"STARTTLS\0";
