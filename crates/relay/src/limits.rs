@@ -138,11 +138,7 @@ pub(crate) struct PerIpLimit {
 impl PerIpLimit {
     /// A limit of `max` pending CREATEs per address; `store` is the shared
     /// store of a cluster.
-    pub(crate) fn new(
-        max: usize,
-        v6_prefix: u8,
-        store: Option<Arc<dyn Rendezvous>>,
-    ) -> Arc<Self> {
+    pub(crate) fn new(max: usize, v6_prefix: u8, store: Option<Arc<dyn Rendezvous>>) -> Arc<Self> {
         Arc::new(PerIpLimit {
             counts: DashMap::new(),
             max,
@@ -346,9 +342,7 @@ impl PerAddress {
     /// session), or `None` if either is at its share.
     pub(crate) fn session(self: &Arc<Self>, a: IpAddr, b: Option<IpAddr>) -> Option<SessionGuard> {
         let a = client_key(a, self.v6_prefix);
-        let b = b
-            .map(|b| client_key(b, self.v6_prefix))
-            .filter(|b| *b != a);
+        let b = b.map(|b| client_key(b, self.v6_prefix)).filter(|b| *b != a);
         if !self.take(a, Count::Sessions) {
             return None;
         }

@@ -166,7 +166,10 @@ async fn idle_self_pairs_from_one_address_take_only_their_share() {
         refused(&relay, "per_ip_sessions").await,
     );
     // The attacker's sessions, and the probe's at most.
-    assert!(sessions <= (SESSIONS_PER_IP + 1) as f64, "{sessions} sessions");
+    assert!(
+        sessions <= (SESSIONS_PER_IP + 1) as f64,
+        "{sessions} sessions"
+    );
     assert!(open(&relay).await <= (CONNECTIONS_PER_IP + 2) as f64);
     probes
         .finish()
@@ -198,7 +201,9 @@ async fn silent_connections_count_against_the_rate() {
     let allowed = f64::from(RATE) * (1.0 + took.ceil()) + 4.0;
     let accepted = relay.metric("dtcp_connections_accepted_total").await;
     let rated = refused(&relay, "connection_rate").await;
-    eprintln!("rate: {ATTACK} silent connections in {took:.1} s: {rated} refused, {accepted} accepted in all");
+    eprintln!(
+        "rate: {ATTACK} silent connections in {took:.1} s: {rated} refused, {accepted} accepted in all"
+    );
     assert!(rated >= ATTACK as f64 - allowed, "{rated} refused");
     assert!(open(&relay).await <= allowed, "{} open", open(&relay).await);
     probes
@@ -323,7 +328,10 @@ async fn a_crowd_of_addresses_stays_within_the_global_limits() {
     .await;
     let probes = Prober::start(relay.addr, relay.addr, prober(5), PROBE_EVERY);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    probes.finish().await.assert_all_ok("a crowd within the limits");
+    probes
+        .finish()
+        .await
+        .assert_all_ok("a crowd within the limits");
 
     for n in FITTING..FLOODING {
         held.extend(silent(attacker(16 + n), relay.addr, EACH).await);
@@ -375,9 +383,11 @@ async fn self_pairs_from_a_crowd_stop_at_each_share() {
         }
     }
     let most = (ADDRESSES as usize * SESSIONS) as f64;
-    eventually(Duration::from_secs(10), "each address at its share", || async {
-        relay.metric("dtcp_sessions_active{path=\"local\"}").await >= most
-    })
+    eventually(
+        Duration::from_secs(10),
+        "each address at its share",
+        || async { relay.metric("dtcp_sessions_active{path=\"local\"}").await >= most },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let peak = Footprint::of(&relay);

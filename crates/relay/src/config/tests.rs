@@ -256,7 +256,11 @@ fn connection_rate_is_per_second() {
     let bare = Config::try_parse_from(["dtcp-relay", "--max-connection-rate-per-ip", "5"]);
     assert_eq!(bare.unwrap().max_connection_rate_per_ip, NonZeroU32::new(5));
     let off = Config::try_parse_from(["dtcp-relay", "--max-connection-rate-per-ip", "0"]);
-    assert_eq!(off.unwrap().max_connection_rate_per_ip, None, "0 is no limit");
+    assert_eq!(
+        off.unwrap().max_connection_rate_per_ip,
+        None,
+        "0 is no limit"
+    );
     for bad in ["fast", "-1/s", "2/m"] {
         assert!(
             Config::try_parse_from(["dtcp-relay", "--max-connection-rate-per-ip", bad]).is_err(),
@@ -327,7 +331,11 @@ fn per_address_shares_and_the_ipv6_prefix() {
     ])
     .unwrap();
     assert_eq!(
-        (c.max_connections_per_ip, c.max_sessions_per_ip, c.ipv6_prefix_len),
+        (
+            c.max_connections_per_ip,
+            c.max_sessions_per_ip,
+            c.ipv6_prefix_len
+        ),
         (7, 3, 48)
     );
     assert!(c.validate().is_ok());
@@ -335,7 +343,10 @@ fn per_address_shares_and_the_ipv6_prefix() {
         assert!(parse(&["--ipv6-prefix-len", bits]).is_err(), "{bits}");
     }
     let none = parse(&["--max-connections-per-ip", "0"]).unwrap();
-    assert!(none.validate().is_err(), "a share of 0 would refuse everybody");
+    assert!(
+        none.validate().is_err(),
+        "a share of 0 would refuse everybody"
+    );
     let none = parse(&["--max-sessions-per-ip", "0"]).unwrap();
     assert!(none.validate().is_err());
 }

@@ -102,7 +102,10 @@ async fn over_share(
         .increment(1);
     let condition = Condition::ResourceConstraint;
     if let Some(remote) = remote {
-        remote.try_send(dtcp_forward::proto::Frame::error(condition, TOO_MANY_SESSIONS));
+        remote.try_send(dtcp_forward::proto::Frame::error(
+            condition,
+            TOO_MANY_SESSIONS,
+        ));
     }
     let refusing_target = async {
         if let Some(target) = target {
