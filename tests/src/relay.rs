@@ -17,6 +17,17 @@ const METRIC_WAIT: Duration = Duration::from_secs(10);
 /// How often [`Relay::wait_for`] and [`Relay::wait_exit`] look again.
 const POLL: Duration = Duration::from_millis(25);
 
+/// The per-address shares lifted on a test's node unless it sets them, or
+/// asks for the relay's own with [`NodeOptions::relay_defaults`]: most
+/// tests play every client (hundreds of pairs, thousands of connections,
+/// in bursts) from 127.0.0.1, which the relay's defaults would take for
+/// one client over its share. The attack suite keeps the defaults.
+const ONE_ADDRESS_CROWD: [(&str, &str); 3] = [
+    ("--max-connections-per-ip", "1000000"),
+    ("--max-sessions-per-ip", "1000000"),
+    ("--max-connection-rate-per-ip", "0"),
+];
+
 /// The cluster secret the tests' nodes share.
 pub const SECRET: &str = "test-cluster-secret";
 
@@ -58,10 +69,12 @@ impl Relay {
     /// Starts a relay on loopback ports chosen by the kernel, with `args`
     /// added. [`NodeOptions`] says the same with names.
     pub fn start(args: &[&str]) -> Relay {
-        Relay::spawn(args)
+        Relay::spawn(args, true)
     }
 
-    fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Relay {
+    /// `one_address_crowd`: the shares of one client address are lifted
+    /// (see [`ONE_ADDRESS_CROWD`]) unless the caller sets them.
+    fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S], one_address_crowd: bool) -> Relay {
         // Kernel-chosen ports unless the caller named its own (a node
         // started again where its predecessor listened): the relay takes
         // each flag once.
@@ -70,6 +83,13 @@ impl Relay {
         for flag in ["--listen", "--metrics-listen"] {
             if !given(flag) {
                 defaults.extend([flag, "127.0.0.1:0"]);
+            }
+        }
+        if one_address_crowd {
+            for (flag, value) in ONE_ADDRESS_CROWD {
+                if !given(flag) {
+                    defaults.extend([flag, value]);
+                }
             }
         }
         let mut child = Command::new(bin("dtcp-relay"))
@@ -210,6 +230,8 @@ impl Drop for Relay {
 #[must_use]
 pub struct NodeOptions {
     args: Vec<String>,
+    /// Keep the relay's own per-address shares (see [`ONE_ADDRESS_CROWD`]).
+    relay_defaults: bool,
 }
 
 impl NodeOptions {
@@ -263,6 +285,34 @@ impl NodeOptions {
         self.arg("--max-pending-per-ip", n)
     }
 
+    /// `--max-connections-per-ip`.
+    pub fn max_connections_per_ip(self, n: u32) -> Self {
+        self.arg("--max-connections-per-ip", n)
+    }
+
+    /// `--max-sessions-per-ip`.
+    pub fn max_sessions_per_ip(self, n: u32) -> Self {
+        self.arg("--max-sessions-per-ip", n)
+    }
+
+    /// `--max-connection-rate-per-ip`, in connections a second (0: none).
+    pub fn max_connection_rate_per_ip(self, per_second: u32) -> Self {
+        self.arg("--max-connection-rate-per-ip", format!("{per_second}/s"))
+    }
+
+    /// `--ipv6-prefix-len`.
+    pub fn ipv6_prefix_len(self, bits: u8) -> Self {
+        self.arg("--ipv6-prefix-len", bits)
+    }
+
+    /// The relay's own per-address shares, as on the open internet, for
+    /// the flags not set otherwise: a node under attack from one address.
+    /// (Without it, a test's node lifts them: its clients all share 127.0.0.1.)
+    pub fn relay_defaults(mut self) -> Self {
+        self.relay_defaults = true;
+        self
+    }
+
     /// `--max-command-len`.
     pub fn max_command_len(self, n: usize) -> Self {
         self.arg("--max-command-len", n)
@@ -308,7 +358,7 @@ impl NodeOptions {
         if clustered && !args.iter().any(|a| a == "--forward-listen") {
             args.extend(["--forward-listen".to_owned(), "127.0.0.1:0".to_owned()]);
         }
-        Relay::spawn(&args)
+        Relay::spawn(&args, !self.relay_defaults)
     }
 }
 

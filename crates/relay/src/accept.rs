@@ -1,8 +1,10 @@
 //! The accept loop: a connection slot for every client connection (each in
 //! its own task and tracing span), a back-off when descriptors run out, and
-//! a quick refusal past the connection limit.
+//! a quick refusal past the connection limit, or past a direct client
+//! address's connection rate or share of open connections.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::conn;
+use crate::limits::AddrGuard;
 use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::Node;
 use crate::reply::refuse;
@@ -61,26 +64,74 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
             registration = tracing::field::Empty,
             target_client = tracing::field::Empty
         );
+        // A direct client's address is known now: its rate and its share
+        // are checked before it costs anything more. A trusted balancer's
+        // connections are checked on the client its PROXY header names
+        // (`conn::handshake`), never on the balancer itself.
+        let mut client = None;
+        if !node.config.trusts(peer.ip()) {
+            match admit_client(&node, peer.ip()) {
+                Ok(guard) => client = Some(guard),
+                Err(refused) => {
+                    counter!(CONNECTIONS_REFUSED, "reason" => refused.reason).increment(1);
+                    refuse_over_limit(stream, &refusals, span, refused.text);
+                    continue;
+                }
+            }
+        }
         match node.slots.take() {
-            Some(slot) => {
+            Some(mut slot) => {
+                if let Some(guard) = client {
+                    slot.count_against(guard);
+                }
                 let connection = conn::handle(node.clone(), stream, peer, slot);
                 tokio::spawn(connection.instrument(span));
             }
             None => {
                 counter!(CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
-                refuse_over_limit(stream, &refusals, span);
+                let text = "the relay is at its connection limit";
+                refuse_over_limit(stream, &refusals, span, text);
             }
         }
     }
 }
 
-fn refuse_over_limit(stream: TcpStream, refusals: &Arc<Semaphore>, span: tracing::Span) {
+/// A connection refused for its client address's sake.
+pub(crate) struct OverShare {
+    /// The `reason` label of `dtcp_connections_refused_total`.
+    pub(crate) reason: &'static str,
+    /// The `ERROR` text.
+    pub(crate) text: &'static str,
+}
+
+/// Admits one more connection from the client at `ip`: within its
+/// connection rate (which counts it) and its share of open connections.
+pub(crate) fn admit_client(node: &Node, ip: IpAddr) -> Result<AddrGuard, OverShare> {
+    if let Some(rate) = &node.rate
+        && !rate.check(ip)
+    {
+        return Err(OverShare {
+            reason: "connection_rate",
+            text: "too many new connections from this address",
+        });
+    }
+    node.per_address.connection(ip).ok_or(OverShare {
+        reason: "per_ip_connections",
+        text: "too many open connections from this address",
+    })
+}
+
+fn refuse_over_limit(
+    stream: TcpStream,
+    refusals: &Arc<Semaphore>,
+    span: tracing::Span,
+    text: &'static str,
+) {
     // Past this many refusals in flight, close without a word.
     let Ok(permit) = refusals.clone().try_acquire_owned() else {
         return;
     };
     let refusal = async move {
-        let text = "the relay is at its connection limit";
         refuse(stream, None, Condition::ResourceConstraint, text).await;
         drop(permit);
     };

@@ -10,7 +10,7 @@ use dtcp_forward::{Dialer, Gates};
 
 use crate::activation::Activations;
 use crate::config::Config;
-use crate::limits::{ConnectionRate, PerIpLimit, Slots};
+use crate::limits::{ConnectionRate, PerAddress, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
 use crate::pending::PendingTable;
 use crate::throttle::{NodeRate, Throttle};
@@ -42,6 +42,8 @@ pub(crate) struct Node {
     pub(crate) socks5: bool,
     /// Pending CREATEs per source address.
     pub(crate) per_ip: Arc<PerIpLimit>,
+    /// Open connections and paired sessions per client address.
+    pub(crate) per_address: Arc<PerAddress>,
     /// New connections per second per client address, if limited.
     pub(crate) rate: Option<ConnectionRate>,
     /// The node's bandwidth cap (`--max-node-rate`), shared by every session.
@@ -74,11 +76,21 @@ impl Node {
         let cluster = dialer.is_some();
         let socks5 = cluster || config.xmpp.is_set();
         // Counted across the cluster in the shared store, and here.
-        let per_ip = PerIpLimit::new(config.max_pending_per_ip, cluster.then(|| store.clone()));
+        let v6_prefix = config.ipv6_prefix_len;
+        let per_ip = PerIpLimit::new(
+            config.max_pending_per_ip,
+            v6_prefix,
+            cluster.then(|| store.clone()),
+        );
+        let per_address = PerAddress::new(
+            config.max_connections_per_ip,
+            config.max_sessions_per_ip,
+            v6_prefix,
+        );
         let node_rate = config.max_node_rate.map(NodeRate::new);
         let rate = config
             .max_connection_rate_per_ip
-            .map(|n| ConnectionRate::new(n, config.connection_burst_per_ip));
+            .map(|n| ConnectionRate::new(n, config.connection_burst_per_ip, v6_prefix));
         Node {
             slots: Slots::new(config.max_connections),
             cluster,
@@ -92,6 +104,7 @@ impl Node {
             activations: Activations::new(),
             socks5,
             per_ip,
+            per_address,
             rate,
             node_rate,
             drain: CancellationToken::new(),

@@ -86,11 +86,60 @@ pub struct Config {
     )]
     pub proxy_protocol_from: Vec<IpNet>,
 
-    /// New connections per second from one client address (`N/s`); beyond it
-    /// (and its burst) a connection gets `resource-constraint` at once.
-    /// Unset: no limit.
-    #[arg(long, env = "DTCP_MAX_CONNECTION_RATE_PER_IP", value_parser = parse_rate, value_name = "N/s")]
-    pub max_connection_rate_per_ip: Option<NonZeroU32>,
+    /// New connections per second from one client address (`N/s`; `0`: no
+    /// limit); beyond it (and its burst) a connection gets
+    /// `resource-constraint` at once. Counted when the connection is
+    /// accepted (after the PROXY header, behind a trusted balancer), so that
+    /// connections that never speak count too. The default lets one address
+    /// fill its `--max-connections-per-ip` share in ten seconds at the
+    /// earliest, about a handshake timeout: silent connections expire about
+    /// as fast as one address can open them.
+    // A path, not a bare `Option`, so that clap takes the parser's
+    // `Option` as the value (`0` parses to `None`) and keeps the default.
+    #[arg(long, env = "DTCP_MAX_CONNECTION_RATE_PER_IP", default_value = "20/s", value_parser = parse_rate, value_name = "N/s")]
+    pub max_connection_rate_per_ip: std::option::Option<NonZeroU32>,
+
+    /// Open connections one client address may hold at once, whatever their
+    /// phase (handshaking, pending, waiting, paired). Beyond it a new
+    /// connection gets `resource-constraint` at once. The default is twice
+    /// `--max-pending-per-ip`'s (each CREATE of an address and its CONNECT
+    /// from the same address) and 2 % of `--max-connections`: one address
+    /// cannot take the node's slots, while many users behind one NAT still fit.
+    #[arg(
+        long,
+        env = "DTCP_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 200,
+        value_name = "N"
+    )]
+    pub max_connections_per_ip: u32,
+
+    /// Paired sessions one client address may take part in at once (a
+    /// session of two clients counts against each address, once against an
+    /// address that is both). A pairing beyond it is refused
+    /// `resource-constraint` to both clients, and a CREATE or CONNECT from an
+    /// address at its share is refused at once. Bounds a client that pairs
+    /// with itself again and again to hold slots for ever.
+    #[arg(
+        long,
+        env = "DTCP_MAX_SESSIONS_PER_IP",
+        default_value_t = 100,
+        value_name = "N"
+    )]
+    pub max_sessions_per_ip: u32,
+
+    /// The prefix length an IPv6 client is counted by in every per-address
+    /// limit (connections, rate, pending CREATEs, sessions, and the
+    /// cluster-wide count in the store): one subscriber usually holds a
+    /// whole /64, and could otherwise take a share per address. IPv4 (an
+    /// IPv4-mapped IPv6 address included) is always counted by address.
+    #[arg(
+        long,
+        env = "DTCP_IPV6_PREFIX_LEN",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u8).range(1..=128),
+        value_name = "BITS"
+    )]
+    pub ipv6_prefix_len: u8,
 
     /// Connections one client address may open at once above its rate.
     /// Default: one second's worth of the rate.
@@ -108,8 +157,12 @@ pub struct Config {
     #[arg(long, env = "DTCP_MAX_NODE_RATE", value_parser = parse_bytes_rate, value_name = "BYTES/s")]
     pub max_node_rate: Option<u64>,
 
-    /// Close a paired session after this many seconds with no bytes either way (0: never).
-    #[arg(long, env = "DTCP_IDLE_TIMEOUT", default_value = "0", value_parser = parse_secs, value_name = "SECS")]
+    /// Close (reset) a paired session after this many seconds with no bytes
+    /// either way (0: never). On by default so that an idle session cannot
+    /// hold two connection slots for ever; an application that keeps a
+    /// quiet stream open longer must send something (a keepalive) within
+    /// it, or the operator raises it.
+    #[arg(long, env = "DTCP_IDLE_TIMEOUT", default_value = "300", value_parser = parse_secs, value_name = "SECS")]
     pub idle_timeout: Duration,
 
     /// On SIGTERM/SIGINT: answer new commands `shutting-down` and let paired

@@ -29,12 +29,13 @@ pub(super) fn parse_bytes_rate(s: &str) -> Result<u64, String> {
     }
 }
 
-/// A rate per second, written `N/s` (or just `N`).
-pub(super) fn parse_rate(s: &str) -> Result<NonZeroU32, String> {
+/// A rate per second, written `N/s` (or just `N`); `0` is no limit.
+pub(super) fn parse_rate(s: &str) -> Result<Option<NonZeroU32>, String> {
     let n = s.strip_suffix("/s").unwrap_or(s);
     n.trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate: a whole number above 0 per second, like 20/s"))
+        .parse::<u32>()
+        .map(NonZeroU32::new)
+        .map_err(|_| format!("{s:?} is not a rate: a whole number per second, like 20/s (0: none)"))
 }
 
 /// `HOST:PORT` with a port number.

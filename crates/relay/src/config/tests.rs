@@ -12,7 +12,13 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.handshake_timeout, Duration::from_secs(10));
     assert_eq!(c.max_connections, 10_000);
     assert_eq!(c.max_pending_per_ip, 100);
-    assert_eq!(c.idle_timeout(), None);
+    assert_eq!(c.idle_timeout(), Some(Duration::from_secs(300)));
+    assert_eq!(c.max_connection_rate_per_ip, NonZeroU32::new(20));
+    assert_eq!(c.connection_burst_per_ip, None);
+    assert_eq!(c.max_connections_per_ip, 200);
+    assert_eq!(c.max_sessions_per_ip, 100);
+    assert_eq!(c.ipv6_prefix_len, 64);
+    assert!(c.validate().is_ok());
     assert_eq!(c.drain_timeout, Duration::from_secs(30));
     assert_eq!(c.limits(), Limits::default());
     assert_eq!(c.log_format, LogFormat::Text);
@@ -249,15 +255,29 @@ fn connection_rate_is_per_second() {
     assert!(c.validate().is_ok());
     let bare = Config::try_parse_from(["dtcp-relay", "--max-connection-rate-per-ip", "5"]);
     assert_eq!(bare.unwrap().max_connection_rate_per_ip, NonZeroU32::new(5));
-    for bad in ["0/s", "fast", "-1/s", "2/m"] {
+    let off = Config::try_parse_from(["dtcp-relay", "--max-connection-rate-per-ip", "0"]);
+    assert_eq!(
+        off.unwrap().max_connection_rate_per_ip,
+        None,
+        "0 is no limit"
+    );
+    for bad in ["fast", "-1/s", "2/m"] {
         assert!(
             Config::try_parse_from(["dtcp-relay", "--max-connection-rate-per-ip", bad]).is_err(),
             "{bad}"
         );
     }
-    let burst_alone =
-        Config::try_parse_from(["dtcp-relay", "--connection-burst-per-ip", "5"]).unwrap();
+    let burst_alone = Config::try_parse_from([
+        "dtcp-relay",
+        "--connection-burst-per-ip",
+        "5",
+        "--max-connection-rate-per-ip",
+        "0/s",
+    ])
+    .unwrap();
     assert!(burst_alone.validate().is_err());
+    let burst = Config::try_parse_from(["dtcp-relay", "--connection-burst-per-ip", "5"]).unwrap();
+    assert!(burst.validate().is_ok(), "the default rate is on");
 }
 
 #[test]
@@ -296,4 +316,37 @@ fn redis_certificates_need_rediss() {
     );
     let unreadable = tls.redis_config().unwrap_err();
     assert!(unreadable.contains("ca.pem"), "{unreadable}");
+}
+
+#[test]
+fn per_address_shares_and_the_ipv6_prefix() {
+    let parse = |args: &[&str]| Config::try_parse_from([&["dtcp-relay"], args].concat());
+    let c = parse(&[
+        "--max-connections-per-ip",
+        "7",
+        "--max-sessions-per-ip",
+        "3",
+        "--ipv6-prefix-len",
+        "48",
+    ])
+    .unwrap();
+    assert_eq!(
+        (
+            c.max_connections_per_ip,
+            c.max_sessions_per_ip,
+            c.ipv6_prefix_len
+        ),
+        (7, 3, 48)
+    );
+    assert!(c.validate().is_ok());
+    for bits in ["0", "129", "x"] {
+        assert!(parse(&["--ipv6-prefix-len", bits]).is_err(), "{bits}");
+    }
+    let none = parse(&["--max-connections-per-ip", "0"]).unwrap();
+    assert!(
+        none.validate().is_err(),
+        "a share of 0 would refuse everybody"
+    );
+    let none = parse(&["--max-sessions-per-ip", "0"]).unwrap();
+    assert!(none.validate().is_err());
 }

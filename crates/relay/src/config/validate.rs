@@ -183,7 +183,14 @@ impl Config {
             return Err("--proxy-protocol-from is set but --proxy-protocol is off".into());
         }
         if self.connection_burst_per_ip.is_some() && self.max_connection_rate_per_ip.is_none() {
-            return Err("--connection-burst-per-ip needs --max-connection-rate-per-ip".into());
+            return Err(
+                "--connection-burst-per-ip needs a --max-connection-rate-per-ip (it is 0)".into(),
+            );
+        }
+        if self.max_connections_per_ip == 0 || self.max_sessions_per_ip == 0 {
+            return Err(
+                "--max-connections-per-ip and --max-sessions-per-ip must be at least 1".into(),
+            );
         }
         Ok(())
     }

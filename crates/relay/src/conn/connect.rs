@@ -19,11 +19,12 @@ use crate::conn::create::REUSED;
 use crate::conn::early::poll_hung_up;
 use crate::conn::request::Request;
 use crate::limits::Slot;
-use crate::metrics::{AUTH_FAILURES, COMMANDS};
+use crate::metrics::{AUTH_FAILURES, COMMANDS, CONNECTIONS_REFUSED};
 use crate::node::Node;
 use crate::pending::{Claim, LocalClaim};
 use crate::protocol::Protocol;
 use crate::reply::refuse;
+use crate::session;
 use crate::session::forwarded::{self, OpenError};
 
 /// The `verb` label of this side.
@@ -59,6 +60,12 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         received,
         ..
     } = request;
+    // An address at its share of sessions could not pair anyway.
+    if node.per_address.sessions_full(client.ip()) {
+        counter!(CONNECTIONS_REFUSED, "reason" => "per_ip_sessions").increment(1);
+        let text = session::TOO_MANY_SESSIONS;
+        return refuse(stream, VERB, Condition::ResourceConstraint, text).await;
+    }
     let deadline = received + node.config.connect_grace;
     let expectation = node.pending.expect(id);
     // Jittered, so that the CONNECTs of a burst do not all look at once.
@@ -71,7 +78,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
     let mut poll = STORE_POLL_MIN;
     let mut expiry = pin!(sleep_until(deadline));
     let mut drain = pin!(node.drain.cancelled());
-    let bridge = loop {
+    let (bridge, share) = loop {
         let notified = expectation.expected.notify.notified();
         tokio::pin!(notified);
         // Subscribe before looking, so a CREATE that arrives in between wakes us.
@@ -109,10 +116,17 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
                     let text = "the session's record in the rendezvous store does not verify";
                     return refuse(stream, VERB, Condition::Unavailable, text).await;
                 }
+                // The Target's address takes part in one more session (its
+                // Initiator's is counted by the owner node).
+                let Some(share) = node.per_address.session(client.ip(), None) else {
+                    counter!(CONNECTIONS_REFUSED, "reason" => "per_ip_sessions").increment(1);
+                    let text = session::TOO_MANY_SESSIONS;
+                    return refuse(stream, VERB, Condition::ResourceConstraint, text).await;
+                };
                 // Boxed: the Bridge call's state would otherwise enlarge the
                 // start of every connection, forwarded or not.
                 match Box::pin(forwarded::open_bridge(&node, &id, &owner, client)).await {
-                    Ok(bridge) => break bridge,
+                    Ok(bridge) => break (bridge, share),
                     // Claimed by another Target, withdrawn, or the record names an
                     // earlier process at that address: look again until the grace
                     // runs out, as a CREATE may be registering right now.
@@ -179,5 +193,9 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         client.ip(),
         Protocol::Dtcp,
     );
+    let session = async move {
+        session.await;
+        drop(share);
+    };
     tokio::spawn(session.in_current_span());
 }

@@ -22,7 +22,7 @@ use tracing::{Instrument, debug, warn};
 use crate::conn::early::poll_hung_up;
 use crate::conn::request::{Request, SOCKS5_TARGET, Side};
 use crate::limits::{IpGuard, Slot};
-use crate::metrics::{AUTH_FAILURES, COMMANDS};
+use crate::metrics::{AUTH_FAILURES, COMMANDS, CONNECTIONS_REFUSED};
 use crate::node::Node;
 use crate::pending::{Claim, InsertError, Ticket};
 use crate::protocol::Protocol;
@@ -100,6 +100,13 @@ pub(crate) async fn register(
     request: Request,
 ) -> Registration {
     let protocol = request.side.protocol();
+    // An address at its share of sessions could not pair anyway.
+    if node.per_address.sessions_full(request.client.ip()) {
+        counter!(CONNECTIONS_REFUSED, "reason" => "per_ip_sessions").increment(1);
+        let text = session::TOO_MANY_SESSIONS;
+        decline(stream, protocol, Condition::ResourceConstraint, text).await;
+        return Registration::Refused;
+    }
     let Some(mut per_ip) = node.per_ip.acquire(request.client.ip()) else {
         decline(stream, protocol, Condition::ResourceConstraint, TOO_MANY).await;
         return Registration::Refused;
@@ -139,7 +146,7 @@ pub(crate) async fn register(
         // registration, on the store's one multiplexed connection: it costs
         // a second command, not a second round trip.
         let counting = node.store.count_source(
-            per_ip.ip(),
+            per_ip.key(),
             per_ip.entry(),
             node.per_ip.max,
             ttl + SOURCE_COUNT_MARGIN,

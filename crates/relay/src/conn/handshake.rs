@@ -13,10 +13,12 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::debug;
 
+use crate::accept::admit_client;
 use crate::conn::dtcp::{self, HANDSHAKE_BUF, ReadError};
 use crate::conn::proxy::{self, PreambleError};
 use crate::conn::request::{Refusal, Refused, Request, Side, Socks5Refusal};
 use crate::conn::socks5;
+use crate::limits::Slot;
 use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::Node;
 use crate::protocol::Protocol;
@@ -56,10 +58,13 @@ enum Ended {
 
 /// Reads a client's handshake. `Err(None)`: the client left, or its socket
 /// failed, and there is nobody to answer.
+/// Behind a trusted balancer, `slot` is counted against the client the
+/// PROXY header names.
 pub(crate) async fn read(
     node: &Node,
     stream: &mut TcpStream,
     peer: SocketAddr,
+    slot: &mut Slot,
 ) -> Result<Request, Option<Refused>> {
     let mut buf = BytesMut::with_capacity(HANDSHAKE_BUF);
     let trusted = node.config.trusts(peer.ip());
@@ -77,17 +82,22 @@ pub(crate) async fn read(
                 PreambleError::Refused(r) => Ended::Refused(r),
             })?;
         tracing::Span::current().record("client", tracing::field::display(client));
-        // Checked on the real client, not on the balancer in front of it.
-        if let Some(rate) = &node.rate
-            && !rate.check(client.ip())
-        {
-            counter!(CONNECTIONS_REFUSED, "reason" => "connection_rate").increment(1);
-            let text = "too many new connections from this address";
-            return Err(Ended::Refused(Refusal::new(
-                UNKNOWN_VERB,
-                Condition::ResourceConstraint,
-                text,
-            )));
+        // Behind a trusted balancer, the client's rate and share are checked
+        // now, on the client the header names (a direct client's were at
+        // accept). The balancer's own connections (a `LOCAL` header) are
+        // not the client's and count against nobody.
+        if trusted && client != peer {
+            match admit_client(node, client.ip()) {
+                Ok(guard) => slot.count_against(guard),
+                Err(refused) => {
+                    counter!(CONNECTIONS_REFUSED, "reason" => refused.reason).increment(1);
+                    return Err(Ended::Refused(Refusal::new(
+                        UNKNOWN_VERB,
+                        Condition::ResourceConstraint,
+                        refused.text,
+                    )));
+                }
+            }
         }
         if buf.is_empty() && stream.read_buf(&mut buf).await.map_err(|_| Ended::Gone)? == 0 {
             // A header and nothing behind it: a balancer's health check.

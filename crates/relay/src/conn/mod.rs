@@ -158,8 +158,8 @@ impl Future for Connection {
 }
 
 /// The handshake, then registering or claiming.
-async fn start(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, slot: Slot) -> Next {
-    let request = match handshake::read(&node, &mut stream, peer).await {
+async fn start(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, mut slot: Slot) -> Next {
+    let request = match handshake::read(&node, &mut stream, peer, &mut slot).await {
         Ok(request) => request,
         Err(Some(Refused::Dtcp(r))) => {
             refuse(stream, Some(r.verb), r.condition, &r.text).await;

@@ -48,7 +48,17 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 }
 
 /// The `reason` label of `dtcp_connections_refused_total`.
-pub const REFUSAL_REASONS: [&str; 3] = ["max_connections", "descriptors", "connection_rate"];
+/// `per_ip_connections`: the client's address holds its share of open
+/// connections (`--max-connections-per-ip`); `per_ip_sessions`: a pairing
+/// refused because a client's address takes part in its share of paired
+/// sessions (`--max-sessions-per-ip`).
+pub const REFUSAL_REASONS: [&str; 5] = [
+    "max_connections",
+    "descriptors",
+    "connection_rate",
+    "per_ip_connections",
+    "per_ip_sessions",
+];
 
 /// How often the exporter's histograms are compacted.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -58,7 +68,11 @@ fn describe() {
     describe_gauge!(CONNECTIONS_OPEN, "Client connections open now.");
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "Client connections refused before any command, by reason (max_connections, descriptors, connection_rate)."
+        "Client connections refused by a connection limit, by reason (max_connections, descriptors, connection_rate, per_ip_connections before any command; per_ip_sessions at pairing)."
+    );
+    describe_gauge!(
+        CLIENT_ADDRESSES,
+        "Client addresses (IPv6: prefixes) holding a connection or a session now."
     );
     describe_gauge!(
         CONNECTION_RATE_SOURCES,
@@ -159,6 +173,7 @@ fn init_series() {
         STORE_REGISTRATIONS,
         NODES_ALIVE,
         CONNECTION_RATE_SOURCES,
+        CLIENT_ADDRESSES,
     ] {
         gauge!(gauge).set(0.0);
     }

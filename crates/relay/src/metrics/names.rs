@@ -11,6 +11,9 @@ pub const CONNECTIONS_OPEN: &str = "dtcp_connections_open";
 pub const CONNECTIONS_REFUSED: &str = "dtcp_connections_refused_total";
 /// Client addresses the connection rate limiter remembers now.
 pub const CONNECTION_RATE_SOURCES: &str = "dtcp_connection_rate_sources";
+/// Client addresses (IPv6: prefixes) holding a connection or a session now,
+/// each with its share of the per-address limits.
+pub const CLIENT_ADDRESSES: &str = "dtcp_client_addresses";
 /// The connection limit in force (after clamping to the descriptor limit).
 pub const CONNECTIONS_MAX: &str = "dtcp_connections_max";
 /// Commands answered, by `verb` and `outcome` (`ok` or an error condition).

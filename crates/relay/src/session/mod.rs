@@ -20,12 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use dtcp_wire::RegistrationId;
+use dtcp_wire::{Condition, RegistrationId};
 use tokio::net::TcpStream;
 
 use crate::node::Node;
 use crate::pending::Claim;
 use crate::protocol::Protocol;
+use crate::reply::refuse;
 
 pub(crate) use awaiting::{abandon, counted_requester, poll_gone_unread, rearm, reset};
 
@@ -46,23 +47,75 @@ pub(crate) fn start(
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     node.hot.pending_wait.record(waited);
     match claim {
-        Claim::Local(local) => Box::pin(local::run(
-            node, initiator, i_early, local, id, waited, client,
-        )),
-        Claim::Remote(remote) => Box::pin(forwarded::run_owner_side(
-            node,
-            initiator,
-            i_early,
-            remote,
-            id,
-            waited,
-            client,
-            Protocol::Dtcp,
-        )),
+        Claim::Local(local) => {
+            // Each client's address takes part in one more session (an
+            // address that is both sides, once); the guard lives as long
+            // as the session.
+            let Some(share) = node.per_address.session(client, Some(local.client)) else {
+                return Box::pin(over_share(initiator, Some(local.target), None));
+            };
+            let session = local::run(node, initiator, i_early, local, id, waited, client);
+            Box::pin(async move {
+                session.await;
+                drop(share);
+            })
+        }
+        Claim::Remote(remote) => {
+            // The Target's address is counted by its own node.
+            let Some(share) = node.per_address.session(client, None) else {
+                return Box::pin(over_share(initiator, None, Some(remote.outbound)));
+            };
+            let session = forwarded::run_owner_side(
+                node,
+                initiator,
+                i_early,
+                remote,
+                id,
+                waited,
+                client,
+                Protocol::Dtcp,
+            );
+            Box::pin(async move {
+                session.await;
+                drop(share);
+            })
+        }
         Claim::Socks5(pair) => Box::pin(awaiting::run(
             node, initiator, i_early, *pair, id, waited, client,
         )),
     }
+}
+
+/// The text of a pairing refused at a client address's share of sessions.
+pub(crate) const TOO_MANY_SESSIONS: &str = "too many paired sessions from this address";
+
+/// A pairing refused because a client's address takes part in its share
+/// of paired sessions (`--max-sessions-per-ip`): `resource-constraint` to
+/// the Initiator, to a local Target, and to a remote Target's node. Neither
+/// client has had its `OK`.
+async fn over_share(
+    initiator: TcpStream,
+    target: Option<TcpStream>,
+    remote: Option<dtcp_forward::Outbound>,
+) {
+    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "per_ip_sessions")
+        .increment(1);
+    let condition = Condition::ResourceConstraint;
+    if let Some(remote) = remote {
+        remote.try_send(dtcp_forward::proto::Frame::error(
+            condition,
+            TOO_MANY_SESSIONS,
+        ));
+    }
+    let refusing_target = async {
+        if let Some(target) = target {
+            refuse(target, Some("connect"), condition, TOO_MANY_SESSIONS).await;
+        }
+    };
+    tokio::join!(
+        refuse(initiator, Some("create"), condition, TOO_MANY_SESSIONS),
+        refusing_target
+    );
 }
 
 #[cfg(test)]
