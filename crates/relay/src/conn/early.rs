@@ -16,7 +16,9 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::task::{Context, Poll};
 
-use socket2::SockRef;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -29,6 +31,20 @@ use tracing::debug;
 /// its command. Bytes beyond it wait in the client's kernel: its window is
 /// closed until the session is paired, and reopened at once then.
 pub(crate) const WAITING_RCVBUF: usize = 4 * 1024;
+
+/// TCP keepalive on a waiting socket: the first probe after this much
+/// silence from the client's kernel. A client that filled its window and
+/// then closed cannot be told from one that is still sending (its FIN
+/// waits behind its bytes in its own kernel, which probes the closed window
+/// until it gives up: about a minute on Linux); once its kernel has given
+/// up, the next probe is answered with a reset, and the wait ends then
+/// rather than at the pending TTL. It finds clients whose host or NAT
+/// vanished the same way.
+const WAITING_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Between two keepalive probes that got no answer.
+const WAITING_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Keepalive probes without an answer before the kernel drops the socket.
+const WAITING_KEEPALIVE_PROBES: u32 = 3;
 
 /// The socket option (Linux 5.14 and later) that locks or unlocks a
 /// socket's buffer sizes; 0 gives the receive buffer back to the kernel's
@@ -59,11 +75,19 @@ impl Held {
     pub(crate) const NOTHING: Held = Held { rcvbuf: 0 };
 }
 
-/// Makes `stream`'s receive buffer small while it waits: what the client
-/// sends beyond it stays in the client's kernel. Best effort: a socket
-/// whose buffer cannot be set waits with the buffer it has.
+/// Makes `stream`'s receive buffer small while it waits (what the client
+/// sends beyond it stays in the client's kernel), and has the kernel probe
+/// a silent client ([`WAITING_KEEPALIVE_IDLE`]). Best effort: a socket
+/// whose options cannot be set waits as it is.
 pub(crate) fn hold(stream: &TcpStream) -> Held {
     let sock = SockRef::from(stream);
+    let keepalive = TcpKeepalive::new()
+        .with_time(WAITING_KEEPALIVE_IDLE)
+        .with_interval(WAITING_KEEPALIVE_INTERVAL)
+        .with_retries(WAITING_KEEPALIVE_PROBES);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        debug!(error = %e, "cannot set keepalive on a waiting socket");
+    }
     let Some(rcvbuf) = sock
         .recv_buffer_size()
         .ok()
@@ -89,8 +113,13 @@ pub(crate) fn hold(stream: &TcpStream) -> Held {
 /// registration reports what is waiting at once.) `None`, and the socket
 /// closed, if the runtime refuses it.
 pub(crate) fn release(stream: TcpStream, held: Held) -> Option<TcpStream> {
+    let sock = SockRef::from(&stream);
+    // A paired session's silence is its clients' business (and the idle
+    // timeout's), not the kernel's: keepalive goes as it came.
+    if let Err(e) = sock.set_keepalive(false) {
+        debug!(error = %e, "cannot clear keepalive on a paired socket");
+    }
     if held.rcvbuf > 0 {
-        let sock = SockRef::from(&stream);
         // The kernel reports the doubled size and doubles what it is given.
         if let Err(e) = sock.set_recv_buffer_size(held.rcvbuf as usize / 2) {
             debug!(error = %e, "cannot restore a paired socket's receive buffer");
@@ -135,9 +164,11 @@ fn unlock_buffer(_stream: &TcpStream) {}
 /// TCP state says whether the client is still there. A client that filled
 /// its window and then closed is seen too: Linux accepts a bare FIN into a
 /// full receive buffer (the socket goes to CLOSE_WAIT and wakes this task),
-/// and otherwise its kernel keeps the FIN until the window opens, which is
-/// at the pairing or at the end of the wait (the pending TTL or the
-/// connect grace), so a wait never outlives its bound.
+/// but a FIN behind bytes that did not fit stays in the client's kernel:
+/// such a client is noticed once its kernel gives up on the closed window
+/// and answers the next keepalive probe with a reset (about a minute and a
+/// quarter on Linux), at the latest at the end of the wait (the pending TTL
+/// or the connect grace).
 pub(crate) fn poll_hung_up(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<()> {
     loop {
         match stream.poll_read_ready(cx) {
