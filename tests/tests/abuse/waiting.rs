@@ -7,15 +7,13 @@
 //! 127.0.14.0/23.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dtcp_client::dtcp_wire::Verb;
 use dtcp_tests::abuse::{Footprint, Prober, connect_from, loopback};
 use dtcp_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 /// How often the legitimate pair probes during an attack.
@@ -231,7 +229,12 @@ async fn a_waiting_client_that_goes_is_noticed() {
         match how {
             "bytes-half-close" => i.shutdown().await.unwrap(),
             "bytes-reset" => {
-                i.set_linger(Some(Duration::ZERO)).unwrap();
+                // SO_LINGER 0: the close is a reset (set through socket2,
+                // as tokio's own setter is deprecated for blocking drops,
+                // which a zero linger never does).
+                socket2::SockRef::from(&i)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
                 drop(i);
             }
             _ => drop(i),
