@@ -110,10 +110,25 @@ pub(crate) fn raise_nofile_limit() -> u64 {
     }
 }
 
+/// Descriptors one client connection may hold at once when sessions are
+/// spliced: its socket, and the pipe (two descriptors) its bytes pass
+/// through while they wait for the other side to take them. A session whose
+/// two clients both stopped reading holds a full pipe each way: six
+/// descriptors for its two connections. (The few pipes pooled per worker
+/// thread while idle are within [`FD_RESERVE`].)
+const FDS_PER_SPLICED_CONNECTION: u64 = 3;
+
 /// The connection limit, lowered if need be so that the relay refuses
-/// connections before it runs out of descriptors.
-pub(crate) fn effective_max_connections(requested: usize, nofile: u64) -> usize {
-    let fits = nofile.saturating_sub(FD_RESERVE).max(1);
+/// connections before it runs out of descriptors: with `splice`, each
+/// connection is counted with the pipe it may hold, so that sessions that
+/// all stall at once still fit.
+pub(crate) fn effective_max_connections(requested: usize, nofile: u64, splice: bool) -> usize {
+    let per_connection = if splice && cfg!(target_os = "linux") {
+        FDS_PER_SPLICED_CONNECTION
+    } else {
+        1
+    };
+    let fits = (nofile.saturating_sub(FD_RESERVE) / per_connection).max(1);
     requested.min(usize::try_from(fits).unwrap_or(usize::MAX))
 }
 
@@ -451,9 +466,15 @@ mod tests {
 
     #[test]
     fn connection_limit_fits_the_descriptor_limit() {
-        assert_eq!(effective_max_connections(10_000, 1_048_576), 10_000);
-        assert_eq!(effective_max_connections(10_000, 1024), 1024 - 256);
-        assert_eq!(effective_max_connections(10_000, 10), 1);
+        assert_eq!(effective_max_connections(10_000, 1_048_576, false), 10_000);
+        assert_eq!(effective_max_connections(10_000, 1024, false), 1024 - 256);
+        assert_eq!(effective_max_connections(10_000, 10, false), 1);
+        // Spliced: a socket and a pipe per connection.
+        assert_eq!(effective_max_connections(10_000, 1_048_576, true), 10_000);
+        let spliced = effective_max_connections(10_000, 1024, true);
+        assert_eq!(spliced, (1024 - 256) / 3);
+        assert!(spliced as u64 * 3 + 256 <= 1024, "stalled sessions fit");
+        assert_eq!(effective_max_connections(10_000, 10, true), 1);
     }
 
     #[test]

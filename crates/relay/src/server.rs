@@ -89,7 +89,8 @@ impl Relay {
     pub async fn bind(mut config: Config, metrics: PrometheusHandle) -> Result<Relay, RunError> {
         config.validate().map_err(RunError::Config)?;
         let nofile = raise_nofile_limit();
-        let max_connections = effective_max_connections(config.max_connections, nofile);
+        let max_connections =
+            effective_max_connections(config.max_connections, nofile, !config.no_splice);
         if max_connections < config.max_connections {
             warn!(
                 requested = config.max_connections,

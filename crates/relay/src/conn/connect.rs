@@ -16,7 +16,7 @@ use tokio::time::{sleep, sleep_until};
 use tracing::{Instrument, warn};
 
 use crate::conn::create::REUSED;
-use crate::conn::early::poll_hung_up;
+use crate::conn::early::{self, poll_hung_up};
 use crate::conn::request::Request;
 use crate::limits::Slot;
 use crate::metrics::{AUTH_FAILURES, COMMANDS, CONNECTIONS_REFUSED};
@@ -29,13 +29,25 @@ use crate::session::forwarded::{self, OpenError};
 
 /// The `verb` label of this side.
 const VERB: Option<&str> = Some("connect");
-/// How soon a waiting CONNECT first asks the shared store again (cluster
-/// mode); the wait grows exponentially, with jitter, up to
-/// [`STORE_POLL_MAX`]. A CONNECT usually comes
-/// a moment after its CREATE, so the first looks are quick.
-const STORE_POLL_MIN: Duration = Duration::from_millis(1);
-/// The longest wait between two looks at the shared store.
-const STORE_POLL_MAX: Duration = Duration::from_millis(100);
+/// How soon a waiting CONNECT asks the shared store again (cluster mode),
+/// should no announcement have woken it; the wait doubles, with up to as
+/// much again of jitter, up to [`STORE_POLL_MAX`].
+///
+/// Announcements are what find a CREATE registered on another node: a
+/// waiting CONNECT looks once when it arrives, then whenever the CREATE's
+/// announcement comes (pending table: one look, no polling). Looking again
+/// without one is the fallback for an announcement that was lost (the
+/// subscription broke, the node fell behind reading them, or a registration
+/// was written back after the store lost it, which is not announced), so it
+/// is rare: with the default 5 s connect grace, about four lookups per
+/// waiting CONNECT rather than the forty of a 1 ms to 100 ms backoff, which
+/// let one address with thousands of waiting CONNECTs drive tens of
+/// thousands of Redis commands a second.
+const STORE_POLL_MIN: Duration = Duration::from_millis(500);
+/// The longest wait between two looks at the shared store without an
+/// announcement (twice this with jitter): what bounds, within the connect
+/// grace, how late a CONNECT finds a CREATE whose announcement was lost.
+const STORE_POLL_MAX: Duration = Duration::from_secs(2);
 
 /// What woke a waiting CONNECT.
 enum Wake {
@@ -56,7 +68,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
     let Request {
         id,
         client,
-        mut early,
+        early,
         received,
         ..
     } = request;
@@ -66,6 +78,9 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         let text = session::TOO_MANY_SESSIONS;
         return refuse(stream, VERB, Condition::ResourceConstraint, text).await;
     }
+    // Nothing more is read from the Target until it is paired: what it sends
+    // meanwhile waits in the kernel.
+    let held = early::hold(&stream);
     let deadline = received + node.config.connect_grace;
     let expectation = node.pending.expect(id);
     // Jittered, so that the CONNECTs of a burst do not all look at once.
@@ -75,7 +90,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         .with_jitter()
         .without_max_times()
         .build();
-    let mut poll = STORE_POLL_MIN;
+    let mut poll = looks.next().unwrap_or(STORE_POLL_MAX);
     let mut expiry = pin!(sleep_until(deadline));
     let mut drain = pin!(node.drain.cancelled());
     let (bridge, share) = loop {
@@ -84,6 +99,12 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         // Subscribe before looking, so a CREATE that arrives in between wakes us.
         notified.as_mut().enable();
         if let Some(tx) = node.pending.take(&id) {
+            let Some(stream) = early::release(stream, held) else {
+                // Its socket could not be kept: dropped unsent, the
+                // channel tells the CREATE that pairing failed.
+                drop(tx);
+                return;
+            };
             let claim = Claim::Local(LocalClaim {
                 target: stream,
                 early,
@@ -161,7 +182,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
             if drain.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Drain);
             }
-            poll_hung_up(&stream, &mut early, cx).map(|()| Wake::HungUp)
+            poll_hung_up(&stream, cx).map(|()| Wake::HungUp)
         })
         .await;
         match wake {
@@ -181,6 +202,10 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         }
     };
     drop(expectation);
+    let Some(stream) = early::release(stream, held) else {
+        // The Bridge, dropped, tells the owner.
+        return;
+    };
     // Its own task, like a local session: this one's memory is freed.
     let session = forwarded::run_target_side(
         node.clone(),

@@ -19,7 +19,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, debug, warn};
 
-use crate::conn::early::poll_hung_up;
+use crate::conn::early::{self, Held, poll_hung_up};
 use crate::conn::request::{Request, SOCKS5_TARGET, Side};
 use crate::limits::{IpGuard, Slot};
 use crate::metrics::{AUTH_FAILURES, COMMANDS, CONNECTIONS_REFUSED};
@@ -107,6 +107,12 @@ pub(crate) async fn register(
         decline(stream, protocol, Condition::ResourceConstraint, text).await;
         return Registration::Refused;
     }
+    // From here on nothing more is read from a DTCP Initiator until it is
+    // paired (a XEP-0065 Target is never read before its activation).
+    let held = match protocol {
+        Protocol::Dtcp => early::hold(&stream),
+        Protocol::Socks5 => Held::NOTHING,
+    };
     let Some(mut per_ip) = node.per_ip.acquire(request.client.ip()) else {
         decline(stream, protocol, Condition::ResourceConstraint, TOO_MANY).await;
         return Registration::Refused;
@@ -230,6 +236,7 @@ pub(crate) async fn register(
         registered: Some(Registered {
             stream,
             early: request.early,
+            held,
             ticket,
             record,
             _per_ip: per_ip,
@@ -259,7 +266,10 @@ pin_project! {
 #[derive(Debug)]
 pub(crate) struct Registered {
     stream: TcpStream,
+    /// What the handshake read behind the command; the rest waits in the kernel.
     early: BytesMut,
+    /// The receive buffer to give back at the pairing.
+    held: Held,
     ticket: Ticket,
     record: StoreRecord,
     _per_ip: IpGuard,
@@ -308,7 +318,7 @@ impl Wait {
             } else {
                 return Poll::Pending;
             }
-        } else if poll_hung_up(&r.stream, &mut r.early, cx).is_ready() {
+        } else if poll_hung_up(&r.stream, cx).is_ready() {
             Err(Unclaimed::HungUp)
         } else {
             return Poll::Pending;
@@ -326,6 +336,7 @@ pub(crate) fn finish(
     let Registered {
         stream,
         early,
+        held,
         ticket,
         record,
         _per_ip,
@@ -333,6 +344,9 @@ pub(crate) fn finish(
     } = registered;
     match waited {
         Ok(claim) => {
+            let Some(stream) = paired(stream, held, record.protocol) else {
+                return Box::pin(abandon_claim(claim));
+            };
             let mut record = record;
             record.paired = true;
             let (node, id, client) = (record.node.clone(), record.id, _per_ip.ip());
@@ -353,17 +367,43 @@ pub(crate) fn finish(
         Err(unclaimed) => {
             let client = _per_ip.ip();
             Box::pin(give_up(
-                stream, early, ticket, record, since, unclaimed, client,
+                stream, early, held, ticket, record, since, unclaimed, client,
             ))
         }
     }
 }
 
+/// The Initiator of a claimed registration, ready for its session: a DTCP
+/// Initiator's wait released ([`early::release`]); a XEP-0065 Target stays
+/// unread until its activation. `None` if the socket could not be kept.
+fn paired(stream: TcpStream, held: Held, protocol: Protocol) -> Option<TcpStream> {
+    match protocol {
+        Protocol::Dtcp => early::release(stream, held),
+        Protocol::Socks5 => Some(stream),
+    }
+}
+
+/// A claim that cannot be served because its Initiator is gone: its
+/// claimant is told.
+async fn abandon_claim(claim: Claim) {
+    let text = "the initiator hung up";
+    match claim {
+        Claim::Local(c) => refuse(c.target, Some("connect"), Condition::NotFound, text).await,
+        Claim::Remote(r) => r.outbound.try_send(Frame::error(Condition::NotFound, text)),
+        Claim::Socks5(c) => session::abandon(*c, "the target hung up"),
+    }
+}
+
 /// A pending CREATE that stopped waiting without a claim: withdraws it,
 /// unless a claim got there first and is in the channel.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of a Registered, moved out of it one by one"
+)]
 async fn give_up(
     stream: TcpStream,
     early: BytesMut,
+    held: Held,
     mut ticket: Ticket,
     record: StoreRecord,
     since: Instant,
@@ -380,21 +420,15 @@ async fn give_up(
     };
     match (late, unclaimed) {
         (Some(claim), Unclaimed::Refuse(..) | Unclaimed::Dropped(..)) => {
+            let Some(stream) = paired(stream, held, record.protocol) else {
+                return abandon_claim(claim).await;
+            };
             let mut record = record;
             record.paired = true;
             drop((record, ticket));
             session::start(node, stream, early, claim, id, since.elapsed(), client).await;
         }
-        (Some(claim), Unclaimed::HungUp) => {
-            let text = "the initiator hung up";
-            match claim {
-                Claim::Local(c) => {
-                    refuse(c.target, Some("connect"), Condition::NotFound, text).await
-                }
-                Claim::Remote(r) => r.outbound.try_send(Frame::error(Condition::NotFound, text)),
-                Claim::Socks5(c) => session::abandon(*c, "the target hung up"),
-            }
-        }
+        (Some(claim), Unclaimed::HungUp) => abandon_claim(claim).await,
         (None, Unclaimed::HungUp) if record.protocol == Protocol::Socks5 => {
             debug!(registration = %id, "SOCKS5 target hung up while pending");
         }
