@@ -171,7 +171,9 @@ async fn claim_elsewhere(
         .socks5_forwarded
         .pairing_latency
         .record(request.received.elapsed());
-    let deadline = Instant::now() + node.config.pending_ttl;
+    // The owner cuts the pair at the SOCKS5 wait from its Target's
+    // registration, which came before this request: a backstop.
+    let deadline = request.received + node.config.socks5_wait();
     let task = await_activation(node.clone(), stream, slot, request, bridge, deadline);
     tokio::spawn(task.in_current_span());
     None
@@ -202,8 +204,7 @@ async fn await_activation(
             _ => Woke::Cut("the target's node ended the pair"),
         },
         () = node.stop.cancelled() => Woke::Cut("the relay is shutting down"),
-        // The owner enforces the pending TTL; this is a backstop.
-        () = sleep_until(deadline) => Woke::Cut("not activated within the pending TTL"),
+        () = sleep_until(deadline) => Woke::Cut("not activated within the SOCKS5 activation timeout"),
         () = poll_fn(|cx| session::poll_gone_unread(&stream, cx)) => Woke::RequesterGone,
     };
     match woke {
