@@ -309,20 +309,21 @@ async fn one_address_s_socks5_pairs_are_capped_and_expire() {
     let prober = SignedProber::start(a.addr, b.addr, probe_source(2));
     let attacker = attack_source(2);
 
-    // Each pair: its Target, then its requester, both from the attacker,
-    // both to `a`; a few at a time.
+    // Each pair: its Target to `a`, then its requester, to `a` (paired
+    // there) or to `b` (paired through a Bridge), both from the attacker;
+    // a few at a time.
     let gate = Arc::new(Semaphore::new(IN_FLIGHT / 2));
     let started = tokio::time::Instant::now();
     let attempts = (0..PAIRS).map(|n| {
         let gate = gate.clone();
-        let addr = a.addr;
+        let (addr, requester_addr) = (a.addr, [a.addr, b.addr][n % 2]);
         let hash = StreamHash::of(&format!("sid-capped-{n}"), "a@x/r", "b@y/r");
         tokio::spawn(async move {
             let _turn = gate.acquire_owned().await.unwrap();
             let Answer::Held(target) = socks5_request(attacker, addr, &hash).await else {
                 return None;
             };
-            match socks5_request(attacker, addr, &hash).await {
+            match socks5_request(attacker, requester_addr, &hash).await {
                 Answer::Held(requester) => Some((target, requester)),
                 Answer::Refused(reply) => panic!("a requester of a held Target: {reply:?}"),
             }
@@ -402,7 +403,9 @@ async fn one_address_s_socks5_pairs_are_capped_and_expire() {
     prober
         .assert_all_ok("one address's capped SOCKS5 pairs")
         .await;
-    a.wait_for("dtcp_connections_open", 0.0).await;
+    for node in [&a, &b] {
+        node.wait_for("dtcp_connections_open", 0.0).await;
+    }
     back_to_idle(&a, &idle, "descriptors back to idle after the pairs").await;
     let grown = Footprint::of(&a).grown_mib(&idle);
     eprintln!("socks5 capped: +{grown} MiB RSS");
