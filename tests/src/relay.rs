@@ -323,6 +323,17 @@ impl NodeOptions {
         self.arg("--allow-domain", domain)
     }
 
+    /// `--accept-socks5`: a cluster node without the XMPP component that
+    /// carries SOCKS5 connections for a component on another node.
+    pub fn accept_socks5(self) -> Self {
+        self.flag("--accept-socks5")
+    }
+
+    /// `--socks5-activation-timeout`, in seconds.
+    pub fn socks5_activation_timeout(self, secs: f64) -> Self {
+        self.arg("--socks5-activation-timeout", secs)
+    }
+
     /// `--listen`: the client listener, instead of a kernel-chosen port.
     pub fn listen(self, addr: SocketAddr) -> Self {
         self.arg("--listen", addr)

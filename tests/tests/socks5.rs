@@ -394,8 +394,8 @@ async fn a_pair_across_two_nodes_is_activated_through_a_third() {
     let redis = RedisServer::start();
     let prosody = Prosody::start(&["romeo"]);
     let urls = [redis.url()];
-    let a = NodeOptions::cluster(&urls).start();
-    let b = NodeOptions::cluster(&urls).start();
+    let a = NodeOptions::cluster(&urls).accept_socks5().start();
+    let b = NodeOptions::cluster(&urls).accept_socks5().start();
     let c = xmpp_node(&prosody.component_addr(), NodeOptions::cluster(&urls));
     c.wait_for("dtcp_xmpp_link{state=\"connected\"}", 1.0).await;
     let target_jid = format!("juliet@{DOMAIN}/balcony");
@@ -462,7 +462,7 @@ async fn a_pair_stays_activatable_when_the_store_loses_its_record() {
     let redis = RedisServer::start();
     let prosody = Prosody::start(&["romeo"]);
     let urls = [redis.url()];
-    let a = NodeOptions::cluster(&urls).start();
+    let a = NodeOptions::cluster(&urls).accept_socks5().start();
     let c = xmpp_node(&prosody.component_addr(), NodeOptions::cluster(&urls));
     c.wait_for("dtcp_xmpp_link{state=\"connected\"}", 1.0).await;
     let target_jid = format!("juliet@{DOMAIN}/balcony");

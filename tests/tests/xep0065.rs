@@ -229,8 +229,8 @@ async fn a_file_moves_through_three_nodes_behind_haproxy_with_the_component_on_t
     let prosody = Prosody::start(&["romeo", "juliet"]);
     let redis = RedisServer::start();
     let urls = [redis.url()];
-    let first = NodeOptions::cluster(&urls).start();
-    let second = NodeOptions::cluster(&urls).start();
+    let first = NodeOptions::cluster(&urls).accept_socks5().start();
+    let second = NodeOptions::cluster(&urls).accept_socks5().start();
     let third_port = loopback(free_port());
     // Round robin, strictly in turn: the Target's and the requester's
     // connections of one transfer reach two different nodes.
@@ -590,8 +590,8 @@ async fn bench_xep0065() {
 
         let redis = RedisServer::start();
         let urls = [redis.url()];
-        let first = NodeOptions::cluster(&urls).start();
-        let second = NodeOptions::cluster(&urls).start();
+        let first = NodeOptions::cluster(&urls).accept_socks5().start();
+        let second = NodeOptions::cluster(&urls).accept_socks5().start();
         let third_port = loopback(free_port());
         let balancer = Haproxy::round_robin(&[first.addr, second.addr, third_port]);
         let third = component_node(

@@ -24,6 +24,7 @@ use metrics::{Gauge, gauge};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::limits::IpGuard;
 use crate::metrics::SOCKS5_AWAITING;
 
 /// Pairs of this node, by registration id.
@@ -76,6 +77,20 @@ pub(crate) struct PairTicket {
     pub(crate) start: oneshot::Receiver<()>,
     /// Removes the entry when dropped.
     pub(crate) guard: PairGuard,
+    /// The pending count of the Target's address, which the pair keeps
+    /// until its wait ends ([`PairTicket::count_against`]).
+    pub(crate) counted: Option<IpGuard>,
+}
+
+impl PairTicket {
+    /// Keeps the Target's pending count (`--max-pending-per-ip`, on this
+    /// node and across the cluster) until the pair's wait ends. A pair
+    /// waiting for its activation holds two connections and needs no key:
+    /// were it uncounted once its requester came, one address could pair
+    /// with itself and hold any number of them.
+    pub(crate) fn count_against(&mut self, guard: IpGuard) {
+        self.counted = Some(guard);
+    }
 }
 
 /// Removes its pair's entry when dropped (see [`PairTicket`]).
@@ -118,6 +133,7 @@ impl Activations {
                 });
                 self.awaiting.increment(1.0);
                 Some(PairTicket {
+                    counted: None,
                     start: rx,
                     guard: PairGuard {
                         entries: self.entries.clone(),
@@ -221,7 +237,7 @@ mod tests {
     fn a_pair_that_ended_is_not_activated() {
         let table = Activations::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
-        let PairTicket { start, guard } = table.pair(id, None).unwrap();
+        let PairTicket { start, guard, .. } = table.pair(id, None).unwrap();
         drop(start);
         assert_eq!(table.activate(&id), Activated::NotFound);
         // An old guard removes nothing of a later pair.

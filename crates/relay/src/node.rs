@@ -1,6 +1,7 @@
 //! What every connection task of a node shares.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dtcp_store::{MemoryStore, NodeInfo, Rendezvous};
 use tokio_util::sync::CancellationToken;
@@ -13,6 +14,7 @@ use crate::config::Config;
 use crate::limits::{ConnectionRate, PerAddress, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
 use crate::pending::PendingTable;
+use crate::protocol::Protocol;
 use crate::throttle::{NodeRate, Throttle};
 use crate::trust::Trust;
 
@@ -37,8 +39,10 @@ pub(crate) struct Node {
     /// XEP-0065 pairs of this node waiting for (or past) their activation.
     pub(crate) activations: Activations,
     /// Whether a first byte `05` is SOCKS5 (XEP-0065 mode): on a node with
-    /// the XMPP component, and on every cluster node (whichever node holds
-    /// the component activates pairs held by any).
+    /// the XMPP component, and on a cluster node started with
+    /// `--accept-socks5` (whichever node holds the component activates pairs
+    /// held by any). Elsewhere `05` is DTCP's `bad-request`: a SOCKS5 pair
+    /// needs no key, so a node that serves only DTCP takes none.
     pub(crate) socks5: bool,
     /// Pending CREATEs per source address.
     pub(crate) per_ip: Arc<PerIpLimit>,
@@ -74,7 +78,7 @@ impl Node {
     ) -> Self {
         let store: Arc<dyn Rendezvous> = Arc::new(Instrumented::new(store));
         let cluster = dialer.is_some();
-        let socks5 = cluster || config.xmpp.is_set();
+        let socks5 = config.xmpp.serves_socks5();
         // Counted across the cluster in the shared store, and here.
         let v6_prefix = config.ipv6_prefix_len;
         let per_ip = PerIpLimit::new(
@@ -116,6 +120,17 @@ impl Node {
 }
 
 impl Node {
+    /// How long a registration in `protocol` may wait for its partner: the
+    /// pending TTL for a DTCP `CREATE`; for the first SOCKS5 connection of a
+    /// stream hash, the (shorter) SOCKS5 wait, which also bounds its pair's
+    /// wait for the activation.
+    pub(crate) fn pending_wait(&self, protocol: Protocol) -> Duration {
+        match protocol {
+            Protocol::Dtcp => self.config.pending_ttl,
+            Protocol::Socks5 => self.config.socks5_wait(),
+        }
+    }
+
     /// The bandwidth caps of one direction of a new session, if any.
     pub(crate) fn throttle(&self) -> Option<Box<Throttle>> {
         Throttle::new(

@@ -350,3 +350,71 @@ fn per_address_shares_and_the_ipv6_prefix() {
     let none = parse(&["--max-sessions-per-ip", "0"]).unwrap();
     assert!(none.validate().is_err());
 }
+
+#[test]
+fn socks5_needs_the_component_or_an_explicit_flag_in_a_cluster() {
+    let parse = |args: &[&str]| Config::try_parse_from([&["dtcp-relay"], args].concat()).unwrap();
+    let cluster = [
+        "--redis-url",
+        "redis://127.0.0.1",
+        "--cluster-secret",
+        "s",
+        "--advertise-addr",
+        "10.0.0.1:7778",
+    ];
+    // Neither a lone node nor a cluster node takes SOCKS5 by default.
+    assert!(!parse(&[]).xmpp.serves_socks5());
+    let plain = parse(&cluster);
+    assert_eq!(plain.validate(), Ok(()));
+    assert!(!plain.xmpp.serves_socks5());
+    // A cluster node may carry them for a component elsewhere.
+    let carrier = parse(&[&cluster[..], &["--accept-socks5"]].concat());
+    assert_eq!(carrier.validate(), Ok(()));
+    assert!(carrier.xmpp.serves_socks5());
+    // Alone it would hold pairs nobody can activate.
+    let err = parse(&["--accept-socks5"]).validate().unwrap_err();
+    assert!(
+        err.contains("--accept-socks5") && err.contains("--redis-url"),
+        "{err}"
+    );
+    let component = [
+        "--xmpp-component",
+        "proxy.example.org",
+        "--xmpp-server",
+        "xmpp.internal:5347",
+        "--xmpp-secret",
+        "s3cret",
+        "--socks5-advertise",
+        "relay.example.org:7777",
+    ];
+    let with_component = parse(&component);
+    assert_eq!(with_component.validate(), Ok(()));
+    assert!(with_component.xmpp.serves_socks5());
+    // Redundant beside the component, and harmless.
+    let both = parse(&[&component[..], &["--accept-socks5"]].concat());
+    assert_eq!(both.validate(), Ok(()));
+}
+
+#[test]
+fn the_socks5_wait_is_short_and_bounded_by_the_pending_ttl() {
+    let parse = |args: &[&str]| Config::try_parse_from([&["dtcp-relay"], args].concat()).unwrap();
+    let defaults = parse(&[]);
+    assert_eq!(
+        defaults.xmpp.socks5_activation_timeout,
+        Duration::from_secs(60)
+    );
+    assert_eq!(defaults.socks5_wait(), Duration::from_secs(60));
+    assert!(defaults.socks5_wait() < defaults.pending_ttl);
+    let set = parse(&["--socks5-activation-timeout", "2.5"]);
+    assert_eq!(set.socks5_wait(), Duration::from_millis(2500));
+    // Never past the store record's life.
+    let short_ttl = parse(&["--pending-ttl", "1.5"]);
+    assert_eq!(short_ttl.socks5_wait(), Duration::from_millis(1500));
+    let zero = parse(&["--socks5-activation-timeout", "0"]);
+    assert!(
+        zero.validate()
+            .unwrap_err()
+            .contains("--socks5-activation-timeout")
+    );
+    assert!(Config::try_parse_from(["dtcp-relay", "--socks5-activation-timeout", "x"]).is_err());
+}

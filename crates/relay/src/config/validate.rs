@@ -192,7 +192,24 @@ impl Config {
                 "--max-connections-per-ip and --max-sessions-per-ip must be at least 1".into(),
             );
         }
+        // A lone node's SOCKS5 connections can only be activated by its own
+        // component: without one, nothing would ever activate them.
+        if self.xmpp.accept_socks5 && !self.xmpp.is_set() && !self.cluster() {
+            return Err(
+                "--accept-socks5 is for a cluster node that carries SOCKS5 connections for a \
+                 component on another node: it needs --redis-url or --redis-sentinel (a node \
+                 with --xmpp-component takes SOCKS5 without it)"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    /// How long a SOCKS5 connection may wait for its partner and its
+    /// activation: `--socks5-activation-timeout`, but never past
+    /// `--pending-ttl`, the life of the store record that finds the pair.
+    pub fn socks5_wait(&self) -> Duration {
+        self.xmpp.socks5_activation_timeout.min(self.pending_ttl)
     }
 
     /// Whether a connection from `peer` must begin with a PROXY protocol header.

@@ -1,14 +1,25 @@
 //! XEP-0065 mode's flags (PROTOCOL.md section 6): the XMPP component that
 //! an XMPP server reaches this node as, and where clients find its SOCKS5
 //! port. All four of component, server, secret and advertised address, or
-//! none.
+//! none. Also which nodes take SOCKS5 connections at all, and how long one
+//! may wait for its partner and its activation.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use dtcp_xmpp::{Secret, XmppConfig};
 
-use crate::config::parse::read_secret;
+use crate::config::parse::{parse_secs, read_secret};
+
+/// The default of `--socks5-activation-timeout`, in seconds. A XEP-0065
+/// Target connects once it has the streamhost, and its requester connects
+/// and asks for the activation a few stanza round trips later: seconds, even
+/// over a mobile link, or after a client has first let a direct candidate
+/// time out (XEP-0260). A minute covers that several times over and is a
+/// fifth of the DTCP pending TTL's default: what an address can hold by
+/// opening pairs it never activates is held a fifth as long.
+const SOCKS5_ACTIVATION_TIMEOUT_SECS: &str = "60";
 
 /// The XMPP component flags.
 #[derive(Debug, Clone, Default, Args)]
@@ -70,12 +81,41 @@ pub struct XmppFlags {
         value_name = "DOMAIN"
     )]
     pub xmpp_allow_domains: Vec<String>,
+
+    /// Take SOCKS5 connections (first byte `05`) without `--xmpp-component`:
+    /// for a cluster node that carries the bytestreams of a XEP-0065
+    /// component running on another node of its cluster. Cluster mode only.
+    /// Without it (and without the component) a node answers `05` as DTCP
+    /// does any byte that cannot begin a command: `bad-request`, so that a
+    /// node that serves only DTCP gives nobody unsigned, uncounted pairs.
+    #[arg(long = "accept-socks5", env = "DTCP_ACCEPT_SOCKS5")]
+    pub accept_socks5: bool,
+
+    /// Seconds a SOCKS5 connection may wait for its partner and then for
+    /// its activation, counted from the first connection of its stream
+    /// hash; past it both are reset. Never longer than `--pending-ttl`
+    /// (which bounds the store record the pair is found by).
+    #[arg(
+        long = "socks5-activation-timeout",
+        env = "DTCP_SOCKS5_ACTIVATION_TIMEOUT",
+        default_value = SOCKS5_ACTIVATION_TIMEOUT_SECS,
+        value_parser = parse_secs,
+        value_name = "SECS"
+    )]
+    pub socks5_activation_timeout: Duration,
 }
 
 impl XmppFlags {
     /// Whether XEP-0065 mode's component is configured.
     pub fn is_set(&self) -> bool {
         self.xmpp_component.is_some()
+    }
+
+    /// Whether this node takes SOCKS5 connections: it runs the component,
+    /// or carries connections for one elsewhere in its cluster
+    /// (`--accept-socks5`, validated to be in cluster mode).
+    pub fn serves_socks5(&self) -> bool {
+        self.is_set() || self.accept_socks5
     }
 
     /// The component flags that do not go together, or do not parse.
@@ -98,6 +138,9 @@ impl XmppFlags {
         }
         if self.xmpp_secret.as_deref() == Some("") {
             return Err("--xmpp-secret is empty".into());
+        }
+        if self.socks5_activation_timeout.is_zero() {
+            return Err("--socks5-activation-timeout must be more than 0".into());
         }
         // Everything but the secret file, which is read at start.
         if self.is_set() {

@@ -8,6 +8,7 @@
 
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dtcp_forward::proto::frame::Kind;
 use dtcp_wire::socks5::{ReplyCode, StreamHash};
@@ -29,6 +30,13 @@ use crate::session::{self, forwarded};
 /// and claiming (it left, or another arrival was in the middle of
 /// registering) and look again, before it is refused.
 const ATTEMPTS: usize = 3;
+
+/// How long after its own reckoning of the SOCKS5 wait a requester whose
+/// Target is on another node still waits for that node's word: the owner
+/// cuts an unactivated pair and tells this node, and a backstop that fired
+/// at the same moment would race it (the pair would then look abandoned by
+/// its requester rather than expired).
+const BACKSTOP_MARGIN: Duration = Duration::from_secs(1);
 
 /// Refuses a requester (or a third connection) with `code`.
 async fn refuse(stream: TcpStream, code: ReplyCode) {
@@ -171,7 +179,10 @@ async fn claim_elsewhere(
         .socks5_forwarded
         .pairing_latency
         .record(request.received.elapsed());
-    let deadline = Instant::now() + node.config.pending_ttl;
+    // The owner cuts the pair at the SOCKS5 wait from its Target's
+    // registration, which came before this request, and says so: this
+    // deadline is a backstop for an owner that never does.
+    let deadline = request.received + node.config.socks5_wait() + BACKSTOP_MARGIN;
     let task = await_activation(node.clone(), stream, slot, request, bridge, deadline);
     tokio::spawn(task.in_current_span());
     None
@@ -202,8 +213,7 @@ async fn await_activation(
             _ => Woke::Cut("the target's node ended the pair"),
         },
         () = node.stop.cancelled() => Woke::Cut("the relay is shutting down"),
-        // The owner enforces the pending TTL; this is a backstop.
-        () = sleep_until(deadline) => Woke::Cut("not activated within the pending TTL"),
+        () = sleep_until(deadline) => Woke::Cut("not activated within the SOCKS5 activation timeout"),
         () = poll_fn(|cx| session::poll_gone_unread(&stream, cx)) => Woke::RequesterGone,
     };
     match woke {

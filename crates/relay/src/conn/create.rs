@@ -232,7 +232,8 @@ pub(crate) async fn register(
         _tracked: tracked,
     };
     let wait = Wait {
-        expiry: sleep_until(since + node.config.pending_ttl),
+        // A SOCKS5 Target waits the (shorter) SOCKS5 wait.
+        expiry: sleep_until(since + node.pending_wait(protocol)),
         registered: Some(Registered {
             stream,
             early: request.early,
@@ -350,7 +351,14 @@ pub(crate) fn finish(
             let mut record = record;
             record.paired = true;
             let (node, id, client) = (record.node.clone(), record.id, _per_ip.ip());
-            drop((_per_ip, ticket));
+            let mut claim = claim;
+            match &mut claim {
+                // A XEP-0065 pair stays counted against its Target's
+                // address until its activation.
+                Claim::Socks5(pair) => pair.ticket.count_against(_per_ip),
+                _ => drop(_per_ip),
+            }
+            drop(ticket);
             let session = session::start(node, stream, early, claim, id, since.elapsed(), client);
             if record.protocol == Protocol::Socks5 {
                 // The record stays until the pair ends: an activation on any

@@ -147,6 +147,10 @@ fn describe() {
         SOCKS5_AWAITING,
         "XEP-0065 pairs on this node waiting for their activation."
     );
+    describe_counter!(
+        SOCKS5_EXPIRED,
+        "XEP-0065 pairs cut because they were not activated within --socks5-activation-timeout."
+    );
     describe_gauge!(
         XMPP_LINK,
         "The XMPP component link, by state (down, standby, connected): 1 for its state, 0 for the others."
@@ -224,6 +228,7 @@ fn init_series() {
         }
     }
     gauge!(SOCKS5_AWAITING).set(0.0);
+    counter!(SOCKS5_EXPIRED).absolute(0);
     for state in dtcp_xmpp::LinkState::ALL {
         gauge!(XMPP_LINK, "state" => state.label()).set(0.0);
     }

@@ -76,6 +76,9 @@ pub const AUTH_FAILURE_REASONS: [&str; 7] = [
 /// XEP-0065 pairs on this node (their Target's owner) waiting for their
 /// activation.
 pub const SOCKS5_AWAITING: &str = "dtcp_socks5_pairs_awaiting_activation";
+/// XEP-0065 pairs this node (their Target's owner) cut because they were
+/// not activated within `--socks5-activation-timeout`.
+pub const SOCKS5_EXPIRED: &str = "dtcp_socks5_pairs_expired_total";
 /// The XMPP component link (XEP-0065 mode), by `state` (`down`, `standby`,
 /// `connected`): 1 for the state it is in, 0 for the others.
 pub const XMPP_LINK: &str = "dtcp_xmpp_link";

@@ -6,8 +6,10 @@
 //! node once the Bridge says `paired`). Nothing is read from either socket
 //! until the activation: what a client sends early waits in the kernel and
 //! is the first thing the pump reads. A pair not activated within the
-//! pending TTL (counted from the Target's registration), or one of whose
-//! sides goes, is cut: both sockets are reset.
+//! SOCKS5 wait (`--socks5-activation-timeout`, counted from the Target's
+//! registration), or one of whose sides goes, is cut: both sockets are
+//! reset. Until its wait ends the pair counts against its Target's address
+//! (`--max-pending-per-ip`).
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -27,7 +29,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::debug;
 
 use crate::activation::PairTicket;
-use crate::metrics::COMMANDS;
+use crate::metrics::{COMMANDS, SOCKS5_EXPIRED};
 use crate::node::Node;
 use crate::pending::{RemoteClaim, Requester, Socks5Claim};
 use crate::protocol::Protocol;
@@ -40,7 +42,7 @@ use crate::session::pump::reset_on_close;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Woke {
     Activated,
-    /// The pending TTL ran out.
+    /// The SOCKS5 wait (`--socks5-activation-timeout`) ran out.
     Expired,
     /// The Target closed or reset.
     TargetGone,
@@ -55,7 +57,7 @@ impl Woke {
     const fn why(self) -> &'static str {
         match self {
             Woke::Activated => "activated",
-            Woke::Expired => "not activated within the pending TTL",
+            Woke::Expired => "not activated within the SOCKS5 activation timeout",
             Woke::TargetGone => "the target hung up",
             Woke::RequesterGone => "the requester hung up",
             Woke::Stopped => "the relay is shutting down",
@@ -93,8 +95,13 @@ pub(crate) fn run(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let Socks5Claim { requester, ticket } = pair;
-        let PairTicket { mut start, guard } = ticket;
-        let deadline = Instant::now() + node.config.pending_ttl.saturating_sub(waited);
+        let PairTicket {
+            mut start,
+            guard,
+            counted,
+        } = ticket;
+        // The SOCKS5 wait counts from the Target's registration.
+        let deadline = Instant::now() + node.config.socks5_wait().saturating_sub(waited);
         // From here on a cut is a reset: both have had a success reply.
         reset_on_close(&target);
         match requester {
@@ -118,8 +125,10 @@ pub(crate) fn run(
                     () = poll_fn(|cx| poll_gone_unread(&requester.target, cx)) => Woke::RequesterGone,
                 };
                 let woke = settled(woke, &mut start);
+                // Waiting is over: the Target's address is no longer charged.
+                drop(counted);
                 if woke != Woke::Activated {
-                    debug!(registration = %id, why = woke.why(), "SOCKS5 pair cut before activation");
+                    cut(id, woke);
                     return;
                 }
                 debug!(registration = %id, "SOCKS5 pair activated");
@@ -151,8 +160,9 @@ pub(crate) fn run(
                     _ = inbound.next() => Woke::RequesterGone,
                 };
                 let woke = settled(woke, &mut start);
+                drop(counted);
                 if woke != Woke::Activated {
-                    debug!(registration = %id, why = woke.why(), "SOCKS5 pair cut before activation");
+                    cut(id, woke);
                     if woke != Woke::RequesterGone {
                         requester
                             .outbound
@@ -189,6 +199,14 @@ pub(crate) fn run(
         // The pair's entry goes only now: until the session ends, another
         // activation is told it came too late.
         drop(guard);
+    }
+}
+
+/// Logs (and, for an expiry, counts) a pair cut before its activation.
+fn cut(id: RegistrationId, woke: Woke) {
+    debug!(registration = %id, why = woke.why(), "SOCKS5 pair cut before activation");
+    if woke == Woke::Expired {
+        counter!(SOCKS5_EXPIRED).increment(1);
     }
 }
 
