@@ -559,10 +559,7 @@ async fn grpc_health_turns_not_ready_while_a_node_drains() {
     let watch = health.watch(anonymous()).await.unwrap_err();
     assert_eq!(watch.code(), tonic::Code::Unauthenticated, "{watch:?}");
     // A good authenticator bound to something else (a Bridge's registration).
-    let other = health
-        .check(authenticated("", [7; 32]))
-        .await
-        .unwrap_err();
+    let other = health.check(authenticated("", [7; 32])).await.unwrap_err();
     assert_eq!(other.code(), tonic::Code::Unauthenticated, "{other:?}");
     a.wait_for("dtcp_auth_failures_total{reason=\"plane_mac\"}", 3.0)
         .await;

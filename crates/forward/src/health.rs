@@ -74,8 +74,7 @@ impl<S> Authenticated<S> {
     fn check<B>(&self, request: &Request<B>) -> Result<(), AuthFailure> {
         match self.auth.check_now(request.headers(), &self.addr)? {
             Some(claimed)
-                if claimed.registration != health_binding()
-                    || *claimed.callee != *self.node_id =>
+                if claimed.registration != health_binding() || *claimed.callee != *self.node_id =>
             {
                 Err(AuthFailure::PlaneMac)
             }
