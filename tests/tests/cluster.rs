@@ -519,6 +519,8 @@ async fn a_target_that_stops_reading_keeps_memory_flat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_health_turns_not_ready_while_a_node_drains() {
+    use dtcp_client::dtcp_wire::{Keyring, Secrets};
+    use dtcp_forward::{AUTH_HEADER, PlaneAuth, health_binding};
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
@@ -527,16 +529,43 @@ async fn grpc_health_turns_not_ready_while_a_node_drains() {
     let a = NodeOptions::cluster(&[redis.url()])
         .drain_timeout(20.0)
         .start();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.forward.unwrap()))
+    let forward = a.forward.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{forward}"))
         .unwrap()
         .connect()
         .await
         .expect("the forwarding port serves gRPC");
     let mut health = HealthClient::new(channel);
-    let mut status = async |service: &str| {
-        let request = HealthCheckRequest {
+    // The plane answers nodes only: a health call must authenticate as a
+    // Bridge does, made out to this node, for a health call.
+    let auth = PlaneAuth::new(Some(Keyring::new(Secrets::from_lines(SECRET))));
+    let authenticated = |service: &str, binding: [u8; 32]| {
+        let mut request = tonic::Request::new(HealthCheckRequest {
             service: service.into(),
-        };
+        });
+        let mut headers = http::HeaderMap::new();
+        let addr = forward.to_string();
+        auth.attach(&mut headers, "health-probe", &a.node_id, &addr, &binding)
+            .unwrap();
+        let value = headers[AUTH_HEADER].to_str().unwrap().parse().unwrap();
+        request.metadata_mut().insert(AUTH_HEADER, value);
+        request
+    };
+    let anonymous = || HealthCheckRequest {
+        service: "dtcp.readiness".into(),
+    };
+    let check = health.check(anonymous()).await.unwrap_err();
+    assert_eq!(check.code(), tonic::Code::Unauthenticated, "{check:?}");
+    let watch = health.watch(anonymous()).await.unwrap_err();
+    assert_eq!(watch.code(), tonic::Code::Unauthenticated, "{watch:?}");
+    // A good authenticator bound to something else (a Bridge's registration).
+    let other = health.check(authenticated("", [7; 32])).await.unwrap_err();
+    assert_eq!(other.code(), tonic::Code::Unauthenticated, "{other:?}");
+    a.wait_for("dtcp_auth_failures_total{reason=\"plane_mac\"}", 3.0)
+        .await;
+
+    let mut status = async |service: &str| {
+        let request = authenticated(service, health_binding());
         health.check(request).await.map(|r| r.into_inner().status)
     };
     for service in ["dtcp.liveness", "dtcp.readiness", ""] {

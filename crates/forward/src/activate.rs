@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tonic::body::Body;
 use tonic::{Code, Status};
 
+use crate::admission::Admission;
 use crate::auth::{AuthFailure, PlaneAuth};
 use crate::bridge::{self, Claimer};
 use crate::dialer::Dialer;
@@ -178,6 +179,8 @@ pub(crate) async fn serve<C: Claimer>(
         claimer.refused(f);
         Status::unauthenticated("the call's authenticator does not verify")
     })?;
+    // The connection made a call that authenticates: off probation.
+    Admission::admit_request(&request);
     let body = Limited::new(request.into_body(), MAX_REQUEST);
     let bytes = tokio::time::timeout(CALL_TIMEOUT, body.collect())
         .await

@@ -28,6 +28,7 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 
 use crate::activate::{self, ACTIVATE_PATH};
+use crate::admission::Admission;
 use crate::auth::{AuthFailure, PlaneAuth};
 use crate::proto::frame::Kind;
 use crate::proto::{Frame, Open};
@@ -43,8 +44,10 @@ const PREFIX: usize = 5;
 const DATA_TAG: u8 = (3 << 3) | 2;
 /// Largest control message accepted (they are tens of bytes).
 const MAX_CONTROL: usize = 16 * 1024;
-/// Largest data message accepted: a peer sends at most [`FRAME_SIZE`].
-const MAX_DATA: usize = 4 * FRAME_SIZE;
+/// Largest data message accepted: a peer sends at most [`FRAME_SIZE`]
+/// bytes behind the field's tag and length (a few bytes; 16 is generous).
+/// Its bytes are passed on as they arrive, never gathered whole.
+const MAX_DATA: usize = FRAME_SIZE + 16;
 /// How long a Bridge caller may take to send its `open` frame.
 const OPEN_FRAME_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -485,6 +488,8 @@ impl<C: Claimer> BridgeService<C> {
             .auth
             .check_now(request.headers(), &self.addr)
             .map_err(|f| self.refuse(f))?;
+        // The connection made a call that authenticates: off probation.
+        Admission::admit_request(&request);
         let mut inbound = Inbound::new(request.into_body());
         let first = tokio::time::timeout(OPEN_FRAME_TIMEOUT, inbound.next())
             .await

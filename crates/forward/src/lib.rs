@@ -11,9 +11,11 @@
 #![forbid(unsafe_code)]
 
 mod activate;
+mod admission;
 mod auth;
 mod bridge;
 mod dialer;
+mod health;
 mod join;
 mod tls;
 
@@ -30,11 +32,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use activate::{ActivationError, binding as activation_binding};
+pub use admission::{Admission, ConnectionGate, Cut, Probation};
 pub use auth::{AUTH_HEADER, AUTH_WINDOW, AuthFailure, Claimed, PlaneAuth, REPLAY_CACHE_CAPACITY};
 pub use bridge::{BridgeService, Claimer, Halves, Inbound, Outbound, SERVICE};
 pub use dialer::{BridgeError, Dialer};
+pub use health::{Authenticated, HEALTH_CALL_TIMEOUT, HEALTH_MAX_MESSAGE, health_binding};
 pub use join::{End, Gate, Gates, Report, join, pass_fin, reset_on_close, write_all};
-pub use tls::{PlaneTls, TlsError, TlsFiles};
+pub use tls::{PlaneIo, PlaneTls, TlsError, TlsFiles};
 
 /// Largest data frame: big enough to amortise HTTP/2 and protobuf framing,
 /// small enough to keep per-stream buffering modest.

@@ -6,38 +6,38 @@
 //! established keep what they were made with.
 //!
 //! tonic's own TLS settings are fixed when the server or the channel is
-//! built, so the plane does its TLS itself: [`PlaneTls::incoming`] turns a
-//! listener's connections into TLS streams for the server, and the dialer
+//! built, so the plane does its TLS itself: [`PlaneTls::accept`] makes a
+//! server-side TLS stream of a connection the node accepted, and the dialer
 //! connects through [`PlaneTls::connect`].
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
 use hyper_util::rt::TokioIo;
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
-use tokio_stream::wrappers::ReceiverStream;
-use tracing::debug;
+use tonic::transport::server::Connected;
 
 use crate::TCP_KEEPALIVE;
+use crate::admission::{Admission, Probation};
 
 /// The protocol both sides must agree on: gRPC is HTTP/2.
 const ALPN_H2: &[u8] = b"h2";
 /// How long a TLS handshake may take, either side.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handshaken connections waiting for the server to take them.
-const ACCEPTED_QUEUE: usize = 64;
 
 /// Where the plane's TLS files are, and the name the nodes' certificates carry.
 #[derive(Debug, Clone)]
@@ -184,45 +184,16 @@ impl PlaneTls {
         TlsConnector::from(self.lock().client.clone())
     }
 
-    /// Server side: the connections of `listener`, each through a TLS
-    /// handshake with the configuration in force when it arrived.
-    /// Handshakes run side by side, so a slow or silent caller holds up
-    /// nobody; one that fails is dropped. The listener closes when the
-    /// returned stream is dropped.
-    pub fn incoming(
-        &self,
-        listener: TcpListener,
-    ) -> ReceiverStream<Result<server::TlsStream<TcpStream>, io::Error>> {
-        let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
-        let tls = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Out of descriptors, a connection reset before it was taken.
-                            debug!(error = %e, "plane accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                    () = tx.closed() => return,
-                };
-                tune(&tcp);
-                let (acceptor, tx) = (tls.acceptor(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send(Ok(stream)).await;
-                        }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "plane TLS handshake failed"),
-                        Err(_) => debug!(%peer, "plane TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        ReceiverStream::new(rx)
+    /// Server side: a TLS handshake on a connection a [`ConnectionGate`](crate::ConnectionGate)
+    /// let in, with the configuration in force now, within
+    /// [`HANDSHAKE_TIMEOUT`] (and the connection's probation).
+    pub async fn accept(&self, tcp: Probation<TcpStream>) -> io::Result<PlaneIo> {
+        tune(tcp.get_ref());
+        let admission = tcp.admission().clone();
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor().accept(tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        Ok(PlaneIo::Tls(Box::new(stream), admission))
     }
 
     /// Client side: connects to `uri`'s host and port and makes a TLS
@@ -247,6 +218,94 @@ impl PlaneTls {
             return Err(io::Error::other("the peer node did not agree on HTTP/2"));
         }
         Ok(TokioIo::new(stream))
+    }
+}
+
+/// A plane connection as the server serves it: through a [`ConnectionGate`](crate::ConnectionGate),
+/// in clear or in TLS. Its [`Admission`] is in every request's extensions,
+/// for the services to admit the connection once a call authenticates.
+#[derive(Debug)]
+pub enum PlaneIo {
+    /// Plain text (`--insecure-plane` or no TLS files).
+    Plain(Probation<TcpStream>, Admission),
+    /// TLS, handshaken.
+    Tls(Box<server::TlsStream<Probation<TcpStream>>>, Admission),
+}
+
+impl PlaneIo {
+    /// A plain-text connection.
+    pub fn plain(tcp: Probation<TcpStream>) -> Self {
+        tune(tcp.get_ref());
+        let admission = tcp.admission().clone();
+        PlaneIo::Plain(tcp, admission)
+    }
+}
+
+impl Connected for PlaneIo {
+    type ConnectInfo = Admission;
+
+    fn connect_info(&self) -> Admission {
+        match self {
+            PlaneIo::Plain(_, a) | PlaneIo::Tls(_, a) => a.clone(),
+        }
+    }
+}
+
+impl AsyncRead for PlaneIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PlaneIo::Plain(io, _) => Pin::new(io).poll_read(cx, buf),
+            PlaneIo::Tls(io, _) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PlaneIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PlaneIo::Plain(io, _) => Pin::new(io).poll_write(cx, buf),
+            PlaneIo::Tls(io, _) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PlaneIo::Plain(io, _) => Pin::new(io).poll_write_vectored(cx, bufs),
+            PlaneIo::Tls(io, _) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            PlaneIo::Plain(io, _) => io.is_write_vectored(),
+            PlaneIo::Tls(io, _) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PlaneIo::Plain(io, _) => Pin::new(io).poll_flush(cx),
+            PlaneIo::Tls(io, _) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PlaneIo::Plain(io, _) => Pin::new(io).poll_shutdown(cx),
+            PlaneIo::Tls(io, _) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

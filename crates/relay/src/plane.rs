@@ -1,27 +1,34 @@
 //! The node's side of the forwarding plane: the `Bridge` service (where a
 //! claim from another node happens, and in XEP-0065 mode an activation)
-//! and gRPC health.
+//! and gRPC health, both for nodes only (every call authenticated), on a
+//! port bounded in connections (`--plane-max-connections`, each on
+//! probation until its first authenticated call), streams
+//! (`--plane-max-streams`), header size and resets.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dtcp_forward::proto::Open;
 use dtcp_forward::{
-    AuthFailure, BridgeService, CONNECTION_WINDOW, Claimer, H2_MAX_FRAME, Halves,
-    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE,
+    AuthFailure, Authenticated, BridgeService, CONNECTION_WINDOW, Claimer, ConnectionGate, Cut,
+    H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PlaneIo,
+    PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE,
 };
 use dtcp_wire::RegistrationId;
 use metrics::counter;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::activation::Activated;
-use crate::metrics::{AUTH_FAILURES, BRIDGE_ERRORS};
+use crate::admin::{Acceptor, reset};
+use crate::metrics::{AUTH_FAILURES, BRIDGE_ERRORS, LISTENER_CONNECTIONS_CLOSED};
 use crate::node::Node;
 use crate::pending::{Claim, RemoteClaim, Requester, Socks5Claim};
 use crate::protocol::Protocol;
@@ -77,7 +84,7 @@ impl Claimer for Plane {
     }
 
     fn refused(&self, failure: AuthFailure) {
-        counter!(AUTH_FAILURES, "reason" => failure.as_str()).increment(1);
+        refused(failure);
     }
 
     fn activate(&self, id: &[u8; 32], owner_node_id: &str) -> Result<(), Status> {
@@ -98,16 +105,54 @@ impl Claimer for Plane {
     }
 }
 
-/// Serves the Bridge service and gRPC health on `listener` until `shutdown`
-/// completes, then ends gracefully: the Bridges still open are finished and
-/// flushed before the connections close.
+/// How long a new plane connection has to make its first authenticated
+/// call (probation); a peer node makes it as soon as it connects, since it
+/// connects for a call.
+const PLANE_PROBATION: Duration = Duration::from_secs(5);
+/// Largest header list a plane call may send (HTTP/2 `SETTINGS`): a call's
+/// headers, authenticator included, are a few hundred bytes.
+const PLANE_MAX_HEADER_LIST: u32 = 8 * 1024;
+/// Streams a peer may reset before the server has taken them, per
+/// connection (h2's default, stated: the "rapid reset" bound).
+const PLANE_MAX_PENDING_RESETS: usize = 20;
+/// Streams this node may reset for a peer's protocol errors before the
+/// connection is closed (h2's default, stated).
+const PLANE_MAX_LOCAL_RESETS: usize = 1024;
+/// Connections handshaken and waiting for the server to take them.
+const ACCEPTED_QUEUE: usize = 64;
+
+/// Counts a plane connection the gate closed.
+fn plane_cut(cut: Cut) {
+    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => cut.as_str())
+        .increment(1);
+}
+
+fn refused(failure: AuthFailure) {
+    counter!(AUTH_FAILURES, "reason" => failure.as_str()).increment(1);
+}
+
+/// The plane's gate: `--plane-max-connections`, each on probation until
+/// its first authenticated call.
+pub(crate) fn gate(max: u32) -> ConnectionGate {
+    ConnectionGate::new(max as usize, PLANE_PROBATION, plane_cut)
+}
+
+/// Serves the Bridge service and gRPC health (for callers that authenticate
+/// as nodes do) on `listener` until `shutdown` completes, then ends
+/// gracefully: the Bridges still open are finished and flushed before the
+/// connections close.
 pub(crate) async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
     tls: Option<PlaneTls>,
+    gate: ConnectionGate,
     health: HealthServer<impl Health>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    // No `timeout` here: it would cut long-lived Bridges. Each call bounds
+    // its own wait for its request (the Bridge's `open` frame, Activate's
+    // request, a health request), and a connection with no authenticated
+    // call is closed when its probation runs out.
     let mut builder = Server::builder()
         .tcp_nodelay(true)
         .tcp_keepalive(Some(TCP_KEEPALIVE))
@@ -115,30 +160,72 @@ pub(crate) async fn serve(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(H2_MAX_FRAME);
+        .max_frame_size(H2_MAX_FRAME)
+        .max_concurrent_streams(node.config.plane_max_streams)
+        .http2_max_header_list_size(PLANE_MAX_HEADER_LIST)
+        .http2_max_pending_accept_reset_streams(Some(PLANE_MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(PLANE_MAX_LOCAL_RESETS));
     let (auth, addr) = (node.trust.plane.clone(), node.info.forward_addr.clone());
+    let health = health.max_decoding_message_size(HEALTH_MAX_MESSAGE);
+    let health = Authenticated::new(health, auth.clone(), &node.info.id, &addr, refused);
     let bridge = BridgeService::new(Plane { node }, auth, &addr);
     let router = builder.add_service(health).add_service(bridge);
-    let served = match tls {
-        // TLS made per connection with the certificates in force then, so
-        // that a renewed certificate is served without a restart.
-        Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
-                .await
-        }
-        None => {
-            let incoming = TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(TCP_KEEPALIVE));
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-        }
-    };
-    if let Err(e) = served {
+    let incoming = incoming(listener, tls, gate);
+    if let Err(e) = router
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+    {
         warn!(error = %e, "forwarding plane stopped");
     }
+}
+
+/// The plane's connections, through its gate (and TLS handshakes, side by
+/// side, so that a slow or silent caller holds up nobody). Accept failures
+/// never reach tonic, whose loop would retry them at once. The listener
+/// closes when the returned stream is dropped.
+fn incoming(
+    listener: TcpListener,
+    tls: Option<PlaneTls>,
+    gate: ConnectionGate,
+) -> ReceiverStream<Result<PlaneIo, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
+    tokio::spawn(async move {
+        let mut acceptor = Acceptor::new(listener, "plane");
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = acceptor.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let tcp = match gate.enter(tcp) {
+                Ok(tcp) => tcp,
+                Err(tcp) => {
+                    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+                        .increment(1);
+                    reset(tcp);
+                    continue;
+                }
+            };
+            match &tls {
+                None => {
+                    if tx.send(Ok(PlaneIo::plain(tcp))).await.is_err() {
+                        return;
+                    }
+                }
+                Some(tls) => {
+                    let (tls, tx) = (tls.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        match tls.accept(tcp).await {
+                            Ok(stream) => {
+                                let _ = tx.send(Ok(stream)).await;
+                            }
+                            Err(e) => debug!(%peer, error = %e, "plane TLS handshake failed"),
+                        }
+                    });
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// Sets the health statuses: liveness always, readiness and the overall

@@ -226,8 +226,17 @@ impl Relay {
         if !node.cluster {
             gauge!(NODES_ALIVE).set(1.0);
         }
+        // The plane's gate, made here so that the metrics count its connections.
+        let plane_gate = plane
+            .as_ref()
+            .map(|_| plane::gate(node.config.plane_max_connections));
         let mut tasks = vec![
-            tokio::spawn(admin::serve(metrics_listener, metrics, node.clone())),
+            tokio::spawn(admin::serve(
+                metrics_listener,
+                metrics,
+                node.clone(),
+                plane_gate.clone(),
+            )),
             tokio::spawn(accept_loop(node.clone(), listener)),
             tokio::spawn(watched.run()),
         ];
@@ -256,14 +265,15 @@ impl Relay {
         }
         // The plane outlives the sessions: it is stopped last, gracefully.
         let plane_stop = CancellationToken::new();
-        let (health, plane_task) = match plane {
-            Some(PlaneParts { listener, tls }) => {
+        let (health, plane_task) = match plane.zip(plane_gate) {
+            Some((PlaneParts { listener, tls }, gate)) => {
                 let (reporter, service) = tonic_health::server::health_reporter();
                 plane::set_health(&reporter, true).await;
                 let task = tokio::spawn(plane::serve(
                     node.clone(),
                     listener,
                     tls,
+                    gate,
                     service,
                     plane_stop.clone().cancelled_owned(),
                 ));

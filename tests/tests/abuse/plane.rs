@@ -1,1 +1,484 @@
-//! Attacks on this node's plane (see the suite's main module).
+//! Attacks on this node's plane (see the suite's main module): the
+//! forwarding plane's port and the metrics listener, from whoever can
+//! reach them without the cluster secret. Two nodes on one Redis; a
+//! legitimate pair from 127.0.1.1 creates on node A and connects on node B
+//! (so B dials A's plane) throughout; the attacks come from 127.0.11.x and
+//! aim at node A.
+//!
+//! Budgets (docs/SECURITY.md): node A's RSS grows less than
+//! [`RSS_BUDGET_MIB`] during an attack and is back within
+//! [`RSS_SETTLED_MIB`] of idle after it; its descriptors stay within
+//! [`FD_BUDGET`] of idle (the plane's and the metrics listener's caps, 64
+//! each, and a margin) and go back to idle.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dtcp_tests::abuse::{Footprint, Prober, connect_from, loopback};
+use dtcp_tests::{NodeOptions, RedisServer, Relay, eventually, raise_fd_limit, sample_value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Memory an attack on the plane may add to a node while it runs.
+const RSS_BUDGET_MIB: u64 = 100;
+/// How far above idle a node may stay once an attack is over (allocator
+/// slack: freed memory is not always handed back at once).
+const RSS_SETTLED_MIB: u64 = 40;
+/// Descriptors an attack may add to a node: the plane's cap (64) and the
+/// metrics listener's (64), with room for the node's own sockets and for
+/// connections evicted but not yet dropped (each is closed when its task
+/// next runs, which on a loaded machine may be a moment later).
+const FD_BUDGET: usize = 64 + 64 + 250;
+/// How often the legitimate pair probes.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// How long after it connects a connection with no authenticated call is
+/// closed (the plane's probation, 5 s), with slack for a loaded machine.
+const PROBATION_CLOSE: Duration = Duration::from_secs(10);
+
+/// The legitimate pair's source address.
+fn probe_src() -> IpAddr {
+    loopback(256 + 1)
+}
+
+/// The legitimate scraper's source address.
+fn scrape_src() -> IpAddr {
+    loopback(256 + 2)
+}
+
+/// The `n`th attacker's source address, 127.0.11.n.
+fn attacker(n: u32) -> IpAddr {
+    loopback(11 * 256 + n)
+}
+
+/// Two nodes on one Redis, both alive to each other.
+struct Cluster {
+    _redis: RedisServer,
+    a: Relay,
+    b: Relay,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        raise_fd_limit();
+        let redis = RedisServer::start();
+        let a = NodeOptions::cluster(&[redis.url()]).start();
+        let b = NodeOptions::cluster(&[redis.url()]).start();
+        a.wait_for("dtcp_nodes_alive", 2.0).await;
+        b.wait_for("dtcp_nodes_alive", 2.0).await;
+        Cluster {
+            _redis: redis,
+            a,
+            b,
+        }
+    }
+
+    fn plane(&self) -> SocketAddr {
+        self.a.forward.expect("a cluster node serves the plane")
+    }
+}
+
+/// Node A's largest footprint while an attack runs, sampled in the background.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    rss: Arc<AtomicU64>,
+    fds: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(relay: &Relay) -> Sampler {
+        let pid = relay.pid();
+        let (stop, rss, fds) = (Arc::default(), Arc::default(), Arc::default());
+        let task = tokio::spawn({
+            let (stop, rss, fds): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicUsize>) =
+                (Arc::clone(&stop), Arc::clone(&rss), Arc::clone(&fds));
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    rss.fetch_max(rss_of(pid), Ordering::Relaxed);
+                    fds.fetch_max(dtcp_tests::open_fds(pid), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        Sampler {
+            stop,
+            rss,
+            fds,
+            task,
+        }
+    }
+
+    async fn finish(self) -> Footprint {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        Footprint {
+            rss: self.rss.load(Ordering::Relaxed),
+            fds: self.fds.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Node A idle: its footprint once the cluster has settled and paired once.
+async fn idle(relay: &Relay) -> Footprint {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Footprint::of(relay)
+}
+
+/// Prints an attack's peak against idle (the measurements the docs quote).
+fn report_peak(what: &str, idle: Footprint, peak: Footprint) {
+    eprintln!(
+        "{what}: idle {} MiB / {} fds; peak {} MiB / {} fds",
+        idle.rss >> 20,
+        idle.fds,
+        peak.rss >> 20,
+        peak.fds
+    );
+}
+
+/// Checks the attack's figures against the budgets, and that the node goes
+/// back to idle; prints where it settled.
+async fn assert_within_budget(what: &str, relay: &Relay, idle: Footprint, peak: Footprint) {
+    let settled = {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = Footprint::of(relay);
+            let back = now.fds <= idle.fds + 8 && now.grown_mib(&idle) <= RSS_SETTLED_MIB;
+            if back || Instant::now() > deadline {
+                break now;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    eprintln!(
+        "{what}: after {} MiB / {} fds",
+        settled.rss >> 20,
+        settled.fds
+    );
+    assert!(
+        peak.grown_mib(&idle) < RSS_BUDGET_MIB,
+        "{what}: RSS grew {} MiB (budget {RSS_BUDGET_MIB})",
+        peak.grown_mib(&idle)
+    );
+    assert!(
+        peak.fds < idle.fds + FD_BUDGET,
+        "{what}: {} descriptors at the peak, {} idle",
+        peak.fds,
+        idle.fds
+    );
+    assert!(
+        settled.fds <= idle.fds + 8,
+        "{what}: {} descriptors after, {} idle",
+        settled.fds,
+        idle.fds
+    );
+    assert!(
+        settled.grown_mib(&idle) <= RSS_SETTLED_MIB,
+        "{what}: {} MiB above idle after",
+        settled.grown_mib(&idle)
+    );
+}
+
+/// A gRPC request on the plane, with no authenticator.
+fn grpc_request(plane: SocketAddr, path: &str) -> http::Request<()> {
+    http::Request::post(format!("http://{plane}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
+/// A gRPC message prefix announcing `len` bytes.
+fn prefix(len: u32) -> Vec<u8> {
+    let mut head = vec![0];
+    head.extend_from_slice(&len.to_be_bytes());
+    head
+}
+
+const CHECK: &str = "/grpc.health.v1.Health/Check";
+const WATCH: &str = "/grpc.health.v1.Health/Watch";
+const BRIDGE: &str = "/dtcp.forward.v1.Forward/Bridge";
+
+/// Whether a response is a refusal for want of an authenticator.
+fn unauthenticated(response: &http::Response<h2::RecvStream>) -> bool {
+    response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|s| s == "16")
+}
+
+/// Finding 1: one connection, many streams each sending all but one byte
+/// of a 3.9 MB message. Every call is refused at its headers (no
+/// authenticator), nothing of the bodies is kept, and the connection,
+/// which never made an authenticated call, is closed after its probation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_messages_pin_no_memory() {
+    const STREAMS: usize = 300;
+    const MESSAGE: u32 = 3_900_000;
+    let cluster = Cluster::start().await;
+    let plane = cluster.plane();
+    let prober = Prober::start(cluster.a.addr, cluster.b.addr, probe_src(), PROBE_EVERY);
+    let idle = idle(&cluster.a).await;
+    let sampler = Sampler::start(&cluster.a);
+    let started = Instant::now();
+
+    let tcp = connect_from(attacker(1), plane).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    // All but the last byte of the message; one buffer shared by every stream.
+    let mut body = prefix(MESSAGE);
+    body.resize(5 + MESSAGE as usize - 1, 0x55);
+    let body = Bytes::from(body);
+    let mut responses = Vec::new();
+    for n in 0..STREAMS {
+        let path = [CHECK, BRIDGE, WATCH][n % 3];
+        let Ok(ready) = client.ready().await else {
+            break;
+        };
+        client = ready;
+        let Ok((response, mut stream)) = client.send_request(grpc_request(plane, path), false)
+        else {
+            break;
+        };
+        let _ = stream.send_data(body.clone(), false);
+        responses.push((response, stream));
+    }
+    let sent = responses.len();
+    let mut refused = 0;
+    let answers_due = tokio::time::Instant::now() + Duration::from_secs(3);
+    for (response, _stream) in responses {
+        if let Ok(Ok(response)) = tokio::time::timeout_at(answers_due, response).await
+            && unauthenticated(&response)
+        {
+            refused += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let closed = tokio::time::timeout(
+        PROBATION_CLOSE.saturating_sub(started.elapsed()),
+        connection,
+    )
+    .await
+    .is_ok();
+    let peak = sampler.finish().await;
+    report_peak("half-sent messages", idle, peak);
+    eprintln!("half-sent messages: {sent} streams sent, {refused} refused, closed: {closed}");
+    assert_eq!(sent, STREAMS, "every stream was opened");
+    assert_eq!(refused, STREAMS, "every call refused at its headers");
+    assert!(
+        closed,
+        "a connection with no authenticated call is closed after its probation"
+    );
+    assert_within_budget("half-sent messages", &cluster.a, idle, peak).await;
+    let failures = cluster
+        .a
+        .metric("dtcp_auth_failures_total{reason=\"plane_mac\"}")
+        .await;
+    assert!(failures >= STREAMS as f64, "refusals counted: {failures}");
+    prober
+        .finish()
+        .await
+        .assert_all_ok("the half-sent messages");
+}
+
+/// Finding 1: many unauthenticated health `Watch` and `Check` streams on
+/// one connection. Each is refused at once (none stays open), and the
+/// connection is closed after its probation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_health_streams_are_refused() {
+    const STREAMS: usize = 20_000;
+    /// How long the flood goes on at most (within the probation).
+    const FLOOD: Duration = Duration::from_secs(4);
+    let cluster = Cluster::start().await;
+    let plane = cluster.plane();
+    let prober = Prober::start(cluster.a.addr, cluster.b.addr, probe_src(), PROBE_EVERY);
+    let idle = idle(&cluster.a).await;
+    let sampler = Sampler::start(&cluster.a);
+    let started = Instant::now();
+
+    let tcp = connect_from(attacker(2), plane).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    // A whole request: HealthCheckRequest { service: "" } is empty.
+    let message = Bytes::from(prefix(0));
+    let (refused, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut sent = 0;
+    let mut checks = Vec::new();
+    while sent < STREAMS && started.elapsed() < FLOOD {
+        let path = if sent % 2 == 0 { WATCH } else { CHECK };
+        let Ok(ready) = client.ready().await else {
+            break;
+        };
+        client = ready;
+        let Ok((response, mut stream)) = client.send_request(grpc_request(plane, path), false)
+        else {
+            break;
+        };
+        let _ = stream.send_data(message.clone(), true);
+        sent += 1;
+        let (refused, answered) = (refused.clone(), answered.clone());
+        checks.push(tokio::spawn(async move {
+            if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(5), response).await {
+                answered.fetch_add(1, Ordering::Relaxed);
+                if unauthenticated(&response) {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+                // Kept open (as an attacker would) until the test ends.
+                let mut body = response.into_body();
+                while let Some(Ok(_)) = body.data().await {}
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (answered, refused) = (
+        answered.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
+    let closed = tokio::time::timeout(
+        PROBATION_CLOSE.saturating_sub(started.elapsed()),
+        connection,
+    )
+    .await
+    .is_ok();
+    let peak = sampler.finish().await;
+    report_peak("health streams", idle, peak);
+    for check in checks {
+        check.abort();
+    }
+    eprintln!(
+        "health streams: {sent} sent, {answered} answered, {refused} refused, closed: {closed}"
+    );
+    assert!(sent >= 1_000, "the flood ran: {sent} streams");
+    // Streams still queued when the connection's probation ran out are
+    // cut with it, unanswered; every one answered was refused.
+    assert!(answered >= 1_000, "answered: {answered} of {sent}");
+    assert_eq!(refused, answered, "every health call refused");
+    assert!(
+        closed,
+        "a connection with no authenticated call is closed after its probation"
+    );
+    assert_within_budget("health streams", &cluster.a, idle, peak).await;
+    prober.finish().await.assert_all_ok("the health streams");
+}
+
+/// A GET of `/metrics` from the legitimate scraper's address: whether it
+/// answered 200 in time.
+async fn scrape(metrics: SocketAddr) -> Result<String, String> {
+    let get = async {
+        let mut s = connect_from(scrape_src(), metrics)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request = "GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n";
+        s.write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut page = String::new();
+        s.read_to_string(&mut page)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if page.starts_with("HTTP/1.1 200") {
+            Ok(page)
+        } else {
+            Err(format!("answered {:?}", page.lines().next()))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), get)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+/// Finding 2: thousands of silent connections to the plane's port and to
+/// the metrics listener. Neither holds more than its cap; `/metrics` still
+/// answers, pairs still pair across the plane, and the descriptors go back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_hold_no_descriptors() {
+    /// Silent connections to each port.
+    const SILENT: usize = 2_000;
+    /// Attacking addresses (127.0.11.1 upward).
+    const SOURCES: u32 = 20;
+    let cluster = Cluster::start().await;
+    let (plane, metrics) = (cluster.plane(), cluster.a.metrics);
+    let prober = Prober::start(cluster.a.addr, cluster.b.addr, probe_src(), PROBE_EVERY);
+    let idle = idle(&cluster.a).await;
+    let sampler = Sampler::start(&cluster.a);
+
+    let flood = tokio::spawn(async move {
+        let mut held: Vec<TcpStream> = Vec::new();
+        for n in 0..SILENT * 2 {
+            let to = if n % 2 == 0 { plane } else { metrics };
+            let from = attacker(1 + n as u32 % SOURCES);
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_secs(2), connect_from(from, to)).await
+            {
+                held.push(s);
+            }
+        }
+        held
+    });
+    // Scrapes while the flood runs, and a while after.
+    let mut scrapes = Vec::new();
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        scrapes.push(scrape(metrics).await.map(|_| ()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let held = flood.await.unwrap();
+    let connected = held.len();
+    let peak = sampler.finish().await;
+    report_peak("silent connections", idle, peak);
+    let page = scrape(metrics).await.expect("a scrape after the flood");
+    drop(held);
+    let closed = |listener: &str| {
+        ["max_connections", "evicted", "probation"]
+            .iter()
+            .map(|reason| {
+                sample_value(
+                    &page,
+                    &format!(
+                        "dtcp_listener_connections_closed_total{{listener=\"{listener}\",reason=\"{reason}\"}}"
+                    ),
+                )
+            })
+            .sum::<f64>()
+    };
+    let (plane_closed, metrics_closed) = (closed("plane"), closed("metrics"));
+    let failed: Vec<_> = scrapes.iter().filter_map(|s| s.clone().err()).collect();
+    eprintln!(
+        "silent connections: {connected} connected; {} scrapes, failed {failed:?}; closed: plane {plane_closed}, metrics {metrics_closed}",
+        scrapes.len()
+    );
+    assert!(
+        connected >= SILENT,
+        "the flood connected: {connected} connections"
+    );
+    assert!(
+        failed.is_empty(),
+        "/metrics answered throughout: {failed:?}"
+    );
+    assert!(plane_closed > 0.0, "the plane's gate closed connections");
+    assert!(
+        metrics_closed > 0.0,
+        "the metrics listener's gate closed connections"
+    );
+    assert_within_budget("silent connections", &cluster.a, idle, peak).await;
+    eventually(Duration::from_secs(10), "the gates empty", || async {
+        let page = cluster.a.scrape().await;
+        sample_value(&page, "dtcp_listener_connections_open{listener=\"plane\"}") <= 2.0
+    })
+    .await;
+    prober
+        .finish()
+        .await
+        .assert_all_ok("the silent connections");
+}

@@ -292,6 +292,33 @@ pub struct Config {
     #[arg(long, env = "DTCP_FORWARD_LISTEN", default_value = "0.0.0.0:7778")]
     pub forward_listen: SocketAddr,
 
+    /// Connections the forwarding plane's port holds at once (cluster mode).
+    /// A node needs one per peer node, kept open. A new connection is on
+    /// probation until its first authenticated call (a few seconds); when
+    /// the port is full, the oldest connection still on probation is closed
+    /// to make room, and a connection finds no room only when every one is
+    /// a peer's.
+    #[arg(
+        long,
+        env = "DTCP_PLANE_MAX_CONNECTIONS",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub plane_max_connections: u32,
+
+    /// Concurrent HTTP/2 streams per forwarding plane connection (cluster
+    /// mode): each is one session forwarded from the peer node, so a peer
+    /// never needs more than its own `--max-connections` (the default).
+    #[arg(
+        long,
+        env = "DTCP_PLANE_MAX_STREAMS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub plane_max_streams: u32,
+
     /// `HOST:PORT` other nodes dial to reach this node's forwarding plane (in
     /// Kubernetes, the pod IP). Default: the forward listener's address, if it
     /// is a concrete one.

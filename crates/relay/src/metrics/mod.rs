@@ -159,6 +159,18 @@ fn describe() {
         ACTIVATIONS,
         "XEP-0065 activations this node's component asked for, by outcome."
     );
+    describe_gauge!(
+        LISTENER_CONNECTIONS_OPEN,
+        "Connections open now on the node's own listeners (plane, metrics), by listener."
+    );
+    describe_counter!(
+        LISTENER_CONNECTIONS_CLOSED,
+        "Connections the node's own listeners closed, by listener and reason (max_connections: refused at the cap; evicted: the oldest on probation, to make room; probation: nothing useful in time)."
+    );
+    describe_counter!(
+        ACCEPT_FAILURES,
+        "Accepts that failed on the node's own listeners (out of descriptors), by listener."
+    );
     describe_gauge!(DRAINING, "1 while the node drains, else 0.");
     describe_gauge!(BUILD_INFO, "Always 1, labelled with the relay's version.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -257,5 +269,13 @@ fn init_series() {
     }
     for reason in AUTH_FAILURE_REASONS {
         counter!(AUTH_FAILURES, "reason" => reason).absolute(0);
+    }
+    for listener in LISTENERS {
+        gauge!(LISTENER_CONNECTIONS_OPEN, "listener" => listener).set(0.0);
+        counter!(ACCEPT_FAILURES, "listener" => listener).absolute(0);
+        for reason in LISTENER_CLOSE_REASONS {
+            counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => listener, "reason" => reason)
+                .absolute(0);
+        }
     }
 }

@@ -92,3 +92,19 @@ pub const ACTIVATION_OUTCOMES: [&str; 4] =
 pub const DRAINING: &str = "dtcp_draining";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "dtcp_build_info";
+/// Connections open now on the node's own listeners, by `listener`
+/// (`plane`, `metrics`): each bounded by its cap.
+pub const LISTENER_CONNECTIONS_OPEN: &str = "dtcp_listener_connections_open";
+/// Connections the node's own listeners closed, by `listener` and `reason`
+/// (see [`LISTENER_CLOSE_REASONS`]).
+pub const LISTENER_CONNECTIONS_CLOSED: &str = "dtcp_listener_connections_closed_total";
+/// Every `reason` of [`LISTENER_CONNECTIONS_CLOSED`]: refused at the cap
+/// (every slot held by a connection that proved itself), evicted to make
+/// room (the oldest still on probation), or on probation too long (nothing
+/// useful: no authenticated call on the plane, no request on `metrics`).
+pub const LISTENER_CLOSE_REASONS: [&str; 3] = ["max_connections", "evicted", "probation"];
+/// Every `listener` of the node's own listeners' series.
+pub const LISTENERS: [&str; 2] = ["plane", "metrics"];
+/// Accepts that failed on the node's own listeners, by `listener`: out of
+/// descriptors (the listener backs off rather than spin).
+pub const ACCEPT_FAILURES: &str = "dtcp_listener_accept_failures_total";
