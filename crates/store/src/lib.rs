@@ -22,6 +22,7 @@
 mod memory;
 mod redis;
 mod rendezvous;
+mod text;
 
 pub use memory::MemoryStore;
 pub use redis::{RedisConfig, RedisStore, RedisTls, SentinelConfig};

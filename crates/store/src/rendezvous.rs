@@ -8,6 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dtcp_wire::RegistrationId;
 
+use crate::text::shown;
+
 /// A relay node as other nodes see it: its id and the address of its
 /// forwarding plane.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -45,9 +47,11 @@ impl NodeInfo {
     }
 }
 
+/// Cut short and escaped ([`crate::text`]): a node read from the store is
+/// whatever a Redis writer put there, and this is what logs print.
 impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.id, self.forward_addr)
+        write!(f, "{} ({})", shown(&self.id), shown(&self.forward_addr))
     }
 }
 

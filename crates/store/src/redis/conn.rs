@@ -19,10 +19,12 @@ use tracing::{debug, info, warn};
 
 use super::config::{RedisConfig, RedisTls, SentinelConfig};
 use crate::rendezvous::StoreError;
+use crate::text::{SHOWN_ERROR_CHARS, shown_up_to};
 
-/// A Redis error as the store reports it.
+/// A Redis error as the store reports it: its text cut short and escaped,
+/// as the redis crate quotes a reply it could not convert.
 pub(crate) fn unavailable(e: RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(shown_up_to(&e.to_string(), SHOWN_ERROR_CHARS))
 }
 
 /// Whether an operation that failed with `e` may succeed if tried again: the

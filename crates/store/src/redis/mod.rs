@@ -17,12 +17,18 @@
 //! Only registration ids (hashes) and client addresses go into keys, never
 //! a key or a JID.
 //!
+//! Redis is not trusted with sizes: records and `nodes` members are read
+//! only up to a bound (`bounded.rs`), announcements parsed only up to one
+//! (`record.rs`), and a value is shown in errors and logs cut short and
+//! escaped.
+//!
 //! The files depend on each other one way: `store` on the others; `rewrite`
-//! and `sources` on `run`; `run` and `announce` on `conn` and `health`;
+//! on `bounded`; `bounded`, `rewrite` and `sources` on `run`; `run` and `announce` on `conn` and `health`;
 //! `conn` on `config`; `keys` and `record` on nothing here. This file only
 //! names them.
 
 mod announce;
+mod bounded;
 mod config;
 mod conn;
 mod health;

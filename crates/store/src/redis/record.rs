@@ -4,6 +4,20 @@
 use dtcp_wire::RegistrationId;
 
 use crate::rendezvous::{NodeInfo, Registered, StoreError};
+use crate::text::shown;
+
+/// The longest record (or `nodes` member) read from Redis: a relay writes
+/// `<node id> <address> <seal>`, a UUID or an operator's word, a host name
+/// of at most 253 bytes and its port, and a seal of about 50: under 400
+/// bytes. Anything longer was planted by a Redis writer, and is refused
+/// before it is read whole (a 4 MB record, read on every CONNECT's look,
+/// would cost each node that much per look).
+pub(crate) const MAX_RECORD_LEN: usize = 4096;
+
+/// The longest announcement parsed: a registration id (32 bytes) and a
+/// record. The subscription's connection has received a longer one whole
+/// already (Redis pushes it); it is dropped before it is copied or parsed.
+pub(crate) const MAX_ANNOUNCEMENT_LEN: usize = 32 + MAX_RECORD_LEN;
 
 /// The record of a registration `owner` holds, with `owner`'s own seal.
 pub(crate) fn owner_value(owner: &NodeInfo) -> String {
@@ -31,7 +45,7 @@ pub(crate) fn beat_value(node: &NodeInfo) -> String {
 pub(crate) fn parse_owner(value: &str) -> Result<NodeInfo, StoreError> {
     let (id, rest) = value
         .split_once(' ')
-        .ok_or_else(|| StoreError::Malformed(format!("owner {value:?}")))?;
+        .ok_or_else(|| StoreError::Malformed(format!("owner {}", shown(value))))?;
     let (addr, seal) = match rest.split_once(' ') {
         Some((addr, seal)) => (addr, Some(seal.to_owned())),
         None => (rest, None),
@@ -50,6 +64,9 @@ pub(crate) fn announcement(id: &RegistrationId, value: &str) -> Vec<u8> {
 
 /// The announcement in a payload, if it is one.
 pub(crate) fn parse_announcement(payload: &[u8]) -> Option<Registered> {
+    if payload.len() > MAX_ANNOUNCEMENT_LEN {
+        return None;
+    }
     let (id, value) = payload.split_first_chunk::<32>()?;
     let owner = parse_owner(std::str::from_utf8(value).ok()?).ok()?;
     Some(Registered {
@@ -79,5 +96,16 @@ mod tests {
         assert_eq!(unsealed.seal, None);
         let used = owner_value(&NodeInfo::used());
         assert!(parse_owner(&used).unwrap().is_used());
+        let mut planted = id.as_bytes().to_vec();
+        planted.extend(format!("a {}", "b".repeat(MAX_RECORD_LEN)).bytes());
+        assert_eq!(parse_announcement(&planted), None, "oversize");
+    }
+
+    #[test]
+    fn a_malformed_record_is_not_quoted_whole() {
+        let planted = format!("{}\nforged", "x".repeat(1 << 20));
+        let e = parse_owner(&planted).unwrap_err().to_string();
+        assert!(e.len() < 200, "{}", e.len());
+        assert!(!e.contains('\n'));
     }
 }

@@ -7,8 +7,9 @@ use dtcp_wire::RegistrationId;
 use futures_util::{StreamExt, TryStreamExt};
 use redis::{Cmd, Value};
 
+use super::bounded::get_record;
 use super::keys::Keys;
-use super::record::record_value;
+use super::record::{MAX_RECORD_LEN, record_value};
 use super::run::{Runner, ms};
 use crate::rendezvous::{NodeInfo, StoreError};
 
@@ -113,14 +114,17 @@ async fn rewrite_chunk(
         if held.is_empty() {
             break;
         }
+        // Whose: compared with ours only, so no more than one byte past the
+        // longest record is read (a planted value cannot be read whole).
         let mut get = redis::pipe();
         for &i in &held {
-            get.cmd("GET").arg(&keys[i]);
+            get.cmd("GETRANGE").arg(&keys[i]).arg(0).arg(MAX_RECORD_LEN);
         }
-        let holders: Vec<Option<String>> = runner.pipeline(&get).await?;
+        let holders: Vec<Vec<u8>> = runner.pipeline(&get).await?;
         for (&i, holder) in held.iter().zip(holders) {
-            // None: it expired in between; the next round writes it.
-            outcome[i] = holder.map(|h| h == values[i]);
+            // Empty: it expired in between (no record is empty); the next
+            // round writes it.
+            outcome[i] = (!holder.is_empty()).then(|| holder == values[i].as_bytes());
         }
     }
     // Still open after every round: it keeps expiring under us; not ours.
@@ -138,8 +142,7 @@ async fn rewrite_one(
         if set_nx(runner, key, value, ttl).await? {
             return Ok(true);
         }
-        let holder: Option<String> = runner.query(redis::cmd("GET").arg(key)).await?;
-        if let Some(holder) = holder {
+        if let Some(holder) = get_record(runner, key).await? {
             return Ok(holder == value);
         }
     }

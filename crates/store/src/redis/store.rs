@@ -11,6 +11,7 @@ use redis::Script;
 use tokio::sync::{mpsc, watch};
 
 use super::announce;
+use super::bounded::{get_record, live_members};
 use super::config::RedisConfig;
 use super::conn::is_tls_error;
 use super::health::Health;
@@ -142,7 +143,7 @@ impl Rendezvous for RedisStore {
             self.announce(id, &value);
             return Ok(true);
         }
-        let current: Option<String> = self.runner().query(redis::cmd("GET").arg(&key)).await?;
+        let current = get_record(self.runner(), &key).await?;
         let Some(current) = current else {
             // Expired in between: try once more.
             return set_nx(self.runner(), &key, &value, ttl).await;
@@ -203,10 +204,7 @@ impl Rendezvous for RedisStore {
     }
 
     async fn lookup(&self, id: &RegistrationId) -> Result<Option<NodeInfo>, StoreError> {
-        let value: Option<String> = self
-            .runner()
-            .query(redis::cmd("GET").arg(self.keys().reg(id)))
-            .await?;
+        let value = get_record(self.runner(), &self.keys().reg(id)).await?;
         value.as_deref().map(parse_owner).transpose()
     }
 
@@ -329,15 +327,8 @@ impl Rendezvous for RedisStore {
     }
 
     async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        let members: Vec<String> = self
-            .runner()
-            .query(
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.keys().nodes())
-                    .arg(now_ms())
-                    .arg("+inf"),
-            )
-            .await?;
+        // Bounded: the set is whatever a Redis writer made it.
+        let members = live_members(self.runner(), &self.keys().nodes(), now_ms()).await?;
         // A member of another format (an older node's bare id) names no node.
         Ok(members.iter().filter_map(|m| parse_owner(m).ok()).collect())
     }
