@@ -1,4 +1,4 @@
-//! The store's tests' own helpers, on the Redis processes of
+//! What the store's tests share beyond the Redis processes of
 //! `dtcp-testkit` (shared with the system tests): a store configuration for
 //! each deployment, nodes, registration ids, announcements.
 
