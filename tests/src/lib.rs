@@ -26,6 +26,10 @@ pub mod relay;
 pub mod trust;
 pub mod xmpp;
 
+/// The test processes shared with the store's tests: Sentinel deployments,
+/// replicated Redis Clusters, the child-process guard.
+pub use dtcp_testkit as testkit;
+
 pub use chaos::*;
 pub use client::*;
 pub use haproxy::*;

@@ -3,15 +3,10 @@
 //! follow it, and cross-node pairing keeps working (that the announcements
 //! themselves come back is the store's test, crates/store/tests/cluster.rs).
 
-// The store's own tests start the same Redis Cluster: one harness for both
-// (plain process management, shared by path).
-#[path = "../../crates/store/tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Cluster;
 use dtcp_client::{Initiator, Target};
+use dtcp_tests::testkit::{Cluster, wait_until};
 use dtcp_tests::*;
 
 /// The key prefix the nodes use (their default).
@@ -61,7 +56,7 @@ async fn cross_node_pairing_survives_the_failover_of_the_announcement_shard() {
     // took its shard.
     let dead = cluster.nodes[holder].port;
     let witness = (holder + 1) % cluster.nodes.len();
-    common::wait_until(PAIRING_BACK, "the dead master to be marked failed", || {
+    wait_until(PAIRING_BACK, "the dead master to be marked failed", || {
         cluster.nodes[witness]
             .cli(&["CLUSTER", "NODES"])
             .lines()

@@ -4,16 +4,11 @@
 //! without a byte lost, pending ones pair after the failover, and new pairs
 //! work again within a bound measured here.
 
-// The store's own tests start the same Sentinel deployment: one harness for
-// both (it is plain process management, shared by path).
-#[path = "../../crates/store/tests/common/mod.rs"]
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{MASTER_NAME, REDIS_PASSWORD, SENTINEL_PASSWORD, SentinelSet};
 use dtcp_client::{Initiator, Target};
+use dtcp_tests::testkit::{MASTER_NAME, REDIS_PASSWORD, SENTINEL_PASSWORD, SentinelSet};
 use dtcp_tests::*;
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;

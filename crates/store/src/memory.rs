@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use dtcp_wire::RegistrationId;
 use tokio::time::Instant;
 
-use crate::{Beat, NodeInfo, Rendezvous, StoreError};
+use crate::rendezvous::{Beat, NodeInfo, Rendezvous, StoreError};
 
 /// The in-memory store of a lone node: no Redis, no other nodes.
 ///

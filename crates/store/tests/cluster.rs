@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, announcements_flow, node, reg, store};
+use common::{Cluster, StoreConfig, announcements_flow, node, reg, store};
 use dtcp_store::Rendezvous;
 
 /// How long announcements may take to flow again after a failover.

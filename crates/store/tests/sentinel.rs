@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{SentinelSet, announcements_flow, node, reg, store};
+use common::{SentinelSet, StoreConfig, announcements_flow, node, reg, store};
 use dtcp_store::{Beat, RedisStore, Rendezvous};
 
 /// How long announcements may take to flow again after a failover.

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, SentinelSet, Server, node, reg, store};
+use common::{Cluster, SentinelSet, Server, StoreConfig, node, reg, store};
 use dtcp_store::{RedisConfig, RedisStore, Rendezvous, StoreError};
 
 /// What the timer and the scheduler may add to the operation timeout.

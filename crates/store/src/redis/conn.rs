@@ -1,6 +1,5 @@
 //! Connections to Redis however it is deployed (one server, a Sentinel
-//! deployment, a Redis Cluster), and the health of the store as its
-//! operations see it.
+//! deployment, a Redis Cluster).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,14 +15,16 @@ use redis::{
     IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod,
     TlsCertificates, TlsMode, Value,
 };
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::StoreError;
-use crate::redis_store::{RedisConfig, RedisTls, SentinelConfig};
+use super::config::{RedisConfig, RedisTls, SentinelConfig};
+use crate::rendezvous::StoreError;
+use crate::text::{SHOWN_ERROR_CHARS, shown_up_to};
 
+/// A Redis error as the store reports it: its text cut short and escaped,
+/// as the redis crate quotes a reply it could not convert.
 pub(crate) fn unavailable(e: RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(shown_up_to(&e.to_string(), SHOWN_ERROR_CHARS))
 }
 
 /// Whether an operation that failed with `e` may succeed if tried again: the
@@ -456,49 +457,27 @@ impl ConnectionLike for ConnRef {
     }
 }
 
-/// The store's health as its operations and its subscription see it: a
-/// failure followed by an answer is a recovery, after which records written
-/// before may be gone.
-#[derive(Debug)]
-pub(crate) struct Health {
-    /// A connection failed or timed out and nothing has answered since.
-    troubled: AtomicBool,
-    /// A recovery happened since the last heartbeat read this flag.
-    recovered_since_beat: AtomicBool,
-    recoveries: watch::Sender<u64>,
+/// A timeout as the redis crate reports one.
+pub(crate) fn timed_out() -> RedisError {
+    RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
 }
 
-impl Health {
-    pub(crate) fn new() -> Self {
-        Health {
-            troubled: AtomicBool::new(false),
-            recovered_since_beat: AtomicBool::new(false),
-            recoveries: watch::Sender::new(0),
+/// Whether `e` comes from TLS: the TLS library reports a refused or
+/// failed handshake as invalid data, which nothing else in connecting does
+/// (a reply Redis sends that cannot be parsed is an error of its own kind).
+pub(crate) fn is_tls_error(e: &redis::RedisError) -> bool {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        // The redis crate keeps the I/O error behind an `Arc`.
+        let io = err.downcast_ref::<std::io::Error>().or_else(|| {
+            err.downcast_ref::<Shared>()?
+                .downcast_ref::<std::io::Error>()
+        });
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData) {
+            return true;
         }
+        source = err.source();
     }
-
-    /// A connection failed, timed out, or a subscription broke.
-    pub(crate) fn trouble(&self) {
-        if !self.troubled.swap(true, Ordering::AcqRel) {
-            debug!("rendezvous store connection failed");
-        }
-    }
-
-    /// The store answered.
-    pub(crate) fn answered(&self) {
-        if self.troubled.swap(false, Ordering::AcqRel) {
-            self.recovered_since_beat.store(true, Ordering::Release);
-            self.recoveries.send_modify(|n| *n += 1);
-            debug!("rendezvous store answers again");
-        }
-    }
-
-    /// Whether a recovery happened since the last call.
-    pub(crate) fn take_recovered(&self) -> bool {
-        self.recovered_since_beat.swap(false, Ordering::AcqRel)
-    }
-
-    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.recoveries.subscribe()
-    }
+    false
 }

@@ -15,9 +15,11 @@ use redis::{Client, ProtocolVersion, PushInfo, PushKind, RedisError, RedisResult
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::Registered;
-use crate::redis_conn::{Health, cluster_builder, sentinel_client, single_client};
-use crate::redis_store::{RedisConfig, parse_announcement};
+use super::config::RedisConfig;
+use super::conn::{cluster_builder, sentinel_client, single_client, timed_out};
+use super::health::Health;
+use super::record::parse_announcement;
+use crate::rendezvous::Registered;
 
 /// Announcements queued for the relay before the newest are dropped.
 const WATCH_QUEUE: usize = 4096;
@@ -81,10 +83,6 @@ struct Subscriber {
     channel: String,
     tx: mpsc::Sender<Registered>,
     health: Arc<Health>,
-}
-
-fn timed_out() -> RedisError {
-    RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
 }
 
 /// `f` within `limit`, a timeout being an I/O error like the others.
@@ -273,7 +271,7 @@ impl Subscriber {
                             if e.is_timeout() {
                                 // No answer at all: the connection may be
                                 // wedged for good (see `ClusterConn` in
-                                // redis_conn.rs); a new one subscribes anew.
+                                // conn.rs); a new one subscribes anew.
                                 let Some(new) = self.cluster_connection(&client).await else {
                                     return;
                                 };

@@ -1,0 +1,51 @@
+//! The names of the store's keys and channel, all under the configured
+//! prefix. Only registration ids (hashes), node ids and client addresses go
+//! into them, never a key or a JID.
+
+use std::net::IpAddr;
+
+use dtcp_wire::RegistrationId;
+
+/// Makes the store's key names from its prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// A registration's record.
+    pub(crate) fn reg(&self, id: &RegistrationId) -> String {
+        format!("{}reg:{id}", self.prefix)
+    }
+
+    /// A node's heartbeat.
+    pub(crate) fn node(&self, node_id: &str) -> String {
+        format!("{}node:{node_id}", self.prefix)
+    }
+
+    /// The sorted set of live nodes.
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    /// The channel registrations are announced on.
+    pub(crate) fn registered_channel(&self) -> String {
+        format!("{}registered", self.prefix)
+    }
+
+    /// The pending CREATEs of one client address.
+    ///
+    /// Not the `src:` of the INCR counters before: in a cluster being
+    /// upgraded, old and new nodes then each count in their own keys (each
+    /// group holding the limit among itself) instead of failing on a key
+    /// of the other type.
+    pub(crate) fn source(&self, source: IpAddr) -> String {
+        format!("{}srcset:{}", self.prefix, source.to_canonical())
+    }
+}
