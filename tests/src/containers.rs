@@ -146,6 +146,7 @@ impl Engine {
     /// new temporary directory.
     pub fn start() -> Engine {
         require_tools();
+        sweep_leftovers();
         let id = std::process::id();
         let dir = std::env::temp_dir().join(format!("dtcp-containers-{id}"));
         let _ = fs::remove_dir_all(&dir);
@@ -443,6 +444,44 @@ impl Drop for Engine {
             .args(["netns", "del", &self.netns])
             .status();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Stops what a run killed without its teardown (an interrupted suite) left:
+/// its engine, mounts, network namespace and directory, found by the
+/// namespace's name, which carries the dead run's process id.
+fn sweep_leftovers() {
+    let Ok(entries) = fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("dtcp-containers-") else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue; // a run still going
+        }
+        let dir = std::env::temp_dir().join(&name);
+        if let Some(daemon) = fs::read_to_string(dir.join("dockerd.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<libc::pid_t>().ok())
+        {
+            // SAFETY: kill(2) on the pid a dead run's engine wrote.
+            unsafe { libc::kill(daemon, libc::SIGTERM) };
+            let deadline = Instant::now() + ENGINE_STOP;
+            while Path::new(&format!("/proc/{daemon}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(POLL);
+            }
+        }
+        // Its teardown: mounts, namespace, directory.
+        drop(Engine {
+            dir,
+            netns: name,
+            daemon: None,
+            compose: Vec::new(),
+        });
     }
 }
 
