@@ -459,7 +459,9 @@ fn sweep_leftovers() {
         let Some(pid) = name.strip_prefix("dtcp-containers-") else {
             continue;
         };
-        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue; // a run still going
         }
