@@ -151,6 +151,14 @@ ipFamilies:
   value: {{ .Values.relay.connectionBurstPerIp | quote }}
 {{- end }}
 {{- end }}
+{{- with .Values.relay.maxSessionRate }}
+- name: DTCP_MAX_SESSION_RATE
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.relay.maxNodeRate }}
+- name: DTCP_MAX_NODE_RATE
+  value: {{ . | quote }}
+{{- end }}
 {{- with .Values.relay.allowDomains }}
 - name: DTCP_ALLOW_DOMAINS
   value: {{ join "," . | quote }}
@@ -190,6 +198,38 @@ ipFamilies:
 - name: DTCP_REDIS_SENTINEL_PASSWORD_FILE
   value: /etc/dtcp/sentinel-password/sentinel-password
 {{- end }}
+{{- if .Values.redis.tls.ca.existingSecret }}
+- name: DTCP_REDIS_CA
+  value: /etc/dtcp/redis-ca/ca.crt
+{{- end }}
+{{- if .Values.redis.tls.clientCert.existingSecret }}
+- name: DTCP_REDIS_CLIENT_CERT
+  value: /etc/dtcp/redis-client/tls.crt
+- name: DTCP_REDIS_CLIENT_KEY
+  value: /etc/dtcp/redis-client/tls.key
+{{- end }}
+- name: DTCP_REDIS_CONNECT_TIMEOUT
+  value: {{ .Values.redis.timeouts.connect | quote }}
+- name: DTCP_REDIS_RESPONSE_TIMEOUT
+  value: {{ .Values.redis.timeouts.response | quote }}
+- name: DTCP_REDIS_OPERATION_TIMEOUT
+  value: {{ .Values.redis.timeouts.operation | quote }}
+{{- if .Values.xmpp.enabled }}
+# XEP-0065 mode: every pod connects as the same component; the XMPP server
+# keeps one link and the others wait as hot standbys.
+- name: DTCP_XMPP_COMPONENT
+  value: {{ required "xmpp.component: the component's JID, when xmpp.enabled" .Values.xmpp.component | quote }}
+- name: DTCP_XMPP_SERVER
+  value: {{ required "xmpp.server: the XMPP server's component port (HOST:PORT), when xmpp.enabled" .Values.xmpp.server | quote }}
+- name: DTCP_XMPP_SECRET_FILE
+  value: /etc/dtcp/xmpp-secret/component-secret
+- name: DTCP_SOCKS5_ADVERTISE
+  value: {{ include "dtcp-relay.socks5Advertise" . | quote }}
+{{- with .Values.xmpp.allowDomains }}
+- name: DTCP_XMPP_ALLOW_DOMAINS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- end }}
 # Secrets as files, not environment variables: they stay out of
 # `kubectl describe`, and an update of the Secret reaches the
 # running relay, which re-reads them (a rotation needs no restart).
@@ -218,4 +258,24 @@ ipFamilies:
 {{- $ref := printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- with .Values.image.digest }}{{ $ref = printf "%s@%s" $ref . }}{{ end }}
 {{- $ref }}
+{{- end }}
+
+{{/* Where XMPP clients reach the SOCKS5 port: given, or the Service's
+cluster name (only in-cluster clients resolve it, so only a ClusterIP
+Service may leave it out). */}}
+{{- define "dtcp-relay.socks5Advertise" -}}
+{{- if .Values.xmpp.socks5Advertise }}
+{{- .Values.xmpp.socks5Advertise }}
+{{- else if eq .Values.service.type "ClusterIP" }}
+{{- printf "%s.%s.svc:%v" (include "dtcp-relay.fullname" .) .Release.Namespace .Values.service.port }}
+{{- else }}
+{{- fail (printf "xmpp.socks5Advertise: the address (HOST:PORT) XMPP clients reach this %s Service at, its load balancer's name or address; the chart cannot know it before the Service exists" .Values.service.type) }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on the helm test Pod (its own component: the relay's selectors never match it). */}}
+{{- define "dtcp-relay.testLabels" -}}
+app.kubernetes.io/name: {{ include "dtcp-relay.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
 {{- end }}
