@@ -89,6 +89,10 @@ enum Cmd {
         /// The metrics listener, `HOST:PORT`.
         #[arg(default_value = "127.0.0.1:9777")]
         addr: String,
+        /// Ask every address the name resolves to (e.g. a headless Service:
+        /// every pod), and exit 0 only if each is ready.
+        #[arg(long)]
+        every_address: bool,
     },
 }
 
@@ -148,9 +152,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let wait = Duration::from_secs(wait);
             recv(session, list, timeouts, tls_fingerprint, output, wait).await
         }
-        Cmd::Health { addr } => health(&addr).await,
+        Cmd::Health {
+            addr,
+            every_address: false,
+        } => health(&addr).await,
+        Cmd::Health {
+            addr,
+            every_address: true,
+        } => health_every(&addr).await,
         Cmd::Keygen(args) => keygen::run(args),
     }
+}
+
+/// `health` of every address `addr` resolves to: all must be ready.
+async fn health_every(addr: &str) -> anyhow::Result<()> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolving {addr}"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("{addr} resolves to no address");
+    }
+    let mut failed = 0;
+    for a in &addrs {
+        match health(&a.to_string()).await {
+            Ok(()) => println!("{a}: ready"),
+            Err(e) => {
+                println!("{a}: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} addresses not ready", addrs.len());
+    }
+    Ok(())
 }
 
 async fn health(addr: &str) -> anyhow::Result<()> {
