@@ -1,9 +1,10 @@
 //! A private container engine for the deployment tests: a `dockerd` (Debian's
 //! `docker.io`) of the test's own, in a network namespace of its own, with
 //! its data, state, pid file and socket in a temporary directory; stand-in
-//! base images built from Debian packages with `mmdebstrap` (no registry is
-//! reachable) and cached under `.cache/containers/`, keyed by what built
-//! them; the project's image built from `deploy/Dockerfile`'s final stage
+//! base images (no registry is reachable): a distroless-like runtime
+//! extracted from Debian packages with `mmdebstrap`, cached outside the
+//! clone (see [`cache_dir`]) under a key of what built it, and the other
+//! services' programs copied from the machine onto it; the project's image built from `deploy/Dockerfile`'s final stage
 //! with the suite's own binaries; the project's `docker-compose.yml` brought
 //! up with an override that only swaps the images.
 //!
@@ -39,31 +40,39 @@ const POLL: Duration = Duration::from_millis(200);
 const ADDRESS_POOL: &str = "base=172.30.0.0/16,size=24";
 
 /// The packages of the distroless-like runtime base: glibc, libgcc, time
-/// zones, CA certificates, and a user 65532 (written by the hook below);
-/// no shell, no package manager (extracted, never installed).
+/// zones, CA certificates (extracted, never installed: no shell, no package
+/// manager); its user 65532 is added by [`Engine::images`].
 const RUNTIME_PACKAGES: &str = "libc6,libgcc-s1,netbase,tzdata,ca-certificates";
-/// Makes the extracted packages an image like distroless's `cc:nonroot`.
-const RUNTIME_HOOK: &str = concat!(
-    r#"printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' > "$1/etc/passwd";"#,
-    r#" printf 'root:x:0:\nnonroot:x:65532:\n' > "$1/etc/group";"#,
-    r#" mkdir -p "$1/tmp" "$1/home/nonroot" "$1/etc/ssl/certs"; chmod 1777 "$1/tmp";"#,
-    r#" chown 65532:65532 "$1/home/nonroot";"#,
-    r#" cat "$1"/usr/share/ca-certificates/mozilla/*.crt > "$1/etc/ssl/certs/ca-certificates.crt";"#,
-    r#" rm -rf "$1/usr/share/doc" "$1/usr/share/man" "$1/usr/share/locale" "$1/var/lib/dpkg" "$1/var/cache/apt""#,
-);
-/// The services the compose file runs besides the relays, from Debian's
-/// packages in one root file system (one download, one import): Redis,
-/// HAProxy, Prometheus, and wget for Prometheus's health check.
-const SERVICES_PACKAGES: &str = "redis-server,haproxy,prometheus,wget";
-/// Leaves out what no container reads.
-const SERVICES_HOOK: &str = concat!(
-    r#"rm -rf "$1/usr/share/doc" "$1/usr/share/man" "$1/usr/share/locale""#,
-    r#" "$1/var/cache/apt/archives"/*.deb "$1/var/lib/apt/lists"/*"#,
-);
+
+/// The programs the compose file's other services run (Redis, HAProxy,
+/// Prometheus) and their health checks need (`sh`, `cat`, `grep`,
+/// `redis-cli`, `wget`): the machine's own, the ones the suite already
+/// installs from Debian's packages for its other tests, copied with the
+/// shared libraries `ldd` names onto the runtime base. No download, and no
+/// cache needed: the copy takes seconds.
+const SERVICE_PROGRAMS: &[&str] = &[
+    "redis-server",
+    "redis-cli",
+    "haproxy",
+    "prometheus",
+    "wget",
+    "sh",
+    "cat",
+    "grep",
+];
+/// The stand-ins' users: distroless's (root, nonroot 65532, nobody) and
+/// HAProxy's, which its image runs as (Prometheus's runs as nobody, Redis's
+/// starts as root).
+const PASSWD: &str = "root:x:0:0:root:/root:/sbin/nologin\n\
+    haproxy:x:99:99:haproxy:/var/lib/haproxy:/sbin/nologin\n\
+    nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n\
+    nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n";
+/// The groups of those users.
+const GROUP: &str = "root:x:0:\nhaproxy:x:99:\nnonroot:x:65532:\nnogroup:x:65534:\n";
 
 /// Each stand-in for an image docker-compose.yml names: the compose service,
-/// and the Dockerfile lines that give the services root file system that
-/// image's user, command and stop signal.
+/// and the Dockerfile lines that give the services image that image's user,
+/// command and stop signal.
 const STANDINS: &[(&str, &str)] = &[
     ("redis", "CMD [\"redis-server\"]\n"),
     (
@@ -72,7 +81,7 @@ const STANDINS: &[(&str, &str)] = &[
     ),
     (
         "prometheus",
-        "RUN mkdir -p /prometheus && chown nobody:nogroup /prometheus\nUSER nobody\nENTRYPOINT [\"/usr/bin/prometheus\"]\nCMD [\"--config.file=/etc/prometheus/prometheus.yml\", \"--storage.tsdb.path=/prometheus\"]\n",
+        "USER nobody\nENTRYPOINT [\"/usr/bin/prometheus\"]\nCMD [\"--config.file=/etc/prometheus/prometheus.yml\", \"--storage.tsdb.path=/prometheus\"]\n",
     ),
 ];
 
@@ -205,6 +214,14 @@ impl Engine {
         engine
     }
 
+    /// A new directory `name` of the test's own, removed with the engine
+    /// (also when the test panics).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let dir = self.dir.join(name);
+        fs::create_dir_all(&dir).expect("scratch directory");
+        dir
+    }
+
     /// The engine's network namespace, for `nsenter --net=`.
     pub fn netns_path(&self) -> String {
         format!("/run/netns/{}", self.netns)
@@ -278,26 +295,71 @@ impl Engine {
         );
     }
 
+    /// Builds image `tag` from the directory `context`, which holds its
+    /// Dockerfile.
+    fn build_dir(&self, tag: &str, context: &Path) {
+        run(self.docker().args(["build", "-q", "-t", tag]).arg(context));
+    }
+
     /// The stand-in images (runtime base, Redis, HAProxy, Prometheus) and the
     /// project's image built from deploy/Dockerfile with the suite's
     /// binaries. Returns the image names by compose service (`relay` for the
     /// relays) and `runtime`.
     pub fn images(&self) -> Images {
-        let cache = workspace().join(".cache/containers");
+        let cache = cache_dir();
         fs::create_dir_all(&cache).expect("image cache");
-        let runtime_tar = rootfs(&cache, "runtime", "extract", RUNTIME_PACKAGES, RUNTIME_HOOK);
-        let services_tar = rootfs(&cache, "services", "apt", SERVICES_PACKAGES, SERVICES_HOOK);
-        let runtime = format!("dtcp-standin/runtime:{}", key_of(&runtime_tar));
-        self.import(&runtime_tar, &runtime, &["USER 65532:65532"]);
-        let services = format!("dtcp-standin/services:{}", key_of(&services_tar));
-        self.import(
-            &services_tar,
-            &services,
-            &["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        let runtime_tar = rootfs(&cache, "runtime", "extract", RUNTIME_PACKAGES);
+        let key = key_of(&runtime_tar);
+        let base = format!("dtcp-standin/runtime-base:{key}");
+        self.import(&runtime_tar, &base, &[]);
+        // What makes the extracted packages an image like distroless's
+        // `cc:nonroot`: its users, a home for 65532, the CA bundle (the
+        // machine's, as the extracted package leaves it ungenerated).
+        let runtime = format!("dtcp-standin/runtime:{key}");
+        let context = self.dir.join("runtime");
+        write_tree(
+            &context,
+            &[
+                ("etc/passwd", PASSWD.as_bytes()),
+                ("etc/group", GROUP.as_bytes()),
+                ("home/.keep", b""),
+                (
+                    "etc/ssl/certs/ca-certificates.crt",
+                    &fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default(),
+                ),
+                (
+                    "Dockerfile",
+                    format!(
+                        "FROM {base}\nCOPY etc/ /etc/\nCOPY --chown=65532:65532 home/ /home/nonroot/\nUSER 65532:65532\n"
+                    )
+                    .as_bytes(),
+                ),
+            ],
         );
+        self.build_dir(&runtime, &context);
+        // The services: the machine's programs and their libraries on that
+        // base, Prometheus's data directory its user's.
+        let services = "dtcp-standin/services:suite".to_string();
+        let context = self.dir.join("services");
+        stage_programs(&context.join("root"), SERVICE_PROGRAMS);
+        write_tree(
+            &context,
+            &[
+                ("data/.keep", b""),
+                (
+                    "Dockerfile",
+                    format!(
+                        "FROM {runtime}\nUSER 0:0\nCOPY root/ /\nCOPY --chown=65534:65534 data/ /prometheus/\n\
+                         ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+                    )
+                    .as_bytes(),
+                ),
+            ],
+        );
+        self.build_dir(&services, &context);
         let mut by_service = Vec::new();
         for (service, lines) in STANDINS {
-            let tag = format!("dtcp-standin/{service}:{}", key_of(&services_tar));
+            let tag = format!("dtcp-standin/{service}:suite");
             self.build_text(&tag, &format!("FROM {services}\n{lines}"));
             by_service.push((service.to_string(), tag));
         }
@@ -504,11 +566,79 @@ impl Images {
     }
 }
 
+/// Where the stand-in bases are kept between runs: outside the clone, so
+/// that every clone on the machine shares them
+/// (`${XDG_CACHE_HOME:-$HOME/.cache}/dtcp-relay/containers`).
+pub fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| workspace().join(".cache"));
+    base.join("dtcp-relay/containers")
+}
+
+/// Writes `files` (path relative to `dir`, content) under `dir`.
+fn write_tree(dir: &Path, files: &[(&str, &[u8])]) {
+    for (path, content) in files {
+        let path = dir.join(path);
+        fs::create_dir_all(path.parent().expect("parent")).expect("directory");
+        fs::write(&path, content).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+/// Copies each of `programs` (found on the machine's PATH) to `root/usr/bin`
+/// (`sh` to `root/bin` too, for `CMD-SHELL`), with every shared library
+/// `ldd` names for it at the path `ldd` names, the files themselves rather
+/// than their links.
+fn stage_programs(root: &Path, programs: &[&str]) {
+    let mut libraries = std::collections::BTreeSet::new();
+    for program in programs {
+        let found = run(Command::new("sh").args(["-c", &format!("command -v {program}")]));
+        let found = PathBuf::from(found.trim());
+        let real = fs::canonicalize(&found).unwrap_or_else(|e| panic!("{program}: {e}"));
+        let mut targets = vec![root.join("usr/bin").join(program)];
+        if *program == "sh" {
+            targets.push(root.join("bin/sh"));
+        }
+        for target in targets {
+            fs::create_dir_all(target.parent().expect("parent")).expect("directory");
+            fs::copy(&real, &target).unwrap_or_else(|e| panic!("{}: {e}", real.display()));
+        }
+        // Go's static binaries make ldd say so and fail: nothing to copy.
+        let listed = output(Command::new("ldd").arg(&real));
+        for line in String::from_utf8_lossy(&listed.stdout).lines() {
+            // "libx.so => /lib/.../libx.so (0x...)" or "/lib64/ld-linux... (0x...)"
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            if let Some(path) = path.filter(|p| p.starts_with('/')) {
+                libraries.insert(PathBuf::from(path));
+            }
+        }
+    }
+    for library in libraries {
+        let real =
+            fs::canonicalize(&library).unwrap_or_else(|e| panic!("{}: {e}", library.display()));
+        // The runtime base has the loader at /lib/x86_64-linux-gnu, and
+        // /lib64's name as a link to it: replace the file, keep the link.
+        let at = if library.starts_with("/lib64") {
+            Path::new("/lib/x86_64-linux-gnu").join(library.file_name().expect("name"))
+        } else {
+            library.clone()
+        };
+        let target = root.join(at.strip_prefix("/").expect("absolute"));
+        fs::create_dir_all(target.parent().expect("parent")).expect("directory");
+        fs::copy(&real, &target).unwrap_or_else(|e| panic!("{}: {e}", real.display()));
+    }
+}
+
 /// A root file system tarball made by mmdebstrap, cached in `cache` under a
-/// name keyed by everything that made it (suite, variant, packages, hook);
-/// made when absent.
-fn rootfs(cache: &Path, name: &str, variant: &str, packages: &str, hook: &str) -> PathBuf {
-    let recipe = format!("{SUITE}\n{variant}\n{packages}\n{hook}");
+/// name keyed by everything that made it (suite, variant, packages); made
+/// when absent.
+fn rootfs(cache: &Path, name: &str, variant: &str, packages: &str) -> PathBuf {
+    let recipe = format!("{SUITE}\n{variant}\n{packages}");
     let key = hex(&Sha256::digest(recipe.as_bytes())[..8]);
     let path = cache.join(format!("{name}-{SUITE}-{key}.tar"));
     if path.exists() {
@@ -525,12 +655,13 @@ fn rootfs(cache: &Path, name: &str, variant: &str, packages: &str, hook: &str) -
             }
         }
     }
-    let partial = cache.join(format!("{name}-{SUITE}-{key}.tar.part"));
+    // A name of this process's own: two clones' runs may build at once; the
+    // rename makes one of them the cache, whole.
+    let partial = cache.join(format!("{name}-{SUITE}-{key}.tar.{}", std::process::id()));
     run(Command::new("mmdebstrap")
         .args(["--quiet", "--mode=root", "--format=tar"])
         .arg(format!("--variant={variant}"))
         .arg(format!("--include={packages}"))
-        .arg(format!("--customize-hook={hook}"))
         .arg(SUITE)
         .arg(&partial));
     fs::rename(&partial, &path).expect("caching the root file system");

@@ -2,8 +2,10 @@
 //! deploy/Dockerfile's final stage with this suite's binaries, and the
 //! project's docker-compose.yml brought up in real containers by an engine of
 //! the test's own (see `dtcp_tests::containers`), with only the images
-//! swapped for stand-ins made from Debian packages. Grafana is left out: no
-//! Debian package ships it and no registry can be reached.
+//! swapped for stand-ins: a distroless-like runtime extracted from Debian
+//! packages, and the machine's own Redis, HAProxy and Prometheus (Debian's,
+//! which the suite installs) copied onto it with their libraries. Grafana is
+//! left out: no Debian package ships it and no registry can be reached.
 //!
 //! Checked: every service healthy; a file through HAProxy with the PROXY
 //! protocol (v2), the relays logging the client's own address and refusing a
@@ -13,8 +15,9 @@
 //! both back in HAProxy's rotation; `down` leaving nothing; the machine's
 //! network as it was.
 //!
-//! The first run builds the stand-in bases with mmdebstrap (about two
-//! minutes, mostly downloads); later runs take them from .cache/containers/.
+//! The first run on a machine extracts the runtime base with mmdebstrap (a
+//! few MB of packages); later runs, from any clone, take it from
+//! `${XDG_CACHE_HOME:-$HOME/.cache}/dtcp-relay/containers/`.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -56,7 +59,7 @@ fn compose_in_real_containers() {
     let mut engine = Engine::start();
     let images = engine.images();
     let over = engine.override_file(&images);
-    let work = tempdir();
+    let work = engine.scratch("files");
 
     run(engine.compose(&over).args([
         "up",
@@ -205,14 +208,6 @@ fn machine_network() -> String {
     }
     s += &run(Command::new("ip").args(["-6", "route"]));
     s
-}
-
-/// A private directory for the transferred files, removed by the OS later.
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("dtcp-containers-files-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("files directory");
-    dir
 }
 
 /// Waits until every service runs and those with a health check are healthy.
