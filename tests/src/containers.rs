@@ -103,6 +103,11 @@ pub fn require_tools() {
         ("nsenter", "util-linux"),
         ("ip", "iproute2"),
         ("curl", "curl"),
+        ("redis-server", "redis-server"),
+        ("haproxy", "haproxy"),
+        ("prometheus", "prometheus"),
+        ("wget", "wget"),
+        ("ldd", "libc-bin"),
     ]
     .into_iter()
     .filter(|(tool, _)| {
