@@ -10,8 +10,10 @@
 //! Checked: every service healthy; a file through HAProxy with the PROXY
 //! protocol (v2), the relays logging the client's own address and refusing a
 //! PROXY header from anyone else; Prometheus scraping all three relays with
-//! the alert rules loaded; no transfer lost while HAProxy notices a dead
-//! relay (redispatch); a killed relay and one recreated at a new address
+//! the alert rules loaded; the chart's `helm test` commands in the image as
+//! its Pod runs them (read-only, user 65532, no capabilities): `dtcp health
+//! --every-address` and one file from `dtcp send` to `dtcp recv`; no
+//! transfer lost while HAProxy notices a dead relay (redispatch); a killed relay and one recreated at a new address
 //! both back in HAProxy's rotation; `down` leaving nothing; the machine's
 //! network as it was.
 //!
@@ -119,6 +121,7 @@ fn compose_in_real_containers() {
     );
 
     prometheus_scrapes_all(&engine);
+    helm_test_commands(&engine, images.get("relay"), &work);
 
     // A relay dies (killed, not restarted): transfers go on while HAProxy
     // notices, none lost.
@@ -196,6 +199,86 @@ fn compose_in_real_containers() {
         machine_network(),
         network_before,
         "the machine's network changed"
+    );
+}
+
+/// The chart's `helm test` Pod's commands, as it runs them: in the project's
+/// image, read-only, as user 65532 without capabilities, on the compose
+/// network (HAProxy standing in for the client Service): a relay's health
+/// by `dtcp health --every-address`, and the image's CA bundle from `dtcp
+/// send` to `dtcp recv`, received whole.
+fn helm_test_commands(engine: &Engine, image: &str, work: &Path) {
+    let received = work.join("helm-test");
+    fs::create_dir_all(&received).expect("directory");
+    run(Command::new("chown").arg("65532:65532").arg(&received));
+    let pod = |name: &str, detach: bool, args: &[&str]| {
+        let mut cmd = engine.docker();
+        cmd.args(["run", "--name", name, "--network", "dtcpct_default"])
+            .args(["--read-only", "--user", "65532:65532", "--cap-drop", "ALL"])
+            .args(["--security-opt", "no-new-privileges:true"])
+            .arg("-v")
+            .arg(format!("{}:/received", received.display()))
+            .args(["--entrypoint", "/usr/local/bin/dtcp"]);
+        if detach {
+            cmd.arg("-d");
+        }
+        cmd.arg(image).args(args);
+        output(&mut cmd)
+    };
+    let health = pod(
+        "dtcpct_test_health",
+        false,
+        &["health", "--every-address", "relay-1:9777"],
+    );
+    assert!(
+        health.status.success(),
+        "dtcp health --every-address in the image: {}{}",
+        String::from_utf8_lossy(&health.stdout),
+        String::from_utf8_lossy(&health.stderr)
+    );
+    let session = [
+        "--relay",
+        "haproxy:7777",
+        "--key",
+        "helm-test-key-0123456789abcdef",
+        "--from",
+        "helm-test-send@example.org",
+        "--to",
+        "helm-test-recv@example.org",
+    ];
+    let recv: Vec<&str> = ["recv"]
+        .into_iter()
+        .chain(session)
+        .chain(["--wait", "60", "--output", "/received/ca-certificates.crt"])
+        .collect();
+    let started = pod("dtcpct_test_recv", true, &recv);
+    assert!(started.status.success(), "starting dtcp recv: {started:?}");
+    let send: Vec<&str> = ["send"]
+        .into_iter()
+        .chain(session)
+        .chain(["/etc/ssl/certs/ca-certificates.crt"])
+        .collect();
+    let sent = pod("dtcpct_test_send", false, &send);
+    let code = run(engine.docker().args(["wait", "dtcpct_test_recv"]));
+    let recv_logs = engine.logs("dtcpct_test_recv");
+    run(engine.docker().args([
+        "rm",
+        "-f",
+        "dtcpct_test_health",
+        "dtcpct_test_recv",
+        "dtcpct_test_send",
+    ]));
+    assert!(
+        sent.status.success() && code.trim() == "0",
+        "the helm test's transfer in the image: send {}{}, recv exit {code}: {recv_logs}",
+        String::from_utf8_lossy(&sent.stdout),
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    // The image's bundle is the machine's (the stand-in runtime copies it).
+    assert_eq!(
+        fs::read(received.join("ca-certificates.crt")).expect("the received file"),
+        fs::read("/etc/ssl/certs/ca-certificates.crt").expect("the bundle"),
+        "the helm test's file arrived changed"
     );
 }
 
