@@ -13,9 +13,9 @@
 //! the alert rules loaded; the chart's `helm test` commands in the image as
 //! its Pod runs them (read-only, user 65532, no capabilities): `dtcp health
 //! --every-address` and one file from `dtcp send` to `dtcp recv`; no
-//! transfer lost while HAProxy notices a dead relay (redispatch); a killed relay and one recreated at a new address
-//! both back in HAProxy's rotation; `down` leaving nothing; the machine's
-//! network as it was.
+//! transfer lost while HAProxy notices a dead relay (redispatch); a killed
+//! relay and one recreated at a new address both back in HAProxy's
+//! rotation; `down` leaving nothing; the machine's network as it was.
 //!
 //! The first run on a machine extracts the runtime base with mmdebstrap (a
 //! few MB of packages); later runs, from any clone, take it from
