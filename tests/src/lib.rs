@@ -13,10 +13,12 @@
 //! [`haproxy`] (a real HAProxy sending the PROXY protocol),
 //! [`chaos`] (seeded randomness, fixed ports, descriptor counts),
 //! [`abuse`] (attack sources, a legitimate prober, a node's footprint).
+//! [`containers`] (a private container engine, stand-in images, compose).
 
 pub mod abuse;
 pub mod chaos;
 pub mod client;
+pub mod containers;
 pub mod ejabberd;
 pub mod haproxy;
 pub mod metrics;

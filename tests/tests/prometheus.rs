@@ -181,10 +181,10 @@ impl Prometheus {
             alerts_file().display().to_string()
         );
         for (n, node) in nodes.iter().enumerate() {
-            // The `node` label comes from the scrape, as in the compose
-            // demo and the chart's ServiceMonitor.
+            // The `pod` label comes from the scrape, as in the compose
+            // demo and under the Prometheus Operator.
             config.push_str(&format!(
-                "      - targets: [\"{}\"]\n        labels: {{node: relay-{}, namespace: {NAMESPACE}}}\n",
+                "      - targets: [\"{}\"]\n        labels: {{pod: relay-{}, namespace: {NAMESPACE}}}\n",
                 node.metrics,
                 n + 1
             ));

@@ -84,6 +84,10 @@ enum Cmd {
         /// The metrics listener, `HOST:PORT`.
         #[arg(default_value = "127.0.0.1:9777")]
         addr: String,
+        /// Ask every address the name resolves to (e.g. a headless Service:
+        /// every pod), and exit 0 only if each is ready.
+        #[arg(long)]
+        every_address: bool,
     },
 }
 
@@ -121,7 +125,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let wait = Duration::from_secs(wait);
             recv::recv(session, list, timeouts, tls_fingerprint, output, wait).await
         }
-        Cmd::Health { addr } => health::health(&addr).await,
+        Cmd::Health {
+            addr,
+            every_address: false,
+        } => health::health(&addr).await,
+        Cmd::Health {
+            addr,
+            every_address: true,
+        } => health::health_every(&addr).await,
         Cmd::Keygen(args) => keygen::run(args),
     }
 }

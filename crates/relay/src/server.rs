@@ -109,10 +109,15 @@ impl Relay {
         };
         let listener = bind(config.listen).await?;
         let metrics_listener = bind(config.metrics_listen).await?;
-        let id = config
-            .node_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        // A configured id gets a suffix of its own per start, so that a
+        // process restarted with the same configuration (a container
+        // restarted in its pod) is a new node and its predecessor's
+        // registrations are seen as a dead node's, not as its own.
+        let fresh = uuid::Uuid::new_v4().simple().to_string();
+        let id = match &config.node_id {
+            Some(configured) => format!("{configured}-{}", &fresh[..8]),
+            None => uuid::Uuid::new_v4().to_string(),
+        };
         let (trust, mut watched) = Trust::load(&config)?;
         let xmpp = config.xmpp.xmpp_config().map_err(RunError::Config)?;
         let (node, plane) = if config.cluster() {

@@ -7,6 +7,32 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::io::AsyncWriteExt;
 
+/// `health` of every address `addr` resolves to: all must be ready, and a
+/// name that resolves to nothing fails rather than passing unchecked.
+pub(crate) async fn health_every(addr: &str) -> anyhow::Result<()> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolving {addr}"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("{addr} resolves to no address");
+    }
+    let mut failed = 0;
+    for a in &addrs {
+        match health(&a.to_string()).await {
+            Ok(()) => println!("{a}: ready"),
+            Err(e) => {
+                println!("{a}: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} addresses not ready", addrs.len());
+    }
+    Ok(())
+}
+
 /// Exits 0 (returns `Ok`) when `GET /readyz` at `addr` answers 200.
 pub(crate) async fn health(addr: &str) -> anyhow::Result<()> {
     use tokio::io::AsyncReadExt;

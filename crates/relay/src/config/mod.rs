@@ -325,7 +325,9 @@ pub struct Config {
     #[arg(long, env = "DTCP_ADVERTISE_ADDR", value_name = "HOST:PORT")]
     pub advertise_addr: Option<String>,
 
-    /// This node's id in the store. Default: a fresh UUID v4 per start.
+    /// This node's id in the store: this value and a suffix of 8 hex digits
+    /// drawn at each start (`<ID>-<suffix>`), so that a restarted process is a
+    /// new node. Default: a fresh UUID v4 per start.
     #[arg(long, env = "DTCP_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
 
