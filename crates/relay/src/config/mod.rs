@@ -244,7 +244,8 @@ pub struct Config {
     pub redis_sentinel_password_file: Option<PathBuf>,
 
     /// PEM CA that signs the Redis servers' certificates (a managed Redis
-    /// with its own CA), instead of the system's roots. For `rediss://`.
+    /// with its own CA, or any private CA). Without it the relay trusts the
+    /// web PKI roots built into it, not the system's trust store. For `rediss://`.
     #[arg(long, env = "DTCP_REDIS_CA", value_name = "PEM")]
     pub redis_ca: Option<PathBuf>,
 

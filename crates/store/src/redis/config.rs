@@ -57,7 +57,8 @@ pub struct RedisConfig {
 #[derive(Clone, Default)]
 pub struct RedisTls {
     /// PEM certificates of the CA(s) that sign the servers, instead of the
-    /// system's roots.
+    /// web PKI roots built into the Redis client (never the system's trust
+    /// store).
     pub ca: Option<Vec<u8>>,
     /// A PEM client certificate chain and its PEM private key.
     pub client: Option<(Vec<u8>, Vec<u8>)>,
