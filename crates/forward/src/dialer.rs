@@ -37,6 +37,11 @@ pub enum BridgeError {
     /// The owner answered something this node does not understand.
     #[error("bridge protocol error: {0}")]
     Protocol(String),
+    /// The owner refused the claim with this condition (a policy of its
+    /// own, such as the Initiator's address being at its session share):
+    /// the Target is told the same.
+    #[error("the owner node refused the claim: {}", .0.as_str())]
+    Refused(Condition),
 }
 
 impl From<Status> for BridgeError {
@@ -172,6 +177,10 @@ impl Dialer {
             Some(Kind::Error(e)) if e.condition == Condition::NotFound.as_str() => {
                 Err(BridgeError::NotFound)
             }
+            Some(Kind::Error(e)) => match e.condition.parse::<Condition>() {
+                Ok(condition) => Err(BridgeError::Refused(condition)),
+                Err(_) => Err(BridgeError::Protocol("unknown error condition".into())),
+            },
             None => Err(BridgeError::NotFound),
             Some(_) => Err(BridgeError::Protocol("expected paired".into())),
         }

@@ -72,6 +72,12 @@ pub(crate) async fn open_bridge(
                 BridgeError::Protocol(_) => {
                     ("protocol", "the node holding the session answered nonsense")
                 }
+                // The owner's own policy, not a failure of the plane.
+                BridgeError::Refused(condition) => {
+                    debug!(registration = %id, owner = %owner, condition = condition.as_str(), "bridge: refused by the owner");
+                    let text = "the node holding the session refused it";
+                    return OpenError::Refuse(*condition, text);
+                }
             };
             counter!(BRIDGE_ERRORS, "role" => "client", "reason" => reason).increment(1);
             warn!(registration = %id, owner = %owner, error = %e, "bridge failed");
