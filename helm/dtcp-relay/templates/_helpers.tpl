@@ -131,6 +131,12 @@ ipFamilies:
   value: {{ .Values.relay.maxConnections | quote }}
 - name: DTCP_MAX_PENDING_PER_IP
   value: {{ .Values.relay.maxPendingPerIp | quote }}
+- name: DTCP_MAX_CONNECTIONS_PER_IP
+  value: {{ .Values.relay.maxConnectionsPerIp | quote }}
+- name: DTCP_MAX_SESSIONS_PER_IP
+  value: {{ .Values.relay.maxSessionsPerIp | quote }}
+- name: DTCP_IPV6_PREFIX_LEN
+  value: {{ .Values.relay.ipv6PrefixLen | quote }}
 - name: DTCP_IDLE_TIMEOUT
   value: {{ .Values.relay.idleTimeout | quote }}
 - name: DTCP_DRAIN_TIMEOUT
@@ -143,13 +149,12 @@ ipFamilies:
 - name: DTCP_PROXY_PROTOCOL_FROM
   value: {{ required "relay.proxyProtocol.trustedCidrs: the load balancers' networks, when the PROXY protocol is on" (join "," .Values.relay.proxyProtocol.trustedCidrs | default "") | quote }}
 {{- end }}
-{{- if .Values.relay.maxConnectionRatePerIp }}
+# Always set: unset, the relay limits to 20/s; 0 turns the limit off.
 - name: DTCP_MAX_CONNECTION_RATE_PER_IP
-  value: {{ printf "%v/s" .Values.relay.maxConnectionRatePerIp | quote }}
-{{- if .Values.relay.connectionBurstPerIp }}
+  value: {{ printf "%v/s" (.Values.relay.maxConnectionRatePerIp | int) | quote }}
+{{- if and .Values.relay.maxConnectionRatePerIp .Values.relay.connectionBurstPerIp }}
 - name: DTCP_CONNECTION_BURST_PER_IP
   value: {{ .Values.relay.connectionBurstPerIp | quote }}
-{{- end }}
 {{- end }}
 {{- with .Values.relay.maxSessionRate }}
 - name: DTCP_MAX_SESSION_RATE
@@ -214,6 +219,10 @@ ipFamilies:
   value: {{ .Values.redis.timeouts.response | quote }}
 - name: DTCP_REDIS_OPERATION_TIMEOUT
   value: {{ .Values.redis.timeouts.operation | quote }}
+- name: DTCP_PLANE_MAX_CONNECTIONS
+  value: {{ .Values.plane.maxConnections | quote }}
+- name: DTCP_PLANE_MAX_STREAMS
+  value: {{ .Values.plane.maxStreams | quote }}
 {{- if .Values.xmpp.enabled }}
 # XEP-0065 mode: every pod connects as the same component; the XMPP server
 # keeps one link and the others wait as hot standbys.
@@ -225,6 +234,8 @@ ipFamilies:
   value: /etc/dtcp/xmpp-secret/component-secret
 - name: DTCP_SOCKS5_ADVERTISE
   value: {{ include "dtcp-relay.socks5Advertise" . | quote }}
+- name: DTCP_SOCKS5_ACTIVATION_TIMEOUT
+  value: {{ .Values.xmpp.activationTimeout | quote }}
 {{- with .Values.xmpp.allowDomains }}
 - name: DTCP_XMPP_ALLOW_DOMAINS
   value: {{ join "," . | quote }}
