@@ -25,7 +25,7 @@ async fn refused_with(r: Result<TcpStream, ClientError>) -> Condition {
     }
 }
 
-/// Scenario 1 (and 9): PROTOCOL.md holds across nodes.
+/// Scenario 1 (and 9): docs/PROTOCOL.md holds across nodes.
 async fn cross_node_protocol(urls: &[String]) {
     // Every client here comes from 127.0.0.1: lift the per-address limit.
     let [a, b, c] = three_nodes(urls, &["--max-pending-per-ip", "10000"]);

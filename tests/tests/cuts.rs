@@ -1,4 +1,4 @@
-//! A cut is never a clean end (PROTOCOL.md section 2): when the relay ends a
+//! A cut is never a clean end (docs/PROTOCOL.md section 2): when the relay ends a
 //! session its peers did not end (drain timeout, idle timeout, the other
 //! node gone), every surviving peer sees a reset, never a FIN it could
 //! mistake for the end of its peer's stream. Each peer here only reads once

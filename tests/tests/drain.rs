@@ -75,7 +75,7 @@ async fn the_drain_timeout_bounds_the_wait_for_sessions() {
         "left before the drain timeout: {waited:?}"
     );
     // Cut by the drain timeout: reset, never a FIN that would pass for the
-    // Initiator's end of stream (PROTOCOL.md section 2).
+    // Initiator's end of stream (docs/PROTOCOL.md section 2).
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(5), tg.read(&mut byte))
         .await

@@ -1,4 +1,4 @@
-//! Behind a load balancer, on the open internet (PROTOCOL.md section 4): a
+//! Behind a load balancer, on the open internet (docs/PROTOCOL.md section 4): a
 //! real HAProxy sending the PROXY protocol, every bad header, the Target's
 //! real address carried across the Bridge, and the per-source connection
 //! rate.

@@ -1,5 +1,5 @@
 //! The store loses what it held: pending `CREATE`s stay claimable
-//! (PROTOCOL.md section 3), because their owners write them again.
+//! (docs/PROTOCOL.md section 3), because their owners write them again.
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! PROTOCOL.md against a real relay process: every command, reply and error
+//! docs/PROTOCOL.md against a real relay process: every command, reply and error
 //! condition a lone node can produce, pipelining, half-close, resets, limits.
 
 use std::time::{Duration, Instant};
@@ -407,7 +407,7 @@ async fn an_idle_session_is_closed_after_the_idle_timeout() {
         assert_eq!(read_n(&mut tg, 1).await, b".");
     }
     // ...silence ends it, with a reset: a cut, not the Initiator's FIN
-    // (PROTOCOL.md section 2).
+    // (docs/PROTOCOL.md section 2).
     let started = Instant::now();
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(10), tg.read(&mut byte))

@@ -1,4 +1,4 @@
-//! XEP-0065 mode's relay side (PROTOCOL.md section 6), in raw bytes: the
+//! XEP-0065 mode's relay side (docs/PROTOCOL.md section 6), in raw bytes: the
 //! SOCKS5 handshake and its refusals, the Target-then-requester pairing,
 //! nothing forwarded before activation, the pending TTL, and activated pairs
 //! through one node and across two, activated through the component of a

@@ -1,4 +1,4 @@
-//! Only who belongs gets in: signed keys (PROTOCOL.md section 5) on a lone
+//! Only who belongs gets in: signed keys (docs/PROTOCOL.md section 5) on a lone
 //! node and across nodes, store records the cluster did not write, Bridge
 //! calls captured and replayed, and cluster secrets rotated under traffic.
 

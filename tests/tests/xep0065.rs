@@ -1,4 +1,4 @@
-//! XEP-0065 mode end to end (PROTOCOL.md section 6): unmodified XMPP clients
+//! XEP-0065 mode end to end (docs/PROTOCOL.md section 6): unmodified XMPP clients
 //! (slixmpp, its own XEP-0065 plugin doing the Target side) move a file
 //! through dtcp-relay nodes that a real Prosody or a real ejabberd reaches
 //! as their component; curl as both SOCKS5 peers; a standby node taking the

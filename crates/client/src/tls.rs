@@ -1,4 +1,4 @@
-//! End-to-end TLS through the relay (PROTOCOL.md, section 2).
+//! End-to-end TLS through the relay (docs/PROTOCOL.md, section 2).
 //!
 //! Right after `OK` the Target sends `STARTTLS\0`, the Initiator answers
 //! `OK\0`, and a TLS 1.3 handshake follows with the Target as client and the

@@ -68,14 +68,14 @@ fn used(gate: &mut Option<Box<dyn Gate>>, n: usize) {
 
 /// How a joined session ended. Every end but [`End::Closed`] closes the
 /// socket with a reset: a FIN toward a client only ever passes on its peer's
-/// FIN (PROTOCOL.md section 2).
+/// FIN (docs/PROTOCOL.md section 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
     /// Both directions ended with a half-close.
     Closed,
     /// The TCP side reset or failed.
     Reset,
-    /// The peer node cut the session, for this PROTOCOL.md condition (its
+    /// The peer node cut the session, for this docs/PROTOCOL.md condition (its
     /// drain timeout, its idle timeout, ...).
     CutByPeer(String),
     /// The Bridge broke, or the peer node answered nonsense.

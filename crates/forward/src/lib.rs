@@ -64,7 +64,7 @@ pub const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The `condition` of an error frame sent because a client connection reset
-/// (every other error frame carries a PROTOCOL.md condition).
+/// (every other error frame carries a docs/PROTOCOL.md condition).
 pub const RESET: &str = "reset";
 
 impl proto::Open {
@@ -105,7 +105,7 @@ impl proto::Frame {
         Self::of(proto::frame::Kind::Fin(proto::Fin {}))
     }
 
-    /// An abnormal end, with the PROTOCOL.md condition the peer's client
+    /// An abnormal end, with the docs/PROTOCOL.md condition the peer's client
     /// would be told.
     pub fn error(condition: dtcp_wire::Condition, text: &str) -> Self {
         Self::abnormal(condition.as_str(), text)

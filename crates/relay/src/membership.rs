@@ -1,6 +1,6 @@
 //! The node's standing in a cluster's store: its heartbeat (and so how many
 //! nodes are alive), and writing its pending registrations again when the
-//! store has lost them (PROTOCOL.md section 3: a pending `CREATE` stays
+//! store has lost them (docs/PROTOCOL.md section 3: a pending `CREATE` stays
 //! claimable through a Redis restart or failover).
 
 use std::sync::Arc;

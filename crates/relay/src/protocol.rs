@@ -1,5 +1,5 @@
 //! The client protocols a node speaks on its one client port, told apart by
-//! a connection's first byte: DTCP (PROTOCOL.md sections 1 and 2) and, in
+//! a connection's first byte: DTCP (docs/PROTOCOL.md sections 1 and 2) and, in
 //! XEP-0065 mode, SOCKS5 (section 6).
 //!
 //! Low in the module tree: the pending table, the sessions and the metrics

@@ -1,4 +1,4 @@
-//! Who belongs: the key secrets that sign clients' keys (PROTOCOL.md
+//! Who belongs: the key secrets that sign clients' keys (docs/PROTOCOL.md
 //! section 5), the cluster secrets that authenticate the plane and seal the
 //! store's records, and the files they come from, re-read when they change.
 //!

@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 /// Why the relay refused a command: the `<condition>` field of an `ERROR` reply.
 ///
-/// The names follow XMPP's stanza error conditions (PROTOCOL.md, "Error conditions").
+/// The names follow XMPP's stanza error conditions (docs/PROTOCOL.md, "Error conditions").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Condition {
     /// Unknown command, missing or empty field, not UTF-8, too long, malformed JID.
@@ -25,7 +25,7 @@ pub enum Condition {
 }
 
 impl Condition {
-    /// Every condition, in the order of PROTOCOL.md's table.
+    /// Every condition, in the order of docs/PROTOCOL.md's table.
     pub const ALL: [Condition; 8] = [
         Condition::BadRequest,
         Condition::Conflict,
@@ -58,7 +58,7 @@ impl fmt::Display for Condition {
     }
 }
 
-/// A condition name that PROTOCOL.md does not define.
+/// A condition name that docs/PROTOCOL.md does not define.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown error condition {0:?}")]
 pub struct UnknownCondition(pub String);

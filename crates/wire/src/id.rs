@@ -9,7 +9,7 @@ use crate::socks5::StreamHash;
 const STREAM_TAG: &[u8] = b"\0socks5\0";
 
 /// The name of a registration: SHA-256 of `key \0 initiator-jid \0 target-jid`
-/// (PROTOCOL.md, section 3), shown as lowercase hex.
+/// (docs/PROTOCOL.md, section 3), shown as lowercase hex.
 ///
 /// It names a session in the rendezvous store and in logs; the key itself is
 /// never logged.
@@ -28,7 +28,7 @@ impl RegistrationId {
         RegistrationId(h.finalize().into())
     }
 
-    /// The id of a XEP-0065 bytestream's registration (PROTOCOL.md section
+    /// The id of a XEP-0065 bytestream's registration (docs/PROTOCOL.md section
     /// 6): SHA-256 of `\0socks5\0` and the 20 bytes of its [`StreamHash`].
     ///
     /// A separate namespace: a DTCP triple's preimage begins with its key,

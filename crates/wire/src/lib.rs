@@ -1,4 +1,4 @@
-//! The DTCP relay handshake codec (PROTOCOL.md, section 1), and the SOCKS5
+//! The DTCP relay handshake codec (docs/PROTOCOL.md, section 1), and the SOCKS5
 //! codec of XEP-0065 mode in [`socks5`] (section 6).
 //!
 //! Pure: bytes in, values out, no sockets. A relay feeds the bytes it has read

@@ -1,7 +1,7 @@
 /// RFC 7622: each of localpart, domainpart and resourcepart is at most 1023 bytes.
 pub const MAX_JID_PART_LEN: usize = 1023;
 
-/// Size limits of a command (PROTOCOL.md, "Limits"). Every field is configurable
+/// Size limits of a command (docs/PROTOCOL.md, "Limits"). Every field is configurable
 /// on the relay; the defaults are the protocol's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {

@@ -1,4 +1,4 @@
-//! Signed keys (PROTOCOL.md section 5), and the secrets that sign them.
+//! Signed keys (docs/PROTOCOL.md section 5), and the secrets that sign them.
 //!
 //! A signed key is `v1.<expiry>.<nonce>.<mac>`, where `mac` is the unpadded
 //! base64url of HMAC-SHA256(secret, `v1.<expiry>.<nonce>` `\0` initiator `\0`
@@ -243,7 +243,7 @@ mod tests {
         assert!(key.starts_with(&format!("v1.{}.n0nce-_x.", NOW + 60)));
         assert_eq!(key.rsplit('.').next().unwrap().len(), MAC_FIELD_LEN);
         assert_eq!(check(&key, &secrets(&["s3cret"])), Ok(NOW + 60));
-        // The MAC input is spelled out in PROTOCOL.md: recompute it by hand.
+        // The MAC input is spelled out in docs/PROTOCOL.md: recompute it by hand.
         let input = format!("v1.{}.n0nce-_x\0{I}\0{T}", NOW + 60);
         let mut mac = HmacSha256::new_from_slice(b"s3cret").unwrap();
         mac.update(input.as_bytes());

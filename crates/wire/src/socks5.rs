@@ -1,4 +1,4 @@
-//! The SOCKS5 side of XEP-0065 mode (PROTOCOL.md, section 6).
+//! The SOCKS5 side of XEP-0065 mode (docs/PROTOCOL.md, section 6).
 //!
 //! A connection whose first byte is `0x05` speaks the small subset of SOCKS5
 //! (RFC 1928) that XEP-0065 uses: a greeting offering "no authentication",

@@ -1,4 +1,4 @@
-//! What the component needs to know: PROTOCOL.md section 6's flags, as a
+//! What the component needs to know: docs/PROTOCOL.md section 6's flags, as a
 //! plain struct that the relay's command line maps onto.
 
 use std::fmt;

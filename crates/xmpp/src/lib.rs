@@ -1,4 +1,4 @@
-//! XEP-0065 mode's XMPP side (PROTOCOL.md section 6): the XEP-0114 component
+//! XEP-0065 mode's XMPP side (docs/PROTOCOL.md section 6): the XEP-0114 component
 //! link that an XMPP server (Prosody, ejabberd) uses to reach the relay as a
 //! SOCKS5 Bytestreams proxy.
 //!

@@ -1,4 +1,4 @@
-//! What the component answers (PROTOCOL.md section 6, XEP-0065 section 6):
+//! What the component answers (docs/PROTOCOL.md section 6, XEP-0065 section 6):
 //! disco#info, the streamhost query, and `<activate>`. Pure: an IQ in, an
 //! answer (or an activation to hand to the relay) out; the link does the I/O.
 

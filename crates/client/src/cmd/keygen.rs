@@ -1,4 +1,4 @@
-//! `dtcp keygen`: a signed key for two JIDs (PROTOCOL.md section 5), as a
+//! `dtcp keygen`: a signed key for two JIDs (docs/PROTOCOL.md section 5), as a
 //! service that hands keys to its users would make it.
 
 use std::path::PathBuf;

@@ -345,7 +345,7 @@ pub struct Config {
     /// (a rotation is add, roll, remove). Re-read when it changes.
     #[arg(long, env = "DTCP_CLUSTER_SECRET_FILE", value_name = "PATH")]
     pub cluster_secret_file: Option<PathBuf>,
-    /// Accept only keys signed with this secret (PROTOCOL.md section 5;
+    /// Accept only keys signed with this secret (docs/PROTOCOL.md section 5;
     /// repeatable, any may verify). For development; prefer `--key-secret-file`.
     #[arg(
         long = "key-secret",

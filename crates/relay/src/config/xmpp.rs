@@ -1,4 +1,4 @@
-//! XEP-0065 mode's flags (PROTOCOL.md section 6): the XMPP component that
+//! XEP-0065 mode's flags (docs/PROTOCOL.md section 6): the XMPP component that
 //! an XMPP server reaches this node as, and where clients find its SOCKS5
 //! port. All four of component, server, secret and advertised address, or
 //! none. Also which nodes take SOCKS5 connections at all, and how long one

@@ -1,4 +1,4 @@
-//! XEP-0065 mode's pairing (PROTOCOL.md section 6): the first SOCKS5
+//! XEP-0065 mode's pairing (docs/PROTOCOL.md section 6): the first SOCKS5
 //! connection with a stream hash is the bytestream's Target and registers,
 //! like a `CREATE`; the second is its requester and claims it, like a
 //! `CONNECT` (on this node, or through a Bridge to the node that holds the

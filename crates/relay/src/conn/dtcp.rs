@@ -1,4 +1,4 @@
-//! The DTCP protocol's handshake (PROTOCOL.md section 1): one `CREATE` or
+//! The DTCP protocol's handshake (docs/PROTOCOL.md section 1): one `CREATE` or
 //! `CONNECT` command, decoded by `wire`, then the node's policy.
 
 use std::io;
@@ -64,7 +64,7 @@ pub(crate) fn admit(node: &Node, command: &Command) -> Result<(Side, Option<u64>
         let text = "neither JID's domain is served by this relay";
         return Err(Refusal::new(side.verb(), Condition::Forbidden, text));
     }
-    // PROTOCOL.md section 5: both commands are checked. Whether the key was
+    // docs/PROTOCOL.md section 5: both commands are checked. Whether the key was
     // used already is the store's to say (`create.rs`, `connect.rs`).
     let expiry = node
         .trust

@@ -1,5 +1,5 @@
 //! What a client sends before its session is paired stays in the kernel
-//! until it is (PROTOCOL.md: pipelined bytes are not lost, and are delivered
+//! until it is (docs/PROTOCOL.md: pipelined bytes are not lost, and are delivered
 //! first, in order).
 //!
 //! A waiting connection (a pending `CREATE`, a `CONNECT` waiting for its

@@ -72,7 +72,7 @@ pub(crate) async fn read(
     let mut spoke = Protocol::Dtcp;
     let read = async {
         // The preamble comes first: a PROXY protocol header from a trusted
-        // load balancer (PROTOCOL.md section 4), within the same timeout and
+        // load balancer (docs/PROTOCOL.md section 4), within the same timeout and
         // over the same buffer, names the client. Without one the client is
         // the socket's peer.
         let client = proxy::read(stream, &mut buf, peer, trusted, node.config.proxy_protocol)

@@ -1,5 +1,5 @@
 //! The preamble of a client connection: a PROXY protocol header, version 1
-//! (text) or 2 (binary), from a trusted load balancer (PROTOCOL.md section
+//! (text) or 2 (binary), from a trusted load balancer (docs/PROTOCOL.md section
 //! 4). It names the client; every limit and log line then sees that address.
 //!
 //! The header is parsed by `ppp` over the handshake buffer itself, as bytes

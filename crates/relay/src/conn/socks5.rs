@@ -1,4 +1,4 @@
-//! XEP-0065 mode's handshake (PROTOCOL.md section 6): the SOCKS5 greeting
+//! XEP-0065 mode's handshake (docs/PROTOCOL.md section 6): the SOCKS5 greeting
 //! and the one CONNECT request by stream hash, decoded by `wire`. Each reply
 //! goes out in one write: XMPP clients read each segment as one message.
 
