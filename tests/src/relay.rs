@@ -69,12 +69,19 @@ impl Relay {
     /// Starts a relay on loopback ports chosen by the kernel, with `args`
     /// added. [`NodeOptions`] says the same with names.
     pub fn start(args: &[&str]) -> Relay {
-        Relay::spawn(args, true)
+        Relay::spawn(args, true, None)
     }
 
     /// `one_address_crowd`: the shares of one client address are lifted
     /// (see [`ONE_ADDRESS_CROWD`]) unless the caller sets them.
-    fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S], one_address_crowd: bool) -> Relay {
+    ///
+    /// `open_files`: the process's open-file limit (soft and hard), for
+    /// tests of what a node does when descriptors run out.
+    fn spawn<S: AsRef<std::ffi::OsStr>>(
+        args: &[S],
+        one_address_crowd: bool,
+        open_files: Option<u64>,
+    ) -> Relay {
         // Kernel-chosen ports unless the caller named its own (a node
         // started again where its predecessor listened): the relay takes
         // each flag once.
@@ -92,7 +99,26 @@ impl Relay {
                 }
             }
         }
-        let mut child = Command::new(bin("dtcp-relay"))
+        let mut command = Command::new(bin("dtcp-relay"));
+        if let Some(limit) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the
+            // child's own limits, between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
             .args(defaults)
             .args(["--log-format", "json"])
             .args(args)
@@ -232,6 +258,8 @@ pub struct NodeOptions {
     args: Vec<String>,
     /// Keep the relay's own per-address shares (see [`ONE_ADDRESS_CROWD`]).
     relay_defaults: bool,
+    /// The process's open-file limit, if the test sets one.
+    open_files: Option<u64>,
 }
 
 impl NodeOptions {
@@ -356,6 +384,13 @@ impl NodeOptions {
         self
     }
 
+    /// Starts the process with this open-file limit (soft and hard), so that
+    /// a test can make it run out of descriptors.
+    pub fn open_files(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
+        self
+    }
+
     /// Any other flag that takes no value.
     pub fn flag(mut self, flag: &str) -> Self {
         self.args.push(flag.to_owned());
@@ -369,7 +404,7 @@ impl NodeOptions {
         if clustered && !args.iter().any(|a| a == "--forward-listen") {
             args.extend(["--forward-listen".to_owned(), "127.0.0.1:0".to_owned()]);
         }
-        Relay::spawn(&args, !self.relay_defaults)
+        Relay::spawn(&args, !self.relay_defaults, self.open_files)
     }
 }
 

@@ -12,7 +12,7 @@ use dtcp_wire::Condition;
 use metrics::counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tracing::{Instrument, debug, debug_span, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::conn;
 use crate::limits::AddrGuard;
@@ -30,12 +30,24 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Accepts client connections for ever.
 pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
+    // Failed accepts in the current run of them: logged once per run (each
+    // is counted), so that a node out of descriptors does not flood its log.
+    let mut failures: u64 = 0;
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                if failures > 0 {
+                    info!(failures, "accepting client connections again");
+                    failures = 0;
+                }
+                accepted
+            }
             Err(e) if is_out_of_descriptors(&e) => {
                 counter!(CONNECTIONS_REFUSED, "reason" => "descriptors").increment(1);
-                warn!(error = %e, "accept failed: out of descriptors; backing off");
+                if failures == 0 {
+                    warn!(error = %e, "accept failed: out of descriptors; backing off until it succeeds again (logged once)");
+                }
+                failures += 1;
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }

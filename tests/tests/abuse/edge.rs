@@ -100,6 +100,7 @@ async fn assert_recovered(relay: &Relay, idle: &Footprint, peak: &Footprint, wha
 /// The rate is off, so that the share of open connections does the work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_from_one_address_take_only_their_share() {
+    let _serial = crate::serial().await;
     const MAX: usize = 300;
     const ATTACK: usize = 500;
     raise_fd_limit();
@@ -133,6 +134,7 @@ async fn silent_connections_from_one_address_take_only_their_share() {
 /// `--max-connections 2000` (before: a legitimate pair refused 10 of 10).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_self_pairs_from_one_address_take_only_their_share() {
+    let _serial = crate::serial().await;
     const PAIRS: usize = 1_000;
     raise_fd_limit();
     let relay = NodeOptions::new()
@@ -183,6 +185,7 @@ async fn idle_self_pairs_from_one_address_take_only_their_share() {
 /// (before: all admitted, the rate being checked only after a first byte).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_count_against_the_rate() {
+    let _serial = crate::serial().await;
     const ATTACK: usize = 3_000;
     const RATE: u32 = 10;
     raise_fd_limit();
@@ -236,6 +239,7 @@ fn in_net(net: u16, n: u64) -> Ipv6Addr {
 /// carries more connections than one address's share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ipv6_prefix_is_one_address() {
+    let _serial = crate::serial().await;
     const PENDING_PER_IP: usize = 100;
     const ATTACK: u64 = 150;
     /// More /64s than one address's share of connections.
@@ -304,6 +308,7 @@ async fn an_ipv6_prefix_is_one_address() {
 /// holds no more than the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_of_addresses_stays_within_the_global_limits() {
+    let _serial = crate::serial().await;
     const MAX: usize = 300;
     /// Each address's silent connections: within its rate's burst.
     const EACH: usize = 20;
@@ -357,6 +362,7 @@ async fn a_crowd_of_addresses_stays_within_the_global_limits() {
 /// sessions, and the legitimate pair still pairs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_pairs_from_a_crowd_stop_at_each_share() {
+    let _serial = crate::serial().await;
     const ADDRESSES: u32 = 8;
     const SESSIONS: usize = 20;
     const TRIES: usize = 30;

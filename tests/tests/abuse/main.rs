@@ -12,6 +12,16 @@
 //! bytes, Redis lookups, pipes), [`store`] (a Redis that cannot be trusted
 //! with sizes).
 
+/// One attack at a time: each measures a node's memory, descriptors and
+/// CPU against a budget, which another attack running beside it on the same
+/// two cores would blur.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for the other attacks to end; held for the test's whole run.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
 mod edge;
 mod plane;
 mod socks5;

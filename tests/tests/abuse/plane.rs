@@ -224,6 +224,7 @@ fn unauthenticated(response: &http::Response<h2::RecvStream>) -> bool {
 /// which never made an authenticated call, is closed after its probation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_messages_pin_no_memory() {
+    let _serial = crate::serial().await;
     const STREAMS: usize = 300;
     const MESSAGE: u32 = 3_900_000;
     let cluster = Cluster::start().await;
@@ -297,6 +298,7 @@ async fn half_sent_messages_pin_no_memory() {
 /// connection is closed after its probation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_health_streams_are_refused() {
+    let _serial = crate::serial().await;
     const STREAMS: usize = 20_000;
     /// How long the flood goes on at most (within the probation).
     const FLOOD: Duration = Duration::from_secs(4);
@@ -403,6 +405,7 @@ async fn scrape(metrics: SocketAddr) -> Result<String, String> {
 /// answers, pairs still pair across the plane, and the descriptors go back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_hold_no_descriptors() {
+    let _serial = crate::serial().await;
     /// Silent connections to each port.
     const SILENT: usize = 2_000;
     /// Attacking addresses (127.0.11.1 upward).
@@ -481,4 +484,115 @@ async fn silent_connections_hold_no_descriptors() {
         .finish()
         .await
         .assert_all_ok("the silent connections");
+}
+
+/// CPU time (user and system) process `pid` has used, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat has a command")
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 here.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no memory effects.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// Out of descriptors: node A runs under an open-file limit of
+/// [`OPEN_FILES`] with its plane's connection cap raised past it on purpose,
+/// and its plane port is flooded until `accept` fails. The plane's accept
+/// loop backs off instead of spinning (the node's CPU while the flood holds
+/// stays far below a core: main's loop spun at 117-119 %), counts the
+/// failures, logs them once, and the node pairs and scrapes again once the
+/// flood is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_accept_loops_back_off() {
+    let _serial = crate::serial().await;
+    /// The open-file limit node A runs under.
+    const OPEN_FILES: u64 = 300;
+    /// Connections the flood opens: well past what A can hold.
+    const FLOOD: usize = 600;
+    /// The CPU node A may use in [`WATCH`] while out of descriptors: a
+    /// spinning accept loop uses all of it (a core), one that backs off
+    /// almost none.
+    const CPU_BOUND: Duration = Duration::from_millis(800);
+    /// How long the node's CPU is watched while the flood holds.
+    const WATCH: Duration = Duration::from_secs(2);
+    raise_fd_limit();
+    let redis = RedisServer::start();
+    let a = NodeOptions::cluster(&[redis.url()])
+        .open_files(OPEN_FILES)
+        .arg("--plane-max-connections", 5_000)
+        .start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    let plane = a.forward.expect("a cluster node serves the plane");
+    let idle_fds = dtcp_tests::open_fds(a.pid());
+
+    let mut held = Vec::new();
+    for n in 0..FLOOD {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            connect_from(attacker(1 + n as u32 % 20), plane),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    // Every descriptor is taken: the rest wait in the listen backlog.
+    let fds = dtcp_tests::open_fds(a.pid());
+    assert!(
+        fds as u64 >= OPEN_FILES - 2,
+        "the flood took the node's descriptors: {fds} of {OPEN_FILES}"
+    );
+    let before = cpu_time(a.pid());
+    tokio::time::sleep(WATCH).await;
+    let used = cpu_time(a.pid()) - before;
+    eprintln!(
+        "out of descriptors: {} connected, {fds} descriptors, {used:?} of CPU in {WATCH:?}",
+        held.len()
+    );
+    assert!(
+        used < CPU_BOUND,
+        "the accept loop spins: {used:?} of CPU in {WATCH:?} while out of descriptors"
+    );
+    drop(held);
+
+    // The node comes back: its descriptors, its scrapes, its pairs.
+    eventually(
+        Duration::from_secs(20),
+        "descriptors back near idle",
+        || async { dtcp_tests::open_fds(a.pid()) <= idle_fds + 20 },
+    )
+    .await;
+    let failures = a
+        .metric("dtcp_listener_accept_failures_total{listener=\"plane\"}")
+        .await;
+    assert!(failures > 0.0, "accept failures were counted");
+    let warned = a
+        .logs()
+        .iter()
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .or(l["message"].as_str())
+                .is_some_and(|m| m.starts_with("accept failed"))
+        })
+        .count();
+    assert!(
+        (1..=3).contains(&warned),
+        "accept failures logged once per run of them, not per failure: {warned} lines for {failures} failures"
+    );
+    let probes = Prober::start(a.addr, b.addr, probe_src(), PROBE_EVERY);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    probes
+        .finish()
+        .await
+        .assert_all_ok("the recovery from running out of descriptors");
 }

@@ -230,6 +230,7 @@ async fn back_to_idle(relay: &Relay, idle: &Footprint, what: &str) {
 /// 10,000 slots, each held up to the 300 s pending TTL.
 #[tokio::test]
 async fn a_cluster_without_a_component_gives_socks5_nothing() {
+    let _serial = crate::serial().await;
     const CONNECTIONS: usize = 2_000;
     dtcp_tests::relay::raise_fd_limit();
     let redis = RedisServer::start();
@@ -290,6 +291,7 @@ async fn a_cluster_without_a_component_gives_socks5_nothing() {
 /// back. A signed pair from another address pairs throughout.
 #[tokio::test]
 async fn one_address_s_socks5_pairs_are_capped_and_expire() {
+    let _serial = crate::serial().await;
     const LIMIT: usize = 40;
     const PAIRS: usize = 400;
     /// Short, so that the test sees the expiry (the default is 60 s).

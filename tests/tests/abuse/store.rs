@@ -113,6 +113,7 @@ fn log_bytes(relay: &Relay, marker: &str) -> (usize, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_writer_cannot_make_nodes_read_or_log_planted_values() {
+    let _serial = crate::serial().await;
     let redis = RedisServer::start();
     let urls = [redis.url()];
     let a = NodeOptions::cluster(&urls).start();

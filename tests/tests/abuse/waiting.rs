@@ -101,6 +101,7 @@ async fn flood_creates(
 /// attackers leave the node is back near its idle footprint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_bytes_of_pending_creates_stay_in_the_kernel() {
+    let _serial = crate::serial().await;
     raise_fd_limit();
     let relay = NodeOptions::new()
         .max_pending_per_ip(100_000)
@@ -211,6 +212,7 @@ async fn settle(relay: &Relay, idle: &Footprint) -> Footprint {
 /// and a `CONNECT` waiting for its `CREATE` that closes after early bytes.
 #[tokio::test]
 async fn a_waiting_client_that_goes_is_noticed() {
+    let _serial = crate::serial().await;
     let relay = NodeOptions::new().connect_grace(60.0).start();
     let src = attack_src(200);
     for (n, how) in ["close", "bytes-close", "bytes-half-close", "bytes-reset"]
@@ -275,6 +277,7 @@ fn redis_calls(info: &str) -> u64 {
 /// probes throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_connects_cost_few_redis_commands() {
+    let _serial = crate::serial().await;
     /// Waiting CONNECTs from the one address.
     const WAITERS: usize = 300;
     /// The connect grace they wait out.

@@ -77,6 +77,12 @@ fn cluster_mode_needs_a_secret_and_a_dialable_address() {
     ]);
     assert_eq!(seeds.redis_urls.len(), 3);
     assert!(parse(&["--node-id", "a b"]).validate().is_err());
+    let long = "n".repeat(129);
+    assert!(
+        parse(&["--node-id", long.as_str()]).validate().is_err(),
+        "a node id past 128 bytes"
+    );
+    assert!(parse(&["--node-id", &long[..128]]).validate().is_ok());
     assert!(
         Config::try_parse_from(["dtcp-relay", "--forward-tls-cert", "c.pem"]).is_err(),
         "cert needs a key"

@@ -11,6 +11,11 @@ use dtcp_wire::Limits;
 use crate::config::Config;
 use crate::config::parse::{is_host_port, read_secret};
 
+/// The longest `--node-id` taken: it is written into every store record and
+/// heartbeat, which the store refuses to read past a few KiB, so a long id
+/// would make the node's own records unreadable to its peers.
+const MAX_NODE_ID_LEN: usize = 128;
+
 impl Config {
     /// The command limits of the wire codec.
     pub fn limits(&self) -> Limits {
@@ -164,6 +169,14 @@ impl Config {
             && (id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
             return Err("--node-id must be non-empty and without spaces".into());
+        }
+        if let Some(id) = &self.node_id
+            && id.len() > MAX_NODE_ID_LEN
+        {
+            return Err(format!(
+                "--node-id is {} bytes; at most {MAX_NODE_ID_LEN}",
+                id.len()
+            ));
         }
         if self.advertise_addr.is_none()
             && self.cluster()

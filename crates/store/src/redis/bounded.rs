@@ -1,8 +1,9 @@
 //! Reads whose size Redis does not choose: whoever can write the store must
-//! not make every node read megabytes on each look. A record is measured
-//! (`STRLEN`) before it is read, and the `nodes` set is read a bounded
-//! number of members at a time, each of a bounded length, by scripts that
-//! run where the data is.
+//! not make every node read megabytes on each look. A record is read no
+//! further than one byte past the longest a relay writes (`GETRANGE`: one
+//! command, so a lookup costs Redis no more than a `GET`), and the `nodes`
+//! set is read a bounded number of members at a time, each of a bounded
+//! length, by a script that runs where the data is.
 
 use std::sync::LazyLock;
 
@@ -17,20 +18,6 @@ use crate::text::shown;
 /// few nodes, tens at most; a set larger than this was planted (a writer's
 /// 300,000 members read every heartbeat took a node from 12 to 500 MB).
 pub(crate) const MAX_NODES: usize = 1024;
-
-/// `GET` of a record no longer than ARGV[1]: its value, nil if absent, or
-/// its length (an integer) if it is longer.
-static GET_RECORD: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local n = redis.call('STRLEN', KEYS[1])
-if n > tonumber(ARGV[1]) then
-  return n
-end
-return redis.call('GET', KEYS[1])
-",
-    )
-});
 
 /// The members of sorted set KEYS[1] scored from ARGV[1] on, at most
 /// ARGV[2] of them, leaving out those longer than ARGV[3] bytes.
@@ -52,29 +39,40 @@ return kept
 
 /// The record at `key`, if any; an error naming its length if it is longer
 /// than [`MAX_RECORD_LEN`] (it is not read).
+///
+/// One `GETRANGE` of at most one byte past the bound: an absent key and an
+/// empty value both read as nothing (a relay never writes an empty record).
+/// Only a record found too long costs a second command, `STRLEN`, for the
+/// error to name its length: that is a writer's doing, never a relay's.
 pub(crate) async fn get_record(runner: &Runner, key: &str) -> Result<Option<String>, StoreError> {
-    let reply: Value = runner
+    let last = isize::try_from(MAX_RECORD_LEN).unwrap_or(isize::MAX);
+    let bytes: Vec<u8> = runner
         .run(|mut c| async move {
-            GET_RECORD
-                .key(key)
-                .arg(MAX_RECORD_LEN)
-                .invoke_async(&mut c)
+            redis::cmd("GETRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(last)
+                .query_async(&mut c)
                 .await
         })
         .await?;
-    match reply {
-        Value::Nil => Ok(None),
-        Value::BulkString(bytes) => String::from_utf8(bytes).map(Some).map_err(|e| {
-            StoreError::Malformed(format!(
-                "record {}",
-                shown(&String::from_utf8_lossy(e.as_bytes()))
-            ))
-        }),
-        Value::Int(n) => Err(StoreError::Malformed(format!(
-            "record of {n} bytes, over the {MAX_RECORD_LEN} a relay writes"
-        ))),
-        _ => Err(StoreError::Malformed("record of another type".into())),
+    if bytes.is_empty() {
+        return Ok(None);
     }
+    if bytes.len() > MAX_RECORD_LEN {
+        let len: u64 = runner
+            .run(|mut c| async move { redis::cmd("STRLEN").arg(key).query_async(&mut c).await })
+            .await?;
+        return Err(StoreError::Malformed(format!(
+            "record of {len} bytes, over the {MAX_RECORD_LEN} a relay writes"
+        )));
+    }
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        StoreError::Malformed(format!(
+            "record {}",
+            shown(&String::from_utf8_lossy(e.as_bytes()))
+        ))
+    })
 }
 
 /// The members of the sorted set at `key` scored `from` on: at most
