@@ -4,7 +4,6 @@
 //! address's connection rate or share of open connections.
 
 use std::io;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,6 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::conn;
-use crate::limits::AddrGuard;
 use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::Node;
 use crate::reply::refuse;
@@ -82,7 +80,7 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
         // (`conn::handshake`), never on the balancer itself.
         let mut client = None;
         if !node.config.trusts(peer.ip()) {
-            match admit_client(&node, peer.ip()) {
+            match node.admit_client(peer.ip()) {
                 Ok(guard) => client = Some(guard),
                 Err(refused) => {
                     counter!(CONNECTIONS_REFUSED, "reason" => refused.reason).increment(1);
@@ -106,31 +104,6 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
             }
         }
     }
-}
-
-/// A connection refused for its client address's sake.
-pub(crate) struct OverShare {
-    /// The `reason` label of `dtcp_connections_refused_total`.
-    pub(crate) reason: &'static str,
-    /// The `ERROR` text.
-    pub(crate) text: &'static str,
-}
-
-/// Admits one more connection from the client at `ip`: within its
-/// connection rate (which counts it) and its share of open connections.
-pub(crate) fn admit_client(node: &Node, ip: IpAddr) -> Result<AddrGuard, OverShare> {
-    if let Some(rate) = &node.rate
-        && !rate.check(ip)
-    {
-        return Err(OverShare {
-            reason: "connection_rate",
-            text: "too many new connections from this address",
-        });
-    }
-    node.per_address.connection(ip).ok_or(OverShare {
-        reason: "per_ip_connections",
-        text: "too many open connections from this address",
-    })
 }
 
 fn refuse_over_limit(

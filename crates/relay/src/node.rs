@@ -1,5 +1,6 @@
 //! What every connection task of a node shares.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use dtcp_forward::{Dialer, Gates};
 
 use crate::activation::Activations;
 use crate::config::Config;
-use crate::limits::{ConnectionRate, PerAddress, PerIpLimit, Slots};
+use crate::limits::{AddrGuard, ConnectionRate, PerAddress, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
 use crate::pending::PendingTable;
 use crate::protocol::Protocol;
@@ -159,5 +160,32 @@ impl Node {
             read: self.throttle().map(gate),
             write: node_only.map(gate),
         }
+    }
+}
+
+/// A connection refused for its client address's sake.
+pub(crate) struct OverShare {
+    /// The `reason` label of `dtcp_connections_refused_total`.
+    pub(crate) reason: &'static str,
+    /// The `ERROR` text.
+    pub(crate) text: &'static str,
+}
+
+impl Node {
+    /// Admits one more connection from the client at `ip`: within its
+    /// connection rate (which counts it) and its share of open connections.
+    pub(crate) fn admit_client(&self, ip: IpAddr) -> Result<AddrGuard, OverShare> {
+        if let Some(rate) = &self.rate
+            && !rate.check(ip)
+        {
+            return Err(OverShare {
+                reason: "connection_rate",
+                text: "too many new connections from this address",
+            });
+        }
+        self.per_address.connection(ip).ok_or(OverShare {
+            reason: "per_ip_connections",
+            text: "too many open connections from this address",
+        })
     }
 }

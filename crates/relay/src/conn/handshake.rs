@@ -13,7 +13,6 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::debug;
 
-use crate::accept::admit_client;
 use crate::conn::dtcp::{self, HANDSHAKE_BUF, ReadError};
 use crate::conn::proxy::{self, PreambleError};
 use crate::conn::request::{Refusal, Refused, Request, Side, Socks5Refusal};
@@ -87,7 +86,7 @@ pub(crate) async fn read(
         // accept). The balancer's own connections (a `LOCAL` header) are
         // not the client's and count against nobody.
         if trusted && client != peer {
-            match admit_client(node, client.ip()) {
+            match node.admit_client(client.ip()) {
                 Ok(guard) => slot.count_against(guard),
                 Err(refused) => {
                     counter!(CONNECTIONS_REFUSED, "reason" => refused.reason).increment(1);
