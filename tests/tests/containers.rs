@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 use dtcp_tests::containers::{Engine, output, run};
 use dtcp_tests::{bin, proxy_v2};
 
+/// The pause between two transfers of the dead-relay loop: a transfer is
+/// two connections (more when the receiver retries), and the relays allow
+/// one client address 20 new connections a second by default.
+const TRANSFER_PACE: Duration = Duration::from_millis(300);
 /// The address docker-compose.yml gives HAProxy (the only one the relays
 /// take PROXY headers from).
 const HAPROXY: &str = "172.28.0.10:7777";
@@ -134,6 +138,9 @@ fn compose_in_real_containers() {
         transfer(&engine, &work, &format!("dead-{n}"))
             .unwrap_or_else(|e| panic!("transfer {n} after relay-3 died: {e}"));
         n += 1;
+        // Every transfer comes from this one client address: paced, so that
+        // it stays within the relay's default connection rate per address.
+        std::thread::sleep(TRANSFER_PACE);
     }
     assert!(n >= 3, "only {n} transfers in {NOTICE_WINDOW:?}");
     eprintln!("{n} transfers while HAProxy noticed relay-3's death, none lost");
