@@ -414,3 +414,66 @@ async fn one_address_s_socks5_pairs_are_capped_and_expire() {
     eprintln!("socks5 capped: +{grown} MiB RSS");
     assert!(grown <= RSS_BUDGET_MIB, "+{grown} MiB");
 }
+
+/// A pair is a session from its claim on, and counts against its clients'
+/// share of sessions (`--max-sessions-per-ip`) as a DTCP pair does: one
+/// address pairing with itself again and again holds no more than its
+/// share, locally and across nodes; the pairs over it are cut (both reset:
+/// the Target has its success reply already).
+#[tokio::test]
+async fn one_address_s_socks5_pairs_count_as_sessions() {
+    let _serial = crate::serial().await;
+    /// The attacker's share of sessions.
+    const SESSIONS: usize = 5;
+    /// Pairs it tries: well past its share, within its pending limit.
+    const PAIRS: usize = 30;
+    dtcp_tests::relay::raise_fd_limit();
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let [a, b] = [(); 2].map(|()| {
+        NodeOptions::cluster(&urls)
+            .accept_socks5()
+            .max_pending_per_ip(PAIRS * 2)
+            .max_sessions_per_ip(SESSIONS as u32)
+            .start()
+    });
+    let attacker = attack_source(3);
+    let mut held = Vec::new();
+    for n in 0..PAIRS {
+        let hash = StreamHash::of(&format!("sid-sessions-{n}"), "a@x/r", "b@y/r");
+        // Targets on `a`; requesters alternately on `a` and on `b`.
+        let Answer::Held(target) = socks5_request(attacker, a.addr, &hash).await else {
+            continue;
+        };
+        let requester_node = [a.addr, b.addr][n % 2];
+        if let Answer::Held(requester) = socks5_request(attacker, requester_node, &hash).await {
+            held.push((target, requester));
+        }
+    }
+    eprintln!(
+        "socks5 sessions: {} of {PAIRS} pairs held from one address, share {SESSIONS}",
+        held.len()
+    );
+    assert!(!held.is_empty(), "the first pairs are within the share");
+    // On `a` each held pair counts once (both clients are one address);
+    // a pair whose requester is on `b` counts there too, so fewer may hold.
+    assert!(
+        held.len() <= SESSIONS,
+        "{} pairs held from one address, share {SESSIONS}",
+        held.len()
+    );
+    let refused = a
+        .metric("dtcp_connections_refused_total{reason=\"per_ip_sessions\"}")
+        .await
+        + b.metric("dtcp_connections_refused_total{reason=\"per_ip_sessions\"}")
+            .await;
+    assert!(refused > 0.0, "pairs over the share were refused");
+    let awaiting = a.metric("dtcp_socks5_pairs_awaiting_activation").await;
+    assert!(
+        awaiting <= SESSIONS as f64,
+        "{awaiting} pairs awaiting on the Targets' node"
+    );
+    drop(held);
+    a.wait_for("dtcp_socks5_pairs_awaiting_activation", 0.0)
+        .await;
+}

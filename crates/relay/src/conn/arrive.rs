@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use dtcp_forward::proto::frame::Kind;
 use dtcp_wire::socks5::{ReplyCode, StreamHash};
+use metrics::counter;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, warn};
@@ -19,7 +20,8 @@ use tracing::{Instrument, debug, warn};
 use crate::conn::Next;
 use crate::conn::create::{self, Here, Registration};
 use crate::conn::request::{Request, SOCKS5_REQUESTER};
-use crate::limits::Slot;
+use crate::limits::{SessionGuard, Slot};
+use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::Node;
 use crate::pending::{Claim, LocalClaim, Requester, Socks5Claim, Taken};
 use crate::protocol::Protocol;
@@ -157,6 +159,13 @@ async fn claim_elsewhere(
         refuse(stream, ReplyCode::GeneralFailure).await;
         return None;
     }
+    // The requester's address takes part in one more session (its Target's
+    // is counted by the owner), held until the pair ends.
+    let Some(share) = node.per_address.session(request.client.ip(), None) else {
+        counter!(CONNECTIONS_REFUSED, "reason" => "per_ip_sessions").increment(1);
+        refuse(stream, ReplyCode::GeneralFailure).await;
+        return None;
+    };
     let bridge = match Box::pin(forwarded::open_bridge(node, &id, &owner, request.client)).await {
         Ok(bridge) => bridge,
         // Claimed already (this is a third connection), or its Target left.
@@ -183,7 +192,7 @@ async fn claim_elsewhere(
     // registration, which came before this request, and says so: this
     // deadline is a backstop for an owner that never does.
     let deadline = request.received + node.config.socks5_wait() + BACKSTOP_MARGIN;
-    let task = await_activation(node.clone(), stream, slot, request, bridge, deadline);
+    let task = await_activation(node.clone(), stream, slot, request, bridge, deadline, share);
     tokio::spawn(task.in_current_span());
     None
 }
@@ -198,8 +207,11 @@ async fn await_activation(
     request: Request,
     mut bridge: Box<dtcp_forward::Halves>,
     deadline: Instant,
+    share: SessionGuard,
 ) {
     let id = request.id;
+    // Released when the pair ends, however it ends.
+    let _share = share;
     let _tracked = node.sessions.token();
     enum Woke {
         Activated,

@@ -24,7 +24,7 @@ use dtcp_wire::{Condition, RegistrationId};
 use tokio::net::TcpStream;
 
 use crate::node::Node;
-use crate::pending::Claim;
+use crate::pending::{Claim, Requester};
 use crate::protocol::Protocol;
 use crate::reply::refuse;
 
@@ -80,9 +80,28 @@ pub(crate) fn start(
                 drop(share);
             })
         }
-        Claim::Socks5(pair) => Box::pin(awaiting::run(
-            node, initiator, i_early, *pair, id, waited, client,
-        )),
+        Claim::Socks5(pair) => {
+            // A XEP-0065 pair is a session from its claim on: each client's
+            // address takes part in one more (a requester on another node is
+            // counted there). Over a share the pair is cut, both reset: the
+            // Target has had its success reply already.
+            let requester = match &pair.requester {
+                Requester::Local(requester, _) => Some(requester.client),
+                Requester::Remote(_) => None,
+            };
+            let Some(share) = node.per_address.session(client, requester) else {
+                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "per_ip_sessions")
+                    .increment(1);
+                abandon(*pair, TOO_MANY_SESSIONS);
+                reset(initiator);
+                return Box::pin(std::future::ready(()));
+            };
+            let session = awaiting::run(node, initiator, i_early, *pair, id, waited, client);
+            Box::pin(async move {
+                session.await;
+                drop(share);
+            })
+        }
     }
 }
 
