@@ -9,7 +9,8 @@ use dtcp_wire::Condition;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::bridge::{self, CallTo, Halves};
+use crate::bridge::{self, CallTo};
+use crate::codec::Halves;
 use crate::proto::Frame;
 use crate::proto::frame::Kind;
 use crate::tls::PlaneTls;
