@@ -9,7 +9,7 @@ use dtcp_wire::Condition;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::bridge::{self, CallTo};
+use crate::call::{self, CallTo};
 use crate::codec::Halves;
 use crate::proto::Frame;
 use crate::proto::frame::Kind;
@@ -159,7 +159,7 @@ impl Dialer {
             addr,
             registration: id,
         };
-        let call = bridge::call(
+        let call = call::call(
             channel,
             &self.auth,
             to,

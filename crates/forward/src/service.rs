@@ -1,6 +1,9 @@
-//! The Bridge call, both ends: the dialing side ([`call`]), the owner's
-//! router ([`BridgeService`]) and what it hands a claimed Bridge to
-//! ([`Claimer`]). Its frames on the wire are `crate::codec`'s.
+//! The owner's side of the plane: [`BridgeService`], the router tonic's
+//! server runs for the `dtcp.forward.v1.Forward` service. It sends an
+//! `Activate` call to `crate::activate`, and serves a Bridge itself: the
+//! call's authenticator checked, its `open` frame read and matched against
+//! it, then the [`Claimer`] told to pair the session. (The plane's gRPC
+//! health is a service of its own, in `health.rs`.)
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{CONTENT_TYPE, HeaderValue, TE};
+use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Request, Response};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -20,98 +23,12 @@ use crate::FRAMES_IN_FLIGHT;
 use crate::activate::{self, ACTIVATE_PATH};
 use crate::admission::Admission;
 use crate::auth::{AuthFailure, PlaneAuth};
+use crate::claimer::Claimer;
 use crate::codec::{Halves, Inbound, OutBody, Outbound, PATH, SERVICE};
 use crate::proto::frame::Kind;
-use crate::proto::{Frame, Open};
 
 /// How long a Bridge caller may take to send its `open` frame.
 const OPEN_FRAME_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Who places a call, to whom: what its authenticator names.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CallTo<'a> {
-    pub(crate) caller: &'a str,
-    pub(crate) callee: &'a str,
-    pub(crate) addr: &'a str,
-    pub(crate) registration: &'a [u8; 32],
-}
-
-/// The dialing side: sends the request, checks the response headers, and
-/// returns the two halves. The first frame sent is `open`.
-pub(crate) async fn call(
-    channel: tonic::transport::Channel,
-    auth: &PlaneAuth,
-    to: CallTo<'_>,
-    open: Frame,
-) -> Result<Halves, Status> {
-    let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
-    tx.try_send(open).expect("a new channel has room");
-    let mut request = Request::post(PATH)
-        .header(CONTENT_TYPE, "application/grpc")
-        .header(TE, "trailers")
-        .body(OutBody::body(rx, false))
-        .expect("a valid request");
-    auth.attach(
-        request.headers_mut(),
-        to.caller,
-        to.callee,
-        to.addr,
-        to.registration,
-    )?;
-    let response = send(channel, request).await?;
-    Ok(Halves {
-        outbound: Outbound::new(tx, true),
-        inbound: Inbound::new(response.into_body()),
-    })
-}
-
-/// Sends one plane call (its authenticator attached) and checks the head of
-/// its response: the node unreachable, or answering an HTTP status other
-/// than 200, is `unavailable`; a refusal comes as a response of headers
-/// only, and is that refusal.
-pub(crate) async fn send(
-    channel: tonic::transport::Channel,
-    request: Request<tonic::body::Body>,
-) -> Result<http::Response<tonic::body::Body>, Status> {
-    let response = tower::ServiceExt::oneshot(channel, request)
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    if response.status() != http::StatusCode::OK {
-        return Err(Status::unavailable(format!(
-            "the owner node answered HTTP {}",
-            response.status()
-        )));
-    }
-    if let Some(status) = Status::from_header_map(response.headers())
-        && status.code() != tonic::Code::Ok
-    {
-        return Err(status);
-    }
-    Ok(response)
-}
-
-/// What the owner node does with a Bridge once its `open` frame is in.
-pub trait Claimer: Send + Sync + 'static {
-    /// Claims the pending registration `open` names and hands `bridge` to
-    /// its Initiator's session, or says why not.
-    fn claim(&self, open: Open, bridge: Halves) -> Result<(), Status>;
-
-    /// A call was refused before any claim, for `failure` (to be counted).
-    fn refused(&self, failure: AuthFailure) {
-        let _ = failure;
-    }
-
-    /// XEP-0065 mode: activates the pair of the registration `id`, which
-    /// the store names `owner_node_id`'s; `NOT_FOUND` when the two
-    /// connections are not both here, `ALREADY_EXISTS` when activated before.
-    fn activate(&self, id: &[u8; 32], owner_node_id: &str) -> Result<(), Status> {
-        let _ = (id, owner_node_id);
-        Err(Status::unimplemented(
-            "this node does not serve XEP-0065 activations",
-        ))
-    }
-}
-
 /// The Bridge service, for tonic's server: checks the call's authenticator
 /// (`crate::auth`), reads the `open` frame, checks that it is the one the
 /// authenticator names, and lets a [`Claimer`] pair the session.
