@@ -19,7 +19,8 @@ use tonic::{Code, Status};
 
 use crate::admission::Admission;
 use crate::auth::{AuthFailure, PlaneAuth};
-use crate::bridge::{self, Claimer};
+use crate::call;
+use crate::claimer::Claimer;
 use crate::dialer::Dialer;
 use crate::proto::{ActivateReply, ActivateRequest};
 
@@ -154,7 +155,7 @@ impl Dialer {
         )?;
         // Unreachable and refused alike come back as a status: `From<Status>`
         // sorts them.
-        let response = bridge::send(channel, request).await?;
+        let response = call::send(channel, request).await?;
         let body = response.into_body().collect().await?;
         match body.trailers().and_then(Status::from_header_map) {
             Some(status) if status.code() == Code::Ok => {}
@@ -227,7 +228,7 @@ mod tests {
     struct Owner(Mutex<Vec<[u8; 32]>>);
 
     impl Claimer for Owner {
-        fn claim(&self, _: crate::proto::Open, _: crate::Halves) -> Result<(), Status> {
+        fn claim(&self, _: crate::proto::Open, _: crate::codec::Halves) -> Result<(), Status> {
             Err(Status::not_found("no bridges here"))
         }
 

@@ -9,13 +9,15 @@ use dtcp_wire::Condition;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::bridge::{self, CallTo, Halves};
+use crate::auth::PlaneAuth;
+use crate::call::{self, CallTo};
+use crate::codec::Halves;
 use crate::proto::Frame;
 use crate::proto::frame::Kind;
 use crate::tls::PlaneTls;
 use crate::{
     CONNECT_TIMEOUT, CONNECTION_WINDOW, H2_MAX_FRAME, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
-    PlaneAuth, STREAM_WINDOW, TCP_KEEPALIVE,
+    STREAM_WINDOW, TCP_KEEPALIVE,
 };
 
 /// How long the owner node may take to answer a Bridge with `paired`.
@@ -158,7 +160,7 @@ impl Dialer {
             addr,
             registration: id,
         };
-        let call = bridge::call(
+        let call = call::call(
             channel,
             &self.auth,
             to,

@@ -14,9 +14,10 @@ use tokio::net::TcpStream;
 
 use dtcp_wire::Condition;
 
+use crate::codec::{Inbound, Outbound};
 use crate::proto::Frame;
 use crate::proto::frame::Kind;
-use crate::{FRAME_SIZE, Inbound, Outbound, RESET};
+use crate::{FRAME_SIZE, RESET};
 
 /// A bandwidth limit on one direction of [`join`], asked once per socket
 /// read or write, never per byte. The limit lives with whoever calls

@@ -13,10 +13,13 @@
 mod activate;
 mod admission;
 mod auth;
-mod bridge;
+mod call;
+mod claimer;
+mod codec;
 mod dialer;
 mod health;
 mod join;
+mod service;
 mod tls;
 
 /// The messages of `proto/forward.proto` (the service is framed by hand: see [`BridgeService`]).
@@ -34,10 +37,12 @@ use std::time::Duration;
 pub use activate::{ActivationError, binding as activation_binding};
 pub use admission::{Admission, ConnectionGate, Cut, Probation};
 pub use auth::{AUTH_HEADER, AUTH_WINDOW, AuthFailure, Claimed, PlaneAuth, REPLAY_CACHE_CAPACITY};
-pub use bridge::{BridgeService, Claimer, Halves, Inbound, Outbound, SERVICE};
+pub use claimer::Claimer;
+pub use codec::{Halves, Inbound, Outbound, SERVICE};
 pub use dialer::{BridgeError, Dialer};
 pub use health::{Authenticated, HEALTH_CALL_TIMEOUT, HEALTH_MAX_MESSAGE, health_binding};
 pub use join::{End, Gate, Gates, Report, join, pass_fin, reset_on_close, write_all};
+pub use service::BridgeService;
 pub use tls::{PlaneIo, PlaneTls, TlsError, TlsFiles};
 
 /// Largest data frame: big enough to amortise HTTP/2 and protobuf framing,

@@ -1,4 +1,6 @@
-//! The Bridge call, framed by hand.
+//! The Bridge call on the wire, framed by hand: its service name and path,
+//! the frames toward the peer node ([`Outbound`], encoded as a body), the
+//! frames from it ([`Inbound`] and its `next`), and the size limits of both.
 //!
 //! On the wire it is the gRPC method of `proto/forward.proto`: `Frame`
 //! messages, each behind the 5-byte gRPC prefix, over one HTTP/2 stream per
@@ -8,31 +10,26 @@
 //! of a few bytes), and from HTTP/2 to the socket write as slices of what h2
 //! read. Only the small control frames (`open`, `paired`, `fin`, `error`) go
 //! through prost.
+//!
+//! The call itself is in `call` (the dialing side) and `service` (the
+//! owner's side).
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{CONTENT_TYPE, HeaderValue, TE};
-use http::{HeaderMap, Request, Response};
+use http::HeaderMap;
+use http::header::HeaderValue;
 use http_body::{Body as HttpBody, Frame as BodyFrame, SizeHint};
 use http_body_util::BodyExt;
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::server::NamedService;
 
-use crate::activate::{self, ACTIVATE_PATH};
-use crate::admission::Admission;
-use crate::auth::{AuthFailure, PlaneAuth};
+use crate::FRAME_SIZE;
+use crate::proto::Frame;
 use crate::proto::frame::Kind;
-use crate::proto::{Frame, Open};
-use crate::{FRAME_SIZE, FRAMES_IN_FLIGHT};
 
 /// The gRPC service name, as `proto/forward.proto` declares it.
 pub const SERVICE: &str = "dtcp.forward.v1.Forward";
@@ -48,8 +45,6 @@ const MAX_CONTROL: usize = 16 * 1024;
 /// bytes behind the field's tag and length (a few bytes; 16 is generous).
 /// Its bytes are passed on as they arrive, never gathered whole.
 const MAX_DATA: usize = FRAME_SIZE + 16;
-/// How long a Bridge caller may take to send its `open` frame.
-const OPEN_FRAME_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where frames toward the peer node go: the request body of a Bridge (on
 /// the CONNECT node) or its response body (on the owner node).
@@ -60,6 +55,11 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    /// Frames sent into `tx`; `dialing` on the CONNECT node's side.
+    pub(crate) fn new(tx: mpsc::Sender<Frame>, dialing: bool) -> Self {
+        Outbound { tx, dialing }
+    }
+
     /// Whether this is the dialing (CONNECT node's) side of the call.
     pub fn is_dialing(&self) -> bool {
         self.dialing
@@ -79,7 +79,7 @@ impl Outbound {
 }
 
 /// One direction's body: the frames of an [`Outbound`], encoded.
-struct OutBody {
+pub(crate) struct OutBody {
     rx: mpsc::Receiver<Frame>,
     /// A data frame's bytes, due right after the header just yielded.
     payload: Option<Bytes>,
@@ -89,7 +89,7 @@ struct OutBody {
 }
 
 impl OutBody {
-    fn body(rx: mpsc::Receiver<Frame>, trailers: bool) -> Body {
+    pub(crate) fn body(rx: mpsc::Receiver<Frame>, trailers: bool) -> Body {
         Body::new(OutBody {
             rx,
             payload: None,
@@ -194,7 +194,7 @@ enum State {
 }
 
 impl Inbound {
-    fn new(body: Body) -> Self {
+    pub(crate) fn new(body: Body) -> Self {
         Inbound {
             body,
             chunk: Bytes::new(),
@@ -328,197 +328,6 @@ pub struct Halves {
     pub outbound: Outbound,
     /// Frames from it.
     pub inbound: Inbound,
-}
-
-/// Who places a call, to whom: what its authenticator names.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CallTo<'a> {
-    pub(crate) caller: &'a str,
-    pub(crate) callee: &'a str,
-    pub(crate) addr: &'a str,
-    pub(crate) registration: &'a [u8; 32],
-}
-
-/// The dialing side: sends the request, checks the response headers, and
-/// returns the two halves. The first frame sent is `open`.
-pub(crate) async fn call(
-    channel: tonic::transport::Channel,
-    auth: &PlaneAuth,
-    to: CallTo<'_>,
-    open: Frame,
-) -> Result<Halves, Status> {
-    let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
-    tx.try_send(open).expect("a new channel has room");
-    let mut request = Request::post(PATH)
-        .header(CONTENT_TYPE, "application/grpc")
-        .header(TE, "trailers")
-        .body(OutBody::body(rx, false))
-        .expect("a valid request");
-    auth.attach(
-        request.headers_mut(),
-        to.caller,
-        to.callee,
-        to.addr,
-        to.registration,
-    )?;
-    let response = send(channel, request).await?;
-    Ok(Halves {
-        outbound: Outbound { tx, dialing: true },
-        inbound: Inbound::new(response.into_body()),
-    })
-}
-
-/// Sends one plane call (its authenticator attached) and checks the head of
-/// its response: the node unreachable, or answering an HTTP status other
-/// than 200, is `unavailable`; a refusal comes as a response of headers
-/// only, and is that refusal.
-pub(crate) async fn send(
-    channel: tonic::transport::Channel,
-    request: Request<tonic::body::Body>,
-) -> Result<http::Response<tonic::body::Body>, Status> {
-    let response = tower::ServiceExt::oneshot(channel, request)
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    if response.status() != http::StatusCode::OK {
-        return Err(Status::unavailable(format!(
-            "the owner node answered HTTP {}",
-            response.status()
-        )));
-    }
-    if let Some(status) = Status::from_header_map(response.headers())
-        && status.code() != tonic::Code::Ok
-    {
-        return Err(status);
-    }
-    Ok(response)
-}
-
-/// What the owner node does with a Bridge once its `open` frame is in.
-pub trait Claimer: Send + Sync + 'static {
-    /// Claims the pending registration `open` names and hands `bridge` to
-    /// its Initiator's session, or says why not.
-    fn claim(&self, open: Open, bridge: Halves) -> Result<(), Status>;
-
-    /// A call was refused before any claim, for `failure` (to be counted).
-    fn refused(&self, failure: AuthFailure) {
-        let _ = failure;
-    }
-
-    /// XEP-0065 mode: activates the pair of the registration `id`, which
-    /// the store names `owner_node_id`'s; `NOT_FOUND` when the two
-    /// connections are not both here, `ALREADY_EXISTS` when activated before.
-    fn activate(&self, id: &[u8; 32], owner_node_id: &str) -> Result<(), Status> {
-        let _ = (id, owner_node_id);
-        Err(Status::unimplemented(
-            "this node does not serve XEP-0065 activations",
-        ))
-    }
-}
-
-/// The Bridge service, for tonic's server: checks the call's authenticator
-/// (`crate::auth`), reads the `open` frame, checks that it is the one the
-/// authenticator names, and lets a [`Claimer`] pair the session.
-#[derive(Debug)]
-pub struct BridgeService<C> {
-    claimer: Arc<C>,
-    auth: PlaneAuth,
-    /// The address this node advertises: calls must have dialed it.
-    addr: Arc<str>,
-}
-
-impl<C> Clone for BridgeService<C> {
-    fn clone(&self) -> Self {
-        BridgeService {
-            claimer: self.claimer.clone(),
-            auth: self.auth.clone(),
-            addr: self.addr.clone(),
-        }
-    }
-}
-
-impl<C: Claimer> BridgeService<C> {
-    /// The service of the node advertised at `addr`, admitting calls that
-    /// `auth` verifies.
-    pub fn new(claimer: C, auth: PlaneAuth, addr: &str) -> Self {
-        BridgeService {
-            claimer: Arc::new(claimer),
-            auth,
-            addr: Arc::from(addr),
-        }
-    }
-
-    fn refuse(&self, failure: AuthFailure) -> Status {
-        self.claimer.refused(failure);
-        Status::unauthenticated("the call's authenticator does not verify")
-    }
-}
-
-impl<C> NamedService for BridgeService<C> {
-    const NAME: &'static str = SERVICE;
-}
-
-impl<C: Claimer> tower::Service<Request<Body>> for BridgeService<C> {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let response = if request.uri().path() == ACTIVATE_PATH {
-                activate::serve(&*this.claimer, &this.auth, &this.addr, request).await
-            } else {
-                this.serve(request).await
-            };
-            Ok(response.unwrap_or_else(|status| status.into_http()))
-        })
-    }
-}
-
-impl<C: Claimer> BridgeService<C> {
-    async fn serve(&self, request: Request<Body>) -> Result<Response<Body>, Status> {
-        if request.uri().path() != PATH {
-            return Err(Status::unimplemented("no such method"));
-        }
-        let claimed = self
-            .auth
-            .check_now(request.headers(), &self.addr)
-            .map_err(|f| self.refuse(f))?;
-        // The connection made a call that authenticates: off probation.
-        Admission::admit_request(&request);
-        let mut inbound = Inbound::new(request.into_body());
-        let first = tokio::time::timeout(OPEN_FRAME_TIMEOUT, inbound.next())
-            .await
-            .map_err(|_| Status::deadline_exceeded("no open frame"))??;
-        let Some(Kind::Open(open)) = first else {
-            return Err(Status::invalid_argument("the first frame must be open"));
-        };
-        // The authenticator is good for the one registration (and owner) it
-        // names. The Target's address in `open` is not covered by it: the
-        // owner only logs it, and a limit or access decision that keyed on
-        // it would have to be (a new authenticator version). Until then it
-        // is as trustworthy as the session's own bytes, which only the
-        // plane's TLS protects, and it comes from a node that proved it
-        // holds the cluster secret.
-        if let Some(claimed) = claimed
-            && (claimed.registration[..] != open.registration_id[..]
-                || claimed.callee != open.owner_node_id)
-        {
-            return Err(self.refuse(AuthFailure::PlaneMac));
-        }
-        let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
-        let outbound = Outbound { tx, dialing: false };
-        self.claimer.claim(open, Halves { outbound, inbound })?;
-        let mut response = Response::new(OutBody::body(rx, true));
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        Ok(response)
-    }
 }
 
 #[cfg(test)]
