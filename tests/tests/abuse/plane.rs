@@ -190,6 +190,43 @@ async fn assert_within_budget(what: &str, relay: &Relay, idle: Footprint, peak: 
     );
 }
 
+/// What every plane attack starts from: two nodes, the legitimate pair
+/// probing across them, node A's idle footprint, and its sampler running.
+struct Attack {
+    cluster: Cluster,
+    prober: Prober,
+    idle: Footprint,
+    sampler: Sampler,
+}
+
+impl Attack {
+    async fn begin() -> Attack {
+        let cluster = Cluster::start().await;
+        let prober = Prober::start(cluster.a.addr, cluster.b.addr, probe_src(), PROBE_EVERY);
+        let idle = idle(&cluster.a).await;
+        let sampler = Sampler::start(&cluster.a);
+        Attack {
+            cluster,
+            prober,
+            idle,
+            sampler,
+        }
+    }
+}
+
+/// One HTTP/2 connection to `plane` from `from`, its driver in a task.
+async fn h2_connection(
+    from: IpAddr,
+    plane: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = connect_from(from, plane).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    (client, tokio::spawn(connection))
+}
+
 /// A gRPC request on the plane, with no authenticator.
 fn grpc_request(plane: SocketAddr, path: &str) -> http::Request<()> {
     http::Request::post(format!("http://{plane}{path}"))
@@ -227,16 +264,15 @@ async fn half_sent_messages_pin_no_memory() {
     let _serial = crate::serial().await;
     const STREAMS: usize = 300;
     const MESSAGE: u32 = 3_900_000;
-    let cluster = Cluster::start().await;
+    let Attack {
+        cluster,
+        prober,
+        idle,
+        sampler,
+    } = Attack::begin().await;
     let plane = cluster.plane();
-    let prober = Prober::start(cluster.a.addr, cluster.b.addr, probe_src(), PROBE_EVERY);
-    let idle = idle(&cluster.a).await;
-    let sampler = Sampler::start(&cluster.a);
     let started = Instant::now();
-
-    let tcp = connect_from(attacker(1), plane).await.unwrap();
-    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
-    let connection = tokio::spawn(connection);
+    let (mut client, connection) = h2_connection(attacker(1), plane).await;
     // All but the last byte of the message; one buffer shared by every stream.
     let mut body = prefix(MESSAGE);
     body.resize(5 + MESSAGE as usize - 1, 0x55);
@@ -302,16 +338,15 @@ async fn unauthenticated_health_streams_are_refused() {
     const STREAMS: usize = 20_000;
     /// How long the flood goes on at most (within the probation).
     const FLOOD: Duration = Duration::from_secs(4);
-    let cluster = Cluster::start().await;
+    let Attack {
+        cluster,
+        prober,
+        idle,
+        sampler,
+    } = Attack::begin().await;
     let plane = cluster.plane();
-    let prober = Prober::start(cluster.a.addr, cluster.b.addr, probe_src(), PROBE_EVERY);
-    let idle = idle(&cluster.a).await;
-    let sampler = Sampler::start(&cluster.a);
     let started = Instant::now();
-
-    let tcp = connect_from(attacker(2), plane).await.unwrap();
-    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
-    let connection = tokio::spawn(connection);
+    let (mut client, connection) = h2_connection(attacker(2), plane).await;
     // A whole request: HealthCheckRequest { service: "" } is empty.
     let message = Bytes::from(prefix(0));
     let (refused, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -410,11 +445,13 @@ async fn silent_connections_hold_no_descriptors() {
     const SILENT: usize = 2_000;
     /// Attacking addresses (127.0.11.1 upward).
     const SOURCES: u32 = 20;
-    let cluster = Cluster::start().await;
+    let Attack {
+        cluster,
+        prober,
+        idle,
+        sampler,
+    } = Attack::begin().await;
     let (plane, metrics) = (cluster.plane(), cluster.a.metrics);
-    let prober = Prober::start(cluster.a.addr, cluster.b.addr, probe_src(), PROBE_EVERY);
-    let idle = idle(&cluster.a).await;
-    let sampler = Sampler::start(&cluster.a);
 
     let flood = tokio::spawn(async move {
         let mut held: Vec<TcpStream> = Vec::new();
