@@ -79,8 +79,9 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         return refuse(stream, VERB, Condition::ResourceConstraint, text).await;
     }
     // Nothing more is read from the Target until it is paired: what it sends
-    // meanwhile waits in the kernel.
-    let held = early::hold(&stream);
+    // meanwhile waits in the kernel. Held from its first wait on: a CONNECT
+    // whose CREATE is there at the first look never waits, and pays nothing.
+    let mut held = None;
     let deadline = received + node.config.connect_grace;
     let expectation = node.pending.expect(id);
     // Jittered, so that the CONNECTs of a burst do not all look at once.
@@ -99,7 +100,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         // Subscribe before looking, so a CREATE that arrives in between wakes us.
         notified.as_mut().enable();
         if let Some(tx) = node.pending.take(&id) {
-            let Some(stream) = early::release(stream, held) else {
+            let Some(stream) = unhold(stream, held) else {
                 // Its socket could not be kept: dropped unsent, the
                 // channel tells the CREATE that pairing failed.
                 drop(tx);
@@ -168,6 +169,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         // store (cluster), the grace running out, the drain, or the Target
         // sending early bytes or hanging up. A hand-written poll: this is the
         // state of every waiting CONNECT, so it is kept small.
+        held.get_or_insert_with(|| early::hold(&stream));
         let mut next_look = pin!(sleep(poll));
         let wake = poll_fn(|cx| {
             if notified.as_mut().poll(cx).is_ready() {
@@ -202,7 +204,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         }
     };
     drop(expectation);
-    let Some(stream) = early::release(stream, held) else {
+    let Some(stream) = unhold(stream, held) else {
         // The Bridge, dropped, tells the owner.
         return;
     };
@@ -223,4 +225,13 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         drop(share);
     };
     tokio::spawn(session.in_current_span());
+}
+
+/// A CONNECT's socket as it goes to its session: released from its wait if
+/// it waited ([`early::release`]), as it is otherwise.
+fn unhold(stream: TcpStream, held: Option<early::Held>) -> Option<TcpStream> {
+    match held {
+        Some(held) => early::release(stream, held),
+        None => Some(stream),
+    }
 }
