@@ -16,7 +16,17 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(25);
 
 /// Polls `cond` until it holds, or panics with `what` after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(settles(limit, cond).await, "not within {limit:?}: {what}");
+}
+
+/// Polls `cond` until it holds, for at most `limit`; whether it did (for a
+/// caller that asserts with more to say than [`eventually`]).
+pub async fn settles<F, Fut>(limit: Duration, mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -24,12 +34,11 @@ where
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if cond().await {
-            return;
+            return true;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {limit:?}: {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(POLL).await;
     }
 }
