@@ -2,7 +2,7 @@
 //! one child-process guard ([`Process`]: started again with the same
 //! arguments, signalled, waited for, its output kept as [`Lines`] or sent
 //! where [`Output`] says, killed and reaped when dropped), polling until a
-//! condition holds ([`wait_until`], [`poll_until`]), and `redis-server`
+//! condition holds ([`wait_until`], [`poll_until`], [`poll_every`]), and `redis-server`
 //! deployments on loopback built on the guard ([`Server`], [`SentinelSet`],
 //! [`Cluster`]).
 //!
@@ -15,7 +15,7 @@ mod process;
 mod redis;
 
 pub use output::{Lines, Output};
-pub use process::{Process, poll_until, wait_until};
+pub use process::{Process, poll_every, poll_until, wait_until};
 pub use redis::{
     CLUSTER_NODE_TIMEOUT_MS, Cluster, DOWN_AFTER_MS, MASTER_NAME, REDIS_PASSWORD,
     SENTINEL_PASSWORD, START_TIMEOUT, SentinelSet, Server, free_port,

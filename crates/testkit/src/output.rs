@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Where one of a child's output streams goes.
@@ -103,7 +104,12 @@ impl Lines {
     /// Reads `stream` a line at a time on a thread of its own, until it
     /// ends: each line echoed as `<prefix>: <line>` and kept for run
     /// number `run`.
-    pub(crate) fn read(&self, stream: impl Read + Send + 'static, run: u64, prefix: String) {
+    pub(crate) fn read(
+        &self,
+        stream: impl Read + Send + 'static,
+        run: u64,
+        prefix: String,
+    ) -> JoinHandle<()> {
         let lines = self.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stream);
@@ -120,6 +126,6 @@ impl Lines {
                     lines.shared.1.notify_all();
                 }
             }
-        });
+        })
     }
 }

@@ -4,8 +4,10 @@
 //! reaped when dropped, so that it never outlives its test.
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::output::{Lines, Output};
@@ -14,6 +16,9 @@ use crate::output::{Lines, Output};
 const POLL: Duration = Duration::from_millis(20);
 /// Lines of the process's output a failure message shows.
 const TAIL: usize = 40;
+/// How long the lines a process printed may take to be read once it has
+/// exited (longer only if something it started still holds its output).
+const READ_REST: Duration = Duration::from_secs(2);
 
 /// Polls `f` every 20 ms until it holds, for at most `limit`; panics naming
 /// `what` if it never does.
@@ -23,7 +28,13 @@ pub fn wait_until(limit: Duration, what: &str, f: impl FnMut() -> bool) {
 
 /// Polls `f` every 20 ms until it holds, for at most `limit`; whether it
 /// did.
-pub fn poll_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub fn poll_until(limit: Duration, f: impl FnMut() -> bool) -> bool {
+    poll_every(POLL, limit, f)
+}
+
+/// Polls `f` every `interval` until it holds, for at most `limit`; whether
+/// it did. For a check too costly to run every 20 ms.
+pub fn poll_every(interval: Duration, limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         if f() {
@@ -32,7 +43,7 @@ pub fn poll_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(interval);
     }
 }
 
@@ -49,15 +60,25 @@ pub struct Process {
     command: Command,
     /// What messages and echoed lines call it.
     name: String,
-    stdin_piped: bool,
+    stdin: Input,
     stdout: Output,
     stderr: Output,
     /// Signals go to its whole process group, which it leads.
     group: bool,
     /// Where the program writes its own log, shown when it fails to start.
-    log_file: Option<std::path::PathBuf>,
+    log_file: Option<PathBuf>,
     lines: Lines,
+    /// The threads reading the current run's [`Output::Lines`] streams.
+    readers: Vec<JoinHandle<()>>,
     child: Option<Child>,
+}
+
+/// Where a child's stdin comes from.
+#[derive(Debug, Clone)]
+enum Input {
+    Null,
+    Piped,
+    File(PathBuf),
 }
 
 impl Process {
@@ -77,12 +98,13 @@ impl Process {
                 .unwrap_or(program)
                 .to_string_lossy()
                 .into_owned(),
-            stdin_piped: false,
+            stdin: Input::Null,
             stdout: Output::Null,
             stderr: Output::Inherit,
             group: false,
             log_file: None,
             lines: Lines::default(),
+            readers: Vec::new(),
             child: None,
         }
     }
@@ -148,7 +170,14 @@ impl Process {
     /// Gives it a stdin pipe ([`Process::take_stdin`]) instead of an empty
     /// stdin.
     pub fn stdin_piped(mut self) -> Self {
-        self.stdin_piped = true;
+        self.stdin = Input::Piped;
+        self
+    }
+
+    /// Gives it the file at `path` as its stdin (opened again at each
+    /// start).
+    pub fn stdin_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.stdin = Input::File(path.as_ref().to_owned());
         self
     }
 
@@ -176,12 +205,15 @@ impl Process {
     pub fn spawn(&mut self) {
         self.stop();
         let run = self.lines.next_run();
+        let stdin = match &self.stdin {
+            Input::Null => Stdio::null(),
+            Input::Piped => Stdio::piped(),
+            Input::File(path) => File::open(path)
+                .map(Stdio::from)
+                .unwrap_or_else(|e| panic!("cannot open {} for input: {e}", path.display())),
+        };
         self.command
-            .stdin(if self.stdin_piped {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(stdin)
             .stdout(self.stdout.stdio())
             .stderr(self.stderr.stdio());
         let mut child = self.command.spawn().unwrap_or_else(|e| {
@@ -193,11 +225,12 @@ impl Process {
         let prefix = format!("{} {}", self.name, child.id());
         if self.stdout == Output::Lines {
             let stdout = child.stdout.take().expect("piped stdout");
-            self.lines.read(stdout, run, prefix.clone());
+            self.readers
+                .push(self.lines.read(stdout, run, prefix.clone()));
         }
         if self.stderr == Output::Lines {
             let stderr = child.stderr.take().expect("piped stderr");
-            self.lines.read(stderr, run, prefix);
+            self.readers.push(self.lines.read(stderr, run, prefix));
         }
         self.child = Some(child);
     }
@@ -217,7 +250,11 @@ impl Process {
     pub fn wait_ready(&mut self, limit: Duration, mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + limit;
         while !ready() {
-            if let Some(status) = self.try_exit() {
+            // Its last lines are read once it has exited: they may make it
+            // ready after all.
+            if let Some(status) = self.try_exit()
+                && !ready()
+            {
                 panic!(
                     "{} exited ({status}) before it was ready{}",
                     self.name,
@@ -266,7 +303,15 @@ impl Process {
                 let _ = child.kill();
             }
             let _ = child.wait();
+            self.read_rest();
         }
+    }
+
+    /// Lets the readers of an ended run read what is left in its pipes, for
+    /// at most [`READ_REST`].
+    fn read_rest(&mut self) {
+        let readers = std::mem::take(&mut self.readers);
+        poll_until(READ_REST, || readers.iter().all(JoinHandle::is_finished));
     }
 
     /// Sends it `signal` (to its whole group with [`Process::own_group`]).
@@ -285,8 +330,9 @@ impl Process {
         );
     }
 
-    /// Its exit status if it has exited (it is then reaped, and no longer
-    /// running); `None` while it runs, or if it was not started.
+    /// Its exit status if it has exited (it is then reaped, no longer
+    /// running, and every line it printed is in [`Process::lines`]); `None`
+    /// while it runs, or if it was not started.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
         let status = child.try_wait().ok().flatten()?;
@@ -296,6 +342,7 @@ impl Process {
         }
         // Reaped by try_wait.
         self.child = None;
+        self.read_rest();
         Some(status)
     }
 
