@@ -2,9 +2,11 @@
 //! checked exchanges.
 
 use std::net::SocketAddr;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use dtcp_client::dtcp_wire::{Command as WireCommand, Triple, Verb};
+use dtcp_testkit::Process;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -38,6 +40,21 @@ where
         }
         if tokio::time::Instant::now() >= deadline {
             return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits for `process` to exit, at most `limit`, without holding up the
+/// test's other tasks: its status, or `None` if it still runs then.
+pub async fn exit_of(process: &mut Process, limit: Duration) -> Option<ExitStatus> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = process.try_exit() {
+            return Some(status);
+        }
+        if !process.is_running() || tokio::time::Instant::now() >= deadline {
+            return None;
         }
         tokio::time::sleep(POLL).await;
     }

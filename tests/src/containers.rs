@@ -251,6 +251,26 @@ impl Engine {
         cmd
     }
 
+    /// `program` with `args` as a process of the test's own inside the
+    /// engine's network namespace (`nsenter` runs it in its place), not
+    /// started yet.
+    pub fn process_inside(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+    ) -> Process {
+        let mut all = vec![
+            std::ffi::OsString::from(format!("--net={}", self.netns_path())),
+            program.as_ref().to_owned(),
+        ];
+        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        let name = Path::new(program.as_ref())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Process::new("nsenter", all).name(&name)
+    }
+
     /// Imports a root file system tarball as image `tag`, with Dockerfile
     /// `changes` (one per line).
     fn import(&self, tarball: &Path, tag: &str, changes: &[&str]) {

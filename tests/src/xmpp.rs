@@ -12,7 +12,7 @@ use dtcp_testkit::{Output, Process};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
 
-use crate::free_port;
+use crate::{exit_of, free_port};
 
 /// The XMPP domain of the test's users.
 pub const DOMAIN: &str = "localhost";
@@ -33,8 +33,6 @@ pub const PASSWORD: &str = "test-password";
 const PROSODY_START: Duration = Duration::from_secs(30);
 /// How long one slixmpp run may take to print its next line.
 const CLIENT_LINE: Duration = Duration::from_secs(40);
-/// How often [`Slixmpp::finish`] looks whether the client has exited.
-const EXIT_POLL: Duration = Duration::from_millis(20);
 
 /// A `prosody` process of the test's own, killed when dropped (its
 /// directory removed).
@@ -302,17 +300,9 @@ impl Slixmpp {
 
     /// Waits for the client to exit; panics on a failure.
     pub async fn finish(mut self) {
-        let deadline = tokio::time::Instant::now() + CLIENT_LINE;
-        let status = loop {
-            if let Some(status) = self.process.try_exit() {
-                break status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the slixmpp client did not exit"
-            );
-            tokio::time::sleep(EXIT_POLL).await;
-        };
+        let status = exit_of(&mut self.process, CLIENT_LINE)
+            .await
+            .expect("the slixmpp client did not exit");
         assert!(status.success(), "the slixmpp client failed: {status}");
     }
 }
