@@ -250,16 +250,16 @@ impl Process {
     pub fn wait_ready(&mut self, limit: Duration, mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + limit;
         while !ready() {
-            // Its last lines are read once it has exited: they may make it
-            // ready after all.
-            if let Some(status) = self.try_exit()
-                && !ready()
-            {
-                panic!(
+            if let Some(status) = self.try_exit() {
+                // Its last lines are read once it has exited: they may make
+                // it ready after all.
+                assert!(
+                    ready(),
                     "{} exited ({status}) before it was ready{}",
                     self.name,
                     self.output_tail()
                 );
+                return;
             }
             assert!(
                 self.child.is_some(),
