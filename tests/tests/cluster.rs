@@ -308,7 +308,8 @@ async fn redis_down_refuses_new_work_promptly_keeps_sessions_and_recovers() {
                     let (t, addr) = (t.clone(), a.addr);
                     async move { Initiator::connect(addr, &t).await }
                 });
-                // A sleep: a stagger, so that the CREATE is usually first (the grace covers either order).
+                // A sleep: a stagger, so that the CREATE is usually first
+                // (the grace covers either order).
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let tg = Target::connect(b.addr, &t).await;
                 (i.await.unwrap().is_ok(), tg.is_ok())

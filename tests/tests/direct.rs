@@ -458,7 +458,8 @@ async fn the_relay_ok_while_a_direct_connect_is_being_checked_wins() {
     let connect = command(dtcp_client::dtcp_wire::Verb::Connect, &t);
     let (half, rest) = connect.split_at(connect.len() / 2);
     let mut direct = raw(listener, half).await;
-    // A sleep: the Initiator reading the half command leaves nothing to poll; a moment lets it begin.
+    // A sleep: the Initiator reading the half command leaves nothing to
+    // poll; a moment lets it begin.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Meanwhile the relay pairs.
