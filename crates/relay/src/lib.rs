@@ -36,6 +36,7 @@ mod protocol;
 mod reply;
 mod server;
 mod session;
+mod socket;
 mod throttle;
 mod trust;
 

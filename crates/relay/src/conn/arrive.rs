@@ -27,6 +27,7 @@ use crate::pending::{Claim, LocalClaim, Requester, Socks5Claim, Taken};
 use crate::protocol::Protocol;
 use crate::reply::{Socks5Refusal, refuse_socks5, send_socks5_ok};
 use crate::session::{self, forwarded};
+use crate::socket;
 
 /// How often a connection may find its hash's Target gone between looking
 /// and claiming (it left, or another arrival was in the middle of
@@ -226,12 +227,12 @@ async fn await_activation(
         },
         () = node.stop.cancelled() => Woke::Cut("the relay is shutting down"),
         () = sleep_until(deadline) => Woke::Cut("not activated within the SOCKS5 activation timeout"),
-        () = poll_fn(|cx| session::poll_gone_unread(&stream, cx)) => Woke::RequesterGone,
+        () = poll_fn(|cx| socket::poll_gone_unread(&stream, cx)) => Woke::RequesterGone,
     };
     match woke {
         Woke::Activated => {
             debug!(registration = %id, "SOCKS5 pair activated (target on another node)");
-            let Some(stream) = session::rearm(stream) else {
+            let Some(stream) = socket::rearm(stream) else {
                 return;
             };
             forwarded::run_target_side(
@@ -249,14 +250,14 @@ async fn await_activation(
         }
         Woke::Cut(why) => {
             debug!(registration = %id, why, "SOCKS5 pair cut before activation");
-            session::reset(stream);
+            socket::reset(stream);
         }
         Woke::RequesterGone => {
             debug!(registration = %id, "SOCKS5 requester hung up before activation");
             bridge
                 .outbound
                 .try_send(dtcp_forward::proto::Frame::reset("the requester hung up"));
-            session::reset(stream);
+            socket::reset(stream);
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::pending::{Claim, InsertError, Ticket};
 use crate::protocol::Protocol;
 use crate::reply::{Socks5Refusal, refuse, refuse_socks5, send_socks5_ok};
 use crate::session;
+use crate::socket;
 
 /// The `verb` label of this side.
 const VERB: Option<&str> = Some("create");
@@ -314,7 +315,7 @@ impl Wait {
             Err(Unclaimed::Refuse(Condition::Timeout, text))
         } else if r.record.protocol == Protocol::Socks5 {
             // Nothing is read before activation: the bytes wait in the kernel.
-            if session::poll_gone_unread(&r.stream, cx).is_ready() {
+            if socket::poll_gone_unread(&r.stream, cx).is_ready() {
                 Err(Unclaimed::HungUp)
             } else {
                 return Poll::Pending;
@@ -450,7 +451,7 @@ async fn give_up(
             // It has its success reply: a cut is a reset.
             debug!(registration = %id, why = text, "SOCKS5 target closed unpaired");
             drop(record);
-            session::reset(stream);
+            socket::reset(stream);
         }
         (None, Unclaimed::Refuse(condition, text) | Unclaimed::Dropped(condition, text)) => {
             drop(record);

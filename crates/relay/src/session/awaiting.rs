@@ -12,18 +12,14 @@
 //! (`--max-pending-per-ip`).
 
 use std::future::{Future, poll_fn};
-use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use dtcp_forward::proto::Frame;
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::counter;
-use socket2::SockRef;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tracing::debug;
@@ -37,6 +33,7 @@ use crate::reply::send_socks5_ok;
 use crate::session::forwarded;
 use crate::session::local;
 use crate::session::pump::reset_on_close;
+use crate::socket::{poll_gone_unread, rearm, reset};
 
 /// What ended a pair's wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,61 +237,5 @@ pub(crate) fn abandon(pair: Socks5Claim, why: &str) {
         Requester::Remote(requester) => requester
             .outbound
             .try_send(Frame::error(Condition::NotFound, why)),
-    }
-}
-
-/// Closes a client connection with a reset (SOCKS5 has no reply once the
-/// success reply is sent: a cut is a reset).
-pub(crate) fn reset(stream: TcpStream) {
-    reset_on_close(&stream);
-    drop(stream);
-}
-
-/// Whether a client that must not be read from yet (a XEP-0065 connection
-/// before its activation) has gone: `Ready` once it closed without sending
-/// anything, reset, or its socket failed; `Pending` otherwise, woken by what
-/// it does next. Bytes it sends stay in the kernel, unread (TCP pushes back
-/// when they fill its window), and are delivered after the activation; a
-/// client that sends bytes and then its FIN is kept, as its bytes are.
-/// Registers an activated pair's socket with the runtime anew, so that bytes
-/// its client sent before the activation wake the pump: [`poll_gone_unread`]
-/// cleared the socket's readiness to leave them unread, and an edge-triggered
-/// poller reports nothing more until new bytes arrive, which a client that
-/// sent everything early never sends. A fresh registration reports what is
-/// waiting at once. `None` (and the socket closed, with a reset) if the
-/// runtime refuses it.
-pub(crate) fn rearm(stream: TcpStream) -> Option<TcpStream> {
-    let std = stream.into_std().ok()?;
-    match TcpStream::from_std(std) {
-        Ok(stream) => Some(stream),
-        Err(e) => {
-            debug!(error = %e, "an activated socket could not be registered again");
-            None
-        }
-    }
-}
-
-pub(crate) fn poll_gone_unread(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<()> {
-    loop {
-        match stream.poll_read_ready(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(_)) => return Poll::Ready(()),
-            Poll::Ready(Ok(())) => {}
-        }
-        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-        let peeked = stream.try_io(Interest::READABLE, || {
-            match SockRef::from(stream).peek(&mut byte) {
-                // Bytes are waiting: leave them, and clear the readiness so
-                // that only the client's next move wakes this task.
-                Ok(n) if n > 0 => Err(io::ErrorKind::WouldBlock.into()),
-                other => other,
-            }
-        });
-        match peeked {
-            // Stale readiness, or bytes left waiting: wait again.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            // End of stream with nothing before it, or a reset.
-            Ok(_) | Err(_) => return Poll::Ready(()),
-        }
     }
 }

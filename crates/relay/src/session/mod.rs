@@ -27,8 +27,9 @@ use crate::node::Node;
 use crate::pending::{Claim, Requester};
 use crate::protocol::Protocol;
 use crate::reply::refuse;
+use crate::socket::reset;
 
-pub(crate) use awaiting::{abandon, counted_requester, poll_gone_unread, rearm, reset};
+pub(crate) use awaiting::{abandon, counted_requester};
 
 /// The session of a claimed registration, from the side of the node holding
 /// the Initiator.
