@@ -19,6 +19,10 @@ use crate::protocol::Protocol;
 use crate::throttle::{NodeRate, Throttle};
 use crate::trust::Trust;
 
+/// What a client is told when the node, draining or stopping, takes no
+/// more work or cuts what it has.
+pub(crate) const SHUTTING_DOWN: &str = "the relay is shutting down";
+
 /// The state of one relay node.
 #[derive(Debug)]
 pub(crate) struct Node {

@@ -22,7 +22,7 @@ use crate::conn::create::{self, Here, Registration};
 use crate::conn::request::{Request, SOCKS5_REQUESTER};
 use crate::limits::{SessionGuard, Slot};
 use crate::metrics::CONNECTIONS_REFUSED;
-use crate::node::Node;
+use crate::node::{Node, SHUTTING_DOWN};
 use crate::pending::{Claim, LocalClaim, Requester, Socks5Claim, Taken};
 use crate::protocol::Protocol;
 use crate::reply::{Socks5Refusal, refuse_socks5, send_socks5_ok};
@@ -225,7 +225,7 @@ async fn await_activation(
             Ok(Some(Kind::Activated(_))) => Woke::Activated,
             _ => Woke::Cut("the target's node ended the pair"),
         },
-        () = node.stop.cancelled() => Woke::Cut("the relay is shutting down"),
+        () = node.stop.cancelled() => Woke::Cut(SHUTTING_DOWN),
         () = sleep_until(deadline) => Woke::Cut("not activated within the SOCKS5 activation timeout"),
         () = poll_fn(|cx| socket::poll_gone_unread(&stream, cx)) => Woke::RequesterGone,
     };

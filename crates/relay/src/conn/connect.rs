@@ -20,7 +20,7 @@ use crate::conn::early::{self, poll_hung_up};
 use crate::conn::request::Request;
 use crate::limits::Slot;
 use crate::metrics::{AUTH_FAILURES, COMMANDS, CONNECTIONS_REFUSED};
-use crate::node::Node;
+use crate::node::{Node, SHUTTING_DOWN};
 use crate::pending::{Claim, LocalClaim};
 use crate::protocol::Protocol;
 use crate::reply::refuse;
@@ -194,8 +194,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
                 return refuse(stream, VERB, Condition::NotFound, text).await;
             }
             Wake::Drain => {
-                let text = "the relay is shutting down";
-                return refuse(stream, VERB, Condition::ShuttingDown, text).await;
+                return refuse(stream, VERB, Condition::ShuttingDown, SHUTTING_DOWN).await;
             }
             Wake::HungUp => {
                 counter!(COMMANDS, "verb" => "connect", "outcome" => "abandoned").increment(1);

@@ -23,7 +23,7 @@ use crate::conn::early::{self, Held, poll_hung_up};
 use crate::conn::request::{Request, SOCKS5_TARGET, Side};
 use crate::limits::{IpGuard, Slot};
 use crate::metrics::{AUTH_FAILURES, COMMANDS, CONNECTIONS_REFUSED};
-use crate::node::Node;
+use crate::node::{Node, SHUTTING_DOWN};
 use crate::pending::{Claim, InsertError, Ticket};
 use crate::protocol::Protocol;
 use crate::reply::{Socks5Refusal, refuse, refuse_socks5, send_socks5_ok};
@@ -41,8 +41,6 @@ const TOO_MANY: &str = "too many pending sessions from this address";
 /// How long a cluster-wide count outlives the pending TTL of the CREATE
 /// that raised it last, should its node die without lowering it.
 const SOURCE_COUNT_MARGIN: Duration = Duration::from_secs(30);
-/// The text of a refusal because the node shuts down.
-const SHUTTING_DOWN: &str = "the relay is shutting down";
 
 /// What admitted a registering connection, kept until its session ends:
 /// its connection slot, and the token a draining node waits for.

@@ -9,7 +9,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::conn::request::{Refusal, Side};
-use crate::node::Node;
+use crate::node::{Node, SHUTTING_DOWN};
 
 /// First allocation of the handshake buffer; it grows up to the command limit.
 pub(crate) const HANDSHAKE_BUF: usize = 512;
@@ -56,8 +56,11 @@ pub(crate) fn admit(node: &Node, command: &Command) -> Result<(Side, Option<u64>
         Verb::Connect => Side::Claim,
     };
     if node.drain.is_cancelled() {
-        let text = "the relay is shutting down";
-        return Err(Refusal::new(side.verb(), Condition::ShuttingDown, text));
+        return Err(Refusal::new(
+            side.verb(),
+            Condition::ShuttingDown,
+            SHUTTING_DOWN,
+        ));
     }
     let (initiator, target) = (command.triple.initiator(), command.triple.target());
     if !node.config.allows(initiator, target) {

@@ -26,7 +26,7 @@ use tracing::debug;
 
 use crate::activation::PairTicket;
 use crate::metrics::{COMMANDS, SOCKS5_EXPIRED};
-use crate::node::Node;
+use crate::node::{Node, SHUTTING_DOWN};
 use crate::pending::{RemoteClaim, Requester, Socks5Claim};
 use crate::protocol::Protocol;
 use crate::reply::send_socks5_ok;
@@ -57,7 +57,7 @@ impl Woke {
             Woke::Expired => "not activated within the SOCKS5 activation timeout",
             Woke::TargetGone => "the target hung up",
             Woke::RequesterGone => "the requester hung up",
-            Woke::Stopped => "the relay is shutting down",
+            Woke::Stopped => SHUTTING_DOWN,
         }
     }
 
