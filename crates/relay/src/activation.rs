@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::limits::IpGuard;
 use crate::metrics::SOCKS5_AWAITING;
+use crate::pending::record_left;
 
 /// Pairs of this node, by registration id.
 #[derive(Debug)]
@@ -177,13 +178,6 @@ impl Activations {
     pub(crate) fn contains(&self, id: &RegistrationId) -> bool {
         self.entries.contains_key(id)
     }
-}
-
-/// The time a store record good until `expires` has left at `now`, if it
-/// has a record and any time left: what a rewrite gives it again.
-pub(crate) fn record_left(expires: Option<Instant>, now: Instant) -> Option<Duration> {
-    let left = expires?.checked_duration_since(now)?;
-    (!left.is_zero()).then_some(left)
 }
 
 impl Drop for PairGuard {

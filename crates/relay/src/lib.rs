@@ -24,6 +24,7 @@ pub mod metrics;
 mod accept;
 mod activation;
 mod admin;
+mod claim;
 mod component;
 mod conn;
 mod limits;

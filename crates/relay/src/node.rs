@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use dtcp_forward::{Dialer, Gates};
 
 use crate::activation::Activations;
+use crate::claim::Claim;
 use crate::config::Config;
 use crate::limits::{AddrGuard, ConnectionRate, PerAddress, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
@@ -40,7 +41,7 @@ pub(crate) struct Node {
     /// Opens Bridges to other nodes (cluster mode).
     pub(crate) dialer: Option<Dialer>,
     /// CREATEs of this node waiting for their CONNECT.
-    pub(crate) pending: PendingTable,
+    pub(crate) pending: PendingTable<Claim>,
     /// XEP-0065 pairs of this node waiting for (or past) their activation.
     pub(crate) activations: Activations,
     /// Whether a first byte `05` is SOCKS5 (XEP-0065 mode): on a node with

@@ -28,9 +28,9 @@ use tracing::{debug, warn};
 
 use crate::activation::Activated;
 use crate::admin::{Acceptor, reset};
+use crate::claim::{Claim, RemoteClaim, Requester, Socks5Claim};
 use crate::metrics::{AUTH_FAILURES, BRIDGE_ERRORS, LISTENER_CONNECTIONS_CLOSED};
 use crate::node::Node;
-use crate::pending::{Claim, RemoteClaim, Requester, Socks5Claim};
 use crate::protocol::Protocol;
 
 /// gRPC health service name that says the process is alive (liveness probe).

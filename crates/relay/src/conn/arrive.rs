@@ -17,13 +17,14 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, warn};
 
+use crate::claim::{Claim, LocalClaim, Requester, Socks5Claim};
 use crate::conn::Next;
 use crate::conn::create::{self, Here, Registration};
 use crate::conn::request::{Request, SOCKS5_REQUESTER};
 use crate::limits::{SessionGuard, Slot};
 use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::{Node, SHUTTING_DOWN};
-use crate::pending::{Claim, LocalClaim, Requester, Socks5Claim, Taken};
+use crate::pending::Taken;
 use crate::protocol::Protocol;
 use crate::reply::{Socks5Refusal, refuse_socks5, send_socks5_ok};
 use crate::session::{self, forwarded};
@@ -90,7 +91,7 @@ pub(crate) async fn arrive(
 /// answers it.
 async fn claim_here(
     node: &Node,
-    taken: Taken,
+    taken: Taken<Claim>,
     stream: TcpStream,
     slot: Slot,
     request: Request,

@@ -15,13 +15,13 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until};
 use tracing::{Instrument, warn};
 
+use crate::claim::{Claim, LocalClaim};
 use crate::conn::create::REUSED;
 use crate::conn::early::{self, poll_hung_up};
 use crate::conn::request::Request;
 use crate::limits::Slot;
 use crate::metrics::{AUTH_FAILURES, COMMANDS, CONNECTIONS_REFUSED};
 use crate::node::{Node, SHUTTING_DOWN};
-use crate::pending::{Claim, LocalClaim};
 use crate::protocol::Protocol;
 use crate::reply::refuse;
 use crate::session;

@@ -19,12 +19,13 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, debug, warn};
 
+use crate::claim::Claim;
 use crate::conn::early::{self, Held, poll_hung_up};
 use crate::conn::request::{Request, SOCKS5_TARGET, Side};
 use crate::limits::{IpGuard, Slot};
 use crate::metrics::{AUTH_FAILURES, COMMANDS, CONNECTIONS_REFUSED};
 use crate::node::{Node, SHUTTING_DOWN};
-use crate::pending::{Claim, InsertError, Ticket};
+use crate::pending::{InsertError, Ticket};
 use crate::protocol::Protocol;
 use crate::reply::{Socks5Refusal, refuse, refuse_socks5, send_socks5_ok};
 use crate::session;
@@ -270,7 +271,7 @@ pub(crate) struct Registered {
     early: BytesMut,
     /// The receive buffer to give back at the pairing.
     held: Held,
-    ticket: Ticket,
+    ticket: Ticket<Claim>,
     record: StoreRecord,
     _per_ip: IpGuard,
     since: Instant,
@@ -411,7 +412,7 @@ async fn give_up(
     stream: TcpStream,
     early: BytesMut,
     held: Held,
-    mut ticket: Ticket,
+    mut ticket: Ticket<Claim>,
     record: StoreRecord,
     since: Instant,
     unclaimed: Unclaimed,

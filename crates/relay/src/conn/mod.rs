@@ -203,8 +203,8 @@ mod state_size {
     use tokio::time::Instant;
 
     use super::*;
+    use crate::claim::LocalClaim;
     use crate::limits::Slots;
-    use crate::pending::LocalClaim;
 
     /// With tokio's task header and trailer (about 110 bytes), a task's
     /// memory comes in steps of 128 bytes on x86_64: this keeps a pending

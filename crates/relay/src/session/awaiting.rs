@@ -25,9 +25,9 @@ use tokio::time::{Instant, sleep_until};
 use tracing::debug;
 
 use crate::activation::PairTicket;
+use crate::claim::{RemoteClaim, Requester, Socks5Claim};
 use crate::metrics::{COMMANDS, SOCKS5_EXPIRED};
 use crate::node::{Node, SHUTTING_DOWN};
-use crate::pending::{RemoteClaim, Requester, Socks5Claim};
 use crate::protocol::Protocol;
 use crate::reply::send_socks5_ok;
 use crate::session::forwarded;

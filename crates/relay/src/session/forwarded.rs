@@ -18,11 +18,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::claim::RemoteClaim;
 use crate::limits::Slot;
 use crate::metrics::{BRIDGE_ERRORS, BRIDGE_STREAMS};
 use crate::node::Node;
 use crate::outcome::Outcome;
-use crate::pending::RemoteClaim;
 use crate::protocol::Protocol;
 use crate::reply::send_ok;
 use crate::session::report::{Ended, Side, finished};

@@ -10,9 +10,9 @@ use dtcp_wire::RegistrationId;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::claim::LocalClaim;
 use crate::node::Node;
 use crate::outcome::Outcome;
-use crate::pending::LocalClaim;
 use crate::protocol::Protocol;
 use crate::reply::send_ok;
 use crate::session::pump::{self, Pump};

@@ -23,8 +23,8 @@ use bytes::BytesMut;
 use dtcp_wire::{Condition, RegistrationId};
 use tokio::net::TcpStream;
 
+use crate::claim::{Claim, Requester};
 use crate::node::Node;
-use crate::pending::{Claim, Requester};
 use crate::protocol::Protocol;
 use crate::reply::refuse;
 use crate::socket::reset;
