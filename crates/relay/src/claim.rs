@@ -10,9 +10,9 @@ use dtcp_wire::socks5::StreamHash;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::activation::PairTicket;
 use crate::limits::Slot;
 use crate::protocol::Protocol;
+use crate::xep0065::activation::PairTicket;
 
 /// The Target's side of a session, handed to the Initiator's task by a claim.
 #[derive(Debug)]

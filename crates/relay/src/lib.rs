@@ -22,10 +22,8 @@ pub mod config;
 pub mod metrics;
 
 mod accept;
-mod activation;
 mod admin;
 mod claim;
-mod component;
 mod conn;
 mod limits;
 mod membership;
@@ -40,6 +38,7 @@ mod session;
 mod socket;
 mod throttle;
 mod trust;
+mod xep0065;
 
 pub use config::{Config, LogFormat};
 pub use server::{Relay, RunError};

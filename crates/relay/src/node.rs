@@ -10,7 +10,6 @@ use tokio_util::task::TaskTracker;
 
 use dtcp_forward::{Dialer, Gates};
 
-use crate::activation::Activations;
 use crate::claim::Claim;
 use crate::config::Config;
 use crate::limits::{AddrGuard, ConnectionRate, PerAddress, PerIpLimit, Slots};
@@ -19,6 +18,7 @@ use crate::pending::PendingTable;
 use crate::protocol::Protocol;
 use crate::throttle::{NodeRate, Throttle};
 use crate::trust::Trust;
+use crate::xep0065::activation::Activations;
 
 /// What a client is told when the node, draining or stopping, takes no
 /// more work or cuts what it has.

@@ -51,10 +51,19 @@ pub(crate) struct Admission {
     _tracked: TaskTrackerToken,
 }
 
+/// A registration pending: what its connection task keeps, and its wait.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// Kept until the session ends.
+    pub(crate) admission: Admission,
+    /// The wait for a claim.
+    pub(crate) wait: Wait,
+}
+
 /// How registering ended.
 pub(crate) enum Registration {
     /// Pending: what the connection task keeps, and its wait.
-    Pending(Admission, Wait),
+    Pending(Pending),
     /// Refused, and answered.
     Refused,
     /// A SOCKS5 Target with this stream hash is already there (`Here`: in
@@ -244,7 +253,7 @@ pub(crate) async fn register(
             since,
         }),
     };
-    Registration::Pending(admission, wait)
+    Registration::Pending(Pending { admission, wait })
 }
 
 pin_project! {

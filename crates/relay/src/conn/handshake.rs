@@ -16,11 +16,11 @@ use tracing::debug;
 use crate::conn::dtcp::{self, HANDSHAKE_BUF, ReadError};
 use crate::conn::proxy::{self, PreambleError};
 use crate::conn::request::{Refusal, Refused, Request, Side, Socks5Refusal};
-use crate::conn::socks5;
 use crate::limits::Slot;
 use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::Node;
 use crate::protocol::Protocol;
+use crate::xep0065::socks5;
 
 /// The `verb` label of a handshake refused before its command was known.
 const UNKNOWN_VERB: &str = "unknown";

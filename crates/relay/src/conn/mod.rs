@@ -32,15 +32,13 @@
 //!   life), so the lines a connection writes at `info` carry their
 //!   registration and client addresses as fields instead.
 
-mod arrive;
 mod connect;
-mod create;
+pub(crate) mod create;
 mod dtcp;
 mod early;
 mod handshake;
 mod proxy;
-mod request;
-mod socks5;
+pub(crate) mod request;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,11 +49,12 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
-use crate::conn::create::{Admission, Registration, Wait};
+use crate::conn::create::{Admission, Pending, Registration, Wait};
 use crate::conn::request::{Refused, SOCKS5_UNKNOWN, Side};
 use crate::limits::Slot;
 use crate::node::Node;
 use crate::reply::{refuse, refuse_socks5};
+use crate::xep0065;
 
 /// A boxed future of one phase of a connection.
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -119,8 +118,8 @@ impl std::fmt::Debug for Phase {
 enum Next {
     /// Nothing more to do: refused, or a CONNECT handed over or served.
     Done,
-    /// A CREATE is pending.
-    Wait { admission: Admission, wait: Wait },
+    /// A registration is pending.
+    Wait(Pending),
 }
 
 impl Future for Connection {
@@ -132,7 +131,7 @@ impl Future for Connection {
             let next = match this.phase.as_mut().project() {
                 PhaseProj::Start { fut } => match ready!(fut.as_mut().poll(cx)) {
                     Next::Done => Phase::Done,
-                    Next::Wait { admission, wait } => {
+                    Next::Wait(Pending { admission, wait }) => {
                         *this.admission = Some(admission);
                         Phase::Waiting { wait }
                     }
@@ -175,7 +174,7 @@ async fn start(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, mut slo
     tracing::Span::current().record("registration", tracing::field::display(&request.id));
     match request.side {
         Side::Register => match create::register(node, stream, slot, request).await {
-            Registration::Pending(admission, wait) => Next::Wait { admission, wait },
+            Registration::Pending(pending) => Next::Wait(pending),
             // A DTCP registration is never given back.
             Registration::Refused | Registration::Taken(..) => Next::Done,
         },
@@ -184,7 +183,12 @@ async fn start(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, mut slo
             Next::Done
         }
         // Boxed: the SOCKS5 path's state stays out of every connection's.
-        Side::Arrive(hash) => Box::pin(arrive::arrive(node, stream, slot, request, hash)).await,
+        Side::Arrive(hash) => {
+            match Box::pin(xep0065::arrive::arrive(node, stream, slot, request, hash)).await {
+                Some(pending) => Next::Wait(pending),
+                None => Next::Done,
+            }
+        }
     }
 }
 

@@ -24,7 +24,6 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tracing::debug;
 
-use crate::activation::PairTicket;
 use crate::claim::{RemoteClaim, Requester, Socks5Claim};
 use crate::metrics::{COMMANDS, SOCKS5_EXPIRED};
 use crate::node::{Node, SHUTTING_DOWN};
@@ -34,6 +33,7 @@ use crate::session::forwarded;
 use crate::session::local;
 use crate::session::pump::reset_on_close;
 use crate::socket::{poll_gone_unread, rearm, reset};
+use crate::xep0065::activation::PairTicket;
 
 /// What ended a pair's wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

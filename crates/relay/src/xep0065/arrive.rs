@@ -4,7 +4,7 @@
 //! `CONNECT` (on this node, or through a Bridge to the node that holds the
 //! Target); a third is refused `02`. The claim pairs the two without
 //! starting their session: that waits for the activation
-//! ([`crate::activation`]).
+//! ([`crate::xep0065::activation`]).
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -18,8 +18,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, warn};
 
 use crate::claim::{Claim, LocalClaim, Requester, Socks5Claim};
-use crate::conn::Next;
-use crate::conn::create::{self, Here, Registration};
+use crate::conn::create::{self, Here, Pending, Registration};
 use crate::conn::request::{Request, SOCKS5_REQUESTER};
 use crate::limits::{SessionGuard, Slot};
 use crate::metrics::CONNECTIONS_REFUSED;
@@ -54,7 +53,7 @@ pub(crate) async fn arrive(
     slot: Slot,
     request: Request,
     hash: StreamHash,
-) -> Next {
+) -> Option<Pending> {
     let id = request.id;
     let (mut stream, mut slot, mut request) = (stream, slot, request);
     for _ in 0..ATTEMPTS {
@@ -63,27 +62,27 @@ pub(crate) async fn arrive(
         if node.activations.contains(&id) {
             debug!(registration = %id, "a third SOCKS5 connection for this stream");
             refuse(stream, ReplyCode::NotAllowed).await;
-            return Next::Done;
+            return None;
         }
         if let Some(taken) = node.pending.take_entry(&id) {
             claim_here(&node, taken, stream, slot, request, hash).await;
-            return Next::Done;
+            return None;
         }
         match create::register(node.clone(), stream, slot, request).await {
-            Registration::Pending(admission, wait) => return Next::Wait { admission, wait },
-            Registration::Refused => return Next::Done,
+            Registration::Pending(pending) => return Some(pending),
+            Registration::Refused => return None,
             // Another connection registered a moment ago: claim it.
             Registration::Taken(s, sl, r, Here::Local) => (stream, slot, request) = (s, sl, r),
             Registration::Taken(s, sl, r, Here::Elsewhere) => {
                 match claim_elsewhere(&node, s, sl, r, hash).await {
                     Some((s, sl, r)) => (stream, slot, request) = (s, sl, r),
-                    None => return Next::Done,
+                    None => return None,
                 }
             }
         }
     }
     refuse(stream, ReplyCode::GeneralFailure).await;
-    Next::Done
+    None
 }
 
 /// The requester, on the node holding its Target: enters the pair in the
