@@ -13,19 +13,19 @@ use dtcp_wire::Condition;
 use metrics::counter;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until};
-use tracing::{Instrument, warn};
+use tracing::Instrument;
 
 use crate::claim::{Claim, LocalClaim};
-use crate::conn::create::REUSED;
 use crate::conn::early::{self, poll_hung_up};
+use crate::conn::locate::{Located, locate};
 use crate::conn::request::Request;
 use crate::limits::Slot;
-use crate::metrics::{AUTH_FAILURES, COMMANDS, CONNECTIONS_REFUSED};
+use crate::metrics::{COMMANDS, CONNECTIONS_REFUSED};
 use crate::node::{Node, SHUTTING_DOWN};
 use crate::protocol::Protocol;
 use crate::reply::refuse;
 use crate::session;
-use crate::session::forwarded::{self, OpenError};
+use crate::session::forwarded;
 
 /// The `verb` label of this side.
 const VERB: Option<&str> = Some("connect");
@@ -122,48 +122,16 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         }
         // One store round trip per look, none when another node announced
         // the registration (and so its owner) since the last look.
-        let owner = match expectation.announced_owner() {
-            Some(owner) => Ok(Some(owner)),
-            None => node.store.lookup(&id).await,
-        };
-        match owner {
-            Ok(Some(owner)) if owner.is_used() => {
-                counter!(AUTH_FAILURES, "reason" => "reused").increment(1);
-                return refuse(stream, VERB, Condition::Forbidden, REUSED).await;
+        match locate(&node, &id, client, expectation.announced_owner()).await {
+            Located::Bridged(bridge, share) => break (bridge, share),
+            Located::Refused(condition, text) => {
+                return refuse(stream, VERB, condition, text).await;
             }
-            Ok(Some(owner)) if owner.id != node.info.id => {
-                // Whoever can write the store must not be able to redirect a claim.
-                if !node.trust.verify_record(&id, &owner) {
-                    warn!(registration = %id, owner = %owner, "the store's record of this registration is not sealed by the cluster: not dialing it");
-                    let text = "the session's record in the rendezvous store does not verify";
-                    return refuse(stream, VERB, Condition::Unavailable, text).await;
-                }
-                // The Target's address takes part in one more session (its
-                // Initiator's is counted by the owner node).
-                let Some(share) = node.per_address.session(client.ip(), None) else {
-                    counter!(CONNECTIONS_REFUSED, "reason" => "per_ip_sessions").increment(1);
-                    let text = session::TOO_MANY_SESSIONS;
-                    return refuse(stream, VERB, Condition::ResourceConstraint, text).await;
-                };
-                // Boxed: the Bridge call's state would otherwise enlarge the
-                // start of every connection, forwarded or not.
-                match Box::pin(forwarded::open_bridge(&node, &id, &owner, client)).await {
-                    Ok(bridge) => break (bridge, share),
-                    // Claimed by another Target, withdrawn, or the record names an
-                    // earlier process at that address: look again until the grace
-                    // runs out, as a CREATE may be registering right now.
-                    Err(OpenError::NotFound) => {}
-                    Err(OpenError::Refuse(condition, text)) => {
-                        return refuse(stream, VERB, condition, text).await;
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(registration = %id, error = %e, "store lookup failed");
-                let text = "the rendezvous store is unavailable";
-                return refuse(stream, VERB, Condition::Unavailable, text).await;
-            }
+            // Not registered yet, or claimed by another Target, withdrawn,
+            // or the record names an earlier process at that address: look
+            // again until the grace runs out, as a CREATE may be
+            // registering right now.
+            Located::Unknown | Located::Ours | Located::Gone => {}
         }
         // Wait for: the CREATE arriving here, the next look at the shared
         // store (cluster), the grace running out, the drain, or the Target

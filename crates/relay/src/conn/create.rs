@@ -21,6 +21,7 @@ use tracing::{Instrument, debug, warn};
 
 use crate::claim::Claim;
 use crate::conn::early::{self, Held, poll_hung_up};
+use crate::conn::locate::REUSED;
 use crate::conn::request::{Request, SOCKS5_TARGET, Side};
 use crate::limits::{IpGuard, Slot};
 use crate::metrics::{AUTH_FAILURES, COMMANDS, CONNECTIONS_REFUSED};
@@ -35,8 +36,6 @@ use crate::socket;
 const VERB: Option<&str> = Some("create");
 /// The text of a refused duplicate.
 const CONFLICT: &str = "a CREATE with the same key and JIDs is already pending";
-/// The text of a refused signed key that already paired.
-pub(crate) const REUSED: &str = "this key has already been used";
 /// The text of a refusal at the per-address pending limit.
 const TOO_MANY: &str = "too many pending sessions from this address";
 /// How long a cluster-wide count outlives the pending TTL of the CREATE

@@ -37,6 +37,7 @@ pub(crate) mod create;
 mod dtcp;
 mod early;
 mod handshake;
+pub(crate) mod locate;
 mod proxy;
 pub(crate) mod request;
 

@@ -4,19 +4,17 @@
 //! reached: it opens the Bridge, then joins its Target to it) and the
 //! **owner side** (the node holding the Initiator, which the Bridge claimed).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use dtcp_forward::proto::Frame;
-use dtcp_forward::{BridgeError, End, Halves, join, reset_on_close};
-use dtcp_store::NodeInfo;
+use dtcp_forward::{End, Halves, join, reset_on_close};
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::{counter, gauge};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::{debug, warn};
 
 use crate::claim::RemoteClaim;
 use crate::limits::Slot;
@@ -26,64 +24,6 @@ use crate::outcome::Outcome;
 use crate::protocol::Protocol;
 use crate::reply::send_ok;
 use crate::session::report::{Ended, Side, finished};
-
-/// Why a Bridge was not opened.
-pub(crate) enum OpenError {
-    /// The owner has no such pending registration (now).
-    NotFound,
-    /// Answer the Target this.
-    Refuse(Condition, &'static str),
-}
-
-/// Target side: the registration is `owner`'s. Opens a Bridge to it for the
-/// Target at `client` (the owner logs it); on success the owner has claimed
-/// its Initiator and answered it `OK`.
-/// The bridge comes boxed: it is large, and every waiting CONNECT's state
-/// would otherwise make room for it.
-pub(crate) async fn open_bridge(
-    node: &Node,
-    id: &RegistrationId,
-    owner: &NodeInfo,
-    client: SocketAddr,
-) -> Result<Box<Halves>, OpenError> {
-    let Some(dialer) = &node.dialer else {
-        warn!(registration = %id, owner = %owner, "registration held by another node, and this node has no forwarding plane");
-        let text = "the session is held by another node that cannot be reached";
-        return Err(OpenError::Refuse(Condition::Unavailable, text));
-    };
-    dialer
-        .open(&owner.forward_addr, id.as_bytes(), &owner.id, client)
-        .await
-        .map(Box::new)
-        .map_err(|e| {
-            let (reason, text) = match &e {
-                BridgeError::NotFound => {
-                    debug!(registration = %id, owner = %owner, "bridge: not found");
-                    return OpenError::NotFound;
-                }
-                BridgeError::Unreachable(_) => (
-                    "unreachable",
-                    "the node holding the session cannot be reached",
-                ),
-                BridgeError::Unauthenticated => (
-                    "unauthenticated",
-                    "the node holding the session refused this node",
-                ),
-                BridgeError::Protocol(_) => {
-                    ("protocol", "the node holding the session answered nonsense")
-                }
-                // The owner's own policy, not a failure of the plane.
-                BridgeError::Refused(condition) => {
-                    debug!(registration = %id, owner = %owner, condition = condition.as_str(), "bridge: refused by the owner");
-                    let text = "the node holding the session refused it";
-                    return OpenError::Refuse(*condition, text);
-                }
-            };
-            counter!(BRIDGE_ERRORS, "role" => "client", "reason" => reason).increment(1);
-            warn!(registration = %id, owner = %owner, error = %e, "bridge failed");
-            OpenError::Refuse(Condition::Unavailable, text)
-        })
-}
 
 /// Target side, once the Bridge is open (and, in XEP-0065 mode, the pair
 /// activated): answers a DTCP Target `OK` and joins its socket to the Bridge.

@@ -12,16 +12,15 @@ use std::time::Duration;
 
 use dtcp_forward::proto::frame::Kind;
 use dtcp_wire::socks5::{ReplyCode, StreamHash};
-use metrics::counter;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug};
 
 use crate::claim::{Claim, LocalClaim, Requester, Socks5Claim};
 use crate::conn::create::{self, Here, Pending, Registration};
+use crate::conn::locate::{Located, locate};
 use crate::conn::request::{Request, SOCKS5_REQUESTER};
 use crate::limits::{SessionGuard, Slot};
-use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::{Node, SHUTTING_DOWN};
 use crate::pending::Taken;
 use crate::protocol::Protocol;
@@ -136,10 +135,11 @@ async fn claim_elsewhere(
     hash: StreamHash,
 ) -> Option<(TcpStream, Slot, Request)> {
     let id = request.id;
-    let owner = match node.store.lookup(&id).await {
+    let (bridge, share) = match locate(node, &id, request.client, None).await {
+        Located::Bridged(bridge, share) => (bridge, share),
         // Gone since: look again (it may be this connection's turn to register).
-        Ok(None) => return Some((stream, slot, request)),
-        Ok(Some(owner)) if owner.id == node.info.id => {
+        Located::Unknown => return Some((stream, slot, request)),
+        Located::Ours => {
             // Ours: its removal is on its way, or a pair of it runs here.
             if node.activations.contains(&id) {
                 refuse(stream, ReplyCode::NotAllowed).await;
@@ -148,34 +148,13 @@ async fn claim_elsewhere(
             tokio::task::yield_now().await;
             return Some((stream, slot, request));
         }
-        Ok(Some(owner)) => owner,
-        Err(e) => {
-            warn!(registration = %id, error = %e, "store lookup failed");
-            refuse(stream, ReplyCode::GeneralFailure).await;
-            return None;
-        }
-    };
-    if !node.trust.verify_record(&id, &owner) {
-        warn!(registration = %id, owner = %owner, "the store's record of this registration is not sealed by the cluster: not dialing it");
-        refuse(stream, ReplyCode::GeneralFailure).await;
-        return None;
-    }
-    // The requester's address takes part in one more session (its Target's
-    // is counted by the owner), held until the pair ends.
-    let Some(share) = node.per_address.session(request.client.ip(), None) else {
-        counter!(CONNECTIONS_REFUSED, "reason" => "per_ip_sessions").increment(1);
-        refuse(stream, ReplyCode::GeneralFailure).await;
-        return None;
-    };
-    let bridge = match Box::pin(forwarded::open_bridge(node, &id, &owner, request.client)).await {
-        Ok(bridge) => bridge,
         // Claimed already (this is a third connection), or its Target left.
-        Err(forwarded::OpenError::NotFound) => {
-            debug!(registration = %id, owner = %owner, "no SOCKS5 target to claim on its node");
+        Located::Gone => {
+            debug!(registration = %id, "no SOCKS5 target to claim on its node");
             refuse(stream, ReplyCode::NotAllowed).await;
             return None;
         }
-        Err(forwarded::OpenError::Refuse(..)) => {
+        Located::Refused(..) => {
             refuse(stream, ReplyCode::GeneralFailure).await;
             return None;
         }
