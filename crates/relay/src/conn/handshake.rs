@@ -15,7 +15,7 @@ use tracing::debug;
 
 use crate::conn::dtcp::{self, HANDSHAKE_BUF, ReadError};
 use crate::conn::proxy::{self, PreambleError};
-use crate::conn::request::{Refusal, Refused, Request, Side, Socks5Refusal};
+use crate::conn::request::{Refusal, Refused, Request, Role, Socks5Refusal};
 use crate::limits::Slot;
 use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::Node;
@@ -160,11 +160,11 @@ pub(crate) async fn read(
         }
     };
     let received = Instant::now();
-    let (side, id, key_expiry) = match command {
+    let (role, id, key_expiry) = match command {
         Spoken::Dtcp(command) => {
-            let (side, key_expiry) = dtcp::admit(node, &command).map_err(|r| Some(r.into()))?;
+            let (role, key_expiry) = dtcp::admit(node, &command).map_err(|r| Some(r.into()))?;
             // The key is not needed past this point.
-            (side, command.triple.registration_id(), key_expiry)
+            (role, command.triple.registration_id(), key_expiry)
         }
         Spoken::Socks5(hash) => {
             if node.drain.is_cancelled() {
@@ -173,7 +173,7 @@ pub(crate) async fn read(
             }
             // No key and no JIDs: who may use a pair is the activation's
             // question (the component's `--xmpp-allow-domain`).
-            (Side::Arrive(hash), RegistrationId::of_stream(&hash), None)
+            (Role::Arrive(hash), RegistrationId::of_stream(&hash), None)
         }
     };
     // Free the handshake buffer: keep only what came behind the command.
@@ -183,7 +183,7 @@ pub(crate) async fn read(
         BytesMut::from(&buf[..])
     };
     Ok(Request {
-        side,
+        role,
         id,
         client,
         early,

@@ -34,11 +34,13 @@
 
 mod connect;
 pub(crate) mod create;
+mod dialect;
 mod dtcp;
 mod early;
 mod handshake;
 pub(crate) mod locate;
 mod proxy;
+mod record;
 pub(crate) mod request;
 
 use std::future::Future;
@@ -50,12 +52,12 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
-use crate::conn::create::{Admission, Pending, Registration, Wait};
-use crate::conn::request::{Refused, SOCKS5_UNKNOWN, Side};
+use crate::conn::create::{Admission, Pending, Wait};
+use crate::conn::request::{Refused, Role, SOCKS5_UNKNOWN};
 use crate::limits::Slot;
 use crate::node::Node;
 use crate::reply::{refuse, refuse_socks5};
-use crate::xep0065;
+use crate::xep0065::arrive::arrive;
 
 /// A boxed future of one phase of a connection.
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -173,23 +175,18 @@ async fn start(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, mut slo
     };
     // Every later line of this connection names its registration.
     tracing::Span::current().record("registration", tracing::field::display(&request.id));
-    match request.side {
-        Side::Register => match create::register(node, stream, slot, request).await {
-            Registration::Pending(pending) => Next::Wait(pending),
-            // A DTCP registration is never given back.
-            Registration::Refused | Registration::Taken(..) => Next::Done,
-        },
-        Side::Claim => {
+    let pending = match request.role {
+        Role::Register => create::register(node, stream, slot, request).await,
+        Role::Claim => {
             connect::claim(node, stream, slot, request).await;
-            Next::Done
+            None
         }
         // Boxed: the SOCKS5 path's state stays out of every connection's.
-        Side::Arrive(hash) => {
-            match Box::pin(xep0065::arrive::arrive(node, stream, slot, request, hash)).await {
-                Some(pending) => Next::Wait(pending),
-                None => Next::Done,
-            }
-        }
+        Role::Arrive(hash) => Box::pin(arrive(node, stream, slot, request, hash)).await,
+    };
+    match pending {
+        Some(pending) => Next::Wait(pending),
+        None => Next::Done,
     }
 }
 

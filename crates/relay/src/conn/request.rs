@@ -14,7 +14,7 @@ pub(crate) use crate::reply::Socks5Refusal;
 
 /// Which side of a pairing a client asks to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
+pub(crate) enum Role {
     /// The side that waits: it registers (a DTCP `CREATE`).
     Register,
     /// The side that completes a registration: it claims (a DTCP `CONNECT`).
@@ -25,21 +25,21 @@ pub(crate) enum Side {
     Arrive(StreamHash),
 }
 
-impl Side {
+impl Role {
     /// The `verb` label of `dtcp_commands_total`.
     pub(crate) const fn verb(self) -> &'static str {
         match self {
-            Side::Register => "create",
-            Side::Claim => "connect",
-            Side::Arrive(_) => SOCKS5_UNKNOWN,
+            Role::Register => "create",
+            Role::Claim => "connect",
+            Role::Arrive(_) => SOCKS5_UNKNOWN,
         }
     }
 
     /// The protocol the client speaks.
     pub(crate) const fn protocol(self) -> Protocol {
         match self {
-            Side::Register | Side::Claim => Protocol::Dtcp,
-            Side::Arrive(_) => Protocol::Socks5,
+            Role::Register | Role::Claim => Protocol::Dtcp,
+            Role::Arrive(_) => Protocol::Socks5,
         }
     }
 }
@@ -56,7 +56,7 @@ pub(crate) const SOCKS5_REQUESTER: &str = "requester";
 #[derive(Debug)]
 pub(crate) struct Request {
     /// Register or claim.
-    pub(crate) side: Side,
+    pub(crate) role: Role,
     /// The registration it names (the key itself is gone by now).
     pub(crate) id: RegistrationId,
     /// The client's address, as every limit and log line sees it.

@@ -231,7 +231,7 @@ pub(crate) fn counted_requester() {
 
 /// A pair whose Target went before it could start: its requester is cut
 /// (reset here, or told through its Bridge).
-pub(crate) fn abandon(pair: Socks5Claim, why: &str) {
+pub(crate) fn cut_requester(pair: Socks5Claim, why: &str) {
     match pair.requester {
         Requester::Local(requester, _) => reset(requester.target),
         Requester::Remote(requester) => requester

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dtcp_forward::proto::Frame;
 use dtcp_wire::{Condition, RegistrationId};
 use tokio::net::TcpStream;
 
@@ -29,7 +30,7 @@ use crate::protocol::Protocol;
 use crate::reply::refuse;
 use crate::socket::reset;
 
-pub(crate) use awaiting::{abandon, counted_requester};
+pub(crate) use awaiting::counted_requester;
 
 /// The session of a claimed registration, from the side of the node holding
 /// the Initiator.
@@ -93,7 +94,7 @@ pub(crate) fn start(
             let Some(share) = node.per_address.session(client, requester) else {
                 metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "per_ip_sessions")
                     .increment(1);
-                abandon(*pair, TOO_MANY_SESSIONS);
+                awaiting::cut_requester(*pair, TOO_MANY_SESSIONS);
                 reset(initiator);
                 return Box::pin(std::future::ready(()));
             };
@@ -103,6 +104,17 @@ pub(crate) fn start(
                 drop(share);
             })
         }
+    }
+}
+
+/// A claim that cannot be served because the registering client is gone:
+/// its claimant is told.
+pub(crate) async fn abandon(claim: Claim) {
+    let text = "the initiator hung up";
+    match claim {
+        Claim::Local(c) => refuse(c.target, Some("connect"), Condition::NotFound, text).await,
+        Claim::Remote(r) => r.outbound.try_send(Frame::error(Condition::NotFound, text)),
+        Claim::Socks5(c) => awaiting::cut_requester(*c, "the target hung up"),
     }
 }
 

@@ -12,15 +12,17 @@ use std::time::Duration;
 
 use dtcp_forward::proto::frame::Kind;
 use dtcp_wire::socks5::{ReplyCode, StreamHash};
+use metrics::counter;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug};
 
 use crate::claim::{Claim, LocalClaim, Requester, Socks5Claim};
-use crate::conn::create::{self, Here, Pending, Registration};
+use crate::conn::create::{self, Enrolment, Here, Pending};
 use crate::conn::locate::{Located, locate};
-use crate::conn::request::{Request, SOCKS5_REQUESTER};
+use crate::conn::request::{Request, SOCKS5_REQUESTER, SOCKS5_TARGET};
 use crate::limits::{SessionGuard, Slot};
+use crate::metrics::COMMANDS;
 use crate::node::{Node, SHUTTING_DOWN};
 use crate::pending::Taken;
 use crate::protocol::Protocol;
@@ -54,7 +56,6 @@ pub(crate) async fn arrive(
     hash: StreamHash,
 ) -> Option<Pending> {
     let id = request.id;
-    let (mut stream, mut slot, mut request) = (stream, slot, request);
     for _ in 0..ATTEMPTS {
         // A pair of this hash, waiting or running, is held here: this is a
         // third connection.
@@ -67,15 +68,54 @@ pub(crate) async fn arrive(
             claim_here(&node, taken, stream, slot, request, hash).await;
             return None;
         }
-        match create::register(node.clone(), stream, slot, request).await {
-            Registration::Pending(pending) => return Some(pending),
-            Registration::Refused => return None,
+        match create::enrol(&node, &stream, &request).await {
+            Enrolment::Pending(entered) => {
+                // The Target has its success reply at once; nothing is read
+                // from it until its pair is activated.
+                send_socks5_ok(&stream, &hash).await;
+                counter!(COMMANDS, "protocol" => Protocol::Socks5.label(), "verb" => SOCKS5_TARGET, "outcome" => "ok")
+                    .increment(1);
+                return Some(entered.wait(stream, slot, request.early));
+            }
+            Enrolment::Refused(condition, text, leftover) => {
+                Protocol::Socks5
+                    .refuse_registrant(stream, condition, text)
+                    .await;
+                drop(leftover);
+                return None;
+            }
             // Another connection registered a moment ago: claim it.
-            Registration::Taken(s, sl, r, Here::Local) => (stream, slot, request) = (s, sl, r),
-            Registration::Taken(s, sl, r, Here::Elsewhere) => {
-                match claim_elsewhere(&node, s, sl, r, hash).await {
-                    Some((s, sl, r)) => (stream, slot, request) = (s, sl, r),
-                    None => return None,
+            Enrolment::Taken(Here::Local, _) => {}
+            // Another node's Target has this hash: claim it there.
+            Enrolment::Taken(Here::Elsewhere, leftover) => {
+                drop(leftover);
+                match locate(&node, &id, request.client, None).await {
+                    Located::Bridged(bridge, share) => {
+                        claimed_elsewhere(node, stream, slot, request, hash, bridge, share).await;
+                        return None;
+                    }
+                    // Gone since: look again (it may be this connection's
+                    // turn to register).
+                    Located::Unknown => {}
+                    // Ours: its removal is on its way, or a pair of it runs here.
+                    Located::Ours => {
+                        if node.activations.contains(&id) {
+                            refuse(stream, ReplyCode::NotAllowed).await;
+                            return None;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    // Claimed already (this is a third connection), or its
+                    // Target left.
+                    Located::Gone => {
+                        debug!(registration = %id, "no SOCKS5 target to claim on its node");
+                        refuse(stream, ReplyCode::NotAllowed).await;
+                        return None;
+                    }
+                    Located::Refused(..) => {
+                        refuse(stream, ReplyCode::GeneralFailure).await;
+                        return None;
+                    }
                 }
             }
         }
@@ -122,43 +162,18 @@ async fn claim_here(
     }
 }
 
-/// The requester, when the store names another node as its Target's: a
-/// Bridge to that node claims it there; once the owner says `paired`, the
-/// requester gets its success reply, and its side waits in a task of its
-/// own for `activated`. Gives the connection back when the Target is not
-/// (or no longer) there, to look again.
-async fn claim_elsewhere(
-    node: &Arc<Node>,
+/// The requester, claimed on its Target's node through a Bridge, which
+/// said `paired`: it gets its success reply, and its side waits in a task
+/// of its own for `activated`.
+async fn claimed_elsewhere(
+    node: Arc<Node>,
     stream: TcpStream,
     slot: Slot,
     request: Request,
     hash: StreamHash,
-) -> Option<(TcpStream, Slot, Request)> {
-    let id = request.id;
-    let (bridge, share) = match locate(node, &id, request.client, None).await {
-        Located::Bridged(bridge, share) => (bridge, share),
-        // Gone since: look again (it may be this connection's turn to register).
-        Located::Unknown => return Some((stream, slot, request)),
-        Located::Ours => {
-            // Ours: its removal is on its way, or a pair of it runs here.
-            if node.activations.contains(&id) {
-                refuse(stream, ReplyCode::NotAllowed).await;
-                return None;
-            }
-            tokio::task::yield_now().await;
-            return Some((stream, slot, request));
-        }
-        // Claimed already (this is a third connection), or its Target left.
-        Located::Gone => {
-            debug!(registration = %id, "no SOCKS5 target to claim on its node");
-            refuse(stream, ReplyCode::NotAllowed).await;
-            return None;
-        }
-        Located::Refused(..) => {
-            refuse(stream, ReplyCode::GeneralFailure).await;
-            return None;
-        }
-    };
+    bridge: Box<dtcp_forward::Halves>,
+    share: SessionGuard,
+) {
     // From the success reply on, a cut is a reset.
     dtcp_forward::reset_on_close(&stream);
     send_socks5_ok(&stream, &hash).await;
@@ -172,9 +187,8 @@ async fn claim_elsewhere(
     // registration, which came before this request, and says so: this
     // deadline is a backstop for an owner that never does.
     let deadline = request.received + node.config.socks5_wait() + BACKSTOP_MARGIN;
-    let task = await_activation(node.clone(), stream, slot, request, bridge, deadline, share);
+    let task = await_activation(node, stream, slot, request, bridge, deadline, share);
     tokio::spawn(task.in_current_span());
-    None
 }
 
 /// The requester's side on its own node, claimed by the Target's owner:
