@@ -14,24 +14,26 @@ use crate::limits::Slot;
 use crate::protocol::Protocol;
 use crate::xep0065::activation::PairTicket;
 
-/// The Target's side of a session, handed to the Initiator's task by a claim.
+/// The claimant's side of a session (a DTCP Target's, a XEP-0065
+/// requester's), handed by its claim to the task of the registering client.
 #[derive(Debug)]
 pub(crate) enum Claim {
-    /// The Target is connected to this node.
+    /// A DTCP Target connected to this node.
     Local(LocalClaim),
-    /// The Target is connected to another node, which opened a Bridge.
+    /// A DTCP Target connected to another node, which opened a Bridge.
     Remote(RemoteClaim),
     /// XEP-0065: the requester's side (local or remote), paired with the
-    /// pending Target but not yet activated. Boxed: rare, and every pending
-    /// CREATE's claim channel makes room for a claim.
+    /// pending waiter but not yet activated. Boxed: rare, and every pending
+    /// registration's claim channel makes room for a claim.
     Socks5(Box<Socks5Claim>),
 }
 
-/// A XEP-0065 requester's side, handed to the Target's task by its claim.
+/// A XEP-0065 requester's side, handed to its waiter's task by its claim.
 ///
-/// The naming of the two sides is DTCP's: the SOCKS5 Target connects first
-/// and registers (the role of a DTCP Initiator); the requester connects
-/// second and claims (the role of a DTCP Target).
+/// The waiter (XEP-0065's Target) connects first and registers; the
+/// requester connects second and claims. In the session's metrics and log
+/// line the roles are DTCP's: the waiter is the initiator, the requester
+/// the target.
 #[derive(Debug)]
 pub(crate) struct Socks5Claim {
     /// The requester.
@@ -43,37 +45,37 @@ pub(crate) struct Socks5Claim {
 /// Where a XEP-0065 requester is connected.
 #[derive(Debug)]
 pub(crate) enum Requester {
-    /// To this node; the hash is for its success reply, which the Target's
+    /// To this node; the hash is for its success reply, which the waiter's
     /// task sends.
     Local(LocalClaim, StreamHash),
     /// To another node, which answers it once this node says `paired`.
     Remote(RemoteClaim),
 }
 
-/// A Target on another node, reached through the Bridge it opened.
+/// A claimant on another node, reached through the Bridge it opened.
 #[derive(Debug)]
 pub(crate) struct RemoteClaim {
-    /// Frames toward the Target's node (the Bridge's response body).
+    /// Frames toward the claimant's node (the Bridge's response body).
     pub(crate) outbound: Outbound,
-    /// Frames from it. Boxed: it is large, and every pending CREATE's claim
-    /// channel makes room for a claim.
+    /// Frames from it. Boxed: it is large, and every pending registration's
+    /// claim channel makes room for a claim.
     pub(crate) inbound: Box<Inbound>,
-    /// The Target's client address, as its node sent it (for logs only).
-    pub(crate) target: Option<SocketAddr>,
+    /// The claimant's client address, as its node sent it (for logs only).
+    pub(crate) client: Option<SocketAddr>,
 }
 
-/// A Target connected to this node.
+/// A claimant connected to this node.
 #[derive(Debug)]
 pub(crate) struct LocalClaim {
-    /// The Target's socket, its `OK` not yet sent.
-    pub(crate) target: TcpStream,
-    /// Bytes the Target sent behind its command, to be delivered first.
+    /// The claimant's socket, its `OK` (or success reply) not yet sent.
+    pub(crate) stream: TcpStream,
+    /// Bytes the claimant sent behind its handshake, to be delivered first.
     pub(crate) early: BytesMut,
-    /// The Target's connection slot, released when the session ends.
+    /// The claimant's connection slot, released when the session ends.
     pub(crate) slot: Slot,
-    /// When the Target's command was complete: pairing latency starts here.
-    pub(crate) connect_started: Instant,
-    /// The Target's client address, for the session's log line.
+    /// When the claimant's handshake was complete: pairing latency starts here.
+    pub(crate) received: Instant,
+    /// The claimant's client address, for the session's log line.
     pub(crate) client: IpAddr,
     /// The protocol both sides speak.
     pub(crate) protocol: Protocol,

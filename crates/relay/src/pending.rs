@@ -34,7 +34,7 @@ struct Entry<C> {
     /// ([`PendingTable::recorded`]): what a rewrite of the store gives it.
     record_expires: Option<Instant>,
     /// What the registering client speaks: a claim from another node
-    /// pairs a SOCKS5 Target without starting its session.
+    /// pairs a XEP-0065 waiter without starting its session.
     protocol: Protocol,
 }
 
@@ -94,7 +94,7 @@ impl<C> PendingTable<C> {
         }
     }
 
-    /// Registers a pending CREATE (or SOCKS5 Target).
+    /// Registers a pending CREATE (or XEP-0065 waiter).
     pub(crate) fn insert(
         &self,
         id: RegistrationId,

@@ -61,7 +61,7 @@ impl Claimer for Plane {
         let remote = RemoteClaim {
             outbound: bridge.outbound,
             inbound: Box::new(bridge.inbound),
-            target: open.target(),
+            client: open.target(),
         };
         let claim = match taken.protocol {
             Protocol::Dtcp => Claim::Remote(remote),

@@ -23,7 +23,7 @@ use crate::limits::Slot;
 use crate::metrics::{COMMANDS, CONNECTIONS_REFUSED};
 use crate::node::{Node, SHUTTING_DOWN};
 use crate::protocol::Protocol;
-use crate::reply::refuse;
+use crate::reply::refuse_dtcp;
 use crate::session;
 use crate::session::forwarded;
 
@@ -76,7 +76,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
     if node.per_address.sessions_full(client.ip()) {
         counter!(CONNECTIONS_REFUSED, "reason" => "per_ip_sessions").increment(1);
         let text = session::TOO_MANY_SESSIONS;
-        return refuse(stream, VERB, Condition::ResourceConstraint, text).await;
+        return refuse_dtcp(stream, VERB, Condition::ResourceConstraint, text).await;
     }
     // Nothing more is read from the Target until it is paired: what it sends
     // meanwhile waits in the kernel. Held from its first wait on: a CONNECT
@@ -107,16 +107,16 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
                 return;
             };
             let claim = Claim::Local(LocalClaim {
-                target: stream,
+                stream,
                 early,
                 slot,
-                connect_started: received,
+                received,
                 client: client.ip(),
                 protocol: Protocol::Dtcp,
             });
             if let Err(Claim::Local(c)) = tx.send(claim) {
                 let text = "no pending CREATE matched";
-                refuse(c.target, VERB, Condition::NotFound, text).await;
+                refuse_dtcp(c.stream, VERB, Condition::NotFound, text).await;
             }
             return;
         }
@@ -125,7 +125,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         match locate(&node, &id, client, expectation.announced_owner()).await {
             Located::Bridged(bridge, share) => break (bridge, share),
             Located::Refused(condition, text) => {
-                return refuse(stream, VERB, condition, text).await;
+                return refuse_dtcp(stream, VERB, condition, text).await;
             }
             // Not registered yet, or claimed by another Target, withdrawn,
             // or the record names an earlier process at that address: look
@@ -159,10 +159,10 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
             Wake::Look => poll = looks.next().unwrap_or(STORE_POLL_MAX),
             Wake::Expired => {
                 let text = "no pending CREATE matched within the connect grace";
-                return refuse(stream, VERB, Condition::NotFound, text).await;
+                return refuse_dtcp(stream, VERB, Condition::NotFound, text).await;
             }
             Wake::Drain => {
-                return refuse(stream, VERB, Condition::ShuttingDown, SHUTTING_DOWN).await;
+                return refuse_dtcp(stream, VERB, Condition::ShuttingDown, SHUTTING_DOWN).await;
             }
             Wake::HungUp => {
                 counter!(COMMANDS, "verb" => "connect", "outcome" => "abandoned").increment(1);
@@ -176,7 +176,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         return;
     };
     // Its own task, like a local session: this one's memory is freed.
-    let session = forwarded::run_target_side(
+    let session = forwarded::run_claimant_side(
         node.clone(),
         stream,
         slot,

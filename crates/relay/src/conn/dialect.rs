@@ -26,12 +26,12 @@ use tracing::debug;
 use crate::claim::Claim;
 use crate::conn::early::{self, Held, poll_hung_up};
 use crate::conn::record::StoreRecord;
-use crate::conn::request::SOCKS5_TARGET;
+use crate::conn::request::SOCKS5_WAITER;
 use crate::limits::IpGuard;
 use crate::metrics::COMMANDS;
 use crate::node::Node;
 use crate::protocol::Protocol;
-use crate::reply::{Socks5Refusal, refuse, refuse_socks5};
+use crate::reply::{Socks5Refusal, refuse_dtcp, refuse_socks5};
 use crate::session;
 use crate::socket::{poll_gone_unread, reset};
 
@@ -49,7 +49,7 @@ impl Protocol {
         text: &str,
     ) {
         match self {
-            Protocol::Dtcp => refuse(stream, CREATE, condition, text).await,
+            Protocol::Dtcp => refuse_dtcp(stream, CREATE, condition, text).await,
             Protocol::Socks5 => {
                 let code = match condition {
                     Condition::Conflict => ReplyCode::NotAllowed,
@@ -59,7 +59,7 @@ impl Protocol {
                     condition = condition.as_str(),
                     text, "SOCKS5 target refused"
                 );
-                refuse_socks5(stream, SOCKS5_TARGET, Socks5Refusal::Reply(code)).await;
+                refuse_socks5(stream, SOCKS5_WAITER, Socks5Refusal::Reply(code)).await;
             }
         }
     }
@@ -160,7 +160,7 @@ impl Protocol {
         text: &str,
     ) {
         match self {
-            Protocol::Dtcp => refuse(stream, CREATE, condition, text).await,
+            Protocol::Dtcp => refuse_dtcp(stream, CREATE, condition, text).await,
             Protocol::Socks5 => {
                 debug!(registration = %id, why = text, "SOCKS5 target closed unpaired");
                 reset(stream);

@@ -1,12 +1,17 @@
 //! One client connection, from its handshake to the end of its session.
 //!
 //! The phases, one file each: [`handshake`] (the preamble, [`proxy`], then the
-//! protocol the first byte names: [`dtcp`], or [`socks5`] in XEP-0065 mode),
-//! which produces a [`request::Request`] to register or to claim; [`create`]
-//! (register, then wait for the claim) or [`connect`] (claim, locally or
-//! through a Bridge), or for SOCKS5 [`arrive`] (the first connection of a
-//! stream hash registers, the second claims); [`early`] (what a client sends
-//! before it is paired). The paired session itself is in [`crate::session`].
+//! protocol the first byte names: [`dtcp`], or in XEP-0065 mode SOCKS5,
+//! [`crate::xep0065::socks5`]), which produces a [`request::Request`] to
+//! register or to claim; [`create`] (register, then wait for the claim) or
+//! [`connect`] (claim, locally or through a Bridge to the node that
+//! [`locate`] finds), or for SOCKS5 [`crate::xep0065::arrive`] (the first
+//! connection of a stream hash registers through [`create`], the second
+//! claims, here or through [`locate`]); [`early`] (what a client sends
+//! before it is paired). Beside them: [`dialect`] (what differs between the
+//! protocols where registering meets the client, asked of its
+//! [`Protocol`](crate::protocol::Protocol)) and [`record`] (a registration's
+//! store record). The paired session itself is in [`crate::session`].
 //!
 //! # Memory
 //!
@@ -53,10 +58,10 @@ use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
 use crate::conn::create::{Admission, Pending, Wait};
-use crate::conn::request::{Refused, Role, SOCKS5_UNKNOWN};
+use crate::conn::request::{Refusal, Role, SOCKS5_UNKNOWN};
 use crate::limits::Slot;
 use crate::node::Node;
-use crate::reply::{refuse, refuse_socks5};
+use crate::reply::{refuse_dtcp, refuse_socks5};
 use crate::xep0065::arrive::arrive;
 
 /// A boxed future of one phase of a connection.
@@ -163,11 +168,11 @@ impl Future for Connection {
 async fn start(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, mut slot: Slot) -> Next {
     let request = match handshake::read(&node, &mut stream, peer, &mut slot).await {
         Ok(request) => request,
-        Err(Some(Refused::Dtcp(r))) => {
-            refuse(stream, Some(r.verb), r.condition, &r.text).await;
+        Err(Some(Refusal::Dtcp(r))) => {
+            refuse_dtcp(stream, Some(r.verb), r.condition, &r.text).await;
             return Next::Done;
         }
-        Err(Some(Refused::Socks5(r))) => {
+        Err(Some(Refusal::Socks5(r))) => {
             refuse_socks5(stream, SOCKS5_UNKNOWN, r).await;
             return Next::Done;
         }
@@ -240,10 +245,10 @@ mod state_size {
         // As spawned: inside the connection's tracing span.
         let connection_size = std::mem::size_of::<tracing::instrument::Instrumented<Connection>>();
         let claim = LocalClaim {
-            target: socket().await.unwrap(),
+            stream: socket().await.unwrap(),
             early: BytesMut::new(),
             slot: slot(),
-            connect_started: Instant::now(),
+            received: Instant::now(),
             client: std::net::Ipv4Addr::LOCALHOST.into(),
             protocol: crate::protocol::Protocol::Dtcp,
         };

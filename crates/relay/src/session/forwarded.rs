@@ -1,8 +1,11 @@
 //! Sessions whose two sides are on different nodes, joined by a Bridge.
 //!
-//! Each node runs one side: the **target side** (the node the `CONNECT`
-//! reached: it opens the Bridge, then joins its Target to it) and the
-//! **owner side** (the node holding the Initiator, which the Bridge claimed).
+//! Each node runs one side: the **claimant side** (the node the claimant,
+//! a `CONNECT` or a XEP-0065 requester, reached: it opened the Bridge, and
+//! joins its client to it) and the **owner side** (the node holding the
+//! registering client, which the Bridge claimed). The session's roles are
+//! DTCP's whatever the protocol: the claimant's client is its Target, the
+//! registering client its Initiator.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,13 +28,13 @@ use crate::protocol::Protocol;
 use crate::reply::send_ok;
 use crate::session::report::{Ended, Side, finished};
 
-/// Target side, once the Bridge is open (and, in XEP-0065 mode, the pair
+/// Claimant side, once the Bridge is open (and, in XEP-0065 mode, the pair
 /// activated): answers a DTCP Target `OK` and joins its socket to the Bridge.
 #[expect(
     clippy::too_many_arguments,
     reason = "the parts of a session handed over at once"
 )]
-pub(crate) async fn run_target_side(
+pub(crate) async fn run_claimant_side(
     node: Arc<Node>,
     target: TcpStream,
     _slot: Slot,
@@ -76,7 +79,7 @@ pub(crate) async fn run_target_side(
     streams.decrement(1.0);
     let (outcome, detail) = outcome_of(&report.end, "client");
     let ended = Ended {
-        side: Side::Target,
+        side: Side::Claimant,
         id,
         paired_at,
         waited: Duration::ZERO,
@@ -109,7 +112,7 @@ pub(crate) async fn run_owner_side(
     let RemoteClaim {
         outbound,
         inbound,
-        target,
+        client: target,
     } = claim;
     // With debug logging, this connection's lines name the Target as its
     // node saw it, not the node: the Bridge carried its address (the

@@ -44,25 +44,23 @@ pub(crate) fn run(
         // process killed included: the kernel then closes it) is reset, never
         // ended with a FIN the client could take for its peer's.
         pump::reset_on_close(&initiator);
-        pump::reset_on_close(&claim.target);
+        pump::reset_on_close(&claim.stream);
         let series = node.hot.local(claim.protocol);
         if claim.protocol == Protocol::Dtcp {
             send_ok(&initiator).await;
-            send_ok(&claim.target).await;
+            send_ok(&claim.stream).await;
             node.hot.create_ok.increment(1);
             node.hot.connect_ok.increment(1);
             // A XEP-0065 pair's was recorded at its claim: the wait for
             // the activation is the clients', not the relay's.
-            series
-                .pairing_latency
-                .record(claim.connect_started.elapsed());
+            series.pairing_latency.record(claim.received.elapsed());
         }
         series.active.increment(1.0);
         let paired_at = Instant::now();
         let mut pump = Pump::new(
             (&initiator, &i_early, series.initiator_to_target.clone()),
             (
-                &claim.target,
+                &claim.stream,
                 &claim.early,
                 series.target_to_initiator.clone(),
             ),
@@ -79,7 +77,7 @@ pub(crate) fn run(
             // neither client mistakes it for its peer's FIN. (Set since OK;
             // again here, where the reason is.)
             pump::reset_on_close(&initiator);
-            pump::reset_on_close(&claim.target);
+            pump::reset_on_close(&claim.stream);
         }
         let moved = pump.moved();
         series.active.decrement(1.0);

@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use crate::claim::{Claim, Requester};
 use crate::node::Node;
 use crate::protocol::Protocol;
-use crate::reply::refuse;
+use crate::reply::refuse_dtcp;
 use crate::socket::reset;
 
 pub(crate) use awaiting::counted_requester;
@@ -54,7 +54,7 @@ pub(crate) fn start(
             // address that is both sides, once); the guard lives as long
             // as the session.
             let Some(share) = node.per_address.session(client, Some(local.client)) else {
-                return Box::pin(over_share(initiator, Some(local.target), None));
+                return Box::pin(over_share(initiator, Some(local.stream), None));
             };
             let session = local::run(node, initiator, i_early, local, id, waited, client);
             Box::pin(async move {
@@ -86,7 +86,7 @@ pub(crate) fn start(
             // A XEP-0065 pair is a session from its claim on: each client's
             // address takes part in one more (a requester on another node is
             // counted there). Over a share the pair is cut, both reset: the
-            // Target has had its success reply already.
+            // waiter has had its success reply already.
             let requester = match &pair.requester {
                 Requester::Local(requester, _) => Some(requester.client),
                 Requester::Remote(_) => None,
@@ -112,7 +112,7 @@ pub(crate) fn start(
 pub(crate) async fn abandon(claim: Claim) {
     let text = "the initiator hung up";
     match claim {
-        Claim::Local(c) => refuse(c.target, Some("connect"), Condition::NotFound, text).await,
+        Claim::Local(c) => refuse_dtcp(c.stream, Some("connect"), Condition::NotFound, text).await,
         Claim::Remote(r) => r.outbound.try_send(Frame::error(Condition::NotFound, text)),
         Claim::Socks5(c) => awaiting::cut_requester(*c, "the target hung up"),
     }
@@ -141,11 +141,11 @@ async fn over_share(
     }
     let refusing_target = async {
         if let Some(target) = target {
-            refuse(target, Some("connect"), condition, TOO_MANY_SESSIONS).await;
+            refuse_dtcp(target, Some("connect"), condition, TOO_MANY_SESSIONS).await;
         }
     };
     tokio::join!(
-        refuse(initiator, Some("create"), condition, TOO_MANY_SESSIONS),
+        refuse_dtcp(initiator, Some("create"), condition, TOO_MANY_SESSIONS),
         refusing_target
     );
 }

@@ -1,10 +1,14 @@
 //! XEP-0065 mode's pairing (docs/PROTOCOL.md section 6): the first SOCKS5
-//! connection with a stream hash is the bytestream's Target and registers,
-//! like a `CREATE`; the second is its requester and claims it, like a
-//! `CONNECT` (on this node, or through a Bridge to the node that holds the
-//! Target); a third is refused `02`. The claim pairs the two without
-//! starting their session: that waits for the activation
-//! ([`crate::xep0065::activation`]).
+//! connection with a stream hash is the waiter (the bytestream's Target in
+//! XEP-0065's words) and registers, like a `CREATE`; the second is its
+//! requester and claims it, like a `CONNECT` (on this node, or through a
+//! Bridge to the node that holds the waiter); a third is refused `02`. The
+//! claim pairs the two without starting their session: that waits for the
+//! activation ([`crate::xep0065::activation`]).
+//!
+//! Which of the two a connection is, is found by registering: a
+//! registration of its stream hash already there, on this node or in the
+//! store, makes it the requester.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use tracing::{Instrument, debug};
 use crate::claim::{Claim, LocalClaim, Requester, Socks5Claim};
 use crate::conn::create::{self, Enrolment, Here, Pending};
 use crate::conn::locate::{Located, locate};
-use crate::conn::request::{Request, SOCKS5_REQUESTER, SOCKS5_TARGET};
+use crate::conn::request::{Request, SOCKS5_REQUESTER, SOCKS5_WAITER};
 use crate::limits::{SessionGuard, Slot};
 use crate::metrics::COMMANDS;
 use crate::node::{Node, SHUTTING_DOWN};
@@ -30,20 +34,20 @@ use crate::reply::{Socks5Refusal, refuse_socks5, send_socks5_ok};
 use crate::session::{self, forwarded};
 use crate::socket;
 
-/// How often a connection may find its hash's Target gone between looking
+/// How often a connection may find its hash's waiter gone between looking
 /// and claiming (it left, or another arrival was in the middle of
 /// registering) and look again, before it is refused.
 const ATTEMPTS: usize = 3;
 
 /// How long after its own reckoning of the SOCKS5 wait a requester whose
-/// Target is on another node still waits for that node's word: the owner
+/// waiter is on another node still waits for that node's word: the owner
 /// cuts an unactivated pair and tells this node, and a backstop that fired
 /// at the same moment would race it (the pair would then look abandoned by
 /// its requester rather than expired).
 const BACKSTOP_MARGIN: Duration = Duration::from_secs(1);
 
 /// Refuses a requester (or a third connection) with `code`.
-async fn refuse(stream: TcpStream, code: ReplyCode) {
+async fn refuse_requester(stream: TcpStream, code: ReplyCode) {
     refuse_socks5(stream, SOCKS5_REQUESTER, Socks5Refusal::Reply(code)).await;
 }
 
@@ -61,7 +65,7 @@ pub(crate) async fn arrive(
         // third connection.
         if node.activations.contains(&id) {
             debug!(registration = %id, "a third SOCKS5 connection for this stream");
-            refuse(stream, ReplyCode::NotAllowed).await;
+            refuse_requester(stream, ReplyCode::NotAllowed).await;
             return None;
         }
         if let Some(taken) = node.pending.take_entry(&id) {
@@ -70,10 +74,10 @@ pub(crate) async fn arrive(
         }
         match create::enrol(&node, &stream, &request).await {
             Enrolment::Pending(entered) => {
-                // The Target has its success reply at once; nothing is read
+                // The waiter has its success reply at once; nothing is read
                 // from it until its pair is activated.
                 send_socks5_ok(&stream, &hash).await;
-                counter!(COMMANDS, "protocol" => Protocol::Socks5.label(), "verb" => SOCKS5_TARGET, "outcome" => "ok")
+                counter!(COMMANDS, "protocol" => Protocol::Socks5.label(), "verb" => SOCKS5_WAITER, "outcome" => "ok")
                     .increment(1);
                 return Some(entered.wait(stream, slot, request.early));
             }
@@ -86,7 +90,7 @@ pub(crate) async fn arrive(
             }
             // Another connection registered a moment ago: claim it.
             Enrolment::Taken(Here::Local, _) => {}
-            // Another node's Target has this hash: claim it there.
+            // Another node's waiter has this hash: claim it there.
             Enrolment::Taken(Here::Elsewhere, leftover) => {
                 drop(leftover);
                 match locate(&node, &id, request.client, None).await {
@@ -100,32 +104,32 @@ pub(crate) async fn arrive(
                     // Ours: its removal is on its way, or a pair of it runs here.
                     Located::Ours => {
                         if node.activations.contains(&id) {
-                            refuse(stream, ReplyCode::NotAllowed).await;
+                            refuse_requester(stream, ReplyCode::NotAllowed).await;
                             return None;
                         }
                         tokio::task::yield_now().await;
                     }
                     // Claimed already (this is a third connection), or its
-                    // Target left.
+                    // waiter left.
                     Located::Gone => {
                         debug!(registration = %id, "no SOCKS5 target to claim on its node");
-                        refuse(stream, ReplyCode::NotAllowed).await;
+                        refuse_requester(stream, ReplyCode::NotAllowed).await;
                         return None;
                     }
                     Located::Refused(..) => {
-                        refuse(stream, ReplyCode::GeneralFailure).await;
+                        refuse_requester(stream, ReplyCode::GeneralFailure).await;
                         return None;
                     }
                 }
             }
         }
     }
-    refuse(stream, ReplyCode::GeneralFailure).await;
+    refuse_requester(stream, ReplyCode::GeneralFailure).await;
     None
 }
 
-/// The requester, on the node holding its Target: enters the pair in the
-/// activation table and hands the requester to the Target's task, which
+/// The requester, on the node holding its waiter: enters the pair in the
+/// activation table and hands the requester to the waiter's task, which
 /// answers it.
 async fn claim_here(
     node: &Node,
@@ -137,16 +141,16 @@ async fn claim_here(
 ) {
     let id = request.id;
     let Some(ticket) = node.activations.pair(id, taken.record_expires) else {
-        // A Target registered while the previous pair of this hash still
-        // runs: not one we can pair (dropping `tx` cuts that Target too).
-        refuse(stream, ReplyCode::NotAllowed).await;
+        // A waiter registered while the previous pair of this hash still
+        // runs: not one we can pair (dropping `tx` cuts that waiter too).
+        refuse_requester(stream, ReplyCode::NotAllowed).await;
         return;
     };
     let requester = LocalClaim {
-        target: stream,
+        stream,
         early: request.early,
         slot,
-        connect_started: request.received,
+        received: request.received,
         client: request.client.ip(),
         protocol: Protocol::Socks5,
     };
@@ -157,12 +161,12 @@ async fn claim_here(
     if let Err(Claim::Socks5(pair)) = taken.tx.send(claim)
         && let Requester::Local(requester, _) = pair.requester
     {
-        // The Target's task ended in the meantime.
-        refuse(requester.target, ReplyCode::GeneralFailure).await;
+        // The waiter's task ended in the meantime.
+        refuse_requester(requester.stream, ReplyCode::GeneralFailure).await;
     }
 }
 
-/// The requester, claimed on its Target's node through a Bridge, which
+/// The requester, claimed on its waiter's node through a Bridge, which
 /// said `paired`: it gets its success reply, and its side waits in a task
 /// of its own for `activated`.
 async fn claimed_elsewhere(
@@ -183,7 +187,7 @@ async fn claimed_elsewhere(
         .socks5_forwarded
         .pairing_latency
         .record(request.received.elapsed());
-    // The owner cuts the pair at the SOCKS5 wait from its Target's
+    // The owner cuts the pair at the SOCKS5 wait from its waiter's
     // registration, which came before this request, and says so: this
     // deadline is a backstop for an owner that never does.
     let deadline = request.received + node.config.socks5_wait() + BACKSTOP_MARGIN;
@@ -191,7 +195,7 @@ async fn claimed_elsewhere(
     tokio::spawn(task.in_current_span());
 }
 
-/// The requester's side on its own node, claimed by the Target's owner:
+/// The requester's side on its own node, claimed by the waiter's owner:
 /// waits for the owner's `activated` (or its giving up, or the requester
 /// going), then joins the requester to the Bridge.
 async fn await_activation(
@@ -207,28 +211,28 @@ async fn await_activation(
     // Released when the pair ends, however it ends.
     let _share = share;
     let _tracked = node.sessions.token();
-    enum Woke {
+    enum Waited {
         Activated,
         Cut(&'static str),
         RequesterGone,
     }
-    let woke = tokio::select! {
+    let waited = tokio::select! {
         biased;
         frame = bridge.inbound.next() => match frame {
-            Ok(Some(Kind::Activated(_))) => Woke::Activated,
-            _ => Woke::Cut("the target's node ended the pair"),
+            Ok(Some(Kind::Activated(_))) => Waited::Activated,
+            _ => Waited::Cut("the target's node ended the pair"),
         },
-        () = node.stop.cancelled() => Woke::Cut(SHUTTING_DOWN),
-        () = sleep_until(deadline) => Woke::Cut("not activated within the SOCKS5 activation timeout"),
-        () = poll_fn(|cx| socket::poll_gone_unread(&stream, cx)) => Woke::RequesterGone,
+        () = node.stop.cancelled() => Waited::Cut(SHUTTING_DOWN),
+        () = sleep_until(deadline) => Waited::Cut("not activated within the SOCKS5 activation timeout"),
+        () = poll_fn(|cx| socket::poll_gone_unread(&stream, cx)) => Waited::RequesterGone,
     };
-    match woke {
-        Woke::Activated => {
+    match waited {
+        Waited::Activated => {
             debug!(registration = %id, "SOCKS5 pair activated (target on another node)");
             let Some(stream) = socket::rearm(stream) else {
                 return;
             };
-            forwarded::run_target_side(
+            forwarded::run_claimant_side(
                 node,
                 stream,
                 slot,
@@ -241,11 +245,11 @@ async fn await_activation(
             )
             .await;
         }
-        Woke::Cut(why) => {
+        Waited::Cut(why) => {
             debug!(registration = %id, why, "SOCKS5 pair cut before activation");
             socket::reset(stream);
         }
-        Woke::RequesterGone => {
+        Waited::RequesterGone => {
             debug!(registration = %id, "SOCKS5 requester hung up before activation");
             bridge
                 .outbound
