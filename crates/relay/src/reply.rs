@@ -7,7 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
-use dtcp_forward::write_all;
+use dtcp_duplex::write_all;
 use dtcp_wire::socks5::{Method, ReplyCode, StreamHash, error_reply, success_reply};
 use dtcp_wire::{Condition, OK, Reply};
 use metrics::counter;
