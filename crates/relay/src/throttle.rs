@@ -4,9 +4,9 @@
 //! bucket has refilled, so TCP's flow control slows the sender down; the
 //! session is never cut.
 //!
-//! The same throttles cap a forwarded session: the forwarding plane's pump
-//! asks them through [`dtcp_forward::Gate`], which [`Throttle`] implements,
-//! so the buckets stay here and the plane knows only the trait.
+//! Every pump asks them through [`dtcp_duplex::Gate`], which [`Throttle`]
+//! implements: a local session's and the forwarding plane's, so the buckets
+//! stay here and the pumps know only the trait.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -227,7 +227,7 @@ impl Drop for Throttle {
     }
 }
 
-impl dtcp_forward::Gate for Throttle {
+impl dtcp_duplex::Gate for Throttle {
     fn poll_grant(&mut self, want: usize, cx: &mut Context<'_>) -> Poll<usize> {
         Throttle::poll_grant(self, want, cx)
     }

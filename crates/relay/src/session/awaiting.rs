@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dtcp_duplex::reset_on_close;
 use dtcp_forward::proto::Frame;
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::counter;
@@ -36,7 +37,6 @@ use crate::protocol::Protocol;
 use crate::reply::send_socks5_ok;
 use crate::session::forwarded;
 use crate::session::local;
-use crate::session::pump::reset_on_close;
 
 /// What ended a pair's wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dtcp_duplex::reset_on_close;
 use dtcp_forward::proto::Frame;
-use dtcp_forward::{BridgeError, End, Halves, join, reset_on_close};
+use dtcp_forward::{BridgeError, End, Halves, join};
 use dtcp_store::NodeInfo;
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::{counter, gauge};
