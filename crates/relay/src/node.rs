@@ -8,7 +8,8 @@ use dtcp_store::{MemoryStore, NodeInfo, Rendezvous};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use dtcp_forward::{Dialer, Gates};
+use dtcp_duplex::Gates;
+use dtcp_forward::Dialer;
 
 use crate::claim::Claim;
 use crate::config::Config;
@@ -159,7 +160,7 @@ impl Node {
     ///   node's client socket moves the bytes it reads and those it writes,
     ///   as a local session's two sockets do.
     pub(crate) fn gates(&self) -> Gates {
-        let gate = |t: Box<Throttle>| -> Box<dyn dtcp_forward::Gate> { t };
+        let gate = |t: Box<Throttle>| -> Box<dyn dtcp_duplex::Gate> { t };
         let node_only = Throttle::new(None, self.node_rate.clone(), self.hot.throttled.clone());
         Gates {
             read: self.throttle().map(gate),

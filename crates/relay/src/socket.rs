@@ -5,7 +5,7 @@
 use std::io;
 use std::task::{Context, Poll};
 
-use dtcp_forward::reset_on_close;
+use dtcp_duplex::reset_on_close;
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dtcp_duplex::reset_on_close;
 use dtcp_forward::proto::Frame;
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::counter;
@@ -35,7 +36,6 @@ use crate::protocol::Protocol;
 use crate::reply::send_socks5_ok;
 use crate::session::forwarded;
 use crate::session::local;
-use crate::session::pump::reset_on_close;
 use crate::socket::{poll_gone_unread, rearm, reset};
 use crate::xep0065::activation::PairTicket;
 

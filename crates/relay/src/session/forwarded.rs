@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dtcp_duplex::reset_on_close;
 use dtcp_forward::proto::Frame;
-use dtcp_forward::{End, Halves, join, reset_on_close};
+use dtcp_forward::{End, Halves, join};
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::{counter, gauge};
 use tokio::net::TcpStream;

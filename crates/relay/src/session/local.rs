@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dtcp_duplex::reset_on_close;
 use dtcp_wire::RegistrationId;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -15,7 +16,7 @@ use crate::node::Node;
 use crate::outcome::Outcome;
 use crate::protocol::Protocol;
 use crate::reply::send_ok;
-use crate::session::pump::{self, Pump};
+use crate::session::pump::Pump;
 use crate::session::report::{Ended, Side, finished};
 
 /// `OK` to both (DTCP; a XEP-0065 pair has had its replies), then the pump
@@ -43,8 +44,8 @@ pub(crate) fn run(
         // From OK on, a socket closed by anything but a passed-on FIN (the
         // process killed included: the kernel then closes it) is reset, never
         // ended with a FIN the client could take for its peer's.
-        pump::reset_on_close(&initiator);
-        pump::reset_on_close(&claim.stream);
+        reset_on_close(&initiator);
+        reset_on_close(&claim.stream);
         let series = node.hot.local(claim.protocol);
         if claim.protocol == Protocol::Dtcp {
             send_ok(&initiator).await;
@@ -76,8 +77,8 @@ pub(crate) fn run(
             // A reset is passed on, and a cut is one: close with RST, so that
             // neither client mistakes it for its peer's FIN. (Set since OK;
             // again here, where the reason is.)
-            pump::reset_on_close(&initiator);
-            pump::reset_on_close(&claim.stream);
+            reset_on_close(&initiator);
+            reset_on_close(&claim.stream);
         }
         let moved = pump.moved();
         series.active.decrement(1.0);

@@ -10,8 +10,6 @@ pub(crate) mod forwarded;
 mod local;
 mod pump;
 mod report;
-#[cfg(target_os = "linux")]
-mod splice;
 
 use std::future::Future;
 use std::net::IpAddr;

@@ -179,7 +179,7 @@ async fn claimed_elsewhere(
     share: SessionGuard,
 ) {
     // From the success reply on, a cut is a reset.
-    dtcp_forward::reset_on_close(&stream);
+    dtcp_duplex::reset_on_close(&stream);
     send_socks5_ok(&stream, &hash).await;
     session::counted_requester();
     // Pairing latency: from the request to the claim (as `session::awaiting`).
