@@ -16,7 +16,7 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 use crate::conn;
 use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::Node;
-use crate::reply::refuse;
+use crate::reply::refuse_dtcp;
 
 /// Connections being refused at once when the limit is reached; beyond this
 /// they are closed without a reply.
@@ -117,7 +117,7 @@ fn refuse_over_limit(
         return;
     };
     let refusal = async move {
-        refuse(stream, None, Condition::ResourceConstraint, text).await;
+        refuse_dtcp(stream, None, Condition::ResourceConstraint, text).await;
         drop(permit);
     };
     tokio::spawn(refusal.instrument(span));

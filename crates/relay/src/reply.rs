@@ -37,7 +37,7 @@ pub(crate) async fn send_ok(stream: &TcpStream) {
 ///
 /// Boxed: refusing takes timers and buffers that would otherwise be part of
 /// the state of every connection task, refused or not.
-pub(crate) fn refuse<'a>(
+pub(crate) fn refuse_dtcp<'a>(
     stream: TcpStream,
     verb: Option<&'static str>,
     condition: Condition,
@@ -98,7 +98,7 @@ pub(crate) async fn send_socks5_ok(stream: &TcpStream, hash: &StreamHash) {
 
 /// Answers a SOCKS5 client `refusal` in one write and closes gracefully;
 /// `verb` is its role in `dtcp_commands_total{protocol="socks5"}`. Boxed,
-/// as [`refuse`] is.
+/// as [`refuse_dtcp`] is.
 pub(crate) fn refuse_socks5(
     stream: TcpStream,
     verb: &'static str,

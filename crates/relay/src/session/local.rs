@@ -11,9 +11,9 @@ use dtcp_wire::RegistrationId;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::claim::LocalClaim;
 use crate::node::Node;
 use crate::outcome::Outcome;
-use crate::pending::LocalClaim;
 use crate::protocol::Protocol;
 use crate::reply::send_ok;
 use crate::session::pump::Pump;
@@ -45,25 +45,23 @@ pub(crate) fn run(
         // process killed included: the kernel then closes it) is reset, never
         // ended with a FIN the client could take for its peer's.
         reset_on_close(&initiator);
-        reset_on_close(&claim.target);
+        reset_on_close(&claim.stream);
         let series = node.hot.local(claim.protocol);
         if claim.protocol == Protocol::Dtcp {
             send_ok(&initiator).await;
-            send_ok(&claim.target).await;
+            send_ok(&claim.stream).await;
             node.hot.create_ok.increment(1);
             node.hot.connect_ok.increment(1);
             // A XEP-0065 pair's was recorded at its claim: the wait for
             // the activation is the clients', not the relay's.
-            series
-                .pairing_latency
-                .record(claim.connect_started.elapsed());
+            series.pairing_latency.record(claim.received.elapsed());
         }
         series.active.increment(1.0);
         let paired_at = Instant::now();
         let mut pump = Pump::new(
             (&initiator, &i_early, series.initiator_to_target.clone()),
             (
-                &claim.target,
+                &claim.stream,
                 &claim.early,
                 series.target_to_initiator.clone(),
             ),
@@ -80,7 +78,7 @@ pub(crate) fn run(
             // neither client mistakes it for its peer's FIN. (Set since OK;
             // again here, where the reason is.)
             reset_on_close(&initiator);
-            reset_on_close(&claim.target);
+            reset_on_close(&claim.stream);
         }
         let moved = pump.moved();
         series.active.decrement(1.0);
