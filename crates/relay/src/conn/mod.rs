@@ -30,7 +30,8 @@
 //!   block (`session::start`), since an `async fn` keeps a second copy of
 //!   every argument;
 //! - the pump and the forwarding plane hold copy buffers and pipes only while
-//!   data is in flight (pooled per thread), never while a session is idle.
+//!   data is in flight (`dtcp_duplex`'s pools: one of buffers for the
+//!   process, pipes per thread), never while a session is idle.
 //! - no log subscriber state per connection at the default level: the
 //!   connection's tracing span is `debug` (an enabled span is a registry
 //!   record with its formatted fields, about 500 bytes for the connection's
