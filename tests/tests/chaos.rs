@@ -106,7 +106,7 @@ const MAX_BYTES: u64 = 512 * 1024;
 const SETTLE: Duration = Duration::from_secs(10);
 
 /// Splice pipes a node keeps per worker thread (`POOL_MAX` in
-/// crates/relay/src/session/splice.rs), two descriptors each.
+/// crates/duplex/src/pipe.rs), two descriptors each.
 const PIPES_PER_THREAD: usize = 4;
 /// A node's HTTP/2 connections to each other node: one dialed, one accepted.
 const PLANE_CONNECTIONS_PER_PEER: usize = 2;

@@ -1,15 +1,15 @@
-//! Pumps bytes between a TCP socket and a Bridge stream, both ways.
+//! Pumps bytes between a TCP socket and a Bridge stream, both ways: the
+//! Bridge's framing around what `dtcp-duplex` gives every pump (its buffer
+//! pool, the rate-cap gates, half-close and reset).
 
 use std::future::poll_fn;
 use std::io;
-use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use dtcp_duplex::{BUF_SIZE, Buf, Gate, Gates, pass_fin, reset_on_close, write_all};
 use metrics::Counter;
-use socket2::SockRef;
 use tokio::net::TcpStream;
 
 use dtcp_wire::Condition;
@@ -19,38 +19,8 @@ use crate::proto::Frame;
 use crate::proto::frame::Kind;
 use crate::{FRAME_SIZE, RESET};
 
-/// A bandwidth limit on one direction of [`join`], asked once per socket
-/// read or write, never per byte. The limit lives with whoever calls
-/// `join` (the relay's token buckets); this crate only asks it.
-pub trait Gate: Send {
-    /// How many bytes the next read or write may move, at most `want`
-    /// (never 0); `Pending`, with a wake-up arranged, while the limit
-    /// allows none. A direction held here stops reading, and the sender is
-    /// slowed down by flow control (TCP's, or the Bridge's HTTP/2 window).
-    fn poll_grant(&mut self, want: usize, cx: &mut Context<'_>) -> Poll<usize>;
-
-    /// The read or write moved `used` of the bytes just granted; the rest
-    /// goes back.
-    fn used(&mut self, used: usize);
-}
-
-/// The limits on the two directions of a joined session; `None`: unlimited.
-#[derive(Default)]
-pub struct Gates {
-    /// Socket to Bridge: what this node reads from its client.
-    pub read: Option<Box<dyn Gate>>,
-    /// Bridge to socket: what this node writes to its client.
-    pub write: Option<Box<dyn Gate>>,
-}
-
-impl std::fmt::Debug for Gates {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gates")
-            .field("read", &self.read.is_some())
-            .field("write", &self.write.is_some())
-            .finish()
-    }
-}
+// A data frame is read into one buffer of the pool.
+const _: () = assert!(FRAME_SIZE <= BUF_SIZE);
 
 /// Asks `gate` for up to `want` bytes (all of them without one).
 async fn grant(gate: &mut Option<Box<dyn Gate>>, want: usize) -> usize {
@@ -114,8 +84,9 @@ const CUT_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 /// Moves bytes between `stream` and a Bridge until both directions have
 /// half-closed, one side fails, no byte moves for `idle`, or `stop`
 /// completes. `early` (what the client sent before pairing) goes first.
-/// `gates` limit how fast each direction moves (the early bytes are not
-/// held back: they were read before pairing).
+/// `gates` limit how fast each direction moves: `read` socket to Bridge,
+/// `write` Bridge to socket (the early bytes are not held back: they were
+/// read before pairing).
 ///
 /// Any end but both half-closes closes the socket with a reset. When the cut
 /// is this node's (idle, stop), the peer node is told why in an `error`
@@ -248,25 +219,27 @@ async fn tcp_to_bridge(
         // Asked once per read, once there is something to read (an idle
         // session takes nothing): a capped direction stops reading here.
         let max = grant(&mut gate, FRAME_SIZE).await;
-        // Taken only when the socket is readable: an idle session holds none.
-        let mut buf = pool::take();
+        // Taken only when the socket is readable: an idle session holds
+        // none. Handed to HTTP/2 as the frame's bytes, it comes back to the
+        // pool when h2 has sent and dropped them.
+        let mut buf = Buf::take();
         let read = stream.try_read(&mut buf[..max]);
         used(&mut gate, *read.as_ref().unwrap_or(&0));
         match read {
             Ok(0) => {
-                pool::give(buf);
+                drop(buf);
                 outbound.send(Frame::fin()).await.map_err(bridge)?;
                 return Ok(());
             }
             Ok(n) => {
                 outbound
-                    .send(Frame::data(pool::freeze(buf, n)))
+                    .send(Frame::data(buf.freeze(n)))
                     .await
                     .map_err(bridge)?;
                 counter.increment(n as u64);
                 sent.fetch_add(n as u64, Ordering::Relaxed);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => pool::give(buf),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => {
                 outbound.try_send(Frame::reset("the client's connection failed"));
                 return Err(Failure::Tcp);
@@ -324,125 +297,4 @@ async fn bridge_to_tcp(
             _ => return Err(Failure::Bridge("unexpected frame on the bridge".into())),
         }
     }
-}
-
-/// Read buffers for data frames, recycled.
-///
-/// A frame's bytes are handed to HTTP/2 as they were read, and come back
-/// here when h2 has sent and dropped them. Allocating a fresh [`FRAME_SIZE`](crate::FRAME_SIZE)
-/// buffer per frame instead cost the sending node page faults on every one
-/// (about 15% of its CPU at full speed).
-mod pool {
-    use std::sync::{Mutex, PoisonError};
-
-    use bytes::Bytes;
-
-    use crate::FRAME_SIZE;
-
-    /// Buffers kept for reuse (4 MiB): what a few busy sessions need.
-    const KEEP: usize = 16;
-    /// A read this small is copied out and its buffer reused at once, so
-    /// that small frames do not each hold a whole buffer while in flight.
-    const COPY_BELOW: usize = 16 * 1024;
-
-    static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
-
-    /// A buffer of [`FRAME_SIZE`] bytes.
-    pub(super) fn take() -> Box<[u8]> {
-        let pooled = POOL.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        pooled.unwrap_or_else(|| vec![0; FRAME_SIZE].into_boxed_slice())
-    }
-
-    /// Returns a buffer for reuse.
-    pub(super) fn give(buf: Box<[u8]>) {
-        let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-        if pool.len() < KEEP {
-            pool.push(buf);
-        }
-    }
-
-    /// The first `len` bytes of `buf`, as `Bytes` that give `buf` back when
-    /// the last of them is dropped.
-    pub(super) fn freeze(buf: Box<[u8]>, len: usize) -> Bytes {
-        if len < COPY_BELOW {
-            let bytes = Bytes::copy_from_slice(&buf[..len]);
-            give(buf);
-            return bytes;
-        }
-        Bytes::from_owner(Filled {
-            buf: Some(buf),
-            len,
-        })
-    }
-
-    struct Filled {
-        buf: Option<Box<[u8]>>,
-        len: usize,
-    }
-
-    impl AsRef<[u8]> for Filled {
-        fn as_ref(&self) -> &[u8] {
-            self.buf.as_deref().map_or(&[], |b| &b[..self.len])
-        }
-    }
-
-    impl Drop for Filled {
-        fn drop(&mut self) {
-            if let Some(buf) = self.buf.take() {
-                give(buf);
-            }
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn a_frame_gives_its_buffer_back_when_dropped() {
-            let mut buf = take();
-            buf[..COPY_BELOW].fill(7);
-            let ptr = buf.as_ptr();
-            let bytes = freeze(buf, COPY_BELOW);
-            assert_eq!(bytes.as_ptr(), ptr, "not copied");
-            assert_eq!(bytes.len(), COPY_BELOW);
-            assert!(bytes.iter().all(|&b| b == 7));
-            let clone = bytes.slice(10..20);
-            drop(bytes);
-            let other = take();
-            assert_ne!(other.as_ptr(), ptr, "still in use by the slice");
-            drop(clone);
-            let again = take();
-            assert_eq!(again.as_ptr(), ptr, "back in the pool");
-        }
-    }
-}
-
-/// Closes `stream` with a reset rather than a FIN when it is dropped, or
-/// when the process dies and the kernel closes it (zero linger).
-pub fn reset_on_close(stream: &TcpStream) {
-    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
-}
-
-/// Passes the peer's FIN on to `stream`: undoes [`reset_on_close`] first,
-/// so that the bytes still queued toward this client are delivered before
-/// the FIN (a zero-linger close would throw them away), then half-closes.
-pub fn pass_fin(stream: &TcpStream) -> std::io::Result<()> {
-    let sock = SockRef::from(stream);
-    sock.set_linger(None)?;
-    sock.shutdown(Shutdown::Write)
-}
-
-/// Writes all of `data` to a socket shared with a reader, waiting whenever
-/// its buffer is full.
-pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        to.writable().await?;
-        match to.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

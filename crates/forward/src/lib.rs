@@ -6,7 +6,9 @@
 //! by hand so that data crosses without copies ([`BridgeService`] on the
 //! owner, [`Dialer`] on the caller, one HTTP/2 connection per peer node),
 //! the cluster-secret check, and [`join()`], which pumps bytes between a TCP
-//! socket and a Bridge in both directions with half-close and backpressure.
+//! socket and a Bridge in both directions with half-close and backpressure
+//! (the buffers, rate caps and socket ends it shares with a local session's
+//! pump are `dtcp-duplex`'s).
 
 #![forbid(unsafe_code)]
 
@@ -41,7 +43,7 @@ pub use claimer::Claimer;
 pub use codec::{Halves, Inbound, Outbound, SERVICE};
 pub use dialer::{BridgeError, Dialer};
 pub use health::{Authenticated, HEALTH_CALL_TIMEOUT, HEALTH_MAX_MESSAGE, health_binding};
-pub use join::{End, Gate, Gates, Report, join, pass_fin, reset_on_close, write_all};
+pub use join::{End, Report, join};
 pub use service::BridgeService;
 pub use tls::{PlaneIo, PlaneTls, TlsError, TlsFiles};
 

@@ -16,14 +16,15 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 use crate::conn;
 use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::Node;
-use crate::reply::refuse;
+use crate::reply::refuse_dtcp;
 
 /// Connections being refused at once when the limit is reached; beyond this
 /// they are closed without a reply.
 const REFUSALS_IN_FLIGHT: usize = 64;
-/// Pause after an `accept` that failed for lack of descriptors, so that the
-/// loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause after an `accept` that failed for lack of descriptors (or for any
+/// reason not the one connection's), so that the loop does not spin: the
+/// client port's and the metrics port's.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts client connections for ever.
 pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
@@ -117,7 +118,7 @@ fn refuse_over_limit(
         return;
     };
     let refusal = async move {
-        refuse(stream, None, Condition::ResourceConstraint, text).await;
+        refuse_dtcp(stream, None, Condition::ResourceConstraint, text).await;
         drop(permit);
     };
     tokio::spawn(refusal.instrument(span));

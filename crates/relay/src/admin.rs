@@ -35,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
+use crate::accept::ACCEPT_BACKOFF;
 use crate::metrics::{
     ACCEPT_FAILURES, CONNECTION_RATE_SOURCES, CONNECTIONS_OPEN, LISTENER_CONNECTIONS_CLOSED,
     LISTENER_CONNECTIONS_OPEN, STORE_REGISTRATIONS, UPKEEP_INTERVAL,
@@ -61,9 +62,6 @@ const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Largest request head buffered (hyper's minimum; a scrape's is a few
 /// hundred bytes).
 const ADMIN_MAX_HEAD: usize = 8 * 1024;
-/// Pause after an accept that failed for lack of descriptors (or for any
-/// reason not the one connection's), so that the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 struct Http {

@@ -8,23 +8,23 @@
 //!
 //! One connection goes down the modules in this order: `server` (wiring and
 //! the drain), `accept` (a slot, a task, a span), `conn` (the handshake, then
-//! registering or claiming), `pending` (the table where claims happen),
-//! `session` (the paired session and its pump). Beside them: `plane` (the
-//! Bridge service, where another node's claim arrives), `membership` (the
-//! heartbeat, and writing pending registrations again when the store lost
-//! them), `admin` (the HTTP endpoints), and below everything `node`,
-//! `limits`, `throttle` (the bandwidth caps), `reply`, `outcome`, `trust`
-//! (secrets and their files), `metrics` and `config`. XEP-0065 mode adds
-//! `component` (the XMPP component link and the activations it asks for),
-//! `activation` (the pairs waiting for theirs) and `protocol`.
+//! registering or claiming), `pending` (the table where claims happen) and
+//! `claim` (what a claim hands over), `session` (the paired session and its
+//! pump). Beside them: `plane` (the Bridge service, where another node's
+//! claim arrives), `membership` (the heartbeat, and writing pending
+//! registrations again when the store lost them), `admin` (the HTTP
+//! endpoints), and below everything `node`, `limits`, `throttle` (the
+//! bandwidth caps), `reply`, `socket` (helpers on a client's socket),
+//! `outcome`, `trust` (secrets and their files), `metrics` and `config`.
+//! XEP-0065 mode adds `xep0065` (its SOCKS5 handshake and arrival, the
+//! activation table, the XMPP component) and `protocol`.
 
 pub mod config;
 pub mod metrics;
 
 mod accept;
-mod activation;
 mod admin;
-mod component;
+mod claim;
 mod conn;
 mod limits;
 mod membership;
@@ -36,8 +36,10 @@ mod protocol;
 mod reply;
 mod server;
 mod session;
+mod socket;
 mod throttle;
 mod trust;
+mod xep0065;
 
 pub use config::{Config, LogFormat};
 pub use server::{Relay, RunError};

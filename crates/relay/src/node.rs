@@ -8,9 +8,10 @@ use dtcp_store::{MemoryStore, NodeInfo, Rendezvous};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use dtcp_forward::{Dialer, Gates};
+use dtcp_duplex::Gates;
+use dtcp_forward::Dialer;
 
-use crate::activation::Activations;
+use crate::claim::Claim;
 use crate::config::Config;
 use crate::limits::{AddrGuard, ConnectionRate, PerAddress, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
@@ -18,6 +19,11 @@ use crate::pending::PendingTable;
 use crate::protocol::Protocol;
 use crate::throttle::{NodeRate, Throttle};
 use crate::trust::Trust;
+use crate::xep0065::activation::Activations;
+
+/// What a client is told when the node, draining or stopping, takes no
+/// more work or cuts what it has.
+pub(crate) const SHUTTING_DOWN: &str = "the relay is shutting down";
 
 /// The state of one relay node.
 #[derive(Debug)]
@@ -36,7 +42,7 @@ pub(crate) struct Node {
     /// Opens Bridges to other nodes (cluster mode).
     pub(crate) dialer: Option<Dialer>,
     /// CREATEs of this node waiting for their CONNECT.
-    pub(crate) pending: PendingTable,
+    pub(crate) pending: PendingTable<Claim>,
     /// XEP-0065 pairs of this node waiting for (or past) their activation.
     pub(crate) activations: Activations,
     /// Whether a first byte `05` is SOCKS5 (XEP-0065 mode): on a node with
@@ -154,7 +160,7 @@ impl Node {
     ///   node's client socket moves the bytes it reads and those it writes,
     ///   as a local session's two sockets do.
     pub(crate) fn gates(&self) -> Gates {
-        let gate = |t: Box<Throttle>| -> Box<dyn dtcp_forward::Gate> { t };
+        let gate = |t: Box<Throttle>| -> Box<dyn dtcp_duplex::Gate> { t };
         let node_only = Throttle::new(None, self.node_rate.clone(), self.hot.throttled.clone());
         Gates {
             read: self.throttle().map(gate),

@@ -5,113 +5,43 @@
 //! this node, or a Bridge from another node) is the one pairing, so pairing is
 //! exactly-once without a lock held across an await. The entry holds the
 //! sending half of a oneshot channel through which the claimant hands its side
-//! of the session to the task that holds the Initiator's socket.
+//! of the session (a `C`: the node's is [`crate::claim::Claim`]) to the task
+//! that holds the registering client's socket. What a claim carries is not
+//! the table's business: it only passes it on.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
-use dtcp_forward::{Inbound, Outbound};
 use dtcp_store::{NodeInfo, Registered};
 use dtcp_wire::RegistrationId;
-use dtcp_wire::socks5::StreamHash;
 use metrics::{Gauge, gauge};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::activation::{PairTicket, record_left};
-use crate::limits::Slot;
 use crate::metrics::PENDING;
 use crate::protocol::Protocol;
 
-/// The Target's side of a session, handed to the Initiator's task by a claim.
 #[derive(Debug)]
-pub(crate) enum Claim {
-    /// The Target is connected to this node.
-    Local(LocalClaim),
-    /// The Target is connected to another node, which opened a Bridge.
-    Remote(RemoteClaim),
-    /// XEP-0065: the requester's side (local or remote), paired with the
-    /// pending Target but not yet activated. Boxed: rare, and every pending
-    /// CREATE's claim channel makes room for a claim.
-    Socks5(Box<Socks5Claim>),
-}
-
-/// A XEP-0065 requester's side, handed to the Target's task by its claim.
-///
-/// The naming of the two sides is DTCP's: the SOCKS5 Target connects first
-/// and registers (the role of a DTCP Initiator); the requester connects
-/// second and claims (the role of a DTCP Target).
-#[derive(Debug)]
-pub(crate) struct Socks5Claim {
-    /// The requester.
-    pub(crate) requester: Requester,
-    /// The pair's entry in the activation table, entered by the claimant.
-    pub(crate) ticket: PairTicket,
-}
-
-/// Where a XEP-0065 requester is connected.
-#[derive(Debug)]
-pub(crate) enum Requester {
-    /// To this node; the hash is for its success reply, which the Target's
-    /// task sends.
-    Local(LocalClaim, StreamHash),
-    /// To another node, which answers it once this node says `paired`.
-    Remote(RemoteClaim),
-}
-
-/// A Target on another node, reached through the Bridge it opened.
-#[derive(Debug)]
-pub(crate) struct RemoteClaim {
-    /// Frames toward the Target's node (the Bridge's response body).
-    pub(crate) outbound: Outbound,
-    /// Frames from it. Boxed: it is large, and every pending CREATE's claim
-    /// channel makes room for a claim.
-    pub(crate) inbound: Box<Inbound>,
-    /// The Target's client address, as its node sent it (for logs only).
-    pub(crate) target: Option<SocketAddr>,
-}
-
-/// A Target connected to this node.
-#[derive(Debug)]
-pub(crate) struct LocalClaim {
-    /// The Target's socket, its `OK` not yet sent.
-    pub(crate) target: TcpStream,
-    /// Bytes the Target sent behind its command, to be delivered first.
-    pub(crate) early: BytesMut,
-    /// The Target's connection slot, released when the session ends.
-    pub(crate) slot: Slot,
-    /// When the Target's command was complete: pairing latency starts here.
-    pub(crate) connect_started: Instant,
-    /// The Target's client address, for the session's log line.
-    pub(crate) client: IpAddr,
-    /// The protocol both sides speak.
-    pub(crate) protocol: Protocol,
-}
-
-#[derive(Debug)]
-struct Entry {
+struct Entry<C> {
     /// Tells this registration apart from a later one with the same id, so a
     /// CREATE task never removes an entry it does not own.
     token: u64,
-    tx: oneshot::Sender<Claim>,
+    tx: oneshot::Sender<C>,
     /// When its store record expires, once it has one
     /// ([`PendingTable::recorded`]): what a rewrite of the store gives it.
     record_expires: Option<Instant>,
     /// What the registering client speaks: a claim from another node
-    /// pairs a SOCKS5 Target without starting its session.
+    /// pairs a XEP-0065 waiter without starting its session.
     protocol: Protocol,
 }
 
-/// CREATEs waiting on this node, by registration id.
+/// CREATEs waiting on this node, by registration id; a claim hands over a `C`.
 #[derive(Debug)]
-pub(crate) struct PendingTable {
-    entries: DashMap<RegistrationId, Entry>,
+pub(crate) struct PendingTable<C> {
+    entries: DashMap<RegistrationId, Entry<C>>,
     /// CONNECTs on this node expecting a CREATE that has not arrived yet.
     expected: DashMap<RegistrationId, Arc<Expected>>,
     tokens: AtomicU64,
@@ -132,9 +62,9 @@ pub(crate) enum InsertError {
 
 /// A claimed entry: the channel to its registering task, and what it knew.
 #[derive(Debug)]
-pub(crate) struct Taken {
+pub(crate) struct Taken<C> {
     /// Where the claimant sends its side.
-    pub(crate) tx: oneshot::Sender<Claim>,
+    pub(crate) tx: oneshot::Sender<C>,
     /// What the registering client speaks.
     pub(crate) protocol: Protocol,
     /// When its store record expires, if it has one: a SOCKS5 pair keeps it,
@@ -145,14 +75,14 @@ pub(crate) struct Taken {
 /// What a CREATE task holds while its registration is in the table: the
 /// claim comes through it.
 #[derive(Debug)]
-pub(crate) struct Ticket {
+pub(crate) struct Ticket<C> {
     /// Tells this entry apart from a later one with the same id.
     pub(crate) token: u64,
-    /// Where the claimant sends the Target's side.
-    pub(crate) rx: oneshot::Receiver<Claim>,
+    /// Where the claimant's side comes.
+    pub(crate) rx: oneshot::Receiver<C>,
 }
 
-impl PendingTable {
+impl<C> PendingTable<C> {
     /// An empty table (its gauge taken from the recorder installed now).
     pub(crate) fn new() -> Self {
         PendingTable {
@@ -164,12 +94,12 @@ impl PendingTable {
         }
     }
 
-    /// Registers a pending CREATE (or SOCKS5 Target).
+    /// Registers a pending CREATE (or XEP-0065 waiter).
     pub(crate) fn insert(
         &self,
         id: RegistrationId,
         protocol: Protocol,
-    ) -> Result<Ticket, InsertError> {
+    ) -> Result<Ticket<C>, InsertError> {
         match self.entries.entry(id) {
             // Checked under the shard's lock, which `close` takes after
             // setting the flag: an entry is either refused or cleared.
@@ -230,12 +160,12 @@ impl PendingTable {
     }
 
     /// Claims `id`: removes it and returns the channel to the CREATE's task.
-    pub(crate) fn take(&self, id: &RegistrationId) -> Option<oneshot::Sender<Claim>> {
+    pub(crate) fn take(&self, id: &RegistrationId) -> Option<oneshot::Sender<C>> {
         self.take_entry(id).map(|taken| taken.tx)
     }
 
     /// Claims `id`, with what its entry knew.
-    pub(crate) fn take_entry(&self, id: &RegistrationId) -> Option<Taken> {
+    pub(crate) fn take_entry(&self, id: &RegistrationId) -> Option<Taken<C>> {
         let (_, entry) = self.entries.remove(id)?;
         self.gauge.decrement(1.0);
         Some(Taken {
@@ -287,7 +217,7 @@ impl PendingTable {
 
     /// Subscribes to the arrival of `id` on this node (a CONNECT expecting
     /// its CREATE).
-    pub(crate) fn expect(&self, id: RegistrationId) -> Expectation<'_> {
+    pub(crate) fn expect(&self, id: RegistrationId) -> Expectation<'_, C> {
         let expected = self.expected.entry(id).or_default().clone();
         Expectation {
             table: self,
@@ -295,6 +225,13 @@ impl PendingTable {
             expected,
         }
     }
+}
+
+/// The time a store record good until `expires` has left at `now`, if it
+/// has a record and any time left: what a rewrite gives it again.
+pub(crate) fn record_left(expires: Option<Instant>, now: Instant) -> Option<Duration> {
+    let left = expires?.checked_duration_since(now)?;
+    (!left.is_zero()).then_some(left)
 }
 
 /// What wakes the CONNECTs expecting one registration.
@@ -308,14 +245,14 @@ pub(crate) struct Expected {
 
 /// A CONNECT's subscription to the arrival of its CREATE; unsubscribes on drop.
 #[derive(Debug)]
-pub(crate) struct Expectation<'a> {
-    table: &'a PendingTable,
+pub(crate) struct Expectation<'a, C> {
+    table: &'a PendingTable<C>,
     id: RegistrationId,
     /// Shared with the table and with other CONNECTs for the same id.
     pub(crate) expected: Arc<Expected>,
 }
 
-impl Expectation<'_> {
+impl<C> Expectation<'_, C> {
     /// The owner announced since the last call, if any.
     pub(crate) fn announced_owner(&self) -> Option<NodeInfo> {
         let owner = self.expected.owner.lock();
@@ -323,7 +260,7 @@ impl Expectation<'_> {
     }
 }
 
-impl Drop for Expectation<'_> {
+impl<C> Drop for Expectation<'_, C> {
     fn drop(&mut self) {
         // Two references: ours and the map's. More means another CONNECT for
         // the same id still waits. Both clones happen under the shard lock.
@@ -339,7 +276,7 @@ mod tests {
 
     #[test]
     fn insert_conflict_take_withdraw() {
-        let t = PendingTable::new();
+        let t = PendingTable::<()>::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
         let p = t.insert(id, Protocol::Dtcp).expect("first");
         assert_eq!(
@@ -356,7 +293,7 @@ mod tests {
 
     #[test]
     fn closing_ends_every_wait_and_refuses_more() {
-        let t = PendingTable::new();
+        let t = PendingTable::<()>::new();
         let a = RegistrationId::of("k", "a@b", "c@d");
         let b = RegistrationId::of("k2", "a@b", "c@d");
         let mut ta = t.insert(a, Protocol::Dtcp).unwrap();
@@ -374,7 +311,7 @@ mod tests {
 
     #[test]
     fn records_are_the_entries_with_a_store_record_and_their_time_left() {
-        let t = PendingTable::new();
+        let t = PendingTable::<()>::new();
         let a = RegistrationId::of("k", "a@b", "c@d");
         let b = RegistrationId::of("k2", "a@b", "c@d");
         let ta = t.insert(a, Protocol::Dtcp).unwrap();
@@ -392,7 +329,7 @@ mod tests {
 
     #[test]
     fn expectations_are_removed_by_the_last_one() {
-        let t = PendingTable::new();
+        let t = PendingTable::<()>::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
         let w1 = t.expect(id);
         let w2 = t.expect(id);
@@ -404,7 +341,7 @@ mod tests {
 
     #[test]
     fn an_announcement_wakes_its_waiters_with_the_owner() {
-        let t = PendingTable::new();
+        let t = PendingTable::<()>::new();
         let id = RegistrationId::of("k", "a@b", "c@d");
         let owner = NodeInfo {
             id: "node-a".into(),

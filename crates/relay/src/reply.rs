@@ -5,29 +5,15 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::time::Duration;
 
-use dtcp_forward::write_all;
+use dtcp_duplex::{write_all, write_and_linger};
 use dtcp_wire::socks5::{Method, ReplyCode, StreamHash, error_reply, success_reply};
 use dtcp_wire::{Condition, OK, Reply};
 use metrics::counter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
 
 use crate::metrics::{COMMANDS, ERRORS};
 use crate::protocol::Protocol;
-
-/// How long an `ERROR` reply may take to write.
-const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-/// After an `ERROR`, how long the relay keeps reading (and discarding) what
-/// the client still sends, so that closing does not turn into a reset that
-/// could destroy the reply before the client has read it.
-const LINGER: Duration = Duration::from_secs(1);
-/// Most bytes discarded while lingering.
-const LINGER_BYTES: usize = 64 * 1024;
-/// The buffer bytes are discarded through while lingering.
-const LINGER_CHUNK: usize = 1024;
 
 /// Sends `OK` to a client. A socket that has sent nothing yet takes three
 /// bytes at once; waiting for room (boxed, as it is all but never needed)
@@ -51,7 +37,7 @@ pub(crate) async fn send_ok(stream: &TcpStream) {
 ///
 /// Boxed: refusing takes timers and buffers that would otherwise be part of
 /// the state of every connection task, refused or not.
-pub(crate) fn refuse<'a>(
+pub(crate) fn refuse_dtcp<'a>(
     stream: TcpStream,
     verb: Option<&'static str>,
     condition: Condition,
@@ -112,7 +98,7 @@ pub(crate) async fn send_socks5_ok(stream: &TcpStream, hash: &StreamHash) {
 
 /// Answers a SOCKS5 client `refusal` in one write and closes gracefully;
 /// `verb` is its role in `dtcp_commands_total{protocol="socks5"}`. Boxed,
-/// as [`refuse`] is.
+/// as [`refuse_dtcp`] is.
 pub(crate) fn refuse_socks5(
     stream: TcpStream,
     verb: &'static str,
@@ -123,25 +109,4 @@ pub(crate) fn refuse_socks5(
             .increment(1);
         write_and_linger(stream, &refusal.bytes()).await;
     })
-}
-
-async fn write_and_linger(mut stream: TcpStream, reply: &[u8]) {
-    if timeout(REPLY_WRITE_TIMEOUT, stream.write_all(reply))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let _ = stream.shutdown().await;
-    let discard = async {
-        let mut sink = vec![0u8; LINGER_CHUNK];
-        let mut left = LINGER_BYTES;
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
-    let _ = timeout(LINGER, discard).await;
 }

@@ -17,7 +17,6 @@ use tracing::{info, warn};
 
 use crate::accept::accept_loop;
 use crate::admin;
-use crate::component;
 use crate::config::Config;
 use crate::limits::{RATE_EVICTION_INTERVAL, effective_max_connections, raise_nofile_limit};
 use crate::membership;
@@ -25,6 +24,7 @@ use crate::metrics::{CONNECTIONS_MAX, DRAINING, NODES_ALIVE};
 use crate::node::Node;
 use crate::plane;
 use crate::trust::{self, Trust, TrustError};
+use crate::xep0065::component;
 
 /// After the drain timeout has cut the sessions still open, how long they
 /// get to write their log lines and metrics before the node goes on.

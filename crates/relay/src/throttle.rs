@@ -4,9 +4,9 @@
 //! bucket has refilled, so TCP's flow control slows the sender down; the
 //! session is never cut.
 //!
-//! The same throttles cap a forwarded session: the forwarding plane's pump
-//! asks them through [`dtcp_forward::Gate`], which [`Throttle`] implements,
-//! so the buckets stay here and the plane knows only the trait.
+//! Every pump asks them through [`dtcp_duplex::Gate`], which [`Throttle`]
+//! implements: a local session's and the forwarding plane's, so the buckets
+//! stay here and the pumps know only the trait.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -90,8 +90,10 @@ pub(crate) struct Throttle {
     granted: usize,
     /// Bytes reserved in the node's bucket, granted when the sleep ends.
     reserved: usize,
-    /// How much to reserve from the node's bucket per read.
-    grant_size: f64,
+    /// Bytes this direction has taken from the node's bucket (its turn
+    /// came) and not yet read: spent by its next reads before it queues
+    /// again.
+    credit: usize,
     throttled: Histogram,
 }
 
@@ -112,7 +114,7 @@ impl Throttle {
             sleep: None,
             granted: 0,
             reserved: 0,
-            grant_size: NODE_GRANT,
+            credit: 0,
             throttled,
         }))
     }
@@ -121,12 +123,15 @@ impl Throttle {
     /// (with a timer armed) while the caps allow none.
     ///
     /// The session's own bucket is waited on until it holds a useful read.
-    /// The node's shared bucket is different: a direction *reserves* its
-    /// grant there at once, taking the bucket into debt if it must, and
-    /// sleeps until the debt ahead of it is repaid. So directions that share
-    /// the node are served in the order they asked, one grant each: had
-    /// they all slept until the bucket refilled, the one whose timer fires
-    /// first would take the refill every time.
+    /// The node's shared bucket is different: a direction *reserves* a
+    /// whole grant there at once, taking the bucket into debt if it must,
+    /// and sleeps until the debt ahead of it is repaid. So directions that
+    /// share the node are served in the order they asked, one grant each:
+    /// had they all slept until the bucket refilled, the one whose timer
+    /// fires first would take the refill every time. A grant is always the
+    /// same size and what a short read leaves of it stays with the direction
+    /// for its next read, so every turn is worth the same bytes whatever
+    /// size the direction's reads come in.
     pub(crate) fn poll_grant(&mut self, want: usize, cx: &mut Context<'_>) -> Poll<usize> {
         loop {
             if let Some((sleep, since)) = &mut self.sleep {
@@ -135,15 +140,11 @@ impl Throttle {
                 }
                 self.throttled.record(since.elapsed());
                 self.sleep = None;
-                if self.reserved > 0 {
-                    // Its turn at the node's bucket has come.
-                    let n = std::mem::take(&mut self.reserved);
-                    self.granted = n;
-                    return Poll::Ready(n);
-                }
+                // Its turn at the node's bucket has come.
+                self.credit += std::mem::take(&mut self.reserved);
             }
             let now = Instant::now();
-            let mut allowed = want as f64;
+            let mut allowed = want;
             if let Some(b) = &mut self.session {
                 b.refill(now);
                 // A bucket with less than a useful read in it holds the
@@ -155,74 +156,78 @@ impl Throttle {
                     self.sleep = Some((Box::pin(tokio::time::sleep(wait)), now));
                     continue;
                 }
-                allowed = allowed.min(b.tokens);
+                allowed = allowed.min(b.tokens as usize);
             }
-            let mut wait = Duration::ZERO;
             if let Some(node) = &self.node {
-                // One read's worth at a time from the shared bucket, sized by
-                // what this direction's last read took: what a read leaves
-                // comes back to the bucket for whoever asks next, so a
-                // direction whose reads come up short would otherwise hand
-                // its share to the others.
-                allowed = allowed.min(self.grant_size);
-                let mut b = node.0.lock().expect("poisoned");
-                b.refill(now);
-                b.tokens -= allowed.floor();
-                if b.tokens < 0.0 {
-                    wait = Duration::from_secs_f64(-b.tokens / b.rate);
+                if self.credit == 0 {
+                    let grant = NODE_GRANT as usize;
+                    let mut b = node.0.lock().expect("poisoned");
+                    b.refill(now);
+                    b.tokens -= NODE_GRANT;
+                    if b.tokens < 0.0 {
+                        let wait = Duration::from_secs_f64(-b.tokens / b.rate);
+                        drop(b);
+                        self.reserved = grant;
+                        self.sleep = Some((Box::pin(tokio::time::sleep(wait)), now));
+                        continue;
+                    }
+                    self.credit = grant;
                 }
+                allowed = allowed.min(self.credit);
+                self.credit -= allowed;
             }
-            let n = allowed as usize;
-            if n == 0 {
+            if allowed == 0 {
                 // Asked for nothing: nothing to wait for.
                 return Poll::Ready(0);
             }
             if let Some(b) = &mut self.session {
-                b.tokens -= n as f64;
+                b.tokens -= allowed as f64;
             }
-            if wait.is_zero() {
-                self.granted = n;
-                return Poll::Ready(n);
-            }
-            self.reserved = n;
-            self.sleep = Some((Box::pin(tokio::time::sleep(wait)), now));
+            self.granted = allowed;
+            return Poll::Ready(allowed);
         }
     }
 
     /// The read took `used` of the bytes granted: the rest goes back.
+    ///
+    /// To the session's bucket at once. To the node's only when the read
+    /// took nothing (the socket is drained, ended or failed): until then it
+    /// is this direction's credit for its next read, paid for by its turn.
     pub(crate) fn used(&mut self, used: usize) {
-        let unused = self.granted.saturating_sub(used);
-        // A read that took nothing (an end, an error) says nothing of size.
-        if self.granted > 0 && used > 0 {
-            self.grant_size = (2.0 * used as f64).clamp(MIN_BURST, NODE_GRANT);
+        let unused = std::mem::take(&mut self.granted).saturating_sub(used);
+        if let Some(b) = &mut self.session {
+            b.tokens += unused as f64;
         }
-        self.granted = 0;
-        if unused > 0 {
-            let unused = unused as f64;
-            if let Some(b) = &mut self.session {
-                b.tokens += unused;
+        if self.node.is_some() {
+            self.credit += unused;
+            if used == 0 {
+                self.give_back_credit();
             }
-            if let Some(n) = &self.node {
-                n.0.lock().expect("poisoned").tokens += unused;
-            }
+        }
+    }
+
+    /// Returns this direction's unread credit to the node's bucket, for
+    /// whoever asks next: an idle direction keeps nothing of the node's.
+    fn give_back_credit(&mut self) {
+        let credit = std::mem::take(&mut self.credit);
+        if credit > 0
+            && let Some(n) = &self.node
+        {
+            n.0.lock().expect("poisoned").tokens += credit as f64;
         }
     }
 }
 
 impl Drop for Throttle {
     /// A direction that ends while it waits for its turn (or with a grant
-    /// unread) pays back what it took from the node's bucket.
+    /// or credit unread) pays back what it took from the node's bucket.
     fn drop(&mut self) {
-        let unused = self.reserved + self.granted;
-        if unused > 0
-            && let Some(n) = &self.node
-        {
-            n.0.lock().expect("poisoned").tokens += unused as f64;
-        }
+        self.credit += std::mem::take(&mut self.reserved) + std::mem::take(&mut self.granted);
+        self.give_back_credit();
     }
 }
 
-impl dtcp_forward::Gate for Throttle {
+impl dtcp_duplex::Gate for Throttle {
     fn poll_grant(&mut self, want: usize, cx: &mut Context<'_>) -> Poll<usize> {
         Throttle::poll_grant(self, want, cx)
     }
@@ -253,19 +258,22 @@ mod tests {
         assert!((0.37..0.55).contains(&secs), "{secs} s");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn directions_sharing_the_node_get_equal_turns() {
+    /// Four directions share a node cap for 600 ms, each reading at most
+    /// `reads[k]` bytes at a time; returns the bytes each moved.
+    async fn share(reads: [usize; 4]) -> Vec<f64> {
         const RATE: u64 = 4_000_000;
         let node = NodeRate::new(RATE);
         let deadline = Instant::now() + Duration::from_millis(600);
-        let runs: Vec<_> = (0..4)
-            .map(|_| {
+        let runs: Vec<_> = reads
+            .into_iter()
+            .map(|read| {
                 let node = node.clone();
                 tokio::spawn(async move {
                     let mut t = Throttle::new(None, Some(node), Histogram::noop()).unwrap();
                     let mut moved = 0usize;
                     while Instant::now() < deadline {
                         let n = std::future::poll_fn(|cx| t.poll_grant(256 * 1024, cx)).await;
+                        let n = n.min(read);
                         t.used(n);
                         moved += n;
                     }
@@ -277,10 +285,40 @@ mod tests {
         for run in runs {
             moved.push(run.await.unwrap() as f64);
         }
+        moved
+    }
+
+    fn assert_even(moved: &[f64]) {
         let mean = moved.iter().sum::<f64>() / moved.len() as f64;
-        for m in &moved {
+        for m in moved {
             assert!((m - mean).abs() / mean < 0.2, "{moved:?}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn directions_sharing_the_node_get_equal_turns() {
+        assert_even(&share([usize::MAX; 4]).await);
+    }
+
+    /// A direction whose reads come up short (a socket that holds less than
+    /// a grant, a pipe that takes less) gets as many bytes as one whose
+    /// reads take whole grants: a turn is worth a grant, not a read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_reads_get_an_equal_share_of_the_node() {
+        assert_even(&share([usize::MAX, 20_000, usize::MAX, 9_000]).await);
+    }
+
+    #[tokio::test]
+    async fn a_drained_direction_keeps_no_credit() {
+        let node = NodeRate::new(1_000_000);
+        let mut t = Throttle::new(None, Some(node.clone()), Histogram::noop()).unwrap();
+        let n = std::future::poll_fn(|cx| t.poll_grant(usize::MAX, cx)).await;
+        t.used(1000);
+        assert_eq!(t.credit, n - 1000, "a short read keeps the rest");
+        let again = std::future::poll_fn(|cx| t.poll_grant(usize::MAX, cx)).await;
+        assert_eq!(again, n - 1000, "the next read spends the credit first");
+        t.used(0);
+        assert_eq!(t.credit, 0, "a read that took nothing gives it all back");
     }
 
     #[tokio::test]

@@ -9,10 +9,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dtcp_duplex::write_and_linger;
 use dtcp_wire::{
     Command, CommandDecoder, Condition, Limits, RegistrationId, Reply, Verb, WireError,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{sleep, timeout};
@@ -25,14 +26,6 @@ pub const DIRECT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `resource-constraint`.
 pub const MAX_DIRECT_HANDSHAKES: usize = 64;
 
-/// How long an `ERROR` or `OK` may take to write.
-pub(super) const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-/// After an `ERROR`, how long to read and discard what the peer still sends,
-/// so that closing does not become a reset that destroys the reply (as the
-/// relay does).
-const LINGER: Duration = Duration::from_secs(1);
-/// Most bytes discarded while lingering.
-const LINGER_BYTES: usize = 64 * 1024;
 /// Wait after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Largest read while looking for the end of a command.
@@ -243,25 +236,7 @@ async fn read_command_exact(stream: &mut TcpStream, limits: Limits) -> Result<Re
     }
 }
 
-/// Answers `ERROR` and closes gracefully, as the relay does.
-pub(super) async fn refuse(mut stream: TcpStream, condition: Condition, text: String) {
-    let reply = Reply::error(condition, text).to_vec();
-    if timeout(REPLY_WRITE_TIMEOUT, stream.write_all(&reply))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let _ = stream.shutdown().await;
-    let discard = async {
-        let mut sink = [0u8; 1024];
-        let mut left = LINGER_BYTES;
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
-    let _ = timeout(LINGER, discard).await;
+/// Answers `ERROR` and closes gracefully (lingering), as the relay does.
+pub(super) async fn refuse(stream: TcpStream, condition: Condition, text: String) {
+    write_and_linger(stream, &Reply::error(condition, text).to_vec()).await;
 }

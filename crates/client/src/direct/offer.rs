@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dtcp_duplex::REPLY_WRITE_TIMEOUT;
 use dtcp_wire::{Condition, Limits, OK, Triple, Verb};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -17,9 +18,7 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use super::listener::{
-    CLAIMED, Checker, DIRECT_HANDSHAKE_TIMEOUT, Msg, REPLY_WRITE_TIMEOUT, accept_loop, refuse,
-};
+use super::listener::{CLAIMED, Checker, DIRECT_HANDSHAKE_TIMEOUT, Msg, accept_loop, refuse};
 use super::route::{Paired, Route, connect_to};
 use crate::candidates::{Candidate, CandidateError, Candidates};
 use crate::handshake::{ClientError, pair};

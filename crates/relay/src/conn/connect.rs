@@ -13,19 +13,19 @@ use dtcp_wire::Condition;
 use metrics::counter;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until};
-use tracing::{Instrument, warn};
+use tracing::Instrument;
 
-use crate::conn::create::REUSED;
+use crate::claim::{Claim, LocalClaim};
 use crate::conn::early::{self, poll_hung_up};
+use crate::conn::locate::{Located, locate};
 use crate::conn::request::Request;
 use crate::limits::Slot;
-use crate::metrics::{AUTH_FAILURES, COMMANDS, CONNECTIONS_REFUSED};
-use crate::node::Node;
-use crate::pending::{Claim, LocalClaim};
+use crate::metrics::{COMMANDS, CONNECTIONS_REFUSED};
+use crate::node::{Node, SHUTTING_DOWN};
 use crate::protocol::Protocol;
-use crate::reply::refuse;
+use crate::reply::refuse_dtcp;
 use crate::session;
-use crate::session::forwarded::{self, OpenError};
+use crate::session::forwarded;
 
 /// The `verb` label of this side.
 const VERB: Option<&str> = Some("connect");
@@ -76,7 +76,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
     if node.per_address.sessions_full(client.ip()) {
         counter!(CONNECTIONS_REFUSED, "reason" => "per_ip_sessions").increment(1);
         let text = session::TOO_MANY_SESSIONS;
-        return refuse(stream, VERB, Condition::ResourceConstraint, text).await;
+        return refuse_dtcp(stream, VERB, Condition::ResourceConstraint, text).await;
     }
     // Nothing more is read from the Target until it is paired: what it sends
     // meanwhile waits in the kernel. Held from its first wait on: a CONNECT
@@ -107,63 +107,31 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
                 return;
             };
             let claim = Claim::Local(LocalClaim {
-                target: stream,
+                stream,
                 early,
                 slot,
-                connect_started: received,
+                received,
                 client: client.ip(),
                 protocol: Protocol::Dtcp,
             });
             if let Err(Claim::Local(c)) = tx.send(claim) {
                 let text = "no pending CREATE matched";
-                refuse(c.target, VERB, Condition::NotFound, text).await;
+                refuse_dtcp(c.stream, VERB, Condition::NotFound, text).await;
             }
             return;
         }
         // One store round trip per look, none when another node announced
         // the registration (and so its owner) since the last look.
-        let owner = match expectation.announced_owner() {
-            Some(owner) => Ok(Some(owner)),
-            None => node.store.lookup(&id).await,
-        };
-        match owner {
-            Ok(Some(owner)) if owner.is_used() => {
-                counter!(AUTH_FAILURES, "reason" => "reused").increment(1);
-                return refuse(stream, VERB, Condition::Forbidden, REUSED).await;
+        match locate(&node, &id, client, expectation.announced_owner()).await {
+            Located::Bridged(bridge, share) => break (bridge, share),
+            Located::Refused(condition, text) => {
+                return refuse_dtcp(stream, VERB, condition, text).await;
             }
-            Ok(Some(owner)) if owner.id != node.info.id => {
-                // Whoever can write the store must not be able to redirect a claim.
-                if !node.trust.verify_record(&id, &owner) {
-                    warn!(registration = %id, owner = %owner, "the store's record of this registration is not sealed by the cluster: not dialing it");
-                    let text = "the session's record in the rendezvous store does not verify";
-                    return refuse(stream, VERB, Condition::Unavailable, text).await;
-                }
-                // The Target's address takes part in one more session (its
-                // Initiator's is counted by the owner node).
-                let Some(share) = node.per_address.session(client.ip(), None) else {
-                    counter!(CONNECTIONS_REFUSED, "reason" => "per_ip_sessions").increment(1);
-                    let text = session::TOO_MANY_SESSIONS;
-                    return refuse(stream, VERB, Condition::ResourceConstraint, text).await;
-                };
-                // Boxed: the Bridge call's state would otherwise enlarge the
-                // start of every connection, forwarded or not.
-                match Box::pin(forwarded::open_bridge(&node, &id, &owner, client)).await {
-                    Ok(bridge) => break (bridge, share),
-                    // Claimed by another Target, withdrawn, or the record names an
-                    // earlier process at that address: look again until the grace
-                    // runs out, as a CREATE may be registering right now.
-                    Err(OpenError::NotFound) => {}
-                    Err(OpenError::Refuse(condition, text)) => {
-                        return refuse(stream, VERB, condition, text).await;
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(registration = %id, error = %e, "store lookup failed");
-                let text = "the rendezvous store is unavailable";
-                return refuse(stream, VERB, Condition::Unavailable, text).await;
-            }
+            // Not registered yet, or claimed by another Target, withdrawn,
+            // or the record names an earlier process at that address: look
+            // again until the grace runs out, as a CREATE may be
+            // registering right now.
+            Located::Unknown | Located::Ours | Located::Gone => {}
         }
         // Wait for: the CREATE arriving here, the next look at the shared
         // store (cluster), the grace running out, the drain, or the Target
@@ -191,11 +159,10 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
             Wake::Look => poll = looks.next().unwrap_or(STORE_POLL_MAX),
             Wake::Expired => {
                 let text = "no pending CREATE matched within the connect grace";
-                return refuse(stream, VERB, Condition::NotFound, text).await;
+                return refuse_dtcp(stream, VERB, Condition::NotFound, text).await;
             }
             Wake::Drain => {
-                let text = "the relay is shutting down";
-                return refuse(stream, VERB, Condition::ShuttingDown, text).await;
+                return refuse_dtcp(stream, VERB, Condition::ShuttingDown, SHUTTING_DOWN).await;
             }
             Wake::HungUp => {
                 counter!(COMMANDS, "verb" => "connect", "outcome" => "abandoned").increment(1);
@@ -209,7 +176,7 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         return;
     };
     // Its own task, like a local session: this one's memory is freed.
-    let session = forwarded::run_target_side(
+    let session = forwarded::run_claimant_side(
         node.clone(),
         stream,
         slot,

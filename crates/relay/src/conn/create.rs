@@ -1,47 +1,48 @@
-//! The side that registers (a `CREATE`): into the local pending table, then
-//! into the store; then the wait for a claim, and what follows it.
+//! The side that registers (a DTCP `CREATE`, or the first SOCKS5 connection
+//! of a stream hash): into the local pending table, then into the store;
+//! then the wait for a claim, and what follows it. Where the protocols
+//! differ, the client's [`Protocol`] says how (`dialect.rs`).
+//!
+//! Registering ([`enrol`]) never takes the socket: it answers how it went,
+//! and the caller, which keeps the connection, answers the client. For a
+//! `CREATE` that is [`register`]; the XEP-0065 arrival enrols its first
+//! connection the same way, and claims when a registration of its stream
+//! hash is there already.
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use dtcp_forward::proto::Frame;
-use dtcp_wire::socks5::ReplyCode;
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::counter;
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::task::task_tracker::TaskTrackerToken;
-use tracing::{Instrument, debug, warn};
+use tracing::{debug, warn};
 
-use crate::conn::early::{self, Held, poll_hung_up};
-use crate::conn::request::{Request, SOCKS5_TARGET, Side};
+use crate::claim::Claim;
+use crate::conn::early::Held;
+use crate::conn::locate::REUSED;
+use crate::conn::record::StoreRecord;
+use crate::conn::request::Request;
 use crate::limits::{IpGuard, Slot};
-use crate::metrics::{AUTH_FAILURES, COMMANDS, CONNECTIONS_REFUSED};
-use crate::node::Node;
-use crate::pending::{Claim, InsertError, Ticket};
+use crate::metrics::{AUTH_FAILURES, CONNECTIONS_REFUSED};
+use crate::node::{Node, SHUTTING_DOWN};
+use crate::pending::{InsertError, Ticket};
 use crate::protocol::Protocol;
-use crate::reply::{Socks5Refusal, refuse, refuse_socks5, send_socks5_ok};
 use crate::session;
 
-/// The `verb` label of this side.
-const VERB: Option<&str> = Some("create");
 /// The text of a refused duplicate.
 const CONFLICT: &str = "a CREATE with the same key and JIDs is already pending";
-/// The text of a refused signed key that already paired.
-pub(crate) const REUSED: &str = "this key has already been used";
 /// The text of a refusal at the per-address pending limit.
 const TOO_MANY: &str = "too many pending sessions from this address";
 /// How long a cluster-wide count outlives the pending TTL of the CREATE
 /// that raised it last, should its node die without lowering it.
 const SOURCE_COUNT_MARGIN: Duration = Duration::from_secs(30);
-/// The text of a refusal because the node shuts down.
-const SHUTTING_DOWN: &str = "the relay is shutting down";
 
 /// What admitted a registering connection, kept until its session ends:
 /// its connection slot, and the token a draining node waits for.
@@ -51,19 +52,29 @@ pub(crate) struct Admission {
     _tracked: TaskTrackerToken,
 }
 
-/// How registering ended.
-pub(crate) enum Registration {
-    /// Pending: what the connection task keeps, and its wait.
-    Pending(Admission, Wait),
-    /// Refused, and answered.
-    Refused,
-    /// A SOCKS5 Target with this stream hash is already there (`Here`: in
-    /// this node's pending table; otherwise the store names its node): this
-    /// connection is its requester. Given back, unanswered.
-    Taken(TcpStream, Slot, Request, Here),
+/// A registration pending: what its connection task keeps, and its wait.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// Kept until the session ends.
+    pub(crate) admission: Admission,
+    /// The wait for a claim.
+    pub(crate) wait: Wait,
 }
 
-/// Where [`Registration::Taken`] found the Target.
+/// How [`enrol`] went.
+#[derive(Debug)]
+pub(crate) enum Enrolment {
+    /// In the pending table, and in the store unless a claim came first:
+    /// answer the client if its protocol does so now, then [`Entered::wait`].
+    Pending(Entered),
+    /// A registration of this id is there already: nothing of this one
+    /// stays, once its client is answered (or claims).
+    Taken(Here, Leftover),
+    /// Refused: answer the client this, then let go of what it held.
+    Refused(Condition, &'static str, Leftover),
+}
+
+/// Where [`Enrolment::Taken`] found the registration already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Here {
     /// In this node's pending table.
@@ -72,79 +83,88 @@ pub(crate) enum Here {
     Elsewhere,
 }
 
-/// Refuses a registering client in its own protocol: DTCP `ERROR`, or a
-/// SOCKS5 reply (`02` for a conflict, `01` for everything else: SOCKS5 has
-/// no finer code for a relay's trouble).
-async fn decline(stream: TcpStream, protocol: Protocol, condition: Condition, text: &str) {
-    match protocol {
-        Protocol::Dtcp => refuse(stream, VERB, condition, text).await,
-        Protocol::Socks5 => {
-            let code = match condition {
-                Condition::Conflict => ReplyCode::NotAllowed,
-                _ => ReplyCode::GeneralFailure,
-            };
-            debug!(
-                condition = condition.as_str(),
-                text, "SOCKS5 target refused"
-            );
-            refuse_socks5(stream, SOCKS5_TARGET, Socks5Refusal::Reply(code)).await;
-        }
-    }
+/// A registration entered in the pending table (and counted against its
+/// client's address), not waiting yet.
+#[derive(Debug)]
+pub(crate) struct Entered {
+    protocol: Protocol,
+    held: Held,
+    per_ip: IpGuard,
+    ticket: Ticket<Claim>,
+    record: StoreRecord,
+    tracked: TaskTrackerToken,
 }
 
-/// Registers a `CREATE`, or the first SOCKS5 connection of a stream hash.
+/// What a registration that is not pending still holds until its client is
+/// answered (so a draining node waits for the answer, and the address stays
+/// counted until then); dropped after the answer.
+#[derive(Debug, Default)]
+pub(crate) struct Leftover {
+    _per_ip: Option<IpGuard>,
+    _entered: Option<Entered>,
+}
+
+/// What keeps a registration entered in the table from waiting.
+enum Stop {
+    /// Refused with this.
+    Refused(Condition, &'static str),
+    /// Another node registered its id first.
+    Taken,
+}
+
+/// Registers a `CREATE`: one with the same key and JIDs already there, on
+/// this node or another, is a conflict.
 pub(crate) async fn register(
     node: Arc<Node>,
     stream: TcpStream,
     slot: Slot,
     request: Request,
-) -> Registration {
-    let protocol = request.side.protocol();
+) -> Option<Pending> {
+    let protocol = request.role.protocol();
+    let (condition, text, leftover) = match enrol(&node, &stream, &request).await {
+        Enrolment::Pending(entered) => return Some(entered.wait(stream, slot, request.early)),
+        Enrolment::Taken(_, leftover) => (Condition::Conflict, CONFLICT, leftover),
+        Enrolment::Refused(condition, text, leftover) => (condition, text, leftover),
+    };
+    protocol.refuse_registrant(stream, condition, text).await;
+    drop(leftover);
+    None
+}
+
+/// Enters `request` in the pending table and the store, the client's
+/// socket readied for its wait ([`Protocol::hold`]).
+pub(crate) async fn enrol(node: &Arc<Node>, stream: &TcpStream, request: &Request) -> Enrolment {
+    let protocol = request.role.protocol();
     // An address at its share of sessions could not pair anyway.
     if node.per_address.sessions_full(request.client.ip()) {
         counter!(CONNECTIONS_REFUSED, "reason" => "per_ip_sessions").increment(1);
         let text = session::TOO_MANY_SESSIONS;
-        decline(stream, protocol, Condition::ResourceConstraint, text).await;
-        return Registration::Refused;
+        return Enrolment::Refused(Condition::ResourceConstraint, text, Leftover::default());
     }
-    // From here on nothing more is read from a DTCP Initiator until it is
-    // paired (a XEP-0065 Target is never read before its activation).
-    let held = match protocol {
-        Protocol::Dtcp => early::hold(&stream),
-        Protocol::Socks5 => Held::NOTHING,
-    };
+    // From here on nothing more is read from the client until it is paired.
+    let held = protocol.hold(stream);
     let Some(mut per_ip) = node.per_ip.acquire(request.client.ip()) else {
-        decline(stream, protocol, Condition::ResourceConstraint, TOO_MANY).await;
-        return Registration::Refused;
+        return Enrolment::Refused(Condition::ResourceConstraint, TOO_MANY, Leftover::default());
     };
     let id = request.id;
     let ticket = match node.pending.insert(id, protocol) {
         Ok(ticket) => ticket,
-        Err(InsertError::Conflict) if protocol == Protocol::Socks5 => {
-            return Registration::Taken(stream, slot, request, Here::Local);
-        }
-        Err(InsertError::Conflict) => {
-            refuse(stream, VERB, Condition::Conflict, CONFLICT).await;
-            return Registration::Refused;
-        }
-        Err(InsertError::Closed) => {
-            decline(stream, protocol, Condition::ShuttingDown, SHUTTING_DOWN).await;
-            return Registration::Refused;
+        Err(error) => {
+            let leftover = Leftover {
+                _per_ip: Some(per_ip),
+                _entered: None,
+            };
+            return match error {
+                InsertError::Conflict => Enrolment::Taken(Here::Local, leftover),
+                InsertError::Closed => {
+                    Enrolment::Refused(Condition::ShuttingDown, SHUTTING_DOWN, leftover)
+                }
+            };
         }
     };
     // Held until the session ends, so a draining node waits for it.
     let tracked = node.sessions.token();
-    let mut record = StoreRecord {
-        node: node.clone(),
-        id,
-        // On a secure plane the record carries the cluster's seal.
-        sealed: node.trust.sealed(&id, &node.info).map(Box::new),
-        armed: false,
-        paired: false,
-        key_expiry: request.key_expiry.unwrap_or(0),
-        protocol,
-    };
-    let key_expiry = request.key_expiry;
+    let mut record = StoreRecord::new(node.clone(), id, request.key_expiry);
     let ttl = node.config.pending_ttl;
     let registering = node.store.register(&id, record.owner(), ttl);
     let (registered, counted) = if node.cluster {
@@ -178,79 +198,95 @@ pub(crate) async fn register(
             false
         }
     };
-    let refusal = match registered {
+    let stop = match registered {
         Ok(true) => {
             // Ours to remove, whatever follows.
-            record.armed = true;
-            over_cluster_limit.then_some((Condition::ResourceConstraint, TOO_MANY))
+            record.written();
+            over_cluster_limit.then_some(Stop::Refused(Condition::ResourceConstraint, TOO_MANY))
         }
-        Ok(false) if key_expiry.is_some() && used(&node, &id).await => {
+        Ok(false) if request.key_expiry.is_some() && used(node, &id).await => {
             counter!(AUTH_FAILURES, "reason" => "reused").increment(1);
-            Some((Condition::Forbidden, REUSED))
+            Some(Stop::Refused(Condition::Forbidden, REUSED))
         }
-        // Another node's SOCKS5 Target has this hash: claim it there.
-        Ok(false) if protocol == Protocol::Socks5 => {
-            if node.pending.withdraw(&id, ticket.token) {
-                drop((record, per_ip));
-                return Registration::Taken(stream, slot, request, Here::Elsewhere);
-            }
-            // A local connection claimed it meanwhile: pair with it.
-            None
-        }
-        Ok(false) => Some((Condition::Conflict, CONFLICT)),
+        // Another node registered this id.
+        Ok(false) => Some(Stop::Taken),
         Err(e) => {
             warn!(registration = %id, error = %e, "store register failed");
             let text = "the rendezvous store is unavailable";
-            Some((Condition::Unavailable, text))
+            Some(Stop::Refused(Condition::Unavailable, text))
         }
     };
-    if let Some((condition, text)) = refusal {
-        if node.pending.withdraw(&id, ticket.token) {
-            decline(stream, protocol, condition, text).await;
-            return Registration::Refused;
+    let entered = Entered {
+        protocol,
+        held,
+        per_ip,
+        ticket,
+        record,
+        tracked,
+    };
+    if let Some(stop) = stop {
+        if node.pending.withdraw(&id, entered.ticket.token) {
+            let leftover = Leftover {
+                _per_ip: None,
+                _entered: Some(entered),
+            };
+            return match stop {
+                Stop::Refused(condition, text) => Enrolment::Refused(condition, text, leftover),
+                Stop::Taken => Enrolment::Taken(Here::Elsewhere, leftover),
+            };
         }
-        // A local CONNECT claimed it meanwhile: pair anyway.
+        // A claim came meanwhile: pair with it.
     } else {
         // The TTL is counted from the write, a moment before `since`: a
         // rewrite then errs on the short side.
         let expires = Instant::now() + node.config.pending_ttl;
-        node.pending.recorded(&id, ticket.token, expires);
+        node.pending.recorded(&id, entered.ticket.token, expires);
         node.pending.notify(&id);
     }
     debug!(registration = %id, protocol = protocol.label(), "pending");
-    if let Side::Arrive(hash) = request.side {
-        // XEP-0065: the Target has its success reply at once; nothing is
-        // read from it until its pair is activated.
-        send_socks5_ok(&stream, &hash).await;
-        counter!(COMMANDS, "protocol" => protocol.label(), "verb" => SOCKS5_TARGET, "outcome" => "ok")
-            .increment(1);
-    }
+    Enrolment::Pending(entered)
+}
 
-    let since = Instant::now();
-    let admission = Admission {
-        _slot: slot,
-        _tracked: tracked,
-    };
-    let wait = Wait {
-        // A SOCKS5 Target waits the (shorter) SOCKS5 wait.
-        expiry: sleep_until(since + node.pending_wait(protocol)),
-        registered: Some(Registered {
-            stream,
-            early: request.early,
+impl Entered {
+    /// The wait of this registration, its client answered (if its protocol
+    /// answers a registration): `stream` and what the handshake read behind
+    /// it wait for the claim, `slot` for the session's end.
+    pub(crate) fn wait(self, stream: TcpStream, slot: Slot, early: BytesMut) -> Pending {
+        let Entered {
+            protocol,
             held,
+            per_ip,
             ticket,
             record,
-            _per_ip: per_ip,
-            since,
-        }),
-    };
-    Registration::Pending(admission, wait)
+            tracked,
+        } = self;
+        let since = Instant::now();
+        let admission = Admission {
+            _slot: slot,
+            _tracked: tracked,
+        };
+        let wait = Wait {
+            // A XEP-0065 waiter waits the (shorter) SOCKS5 wait.
+            expiry: sleep_until(since + record.node.pending_wait(protocol)),
+            registrant: Some(Registrant {
+                stream,
+                early,
+                held,
+                ticket,
+                record,
+                per_ip,
+                since,
+                protocol,
+            }),
+        };
+        Pending { admission, wait }
+    }
 }
 
 pin_project! {
-    /// A pending CREATE's wait, for: its claim, the pending TTL, the node
-    /// shutting down (which closes the pending table, and so the ticket's
-    /// channel), or the Initiator sending early bytes or hanging up.
+    /// A pending registration's wait, for: its claim, the pending TTL, the
+    /// node shutting down (which closes the pending table, and so the
+    /// ticket's channel), or the client hanging up.
     ///
     /// Written by hand, not as an `async` block: this is the state of every
     /// pending CREATE, and it keeps only what the wait needs.
@@ -259,33 +295,35 @@ pin_project! {
         #[pin]
         expiry: Sleep,
         // Taken when the wait ends.
-        registered: Option<Registered>,
+        registrant: Option<Registrant>,
     }
 }
 
-/// What a pending CREATE keeps while it waits.
+/// What a pending registration keeps while it waits.
 #[derive(Debug)]
-pub(crate) struct Registered {
+pub(crate) struct Registrant {
     stream: TcpStream,
     /// What the handshake read behind the command; the rest waits in the kernel.
     early: BytesMut,
     /// The receive buffer to give back at the pairing.
     held: Held,
-    ticket: Ticket,
+    ticket: Ticket<Claim>,
     record: StoreRecord,
-    _per_ip: IpGuard,
+    per_ip: IpGuard,
     since: Instant,
+    /// What the client speaks: how it is watched and answered.
+    protocol: Protocol,
 }
 
-/// Why a pending CREATE stopped waiting without a claim.
+/// Why a pending registration stopped waiting without a claim.
 #[derive(Debug)]
 pub(crate) enum Unclaimed {
-    /// The Initiator closed its connection.
+    /// The client closed its connection.
     HungUp,
-    /// Answer the Initiator this.
-    Refuse(Condition, &'static str),
+    /// The pending TTL ran out: close the client with this.
+    Expired(Condition, &'static str),
     /// The ticket's channel closed unsent (the table was closed, or a
-    /// claimant gave up): answer the Initiator this. No claim can follow.
+    /// claimant gave up): close the client with this. No claim can follow.
     Dropped(Condition, &'static str),
 }
 
@@ -294,12 +332,12 @@ impl Wait {
     pub(crate) fn poll_wait(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<(Registered, Result<Claim, Unclaimed>)> {
+    ) -> Poll<(Registrant, Result<Claim, Unclaimed>)> {
         let this = self.project();
         let r = this
-            .registered
+            .registrant
             .as_mut()
-            .expect("a pending CREATE polled after its wait");
+            .expect("a pending registration polled after its wait");
         let waited = if let Poll::Ready(claim) = Pin::new(&mut r.ticket.rx).poll(cx) {
             claim.map_err(|_| {
                 if r.record.node.pending.is_closed() {
@@ -311,113 +349,62 @@ impl Wait {
             })
         } else if this.expiry.poll(cx).is_ready() {
             let text = "no CONNECT within the pending TTL";
-            Err(Unclaimed::Refuse(Condition::Timeout, text))
-        } else if r.record.protocol == Protocol::Socks5 {
-            // Nothing is read before activation: the bytes wait in the kernel.
-            if session::poll_gone_unread(&r.stream, cx).is_ready() {
-                Err(Unclaimed::HungUp)
-            } else {
-                return Poll::Pending;
-            }
-        } else if poll_hung_up(&r.stream, cx).is_ready() {
+            Err(Unclaimed::Expired(Condition::Timeout, text))
+        } else if r.protocol.poll_gone(&r.stream, cx).is_ready() {
             Err(Unclaimed::HungUp)
         } else {
             return Poll::Pending;
         };
-        let registered = this.registered.take().expect("checked above");
-        Poll::Ready((registered, waited))
+        let registrant = this.registrant.take().expect("checked above");
+        Poll::Ready((registrant, waited))
     }
 }
 
-/// What follows a pending CREATE's wait: the session, or a refusal.
+/// What follows a pending registration's wait: the session, or its end.
 pub(crate) fn finish(
-    registered: Registered,
+    registrant: Registrant,
     waited: Result<Claim, Unclaimed>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    let Registered {
+    let claim = match waited {
+        Ok(claim) => claim,
+        Err(unclaimed) => return Box::pin(give_up(registrant, unclaimed)),
+    };
+    let Registrant {
         stream,
         early,
         held,
         ticket,
-        record,
-        _per_ip,
+        mut record,
+        per_ip,
         since,
-    } = registered;
-    match waited {
-        Ok(claim) => {
-            let Some(stream) = paired(stream, held, record.protocol) else {
-                return Box::pin(abandon_claim(claim));
-            };
-            let mut record = record;
-            record.paired = true;
-            let (node, id, client) = (record.node.clone(), record.id, _per_ip.ip());
-            let mut claim = claim;
-            match &mut claim {
-                // A XEP-0065 pair stays counted against its Target's
-                // address until its activation.
-                Claim::Socks5(pair) => pair.ticket.count_against(_per_ip),
-                _ => drop(_per_ip),
-            }
-            drop(ticket);
-            let session = session::start(node, stream, early, claim, id, since.elapsed(), client);
-            if record.protocol == Protocol::Socks5 {
-                // The record stays until the pair ends: an activation on any
-                // node finds this owner through it, and a third connection
-                // on any node is told `02`.
-                return Box::pin(async move {
-                    session.await;
-                    drop(record);
-                });
-            }
-            drop(record);
-            session
-        }
-        Err(unclaimed) => {
-            let client = _per_ip.ip();
-            Box::pin(give_up(
-                stream, early, held, ticket, record, since, unclaimed, client,
-            ))
-        }
-    }
+        protocol,
+    } = registrant;
+    let Some(stream) = protocol.release(stream, held) else {
+        return Box::pin(session::abandon(claim));
+    };
+    record.paired();
+    let (node, id) = (record.node.clone(), record.id);
+    drop(ticket);
+    let waited = since.elapsed();
+    protocol.start_session(node, stream, early, claim, id, waited, per_ip, record)
 }
 
-/// The Initiator of a claimed registration, ready for its session: a DTCP
-/// Initiator's wait released ([`early::release`]); a XEP-0065 Target stays
-/// unread until its activation. `None` if the socket could not be kept.
-fn paired(stream: TcpStream, held: Held, protocol: Protocol) -> Option<TcpStream> {
-    match protocol {
-        Protocol::Dtcp => early::release(stream, held),
-        Protocol::Socks5 => Some(stream),
-    }
-}
-
-/// A claim that cannot be served because its Initiator is gone: its
-/// claimant is told.
-async fn abandon_claim(claim: Claim) {
-    let text = "the initiator hung up";
-    match claim {
-        Claim::Local(c) => refuse(c.target, Some("connect"), Condition::NotFound, text).await,
-        Claim::Remote(r) => r.outbound.try_send(Frame::error(Condition::NotFound, text)),
-        Claim::Socks5(c) => session::abandon(*c, "the target hung up"),
-    }
-}
-
-/// A pending CREATE that stopped waiting without a claim: withdraws it,
-/// unless a claim got there first and is in the channel.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the parts of a Registered, moved out of it one by one"
-)]
-async fn give_up(
-    stream: TcpStream,
-    early: BytesMut,
-    held: Held,
-    mut ticket: Ticket,
-    record: StoreRecord,
-    since: Instant,
-    unclaimed: Unclaimed,
-    client: IpAddr,
-) {
+/// A pending registration that stopped waiting without a claim: withdraws
+/// it, unless a claim got there first and is in the channel.
+async fn give_up(registrant: Registrant, unclaimed: Unclaimed) {
+    let Registrant {
+        stream,
+        early,
+        held,
+        mut ticket,
+        record,
+        per_ip,
+        since,
+        protocol,
+    } = registrant;
+    // A late claim's session counts the client's address itself.
+    let client = per_ip.ip();
+    drop(per_ip);
     let (node, id) = (record.node.clone(), record.id);
     // A channel that has closed must not be polled again.
     let closed = matches!(unclaimed, Unclaimed::Dropped(..));
@@ -427,34 +414,20 @@ async fn give_up(
         (&mut ticket.rx).await.ok()
     };
     match (late, unclaimed) {
-        (Some(claim), Unclaimed::Refuse(..) | Unclaimed::Dropped(..)) => {
-            let Some(stream) = paired(stream, held, record.protocol) else {
-                return abandon_claim(claim).await;
+        (Some(claim), Unclaimed::Expired(..) | Unclaimed::Dropped(..)) => {
+            let Some(stream) = protocol.release(stream, held) else {
+                return session::abandon(claim).await;
             };
             let mut record = record;
-            record.paired = true;
+            record.paired();
             drop((record, ticket));
             session::start(node, stream, early, claim, id, since.elapsed(), client).await;
         }
-        (Some(claim), Unclaimed::HungUp) => abandon_claim(claim).await,
-        (None, Unclaimed::HungUp) if record.protocol == Protocol::Socks5 => {
-            debug!(registration = %id, "SOCKS5 target hung up while pending");
-        }
-        (None, Unclaimed::HungUp) => {
-            debug!(registration = %id, "initiator hung up while pending");
-            counter!(COMMANDS, "verb" => "create", "outcome" => "abandoned").increment(1);
-        }
-        (None, Unclaimed::Refuse(_, text) | Unclaimed::Dropped(_, text))
-            if record.protocol == Protocol::Socks5 =>
-        {
-            // It has its success reply: a cut is a reset.
-            debug!(registration = %id, why = text, "SOCKS5 target closed unpaired");
+        (Some(claim), Unclaimed::HungUp) => session::abandon(claim).await,
+        (None, Unclaimed::HungUp) => protocol.hung_up_unclaimed(id),
+        (None, Unclaimed::Expired(condition, text) | Unclaimed::Dropped(condition, text)) => {
             drop(record);
-            session::reset(stream);
-        }
-        (None, Unclaimed::Refuse(condition, text) | Unclaimed::Dropped(condition, text)) => {
-            drop(record);
-            refuse(stream, VERB, condition, text).await;
+            protocol.close_unclaimed(stream, id, condition, text).await;
         }
     }
 }
@@ -463,60 +436,4 @@ async fn give_up(
 /// register found `id` taken: a pairing costs no extra round trip).
 async fn used(node: &Node, id: &RegistrationId) -> bool {
     matches!(node.store.lookup(id).await, Ok(Some(owner)) if owner.is_used())
-}
-
-/// This node's store record of a registration: removed when dropped, or,
-/// for a signed key that paired, left as a used marker until the key expires.
-#[derive(Debug)]
-struct StoreRecord {
-    node: Arc<Node>,
-    id: RegistrationId,
-    /// The record as written on a secure plane (with its seal); boxed, as
-    /// every pending CREATE keeps it.
-    sealed: Option<Box<dtcp_store::NodeInfo>>,
-    /// Whether the record was written (and so is ours to remove).
-    armed: bool,
-    /// Whether the registration paired.
-    paired: bool,
-    /// A signed key's expiry (Unix seconds), or 0.
-    key_expiry: u64,
-    /// What the registering client speaks.
-    protocol: Protocol,
-}
-
-impl StoreRecord {
-    /// The owner as the record names it.
-    fn owner(&self) -> &dtcp_store::NodeInfo {
-        self.sealed.as_deref().unwrap_or(&self.node.info)
-    }
-}
-
-impl Drop for StoreRecord {
-    fn drop(&mut self) {
-        if self.armed {
-            let (node, id) = (self.node.clone(), self.id);
-            let owner = self.sealed.take();
-            let now = crate::trust::unix_now();
-            // A signed key that paired stays void until it expires.
-            let retire = (self.paired && self.key_expiry > now)
-                .then(|| Duration::from_secs(self.key_expiry - now));
-            let mut remove = Box::pin(async move {
-                let owner = owner.as_deref().unwrap_or(&node.info);
-                let removed = match retire {
-                    Some(keep) => node.store.retire_if_owner(&id, owner, keep).await,
-                    None => node.store.remove_if_owner(&id, owner).await,
-                };
-                if let Err(e) = removed {
-                    warn!(registration = %id, error = %e, "store remove failed; the record expires with its TTL");
-                }
-            });
-            // The in-memory store of a lone node answers at once: no task for
-            // that. Redis does not, and pairing does not wait for it: the rest
-            // runs in a task of its own (which polls with its own waker).
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            if remove.as_mut().poll(&mut cx).is_pending() {
-                tokio::spawn(remove.in_current_span());
-            }
-        }
-    }
 }

@@ -8,8 +8,8 @@ use dtcp_wire::{Command, CommandDecoder, Condition, Verb, WireError};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::conn::request::{Refusal, Side};
-use crate::node::Node;
+use crate::conn::request::{DtcpRefusal, Role};
+use crate::node::{Node, SHUTTING_DOWN};
 
 /// First allocation of the handshake buffer; it grows up to the command limit.
 pub(crate) const HANDSHAKE_BUF: usize = 512;
@@ -50,25 +50,28 @@ pub(crate) async fn read_command(
 
 /// The node's policy on a complete command: which side it asks for (and,
 /// for a signed key, its expiry), or why it is refused.
-pub(crate) fn admit(node: &Node, command: &Command) -> Result<(Side, Option<u64>), Refusal> {
-    let side = match command.verb {
-        Verb::Create => Side::Register,
-        Verb::Connect => Side::Claim,
+pub(crate) fn admit(node: &Node, command: &Command) -> Result<(Role, Option<u64>), DtcpRefusal> {
+    let role = match command.verb {
+        Verb::Create => Role::Register,
+        Verb::Connect => Role::Claim,
     };
     if node.drain.is_cancelled() {
-        let text = "the relay is shutting down";
-        return Err(Refusal::new(side.verb(), Condition::ShuttingDown, text));
+        return Err(DtcpRefusal::new(
+            role.verb(),
+            Condition::ShuttingDown,
+            SHUTTING_DOWN,
+        ));
     }
     let (initiator, target) = (command.triple.initiator(), command.triple.target());
     if !node.config.allows(initiator, target) {
         let text = "neither JID's domain is served by this relay";
-        return Err(Refusal::new(side.verb(), Condition::Forbidden, text));
+        return Err(DtcpRefusal::new(role.verb(), Condition::Forbidden, text));
     }
     // docs/PROTOCOL.md section 5: both commands are checked. Whether the key was
     // used already is the store's to say (`create.rs`, `connect.rs`).
     let expiry = node
         .trust
         .check_key(&command.triple)
-        .map_err(|e| Refusal::new(side.verb(), Condition::Forbidden, e.to_string()))?;
-    Ok((side, expiry))
+        .map_err(|e| DtcpRefusal::new(role.verb(), Condition::Forbidden, e.to_string()))?;
+    Ok((role, expiry))
 }

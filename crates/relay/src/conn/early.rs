@@ -23,6 +23,8 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::socket::rearm;
+
 /// The receive buffer asked for on a waiting socket (Linux doubles it for
 /// its bookkeeping, so the kernel holds about twice this). Small enough
 /// that 10,000 waiting connections hold some 80 MiB of kernel memory at
@@ -126,7 +128,7 @@ pub(crate) fn release(stream: TcpStream, held: Held) -> Option<TcpStream> {
         }
         unlock_buffer(&stream);
     }
-    crate::session::rearm(stream)
+    rearm(stream)
 }
 
 /// Gives the receive buffer back to the kernel's autotuning, which setting

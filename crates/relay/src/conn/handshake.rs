@@ -15,12 +15,13 @@ use tracing::debug;
 
 use crate::conn::dtcp::{self, HANDSHAKE_BUF, ReadError};
 use crate::conn::proxy::{self, PreambleError};
-use crate::conn::request::{Refusal, Refused, Request, Side, Socks5Refusal};
-use crate::conn::socks5;
+use crate::conn::request::{DtcpRefusal, Refusal, Request, Role};
 use crate::limits::Slot;
 use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::Node;
 use crate::protocol::Protocol;
+use crate::reply::Socks5Refusal;
+use crate::xep0065::socks5;
 
 /// The `verb` label of a handshake refused before its command was known.
 const UNKNOWN_VERB: &str = "unknown";
@@ -44,11 +45,11 @@ enum Spoken {
 }
 
 /// How a handshake ended without a command.
-enum Ended {
+enum Unfinished {
     /// The client left, or its socket failed, before a word.
     Gone,
     /// Refused by the preamble or the connection rate.
-    Refused(Refusal),
+    Refused(DtcpRefusal),
     /// The command could not be read.
     Read(ReadError),
     /// The SOCKS5 handshake is refused with this reply.
@@ -64,7 +65,7 @@ pub(crate) async fn read(
     stream: &mut TcpStream,
     peer: SocketAddr,
     slot: &mut Slot,
-) -> Result<Request, Option<Refused>> {
+) -> Result<Request, Option<Refusal>> {
     let mut buf = BytesMut::with_capacity(HANDSHAKE_BUF);
     let trusted = node.config.trusts(peer.ip());
     // Which protocol the client began to speak, for the timeout's answer.
@@ -77,8 +78,8 @@ pub(crate) async fn read(
         let client = proxy::read(stream, &mut buf, peer, trusted, node.config.proxy_protocol)
             .await
             .map_err(|e| match e {
-                PreambleError::Gone => Ended::Gone,
-                PreambleError::Refused(r) => Ended::Refused(r),
+                PreambleError::Gone => Unfinished::Gone,
+                PreambleError::Refused(r) => Unfinished::Refused(r),
             })?;
         tracing::Span::current().record("client", tracing::field::display(client));
         // Behind a trusted balancer, the client's rate and share are checked
@@ -90,7 +91,7 @@ pub(crate) async fn read(
                 Ok(guard) => slot.count_against(guard),
                 Err(refused) => {
                     counter!(CONNECTIONS_REFUSED, "reason" => refused.reason).increment(1);
-                    return Err(Ended::Refused(Refusal::new(
+                    return Err(Unfinished::Refused(DtcpRefusal::new(
                         UNKNOWN_VERB,
                         Condition::ResourceConstraint,
                         refused.text,
@@ -98,9 +99,15 @@ pub(crate) async fn read(
                 }
             }
         }
-        if buf.is_empty() && stream.read_buf(&mut buf).await.map_err(|_| Ended::Gone)? == 0 {
+        if buf.is_empty()
+            && stream
+                .read_buf(&mut buf)
+                .await
+                .map_err(|_| Unfinished::Gone)?
+                == 0
+        {
             // A header and nothing behind it: a balancer's health check.
-            return Err(Ended::Gone);
+            return Err(Unfinished::Gone);
         }
         spoke = protocol_of(node, buf[0]);
         tracing::Span::current().record("protocol", spoke.label());
@@ -109,41 +116,41 @@ pub(crate) async fn read(
             Protocol::Socks5 => {
                 return match socks5::read_request(stream, &mut buf).await {
                     Ok(hash) => Ok((client, Spoken::Socks5(hash))),
-                    Err(socks5::Failed::Refused(r)) => Err(Ended::Socks5(r)),
-                    Err(socks5::Failed::Gone) => Err(Ended::Gone),
-                    Err(socks5::Failed::Io(e)) => Err(Ended::Read(ReadError::Io(e))),
+                    Err(socks5::Failed::Refused(r)) => Err(Unfinished::Socks5(r)),
+                    Err(socks5::Failed::Gone) => Err(Unfinished::Gone),
+                    Err(socks5::Failed::Io(e)) => Err(Unfinished::Read(ReadError::Io(e))),
                 };
             }
         };
         match command {
             Ok(Some(command)) => Ok((client, Spoken::Dtcp(command))),
             // Closed in the middle of a command.
-            Ok(None) => Err(Ended::Refused(Refusal::new(
+            Ok(None) => Err(Unfinished::Refused(DtcpRefusal::new(
                 UNKNOWN_VERB,
                 Condition::BadRequest,
                 "connection closed in the middle of a command",
             ))),
-            Err(e) => Err(Ended::Read(e)),
+            Err(e) => Err(Unfinished::Read(e)),
         }
     };
     let (client, command) = match timeout(node.config.handshake_timeout, read).await {
         Ok(Ok(done)) => done,
         // Connected and left without a word.
-        Ok(Err(Ended::Gone)) => return Err(None),
-        Ok(Err(Ended::Refused(refusal))) => {
+        Ok(Err(Unfinished::Gone)) => return Err(None),
+        Ok(Err(Unfinished::Refused(refusal))) => {
             debug!(condition = %refusal.condition.as_str(), text = %refusal.text, "handshake refused");
             return Err(Some(refusal.into()));
         }
-        Ok(Err(Ended::Read(ReadError::Wire(e)))) => {
+        Ok(Err(Unfinished::Read(ReadError::Wire(e)))) => {
             debug!(error = %e, "bad command");
-            let refusal = Refusal::new(UNKNOWN_VERB, e.condition(), e.to_string());
+            let refusal = DtcpRefusal::new(UNKNOWN_VERB, e.condition(), e.to_string());
             return Err(Some(refusal.into()));
         }
-        Ok(Err(Ended::Socks5(refusal))) => {
+        Ok(Err(Unfinished::Socks5(refusal))) => {
             debug!(reply = refusal.label(), "SOCKS5 request refused");
-            return Err(Some(Refused::Socks5(refusal)));
+            return Err(Some(Refusal::Socks5(refusal)));
         }
-        Ok(Err(Ended::Read(ReadError::Io(e)))) => {
+        Ok(Err(Unfinished::Read(ReadError::Io(e)))) => {
             debug!(error = %e, "read failed during handshake");
             return Err(None);
         }
@@ -155,25 +162,25 @@ pub(crate) async fn read(
         Err(_) => {
             let text = "command not complete within the handshake timeout";
             return Err(Some(
-                Refusal::new(UNKNOWN_VERB, Condition::Timeout, text).into(),
+                DtcpRefusal::new(UNKNOWN_VERB, Condition::Timeout, text).into(),
             ));
         }
     };
     let received = Instant::now();
-    let (side, id, key_expiry) = match command {
+    let (role, id, key_expiry) = match command {
         Spoken::Dtcp(command) => {
-            let (side, key_expiry) = dtcp::admit(node, &command).map_err(|r| Some(r.into()))?;
+            let (role, key_expiry) = dtcp::admit(node, &command).map_err(|r| Some(r.into()))?;
             // The key is not needed past this point.
-            (side, command.triple.registration_id(), key_expiry)
+            (role, command.triple.registration_id(), key_expiry)
         }
         Spoken::Socks5(hash) => {
             if node.drain.is_cancelled() {
                 let refusal = Socks5Refusal::Reply(ReplyCode::GeneralFailure);
-                return Err(Some(Refused::Socks5(refusal)));
+                return Err(Some(Refusal::Socks5(refusal)));
             }
             // No key and no JIDs: who may use a pair is the activation's
             // question (the component's `--xmpp-allow-domain`).
-            (Side::Arrive(hash), RegistrationId::of_stream(&hash), None)
+            (Role::Arrive(hash), RegistrationId::of_stream(&hash), None)
         }
     };
     // Free the handshake buffer: keep only what came behind the command.
@@ -183,7 +190,7 @@ pub(crate) async fn read(
         BytesMut::from(&buf[..])
     };
     Ok(Request {
-        side,
+        role,
         id,
         client,
         early,

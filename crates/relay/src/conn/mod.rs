@@ -1,12 +1,17 @@
 //! One client connection, from its handshake to the end of its session.
 //!
 //! The phases, one file each: [`handshake`] (the preamble, [`proxy`], then the
-//! protocol the first byte names: [`dtcp`], or [`socks5`] in XEP-0065 mode),
-//! which produces a [`request::Request`] to register or to claim; [`create`]
-//! (register, then wait for the claim) or [`connect`] (claim, locally or
-//! through a Bridge), or for SOCKS5 [`arrive`] (the first connection of a
-//! stream hash registers, the second claims); [`early`] (what a client sends
-//! before it is paired). The paired session itself is in [`crate::session`].
+//! protocol the first byte names: [`dtcp`], or in XEP-0065 mode SOCKS5,
+//! [`crate::xep0065::socks5`]), which produces a [`request::Request`] to
+//! register or to claim; [`create`] (register, then wait for the claim) or
+//! [`connect`] (claim, locally or through a Bridge to the node that
+//! [`locate`] finds), or for SOCKS5 [`crate::xep0065::arrive`] (the first
+//! connection of a stream hash registers through [`create`], the second
+//! claims, here or through [`locate`]); [`early`] (what a client sends
+//! before it is paired). Beside them: [`dialect`] (what differs between the
+//! protocols where registering meets the client, asked of its
+//! [`Protocol`](crate::protocol::Protocol)) and [`record`] (a registration's
+//! store record). The paired session itself is in [`crate::session`].
 //!
 //! # Memory
 //!
@@ -25,22 +30,24 @@
 //!   block (`session::start`), since an `async fn` keeps a second copy of
 //!   every argument;
 //! - the pump and the forwarding plane hold copy buffers and pipes only while
-//!   data is in flight (pooled per thread), never while a session is idle.
+//!   data is in flight (`dtcp_duplex`'s pools: one of buffers for the
+//!   process, pipes per thread), never while a session is idle.
 //! - no log subscriber state per connection at the default level: the
 //!   connection's tracing span is `debug` (an enabled span is a registry
 //!   record with its formatted fields, about 500 bytes for the connection's
 //!   life), so the lines a connection writes at `info` carry their
 //!   registration and client addresses as fields instead.
 
-mod arrive;
 mod connect;
-mod create;
+pub(crate) mod create;
+mod dialect;
 mod dtcp;
 mod early;
 mod handshake;
+pub(crate) mod locate;
 mod proxy;
-mod request;
-mod socks5;
+mod record;
+pub(crate) mod request;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,11 +58,12 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
-use crate::conn::create::{Admission, Registration, Wait};
-use crate::conn::request::{Refused, SOCKS5_UNKNOWN, Side};
+use crate::conn::create::{Admission, Pending, Wait};
+use crate::conn::request::{Refusal, Role, SOCKS5_UNKNOWN};
 use crate::limits::Slot;
 use crate::node::Node;
-use crate::reply::{refuse, refuse_socks5};
+use crate::reply::{refuse_dtcp, refuse_socks5};
+use crate::xep0065::arrive::arrive;
 
 /// A boxed future of one phase of a connection.
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -119,8 +127,8 @@ impl std::fmt::Debug for Phase {
 enum Next {
     /// Nothing more to do: refused, or a CONNECT handed over or served.
     Done,
-    /// A CREATE is pending.
-    Wait { admission: Admission, wait: Wait },
+    /// A registration is pending.
+    Wait(Pending),
 }
 
 impl Future for Connection {
@@ -132,7 +140,7 @@ impl Future for Connection {
             let next = match this.phase.as_mut().project() {
                 PhaseProj::Start { fut } => match ready!(fut.as_mut().poll(cx)) {
                     Next::Done => Phase::Done,
-                    Next::Wait { admission, wait } => {
+                    Next::Wait(Pending { admission, wait }) => {
                         *this.admission = Some(admission);
                         Phase::Waiting { wait }
                     }
@@ -161,11 +169,11 @@ impl Future for Connection {
 async fn start(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, mut slot: Slot) -> Next {
     let request = match handshake::read(&node, &mut stream, peer, &mut slot).await {
         Ok(request) => request,
-        Err(Some(Refused::Dtcp(r))) => {
-            refuse(stream, Some(r.verb), r.condition, &r.text).await;
+        Err(Some(Refusal::Dtcp(r))) => {
+            refuse_dtcp(stream, Some(r.verb), r.condition, &r.text).await;
             return Next::Done;
         }
-        Err(Some(Refused::Socks5(r))) => {
+        Err(Some(Refusal::Socks5(r))) => {
             refuse_socks5(stream, SOCKS5_UNKNOWN, r).await;
             return Next::Done;
         }
@@ -173,18 +181,18 @@ async fn start(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, mut slo
     };
     // Every later line of this connection names its registration.
     tracing::Span::current().record("registration", tracing::field::display(&request.id));
-    match request.side {
-        Side::Register => match create::register(node, stream, slot, request).await {
-            Registration::Pending(admission, wait) => Next::Wait { admission, wait },
-            // A DTCP registration is never given back.
-            Registration::Refused | Registration::Taken(..) => Next::Done,
-        },
-        Side::Claim => {
+    let pending = match request.role {
+        Role::Register => create::register(node, stream, slot, request).await,
+        Role::Claim => {
             connect::claim(node, stream, slot, request).await;
-            Next::Done
+            None
         }
         // Boxed: the SOCKS5 path's state stays out of every connection's.
-        Side::Arrive(hash) => Box::pin(arrive::arrive(node, stream, slot, request, hash)).await,
+        Role::Arrive(hash) => Box::pin(arrive(node, stream, slot, request, hash)).await,
+    };
+    match pending {
+        Some(pending) => Next::Wait(pending),
+        None => Next::Done,
     }
 }
 
@@ -203,8 +211,8 @@ mod state_size {
     use tokio::time::Instant;
 
     use super::*;
+    use crate::claim::LocalClaim;
     use crate::limits::Slots;
-    use crate::pending::LocalClaim;
 
     /// With tokio's task header and trailer (about 110 bytes), a task's
     /// memory comes in steps of 128 bytes on x86_64: this keeps a pending
@@ -238,10 +246,10 @@ mod state_size {
         // As spawned: inside the connection's tracing span.
         let connection_size = std::mem::size_of::<tracing::instrument::Instrumented<Connection>>();
         let claim = LocalClaim {
-            target: socket().await.unwrap(),
+            stream: socket().await.unwrap(),
             early: BytesMut::new(),
             slot: slot(),
-            connect_started: Instant::now(),
+            received: Instant::now(),
             client: std::net::Ipv4Addr::LOCALHOST.into(),
             protocol: crate::protocol::Protocol::Dtcp,
         };

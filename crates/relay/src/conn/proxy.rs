@@ -13,7 +13,7 @@ use ppp::PartialResult;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::conn::request::Refusal;
+use crate::conn::request::DtcpRefusal;
 
 /// The `verb` label of a refused preamble (no command has been read).
 const VERB: &str = "unknown";
@@ -156,7 +156,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, &'static str> {
 #[derive(Debug)]
 pub(crate) enum PreambleError {
     /// Refused, with this answer.
-    Refused(Refusal),
+    Refused(DtcpRefusal),
     /// The client left (`Ok(0)`) or its socket failed: nobody to answer.
     Gone,
 }
@@ -182,7 +182,7 @@ pub(crate) async fn read(
             }
             if looks_like_header(buf) {
                 let text = "a PROXY protocol header is not accepted from this address";
-                return Err(PreambleError::Refused(Refusal::new(
+                return Err(PreambleError::Refused(DtcpRefusal::new(
                     VERB,
                     Condition::Forbidden,
                     text,
@@ -216,7 +216,7 @@ pub(crate) async fn read(
 }
 
 fn bad_request(text: &'static str) -> PreambleError {
-    PreambleError::Refused(Refusal::new(VERB, Condition::BadRequest, text))
+    PreambleError::Refused(DtcpRefusal::new(VERB, Condition::BadRequest, text))
 }
 
 /// One read into `buf`; a closed or failed socket is `Gone`.

@@ -1,42 +1,43 @@
-//! XEP-0065 mode: a pair on the node that holds its Target, from the claim
-//! to the activation, then the session.
+//! XEP-0065 mode: a pair on the node that holds its waiter (the first
+//! connection of its stream hash, XEP-0065's Target), from the claim to the
+//! activation, then the session.
 //!
-//! The Target has had its success reply since it registered; the requester
+//! The waiter has had its success reply since it registered; the requester
 //! gets its own now (from this node when it is connected here, from its own
 //! node once the Bridge says `paired`). Nothing is read from either socket
 //! until the activation: what a client sends early waits in the kernel and
 //! is the first thing the pump reads. A pair not activated within the
-//! SOCKS5 wait (`--socks5-activation-timeout`, counted from the Target's
+//! SOCKS5 wait (`--socks5-activation-timeout`, counted from the waiter's
 //! registration), or one of whose sides goes, is cut: both sockets are
-//! reset. Until its wait ends the pair counts against its Target's address
+//! reset. Until its wait ends the pair counts against its waiter's address
 //! (`--max-pending-per-ip`).
+//!
+//! In the session's metrics and log line the roles are DTCP's: the waiter
+//! is the initiator, the requester the target.
 
 use std::future::{Future, poll_fn};
-use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dtcp_duplex::reset_on_close;
 use dtcp_forward::proto::Frame;
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::counter;
-use socket2::SockRef;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tracing::debug;
 
-use crate::activation::PairTicket;
+use crate::claim::{RemoteClaim, Requester, Socks5Claim};
 use crate::metrics::{COMMANDS, SOCKS5_EXPIRED};
-use crate::node::Node;
-use crate::pending::{RemoteClaim, Requester, Socks5Claim};
+use crate::node::{Node, SHUTTING_DOWN};
 use crate::protocol::Protocol;
 use crate::reply::send_socks5_ok;
 use crate::session::forwarded;
 use crate::session::local;
-use crate::session::pump::reset_on_close;
+use crate::socket::{poll_gone_unread, rearm, reset};
+use crate::xep0065::activation::PairTicket;
 
 /// What ended a pair's wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +45,8 @@ enum Woke {
     Activated,
     /// The SOCKS5 wait (`--socks5-activation-timeout`) ran out.
     Expired,
-    /// The Target closed or reset.
-    TargetGone,
+    /// The waiter closed or reset.
+    WaiterGone,
     /// The requester (or its node) went.
     RequesterGone,
     /// The node's drain timeout ran out.
@@ -58,9 +59,9 @@ impl Woke {
         match self {
             Woke::Activated => "activated",
             Woke::Expired => "not activated within the SOCKS5 activation timeout",
-            Woke::TargetGone => "the target hung up",
+            Woke::WaiterGone => "the target hung up",
             Woke::RequesterGone => "the requester hung up",
-            Woke::Stopped => "the relay is shutting down",
+            Woke::Stopped => SHUTTING_DOWN,
         }
     }
 
@@ -74,9 +75,9 @@ impl Woke {
     }
 }
 
-/// The pair of the Target `target`, claimed by `pair`'s requester: waits for
-/// the activation, then runs the session. `waited`: how long the Target
-/// waited for its requester.
+/// The pair of `waiter`, claimed by `pair`'s requester: waits for the
+/// activation, then runs the session. `waited`: how long the waiter waited
+/// for its requester.
 ///
 /// A plain fn returning an `async move` block, as `local::run` is: an
 /// `async fn` would keep a second copy of its arguments.
@@ -86,8 +87,8 @@ impl Woke {
 )]
 pub(crate) fn run(
     node: Arc<Node>,
-    target: TcpStream,
-    t_early: BytesMut,
+    waiter: TcpStream,
+    w_early: BytesMut,
     pair: Socks5Claim,
     id: RegistrationId,
     waited: Duration,
@@ -100,32 +101,32 @@ pub(crate) fn run(
             guard,
             counted,
         } = ticket;
-        // The SOCKS5 wait counts from the Target's registration.
+        // The SOCKS5 wait counts from the waiter's registration.
         let deadline = Instant::now() + node.config.socks5_wait().saturating_sub(waited);
         // From here on a cut is a reset: both have had a success reply.
-        reset_on_close(&target);
+        reset_on_close(&waiter);
         match requester {
             Requester::Local(requester, hash) => {
-                reset_on_close(&requester.target);
-                send_socks5_ok(&requester.target, &hash).await;
+                reset_on_close(&requester.stream);
+                send_socks5_ok(&requester.stream, &hash).await;
                 counted_requester();
                 // The relay's part of the pairing ends here: the rest is the
                 // clients' wait for their activation.
                 node.hot
                     .socks5_local
                     .pairing_latency
-                    .record(requester.connect_started.elapsed());
+                    .record(requester.received.elapsed());
                 debug!(registration = %id, "SOCKS5 pair awaiting activation");
                 let woke = tokio::select! {
                     biased;
                     r = &mut start => if r.is_ok() { Woke::Activated } else { Woke::Expired },
                     () = node.stop.cancelled() => Woke::Stopped,
                     () = sleep_until(deadline) => Woke::Expired,
-                    () = poll_fn(|cx| poll_gone_unread(&target, cx)) => Woke::TargetGone,
-                    () = poll_fn(|cx| poll_gone_unread(&requester.target, cx)) => Woke::RequesterGone,
+                    () = poll_fn(|cx| poll_gone_unread(&waiter, cx)) => Woke::WaiterGone,
+                    () = poll_fn(|cx| poll_gone_unread(&requester.stream, cx)) => Woke::RequesterGone,
                 };
                 let woke = settled(woke, &mut start);
-                // Waiting is over: the Target's address is no longer charged.
+                // Waiting is over: the waiter's address is no longer charged.
                 drop(counted);
                 if woke != Woke::Activated {
                     cut(id, woke);
@@ -133,13 +134,13 @@ pub(crate) fn run(
                 }
                 debug!(registration = %id, "SOCKS5 pair activated");
                 let mut requester = requester;
-                let (Some(target), Some(requester_stream)) =
-                    (rearm(target), rearm(requester.target))
+                let (Some(waiter), Some(requester_stream)) =
+                    (rearm(waiter), rearm(requester.stream))
                 else {
                     return;
                 };
-                requester.target = requester_stream;
-                local::run(node, target, t_early, requester, id, waited, client).await;
+                requester.stream = requester_stream;
+                local::run(node, waiter, w_early, requester, id, waited, client).await;
             }
             Requester::Remote(requester) => {
                 // The requester's node answers its client on this frame.
@@ -154,7 +155,7 @@ pub(crate) fn run(
                     r = &mut start => if r.is_ok() { Woke::Activated } else { Woke::Expired },
                     () = node.stop.cancelled() => Woke::Stopped,
                     () = sleep_until(deadline) => Woke::Expired,
-                    () = poll_fn(|cx| poll_gone_unread(&target, cx)) => Woke::TargetGone,
+                    () = poll_fn(|cx| poll_gone_unread(&waiter, cx)) => Woke::WaiterGone,
                     // Before activation the requester's node sends nothing
                     // but an error frame (its client went) or its end.
                     _ = inbound.next() => Woke::RequesterGone,
@@ -175,18 +176,18 @@ pub(crate) fn run(
                     return;
                 }
                 debug!(registration = %id, "SOCKS5 pair activated (requester on another node)");
-                let Some(target) = rearm(target) else {
+                let Some(waiter) = rearm(waiter) else {
                     return;
                 };
                 let claim = RemoteClaim {
                     outbound: requester.outbound,
                     inbound,
-                    target: requester.target,
+                    client: requester.client,
                 };
                 forwarded::run_owner_side(
                     node,
-                    target,
-                    t_early,
+                    waiter,
+                    w_early,
                     claim,
                     id,
                     waited,
@@ -232,69 +233,13 @@ pub(crate) fn counted_requester() {
         .increment(1);
 }
 
-/// A pair whose Target went before it could start: its requester is cut
+/// A pair whose waiter went before it could start: its requester is cut
 /// (reset here, or told through its Bridge).
-pub(crate) fn abandon(pair: Socks5Claim, why: &str) {
+pub(crate) fn cut_requester(pair: Socks5Claim, why: &str) {
     match pair.requester {
-        Requester::Local(requester, _) => reset(requester.target),
+        Requester::Local(requester, _) => reset(requester.stream),
         Requester::Remote(requester) => requester
             .outbound
             .try_send(Frame::error(Condition::NotFound, why)),
-    }
-}
-
-/// Closes a client connection with a reset (SOCKS5 has no reply once the
-/// success reply is sent: a cut is a reset).
-pub(crate) fn reset(stream: TcpStream) {
-    reset_on_close(&stream);
-    drop(stream);
-}
-
-/// Whether a client that must not be read from yet (a XEP-0065 connection
-/// before its activation) has gone: `Ready` once it closed without sending
-/// anything, reset, or its socket failed; `Pending` otherwise, woken by what
-/// it does next. Bytes it sends stay in the kernel, unread (TCP pushes back
-/// when they fill its window), and are delivered after the activation; a
-/// client that sends bytes and then its FIN is kept, as its bytes are.
-/// Registers an activated pair's socket with the runtime anew, so that bytes
-/// its client sent before the activation wake the pump: [`poll_gone_unread`]
-/// cleared the socket's readiness to leave them unread, and an edge-triggered
-/// poller reports nothing more until new bytes arrive, which a client that
-/// sent everything early never sends. A fresh registration reports what is
-/// waiting at once. `None` (and the socket closed, with a reset) if the
-/// runtime refuses it.
-pub(crate) fn rearm(stream: TcpStream) -> Option<TcpStream> {
-    let std = stream.into_std().ok()?;
-    match TcpStream::from_std(std) {
-        Ok(stream) => Some(stream),
-        Err(e) => {
-            debug!(error = %e, "an activated socket could not be registered again");
-            None
-        }
-    }
-}
-
-pub(crate) fn poll_gone_unread(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<()> {
-    loop {
-        match stream.poll_read_ready(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(_)) => return Poll::Ready(()),
-            Poll::Ready(Ok(())) => {}
-        }
-        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-        let peeked = stream.try_io(Interest::READABLE, || {
-            match SockRef::from(stream).peek(&mut byte) {
-                // Bytes are waiting: leave them, and clear the readiness so
-                // that only the client's next move wakes this task.
-                Ok(n) if n > 0 => Err(io::ErrorKind::WouldBlock.into()),
-                other => other,
-            }
-        });
-        match peeked {
-            // Stale readiness, or bytes left waiting: wait again.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            // End of stream with nothing before it, or a reset.
-            Ok(_) | Err(_) => return Poll::Ready(()),
-        }
     }
 }

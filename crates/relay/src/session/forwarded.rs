@@ -1,97 +1,41 @@
 //! Sessions whose two sides are on different nodes, joined by a Bridge.
 //!
-//! Each node runs one side: the **target side** (the node the `CONNECT`
-//! reached: it opens the Bridge, then joins its Target to it) and the
-//! **owner side** (the node holding the Initiator, which the Bridge claimed).
+//! Each node runs one side: the **claimant side** (the node the claimant,
+//! a `CONNECT` or a XEP-0065 requester, reached: it opened the Bridge, and
+//! joins its client to it) and the **owner side** (the node holding the
+//! registering client, which the Bridge claimed). The session's roles are
+//! DTCP's whatever the protocol: the claimant's client is its Target, the
+//! registering client its Initiator.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dtcp_duplex::reset_on_close;
 use dtcp_forward::proto::Frame;
-use dtcp_forward::{BridgeError, End, Halves, join, reset_on_close};
-use dtcp_store::NodeInfo;
+use dtcp_forward::{End, Halves, join};
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::{counter, gauge};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::{debug, warn};
 
+use crate::claim::RemoteClaim;
 use crate::limits::Slot;
 use crate::metrics::{BRIDGE_ERRORS, BRIDGE_STREAMS};
 use crate::node::Node;
 use crate::outcome::Outcome;
-use crate::pending::RemoteClaim;
 use crate::protocol::Protocol;
 use crate::reply::send_ok;
 use crate::session::report::{Ended, Side, finished};
 
-/// Why a Bridge was not opened.
-pub(crate) enum OpenError {
-    /// The owner has no such pending registration (now).
-    NotFound,
-    /// Answer the Target this.
-    Refuse(Condition, &'static str),
-}
-
-/// Target side: the registration is `owner`'s. Opens a Bridge to it for the
-/// Target at `client` (the owner logs it); on success the owner has claimed
-/// its Initiator and answered it `OK`.
-/// The bridge comes boxed: it is large, and every waiting CONNECT's state
-/// would otherwise make room for it.
-pub(crate) async fn open_bridge(
-    node: &Node,
-    id: &RegistrationId,
-    owner: &NodeInfo,
-    client: SocketAddr,
-) -> Result<Box<Halves>, OpenError> {
-    let Some(dialer) = &node.dialer else {
-        warn!(registration = %id, owner = %owner, "registration held by another node, and this node has no forwarding plane");
-        let text = "the session is held by another node that cannot be reached";
-        return Err(OpenError::Refuse(Condition::Unavailable, text));
-    };
-    dialer
-        .open(&owner.forward_addr, id.as_bytes(), &owner.id, client)
-        .await
-        .map(Box::new)
-        .map_err(|e| {
-            let (reason, text) = match &e {
-                BridgeError::NotFound => {
-                    debug!(registration = %id, owner = %owner, "bridge: not found");
-                    return OpenError::NotFound;
-                }
-                BridgeError::Unreachable(_) => (
-                    "unreachable",
-                    "the node holding the session cannot be reached",
-                ),
-                BridgeError::Unauthenticated => (
-                    "unauthenticated",
-                    "the node holding the session refused this node",
-                ),
-                BridgeError::Protocol(_) => {
-                    ("protocol", "the node holding the session answered nonsense")
-                }
-                // The owner's own policy, not a failure of the plane.
-                BridgeError::Refused(condition) => {
-                    debug!(registration = %id, owner = %owner, condition = condition.as_str(), "bridge: refused by the owner");
-                    let text = "the node holding the session refused it";
-                    return OpenError::Refuse(*condition, text);
-                }
-            };
-            counter!(BRIDGE_ERRORS, "role" => "client", "reason" => reason).increment(1);
-            warn!(registration = %id, owner = %owner, error = %e, "bridge failed");
-            OpenError::Refuse(Condition::Unavailable, text)
-        })
-}
-
-/// Target side, once the Bridge is open (and, in XEP-0065 mode, the pair
+/// Claimant side, once the Bridge is open (and, in XEP-0065 mode, the pair
 /// activated): answers a DTCP Target `OK` and joins its socket to the Bridge.
 #[expect(
     clippy::too_many_arguments,
     reason = "the parts of a session handed over at once"
 )]
-pub(crate) async fn run_target_side(
+pub(crate) async fn run_claimant_side(
     node: Arc<Node>,
     target: TcpStream,
     _slot: Slot,
@@ -136,7 +80,7 @@ pub(crate) async fn run_target_side(
     streams.decrement(1.0);
     let (outcome, detail) = outcome_of(&report.end, "client");
     let ended = Ended {
-        side: Side::Target,
+        side: Side::Claimant,
         id,
         paired_at,
         waited: Duration::ZERO,
@@ -169,7 +113,7 @@ pub(crate) async fn run_owner_side(
     let RemoteClaim {
         outbound,
         inbound,
-        target,
+        client: target,
     } = claim;
     // With debug logging, this connection's lines name the Target as its
     // node saw it, not the node: the Bridge carried its address (the

@@ -6,16 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dtcp_duplex::reset_on_close;
 use dtcp_wire::RegistrationId;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::claim::LocalClaim;
 use crate::node::Node;
 use crate::outcome::Outcome;
-use crate::pending::LocalClaim;
 use crate::protocol::Protocol;
 use crate::reply::send_ok;
-use crate::session::pump::{self, Pump};
+use crate::session::pump::Pump;
 use crate::session::report::{Ended, Side, finished};
 
 /// `OK` to both (DTCP; a XEP-0065 pair has had its replies), then the pump
@@ -43,26 +44,24 @@ pub(crate) fn run(
         // From OK on, a socket closed by anything but a passed-on FIN (the
         // process killed included: the kernel then closes it) is reset, never
         // ended with a FIN the client could take for its peer's.
-        pump::reset_on_close(&initiator);
-        pump::reset_on_close(&claim.target);
+        reset_on_close(&initiator);
+        reset_on_close(&claim.stream);
         let series = node.hot.local(claim.protocol);
         if claim.protocol == Protocol::Dtcp {
             send_ok(&initiator).await;
-            send_ok(&claim.target).await;
+            send_ok(&claim.stream).await;
             node.hot.create_ok.increment(1);
             node.hot.connect_ok.increment(1);
             // A XEP-0065 pair's was recorded at its claim: the wait for
             // the activation is the clients', not the relay's.
-            series
-                .pairing_latency
-                .record(claim.connect_started.elapsed());
+            series.pairing_latency.record(claim.received.elapsed());
         }
         series.active.increment(1.0);
         let paired_at = Instant::now();
         let mut pump = Pump::new(
             (&initiator, &i_early, series.initiator_to_target.clone()),
             (
-                &claim.target,
+                &claim.stream,
                 &claim.early,
                 series.target_to_initiator.clone(),
             ),
@@ -78,8 +77,8 @@ pub(crate) fn run(
             // A reset is passed on, and a cut is one: close with RST, so that
             // neither client mistakes it for its peer's FIN. (Set since OK;
             // again here, where the reason is.)
-            pump::reset_on_close(&initiator);
-            pump::reset_on_close(&claim.target);
+            reset_on_close(&initiator);
+            reset_on_close(&claim.stream);
         }
         let moved = pump.moved();
         series.active.decrement(1.0);

@@ -10,8 +10,6 @@ pub(crate) mod forwarded;
 mod local;
 mod pump;
 mod report;
-#[cfg(target_os = "linux")]
-mod splice;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -20,15 +18,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dtcp_forward::proto::Frame;
 use dtcp_wire::{Condition, RegistrationId};
 use tokio::net::TcpStream;
 
+use crate::claim::{Claim, Requester};
 use crate::node::Node;
-use crate::pending::{Claim, Requester};
 use crate::protocol::Protocol;
-use crate::reply::refuse;
+use crate::reply::refuse_dtcp;
+use crate::socket::reset;
 
-pub(crate) use awaiting::{abandon, counted_requester, poll_gone_unread, rearm, reset};
+pub(crate) use awaiting::counted_requester;
 
 /// The session of a claimed registration, from the side of the node holding
 /// the Initiator.
@@ -52,7 +52,7 @@ pub(crate) fn start(
             // address that is both sides, once); the guard lives as long
             // as the session.
             let Some(share) = node.per_address.session(client, Some(local.client)) else {
-                return Box::pin(over_share(initiator, Some(local.target), None));
+                return Box::pin(over_share(initiator, Some(local.stream), None));
             };
             let session = local::run(node, initiator, i_early, local, id, waited, client);
             Box::pin(async move {
@@ -84,7 +84,7 @@ pub(crate) fn start(
             // A XEP-0065 pair is a session from its claim on: each client's
             // address takes part in one more (a requester on another node is
             // counted there). Over a share the pair is cut, both reset: the
-            // Target has had its success reply already.
+            // waiter has had its success reply already.
             let requester = match &pair.requester {
                 Requester::Local(requester, _) => Some(requester.client),
                 Requester::Remote(_) => None,
@@ -92,7 +92,7 @@ pub(crate) fn start(
             let Some(share) = node.per_address.session(client, requester) else {
                 metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "per_ip_sessions")
                     .increment(1);
-                abandon(*pair, TOO_MANY_SESSIONS);
+                awaiting::cut_requester(*pair, TOO_MANY_SESSIONS);
                 reset(initiator);
                 return Box::pin(std::future::ready(()));
             };
@@ -102,6 +102,17 @@ pub(crate) fn start(
                 drop(share);
             })
         }
+    }
+}
+
+/// A claim that cannot be served because the registering client is gone:
+/// its claimant is told.
+pub(crate) async fn abandon(claim: Claim) {
+    let text = "the initiator hung up";
+    match claim {
+        Claim::Local(c) => refuse_dtcp(c.stream, Some("connect"), Condition::NotFound, text).await,
+        Claim::Remote(r) => r.outbound.try_send(Frame::error(Condition::NotFound, text)),
+        Claim::Socks5(c) => awaiting::cut_requester(*c, "the target hung up"),
     }
 }
 
@@ -128,11 +139,11 @@ async fn over_share(
     }
     let refusing_target = async {
         if let Some(target) = target {
-            refuse(target, Some("connect"), condition, TOO_MANY_SESSIONS).await;
+            refuse_dtcp(target, Some("connect"), condition, TOO_MANY_SESSIONS).await;
         }
     };
     tokio::join!(
-        refuse(initiator, Some("create"), condition, TOO_MANY_SESSIONS),
+        refuse_dtcp(initiator, Some("create"), condition, TOO_MANY_SESSIONS),
         refusing_target
     );
 }

@@ -17,8 +17,8 @@ pub(crate) enum Side {
     Local,
     /// The node holding the Initiator, which the Bridge claimed.
     Owner,
-    /// The node the `CONNECT` reached, which opened the Bridge.
-    Target,
+    /// The node the claimant reached, which opened the Bridge.
+    Claimant,
 }
 
 impl Side {
@@ -27,7 +27,8 @@ impl Side {
         match self {
             Side::Local => "local",
             Side::Owner => "owner",
-            Side::Target => "target",
+            // DTCP's word: the node of the Target.
+            Side::Claimant => "target",
         }
     }
 }
@@ -61,7 +62,7 @@ pub(crate) struct Ended {
 /// metrics, so that sums across the cluster count each session once.
 pub(crate) fn finished(series: &PathSeries, ended: Ended) {
     let duration = ended.paired_at.elapsed();
-    if ended.side != Side::Target {
+    if ended.side != Side::Claimant {
         series.completed(ended.outcome);
         series.duration.record(duration);
     }

@@ -2,7 +2,7 @@
 //! state as the `dtcp_xmpp_link` gauge, and the activations it asks for.
 //!
 //! An activation names a stream hash. The pair of that hash is held by the
-//! node that holds its Target (the registration's owner): this node, or
+//! node that holds its waiter (the registration's owner): this node, or
 //! another that the store names, asked over the plane with an `Activate`
 //! call. Either way the owner decides, exactly once (`activation`).
 
@@ -17,9 +17,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::activation::Activated;
 use crate::metrics::{ACTIVATIONS, XMPP_LINK};
 use crate::node::Node;
+use crate::xep0065::activation::Activated;
 
 /// Activations the component may hand over before the relay picks them up
 /// (each waits at most the component's activation timeout).

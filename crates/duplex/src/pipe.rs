@@ -1,5 +1,7 @@
-//! Pipes for splice(2), pooled per thread like the pump's copy buffers:
-//! socket to pipe to socket, no copy through user space.
+//! Pipes for splice(2): socket to pipe to socket, no copy through user
+//! space. Pooled per worker thread: a pipe is taken when a socket turns
+//! readable and given back empty once drained, so an idle session holds
+//! none, and it never leaves the pump that took it.
 
 use std::cell::RefCell;
 use std::io;
@@ -9,7 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 /// default 64 KiB: fewer calls per GiB, and the pages are only held while
 /// data is in flight.
 const PIPE_CHUNK: usize = 256 * 1024;
-/// Pipes kept for reuse per worker thread.
+/// Pipes kept for reuse per worker thread (two descriptors each).
 const POOL_MAX: usize = 4;
 
 thread_local! {
@@ -97,4 +99,44 @@ pub(crate) fn give_pipe(pipe: Pipe) {
             p.push(pipe);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    #[test]
+    fn bytes_cross_a_pipe_and_the_pipe_is_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut from = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (sink, _) = listener.accept().unwrap();
+        let to = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut out, _) = listener.accept().unwrap();
+
+        from.write_all(b"through the kernel").unwrap();
+        let pipe = take_pipe().unwrap();
+        let mut n = 0;
+        while n < 18 {
+            n += pipe.fill_from(sink.as_raw_fd(), usize::MAX).unwrap();
+        }
+        assert_eq!(pipe.drain_to(to.as_raw_fd(), n).unwrap(), n);
+        let mut got = [0; 18];
+        out.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"through the kernel");
+
+        let fd = pipe.read.as_raw_fd();
+        give_pipe(pipe);
+        assert_eq!(take_pipe().unwrap().read.as_raw_fd(), fd, "reused");
+
+        drop(from);
+        let pipe = take_pipe().unwrap();
+        assert_eq!(
+            pipe.fill_from(sink.as_raw_fd(), usize::MAX).unwrap(),
+            0,
+            "EOF"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use dtcp_wire::socks5::{self, Method, ReplyCode, StreamHash};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::conn::request::Socks5Refusal;
+use crate::reply::Socks5Refusal;
 
 /// How a SOCKS5 handshake ended without a request.
 #[derive(Debug)]

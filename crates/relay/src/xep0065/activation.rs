@@ -1,8 +1,8 @@
 //! XEP-0065 pairs waiting for their activation on the node that holds the
-//! Target (the registration's owner), and the one place where an activation
+//! waiter (the registration's owner), and the one place where an activation
 //! happens.
 //!
-//! When the requester's connection claims the pending Target (on this node,
+//! When the requester's connection claims the pending waiter (on this node,
 //! or over a Bridge from another), the claimant enters the pair here before
 //! anyone answers the requester, so that an activation that follows the
 //! requester's success reply always finds it. An activation flips the entry
@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::limits::IpGuard;
 use crate::metrics::SOCKS5_AWAITING;
+use crate::pending::record_left;
 
 /// Pairs of this node, by registration id.
 #[derive(Debug)]
@@ -77,13 +78,13 @@ pub(crate) struct PairTicket {
     pub(crate) start: oneshot::Receiver<()>,
     /// Removes the entry when dropped.
     pub(crate) guard: PairGuard,
-    /// The pending count of the Target's address, which the pair keeps
+    /// The pending count of the waiter's address, which the pair keeps
     /// until its wait ends ([`PairTicket::count_against`]).
     pub(crate) counted: Option<IpGuard>,
 }
 
 impl PairTicket {
-    /// Keeps the Target's pending count (`--max-pending-per-ip`, on this
+    /// Keeps the waiter's pending count (`--max-pending-per-ip`, on this
     /// node and across the cluster) until the pair's wait ends. A pair
     /// waiting for its activation holds two connections and needs no key:
     /// were it uncounted once its requester came, one address could pair
@@ -177,13 +178,6 @@ impl Activations {
     pub(crate) fn contains(&self, id: &RegistrationId) -> bool {
         self.entries.contains_key(id)
     }
-}
-
-/// The time a store record good until `expires` has left at `now`, if it
-/// has a record and any time left: what a rewrite gives it again.
-pub(crate) fn record_left(expires: Option<Instant>, now: Instant) -> Option<Duration> {
-    let left = expires?.checked_duration_since(now)?;
-    (!left.is_zero()).then_some(left)
 }
 
 impl Drop for PairGuard {

@@ -1,0 +1,135 @@
+//! Where a registration that is not in this node's pending table is held:
+//! the store's record of it (or the owner another node announced),
+//! checked, then a Bridge to its owner, which claims it there. A DTCP
+//! `CONNECT` and a XEP-0065 requester both find their registration so.
+
+use std::net::SocketAddr;
+
+use dtcp_forward::{BridgeError, Halves};
+use dtcp_store::NodeInfo;
+use dtcp_wire::{Condition, RegistrationId};
+use metrics::counter;
+use tracing::{debug, warn};
+
+use crate::limits::SessionGuard;
+use crate::metrics::{AUTH_FAILURES, BRIDGE_ERRORS, CONNECTIONS_REFUSED};
+use crate::node::Node;
+use crate::session::TOO_MANY_SESSIONS;
+
+/// The text of a refused signed key that already paired.
+pub(crate) const REUSED: &str = "this key has already been used";
+
+/// Where a registration was found.
+pub(crate) enum Located {
+    /// The store has no record of it.
+    Unknown,
+    /// The record is this node's own, and the registration is not in its
+    /// table (not yet, or no longer).
+    Ours,
+    /// Its owner had nothing to claim: claimed by another, withdrawn, or
+    /// the record names an earlier process at that address.
+    Gone,
+    /// Its owner claimed it: the Bridge to the owner, and the claimant's
+    /// address's share of one more session, held until the session ends.
+    /// The Bridge comes boxed: it is large, and every waiting claimant's
+    /// state would otherwise make room for it.
+    Bridged(Box<Halves>, SessionGuard),
+    /// Answer the claimant this.
+    Refused(Condition, &'static str),
+}
+
+/// Locates `id` for a claimant at `client` (the owner logs it) and, when
+/// another node holds it, has that node claim it through a Bridge.
+/// `announced`: the owner another node announced, if one did, which spares
+/// the store a lookup.
+pub(crate) async fn locate(
+    node: &Node,
+    id: &RegistrationId,
+    client: SocketAddr,
+    announced: Option<NodeInfo>,
+) -> Located {
+    let owner = match announced {
+        Some(owner) => owner,
+        None => match node.store.lookup(id).await {
+            Ok(Some(owner)) => owner,
+            Ok(None) => return Located::Unknown,
+            Err(e) => {
+                warn!(registration = %id, error = %e, "store lookup failed");
+                let text = "the rendezvous store is unavailable";
+                return Located::Refused(Condition::Unavailable, text);
+            }
+        },
+    };
+    if owner.is_used() {
+        counter!(AUTH_FAILURES, "reason" => "reused").increment(1);
+        return Located::Refused(Condition::Forbidden, REUSED);
+    }
+    if owner.id == node.info.id {
+        return Located::Ours;
+    }
+    // Whoever can write the store must not be able to redirect a claim.
+    if !node.trust.verify_record(id, &owner) {
+        warn!(registration = %id, owner = %owner, "the store's record of this registration is not sealed by the cluster: not dialing it");
+        let text = "the session's record in the rendezvous store does not verify";
+        return Located::Refused(Condition::Unavailable, text);
+    }
+    // The claimant's address takes part in one more session (the
+    // registering client's is counted by the owner node).
+    let Some(share) = node.per_address.session(client.ip(), None) else {
+        counter!(CONNECTIONS_REFUSED, "reason" => "per_ip_sessions").increment(1);
+        return Located::Refused(Condition::ResourceConstraint, TOO_MANY_SESSIONS);
+    };
+    // Boxed: the Bridge call's state would otherwise enlarge the state of
+    // every claimant, forwarded or not.
+    match Box::pin(open_bridge(node, id, &owner, client)).await {
+        Ok(bridge) => Located::Bridged(bridge, share),
+        Err(located) => located,
+    }
+}
+
+/// Opens a Bridge to `owner` for the claimant at `client`; on success the
+/// owner has claimed the registration (and answered a DTCP Initiator `OK`).
+async fn open_bridge(
+    node: &Node,
+    id: &RegistrationId,
+    owner: &NodeInfo,
+    client: SocketAddr,
+) -> Result<Box<Halves>, Located> {
+    let Some(dialer) = &node.dialer else {
+        warn!(registration = %id, owner = %owner, "registration held by another node, and this node has no forwarding plane");
+        let text = "the session is held by another node that cannot be reached";
+        return Err(Located::Refused(Condition::Unavailable, text));
+    };
+    dialer
+        .open(&owner.forward_addr, id.as_bytes(), &owner.id, client)
+        .await
+        .map(Box::new)
+        .map_err(|e| {
+            let (reason, text) = match &e {
+                BridgeError::NotFound => {
+                    debug!(registration = %id, owner = %owner, "bridge: not found");
+                    return Located::Gone;
+                }
+                BridgeError::Unreachable(_) => (
+                    "unreachable",
+                    "the node holding the session cannot be reached",
+                ),
+                BridgeError::Unauthenticated => (
+                    "unauthenticated",
+                    "the node holding the session refused this node",
+                ),
+                BridgeError::Protocol(_) => {
+                    ("protocol", "the node holding the session answered nonsense")
+                }
+                // The owner's own policy, not a failure of the plane.
+                BridgeError::Refused(condition) => {
+                    debug!(registration = %id, owner = %owner, condition = condition.as_str(), "bridge: refused by the owner");
+                    let text = "the node holding the session refused it";
+                    return Located::Refused(*condition, text);
+                }
+            };
+            counter!(BRIDGE_ERRORS, "role" => "client", "reason" => reason).increment(1);
+            warn!(registration = %id, owner = %owner, error = %e, "bridge failed");
+            Located::Refused(Condition::Unavailable, text)
+        })
+}
