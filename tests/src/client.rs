@@ -2,9 +2,11 @@
 //! checked exchanges.
 
 use std::net::SocketAddr;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use dtcp_client::dtcp_wire::{Command as WireCommand, Triple, Verb};
+use dtcp_testkit::Process;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -16,7 +18,17 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(25);
 
 /// Polls `cond` until it holds, or panics with `what` after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(settles(limit, cond).await, "not within {limit:?}: {what}");
+}
+
+/// Polls `cond` until it holds, for at most `limit`; whether it did (for a
+/// caller that asserts with more to say than [`eventually`]).
+pub async fn settles<F, Fut>(limit: Duration, mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -24,12 +36,26 @@ where
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if cond().await {
-            return;
+            return true;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {limit:?}: {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits for `process` to exit, at most `limit`, without holding up the
+/// test's other tasks: its status, or `None` if it still runs then.
+pub async fn exit_of(process: &mut Process, limit: Duration) -> Option<ExitStatus> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = process.try_exit() {
+            return Some(status);
+        }
+        if !process.is_running() || tokio::time::Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(POLL).await;
     }
 }

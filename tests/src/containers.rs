@@ -17,9 +17,10 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
+use dtcp_testkit::{Process, poll_until};
 use sha2::{Digest, Sha256};
 
 use crate::relay::bin;
@@ -33,8 +34,6 @@ pub const PROJECT: &str = "dtcpct";
 const ENGINE_START: Duration = Duration::from_secs(60);
 /// How long the engine gets to stop (it stops its containers first).
 const ENGINE_STOP: Duration = Duration::from_secs(30);
-/// How often a wait looks again.
-const POLL: Duration = Duration::from_millis(200);
 /// The address pool the engine's networks are carved from (inside its own
 /// network namespace only; the compose file names its own subnet).
 const ADDRESS_POOL: &str = "base=172.30.0.0/16,size=24";
@@ -151,7 +150,7 @@ pub fn output(cmd: &mut Command) -> Output {
 pub struct Engine {
     dir: PathBuf,
     netns: String,
-    daemon: Option<Child>,
+    daemon: Option<Process>,
     compose: Vec<PathBuf>,
 }
 
@@ -176,46 +175,33 @@ impl Engine {
         run(Command::new("nsenter")
             .arg(format!("--net={}", engine.netns_path()))
             .args(["ip", "link", "set", "lo", "up"]));
-        let log = fs::File::create(engine.dir.join("dockerd.log")).expect("engine log");
+        let log = engine.dir.join("dockerd.log");
         // `nsenter --net`, not `ip netns exec`: the latter remounts /sys,
         // which hides the cgroup mounts the engine needs.
-        let daemon = Command::new("nsenter")
-            .arg(format!("--net={}", engine.netns_path()))
-            .arg("dockerd")
-            .arg(format!("--data-root={}", engine.dir.join("data").display()))
-            .arg(format!("--exec-root={}", engine.dir.join("exec").display()))
-            .arg(format!(
-                "--pidfile={}",
-                engine.dir.join("dockerd.pid").display()
-            ))
-            .arg(format!("--host=unix://{}", engine.socket().display()))
-            .arg("--storage-driver=overlay2")
-            .arg(format!("--default-address-pool={ADDRESS_POOL}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting dockerd");
-        engine.daemon = Some(daemon);
-        let deadline = Instant::now() + ENGINE_START;
-        while !output(engine.docker().arg("version")).status.success() {
-            if let Some(status) = engine
-                .daemon
-                .as_mut()
-                .and_then(|d| d.try_wait().ok().flatten())
-            {
-                panic!(
-                    "dockerd exited ({status}) at start:\n{}",
-                    engine.daemon_log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not answer within {ENGINE_START:?}:\n{}",
-                engine.daemon_log()
-            );
-            std::thread::sleep(POLL);
-        }
+        let mut daemon = Process::new(
+            "nsenter",
+            [
+                format!("--net={}", engine.netns_path()),
+                "dockerd".into(),
+                format!("--data-root={}", engine.dir.join("data").display()),
+                format!("--exec-root={}", engine.dir.join("exec").display()),
+                format!("--pidfile={}", engine.dir.join("dockerd.pid").display()),
+                format!("--host=unix://{}", engine.socket().display()),
+                "--storage-driver=overlay2".into(),
+                format!("--default-address-pool={ADDRESS_POOL}"),
+            ],
+        )
+        .name("dockerd")
+        .stdout(dtcp_testkit::Output::File(log.clone()))
+        .stderr(dtcp_testkit::Output::File(log.clone()))
+        .log_file(&log);
+        daemon.spawn();
+        // The engine's own from here: its teardown stops it gracefully
+        // whatever happens next.
+        let mut version = engine.docker();
+        version.arg("version");
+        let daemon = engine.daemon.insert(daemon);
+        daemon.wait_ready(ENGINE_START, || output(&mut version).status.success());
         engine
     }
 
@@ -263,6 +249,26 @@ impl Engine {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.netns_path())).arg(program);
         cmd
+    }
+
+    /// `program` with `args` as a process of the test's own inside the
+    /// engine's network namespace (`nsenter` runs it in its place), not
+    /// started yet.
+    pub fn process_inside(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+    ) -> Process {
+        let mut all = vec![
+            std::ffi::OsString::from(format!("--net={}", self.netns_path())),
+            program.as_ref().to_owned(),
+        ];
+        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        let name = Path::new(program.as_ref())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Process::new("nsenter", all).name(&name)
     }
 
     /// Imports a root file system tarball as image `tag`, with Dockerfile
@@ -485,14 +491,7 @@ impl Drop for Engine {
         if let Some(mut daemon) = self.daemon.take() {
             // SIGTERM to dockerd itself (nsenter exec()s it, so the child's
             // pid is dockerd's): it stops its containers and its containerd.
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + ENGINE_STOP;
-            while daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(POLL);
-            }
-            let _ = daemon.kill();
-            let _ = daemon.wait();
+            daemon.stop_with(libc::SIGTERM, ENGINE_STOP);
         }
         // Whatever the engine left mounted below its directory.
         if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
@@ -539,10 +538,10 @@ fn sweep_leftovers() {
         {
             // SAFETY: kill(2) on the pid a dead run's engine wrote.
             unsafe { libc::kill(daemon, libc::SIGTERM) };
-            let deadline = Instant::now() + ENGINE_STOP;
-            while Path::new(&format!("/proc/{daemon}")).exists() && Instant::now() < deadline {
-                std::thread::sleep(POLL);
-            }
+            // Gone, or the teardown goes on regardless.
+            poll_until(ENGINE_STOP, || {
+                !Path::new(&format!("/proc/{daemon}")).exists()
+            });
         }
         // Its teardown: mounts, namespace, directory.
         drop(Engine {

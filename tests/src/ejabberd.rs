@@ -9,10 +9,11 @@
 //! (`anonymous_protocol: login_anon`), so that a test needs no
 //! `ejabberdctl register` round trip to the Erlang node per user.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use dtcp_testkit::{Output, Process};
 
 use crate::free_port;
 use crate::xmpp::{COMPONENT, COMPONENT_SECRET, DOMAIN, XmppServer};
@@ -28,7 +29,7 @@ const USER: &str = "ejabberd";
 /// An `ejabberd` (Erlang node) of the test's own, killed when dropped.
 #[derive(Debug)]
 pub struct Ejabberd {
-    child: Option<Child>,
+    process: Process,
     /// Client-to-server port (plaintext, loopback).
     pub c2s_port: u16,
     /// External component port (XEP-0114).
@@ -108,52 +109,47 @@ modules:
             .status()
             .expect("chown");
         assert!(chown.success(), "chown {USER} {}", dir.display());
-        let child = Command::new("ejabberdctl")
-            .arg("--config-dir")
-            .arg(&dir)
-            .arg("--config")
-            .arg(dir.join("ejabberd.yml"))
-            .arg("--ctl-config")
-            .arg(dir.join("ejabberdctl.cfg"))
-            .arg("--logs")
-            .arg(dir.join("logs"))
-            .arg("--spool")
-            .arg(dir.join("spool"))
-            .arg("--node")
-            .arg(format!("dtcp{component_port}@localhost"))
-            .arg("foreground")
+        let node = format!("dtcp{component_port}@localhost");
+        let args = [
+            "--config-dir".as_ref(),
+            dir.as_os_str(),
+            "--config".as_ref(),
+            dir.join("ejabberd.yml").as_os_str(),
+            "--ctl-config".as_ref(),
+            dir.join("ejabberdctl.cfg").as_os_str(),
+            "--logs".as_ref(),
+            dir.join("logs").as_os_str(),
+            "--spool".as_ref(),
+            dir.join("spool").as_os_str(),
+            "--node".as_ref(),
+            node.as_ref(),
+            "foreground".as_ref(),
+        ]
+        .map(std::ffi::OsStr::to_owned);
+        let process = Process::new("ejabberdctl", args)
+            .name("ejabberd")
             .current_dir(&dir)
             // As that user already: run as root, the script would go
             // through `su`, which puts the Erlang VM in a session of its
             // own, out of reach of the signal that stops the test's server.
-            // One process group, so that one signal stops them all.
-            .uid(id(USER, "-u"))
-            .gid(id(USER, "-g"))
+            .user(id(USER, "-u"), id(USER, "-g"))
             .env("HOME", home(USER))
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ejabberd is needed for the ejabberd tests (scripts/test installs it)");
-        let server = Ejabberd {
-            child: Some(child),
+            // One process group, so that one signal stops them all.
+            .own_group()
+            .stderr(Output::Null)
+            .log_file(dir.join("logs/ejabberd.log"));
+        let mut server = Ejabberd {
+            process,
             c2s_port,
             component_port,
             proxy65_port,
             dir,
         };
-        let deadline = Instant::now() + START;
-        for port in [component_port, c2s_port, proxy65_port] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "ejabberd did not open port {port}: {}",
-                    server.log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        server.process.start(START, || {
+            [component_port, c2s_port, proxy65_port]
+                .iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+        });
         server
     }
 
@@ -189,12 +185,8 @@ fn home(user: &str) -> String {
 
 impl Drop for Ejabberd {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on the process group of our own child, which
-            // it leads; no memory effects.
-            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
-            let _ = c.wait();
-        }
+        // The whole group, the Erlang VM and its helpers.
+        self.process.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

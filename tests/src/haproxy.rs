@@ -4,17 +4,18 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use dtcp_testkit::Process;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::redis::free_port;
 
 /// How long HAProxy may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often [`Haproxy::start`] looks whether it listens.
-const POLL: Duration = Duration::from_millis(20);
+/// How long [`Haproxy::start`] waits for each connection that checks
+/// whether it listens.
+const PROBE: Duration = Duration::from_millis(20);
 /// Connections HAProxy takes at once (the tests hold a few hundred).
 const MAX_CONN: usize = 4096;
 
@@ -30,7 +31,7 @@ pub enum ProxyVersion {
 /// A running `haproxy` process, killed when dropped.
 #[derive(Debug)]
 pub struct Haproxy {
-    child: Child,
+    process: Process,
     /// Where clients connect (127.0.0.1, a free port).
     pub addr: SocketAddr,
     dir: PathBuf,
@@ -75,32 +76,19 @@ impl Haproxy {
         );
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("haproxy is needed for the edge tests (scripts/test installs it)");
+        let mut process =
+            Process::new("haproxy", ["-db".as_ref(), "-f".as_ref(), path.as_os_str()]);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = std::time::Instant::now() + START_TIMEOUT;
-        while std::net::TcpStream::connect_timeout(&addr, POLL).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "haproxy did not start"
-            );
-            std::thread::sleep(POLL);
-        }
-        Haproxy { child, addr, dir }
+        process.start(START_TIMEOUT, || {
+            std::net::TcpStream::connect_timeout(&addr, PROBE).is_ok()
+        });
+        Haproxy { process, addr, dir }
     }
 }
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -41,6 +41,11 @@ impl RedisServer {
         self.server.pid()
     }
 
+    /// Sends it a signal (SIGSTOP and SIGCONT to stall it).
+    pub fn signal(&self, signal: i32) {
+        self.server.signal(signal);
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         self.server.url()

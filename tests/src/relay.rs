@@ -1,12 +1,12 @@
 //! `dtcp-relay` nodes as real processes: started with [`NodeOptions`],
 //! read through their logs and metrics, signalled and killed.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::ExitStatus;
 use std::time::Duration;
+
+use dtcp_testkit::{Output, Process};
 
 use crate::metrics::{http_get, sample_value};
 
@@ -14,7 +14,7 @@ use crate::metrics::{http_get, sample_value};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`Relay::wait_for`] waits for a metric.
 const METRIC_WAIT: Duration = Duration::from_secs(10);
-/// How often [`Relay::wait_for`] and [`Relay::wait_exit`] look again.
+/// How often [`Relay::wait_for`] looks again.
 const POLL: Duration = Duration::from_millis(25);
 
 /// The per-address shares lifted on a test's node unless it sets them, or
@@ -53,7 +53,7 @@ pub fn raise_fd_limit() -> u64 {
 /// A running `dtcp-relay` process, killed when dropped.
 #[derive(Debug)]
 pub struct Relay {
-    child: Child,
+    process: Process,
     /// The client listener.
     pub addr: SocketAddr,
     /// The metrics listener.
@@ -62,7 +62,32 @@ pub struct Relay {
     pub forward: Option<SocketAddr>,
     /// The node id it announced.
     pub node_id: String,
-    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// What a node's `dtcp-relay listening` log line announces.
+#[derive(Debug)]
+struct Listening {
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    forward: Option<SocketAddr>,
+    node_id: String,
+}
+
+impl Listening {
+    /// The announcement, if `line` is it.
+    fn parse(line: &str) -> Option<Listening> {
+        let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+        if v["message"] != "dtcp-relay listening" {
+            return None;
+        }
+        let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        Some(Listening {
+            addr: field("listen").parse().expect("listen address"),
+            metrics: field("metrics").parse().expect("metrics address"),
+            forward: field("forward").parse().ok(),
+            node_id: field("node_id"),
+        })
+    }
 }
 
 impl Relay {
@@ -99,73 +124,48 @@ impl Relay {
                 }
             }
         }
-        let mut command = Command::new(bin("dtcp-relay"));
-        if let Some(limit) = open_files {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe and touches only the
-            // child's own limits, between fork and exec.
-            unsafe {
-                command.pre_exec(move || {
-                    let rlimit = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
-        }
-        let mut child = command
-            .args(defaults)
-            .args(["--log-format", "json"])
-            .args(args)
+        let all = defaults
+            .iter()
+            .map(|a| a.as_ref())
+            .chain(["--log-format".as_ref(), "json".as_ref()])
+            .chain(args.iter().map(AsRef::as_ref));
+        let mut process = Process::new(bin("dtcp-relay"), all)
+            .name("relay")
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting dtcp-relay");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["message"] == "dtcp-relay listening"
-                {
-                    let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-                    let _ = tx.send((
-                        field("listen"),
-                        field("metrics"),
-                        field("forward"),
-                        field("node_id"),
-                    ));
-                }
-                eprintln!("relay {}: {line}", std::process::id());
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let (listen, metrics, forward, node_id) = rx
-            .recv_timeout(START_TIMEOUT)
-            .unwrap_or_else(|_| panic!("relay did not start: {:?}", logs.lock().unwrap()));
-        Relay {
-            child,
-            addr: listen.parse().expect("listen address"),
-            metrics: metrics.parse().expect("metrics address"),
-            forward: forward.parse().ok(),
-            node_id,
-            logs,
+            .stderr(Output::Lines);
+        if let Some(limit) = open_files {
+            process = process.open_files(limit);
         }
+        let listening = start(&mut process);
+        Relay {
+            process,
+            addr: listening.addr,
+            metrics: listening.metrics,
+            forward: listening.forward,
+            node_id: listening.node_id,
+        }
+    }
+
+    /// Kills the node (SIGKILL: its clients see their connections reset)
+    /// and reaps it.
+    pub fn kill(&mut self) {
+        self.process.stop();
+    }
+
+    /// Starts the node again with the same flags (killing it first if it
+    /// still runs); its addresses and node id are the new process's (the
+    /// same addresses if the flags named them).
+    pub fn restart(&mut self) {
+        let listening = start(&mut self.process);
+        self.addr = listening.addr;
+        self.metrics = listening.metrics;
+        self.forward = listening.forward;
+        self.node_id = listening.node_id;
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid().expect("the relay runs")
     }
 
     /// Resident memory of the process, in bytes.
@@ -182,28 +182,19 @@ impl Relay {
 
     /// Sends a signal.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid has no memory effects.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill({sig})");
+        self.process.signal(sig);
     }
 
     /// Waits for the process to exit, at most `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(POLL);
-        }
-        None
+        self.process.wait_exit(limit)
     }
 
     /// Log lines so far (JSON objects).
     pub fn logs(&self) -> Vec<serde_json::Value> {
-        self.logs
-            .lock()
-            .unwrap()
+        self.process
+            .lines()
+            .all()
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
@@ -238,11 +229,12 @@ impl Relay {
     }
 }
 
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts (or starts again) a node's process and waits for it to announce
+/// its listeners.
+fn start(process: &mut Process) -> Listening {
+    let lines = process.lines();
+    process.start(START_TIMEOUT, || lines.find_map(Listening::parse).is_some());
+    lines.find_map(Listening::parse).expect("announced")
 }
 
 /// How to start a node: its flags by name, on top of loopback listeners on

@@ -6,13 +6,13 @@
 //! single queries, `transfer.py` for file transfers and activation loops.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use dtcp_testkit::{Output, Process};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{ChildStdin, ChildStdout, Command as AsyncCommand};
+use tokio::process::{ChildStdin, ChildStdout};
 
-use crate::free_port;
+use crate::{exit_of, free_port};
 
 /// The XMPP domain of the test's users.
 pub const DOMAIN: &str = "localhost";
@@ -34,10 +34,11 @@ const PROSODY_START: Duration = Duration::from_secs(30);
 /// How long one slixmpp run may take to print its next line.
 const CLIENT_LINE: Duration = Duration::from_secs(40);
 
-/// A `prosody` process of the test's own, killed when dropped.
+/// A `prosody` process of the test's own, killed when dropped (its
+/// directory removed).
 #[derive(Debug)]
 pub struct Prosody {
-    child: Option<Child>,
+    process: Process,
     /// Client-to-server port (plaintext, loopback).
     pub c2s_port: u16,
     /// External component port (XEP-0114).
@@ -140,9 +141,16 @@ Component "{OTHER_COMPONENT}"
 
 {proxy65}"#
         );
-        std::fs::write(dir.join("prosody.cfg.lua"), config).unwrap();
+        let config_file = dir.join("prosody.cfg.lua");
+        std::fs::write(&config_file, config).unwrap();
+        let process = Process::new(
+            "prosody",
+            ["--config".as_ref(), config_file.as_os_str(), "-F".as_ref()],
+        )
+        .stderr(Output::Null)
+        .log_file(dir.join("prosody.log"));
         let mut p = Prosody {
-            child: None,
+            process,
             c2s_port,
             component_port,
             proxy65_port,
@@ -152,31 +160,17 @@ Component "{OTHER_COMPONENT}"
         p
     }
 
+    /// Starts the process and waits until every port of it answers.
     fn spawn(&mut self) {
-        let child = Command::new("prosody")
-            .arg("--config")
-            .arg(self.dir.join("prosody.cfg.lua"))
-            .arg("-F")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prosody is needed for the XMPP tests (scripts/test installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + PROSODY_START;
-        for port in [self.component_port, self.c2s_port]
+        let ports: Vec<u16> = [self.component_port, self.c2s_port]
             .into_iter()
             .chain(self.proxy65_port)
-        {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "prosody did not open port {port}: {}",
-                    self.log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+            .collect();
+        self.process.start(PROSODY_START, || {
+            ports
+                .iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+        });
     }
 
     /// `127.0.0.1:<component port>`, for `--xmpp-server`.
@@ -186,15 +180,11 @@ Component "{OTHER_COMPONENT}"
 
     /// Kills the server (SIGKILL): its component links drop at once.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.stop();
     }
 
     /// Kills it and starts it again on the same ports and data.
     pub fn restart(&mut self) {
-        self.stop();
         self.spawn();
     }
 
@@ -206,7 +196,7 @@ Component "{OTHER_COMPONENT}"
 
 impl Drop for Prosody {
     fn drop(&mut self) {
-        self.stop();
+        self.process.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -230,10 +220,10 @@ pub fn python() -> PathBuf {
 }
 
 /// One run of a slixmpp client script of `tests/xmpp/`, reading the JSON
-/// lines it prints and writing lines to its stdin.
+/// lines it prints and writing lines to its stdin; killed when dropped.
 #[derive(Debug)]
 pub struct Slixmpp {
-    child: tokio::process::Child,
+    process: Process,
     lines: Lines<BufReader<ChildStdout>>,
     stdin: ChildStdin,
 }
@@ -265,21 +255,21 @@ impl Slixmpp {
         obj.insert("password".into(), PASSWORD.into());
         obj.insert("port".into(), server.c2s_port().into());
         obj.entry("component").or_insert(COMPONENT.into());
-        let mut child = AsyncCommand::new(python())
-            .arg(workspace().join("tests/xmpp").join(script))
-            .arg(args.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting the slixmpp client");
-        let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let stdin = child.stdin.take().expect("piped stdin");
+        let script_path = workspace().join("tests/xmpp").join(script);
+        let mut process = Process::new(
+            python(),
+            [script_path.into_os_string(), args.to_string().into()],
+        )
+        .name(script)
+        .stdin_piped()
+        .stdout(Output::Piped);
+        process.spawn();
+        let stdout = process.take_stdout().expect("piped stdout");
+        let stdin = process.take_stdin().expect("piped stdin");
         Slixmpp {
-            child,
-            lines,
-            stdin,
+            process,
+            lines: BufReader::new(ChildStdout::from_std(stdout).expect("async stdout")).lines(),
+            stdin: ChildStdin::from_std(stdin).expect("async stdin"),
         }
     }
 
@@ -310,10 +300,9 @@ impl Slixmpp {
 
     /// Waits for the client to exit; panics on a failure.
     pub async fn finish(mut self) {
-        let status = tokio::time::timeout(CLIENT_LINE, self.child.wait())
+        let status = exit_of(&mut self.process, CLIENT_LINE)
             .await
-            .expect("the slixmpp client did not exit")
-            .expect("waiting for the client");
+            .expect("the slixmpp client did not exit");
         assert!(status.success(), "the slixmpp client failed: {status}");
     }
 }

@@ -324,6 +324,14 @@ struct Node {
     fds_at_start: usize,
 }
 
+impl Node {
+    /// Starts the node again on its ports (a new node id), after a kill.
+    fn restart(&mut self) {
+        self.relay.restart();
+        self.fds_at_start = open_fds(self.relay.pid());
+    }
+}
+
 fn start_node(redis_url: &str, ports: Ports) -> Node {
     let relay = NodeOptions::cluster(&[redis_url.to_owned()])
         .listen(ports.listen)
@@ -353,21 +361,14 @@ const KINDS: [&str; 5] = [
     "redis restart empty",
 ];
 
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a child of this test has no memory effects.
-    let rc = unsafe { libc::kill(pid as i32, sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig})");
-}
-
 /// Injects one fault at a time until `until`; every process runs when it
 /// returns. Returns the nodes (some started again) and the count by kind.
 fn inject(
     seed: u64,
     until: Instant,
-    mut nodes: Vec<Option<Node>>,
-    ports: Vec<Ports>,
+    mut nodes: Vec<Node>,
     redis: &mut RedisServer,
-) -> (Vec<Option<Node>>, BTreeMap<&'static str, u32>) {
+) -> (Vec<Node>, BTreeMap<&'static str, u32>) {
     let mut rng = Rng::new(seed);
     let mut counts = BTreeMap::new();
     let ms = |d: Duration| d.as_millis() as u64;
@@ -377,23 +378,25 @@ fn inject(
         if Instant::now() + gap + pause >= until {
             return (nodes, counts);
         }
+        // A sleep: the load runs undisturbed between two faults.
         std::thread::sleep(gap);
         let kind = rng.below(KINDS.len() as u64) as usize;
         let n = rng.below(NODES as u64) as usize;
         eprintln!("chaos: {} (node {n}), {pause:?}", KINDS[kind]);
+        // Each sleep below is the fault's length: how long the process
+        // stays stopped or down.
         match kind {
             0 => {
-                // Dropping the Relay SIGKILLs it and reaps it; it comes
-                // back on the same ports, with a new node id.
-                nodes[n] = None;
+                // SIGKILLed and reaped; it comes back on the same ports
+                // (its flags name them), with a new node id.
+                nodes[n].relay.kill();
                 std::thread::sleep(pause);
-                nodes[n] = Some(start_node(&redis.url(), ports[n]));
+                nodes[n].restart();
             }
             1 => {
-                let pid = nodes[n].as_ref().expect("node runs").relay.pid();
-                signal(pid, libc::SIGSTOP);
+                nodes[n].relay.signal(libc::SIGSTOP);
                 std::thread::sleep(pause);
-                signal(pid, libc::SIGCONT);
+                nodes[n].relay.signal(libc::SIGCONT);
             }
             2 => {
                 redis.stop();
@@ -401,10 +404,9 @@ fn inject(
                 redis.restart();
             }
             3 => {
-                let pid = redis.pid().expect("redis runs");
-                signal(pid, libc::SIGSTOP);
+                redis.signal(libc::SIGSTOP);
                 std::thread::sleep(pause);
-                signal(pid, libc::SIGCONT);
+                redis.signal(libc::SIGCONT);
             }
             _ => redis.restart(),
         }
@@ -437,12 +439,11 @@ async fn faults_lose_nothing_under_load() {
             forward: fixed_addr(),
         })
         .collect();
-    let nodes: Vec<Option<Node>> = ports
-        .iter()
-        .map(|p| Some(start_node(&redis.url(), *p)))
-        .collect();
-    let first = nodes[0].as_ref().expect("started");
-    first.relay.wait_for("dtcp_nodes_alive", NODES as f64).await;
+    let nodes: Vec<Node> = ports.iter().map(|p| start_node(&redis.url(), *p)).collect();
+    nodes[0]
+        .relay
+        .wait_for("dtcp_nodes_alive", NODES as f64)
+        .await;
     let addrs: Vec<SocketAddr> = ports.iter().map(|p| p.listen).collect();
 
     let started = Instant::now();
@@ -452,20 +453,15 @@ async fn faults_lose_nothing_under_load() {
         load_tasks.push(tokio::spawn(worker(id, seed, addrs.clone(), stop.clone())));
     }
     let injector = {
-        let ports = ports.clone();
         let until = started + load;
         tokio::task::spawn_blocking(move || {
-            let (nodes, counts) = inject(seed, until, nodes, ports, &mut redis);
+            let (nodes, counts) = inject(seed, until, nodes, &mut redis);
             (nodes, counts, redis)
         })
     };
     let (nodes, faults, _redis) = injector.await.expect("fault injector");
-    let nodes: Vec<Node> = nodes
-        .into_iter()
-        .map(|n| n.expect("every node runs"))
-        .collect();
-    // The load runs on to its end with every process up, so that the
-    // last fault's consequences play out under load too.
+    // A sleep: the load runs on to its end with every process up, so that
+    // the last fault's consequences play out under load too.
     tokio::time::sleep((started + load).saturating_duration_since(Instant::now())).await;
     stop.store(true, Ordering::Relaxed);
     let mut sessions = Vec::new();
@@ -561,10 +557,8 @@ async fn faults_lose_nothing_under_load() {
         }
         let pid = node.relay.pid();
         let limit = node.fds_at_start + fd_slack();
-        let deadline = Instant::now() + SETTLE;
-        while open_fds(pid) > limit && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // Asserted below, with the count.
+        settles(SETTLE, || async { open_fds(pid) <= limit }).await;
         let fds = open_fds(pid);
         eprintln!(
             "chaos: node {n}: {fds} descriptors open at the end, {} at its start",

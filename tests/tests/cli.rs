@@ -1,24 +1,70 @@
 //! The `dtcp` tool end to end: real processes, a real relay, real files.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
+use dtcp_tests::testkit::{Output as To, Process, wait_until};
 use dtcp_tests::*;
 
+/// How long a `dtcp` run of the test's own may take to print a line or to
+/// exit.
+const DTCP_WAIT: Duration = Duration::from_secs(60);
+
+/// `args` for `dtcp`, with the relay, the key and the JIDs every test uses.
+fn with_session(relay: &Relay, args: &[&str]) -> Vec<String> {
+    let relay = relay.addr.to_string();
+    let session = [
+        "--relay",
+        &relay,
+        "--key",
+        "cli-key",
+        "--from",
+        "alice@a.example/laptop",
+        "--to",
+        "bob@b.example/phone",
+    ];
+    args.iter().chain(&session).map(|a| a.to_string()).collect()
+}
+
+/// `dtcp` with `args`, run to its end.
 fn dtcp(relay: &Relay, args: &[&str]) -> Command {
     let mut c = Command::new(bin("dtcp"));
-    c.args(args)
-        .args(["--relay", &relay.addr.to_string(), "--key", "cli-key"])
-        .args([
-            "--from",
-            "alice@a.example/laptop",
-            "--to",
-            "bob@b.example/phone",
-        ])
-        .stdin(Stdio::null());
+    c.args(with_session(relay, args)).stdin(Stdio::null());
     c
+}
+
+/// `dtcp` with `args`, started beside the test and killed if the test ends
+/// first; its stderr kept a line at a time.
+fn dtcp_process(relay: &Relay, args: &[&str]) -> Process {
+    let mut p = Process::new(bin("dtcp"), with_session(relay, args)).stderr(To::Lines);
+    p.spawn();
+    p
+}
+
+/// What follows `prefix` on the first line of stderr that starts with it,
+/// once `p` has printed it.
+fn printed(p: &mut Process, prefix: &str) -> String {
+    let lines = p.lines();
+    let find = || lines.find_map(|l| l.strip_prefix(prefix).map(str::to_owned));
+    p.wait_ready(DTCP_WAIT, || find().is_some());
+    find().expect("printed")
+}
+
+/// How `p` exited.
+fn exited(p: &mut Process, who: &str) -> ExitStatus {
+    p.wait_exit(DTCP_WAIT)
+        .unwrap_or_else(|| panic!("{who} did not exit within {DTCP_WAIT:?}"))
+}
+
+/// Waits for `p` to exit successfully.
+fn succeeds(p: &mut Process, who: &str) {
+    let status = exited(p, who);
+    assert!(
+        status.success(),
+        "{who} failed ({status}): {}",
+        p.lines().all().join("\n")
+    );
 }
 
 fn write_file(path: &Path, size: usize, seed: u64) {
@@ -41,15 +87,12 @@ fn send_and_recv_a_file_plain() {
     let dir = tempdir("plain");
     let (src, dst) = (dir.join("in.bin"), dir.join("out.bin"));
     write_file(&src, 12 << 20, 11);
-    let send = dtcp(&relay, &["send", src.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut send = dtcp_process(&relay, &["send", src.to_str().unwrap()]);
     let recv = dtcp(&relay, &["recv", "-o", dst.to_str().unwrap()])
         .output()
         .unwrap();
     ok(&recv, "recv");
-    ok(&send.wait_with_output().unwrap(), "send");
+    succeeds(&mut send, "send");
     assert!(
         std::fs::read(&src).unwrap() == std::fs::read(&dst).unwrap(),
         "file differs"
@@ -63,22 +106,12 @@ fn send_and_recv_with_end_to_end_tls_and_stdin_stdout() {
     let dir = tempdir("tls");
     let src = dir.join("in.bin");
     write_file(&src, 3 << 20, 12);
-    let mut send = dtcp(&relay, &["send", "--tls", "-"])
-        .stdin(std::fs::File::open(&src).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut send = Process::new(bin("dtcp"), with_session(&relay, &["send", "--tls", "-"]))
+        .stdin_file(&src)
+        .stderr(To::Lines);
+    send.spawn();
     // The sender prints its fingerprint first.
-    let mut lines = BufReader::new(send.stderr.take().unwrap()).lines();
-    let fingerprint = loop {
-        let line = lines
-            .next()
-            .expect("sender printed no fingerprint")
-            .unwrap();
-        if let Some(fp) = line.strip_prefix("TLS fingerprint: ") {
-            break fp.to_owned();
-        }
-    };
+    let fingerprint = printed(&mut send, "TLS fingerprint: ");
     // A wrong fingerprint is refused, and the transfer does not happen.
     let wrong = "00".repeat(32);
     let bad = dtcp(&relay, &["recv", "--tls-fingerprint", &wrong])
@@ -94,30 +127,21 @@ fn send_and_recv_with_end_to_end_tls_and_stdin_stdout() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
-    let send_status = send.wait().unwrap();
+    let send_status = exited(&mut send, "send");
     assert!(
         !send_status.success(),
         "the sender saw the failed handshake"
     );
 
     // Again, with the right fingerprint.
-    let mut send = dtcp(&relay, &["send", "--tls", src.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(send.stderr.take().unwrap()).lines();
-    let fingerprint2 = loop {
-        let line = lines.next().expect("fingerprint").unwrap();
-        if let Some(fp) = line.strip_prefix("TLS fingerprint: ") {
-            break fp.to_owned();
-        }
-    };
+    let mut send = dtcp_process(&relay, &["send", "--tls", src.to_str().unwrap()]);
+    let fingerprint2 = printed(&mut send, "TLS fingerprint: ");
     assert_ne!(fingerprint, fingerprint2, "a fresh certificate per run");
     let recv = dtcp(&relay, &["recv", "--tls-fingerprint", &fingerprint2])
         .output()
         .unwrap();
     ok(&recv, "recv");
-    assert!(send.wait().unwrap().success());
+    assert!(exited(&mut send, "send").success());
     assert!(
         recv.stdout == std::fs::read(&src).unwrap(),
         "stdout differs from the file"
@@ -130,20 +154,27 @@ fn recv_started_first_waits_for_the_sender() {
     let dir = tempdir("order");
     let (src, dst) = (dir.join("in.bin"), dir.join("out.bin"));
     write_file(&src, 100_000, 13);
-    let recv = dtcp(
+    let mut recv = dtcp_process(
         &relay,
         &["recv", "--wait", "20", "-o", dst.to_str().unwrap()],
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    // Longer than the relay's grace: recv must ask again by itself.
-    std::thread::sleep(Duration::from_millis(1200));
+    );
+    // Until the relay's grace has run out on recv's first CONNECT: recv
+    // must ask again by itself.
+    tokio::runtime::Runtime::new().unwrap().block_on(eventually(
+        Duration::from_secs(10),
+        "recv's first CONNECT refused",
+        || async {
+            relay
+                .metric("dtcp_errors_total{condition=\"not-found\"}")
+                .await
+                >= 1.0
+        },
+    ));
     let send = dtcp(&relay, &["send", src.to_str().unwrap()])
         .output()
         .unwrap();
     ok(&send, "send");
-    ok(&recv.wait_with_output().unwrap(), "recv");
+    succeeds(&mut recv, "recv");
     assert!(std::fs::read(&src).unwrap() == std::fs::read(&dst).unwrap());
 }
 
@@ -193,19 +224,15 @@ fn health_answers_for_ready_and_draining_relays() {
         (i.unwrap(), tg.unwrap())
     });
     relay.signal(libc::SIGTERM);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let mut draining = None;
+    wait_until(Duration::from_secs(5), "not ready while draining", || {
         let out = health();
-        if !out.status.success() {
-            assert!(String::from_utf8_lossy(&out.stderr).contains("not ready"));
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still ready while draining"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let not_ready = !out.status.success();
+        draining = Some(out);
+        not_ready
+    });
+    let out = draining.expect("asked");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not ready"));
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {

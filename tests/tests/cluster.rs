@@ -260,6 +260,7 @@ async fn redis_down_refuses_new_work_promptly_keeps_sessions_and_recovers() {
                     p.fill(&mut buf);
                     h.update(&buf);
                     iw.write_all(&buf).await.unwrap();
+                    // A sleep: paced, so that the transfer lasts through the outage.
                     tokio::time::sleep(Duration::from_millis(30)).await;
                 }
                 iw.shutdown().await.unwrap();
@@ -272,7 +273,14 @@ async fn redis_down_refuses_new_work_promptly_keeps_sessions_and_recovers() {
         assert_eq!(got_t, (size, a), "no byte lost through the outage");
         assert_eq!(got_i, (1 << 20, b));
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The outage begins once the transfer is under way.
+    let owner = &a;
+    eventually(Duration::from_secs(10), "the transfer under way", || async move {
+        owner.metric("dtcp_relayed_bytes_total{path=\"forwarded\",direction=\"initiator_to_target\"}")
+            .await
+            > 0.0
+    })
+    .await;
     redis.stop();
     for n in 0..3 {
         let started = Instant::now();
@@ -300,6 +308,8 @@ async fn redis_down_refuses_new_work_promptly_keeps_sessions_and_recovers() {
                     let (t, addr) = (t.clone(), a.addr);
                     async move { Initiator::connect(addr, &t).await }
                 });
+                // A sleep: a stagger, so that the CREATE is usually first
+                // (the grace covers either order).
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let tg = Target::connect(b.addr, &t).await;
                 (i.await.unwrap().is_ok(), tg.is_ok())
@@ -564,8 +574,9 @@ async fn grpc_health_turns_not_ready_while_a_node_drains() {
     a.wait_for("dtcp_auth_failures_total{reason=\"plane_mac\"}", 3.0)
         .await;
 
-    let mut status = async |service: &str| {
+    let status = async |service: &str| {
         let request = authenticated(service, health_binding());
+        let mut health = health.clone();
         health.check(request).await.map(|r| r.into_inner().status)
     };
     for service in ["dtcp.liveness", "dtcp.readiness", ""] {
@@ -578,14 +589,13 @@ async fn grpc_health_turns_not_ready_while_a_node_drains() {
     // A session keeps the drain going while we ask.
     let (_i, _t) = pair(a.addr, a.addr, &triple("health")).await;
     a.signal(libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while status("dtcp.readiness").await.unwrap() != ServingStatus::NotServing as i32 {
-        assert!(
-            Instant::now() < deadline,
-            "readiness still SERVING while draining"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let ask = &status;
+    eventually(
+        Duration::from_secs(5),
+        "readiness NOT_SERVING while draining",
+        || async move { ask("dtcp.readiness").await.unwrap() == ServingStatus::NotServing as i32 },
+    )
+    .await;
     assert_eq!(status("").await.unwrap(), ServingStatus::NotServing as i32);
     // Draining is not dead: the liveness probe must not restart the pod.
     assert_eq!(
@@ -611,7 +621,19 @@ async fn a_connect_that_comes_first_pairs_with_a_create_on_another_node() {
         let (t, addr) = (t.clone(), b.addr);
         async move { Target::connect(addr, &t).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The CONNECT waits: it has looked for the registration and not found it.
+    let waiting = &b;
+    eventually(
+        Duration::from_secs(5),
+        "the CONNECT waiting",
+        || async move {
+            waiting
+                .metric("dtcp_store_operations_total{op=\"lookup\"}")
+                .await
+                >= 1.0
+        },
+    )
+    .await;
     let mut i = Initiator::connect(a.addr, &t)
         .await
         .expect("initiator pairs");
@@ -632,6 +654,7 @@ async fn an_idle_forwarded_session_is_closed_after_the_idle_timeout() {
     let (mut i, mut tg) = pair(a.addr, b.addr, &triple("idle-across")).await;
     // Traffic keeps it alive past the timeout...
     for _ in 0..6 {
+        // A sleep: the traffic's pace, within the idle timeout.
         tokio::time::sleep(Duration::from_millis(200)).await;
         i.write_all(b".").await.unwrap();
         assert_eq!(read_n(&mut tg, 1).await, b".");

@@ -24,10 +24,11 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dtcp_tests::containers::{Engine, output, run};
+use dtcp_tests::testkit::{Output, Process, poll_every};
 use dtcp_tests::{bin, proxy_v2};
 
 /// The pause between two transfers of the dead-relay loop: a transfer is
@@ -310,36 +311,34 @@ fn all_healthy(engine: &Engine) {
         "haproxy",
         "prometheus",
     ];
-    let deadline = Instant::now() + HEALTHY;
-    loop {
-        let states: Vec<(&str, (String, String))> = services
+    let mut states: Vec<(&str, (String, String))> = Vec::new();
+    // Six `docker inspect` calls a look.
+    let up = poll_every(Duration::from_millis(500), HEALTHY, || {
+        states = services
             .iter()
             .map(|s| (*s, engine.state(&Engine::container(s))))
             .collect();
-        if states.iter().all(|(_, (status, health))| {
+        states.iter().all(|(_, (status, health))| {
             status == "running" && (health == "healthy" || health == "none")
-        }) {
-            // HAProxy has no health check of its own in the compose file:
-            // only the relays' and Prometheus's and Redis's count.
-            assert!(
-                states
-                    .iter()
-                    .filter(|(s, _)| *s != "haproxy")
-                    .all(|(_, (_, h))| h == "healthy"),
-                "{states:?}"
-            );
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not all healthy within {HEALTHY:?}: {states:?}\n{}",
-            services
-                .iter()
-                .map(|s| format!("--- {s}\n{}", engine.logs(&Engine::container(s))))
-                .collect::<String>()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        })
+    });
+    assert!(
+        up,
+        "not all healthy within {HEALTHY:?}: {states:?}\n{}",
+        services
+            .iter()
+            .map(|s| format!("--- {s}\n{}", engine.logs(&Engine::container(s))))
+            .collect::<String>()
+    );
+    // HAProxy has no health check of its own in the compose file: only the
+    // relays' and Prometheus's and Redis's count.
+    assert!(
+        states
+            .iter()
+            .filter(|(s, _)| *s != "haproxy")
+            .all(|(_, (_, h))| h == "healthy"),
+        "{states:?}"
+    );
 }
 
 /// One file sent through HAProxy by `dtcp send` and received by `dtcp recv`
@@ -359,33 +358,40 @@ fn transfer(engine: &Engine, dir: &Path, name: &str) -> Result<(), String> {
         "--to".into(),
         "target@b.example/res".into(),
     ];
-    let mut recv = engine
-        .inside(bin("dtcp"))
-        .args(["recv", "--relay", HAPROXY, "--wait", "20", "-o"])
-        .arg(&out)
-        .args(&triple)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("dtcp recv");
-    let mut send = engine
-        .inside(bin("dtcp"))
-        .args(["send", "--relay", HAPROXY])
-        .args(&triple)
-        .arg(&input)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("dtcp send");
-    let send_ok = wait(&mut send, TRANSFER);
-    let recv_ok = wait(&mut recv, TRANSFER);
+    let dtcp = |args: Vec<std::ffi::OsString>| {
+        let mut p = engine
+            .process_inside(
+                bin("dtcp"),
+                args.into_iter().chain(triple.iter().map(Into::into)),
+            )
+            .stderr(Output::Lines);
+        p.spawn();
+        p
+    };
+    let mut recv = dtcp(vec![
+        "recv".into(),
+        "--relay".into(),
+        HAPROXY.into(),
+        "--wait".into(),
+        "20".into(),
+        "-o".into(),
+        out.clone().into(),
+    ]);
+    let mut send = dtcp(vec![
+        "send".into(),
+        "--relay".into(),
+        HAPROXY.into(),
+        input.clone().into(),
+    ]);
+    let send_ok = succeeds(&mut send, TRANSFER);
+    let recv_ok = succeeds(&mut recv, TRANSFER);
     let result = if !(send_ok && recv_ok) {
         Err(format!(
             "{name}: send {}, recv {}\nsend: {}\nrecv: {}",
             if send_ok { "ok" } else { "failed" },
             if recv_ok { "ok" } else { "failed" },
-            stderr_of(send),
-            stderr_of(recv)
+            send.lines().all().join("\n"),
+            recv.lines().all().join("\n")
         ))
     } else if fs::read(&out).ok().as_deref() != Some(&data[..]) {
         Err(format!(
@@ -399,27 +405,10 @@ fn transfer(engine: &Engine, dir: &Path, name: &str) -> Result<(), String> {
     result
 }
 
-/// Waits for `child` to exit successfully within `limit` (killed after).
-fn wait(child: &mut Child, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status.success();
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stderr_of(child: Child) -> String {
-    child
-        .wait_with_output()
-        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-        .unwrap_or_default()
+/// Whether `process` exits successfully within `limit` (it is killed
+/// after, when dropped).
+fn succeeds(process: &mut Process, limit: Duration) -> bool {
+    process.wait_exit(limit).is_some_and(|s| s.success())
 }
 
 /// Sends `bytes` to `addr` from the engine's namespace and returns what comes
@@ -459,9 +448,10 @@ fn prometheus_scrapes_all(engine: &Engine) {
         ]));
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     };
-    let deadline = Instant::now() + HEALTHY;
-    loop {
-        let targets = get("/api/v1/targets");
+    let mut targets = serde_json::Value::Null;
+    // Prometheus scrapes every few seconds: a look a second is enough.
+    let all_up = poll_every(Duration::from_secs(1), HEALTHY, || {
+        targets = get("/api/v1/targets");
         let up: BTreeSet<String> = targets["data"]["activeTargets"]
             .as_array()
             .into_iter()
@@ -469,15 +459,12 @@ fn prometheus_scrapes_all(engine: &Engine) {
             .filter(|t| t["health"] == "up" && t["labels"]["job"] == "dtcp-relay")
             .filter_map(|t| t["labels"]["pod"].as_str().map(str::to_string))
             .collect();
-        if up.len() == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus does not scrape all three relays: {targets}"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+        up.len() == 3
+    });
+    assert!(
+        all_up,
+        "Prometheus does not scrape all three relays: {targets}"
+    );
     let rules = get("/api/v1/rules");
     let alerts = rules["data"]["groups"]
         .as_array()
@@ -505,24 +492,27 @@ fn prometheus_scrapes_all(engine: &Engine) {
 fn in_rotation(engine: &Engine, dir: &Path) {
     let haproxy = Engine::container("haproxy");
     let already = engine.logs(&haproxy).lines().count();
-    let deadline = Instant::now() + BACK;
     let mut n = 0;
-    loop {
-        transfer(engine, dir, &format!("back-{n}")).unwrap_or_else(|e| panic!("{e}"));
-        n += 1;
-        let logs = engine.logs(&haproxy);
-        let served: BTreeSet<&str> = logs
-            .lines()
+    let mut logs = String::new();
+    let served = |logs: &str| -> BTreeSet<String> {
+        logs.lines()
             .skip(already)
             .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("relays/")))
-            .collect();
-        if RELAYS.iter().all(|r| served.contains(r)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every relay back in HAProxy's rotation within {BACK:?} ({n} transfers, served by {served:?}):\n{logs}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+            .map(str::to_owned)
+            .collect()
+    };
+    // A transfer a look, paced within the relays' connection rate for one
+    // client address.
+    let back = poll_every(Duration::from_millis(500), BACK, || {
+        transfer(engine, dir, &format!("back-{n}")).unwrap_or_else(|e| panic!("{e}"));
+        n += 1;
+        logs = engine.logs(&haproxy);
+        let served = served(&logs);
+        RELAYS.iter().all(|r| served.contains(*r))
+    });
+    assert!(
+        back,
+        "not every relay back in HAProxy's rotation within {BACK:?} ({n} transfers, served by {:?}):\n{logs}",
+        served(&logs)
+    );
 }

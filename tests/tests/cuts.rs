@@ -189,16 +189,26 @@ async fn killed_mid_transfer(killed: Killed) {
     let b = NodeOptions::cluster(&[redis.url()]).start();
     let name = format!("cut-kill-{killed:?}");
     let (i, tg) = busy_pair(&a, &b, &name).await;
-    let (victim, mut survivor_peer, mut dead_peer) = match killed {
-        Killed::Owner => (a, tg, i),
-        Killed::TargetSide => (b, i, tg),
+    let (victim, survivor, mut survivor_peer, mut dead_peer, direction) = match killed {
+        Killed::Owner => (a, b, tg, i, "initiator_to_target"),
+        Killed::TargetSide => (b, a, i, tg, "target_to_initiator"),
     };
     // The peer on the doomed node keeps writing; its relay dies under it.
     let writer = tokio::spawn(async move {
         let chunk = vec![1u8; 64 * 1024];
         while dead_peer.write_all(&chunk).await.is_ok() {}
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Mid-transfer: the surviving node has relayed some of those bytes.
+    let relayed =
+        format!("dtcp_relayed_bytes_total{{path=\"forwarded\",direction=\"{direction}\"}}");
+    let survivor = &survivor;
+    let relayed = relayed.as_str();
+    eventually(
+        Duration::from_secs(10),
+        "bytes on their way",
+        || async move { survivor.metric(relayed).await > BEFORE as f64 },
+    )
+    .await;
     drop(victim); // SIGKILL
     let end = ending(&mut survivor_peer).await;
     assert!(matches!(end, Ending::Reset(n) if n > 0), "{end:?}");

@@ -4,7 +4,6 @@
 //! listeners are on 127.0.0.2 (and other 127/8 addresses), the relay on
 //! 127.0.0.1, so that the path taken shows in the addresses.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use dtcp_client::dtcp_wire::Triple;
 use dtcp_client::{Candidate, Candidates, Initiator, Paired, Route, Target, Timeouts, tls};
+use dtcp_tests::testkit::{Output as To, Process};
 use dtcp_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -210,8 +210,33 @@ fn dropping_listener(ip: &str) -> (SocketAddr, Vec<std::net::TcpStream>, socket2
         let _ = c.connect(&addr.into());
         fill.push(c.into());
     }
-    std::thread::sleep(Duration::from_millis(200));
+    dtcp_tests::testkit::wait_until(Duration::from_secs(5), "a full accept queue", || {
+        accept_queue_full(&s)
+    });
     (addr, fill, s)
+}
+
+/// Whether a listener's accept queue is full: Linux gives a listening
+/// socket's queue length and backlog in its `TCP_INFO` (as `tcpi_unacked`
+/// and `tcpi_sacked`), and takes it as full past the backlog.
+fn accept_queue_full(listener: &socket2::Socket) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes to `info`, which has
+    // that many.
+    let rc = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_unacked > info.tcpi_sacked
 }
 
 /// The time to fall back to the relay after each kind of failed direct
@@ -333,6 +358,7 @@ async fn race_once(relay: &Relay, round: usize) -> Route {
         let t = t.clone();
         tokio::spawn(async move {
             if round.is_multiple_of(2) {
+                // A sleep: the stagger is this round's head start.
                 tokio::time::sleep(stagger).await;
             }
             Target::connect_any(&direct_list, &t)
@@ -345,6 +371,7 @@ async fn race_once(relay: &Relay, round: usize) -> Route {
         let addr = relay.addr;
         tokio::spawn(async move {
             if !round.is_multiple_of(2) {
+                // A sleep: the stagger is this round's head start.
                 tokio::time::sleep(stagger).await;
             }
             Target::connect(addr, &t).await
@@ -431,6 +458,8 @@ async fn the_relay_ok_while_a_direct_connect_is_being_checked_wins() {
     let connect = command(dtcp_client::dtcp_wire::Verb::Connect, &t);
     let (half, rest) = connect.split_at(connect.len() / 2);
     let mut direct = raw(listener, half).await;
+    // A sleep: the Initiator reading the half command leaves nothing to
+    // poll; a moment lets it begin.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Meanwhile the relay pairs.
@@ -469,12 +498,17 @@ const JIDS: [&str; 4] = [
     "bob@b.example/phone",
 ];
 
+/// `args` for `dtcp`, with the key and the JIDs every test uses.
+fn with_session<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend(["--key", "direct-cli-key"]);
+    all.extend(JIDS);
+    all
+}
+
 fn dtcp(args: &[&str]) -> Command {
     let mut c = Command::new(bin("dtcp"));
-    c.args(args)
-        .args(["--key", "direct-cli-key"])
-        .args(JIDS)
-        .stdin(Stdio::null());
+    c.args(with_session(args)).stdin(Stdio::null());
     c
 }
 
@@ -497,47 +531,50 @@ fn ok(out: &Output, who: &str) -> String {
     err
 }
 
-/// A running `dtcp send`, with what it printed before waiting.
+/// How long `dtcp send` may take to print its candidates, and to exit.
+const SENDER_WAIT: Duration = Duration::from_secs(60);
+
+/// A running `dtcp send` (killed if the test ends first), with what it
+/// printed before waiting.
 struct Sender {
-    child: std::process::Child,
+    process: Process,
     candidates: String,
     fingerprint: Option<String>,
-    rest: std::thread::JoinHandle<String>,
 }
 
 impl Sender {
-    /// Starts `dtcp send` and reads its stderr up to the candidate list.
+    /// Starts `dtcp send` and waits for its candidate list.
     fn start(args: &[&str]) -> Sender {
-        let mut child = dtcp(args).stderr(Stdio::piped()).spawn().unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut fingerprint = None;
-        let candidates = loop {
-            let line = lines
-                .next()
-                .expect("the sender printed no candidates")
-                .unwrap();
-            if let Some(fp) = line.strip_prefix("TLS fingerprint: ") {
-                fingerprint = Some(fp.to_owned());
-            }
-            if let Some(list) = line.strip_prefix("candidates: ") {
-                break list.to_owned();
-            }
-        };
-        // Keep reading, so that the sender never blocks on a full pipe.
-        let rest =
-            std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+        let mut process = Process::new(bin("dtcp"), with_session(args))
+            .name("dtcp send")
+            .stderr(To::Lines);
+        process.spawn();
+        let lines = process.lines();
+        let after = |prefix: &str| lines.find_map(|l| l.strip_prefix(prefix).map(str::to_owned));
+        process.wait_ready(SENDER_WAIT, || after("candidates: ").is_some());
         Sender {
-            child,
-            candidates,
-            fingerprint,
-            rest,
+            candidates: after("candidates: ").expect("printed"),
+            fingerprint: after("TLS fingerprint: "),
+            process,
         }
     }
 
-    /// Waits for it to exit successfully; returns the rest of its stderr.
+    /// Waits for it to exit successfully; returns its stderr after the
+    /// candidate list.
     fn succeed(mut self) -> String {
-        let status = self.child.wait().unwrap();
-        let err = self.rest.join().unwrap();
+        let status = self
+            .process
+            .wait_exit(SENDER_WAIT)
+            .expect("send did not exit");
+        let err = self
+            .process
+            .lines()
+            .all()
+            .into_iter()
+            .skip_while(|l| !l.starts_with("candidates: "))
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(status.success(), "send failed: {err}");
         err
     }

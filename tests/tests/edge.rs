@@ -186,6 +186,7 @@ async fn bad_headers_are_refused_and_register_nothing() {
         if s.write_all(&[*byte]).await.is_err() {
             break;
         }
+        // A sleep: the dribble's pace is the attack.
         tokio::time::sleep(Duration::from_millis(100)).await;
         if started.elapsed() > Duration::from_millis(1500) {
             break;
@@ -359,6 +360,7 @@ async fn a_spray_of_addresses_leaves_the_limiter_bounded() {
     let mut peak = 0.0f64;
     while !workers.iter().all(|w| w.is_finished()) {
         peak = peak.max(relay.metric("dtcp_connection_rate_sources").await);
+        // A sleep: how often the peak is sampled while the spray runs.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for w in workers {

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use dtcp_client::dtcp_wire::Condition;
 use dtcp_client::{ClientError, Initiator, Target};
+use dtcp_tests::testkit::Process;
 use dtcp_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -140,12 +142,13 @@ async fn a_stalled_redis_answers_every_client_within_its_bounds() {
     };
     let (a, b) = (node(), node());
     a.wait_for("dtcp_nodes_alive", 2.0).await;
-    let mut sleep = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "DEBUG", "SLEEP", "6"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-cli");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = redis.port.to_string();
+    let mut stall = Process::new("redis-cli", ["-p", &port, "DEBUG", "SLEEP", "6"]);
+    stall.spawn();
+    eventually(Duration::from_secs(5), "Redis stalled", || {
+        unanswered_ping(redis.port)
+    })
+    .await;
     let bound = GRACE + OPERATION + SLACK;
     let started = Instant::now();
     let (tc, tt) = (triple("stall-c"), triple("stall-t"));
@@ -161,7 +164,7 @@ async fn a_stalled_redis_answers_every_client_within_its_bounds() {
     assert_eq!(condition(create, "CREATE"), Some(Condition::Unavailable));
     assert_eq!(condition(connect, "CONNECT"), Some(Condition::Unavailable));
     eprintln!("both answered unavailable within {took:?} of a stalled Redis");
-    let _ = sleep.wait();
+    let _ = stall.wait_exit(Duration::from_secs(10));
     // Once Redis answers again, pairing works.
     eventually(
         Duration::from_secs(10),
@@ -177,4 +180,20 @@ async fn a_stalled_redis_answers_every_client_within_its_bounds() {
         },
     )
     .await;
+}
+
+/// Whether the Redis on `port` leaves a PING unanswered for a quarter of a
+/// second, which an idle one on loopback answers in well under a
+/// millisecond: it is stalled.
+async fn unanswered_ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 16];
+    tokio::time::timeout(Duration::from_millis(250), s.read(&mut reply))
+        .await
+        .is_err()
 }

@@ -18,9 +18,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use dtcp_tests::testkit::Process;
 use dtcp_tests::{RedisServer, Relay, bin, cluster_node, eventually, free_port};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -163,7 +164,7 @@ fn every_alert_fires_in_its_situation_and_stays_silent_when_healthy() {
 /// A `prometheus` process of the test's own, killed when dropped.
 #[derive(Debug)]
 struct Prometheus {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
     dir: PathBuf,
 }
@@ -192,20 +193,18 @@ impl Prometheus {
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, config).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(program("prometheus"))
-            .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting prometheus");
-        Prometheus { child, addr, dir }
+        let mut process = Process::new(
+            program("prometheus"),
+            [
+                format!("--config.file={}", config_file.display()),
+                format!("--storage.tsdb.path={}", dir.join("data").display()),
+                format!("--web.listen-address={addr}"),
+                "--log.level=warn".to_owned(),
+            ],
+        );
+        // Ready when its API answers, which the test polls.
+        process.spawn();
+        Prometheus { process, addr, dir }
     }
 
     /// One HTTP/1.0 GET (so that the answer is never chunked): status and body.
@@ -274,8 +273,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -48,6 +48,7 @@ async fn bytes_sent_while_pending_are_delivered_in_order() {
     // Sent in several writes while nobody is connected yet.
     for chunk in [&b"one,"[..], b"two,", b"three"] {
         i.write_all(chunk).await.unwrap();
+        // A sleep: the writes arrive apart, not as one segment.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let mut tg = Target::connect(relay.addr, &t).await.unwrap();
@@ -118,7 +119,14 @@ async fn connect_before_create_waits_for_it_within_the_grace() {
         let addr = relay.addr;
         async move { Target::connect(addr, &t).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The CONNECT waits: it has looked for the registration and not found it.
+    let r = &relay;
+    eventually(
+        Duration::from_secs(5),
+        "the CONNECT waiting",
+        || async move { r.metric("dtcp_store_operations_total{op=\"lookup\"}").await >= 1.0 },
+    )
+    .await;
     let mut i = Initiator::connect(relay.addr, &t).await.unwrap();
     let mut tg = target.await.unwrap().unwrap();
     i.write_all(b"x").await.unwrap();
@@ -259,6 +267,7 @@ async fn a_slow_loris_is_cut_off_at_the_handshake_timeout() {
         if s.write_all(&[*b]).await.is_err() {
             break;
         }
+        // A sleep: the loris's pace is the attack.
         tokio::time::sleep(Duration::from_millis(100)).await;
         if started.elapsed() > Duration::from_secs(2) {
             break;
@@ -402,6 +411,7 @@ async fn an_idle_session_is_closed_after_the_idle_timeout() {
     let (mut i, mut tg) = pair(relay.addr, relay.addr, &t).await;
     // Traffic keeps it alive past the timeout...
     for _ in 0..6 {
+        // A sleep: the traffic's pace, within the idle timeout.
         tokio::time::sleep(Duration::from_millis(200)).await;
         i.write_all(b".").await.unwrap();
         assert_eq!(read_n(&mut tg, 1).await, b".");

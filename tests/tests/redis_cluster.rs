@@ -96,6 +96,7 @@ async fn cross_node_pairing_survives_the_failover_of_the_announcement_shard() {
                 killed.elapsed() < PAIRING_BACK,
                 "pair {k}: no cross-node pair within {PAIRING_BACK:?} of the shard master's death"
             );
+            // A sleep: the pause between two attempts, each a pair of its own.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

@@ -4,12 +4,11 @@
 //! pair across each other; a node without a client certificate does not
 //! start, and says why.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dtcp_client::{Initiator, Target};
+use dtcp_tests::testkit::{Output, Process};
 use dtcp_tests::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio::io::AsyncWriteExt;
@@ -88,31 +87,29 @@ async fn nodes_pair_over_rediss_with_client_certificates() {
 
     // No client certificate: the server refuses the handshake, and the
     // node exits at start naming the cause rather than run unable to pair.
-    let mut bare = Command::new(bin("dtcp-relay"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .args(["--forward-listen", "127.0.0.1:0", "--insecure-plane"])
-        .args(["--redis-url", &url, "--redis-ca", &ca_file])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("dtcp-relay runs");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = bare.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = bare.kill();
-            panic!("a node without a client certificate kept running");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    bare.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let mut bare = Process::new(
+        bin("dtcp-relay"),
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--forward-listen",
+            "127.0.0.1:0",
+            "--insecure-plane",
+            "--redis-url",
+            &url,
+            "--redis-ca",
+            &ca_file,
+        ],
+    )
+    .name("relay")
+    .stderr(Output::Lines);
+    bare.spawn();
+    let status = bare
+        .wait_exit(Duration::from_secs(15))
+        .expect("a node without a client certificate kept running");
+    let stderr = bare.lines().all().join("\n");
     assert!(!status.success());
     assert!(
         stderr.contains("Redis refused this node's TLS"),

@@ -57,6 +57,7 @@ async fn paced_send<W: AsyncWriteExt + Unpin>(w: &mut W, seed: u64) -> [u8; 32] 
         p.fill(&mut buf);
         h.update(&buf);
         w.write_all(&buf).await.expect("send during the failover");
+        // A sleep: the pace that spreads the transfer over the failover.
         tokio::time::sleep(pause).await;
     }
     w.shutdown().await.unwrap();
@@ -134,6 +135,7 @@ async fn a_sentinel_failover_loses_no_session() {
                     killed.elapsed() < NEW_PAIR_BOUND,
                     "no new pair within {NEW_PAIR_BOUND:?} of the master's death"
                 );
+                // A sleep: the pause between two attempts, each a pair of its own.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

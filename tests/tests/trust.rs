@@ -240,14 +240,24 @@ async fn poisoned_records_are_not_dialed_and_captured_calls_cannot_be_replayed()
 
     // Heartbeats the cluster did not write, unsealed and with a made-up
     // seal, live for a minute: no node counts them.
+    let counted = "dtcp_store_operations_total{op=\"nodes_alive\"}";
+    let (a_counts, b_counts) = (a.metric(counted).await, b.metric(counted).await);
     let until = ((unix_now() + 60) * 1000).to_string();
     for forged in ["forged-a 127.0.0.1:1", "forged-b 127.0.0.1:2 c2VhbA"] {
         redis.cli(&["ZADD", "dtcp:nodes", &until, forged]);
     }
     let listed = redis.cli(&["ZCOUNT", "dtcp:nodes", "-inf", "+inf"]);
     assert!(listed.trim().parse::<u32>().unwrap() >= 4, "{listed}");
-    // Two heartbeat intervals: each node has counted the set again.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // Each node has counted the set twice since: once at least with the
+    // forged entries in it.
+    for (n, before) in [(&a, a_counts), (&b, b_counts)] {
+        eventually(
+            Duration::from_secs(15),
+            "the nodes counted again",
+            || async { n.metric(counted).await >= before + 2.0 },
+        )
+        .await;
+    }
     for n in [&a, &b] {
         assert_eq!(n.metric("dtcp_nodes_alive").await, 2.0);
     }
@@ -259,6 +269,20 @@ fn replace(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
         .position(|w| w == from)
         .expect("the registration id is in the open frame");
     [&hay[..at], to, &hay[at + from.len()..]].concat()
+}
+
+/// Pairs the traffic runs in each phase of the rotation, at least.
+const PAIRS_PER_PHASE: u64 = 6;
+/// How long a phase of the rotation may take: the nodes look at the secret
+/// file every 2 s.
+const ROTATION_PHASE: Duration = Duration::from_secs(20);
+
+/// How many times `node` has re-read its cluster secrets since it started.
+fn reloads(node: &Relay) -> usize {
+    node.logs()
+        .iter()
+        .filter(|l| l["message"] == "cluster secrets reloaded")
+        .count()
 }
 
 #[tokio::test]
@@ -290,8 +314,9 @@ async fn cluster_secret_rotation_under_traffic() {
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let traffic = tokio::spawn({
-        let (stop, addrs) = (stop.clone(), addrs.clone());
+        let (stop, done, addrs) = (stop.clone(), done.clone(), addrs.clone());
         async move {
             let mut n = 0u64;
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -300,22 +325,34 @@ async fn cluster_secret_rotation_under_traffic() {
                 let (i, tg) = pair(a, b, &triple(&format!("rotation-{n}"))).await;
                 exchange(i, tg, 4096, n).await;
                 n += 1;
+                done.store(n, std::sync::atomic::Ordering::Relaxed);
             }
             n
         }
     });
-    // Add the new secret (old still signs), let every node re-read, make
-    // the new one sign, then remove the old one.
-    let settle = Duration::from_secs(5);
+    // Four phases of traffic: under the old secret; with the new one added
+    // (the old still signs); with the new one signing; with the old one
+    // removed. Each phase ends once every node has re-read the file written
+    // at its start and a few pairs have run.
     for contents in [
-        "old-secret\nnew-secret\n",
-        "new-secret\nold-secret\n",
-        "new-secret\n",
+        None,
+        Some("old-secret\nnew-secret\n"),
+        Some("new-secret\nold-secret\n"),
+        Some("new-secret\n"),
     ] {
-        tokio::time::sleep(settle).await;
-        std::fs::write(&file, contents).unwrap();
+        let before: Vec<usize> = nodes.iter().map(reloads).collect();
+        let from = done.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(contents) = contents {
+            std::fs::write(&file, contents).unwrap();
+        }
+        let (nodes, before, done) = (&nodes, &before, &done);
+        eventually(ROTATION_PHASE, "a phase of the rotation", || async move {
+            let reread =
+                contents.is_none() || nodes.iter().zip(before).all(|(n, b)| reloads(n) > *b);
+            reread && done.load(std::sync::atomic::Ordering::Relaxed) >= from + PAIRS_PER_PHASE
+        })
+        .await;
     }
-    tokio::time::sleep(settle).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let pairs = traffic
         .await

@@ -10,15 +10,17 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use dtcp_tests::ejabberd::{EJABBERD_PROXY65, Ejabberd};
+use dtcp_tests::testkit::{Output, Process};
 use dtcp_tests::xmpp::{COMPONENT, COMPONENT_SECRET, DOMAIN, Prosody, Slixmpp, XmppServer};
-use dtcp_tests::{Haproxy, NodeOptions, RedisServer, Relay, free_port, send_pattern};
+use dtcp_tests::{
+    Haproxy, NodeOptions, RedisServer, Relay, eventually, exit_of, free_port, send_pattern,
+};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::AsyncReadExt;
+use tokio::process::ChildStdout;
 
 /// The file the transfer tests move: big enough to fill every buffer on the
 /// way many times over, small enough for a second or two on loopback.
@@ -284,7 +286,8 @@ const ACCEPTED: &str = "dtcp_connections_accepted_total";
 /// client, sending a file to the peer and the peer's bytes to its stdout
 /// until the peer closes.
 struct Curl {
-    child: Child,
+    process: Process,
+    stdout: ChildStdout,
 }
 
 impl Curl {
@@ -296,44 +299,50 @@ impl Curl {
     /// reads the socket only when stdin has something too; at the end of a
     /// file it reads the socket until the peer closes.
     async fn connect(proxy: SocketAddr, hash: &str, send: &Path) -> Curl {
-        let mut child = Command::new("curl")
-            .args(["--silent", "--show-error", "--verbose", "--no-buffer"])
-            .arg("--socks5-hostname")
-            .arg(proxy.to_string())
-            .arg(format!("telnet://{hash}:0"))
-            .stdin(std::fs::File::open(send).unwrap())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("curl is needed (scripts/test installs it)");
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(line) = stderr.next_line().await.unwrap() {
-                if line.contains("SOCKS5 request granted") {
-                    return;
-                }
-            }
-            panic!("curl ended before its SOCKS5 request was granted");
-        })
-        .await
-        .expect("curl's SOCKS5 request was not granted in time");
-        // The rest of curl's chatter is of no interest, but must not block it.
-        tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
-        Curl { child }
+        let proxy = proxy.to_string();
+        let url = format!("telnet://{hash}:0");
+        let mut process = Process::new(
+            "curl",
+            [
+                "--silent",
+                "--show-error",
+                "--verbose",
+                "--no-buffer",
+                "--socks5-hostname",
+                &proxy,
+                &url,
+            ],
+        )
+        .stdin_file(send)
+        .stdout(Output::Piped)
+        // Read a line at a time, so that its chatter never blocks it.
+        .stderr(Output::Lines);
+        process.spawn();
+        let stdout = process.take_stdout().expect("piped stdout");
+        let lines = process.lines();
+        eventually(
+            Duration::from_secs(10),
+            "curl's SOCKS5 request granted",
+            || async { lines.contains("SOCKS5 request granted") },
+        )
+        .await;
+        Curl {
+            process,
+            stdout: ChildStdout::from_std(stdout).expect("async stdout"),
+        }
     }
 
     /// Asserts that nothing reaches curl for a moment.
     async fn silent(&mut self) {
-        let stdout = self.child.stdout.as_mut().unwrap();
         let mut buf = [0u8; 64];
-        let read = tokio::time::timeout(Duration::from_millis(300), stdout.read(&mut buf)).await;
+        let read =
+            tokio::time::timeout(Duration::from_millis(300), self.stdout.read(&mut buf)).await;
         assert!(read.is_err(), "bytes before the activation: {read:?}");
     }
 
     /// Reads curl's stdout until it holds `want`; panics after 10 s.
     async fn read_until(&mut self, want: &str) -> String {
-        let stdout = self.child.stdout.as_mut().unwrap();
+        let stdout = &mut self.stdout;
         let mut got = Vec::new();
         let found = tokio::time::timeout(Duration::from_secs(10), async {
             let mut buf = [0u8; 4096];
@@ -395,11 +404,10 @@ async fn curl_is_both_socks5_peers_activated_over_the_component() {
     requester.read_until("from the target\n").await;
 
     // The requester goes: the relay ends the target's side, and curl exits.
-    requester.child.kill().await.unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), target_side.child.wait())
+    requester.process.stop();
+    let status = exit_of(&mut target_side.process, Duration::from_secs(10))
         .await
-        .expect("the target's curl did not see the end of the bytestream")
-        .unwrap();
+        .expect("the target's curl did not see the end of the bytestream");
     assert!(status.success(), "{status}");
 }
 
@@ -419,11 +427,12 @@ async fn a_standby_node_takes_the_component_over_and_serves_the_next_transfer() 
     let killed = Instant::now();
     a.signal(libc::SIGKILL);
     a.wait_exit(Duration::from_secs(5)).expect("the node died");
-    let deadline = killed + LINK_UP;
-    while b.metric(LINK_CONNECTED).await != 1.0 {
-        assert!(Instant::now() < deadline, "the standby never took over");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let b = &b;
+    let left = LINK_UP.saturating_sub(killed.elapsed());
+    eventually(left, "the standby took over", || async move {
+        b.metric(LINK_CONNECTED).await == 1.0
+    })
+    .await;
     let takeover = killed.elapsed();
     eprintln!("the standby took the component over {takeover:?} after the kill");
     // The standby retries about every second, plus Prosody's own cleanup.

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use dtcp_tests::settles;
 use dtcp_tests::xmpp::{COMPONENT, COMPONENT_SECRET, DOMAIN, OTHER_COMPONENT, Prosody, Slixmpp};
 use dtcp_xmpp::{
     ActivateError, Activation, Component, LinkState, Secret, Timings, XmppConfig, channel,
@@ -150,8 +151,9 @@ async fn the_component_authenticates_and_answers_disco_and_the_streamhost_query(
     let (info, streamhost) = query(&prosody, COMPONENT).await;
     assert_serves(&info, &streamhost, COMPONENT);
 
-    // Several idle timeouts of silence: the keepalive pings through the
-    // server keep the link up, without a single state change.
+    // A sleep: several idle timeouts of silence, through which the
+    // keepalive pings through the server keep the link up, without a single
+    // state change.
     link.state.mark_unchanged();
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
@@ -165,15 +167,14 @@ async fn the_component_authenticates_and_answers_disco_and_the_streamhost_query(
 
     // A wrong secret never gets in; the server says why.
     let mut wrong = Link::start(config(&prosody, OTHER_COMPONENT, "wrong secret", &[]));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let refused = "Given token does not match calculated token";
+    let p = &prosody;
+    let said = settles(Duration::from_secs(10), || async move {
+        p.log().contains(refused)
+    })
+    .await;
+    assert!(said, "{}", prosody.log());
     assert_eq!(wrong.now(), LinkState::Down);
-    assert!(
-        prosody
-            .log()
-            .contains("Given token does not match calculated token"),
-        "{}",
-        prosody.log()
-    );
     wrong.stop().await;
     link.stop().await;
     assert_eq!(link.now(), LinkState::Down);
@@ -357,7 +358,8 @@ async fn a_standby_takes_over_when_the_connected_link_goes() {
         prosody.log().contains("Component already connected"),
         "Prosody refused the second connection as a conflict"
     );
-    // The standby keeps trying without disturbing the connected link.
+    // A sleep: for two seconds the standby keeps trying, without
+    // disturbing the connected link.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(first.now(), LinkState::Connected);
     assert_eq!(second.now(), LinkState::Standby);

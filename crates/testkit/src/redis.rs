@@ -109,6 +109,11 @@ impl Server {
         self.process.pid()
     }
 
+    /// Sends it a signal (SIGSTOP and SIGCONT to stall it).
+    pub fn signal(&self, signal: i32) {
+        self.process.signal(signal);
+    }
+
     /// Whether it runs (it was not killed, or was restarted since).
     pub fn is_running(&self) -> bool {
         self.process.is_running()
