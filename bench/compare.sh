@@ -66,7 +66,11 @@ BENCH="$BIN/dtcp-bench --json"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on port $1" >&2; exit 1; }
 
-RELAY_ARGS=(--max-connections 1000000 --max-pending-per-ip 1000000 --log-format json)
+# Every client of the bench is 127.0.0.1: the per-address shares, which
+# would take the generator for one abusive client, are lifted.
+RELAY_ARGS=(--max-connections 1000000 --max-pending-per-ip 1000000
+  --max-connections-per-ip 1000000 --max-sessions-per-ip 1000000
+  --max-connection-rate-per-ip 0 --log-format json)
 start_relay() { # name port [args...]; sets LAST
   local name=$1 port=$2; shift 2
   "$BIN/dtcp-relay" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" \
