@@ -71,6 +71,10 @@ pub struct Process {
     /// The threads reading the current run's [`Output::Lines`] streams.
     readers: Vec<JoinHandle<()>>,
     child: Option<Child>,
+    /// The exit status of a run that exited while its readiness was being
+    /// waited for and turned out ready: reported by the next
+    /// [`Process::try_exit`] or [`Process::wait_exit`].
+    unreported: Option<ExitStatus>,
 }
 
 /// Where a child's stdin comes from.
@@ -106,6 +110,7 @@ impl Process {
             lines: Lines::default(),
             readers: Vec::new(),
             child: None,
+            unreported: None,
         }
     }
 
@@ -204,6 +209,7 @@ impl Process {
     /// waiting for anything. Panics if it cannot be started.
     pub fn spawn(&mut self) {
         self.stop();
+        self.unreported = None;
         let run = self.lines.next_run();
         let stdin = match &self.stdin {
             Input::Null => Stdio::null(),
@@ -259,6 +265,7 @@ impl Process {
                     self.name,
                     self.output_tail()
                 );
+                self.unreported = Some(status);
                 return;
             }
             assert!(
@@ -334,6 +341,9 @@ impl Process {
     /// running, and every line it printed is in [`Process::lines`]); `None`
     /// while it runs, or if it was not started.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if let Some(status) = self.unreported.take() {
+            return Some(status);
+        }
         let child = self.child.as_mut()?;
         let status = child.try_wait().ok().flatten()?;
         if self.group {
