@@ -597,7 +597,7 @@ async fn out_of_descriptors_the_accept_loops_back_off() {
     eventually(
         Duration::from_secs(10),
         "the node ran out of descriptors",
-        || async { a.logs().iter().any(|l| ran_out_of_descriptors(l)) },
+        || async { a.logs().iter().any(ran_out_of_descriptors) },
     )
     .await;
     let fds = dtcp_tests::open_fds(a.pid());
