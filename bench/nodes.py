@@ -1,4 +1,7 @@
-"""Prints bench/nodes.sh's results: one row per node count (stdlib only)."""
+"""Prints bench/nodes.sh's results: one row per node count (stdlib only).
+
+"load" is the machine's 1-minute load average at the end of the row's run
+(two cores: above 2, something else was waiting for them too)."""
 import json
 import sys
 
@@ -6,8 +9,8 @@ import sys
 def main(path):
     rows = [json.loads(line) for line in open(path) if line.strip()]
     print("\n| nodes | pairs/s | p99 ms | CPU per pair, all nodes | Redis CPU per pair"
-          " | Redis commands per pair | Redis command time per pair | Redis output bytes per pair |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          " | Redis commands per pair | Redis command time per pair | Redis output bytes per pair | load |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         redis = r.get("redis", {})
         nodes = r["label"].removeprefix("nodes-")
@@ -16,7 +19,8 @@ def main(path):
               f" | {redis.get('cpu_ms_per_pair', 0) * 1e3:.0f} us"
               f" | {redis.get('commands_per_pair', 0):.1f}"
               f" | {redis.get('command_usec_per_pair', 0):.0f} us"
-              f" | {redis.get('output_bytes_per_pair', 0):,.0f} |")
+              f" | {redis.get('output_bytes_per_pair', 0):,.0f}"
+              f" | {r.get('load_average', ['-'])[0]} |")
 
     servers = [len(r.get("redis", {}).get("servers", [])) for r in rows]
     if max(servers, default=0) > 1:

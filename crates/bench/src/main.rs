@@ -162,6 +162,9 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Hold { counts } => scenario::hold(ep, &counts, &cli.relay_pid).await?,
     };
     report["label"] = Value::from(cli.label.clone());
+    if let Some(load) = procstat::load_average() {
+        report["load_average"] = serde_json::json!(load);
+    }
     if cli.json {
         println!("{report}");
     } else {
