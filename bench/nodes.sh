@@ -55,6 +55,18 @@ cargo build --release --bins --locked -q
 BIN=target/release
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port whose Redis Cluster bus port (+10000) is free and valid too.
+free_redis_port() {
+  python3 -c '
+import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    if port < 55000:
+        try:
+            b = socket.socket(); b.bind(("127.0.0.1", port + 10000)); print(port); break
+        except OSError:
+            pass'
+}
 wait_port() { # port log: waits for a listener on the port, or shows the log's end
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
   echo "nothing on port $1; the end of $2:" >&2; tail -n 20 "$2" >&2; exit 1
@@ -75,7 +87,7 @@ start_redis() { # sets REDIS (host:port list) and REDIS_URLS (node flags)
   local masters=1 extra=()
   if [ "$REDIS_CLUSTER" = 1 ]; then masters=3; fi
   for _ in $(seq "$masters"); do
-    local port; port=$(free_port)
+    local port; port=$(free_redis_port)
     if [ "$REDIS_CLUSTER" = 1 ]; then
       extra=(--cluster-enabled yes --cluster-config-file "nodes-$port.conf" --dir "$WORK")
     fi
