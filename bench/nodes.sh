@@ -38,12 +38,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || ! command -v curl >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing redis-server (Debian package)" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    echo "installing redis-server and curl (Debian packages)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server curl >/dev/null
   else
-    echo "bench/nodes.sh needs redis-server and redis-cli" >&2
+    echo "bench/nodes.sh needs redis-server, redis-cli and curl" >&2
     exit 1
   fi
 fi
