@@ -4,6 +4,7 @@
 //! ```text
 //! dtcp-bench --create-on 127.0.0.1:7777 pair --pairs 2000 --concurrency 32
 //! dtcp-bench --create-on A --connect-on B throughput --pairs 4 --bytes 1GiB
+//! dtcp-bench --nodes A,B,C --redis R pair --pairs 4000   (a balancer's spread over N nodes)
 //! dtcp-bench --relay-pid PID hold --count 2000 --count 10000
 //! dtcp-bench --via 127.0.0.1:8888 --sink 127.0.0.1:9999 pair ...   (a TCP proxy in front of the sink)
 //! dtcp-bench --direct pair ...                                      (no relay at all)
@@ -12,6 +13,7 @@
 mod endpoint;
 mod pattern;
 mod procstat;
+mod redisinfo;
 mod scenario;
 
 use std::net::SocketAddr;
@@ -36,6 +38,17 @@ struct Cli {
     /// Relay nodes that get the CONNECTs. Default: the same as --create-on.
     #[arg(long, value_delimiter = ',', value_name = "ADDR")]
     connect_on: Vec<SocketAddr>,
+    /// The nodes of a cluster behind a round-robin balancer (comma-separated):
+    /// pair i's CREATE on node i mod N, its CONNECT on node (i+1) mod N.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR",
+        conflicts_with_all = ["create_on", "connect_on", "via", "direct"])]
+    nodes: Vec<SocketAddr>,
+    /// Redis servers the cluster uses (every master of a Redis Cluster;
+    /// comma-separated, no password): `pair` reads their `INFO` before and
+    /// after, and reports commands, command time, CPU and output bytes per
+    /// pair, for each server and in all.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR")]
+    redis: Vec<SocketAddr>,
     /// Instead of a relay: a TCP proxy whose backend is this generator's sink.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["create_on", "direct"])]
     via: Option<SocketAddr>,
@@ -125,19 +138,12 @@ async fn main() -> anyhow::Result<()> {
         let (sink, addr) = Sink::start(cli.sink).await?;
         Endpoint::Sink { addr, sink }
     } else {
-        if cli.create_on.is_empty() {
-            bail!("say where the relay is (--create-on), or use --via or --direct");
-        }
-        let connect_on = if cli.connect_on.is_empty() {
-            cli.create_on.clone()
-        } else {
-            cli.connect_on.clone()
-        };
+        let (create_on, connect_on) = relay_lists(&cli)?;
         let run = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_nanos() as u64;
         Endpoint::Relay {
-            create_on: cli.create_on.clone(),
+            create_on,
             connect_on,
             run,
             key_secret: cli.key_secret.clone(),
@@ -146,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
     let ep = Arc::new(endpoint);
     let mut report = match cli.scenario {
         Scenario::Pair { pairs, concurrency } => {
-            scenario::pair(ep, pairs, concurrency, &cli.relay_pid).await?
+            scenario::pair(ep, pairs, concurrency, &cli.relay_pid, &cli.redis).await?
         }
         Scenario::Throughput {
             pairs,
@@ -156,12 +162,35 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Hold { counts } => scenario::hold(ep, &counts, &cli.relay_pid).await?,
     };
     report["label"] = Value::from(cli.label.clone());
+    if let Some(load) = procstat::load_average() {
+        report["load_average"] = serde_json::json!(load);
+    }
     if cli.json {
         println!("{report}");
     } else {
         print_table(&report);
     }
     Ok(())
+}
+
+/// Where the CREATEs and the CONNECTs go: `--nodes` rotated by one for
+/// the CONNECTs (pair i takes entry i mod N of each list), or the lists
+/// as given.
+fn relay_lists(cli: &Cli) -> anyhow::Result<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+    if !cli.nodes.is_empty() {
+        let mut connect_on = cli.nodes.clone();
+        connect_on.rotate_left(1);
+        return Ok((cli.nodes.clone(), connect_on));
+    }
+    if cli.create_on.is_empty() {
+        bail!("say where the relay is (--create-on or --nodes), or use --via or --direct");
+    }
+    let connect_on = if cli.connect_on.is_empty() {
+        cli.create_on.clone()
+    } else {
+        cli.connect_on.clone()
+    };
+    Ok((cli.create_on.clone(), connect_on))
 }
 
 fn print_table(r: &Value) {
@@ -183,6 +212,9 @@ fn print_table(r: &Value) {
                 l["max"].as_f64().unwrap_or(0.0),
                 r["relay_cpu_s_per_1000_pairs"].as_f64().unwrap_or(0.0)
             );
+            if r.get("redis").is_some() {
+                print_redis(&r["redis"]);
+            }
         }
         Some("throughput") => {
             println!(
@@ -216,9 +248,47 @@ fn print_table(r: &Value) {
     }
 }
 
+/// The Redis part of a `pair` report: one row per server, then the total.
+fn print_redis(redis: &Value) {
+    println!(
+        "{:<21} {:>12} {:>14} {:>13} {:>15}",
+        "redis, per pair", "commands", "command usec", "cpu ms", "output bytes"
+    );
+    let row = |name: &str, v: &Value| {
+        println!(
+            "{:<21} {:>12.2} {:>14.2} {:>13.4} {:>15.0}",
+            name,
+            v["commands_per_pair"].as_f64().unwrap_or(0.0),
+            v["command_usec_per_pair"].as_f64().unwrap_or(0.0),
+            v["cpu_ms_per_pair"].as_f64().unwrap_or(0.0),
+            v["output_bytes_per_pair"].as_f64().unwrap_or(0.0)
+        );
+    };
+    let servers = redis["servers"].as_array().map_or(&[][..], Vec::as_slice);
+    if servers.len() > 1 {
+        for s in servers {
+            row(s["addr"].as_str().unwrap_or_default(), s);
+        }
+    }
+    row("all", redis);
+    println!(
+        "of which scripts: {:.2} calls, {:.2} usec (a script's time includes the commands it calls)",
+        redis["script_calls_per_pair"].as_f64().unwrap_or(0.0),
+        redis["script_usec_per_pair"].as_f64().unwrap_or(0.0)
+    );
+    let by_command: Vec<String> = redis["by_command_per_pair"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, n)| format!("{name} {:.2}", n.as_f64().unwrap_or(0.0)))
+        .collect();
+    println!("commands per pair: {}", by_command.join(", "));
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{Cli, parse_size, relay_lists};
+    use clap::Parser;
 
     #[test]
     fn sizes() {
@@ -226,5 +296,32 @@ mod tests {
         assert_eq!(parse_size("256M"), Ok(256 << 20));
         assert_eq!(parse_size("10"), Ok(10));
         assert!(parse_size("ten").is_err());
+    }
+
+    #[test]
+    fn nodes_spread_like_a_round_robin_balancer() {
+        let cli = Cli::parse_from([
+            "dtcp-bench",
+            "--nodes",
+            "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3",
+            "pair",
+        ]);
+        let (create, connect) = relay_lists(&cli).unwrap();
+        let port = |l: &[std::net::SocketAddr], i: usize| l[i % l.len()].port();
+        for i in 0..6 {
+            assert_eq!(port(&create, i), (i % 3 + 1) as u16);
+            assert_eq!(port(&connect, i), ((i + 1) % 3 + 1) as u16);
+        }
+        assert!(
+            Cli::try_parse_from([
+                "dtcp-bench",
+                "--nodes",
+                "127.0.0.1:1",
+                "--create-on",
+                "127.0.0.1:2",
+                "pair"
+            ])
+            .is_err()
+        );
     }
 }

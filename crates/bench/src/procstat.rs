@@ -44,6 +44,14 @@ pub(crate) fn rss_total(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|p| rss(*p).ok()).sum()
 }
 
+/// The machine's load averages over 1, 5 and 15 minutes
+/// (`/proc/loadavg`): how busy a shared machine was during a run.
+pub(crate) fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([fields.next()??, fields.next()??, fields.next()??])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +67,6 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(cpu_seconds(me).unwrap() >= before);
+        assert!(load_average().unwrap().iter().all(|l| *l >= 0.0));
     }
 }

@@ -1,6 +1,7 @@
 //! The scenarios: pairing rate and latency, throughput, held sessions.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::endpoint::{self, Endpoint};
-use crate::{pattern, procstat};
+use crate::{pattern, procstat, redisinfo};
 
 /// Percentiles of a latency sample, in milliseconds.
 fn percentiles(mut samples: Vec<Duration>) -> Value {
@@ -25,12 +26,15 @@ fn percentiles(mut samples: Vec<Duration>) -> Value {
 }
 
 /// `pairs` pairs, `concurrency` at a time: pair, one byte each way, close.
+/// With `redis`, also what the run cost those Redis servers.
 pub(crate) async fn pair(
     ep: Arc<Endpoint>,
     pairs: u64,
     concurrency: usize,
     pids: &[u32],
+    redis: &[SocketAddr],
 ) -> anyhow::Result<Value> {
+    let redis0 = redisinfo::snapshots(redis).await?;
     let cpu0 = procstat::cpu_total(pids);
     let started = Instant::now();
     let slots = Arc::new(Semaphore::new(concurrency));
@@ -50,7 +54,8 @@ pub(crate) async fn pair(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = procstat::cpu_total(pids) - cpu0;
-    Ok(json!({
+    let redis1 = redisinfo::snapshots(redis).await?;
+    let mut report = json!({
         "scenario": "pair",
         "pairs": pairs,
         "concurrency": concurrency,
@@ -59,7 +64,11 @@ pub(crate) async fn pair(
         "latency_ms": percentiles(latencies),
         "relay_cpu_s": cpu,
         "relay_cpu_s_per_1000_pairs": cpu * 1000.0 / pairs as f64,
-    }))
+    });
+    if !redis.is_empty() {
+        report["redis"] = redisinfo::report(redis, &redis0, &redis1, pairs);
+    }
+    Ok(report)
 }
 
 async fn one_pair(ep: &Endpoint, n: u64) -> io::Result<Duration> {
@@ -195,7 +204,7 @@ pub(crate) async fn hold(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> any
         return hold_proxied(ep, counts, pids).await;
     };
     // Warm-up: the allocator's arenas and the runtime's structures.
-    pair(ep.clone(), 1000, 32, &[]).await?;
+    pair(ep.clone(), 1000, 32, &[], &[]).await?;
     tokio::time::sleep(SETTLE).await;
     let mut rows = Vec::new();
     for (round, &count) in counts.iter().enumerate() {
@@ -247,7 +256,7 @@ pub(crate) async fn hold(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> any
 
 /// `hold` through a proxy: `count` idle proxied connections.
 async fn hold_proxied(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> anyhow::Result<Value> {
-    pair(ep.clone(), 1000, 32, &[]).await?;
+    pair(ep.clone(), 1000, 32, &[], &[]).await?;
     tokio::time::sleep(SETTLE).await;
     let mut rows = Vec::new();
     let mut n0 = 1_000_000;
