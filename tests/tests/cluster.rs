@@ -608,12 +608,12 @@ async fn grpc_health_turns_not_ready_while_a_node_drains() {
 async fn a_connect_that_comes_first_pairs_with_a_create_on_another_node() {
     let redis = RedisServer::start();
     let [a, b, _c] = three_nodes(&[redis.url()], &["--connect-grace", "5"]);
-    // Every node listens for announcements of new registrations, so that a
-    // waiting CONNECT looks again at once rather than at its next poll.
+    // Every node listens on its own channel, where the node that registers
+    // a CREATE it waits for tells it, so that a waiting CONNECT looks again
+    // at once rather than at its next poll.
     eventually(Duration::from_secs(5), "three subscribers", || async {
-        redis
-            .cli(&["PUBSUB", "NUMSUB", "dtcp:registered"])
-            .contains("\n3")
+        let channels = redis.cli(&["PUBSUB", "CHANNELS", "dtcp:wake:*"]);
+        channels.lines().filter(|l| !l.trim().is_empty()).count() == 3
     })
     .await;
     let t = triple("connect-first");

@@ -58,6 +58,8 @@ pub(crate) async fn run(node: Arc<Node>) {
         match result {
             Ok((beat, alive)) => {
                 gauge!(NODES_ALIVE).set(alive as f64);
+                // Read on this timer, never on a pair's path.
+                node.per_ip.set_nodes(alive);
                 if !healthy {
                     info!("rendezvous store reachable again");
                 }

@@ -74,7 +74,8 @@ pub enum StoreError {
 #[async_trait]
 pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     /// Records `owner` as the holder of `id` for `ttl`, unless `id` is already
-    /// registered. Returns `false` on such a conflict.
+    /// registered. Returns `false` on such a conflict. A waiter entry in its
+    /// place ([`Rendezvous::lookup_or_wait`]) is replaced, and its node told.
     async fn register(
         &self,
         id: &RegistrationId,
@@ -84,6 +85,22 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
 
     /// The owner of `id`, if it is registered.
     async fn lookup(&self, id: &RegistrationId) -> Result<Option<NodeInfo>, StoreError>;
+
+    /// The owner of `id`, as [`Rendezvous::lookup`]; if `id` is not
+    /// registered, leaves in the same step a waiter entry naming the node
+    /// `waiter` for `grace` (unless one is there already), so that the
+    /// node that registers `id` within it tells that node
+    /// ([`Rendezvous::watch_registrations`]). A store with no other node
+    /// to tell leaves nothing.
+    async fn lookup_or_wait(
+        &self,
+        id: &RegistrationId,
+        waiter: &str,
+        grace: Duration,
+    ) -> Result<Option<NodeInfo>, StoreError> {
+        let _ = (waiter, grace);
+        self.lookup(id).await
+    }
 
     /// Removes `id` if, and only if, `owner` still holds it. Returns whether
     /// it removed anything.
@@ -116,8 +133,8 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     /// caller leaves out what has expired). On a Redis Cluster, where a
     /// pipeline cannot span slots, each is its own command, many in flight.
     ///
-    /// Not announced ([`Rendezvous::watch_registrations`]): a CONNECT waiting
-    /// for one of them finds it at its next look. Other operations run
+    /// A waiter entry left meanwhile is replaced by the record, and its
+    /// node told ([`Rendezvous::watch_registrations`]), as by `register`. Other operations run
     /// alongside; a failed batch is an error as a whole and may be retried
     /// as it is (a registration already written counts as `owner`'s).
     async fn register_many(
@@ -163,11 +180,17 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     /// does nothing.
     async fn uncount_source(&self, source: IpAddr, entry: u64) -> Result<(), StoreError>;
 
-    /// Registrations made by any node, and by whom, as they are made, when
-    /// the store can tell (Redis pub/sub). Best effort: a CONNECT that waits for its CREATE
-    /// is woken at once instead of at its next look; a missed one only waits
-    /// for that look. `None`: the store cannot tell (one node needs no help).
-    fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<Registered>> {
+    /// Registrations that node `node_id` waits for (it left a waiter entry,
+    /// [`Rendezvous::lookup_or_wait`]), and by whom, as they are made, when
+    /// the store can tell (Redis pub/sub, on the node's own channel). Best
+    /// effort: a CONNECT that waits for its CREATE is woken at once instead
+    /// of at its next look; a missed one only waits for that look. `None`:
+    /// the store cannot tell (one node needs no help).
+    fn watch_registrations(
+        &self,
+        node_id: &str,
+    ) -> Option<tokio::sync::mpsc::Receiver<Registered>> {
+        let _ = node_id;
         None
     }
 
@@ -196,8 +219,8 @@ pub enum Beat {
     Lost,
 }
 
-/// A registration another node announced: a CONNECT waiting for it can open
-/// its Bridge to `owner` without asking the store again.
+/// A registration a node waited for, made by another: a CONNECT waiting for
+/// it can open its Bridge to `owner` without asking the store again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
     /// The registration.

@@ -167,14 +167,15 @@ pub(crate) async fn enrol(node: &Arc<Node>, stream: &TcpStream, request: &Reques
     let mut record = StoreRecord::new(node.clone(), id, request.key_expiry);
     let ttl = node.config.pending_ttl;
     let registering = node.store.register(&id, record.owner(), ttl);
-    let (registered, counted) = if node.cluster {
-        // The cluster-wide count of this address goes out beside the
-        // registration, on the store's one multiplexed connection: it costs
-        // a second command, not a second round trip.
+    let (registered, counted) = if node.cluster && per_ip.needs_store_count() {
+        // Past this node's share of the address's limit, the cluster-wide
+        // count goes out beside the registration, on the store's one
+        // multiplexed connection: it costs more commands, not a second
+        // round trip. Within the share (the common case) it costs nothing.
         let counting = node.store.count_source(
             per_ip.key(),
             per_ip.entry(),
-            node.per_ip.max,
+            node.per_ip.store_max(),
             ttl + SOURCE_COUNT_MARGIN,
         );
         let (registered, counted) = tokio::join!(registering, counting);
