@@ -669,3 +669,85 @@ async fn an_idle_forwarded_session_is_closed_after_the_idle_timeout() {
     )
     .await;
 }
+
+/// Calls per command, from `INFO commandstats` (the calls scripts make
+/// included), leaving out the test's own `INFO`.
+fn command_calls(redis: &RedisServer) -> std::collections::HashMap<String, u64> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let n = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            (name != "info").then(|| (name.to_owned(), n))
+        })
+        .collect()
+}
+
+/// Commands of one heartbeat: `EXISTS` and `SET` of the node's key, `ZADD`
+/// and `ZREMRANGEBYSCORE` of the `nodes` set, and the script that reads it
+/// with its `ZRANGEBYSCORE`. Counted by the beats' `EXISTS`.
+const HEARTBEAT_COMMANDS: u64 = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_across_nodes_costs_redis_four_commands_and_publishes_nothing() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let [a, b] = [(); 2].map(|_| cluster_node(&urls, &[]));
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    // The first pair loads what is loaded once.
+    let t = triple("warm-up");
+    drop(pair(a.addr, b.addr, &t).await);
+    a.wait_for("dtcp_pending_registrations", 0.0).await;
+    let before = command_calls(&redis);
+    const PAIRS: u64 = 40;
+    for n in 0..PAIRS {
+        // The CREATE first, as a Target told of it by its Initiator comes.
+        let t = triple(&format!("counted-{n}"));
+        let initiator = tokio::spawn({
+            let (t, addr) = (t.clone(), a.addr);
+            async move { Initiator::connect(addr, &t).await }
+        });
+        a.wait_for("dtcp_pending_registrations", 1.0).await;
+        let mut tg = Target::connect(b.addr, &t).await.expect("target pairs");
+        let mut i = initiator.await.unwrap().expect("initiator pairs");
+        i.write_all(b"x").await.unwrap();
+        assert_eq!(read_n(&mut tg, 1).await, b"x");
+        drop((i, tg));
+        a.wait_for("dtcp_pending_registrations", 0.0).await;
+    }
+    // The owners' removals run in tasks of their own: the last one done.
+    let mut used = Default::default();
+    for _ in 0..50 {
+        let after = command_calls(&redis);
+        used = after
+            .iter()
+            .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect::<std::collections::HashMap<_, _>>();
+        if used.get("getdel").copied().unwrap_or(0) >= PAIRS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let beats = used.get("exists").copied().unwrap_or(0);
+    let total: u64 = used.values().sum();
+    let pairs = total - beats * HEARTBEAT_COMMANDS;
+    eprintln!("{PAIRS} pairs: {total} commands, {beats} heartbeats: {used:?}");
+    assert_eq!(used.get("getdel"), Some(&PAIRS), "one removal a pair");
+    assert!(
+        pairs <= 4 * PAIRS,
+        "{pairs} commands for {PAIRS} pairs: {used:?}"
+    );
+    assert_eq!(
+        used.get("publish"),
+        None,
+        "a CREATE nobody waits for publishes nothing"
+    );
+}

@@ -1,8 +1,9 @@
 //! The commands of a pair: register, look up (leaving a waiter entry when
 //! there is nothing yet), remove. One command each on the common path, so
 //! that a pair costs Redis four: `SET NX GET` to register, `SET NX GET` to
-//! look up, and a script of one `GETDEL` (or `SET XX GET`) to remove or
-//! retire. What is read back is only checked once it is read: a value
+//! look up, and a `GETDEL` to remove (or a script of one `SET XX GET` to
+//! retire a signed key into its used marker). A `CREATE` that finds a waiter replaces it by a script of one
+//! `SET XX GET` too, then publishes: seven commands on that race path. What is read back is only checked once it is read: a value
 //! planted past [`MAX_RECORD_LEN`] is refused, not parsed.
 //!
 //! A `CONNECT` that finds no record leaves `? <node id>` in its place for
@@ -22,11 +23,11 @@ use super::run::{Runner, ms};
 use crate::rendezvous::StoreError;
 use crate::text::shown;
 
-/// How long a value a removal took away by mistake is put back for: a
-/// record of another node (one that took over a registration this node's
-/// lapsed heartbeat left), or a waiter, found where this node's record
-/// was. A removal cannot read a TTL it has deleted; this is the default
-/// pending TTL, and the owner of such a record removes it itself anyway.
+/// How long a value a removal or a swap took away by mistake is put back
+/// for: a record of another node (one that took over a registration this
+/// node's lapsed heartbeat left), or a waiter, found where this node's
+/// record was. Its TTL is gone with it; this is the default pending TTL,
+/// and the owner of such a record removes it itself anyway.
 const RESTORED_TTL: Duration = Duration::from_secs(300);
 
 /// Replaces a key's value only if it still holds the expected one.
@@ -41,21 +42,9 @@ return 0",
     )
 });
 
-/// Deletes a key if it holds ARGV[1]: one `GETDEL`, and only when the
-/// value was another's, a `SET` that puts it back for ARGV[2] ms.
-static COMPARE_AND_DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local v = redis.call('GETDEL', KEYS[1])
-if v == ARGV[1] then return 1 end
-if v then redis.call('SET', KEYS[1], v, 'PX', ARGV[2]) end
-return 0",
-    )
-});
-
 /// Replaces ARGV[1] by ARGV[2] for ARGV[3] ms: one `SET XX GET`, and only
 /// when the value was another's, a `SET` that puts it back for ARGV[4] ms.
-static COMPARE_AND_RETIRE: LazyLock<Script> = LazyLock::new(|| {
+static COMPARE_AND_SWAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local v = redis.call('SET', KEYS[1], ARGV[2], 'XX', 'GET', 'PX', ARGV[3])
@@ -135,31 +124,42 @@ pub(crate) async fn compare_and_set(
     Ok(replaced == 1)
 }
 
-/// Deletes `key` if it holds `value`: whether it did.
+/// Deletes `key` if it holds `value`: whether it did. One `GETDEL`, no
+/// script (a script costs Redis several times a plain command's time, and
+/// this is on every pair's path). A value that was not `value` (another
+/// node's record, taken over once this node's heartbeat had lapsed, or a
+/// waiter left after the store lost this node's record) is put back if
+/// the key is still free: a rare path, on which a look in between finds
+/// nothing for a moment.
 pub(crate) async fn compare_and_delete(
     runner: &Runner,
     key: &str,
     value: &str,
 ) -> Result<bool, StoreError> {
-    let restore = ms(RESTORED_TTL).to_string();
-    let removed: i64 = runner
-        .run(|mut c| {
-            let restore = &restore;
-            async move {
-                COMPARE_AND_DELETE
-                    .key(key)
-                    .arg(value)
-                    .arg(restore)
-                    .invoke_async(&mut c)
-                    .await
-            }
-        })
-        .await?;
-    Ok(removed == 1)
+    let taken: Option<Vec<u8>> = runner.query(redis::cmd("GETDEL").arg(key)).await?;
+    match taken {
+        None => Ok(false),
+        Some(taken) if taken == value.as_bytes() => Ok(true),
+        Some(taken) => {
+            let _: Option<String> = runner
+                .query(
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg(taken)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ms(RESTORED_TTL)),
+                )
+                .await?;
+            Ok(false)
+        }
+    }
 }
 
-/// Replaces `value` at `key` by `by` for `keep_for`: whether it did.
-pub(crate) async fn compare_and_retire(
+/// Replaces `value` at `key` by `by` for `keep_for`: whether it did. Two
+/// commands where [`compare_and_set`] costs three: a record retired into
+/// its used marker, a waiter replaced by its record.
+pub(crate) async fn compare_and_swap(
     runner: &Runner,
     key: &str,
     value: &str,
@@ -171,7 +171,7 @@ pub(crate) async fn compare_and_retire(
         .run(|mut c| {
             let (keep, restore) = (&keep, &restore);
             async move {
-                COMPARE_AND_RETIRE
+                COMPARE_AND_SWAP
                     .key(key)
                     .arg(value)
                     .arg(by)

@@ -15,7 +15,7 @@ use super::config::RedisConfig;
 use super::conn::is_tls_error;
 use super::health::Health;
 use super::keys::Keys;
-use super::pairing::{compare_and_delete, compare_and_retire, compare_and_set, set_nx_get};
+use super::pairing::{compare_and_delete, compare_and_set, compare_and_swap, set_nx_get};
 use super::record::{
     announcement, beat_value, owner_value, parse_owner, parse_waiter, record_value, waiter_value,
 };
@@ -176,7 +176,7 @@ impl Rendezvous for RedisStore {
             if let Some(waiter) = parse_waiter(&current) {
                 // A CONNECT came first and waits: the record takes its
                 // place, and its node is told. Changed meanwhile: again.
-                if compare_and_set(self.runner(), &key, &current, &value, ttl).await? {
+                if compare_and_swap(self.runner(), &key, &current, &value, ttl).await? {
                     self.wake(waiter, &owner.id, id, &value);
                     return Ok(true);
                 }
@@ -235,7 +235,7 @@ impl Rendezvous for RedisStore {
     ) -> Result<bool, StoreError> {
         let (value, used) = (owner_value(owner), owner_value(&NodeInfo::used()));
         let key = self.keys().reg(id);
-        compare_and_retire(self.runner(), &key, &value, &used, keep_for).await
+        compare_and_swap(self.runner(), &key, &value, &used, keep_for).await
     }
 
     async fn register_many(
