@@ -690,9 +690,10 @@ fn command_calls(redis: &RedisServer) -> std::collections::HashMap<String, u64> 
 }
 
 /// Commands of one heartbeat: `EXISTS` and `SET` of the node's key, `ZADD`
-/// and `ZREMRANGEBYSCORE` of the `nodes` set, and the script that reads it
-/// with its `ZRANGEBYSCORE`. Counted by the beats' `EXISTS`.
-const HEARTBEAT_COMMANDS: u64 = 6;
+/// and `ZREMRANGEBYSCORE` of the `nodes` set and of the `formats` set, and
+/// the script that reads each with its `ZRANGEBYSCORE`. Counted by the
+/// beats' `EXISTS`.
+const HEARTBEAT_COMMANDS: u64 = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pair_across_nodes_costs_redis_four_commands_and_publishes_nothing() {
@@ -749,5 +750,108 @@ async fn a_pair_across_nodes_costs_redis_four_commands_and_publishes_nothing() {
         used.get("publish"),
         None,
         "a CREATE nobody waits for publishes nothing"
+    );
+}
+
+/// How many times `node` logged that it moved to cluster format `version`.
+fn format_in_use(node: &Relay, version: u64) -> usize {
+    node.logs()
+        .iter()
+        .filter(|l| {
+            l["message"] == "cluster format in use" && l["format"].as_u64() == Some(version)
+        })
+        .count()
+}
+
+/// `PAIRS` pairs at once between `x` and `y`, half with the CREATE on `x`,
+/// half on `y`, each CONNECT a moment before or after its CREATE.
+async fn pairs_both_ways(x: &Relay, y: &Relay, label: &str) {
+    const PAIRS: usize = 40;
+    let runs: Vec<_> = (0..PAIRS)
+        .map(|n| {
+            let (create, connect) = if n % 2 == 0 {
+                (x.addr, y.addr)
+            } else {
+                (y.addr, x.addr)
+            };
+            let t = triple(&format!("{label}-{n}"));
+            tokio::spawn(async move {
+                // CONNECT first on every other pair of each direction.
+                let connect_first = n % 4 >= 2;
+                let target = tokio::spawn({
+                    let t = t.clone();
+                    async move {
+                        if !connect_first {
+                            // A sleep: the CREATE's head start, a pair of its own.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Target::connect(connect, &t).await
+                    }
+                });
+                if connect_first {
+                    // A sleep: the CONNECT's head start.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let i = Initiator::connect(create, &t).await;
+                (i.is_ok(), target.await.unwrap().is_ok())
+            })
+        })
+        .collect();
+    for (n, run) in runs.into_iter().enumerate() {
+        assert_eq!(run.await.unwrap(), (true, true), "{label}: pair {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_the_legacy_format_and_the_new_pair_both_ways() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let args = ["--max-pending-per-ip", "10000", "--connect-grace", "5"];
+    let new = cluster_node(&urls, &args);
+    let mut legacy_args = args.to_vec();
+    legacy_args.extend(["--cluster-format-version", "1"]);
+    let mut old = cluster_node(&urls, &legacy_args);
+    new.wait_for("dtcp_nodes_alive", 2.0).await;
+    // The new node sees a node that lists no format: it speaks the old one
+    // (every registration published to every node, no waiters). It spoke
+    // the new one alone, before the other started.
+    eventually(
+        Duration::from_secs(5),
+        "the new node on format 1",
+        || async { format_in_use(&new, 1) == 1 },
+    )
+    .await;
+    let alone = format_in_use(&new, 2);
+    pairs_both_ways(&new, &old, "mixed").await;
+    let published = command_calls(&redis).get("publish").copied().unwrap_or(0);
+    assert!(
+        published > 0,
+        "registrations published as the old format does"
+    );
+
+    // The old node gone, the new one moves to format 2.
+    old.kill();
+    eventually(
+        Duration::from_secs(15),
+        "the new node on format 2",
+        || async { format_in_use(&new, 2) > alone },
+    )
+    .await;
+    let other = cluster_node(&urls, &args);
+    other.wait_for("dtcp_nodes_alive", 2.0).await;
+    eventually(
+        Duration::from_secs(5),
+        "the second new node on format 2",
+        || async { format_in_use(&other, 2) == 1 },
+    )
+    .await;
+    let before = command_calls(&redis).get("publish").copied().unwrap_or(0);
+    pairs_both_ways(&new, &other, "new").await;
+    let after = command_calls(&redis).get("publish").copied().unwrap_or(0);
+    // Only the CONNECTs that came first are told, one message each.
+    assert!(
+        after - before <= 20,
+        "{} messages for 40 pairs",
+        after - before
     );
 }

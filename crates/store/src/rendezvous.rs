@@ -27,6 +27,17 @@ pub struct NodeInfo {
     pub seal: Option<String>,
 }
 
+/// The cluster format of the releases before format versions: every
+/// registration published to every node on one channel, looked up with a
+/// plain read, no waiter entries. A node whose heartbeat lists no formats
+/// speaks only this one.
+pub const FORMAT_LEGACY: u32 = 1;
+
+/// The newest cluster format: waiter entries, each node told on its own
+/// channel of the registrations it waits for, nothing published otherwise.
+/// Records and heartbeats are the same as in [`FORMAT_LEGACY`].
+pub const FORMAT_NEWEST: u32 = 2;
+
 /// The node id of the marker a signed key's registration leaves behind
 /// once it has paired (see [`Rendezvous::retire_if_owner`]); no relay
 /// node may have it (node ids are UUIDs or checked to be other words).
@@ -151,6 +162,20 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
 
     /// Withdraws `node`'s heartbeat (a clean shutdown), `node` as it beat.
     async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError>;
+
+    /// The cluster formats of the nodes whose heartbeats list theirs, by
+    /// node id (a node of a release before format versions lists none, and
+    /// speaks [`FORMAT_LEGACY`]). Written with each heartbeat of a node
+    /// that speaks a newer format. Empty for a store of one node.
+    async fn node_formats(&self) -> Result<Vec<(String, Vec<u32>)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Writes and asks in cluster format `version` from now on: the newest
+    /// every live node speaks, as the node finds on its heartbeat timer.
+    fn use_format(&self, version: u32) {
+        let _ = version;
+    }
 
     /// How many nodes have a live heartbeat, whoever wrote it.
     async fn nodes_alive(&self) -> Result<usize, StoreError>;

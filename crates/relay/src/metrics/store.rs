@@ -201,6 +201,14 @@ impl Rendezvous for Instrumented {
         self.store.watch_registrations(node_id)
     }
 
+    async fn node_formats(&self) -> Result<Vec<(String, Vec<u32>)>, StoreError> {
+        self.nodes_alive.record(self.store.node_formats()).await
+    }
+
+    fn use_format(&self, version: u32) {
+        self.store.use_format(version);
+    }
+
     fn watch_recoveries(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.store.watch_recoveries()
     }

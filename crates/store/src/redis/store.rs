@@ -3,11 +3,13 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dtcp_wire::RegistrationId;
 use tokio::sync::{mpsc, watch};
+use tracing::info;
 
 use super::announce;
 use super::bounded::{get_record, live_members};
@@ -22,11 +24,23 @@ use super::record::{
 use super::rewrite;
 use super::run::{Runner, ms, now_ms};
 use super::sources;
-use crate::rendezvous::{Beat, NodeInfo, Registered, Rendezvous, StoreError};
+use crate::rendezvous::{
+    Beat, FORMAT_LEGACY, FORMAT_NEWEST, NodeInfo, Registered, Rendezvous, StoreError,
+};
 
 /// Rounds of "register, else replace the waiter found" for a waiter that
 /// changes in between (it expired, and another CONNECT left one).
 const REGISTER_ROUNDS: usize = 3;
+
+/// A member of the `formats` set: a node id and the formats it speaks.
+fn parse_formats(member: &str) -> Option<(String, Vec<u32>)> {
+    let (id, list) = member.split_once(' ')?;
+    let formats = list
+        .split(',')
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    Some((id.to_owned(), formats))
+}
 
 /// The owner a value names: nobody for no value or a waiter entry.
 fn owner_of(value: Option<&str>) -> Result<Option<NodeInfo>, StoreError> {
@@ -46,6 +60,8 @@ struct Inner {
     runner: Runner,
     config: RedisConfig,
     keys: Keys,
+    /// The cluster format written and asked in ([`Rendezvous::use_format`]).
+    format: AtomicU32,
     health: Arc<Health>,
 }
 
@@ -68,6 +84,9 @@ impl RedisStore {
                 runner: Runner::new(config, health.clone())?,
                 config: config.clone(),
                 keys: Keys::new(&config.prefix),
+                // Until the first heartbeat says who is alive: none, which
+                // is spoken as the legacy format every node speaks.
+                format: AtomicU32::new(0),
                 health,
             }),
         })
@@ -101,6 +120,49 @@ impl RedisStore {
         &self.inner.keys
     }
 
+    /// `node`'s member of the `formats` set: its id and the formats it
+    /// speaks, `1,2`; none for a node that speaks only the legacy one (as
+    /// a node of that release writes none).
+    fn formats_member(&self, node: &NodeInfo) -> Option<String> {
+        let max = self.inner.config.max_format;
+        (max >= FORMAT_NEWEST).then(|| {
+            let spoken: Vec<String> = (FORMAT_LEGACY..=max).map(|v| v.to_string()).collect();
+            format!("{} {}", node.id, spoken.join(","))
+        })
+    }
+
+    /// Whether the store speaks the legacy format now (some live node
+    /// speaks nothing newer).
+    fn legacy(&self) -> bool {
+        self.inner.format.load(Ordering::Relaxed) < FORMAT_NEWEST
+    }
+
+    /// Publishes a registration to every node, as [`FORMAT_LEGACY`] does:
+    /// only while some live node speaks nothing newer.
+    fn broadcast(&self, id: &RegistrationId, value: &str) {
+        if self.legacy() {
+            self.publish(self.keys().registered_channel(), announcement(id, value));
+        }
+    }
+
+    /// Publishes `payload` on `channel`, without making the caller wait.
+    /// On a Redis Cluster the channel is sharded (`SPUBLISH`, Redis 7): it
+    /// lives on the shard of its slot, where its subscribers are.
+    fn publish(&self, channel: String, payload: Vec<u8>) {
+        let store = self.clone();
+        let verb = if self.inner.config.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        tokio::spawn(async move {
+            let _: Result<i64, _> = store
+                .runner()
+                .query(redis::cmd(verb).arg(channel).arg(payload))
+                .await;
+        });
+    }
+
     /// `key` is held by the record `current`, not ours: `false` (taken),
     /// unless its node's heartbeat is gone (it crashed), which makes its
     /// registration dead: taken over then, rather than answering
@@ -131,26 +193,11 @@ impl RedisStore {
     /// is registered and by whom (the 32-byte id, then the record's value),
     /// on its own channel, without making the CREATE wait for it: the
     /// registration itself is already done. A waiter of this node is woken
-    /// by its own pending table. On a Redis Cluster the channel is sharded
-    /// (`SPUBLISH`, Redis 7): it lives on the shard of its slot, where its
-    /// one subscriber is.
+    /// by its own pending table.
     pub(crate) fn wake(&self, waiter: &str, me: &str, id: &RegistrationId, value: &str) {
-        if waiter == me {
-            return;
+        if waiter != me {
+            self.publish(self.keys().wake_channel(waiter), announcement(id, value));
         }
-        let store = self.clone();
-        let verb = if self.inner.config.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        };
-        let (channel, payload) = (self.keys().wake_channel(waiter), announcement(id, value));
-        tokio::spawn(async move {
-            let _: Result<i64, _> = store
-                .runner()
-                .query(redis::cmd(verb).arg(channel).arg(payload))
-                .await;
-        });
     }
 }
 
@@ -167,6 +214,7 @@ impl Rendezvous for RedisStore {
         for _ in 0..REGISTER_ROUNDS {
             // The common path: one command, the key was free.
             let Some(current) = set_nx_get(self.runner(), &key, &value, ttl).await? else {
+                self.broadcast(id, &value);
                 return Ok(true);
             };
             if current == value {
@@ -178,6 +226,7 @@ impl Rendezvous for RedisStore {
                 // place, and its node is told. Changed meanwhile: again.
                 if compare_and_swap(self.runner(), &key, &current, &value, ttl).await? {
                     self.wake(waiter, &owner.id, id, &value);
+                    self.broadcast(id, &value);
                     return Ok(true);
                 }
                 continue;
@@ -213,6 +262,10 @@ impl Rendezvous for RedisStore {
         waiter: &str,
         grace: Duration,
     ) -> Result<Option<NodeInfo>, StoreError> {
+        if self.legacy() {
+            // Nodes of the legacy format would not answer a waiter.
+            return self.lookup(id).await;
+        }
         // One command whatever it finds: the record, or a waiter left.
         let key = self.keys().reg(id);
         let value = set_nx_get(self.runner(), &key, &waiter_value(waiter), grace).await?;
@@ -285,6 +338,22 @@ impl Rendezvous for RedisStore {
             .arg(now)
             .ignore();
         let () = self.runner().pipeline(&nodes).await?;
+        if let Some(member) = self.formats_member(node) {
+            // Its own key: on a Cluster, its own slot.
+            let mut formats = redis::pipe();
+            formats
+                .cmd("ZADD")
+                .arg(self.keys().formats())
+                .arg(now + ms(ttl))
+                .arg(member)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(self.keys().formats())
+                .arg("-inf")
+                .arg(now)
+                .ignore();
+            let () = self.runner().pipeline(&formats).await?;
+        }
         // Read (and reset) the recovery flag whatever the key said.
         let recovered = self.inner.health.take_recovered();
         Ok(if existed && !recovered {
@@ -294,7 +363,26 @@ impl Rendezvous for RedisStore {
         })
     }
 
+    async fn node_formats(&self) -> Result<Vec<(String, Vec<u32>)>, StoreError> {
+        let members = live_members(self.runner(), &self.keys().formats(), now_ms()).await?;
+        Ok(members.iter().filter_map(|m| parse_formats(m)).collect())
+    }
+
+    fn use_format(&self, version: u32) {
+        let version = version.min(self.inner.config.max_format);
+        let was = self.inner.format.swap(version, Ordering::Relaxed);
+        if was != version {
+            info!(format = version, "cluster format in use");
+        }
+    }
+
     async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError> {
+        if let Some(member) = self.formats_member(node) {
+            let _: i64 = self
+                .runner()
+                .query(redis::cmd("ZREM").arg(self.keys().formats()).arg(member))
+                .await?;
+        }
         let _: i64 = self
             .runner()
             .query(redis::cmd("DEL").arg(self.keys().node(&node.id)))
@@ -311,11 +399,13 @@ impl Rendezvous for RedisStore {
     }
 
     fn watch_registrations(&self, node_id: &str) -> Option<mpsc::Receiver<Registered>> {
-        announce::watch(
-            &self.inner.config,
-            self.keys().wake_channel(node_id),
-            self.inner.health.clone(),
-        )
+        // The legacy channel too, where nodes of FORMAT_LEGACY publish
+        // every registration: silent once every node speaks a newer one.
+        let mut channels = vec![self.keys().registered_channel()];
+        if self.inner.config.max_format >= FORMAT_NEWEST {
+            channels.push(self.keys().wake_channel(node_id));
+        }
+        announce::watch(&self.inner.config, channels, self.inner.health.clone())
     }
 
     fn watch_recoveries(&self) -> Option<watch::Receiver<u64>> {

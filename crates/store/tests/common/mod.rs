@@ -63,8 +63,13 @@ pub(crate) fn reg(n: usize) -> RegistrationId {
 }
 
 /// A store on `config`, panicking if it cannot be made.
+/// It speaks the newest format at once, as a node does once its first
+/// heartbeat finds every live node speaks it.
 pub(crate) fn store(config: &RedisConfig) -> RedisStore {
-    RedisStore::new(config).expect("store")
+    use dtcp_store::Rendezvous;
+    let store = RedisStore::new(config).expect("store");
+    store.use_format(dtcp_store::FORMAT_NEWEST);
+    store
 }
 
 /// The node id the tests' waiting store waits as.
