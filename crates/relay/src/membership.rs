@@ -61,9 +61,10 @@ pub(crate) async fn run(node: Arc<Node>) {
         .await;
         match result {
             Ok((beat, alive)) => {
-                gauge!(NODES_ALIVE).set(alive as f64);
-                // Read on this timer, never on a pair's path.
+                // Read on this timer, never on a pair's path (and before
+                // the gauge, which tells that the node sees them).
                 node.per_ip.set_nodes(alive);
+                gauge!(NODES_ALIVE).set(alive as f64);
                 if !healthy {
                     info!("rendezvous store reachable again");
                 }
