@@ -10,11 +10,14 @@
 //! | `<prefix>node:<node id>` | the node's forward addr[ and its heartbeat seal] | heartbeat TTL |
 //! | `<prefix>srcset:<address>` | sorted set: the pending CREATEs from that client address, cluster-wide, scored by their expiry (`sources.rs`) | the pending TTL, from its last member |
 //! | `<prefix>nodes` | sorted set: `<node id> <forward addr>[ <heartbeat seal>]` scored by the heartbeat's expiry (ms) | none; expired members are trimmed |
+//! | `<prefix>formats` | sorted set: `<node id> <formats spoken, 1,2>` scored by the heartbeat's expiry (ms); a node of format 1 writes none | none; expired members are trimmed |
 //!
 //! A node is told of a registration it waits for on its own channel,
 //! `<prefix>wake:<node id>` (sharded pub/sub on a Redis Cluster, which
 //! needs Redis 7; `announce.rs`); a registration nobody waits for is
-//! published nowhere.
+//! published nowhere, unless a live node speaks only format 1
+//! ([`crate::FORMAT_LEGACY`]): then every registration is published on
+//! `<prefix>registered` too, as that format does.
 //!
 //! Only registration ids (hashes) and client addresses go into keys, never
 //! a key or a JID.
