@@ -855,3 +855,42 @@ async fn nodes_of_the_legacy_format_and_the_new_pair_both_ways() {
         after - before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_the_store_lost_is_left_again_and_answered() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let args = ["--connect-grace", "10"];
+    let [a, b] = [(); 2].map(|_| cluster_node(&urls, &args));
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    let t = triple("waiter-lost");
+    let key = format!("dtcp:reg:{}", t.registration_id());
+    let target = tokio::spawn({
+        let (t, addr) = (t.clone(), b.addr);
+        async move { Target::connect(addr, &t).await }
+    });
+    // The CONNECT's look left B's waiter in the record's place.
+    let waiter = format!("? {}", b.node_id);
+    eventually(Duration::from_secs(5), "the waiter", || async {
+        redis.cli(&["GET", &key]).trim() == waiter
+    })
+    .await;
+    let looks = || b.metric("dtcp_store_operations_total{op=\"lookup\"}");
+    let before = looks().await;
+    // The store loses it (a restart without persistence, as far as the
+    // keys go); B's next look leaves it again.
+    redis.cli(&["FLUSHALL"]);
+    assert_eq!(redis.cli(&["GET", &key]).trim(), "");
+    eventually(Duration::from_secs(8), "the waiter again", || async {
+        looks().await > before && redis.cli(&["GET", &key]).trim() == waiter
+    })
+    .await;
+    // A's CREATE finds it, replaces it by its record and tells B.
+    let mut i = Initiator::connect(a.addr, &t)
+        .await
+        .expect("initiator pairs");
+    let mut tg = target.await.unwrap().expect("the waiting target pairs");
+    i.write_all(b"found").await.unwrap();
+    assert_eq!(read_n(&mut tg, 5).await, b"found");
+}
