@@ -608,12 +608,12 @@ async fn grpc_health_turns_not_ready_while_a_node_drains() {
 async fn a_connect_that_comes_first_pairs_with_a_create_on_another_node() {
     let redis = RedisServer::start();
     let [a, b, _c] = three_nodes(&[redis.url()], &["--connect-grace", "5"]);
-    // Every node listens for announcements of new registrations, so that a
-    // waiting CONNECT looks again at once rather than at its next poll.
+    // Every node listens on its own channel, where the node that registers
+    // a CREATE it waits for tells it, so that a waiting CONNECT looks again
+    // at once rather than at its next poll.
     eventually(Duration::from_secs(5), "three subscribers", || async {
-        redis
-            .cli(&["PUBSUB", "NUMSUB", "dtcp:registered"])
-            .contains("\n3")
+        let channels = redis.cli(&["PUBSUB", "CHANNELS", "dtcp:wake:*"]);
+        channels.lines().filter(|l| !l.trim().is_empty()).count() == 3
     })
     .await;
     let t = triple("connect-first");
@@ -668,4 +668,229 @@ async fn an_idle_forwarded_session_is_closed_after_the_idle_timeout() {
         1.0,
     )
     .await;
+}
+
+/// Calls per command, from `INFO commandstats` (the calls scripts make
+/// included), leaving out the test's own `INFO`.
+fn command_calls(redis: &RedisServer) -> std::collections::HashMap<String, u64> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let n = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            (name != "info").then(|| (name.to_owned(), n))
+        })
+        .collect()
+}
+
+/// Commands of one heartbeat: `EXISTS` and `SET` of the node's key, `ZADD`
+/// and `ZREMRANGEBYSCORE` of the `nodes` set and of the `formats` set, and
+/// the script that reads each with its `ZRANGEBYSCORE`. Counted by the
+/// beats' `EXISTS`.
+const HEARTBEAT_COMMANDS: u64 = 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_across_nodes_costs_redis_four_commands_and_publishes_nothing() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let [a, b] = [(); 2].map(|_| cluster_node(&urls, &[]));
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    // The first pair loads what is loaded once.
+    let t = triple("warm-up");
+    drop(pair(a.addr, b.addr, &t).await);
+    a.wait_for("dtcp_pending_registrations", 0.0).await;
+    let before = command_calls(&redis);
+    const PAIRS: u64 = 40;
+    for n in 0..PAIRS {
+        // The CREATE first, as a Target told of it by its Initiator comes.
+        let t = triple(&format!("counted-{n}"));
+        let initiator = tokio::spawn({
+            let (t, addr) = (t.clone(), a.addr);
+            async move { Initiator::connect(addr, &t).await }
+        });
+        a.wait_for("dtcp_pending_registrations", 1.0).await;
+        let mut tg = Target::connect(b.addr, &t).await.expect("target pairs");
+        let mut i = initiator.await.unwrap().expect("initiator pairs");
+        i.write_all(b"x").await.unwrap();
+        assert_eq!(read_n(&mut tg, 1).await, b"x");
+        drop((i, tg));
+        a.wait_for("dtcp_pending_registrations", 0.0).await;
+    }
+    // The owners' removals run in tasks of their own: the last one done.
+    let mut used = Default::default();
+    for _ in 0..50 {
+        let after = command_calls(&redis);
+        used = after
+            .iter()
+            .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect::<std::collections::HashMap<_, _>>();
+        if used.get("getdel").copied().unwrap_or(0) >= PAIRS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let beats = used.get("exists").copied().unwrap_or(0);
+    let total: u64 = used.values().sum();
+    let pairs = total - beats * HEARTBEAT_COMMANDS;
+    eprintln!("{PAIRS} pairs: {total} commands, {beats} heartbeats: {used:?}");
+    assert_eq!(used.get("getdel"), Some(&PAIRS), "one removal a pair");
+    assert!(
+        pairs <= 4 * PAIRS,
+        "{pairs} commands for {PAIRS} pairs: {used:?}"
+    );
+    assert_eq!(
+        used.get("publish"),
+        None,
+        "a CREATE nobody waits for publishes nothing"
+    );
+}
+
+/// How many times `node` logged that it moved to cluster format `version`.
+fn format_in_use(node: &Relay, version: u64) -> usize {
+    node.logs()
+        .iter()
+        .filter(|l| {
+            l["message"] == "cluster format in use" && l["format"].as_u64() == Some(version)
+        })
+        .count()
+}
+
+/// `PAIRS` pairs at once between `x` and `y`, half with the CREATE on `x`,
+/// half on `y`, each CONNECT a moment before or after its CREATE.
+async fn pairs_both_ways(x: &Relay, y: &Relay, label: &str) {
+    const PAIRS: usize = 40;
+    let runs: Vec<_> = (0..PAIRS)
+        .map(|n| {
+            let (create, connect) = if n % 2 == 0 {
+                (x.addr, y.addr)
+            } else {
+                (y.addr, x.addr)
+            };
+            let t = triple(&format!("{label}-{n}"));
+            tokio::spawn(async move {
+                // CONNECT first on every other pair of each direction.
+                let connect_first = n % 4 >= 2;
+                let target = tokio::spawn({
+                    let t = t.clone();
+                    async move {
+                        if !connect_first {
+                            // A sleep: the CREATE's head start, a pair of its own.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Target::connect(connect, &t).await
+                    }
+                });
+                if connect_first {
+                    // A sleep: the CONNECT's head start.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let i = Initiator::connect(create, &t).await;
+                (i.is_ok(), target.await.unwrap().is_ok())
+            })
+        })
+        .collect();
+    for (n, run) in runs.into_iter().enumerate() {
+        assert_eq!(run.await.unwrap(), (true, true), "{label}: pair {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_the_legacy_format_and_the_new_pair_both_ways() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let args = ["--max-pending-per-ip", "10000", "--connect-grace", "5"];
+    let new = cluster_node(&urls, &args);
+    let mut legacy_args = args.to_vec();
+    legacy_args.extend(["--cluster-format-version", "1"]);
+    let mut old = cluster_node(&urls, &legacy_args);
+    new.wait_for("dtcp_nodes_alive", 2.0).await;
+    // The new node sees a node that lists no format: it speaks the old one
+    // (every registration published to every node, no waiters). It spoke
+    // the new one alone, before the other started.
+    eventually(
+        Duration::from_secs(5),
+        "the new node on format 1",
+        || async { format_in_use(&new, 1) == 1 },
+    )
+    .await;
+    let alone = format_in_use(&new, 2);
+    pairs_both_ways(&new, &old, "mixed").await;
+    let published = command_calls(&redis).get("publish").copied().unwrap_or(0);
+    assert!(
+        published > 0,
+        "registrations published as the old format does"
+    );
+
+    // The old node gone, the new one moves to format 2.
+    old.kill();
+    eventually(
+        Duration::from_secs(15),
+        "the new node on format 2",
+        || async { format_in_use(&new, 2) > alone },
+    )
+    .await;
+    let other = cluster_node(&urls, &args);
+    other.wait_for("dtcp_nodes_alive", 2.0).await;
+    eventually(
+        Duration::from_secs(5),
+        "the second new node on format 2",
+        || async { format_in_use(&other, 2) == 1 },
+    )
+    .await;
+    let before = command_calls(&redis).get("publish").copied().unwrap_or(0);
+    pairs_both_ways(&new, &other, "new").await;
+    let after = command_calls(&redis).get("publish").copied().unwrap_or(0);
+    // Only the CONNECTs that came first are told, one message each.
+    assert!(
+        after - before <= 20,
+        "{} messages for 40 pairs",
+        after - before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_the_store_lost_is_left_again_and_answered() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let args = ["--connect-grace", "10"];
+    let [a, b] = [(); 2].map(|_| cluster_node(&urls, &args));
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    let t = triple("waiter-lost");
+    let key = format!("dtcp:reg:{}", t.registration_id());
+    let target = tokio::spawn({
+        let (t, addr) = (t.clone(), b.addr);
+        async move { Target::connect(addr, &t).await }
+    });
+    // The CONNECT's look left B's waiter in the record's place.
+    let waiter = format!("? {}", b.node_id);
+    eventually(Duration::from_secs(5), "the waiter", || async {
+        redis.cli(&["GET", &key]).trim() == waiter
+    })
+    .await;
+    let looks = || b.metric("dtcp_store_operations_total{op=\"lookup\"}");
+    let before = looks().await;
+    // The store loses it (a restart without persistence, as far as the
+    // keys go); B's next look leaves it again.
+    redis.cli(&["FLUSHALL"]);
+    assert_eq!(redis.cli(&["GET", &key]).trim(), "");
+    eventually(Duration::from_secs(8), "the waiter again", || async {
+        looks().await > before && redis.cli(&["GET", &key]).trim() == waiter
+    })
+    .await;
+    // A's CREATE finds it, replaces it by its record and tells B.
+    let mut i = Initiator::connect(a.addr, &t)
+        .await
+        .expect("initiator pairs");
+    let mut tg = target.await.unwrap().expect("the waiting target pairs");
+    i.write_all(b"found").await.unwrap();
+    assert_eq!(read_n(&mut tg, 5).await, b"found");
 }

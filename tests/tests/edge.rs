@@ -402,6 +402,10 @@ async fn the_pending_limit_holds_across_nodes_and_without_the_store() {
                 .start()
         })
         .collect();
+    // Each node's share of the limit depends on how many nodes it sees.
+    for node in &nodes {
+        node.wait_for("dtcp_nodes_alive", 3.0).await;
+    }
     let source = loopback_source(7);
     let other = loopback_source(8);
 

@@ -1,7 +1,8 @@
 //! A cluster of relays on a Redis Cluster with replicas: the master holding
-//! the announcement channel's shard dies. Its replica takes over, the nodes
-//! follow it, and cross-node pairing keeps working (that the announcements
-//! themselves come back is the store's test, crates/store/tests/cluster.rs).
+//! the shard of a node's own channel (where it is told of the registrations
+//! it waits for) dies. Its replica takes over, the nodes follow it, and
+//! cross-node pairing keeps working (that the messages themselves come back
+//! is the store's test, crates/store/tests/cluster.rs).
 
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,7 @@ async fn cross_pair(a: &Relay, b: &Relay, name: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cross_node_pairing_survives_the_failover_of_the_announcement_shard() {
+async fn cross_node_pairing_survives_the_failover_of_a_waiting_nodes_shard() {
     let mut cluster = Cluster::start(3, 1);
     let urls = cluster.urls();
     let nodes = [0, 1, 2].map(|_| NodeOptions::cluster(&urls).connect_grace(5.0).start());
@@ -48,7 +49,9 @@ async fn cross_node_pairing_survives_the_failover_of_the_announcement_shard() {
         assert!(cross_pair(&nodes[k], &nodes[(k + 1) % 3], &name).await);
     }
 
-    let channel = format!("{PREFIX}registered");
+    // The shard of the channel where node 1, a CONNECT's node in every
+    // other pair, is told of the registrations it waits for.
+    let channel = format!("{PREFIX}wake:{}", nodes[1].node_id);
     let holder = cluster.master_of(&channel);
     cluster.nodes[holder].kill();
     let killed = Instant::now();

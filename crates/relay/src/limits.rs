@@ -9,8 +9,8 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -148,6 +148,10 @@ pub(crate) struct PerIpLimit {
     /// The next CREATE's entry in the store's count: from a random start,
     /// so that no two nodes' entries meet.
     next_entry: AtomicU64,
+    /// Pending CREATEs an address may hold on this node before the store
+    /// counts them, and the limit of the store's count beyond those, from
+    /// the live nodes ([`PerIpLimit::set_nodes`]).
+    shares: Mutex<(usize, usize)>,
 }
 
 impl PerIpLimit {
@@ -160,7 +164,23 @@ impl PerIpLimit {
             v6_prefix,
             store,
             next_entry: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
+            shares: Mutex::new((0, max)),
         })
+    }
+
+    /// `nodes` are alive: each may hold `max / (2 * nodes)` pending CREATEs
+    /// of an address without the store (no Redis command on a pair's path),
+    /// and the store counts those beyond against what the shares leave, at
+    /// least half of `max`, so that the whole cluster stays within `max`.
+    pub(crate) fn set_nodes(&self, nodes: usize) {
+        let share = self.max / (2 * nodes.max(1));
+        let shares = (share, self.max - share * nodes.max(1));
+        *self.shares.lock().unwrap_or_else(PoisonError::into_inner) = shares;
+    }
+
+    /// The limit of the store's count of an address.
+    pub(crate) fn store_max(&self) -> usize {
+        self.shares.lock().unwrap_or_else(PoisonError::into_inner).1
     }
 
     /// One more pending CREATE from `ip`, or `None` at the limit.
@@ -174,12 +194,16 @@ impl PerIpLimit {
             self.release(key, 0);
             return None;
         }
+        // Within this node's share: the store need not count it.
+        let share = self.shares.lock().unwrap_or_else(PoisonError::into_inner).0;
+        let within_share = *count < share;
         *count += 1;
         Some(IpGuard {
             limit: self.clone(),
             ip,
             entry: self.next_entry.fetch_add(1, Ordering::Relaxed),
             in_store: false,
+            within_share,
         })
     }
 
@@ -208,6 +232,9 @@ pub(crate) struct IpGuard {
     entry: u64,
     /// Counted in the shared store as well (or perhaps).
     in_store: bool,
+    /// Within the node's share of the address's limit: not counted in the
+    /// store ([`PerIpLimit::set_nodes`]).
+    within_share: bool,
 }
 
 impl IpGuard {
@@ -220,6 +247,12 @@ impl IpGuard {
     /// the store's cluster-wide count too.
     pub(crate) fn key(&self) -> IpAddr {
         client_key(self.ip, self.limit.v6_prefix)
+    }
+
+    /// Whether the store's cluster-wide count must count this CREATE (it
+    /// is past the node's share of its address's limit).
+    pub(crate) fn needs_store_count(&self) -> bool {
+        self.limit.store.is_some() && !self.within_share
     }
 
     /// This CREATE's entry in the store's count.

@@ -3,10 +3,11 @@
 //! store has lost them (docs/PROTOCOL.md section 3: a pending `CREATE` stays
 //! claimable through a Redis restart or failover).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtcp_store::Beat;
+use dtcp_store::{Beat, FORMAT_LEGACY, FORMAT_NEWEST};
 use metrics::{counter, gauge};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
@@ -52,11 +53,17 @@ pub(crate) async fn run(node: Arc<Node>) {
             let beat = node.trust.beating(&node.info);
             let beat = node.store.heartbeat(&beat, HEARTBEAT_TTL).await?;
             let live = node.store.live_nodes().await?;
-            Ok::<_, dtcp_store::StoreError>((beat, node.trust.count_nodes(&live)))
+            let formats = node.store.node_formats().await?;
+            let sealed = node.trust.sealed_nodes(&live);
+            node.store.use_format(common_format(&sealed, &formats));
+            Ok::<_, dtcp_store::StoreError>((beat, sealed.len()))
         }
         .await;
         match result {
             Ok((beat, alive)) => {
+                // Read on this timer, never on a pair's path (and before
+                // the gauge, which tells that the node sees them).
+                node.per_ip.set_nodes(alive);
                 gauge!(NODES_ALIVE).set(alive as f64);
                 if !healthy {
                     info!("rendezvous store reachable again");
@@ -112,5 +119,50 @@ async fn rewrite(node: &Node, why: &'static str) {
         Err(e) => {
             warn!(error = %e, registrations = records.len(), why, "rewriting pending registrations failed")
         }
+    }
+}
+
+/// The newest cluster format every node of `live` speaks, as `formats`
+/// lists them; a node they do not list (a release before format versions)
+/// speaks [`FORMAT_LEGACY`] only. A rolling upgrade so keeps pairing both
+/// ways, and moves to the new format when the last old node is gone.
+fn common_format(live: &HashSet<&str>, formats: &[(String, Vec<u32>)]) -> u32 {
+    let spoken: HashMap<&str, &[u32]> = formats
+        .iter()
+        .map(|(id, f)| (id.as_str(), f.as_slice()))
+        .collect();
+    let mut common = FORMAT_NEWEST;
+    for id in live {
+        let best = spoken
+            .get(id)
+            .and_then(|f| f.iter().copied().filter(|v| *v <= common).max())
+            .unwrap_or(FORMAT_LEGACY);
+        common = common.min(best);
+    }
+    common
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_format_every_live_node_speaks() {
+        let both = vec![FORMAT_LEGACY, FORMAT_NEWEST];
+        let formats = vec![("a".to_owned(), both.clone()), ("b".to_owned(), both)];
+        let live: HashSet<&str> = ["a", "b"].into();
+        assert_eq!(common_format(&live, &formats), FORMAT_NEWEST);
+        let live: HashSet<&str> = ["a", "b", "old"].into();
+        assert_eq!(
+            common_format(&live, &formats),
+            FORMAT_LEGACY,
+            "a node lists none"
+        );
+        let live: HashSet<&str> = HashSet::new();
+        assert_eq!(
+            common_format(&live, &formats),
+            FORMAT_NEWEST,
+            "no other node yet"
+        );
     }
 }

@@ -258,9 +258,9 @@ impl Relay {
                 }
             }));
         }
-        if let Some(mut registered) = node.store.watch_registrations() {
-            // Another node registered a CREATE: a CONNECT here waiting for
-            // it looks again now rather than at its next poll.
+        if let Some(mut registered) = node.store.watch_registrations(&node.info.id) {
+            // Another node registered a CREATE a CONNECT here left a waiter
+            // for: it looks again now rather than at its next poll.
             let node = node.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(announced) = registered.recv().await {

@@ -276,18 +276,19 @@ impl Trust {
         }
     }
 
-    /// How many distinct nodes of `live` beat with the cluster's seal: a
-    /// heartbeat the cluster did not write is not counted.
-    pub(crate) fn count_nodes(&self, live: &[NodeInfo]) -> usize {
-        let sealed: std::collections::HashSet<&str> = live
-            .iter()
+    /// The ids of the distinct nodes of `live` that beat with the
+    /// cluster's seal: a heartbeat the cluster did not write is not counted.
+    pub(crate) fn sealed_nodes<'a>(
+        &self,
+        live: &'a [NodeInfo],
+    ) -> std::collections::HashSet<&'a str> {
+        live.iter()
             .filter(|n| {
                 self.plane
                     .verify_heartbeat(&n.id, &n.forward_addr, n.seal.as_deref())
             })
             .map(|n| n.id.as_str())
-            .collect();
-        sealed.len()
+            .collect()
     }
 
     /// Whether `id`'s record naming `owner` was written by the cluster for

@@ -26,4 +26,6 @@ mod text;
 
 pub use memory::MemoryStore;
 pub use redis::{RedisConfig, RedisStore, RedisTls, SentinelConfig};
-pub use rendezvous::{Beat, NodeInfo, Registered, Rendezvous, StoreError, USED_MARKER};
+pub use rendezvous::{
+    Beat, FORMAT_LEGACY, FORMAT_NEWEST, NodeInfo, Registered, Rendezvous, StoreError, USED_MARKER,
+};

@@ -27,6 +27,17 @@ pub struct NodeInfo {
     pub seal: Option<String>,
 }
 
+/// The cluster format of the releases before format versions: every
+/// registration published to every node on one channel, looked up with a
+/// plain read, no waiter entries. A node whose heartbeat lists no formats
+/// speaks only this one.
+pub const FORMAT_LEGACY: u32 = 1;
+
+/// The newest cluster format: waiter entries, each node told on its own
+/// channel of the registrations it waits for, nothing published otherwise.
+/// Records and heartbeats are the same as in [`FORMAT_LEGACY`].
+pub const FORMAT_NEWEST: u32 = 2;
+
 /// The node id of the marker a signed key's registration leaves behind
 /// once it has paired (see [`Rendezvous::retire_if_owner`]); no relay
 /// node may have it (node ids are UUIDs or checked to be other words).
@@ -74,7 +85,8 @@ pub enum StoreError {
 #[async_trait]
 pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     /// Records `owner` as the holder of `id` for `ttl`, unless `id` is already
-    /// registered. Returns `false` on such a conflict.
+    /// registered. Returns `false` on such a conflict. A waiter entry in its
+    /// place ([`Rendezvous::lookup_or_wait`]) is replaced, and its node told.
     async fn register(
         &self,
         id: &RegistrationId,
@@ -84,6 +96,22 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
 
     /// The owner of `id`, if it is registered.
     async fn lookup(&self, id: &RegistrationId) -> Result<Option<NodeInfo>, StoreError>;
+
+    /// The owner of `id`, as [`Rendezvous::lookup`]; if `id` is not
+    /// registered, leaves in the same step a waiter entry naming the node
+    /// `waiter` for `grace` (unless one is there already), so that the
+    /// node that registers `id` within it tells that node
+    /// ([`Rendezvous::watch_registrations`]). A store with no other node
+    /// to tell leaves nothing.
+    async fn lookup_or_wait(
+        &self,
+        id: &RegistrationId,
+        waiter: &str,
+        grace: Duration,
+    ) -> Result<Option<NodeInfo>, StoreError> {
+        let _ = (waiter, grace);
+        self.lookup(id).await
+    }
 
     /// Removes `id` if, and only if, `owner` still holds it. Returns whether
     /// it removed anything.
@@ -116,8 +144,8 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     /// caller leaves out what has expired). On a Redis Cluster, where a
     /// pipeline cannot span slots, each is its own command, many in flight.
     ///
-    /// Not announced ([`Rendezvous::watch_registrations`]): a CONNECT waiting
-    /// for one of them finds it at its next look. Other operations run
+    /// A waiter entry left meanwhile is replaced by the record, and its
+    /// node told ([`Rendezvous::watch_registrations`]), as by `register`. Other operations run
     /// alongside; a failed batch is an error as a whole and may be retried
     /// as it is (a registration already written counts as `owner`'s).
     async fn register_many(
@@ -134,6 +162,20 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
 
     /// Withdraws `node`'s heartbeat (a clean shutdown), `node` as it beat.
     async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError>;
+
+    /// The cluster formats of the nodes whose heartbeats list theirs, by
+    /// node id (a node of a release before format versions lists none, and
+    /// speaks [`FORMAT_LEGACY`]). Written with each heartbeat of a node
+    /// that speaks a newer format. Empty for a store of one node.
+    async fn node_formats(&self) -> Result<Vec<(String, Vec<u32>)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Writes and asks in cluster format `version` from now on: the newest
+    /// every live node speaks, as the node finds on its heartbeat timer.
+    fn use_format(&self, version: u32) {
+        let _ = version;
+    }
 
     /// How many nodes have a live heartbeat, whoever wrote it.
     async fn nodes_alive(&self) -> Result<usize, StoreError>;
@@ -163,11 +205,17 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     /// does nothing.
     async fn uncount_source(&self, source: IpAddr, entry: u64) -> Result<(), StoreError>;
 
-    /// Registrations made by any node, and by whom, as they are made, when
-    /// the store can tell (Redis pub/sub). Best effort: a CONNECT that waits for its CREATE
-    /// is woken at once instead of at its next look; a missed one only waits
-    /// for that look. `None`: the store cannot tell (one node needs no help).
-    fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<Registered>> {
+    /// Registrations that node `node_id` waits for (it left a waiter entry,
+    /// [`Rendezvous::lookup_or_wait`]), and by whom, as they are made, when
+    /// the store can tell (Redis pub/sub, on the node's own channel). Best
+    /// effort: a CONNECT that waits for its CREATE is woken at once instead
+    /// of at its next look; a missed one only waits for that look. `None`:
+    /// the store cannot tell (one node needs no help).
+    fn watch_registrations(
+        &self,
+        node_id: &str,
+    ) -> Option<tokio::sync::mpsc::Receiver<Registered>> {
+        let _ = node_id;
         None
     }
 
@@ -196,8 +244,8 @@ pub enum Beat {
     Lost,
 }
 
-/// A registration another node announced: a CONNECT waiting for it can open
-/// its Bridge to `owner` without asking the store again.
+/// A registration a node waited for, made by another: a CONNECT waiting for
+/// it can open its Bridge to `owner` without asking the store again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
     /// The registration.

@@ -32,9 +32,11 @@ async fn announcements_survive_the_failover_of_their_shard() {
     let config = cluster.config(prefix);
     let writer = store(&config);
     let watcher = store(&config);
-    let mut announced = watcher.watch_registrations().expect("announcements");
+    let mut announced = watcher
+        .watch_registrations(common::WAITER)
+        .expect("announcements");
     assert!(
-        announcements_flow(&writer, &mut announced, 1_000, ANNOUNCEMENTS_BACK)
+        announcements_flow(&writer, &watcher, &mut announced, 1_000, ANNOUNCEMENTS_BACK)
             .await
             .is_some(),
         "announcements before the failover"
@@ -57,7 +59,7 @@ async fn announcements_survive_the_failover_of_their_shard() {
         assert_eq!(watcher.lookup(id).await.unwrap(), Some(me.clone()));
     }
 
-    let channel = format!("{prefix}registered");
+    let channel = format!("{prefix}wake:{}", common::WAITER);
     let holder = cluster.master_of(&channel);
     // A seed is not special: the one killed may be the first one.
     cluster.nodes[holder].kill();
@@ -86,7 +88,14 @@ async fn announcements_survive_the_failover_of_their_shard() {
             }
         })
     };
-    let back = announcements_flow(&writer, &mut announced, 10_000, ANNOUNCEMENTS_BACK).await;
+    let back = announcements_flow(
+        &writer,
+        &watcher,
+        &mut announced,
+        10_000,
+        ANNOUNCEMENTS_BACK,
+    )
+    .await;
     eprintln!(
         "Redis Cluster: the channel's master killed; announcements again after {:?}",
         back.map(|_| killed.elapsed())
@@ -134,7 +143,14 @@ async fn announcements_survive_the_failover_of_their_shard() {
         cluster.master_of(&channel) == holder
     });
     let switched = Instant::now();
-    let back = announcements_flow(&writer, &mut announced, 80_000, ANNOUNCEMENTS_BACK).await;
+    let back = announcements_flow(
+        &writer,
+        &watcher,
+        &mut announced,
+        80_000,
+        ANNOUNCEMENTS_BACK,
+    )
+    .await;
     eprintln!(
         "Redis Cluster: manual failover of the channel's shard; announcements again after {:?}",
         back.map(|_| switched.elapsed())

@@ -41,12 +41,14 @@ async fn the_store_follows_the_master_through_failovers() {
     let config = set.config("sent:");
     let writer = store(&config);
     let watcher = store(&config);
-    let mut announced = watcher.watch_registrations().expect("announcements");
+    let mut announced = watcher
+        .watch_registrations(common::WAITER)
+        .expect("announcements");
     let me = node("writer");
     let ttl = Duration::from_secs(60);
 
     assert!(
-        announcements_flow(&writer, &mut announced, 1_000, ANNOUNCEMENTS_BACK)
+        announcements_flow(&writer, &watcher, &mut announced, 1_000, ANNOUNCEMENTS_BACK)
             .await
             .is_some(),
         "announcements before any failover"
@@ -89,7 +91,8 @@ async fn the_store_follows_the_master_through_failovers() {
         new.cli(&["GET", &key(2)]).contains("writer"),
         "the write is on the new master"
     );
-    let back = announcements_flow(&writer, &mut announced, 3_000, ANNOUNCEMENTS_BACK).await;
+    let back =
+        announcements_flow(&writer, &watcher, &mut announced, 3_000, ANNOUNCEMENTS_BACK).await;
     eprintln!("manual failover: announcements again after {back:?}");
     assert!(back.is_some(), "announcements after the manual failover");
 
@@ -134,7 +137,14 @@ async fn the_store_follows_the_master_through_failovers() {
         Beat::Lost,
         "after a failover the node writes its registrations again"
     );
-    let back = announcements_flow(&writer, &mut announced, 20_000, ANNOUNCEMENTS_BACK).await;
+    let back = announcements_flow(
+        &writer,
+        &watcher,
+        &mut announced,
+        20_000,
+        ANNOUNCEMENTS_BACK,
+    )
+    .await;
     eprintln!(
         "master killed: announcements again {:?} after the kill",
         back.map(|_| killed.elapsed())

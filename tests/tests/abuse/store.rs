@@ -178,12 +178,14 @@ async fn a_redis_writer_cannot_make_nodes_read_or_log_planted_values() {
 
     phases.push(("record", peak.take()));
 
-    // 3. Announcements of 4 MB on the channel every node subscribes to.
-    for _ in 0..ANNOUNCEMENTS {
+    // 3. Messages of 4 MB on each node's own channel (where it is told of
+    // the registrations it waits for), half to each node.
+    let channels = [a.node_id.clone(), b.node_id.clone()].map(|id| format!("dtcp:wake:{id}"));
+    for n in 0..ANNOUNCEMENTS {
         eval(
             &redis,
             "return redis.call('PUBLISH', KEYS[1], ARGV[1] .. string.rep('y', tonumber(ARGV[2])))",
-            &["dtcp:registered"],
+            &[&channels[n % 2]],
             &[
                 &format!("0123456789abcdef0123456789abcdef{MARKER} "),
                 &PLANTED_BYTES.to_string(),

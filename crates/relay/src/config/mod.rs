@@ -289,6 +289,19 @@ pub struct Config {
     )]
     pub redis_prefix: String,
 
+    /// The newest cluster format this node speaks (1 or 2). For upgrades
+    /// only (docs/RUNBOOK.md): 1 makes it speak and present itself as a
+    /// node of the release before format versions. A node speaks the
+    /// newest format every live node speaks in any case.
+    #[arg(
+        long,
+        env = "DTCP_CLUSTER_FORMAT_VERSION",
+        default_value_t = dtcp_store::FORMAT_NEWEST,
+        value_parser = clap::value_parser!(u32).range(1..=2),
+        value_name = "N"
+    )]
+    pub cluster_format_version: u32,
+
     /// gRPC forwarding plane and gRPC health (cluster mode).
     #[arg(long, env = "DTCP_FORWARD_LISTEN", default_value = "0.0.0.0:7778")]
     pub forward_listen: SocketAddr,

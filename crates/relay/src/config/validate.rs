@@ -60,6 +60,7 @@ impl Config {
             )?,
             tls: self.redis_tls()?,
             prefix: self.redis_prefix.clone(),
+            max_format: self.cluster_format_version,
             connect_timeout: self.redis_connect_timeout,
             response_timeout: self.redis_response_timeout,
             operation_timeout: self.redis_operation_timeout,

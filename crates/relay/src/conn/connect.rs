@@ -30,23 +30,23 @@ use crate::session::forwarded;
 /// The `verb` label of this side.
 const VERB: Option<&str> = Some("connect");
 /// How soon a waiting CONNECT asks the shared store again (cluster mode),
-/// should no announcement have woken it; the wait doubles, with up to as
-/// much again of jitter, up to [`STORE_POLL_MAX`].
+/// should the registering node not have told it; the wait doubles, with up
+/// to as much again of jitter, up to [`STORE_POLL_MAX`].
 ///
-/// Announcements are what find a CREATE registered on another node: a
-/// waiting CONNECT looks once when it arrives, then whenever the CREATE's
-/// announcement comes (pending table: one look, no polling). Looking again
-/// without one is the fallback for an announcement that was lost (the
-/// subscription broke, the node fell behind reading them, or a registration
-/// was written back after the store lost it, which is not announced), so it
-/// is rare: with the default 5 s connect grace, about four lookups per
+/// A CONNECT that finds no record leaves a waiter entry in the same look,
+/// and the node whose CREATE registers within the grace tells this node on
+/// its own channel (pending table: one look, no polling). Looking again is
+/// the fallback for a message that was lost (the subscription broke, the
+/// node fell behind reading them, the store lost the waiter), so it is
+/// rare: with the default 5 s connect grace, about four lookups per
 /// waiting CONNECT rather than the forty of a 1 ms to 100 ms backoff, which
 /// let one address with thousands of waiting CONNECTs drive tens of
-/// thousands of Redis commands a second.
+/// thousands of Redis commands a second. Each look leaves the waiter again
+/// if the store lost it.
 const STORE_POLL_MIN: Duration = Duration::from_millis(500);
-/// The longest wait between two looks at the shared store without an
-/// announcement (twice this with jitter): what bounds, within the connect
-/// grace, how late a CONNECT finds a CREATE whose announcement was lost.
+/// The longest wait between two looks at the shared store without being
+/// told (twice this with jitter): what bounds, within the connect grace,
+/// how late a CONNECT finds a CREATE whose message was lost.
 const STORE_POLL_MAX: Duration = Duration::from_secs(2);
 
 /// What woke a waiting CONNECT.
@@ -120,9 +120,10 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
             }
             return;
         }
-        // One store round trip per look, none when another node announced
-        // the registration (and so its owner) since the last look.
-        match locate(&node, &id, client, expectation.announced_owner()).await {
+        // One store round trip per look (leaving a waiter if there is no
+        // record yet), none when the registering node told this one of the
+        // registration (and so its owner) since the last look.
+        match locate(&node, &id, client, expectation.announced_owner(), true).await {
             Located::Bridged(bridge, share) => break (bridge, share),
             Located::Refused(condition, text) => {
                 return refuse_dtcp(stream, VERB, condition, text).await;

@@ -167,29 +167,32 @@ pub(crate) async fn enrol(node: &Arc<Node>, stream: &TcpStream, request: &Reques
     let mut record = StoreRecord::new(node.clone(), id, request.key_expiry);
     let ttl = node.config.pending_ttl;
     let registering = node.store.register(&id, record.owner(), ttl);
-    let (registered, counted) = if node.cluster {
-        // The cluster-wide count of this address goes out beside the
-        // registration, on the store's one multiplexed connection: it costs
-        // a second command, not a second round trip.
+    // `None`: not counted in the store, nothing to uncount there.
+    let (registered, counted) = if node.cluster && per_ip.needs_store_count() {
+        // Past this node's share of the address's limit, the cluster-wide
+        // count goes out beside the registration, on the store's one
+        // multiplexed connection: it costs more commands, not a second
+        // round trip. Within the share (the common case) it costs nothing.
         let counting = node.store.count_source(
             per_ip.key(),
             per_ip.entry(),
-            node.per_ip.max,
+            node.per_ip.store_max(),
             ttl + SOURCE_COUNT_MARGIN,
         );
         let (registered, counted) = tokio::join!(registering, counting);
-        (registered, counted)
+        (registered, Some(counted))
     } else {
-        (registering.await, Ok(true))
+        (registering.await, None)
     };
     let over_cluster_limit = match counted {
-        Ok(true) => {
+        None => false,
+        Some(Ok(true)) => {
             per_ip.counted_in_store();
             false
         }
-        Ok(false) => true,
+        Some(Ok(false)) => true,
         // The store is down: the limit holds on this node alone.
-        Err(e) => {
+        Some(Err(e)) => {
             warn!(registration = %id, error = %e, "store count failed; the per-node limit holds");
             // Redis may have counted it all the same (a reply lost): an
             // entry uncounted that is not there is nothing, so uncount it

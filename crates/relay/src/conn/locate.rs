@@ -1,5 +1,6 @@
 //! Where a registration that is not in this node's pending table is held:
-//! the store's record of it (or the owner another node announced),
+//! the store's record of it (or the owner the registering node told this
+//! one of, answering the waiter entry a `CONNECT` left),
 //! checked, then a Bridge to its owner, which claims it there. A DTCP
 //! `CONNECT` and a XEP-0065 requester both find their registration so.
 
@@ -41,16 +42,27 @@ pub(crate) enum Located {
 /// Locates `id` for a claimant at `client` (the owner logs it) and, when
 /// another node holds it, has that node claim it through a Bridge.
 /// `announced`: the owner another node announced, if one did, which spares
-/// the store a lookup.
+/// the store a lookup. `wait`: a claimant that waits for its registration
+/// (a `CONNECT`) leaves a waiter entry in the same lookup when there is no
+/// record yet, so that the node that registers it tells this one.
 pub(crate) async fn locate(
     node: &Node,
     id: &RegistrationId,
     client: SocketAddr,
     announced: Option<NodeInfo>,
+    wait: bool,
 ) -> Located {
+    let looked = async {
+        if wait {
+            let grace = node.config.connect_grace;
+            node.store.lookup_or_wait(id, &node.info.id, grace).await
+        } else {
+            node.store.lookup(id).await
+        }
+    };
     let owner = match announced {
         Some(owner) => owner,
-        None => match node.store.lookup(id).await {
+        None => match looked.await {
             Ok(Some(owner)) => owner,
             Ok(None) => return Located::Unknown,
             Err(e) => {

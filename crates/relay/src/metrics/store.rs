@@ -117,6 +117,17 @@ impl Rendezvous for Instrumented {
         self.lookup.record(self.store.lookup(id)).await
     }
 
+    async fn lookup_or_wait(
+        &self,
+        id: &RegistrationId,
+        waiter: &str,
+        grace: Duration,
+    ) -> Result<Option<NodeInfo>, StoreError> {
+        self.lookup
+            .record(self.store.lookup_or_wait(id, waiter, grace))
+            .await
+    }
+
     async fn remove_if_owner(
         &self,
         id: &RegistrationId,
@@ -183,8 +194,19 @@ impl Rendezvous for Instrumented {
             .await
     }
 
-    fn watch_registrations(&self) -> Option<tokio::sync::mpsc::Receiver<Registered>> {
-        self.store.watch_registrations()
+    fn watch_registrations(
+        &self,
+        node_id: &str,
+    ) -> Option<tokio::sync::mpsc::Receiver<Registered>> {
+        self.store.watch_registrations(node_id)
+    }
+
+    async fn node_formats(&self) -> Result<Vec<(String, Vec<u32>)>, StoreError> {
+        self.nodes_alive.record(self.store.node_formats()).await
+    }
+
+    fn use_format(&self, version: u32) {
+        self.store.use_format(version);
     }
 
     fn watch_recoveries(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

@@ -93,7 +93,7 @@ pub(crate) async fn arrive(
             // Another node's waiter has this hash: claim it there.
             Enrolment::Taken(Here::Elsewhere, leftover) => {
                 drop(leftover);
-                match locate(&node, &id, request.client, None).await {
+                match locate(&node, &id, request.client, None, false).await {
                     Located::Bridged(bridge, share) => {
                         claimed_elsewhere(node, stream, slot, request, hash, bridge, share).await;
                         return None;

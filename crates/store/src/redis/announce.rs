@@ -28,22 +28,25 @@ const WATCH_QUEUE: usize = 4096;
 /// is noticed within this, plus one reply's time.
 const SUBSCRIPTION_CHECK: Duration = Duration::from_secs(2);
 
-/// Starts the subscription; `None` if `config` cannot make one.
+/// Starts one subscription per channel, all delivering to one receiver;
+/// `None` if `config` cannot make them.
 pub(crate) fn watch(
     config: &RedisConfig,
-    channel: String,
+    channels: Vec<String>,
     health: Arc<Health>,
 ) -> Option<mpsc::Receiver<Registered>> {
     let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-    let sub = Subscriber {
-        config: config.clone(),
-        channel,
-        tx,
-        health,
-    };
-    if config.is_cluster() {
-        tokio::spawn(sub.sharded());
-    } else {
+    for channel in channels {
+        let sub = Subscriber {
+            config: config.clone(),
+            channel,
+            tx: tx.clone(),
+            health: health.clone(),
+        };
+        if config.is_cluster() {
+            tokio::spawn(sub.sharded());
+            continue;
+        }
         let source = match &config.sentinel {
             Some(sentinel) => sentinel_client(config, sentinel).map(Source::Sentinel),
             None => single_client(config).map(Source::Fixed),

@@ -49,6 +49,11 @@ pub struct RedisConfig {
     /// Longest wait between two retries (and between two attempts to
     /// subscribe again to the announcements).
     pub retry_max_delay: Duration,
+    /// The newest cluster format this node speaks ([`crate::FORMAT_NEWEST`]
+    /// by default). [`crate::FORMAT_LEGACY`] makes it speak, and present
+    /// itself, as a node of the release before format versions: for
+    /// upgrades (docs/RUNBOOK.md) and their tests.
+    pub max_format: u32,
 }
 
 /// What a node presents and trusts on TLS connections to Redis (a managed
@@ -137,6 +142,7 @@ impl Default for RedisConfig {
             retries: Self::RETRIES,
             retry_min_delay: Self::RETRY_MIN_DELAY,
             retry_max_delay: Self::RETRY_MAX_DELAY,
+            max_format: crate::FORMAT_NEWEST,
         }
     }
 }

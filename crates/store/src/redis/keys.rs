@@ -34,9 +34,22 @@ impl Keys {
         format!("{}nodes", self.prefix)
     }
 
-    /// The channel registrations are announced on.
+    /// The sorted set of the formats each node speaks.
+    pub(crate) fn formats(&self) -> String {
+        format!("{}formats", self.prefix)
+    }
+
+    /// The channel every registration is published on in
+    /// [`crate::FORMAT_LEGACY`], which every node of that format listens to.
     pub(crate) fn registered_channel(&self) -> String {
         format!("{}registered", self.prefix)
+    }
+
+    /// The channel a node is told on that a registration it waits for
+    /// was made: its own, so that no node hears of the pairs of others
+    /// (and, sharded on a Redis Cluster, the channels spread over shards).
+    pub(crate) fn wake_channel(&self, node_id: &str) -> String {
+        format!("{}wake:{node_id}", self.prefix)
     }
 
     /// The pending CREATEs of one client address.

@@ -6,24 +6,31 @@
 //!
 //! | key | value | TTL |
 //! | --- | --- | --- |
-//! | `<prefix>reg:<registration id>` | `<node id> <forward addr>[ <seal>]` of the owner, or `- ` for a used signed key | pending TTL, or the key's expiry |
+//! | `<prefix>reg:<registration id>` | `<node id> <forward addr>[ <seal>]` of the owner, `- ` for a used signed key, or `? <node id>`: a waiter, the node of a `CONNECT` that came before its `CREATE` (`pairing.rs`) | pending TTL, the key's expiry, or the connect grace |
 //! | `<prefix>node:<node id>` | the node's forward addr[ and its heartbeat seal] | heartbeat TTL |
 //! | `<prefix>srcset:<address>` | sorted set: the pending CREATEs from that client address, cluster-wide, scored by their expiry (`sources.rs`) | the pending TTL, from its last member |
 //! | `<prefix>nodes` | sorted set: `<node id> <forward addr>[ <heartbeat seal>]` scored by the heartbeat's expiry (ms) | none; expired members are trimmed |
+//! | `<prefix>formats` | sorted set: `<node id> <formats spoken, 1,2>` scored by the heartbeat's expiry (ms); a node of format 1 writes none | none; expired members are trimmed |
 //!
-//! Registrations are announced on the channel `<prefix>registered` (sharded
-//! pub/sub on a Redis Cluster, which needs Redis 7; `announce.rs`).
+//! A node is told of a registration it waits for on its own channel,
+//! `<prefix>wake:<node id>` (sharded pub/sub on a Redis Cluster, which
+//! needs Redis 7; `announce.rs`); a registration nobody waits for is
+//! published nowhere, unless a live node speaks only format 1
+//! ([`crate::FORMAT_LEGACY`]): then every registration is published on
+//! `<prefix>registered` too, as that format does.
 //!
 //! Only registration ids (hashes) and client addresses go into keys, never
 //! a key or a JID.
 //!
-//! Redis is not trusted with sizes: records and `nodes` members are read
-//! only up to a bound (`bounded.rs`), announcements parsed only up to one
+//! Redis is not trusted with sizes: records are refused past a bound
+//! (read up to it by a plain look, `bounded.rs`; checked once read by the
+//! `SET ... GET` of a pair, `pairing.rs`), `nodes` members read only up to
+//! a bound, announcements parsed only up to one
 //! (`record.rs`), and a value is shown in errors and logs cut short and
 //! escaped.
 //!
 //! The files depend on each other one way: `store` on the others; `rewrite`
-//! on `bounded`; `bounded`, `rewrite` and `sources` on `run`; `run` and `announce` on `conn` and `health`;
+//! on `pairing`; `bounded`, `pairing`, `rewrite` and `sources` on `run`; `run` and `announce` on `conn` and `health`;
 //! `conn` on `config`; `keys` and `record` on nothing here. This file only
 //! names them.
 
@@ -33,6 +40,7 @@ mod config;
 mod conn;
 mod health;
 mod keys;
+mod pairing;
 mod record;
 mod rewrite;
 mod run;

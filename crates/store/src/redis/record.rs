@@ -41,6 +41,24 @@ pub(crate) fn beat_value(node: &NodeInfo) -> String {
     }
 }
 
+/// What a `CONNECT` that found no record leaves in its place, naming its
+/// node: `? <node id>`. No node id is `?`, and a record always has an
+/// address after its id, so no record reads as a waiter.
+pub(crate) fn waiter_value(node_id: &str) -> String {
+    format!("{WAITER_MARK} {node_id}")
+}
+
+/// The first word of a waiter entry.
+const WAITER_MARK: &str = "?";
+
+/// The node a waiter entry names, if `value` is one.
+pub(crate) fn parse_waiter(value: &str) -> Option<&str> {
+    value
+        .strip_prefix(WAITER_MARK)?
+        .strip_prefix(' ')
+        .filter(|id| !id.is_empty() && !id.contains(' '))
+}
+
 /// The owner a record names.
 pub(crate) fn parse_owner(value: &str) -> Result<NodeInfo, StoreError> {
     let (id, rest) = value
@@ -99,6 +117,16 @@ mod tests {
         let mut planted = id.as_bytes().to_vec();
         planted.extend(format!("a {}", "b".repeat(MAX_RECORD_LEN)).bytes());
         assert_eq!(parse_announcement(&planted), None, "oversize");
+    }
+
+    #[test]
+    fn waiters_are_not_records() {
+        let waiter = waiter_value("0b7c");
+        assert_eq!(parse_waiter(&waiter), Some("0b7c"));
+        let record = owner_value(&parse_owner("0b7c 10.0.0.1:7780").unwrap());
+        assert_eq!(parse_waiter(&record), None);
+        assert_eq!(parse_waiter(&owner_value(&NodeInfo::used())), None);
+        assert_eq!(parse_waiter("? a b"), None, "two words");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Writing registrations: one `SET NX`, and the rewrite of a node's pending
-//! registrations after the store may have lost them.
+//! The rewrite of a node's pending registrations after the store may have
+//! lost them: `SET NX` each, and a waiter entry found in a record's place
+//! replaced by it (its node is told by the caller).
 
 use std::time::Duration;
 
@@ -7,9 +8,9 @@ use dtcp_wire::RegistrationId;
 use futures_util::{StreamExt, TryStreamExt};
 use redis::{Cmd, Value};
 
-use super::bounded::get_record;
 use super::keys::Keys;
-use super::record::{MAX_RECORD_LEN, record_value};
+use super::pairing::{compare_and_set, set_nx_get};
+use super::record::{MAX_RECORD_LEN, parse_waiter, record_value};
 use super::run::{Runner, ms};
 use crate::rendezvous::{NodeInfo, StoreError};
 
@@ -26,22 +27,15 @@ const REWRITE_IN_FLIGHT: usize = 256;
 const REWRITE_ROUNDS: usize = 3;
 
 /// `SET key value NX PX ttl`.
-pub(crate) fn set_nx_cmd(key: &str, value: &str, ttl: Duration) -> Cmd {
+fn set_nx_cmd(key: &str, value: &str, ttl: Duration) -> Cmd {
     let mut cmd = redis::cmd("SET");
     cmd.arg(key).arg(value).arg("NX").arg("PX").arg(ms(ttl));
     cmd
 }
 
-/// `SET key value NX PX ttl`: whether the key was free and is now ours.
-pub(crate) async fn set_nx(
-    runner: &Runner,
-    key: &str,
-    value: &str,
-    ttl: Duration,
-) -> Result<bool, StoreError> {
-    let set: Option<String> = runner.query(&set_nx_cmd(key, value, ttl)).await?;
-    Ok(set.is_some())
-}
+/// What a rewrite did: whether `owner` holds each registration now, and
+/// the waiters it replaced (the registration's index, the waiting node).
+pub(crate) type Rewritten = (Vec<bool>, Vec<(usize, String)>);
 
 /// Writes again registrations `owner` holds ([`crate::Rendezvous::register_many`]).
 pub(crate) async fn register_many(
@@ -49,13 +43,20 @@ pub(crate) async fn register_many(
     keys: &Keys,
     owner: &NodeInfo,
     registrations: &[(RegistrationId, Duration, Option<String>)],
-) -> Result<Vec<bool>, StoreError> {
+) -> Result<Rewritten, StoreError> {
     if runner.conn().pipelines_span_keys() {
         let mut written = Vec::with_capacity(registrations.len());
-        for chunk in registrations.chunks(REWRITE_BATCH) {
-            written.extend(rewrite_chunk(runner, keys, owner, chunk).await?);
+        let mut woken = Vec::new();
+        for (n, chunk) in registrations.chunks(REWRITE_BATCH).enumerate() {
+            let (held, replaced) = rewrite_chunk(runner, keys, owner, chunk).await?;
+            written.extend(held);
+            woken.extend(
+                replaced
+                    .into_iter()
+                    .map(|(i, w)| (n * REWRITE_BATCH + i, w)),
+            );
         }
-        return Ok(written);
+        return Ok((written, woken));
     }
     // The futures are made first (they are lazy; `buffered` runs
     // REWRITE_IN_FLIGHT at a time): a closure inside the stream would not
@@ -68,10 +69,16 @@ pub(crate) async fn register_many(
             async move { rewrite_one(runner, &key, &value, *ttl).await }
         })
         .collect();
-    futures_util::stream::iter(rewrites)
+    let outcomes: Vec<(bool, Option<String>)> = futures_util::stream::iter(rewrites)
         .buffered(REWRITE_IN_FLIGHT)
         .try_collect()
-        .await
+        .await?;
+    let woken = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, w))| w.clone().map(|w| (i, w)))
+        .collect();
+    Ok((outcomes.into_iter().map(|(held, _)| held).collect(), woken))
 }
 
 /// Writes again one chunk of registrations in pipelines: all `SET NX`,
@@ -82,7 +89,7 @@ async fn rewrite_chunk(
     keys: &Keys,
     owner: &NodeInfo,
     chunk: &[(RegistrationId, Duration, Option<String>)],
-) -> Result<Vec<bool>, StoreError> {
+) -> Result<Rewritten, StoreError> {
     let keys: Vec<String> = chunk.iter().map(|(id, ..)| keys.reg(id)).collect();
     // One value per record: each seal covers its own registration.
     let values: Vec<String> = chunk
@@ -90,6 +97,7 @@ async fn rewrite_chunk(
         .map(|(_, _, seal)| record_value(owner, seal.as_deref()))
         .collect();
     let mut outcome: Vec<Option<bool>> = vec![None; chunk.len()];
+    let mut woken = Vec::new();
     for _ in 0..REWRITE_ROUNDS {
         let open: Vec<usize> = (0..chunk.len()).filter(|i| outcome[*i].is_none()).collect();
         if open.is_empty() {
@@ -122,29 +130,48 @@ async fn rewrite_chunk(
         }
         let holders: Vec<Vec<u8>> = runner.pipeline(&get).await?;
         for (&i, holder) in held.iter().zip(holders) {
+            // A CONNECT waits for it: the record takes the waiter's place
+            // (rare: one script each). Changed meanwhile: the next round.
+            if let Some(waiter) = std::str::from_utf8(&holder).ok().and_then(parse_waiter) {
+                let current = String::from_utf8_lossy(&holder);
+                if compare_and_set(runner, &keys[i], &current, &values[i], chunk[i].1).await? {
+                    outcome[i] = Some(true);
+                    woken.push((i, waiter.to_owned()));
+                }
+                continue;
+            }
             // Empty: it expired in between (no record is empty); the next
             // round writes it.
             outcome[i] = (!holder.is_empty()).then(|| holder == values[i].as_bytes());
         }
     }
     // Still open after every round: it keeps expiring under us; not ours.
-    Ok(outcome.into_iter().map(|o| o.unwrap_or(false)).collect())
+    let held = outcome.into_iter().map(|o| o.unwrap_or(false)).collect();
+    Ok((held, woken))
 }
 
-/// Writes again one registration on its own (Redis Cluster).
+/// Writes again one registration on its own (Redis Cluster): whether
+/// `owner` holds it now, and the node of the waiter it replaced.
 async fn rewrite_one(
     runner: &Runner,
     key: &str,
     value: &str,
     ttl: Duration,
-) -> Result<bool, StoreError> {
+) -> Result<(bool, Option<String>), StoreError> {
     for _ in 0..REWRITE_ROUNDS {
-        if set_nx(runner, key, value, ttl).await? {
-            return Ok(true);
-        }
-        if let Some(holder) = get_record(runner, key).await? {
-            return Ok(holder == value);
+        let current = match set_nx_get(runner, key, value, ttl).await {
+            Ok(None) => return Ok((true, None)),
+            Ok(Some(current)) => current,
+            // Planted past the bound, or not text: not ours.
+            Err(StoreError::Malformed(_)) => return Ok((false, None)),
+            Err(e) => return Err(e),
+        };
+        let Some(waiter) = parse_waiter(&current) else {
+            return Ok((current == value, None));
+        };
+        if compare_and_set(runner, key, &current, value, ttl).await? {
+            return Ok((true, Some(waiter.to_owned())));
         }
     }
-    Ok(false)
+    Ok((false, None))
 }

@@ -3,12 +3,13 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dtcp_wire::RegistrationId;
-use redis::Script;
 use tokio::sync::{mpsc, watch};
+use tracing::info;
 
 use super::announce;
 use super::bounded::{get_record, live_members};
@@ -16,26 +17,38 @@ use super::config::RedisConfig;
 use super::conn::is_tls_error;
 use super::health::Health;
 use super::keys::Keys;
-use super::record::{announcement, beat_value, owner_value, parse_owner};
-use super::rewrite::{self, set_nx};
+use super::pairing::{compare_and_delete, compare_and_set, compare_and_swap, set_nx_get};
+use super::record::{
+    announcement, beat_value, owner_value, parse_owner, parse_waiter, record_value, waiter_value,
+};
+use super::rewrite;
 use super::run::{Runner, ms, now_ms};
 use super::sources;
-use crate::rendezvous::{Beat, NodeInfo, Registered, Rendezvous, StoreError};
+use crate::rendezvous::{
+    Beat, FORMAT_LEGACY, FORMAT_NEWEST, NodeInfo, Registered, Rendezvous, StoreError,
+};
 
-/// Deletes a key only if it still holds the caller's value.
-const COMPARE_AND_DELETE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0";
+/// Rounds of "register, else replace the waiter found" for a waiter that
+/// changes in between (it expired, and another CONNECT left one).
+const REGISTER_ROUNDS: usize = 3;
 
-/// Replaces a key's value only if it still holds the expected one.
-const COMPARE_AND_SET: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0";
+/// A member of the `formats` set: a node id and the formats it speaks.
+fn parse_formats(member: &str) -> Option<(String, Vec<u32>)> {
+    let (id, list) = member.split_once(' ')?;
+    let formats = list
+        .split(',')
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    Some((id.to_owned(), formats))
+}
+
+/// The owner a value names: nobody for no value or a waiter entry.
+fn owner_of(value: Option<&str>) -> Result<Option<NodeInfo>, StoreError> {
+    match value {
+        Some(v) if parse_waiter(v).is_none() => parse_owner(v).map(Some),
+        _ => Ok(None),
+    }
+}
 
 /// The Redis rendezvous store.
 #[derive(Clone)]
@@ -47,7 +60,8 @@ struct Inner {
     runner: Runner,
     config: RedisConfig,
     keys: Keys,
-    cas: (Script, Script),
+    /// The cluster format written and asked in ([`Rendezvous::use_format`]).
+    format: AtomicU32,
     health: Arc<Health>,
 }
 
@@ -70,10 +84,9 @@ impl RedisStore {
                 runner: Runner::new(config, health.clone())?,
                 config: config.clone(),
                 keys: Keys::new(&config.prefix),
-                cas: (
-                    Script::new(COMPARE_AND_DELETE),
-                    Script::new(COMPARE_AND_SET),
-                ),
+                // Until the first heartbeat says who is alive: none, which
+                // is spoken as the legacy format every node speaks.
+                format: AtomicU32::new(0),
                 health,
             }),
         })
@@ -107,25 +120,84 @@ impl RedisStore {
         &self.inner.keys
     }
 
-    /// Tells every node that `id` is registered and by whom (the 32-byte id,
-    /// then the record's value), without making the CREATE wait for it: the
-    /// registration itself is already done. On a Redis Cluster the channel
-    /// is sharded (`SPUBLISH`, Redis 7): it lives on the shard of its slot,
-    /// where the subscribers are.
-    fn announce(&self, id: &RegistrationId, value: &str) {
+    /// `node`'s member of the `formats` set: its id and the formats it
+    /// speaks, `1,2`; none for a node that speaks only the legacy one (as
+    /// a node of that release writes none).
+    fn formats_member(&self, node: &NodeInfo) -> Option<String> {
+        let max = self.inner.config.max_format;
+        (max >= FORMAT_NEWEST).then(|| {
+            let spoken: Vec<String> = (FORMAT_LEGACY..=max).map(|v| v.to_string()).collect();
+            format!("{} {}", node.id, spoken.join(","))
+        })
+    }
+
+    /// Whether the store speaks the legacy format now (some live node
+    /// speaks nothing newer).
+    fn legacy(&self) -> bool {
+        self.inner.format.load(Ordering::Relaxed) < FORMAT_NEWEST
+    }
+
+    /// Publishes a registration to every node, as [`FORMAT_LEGACY`] does:
+    /// only while some live node speaks nothing newer.
+    fn broadcast(&self, id: &RegistrationId, value: &str) {
+        if self.legacy() {
+            self.publish(self.keys().registered_channel(), announcement(id, value));
+        }
+    }
+
+    /// Publishes `payload` on `channel`, without making the caller wait.
+    /// On a Redis Cluster the channel is sharded (`SPUBLISH`, Redis 7): it
+    /// lives on the shard of its slot, where its subscribers are.
+    fn publish(&self, channel: String, payload: Vec<u8>) {
         let store = self.clone();
         let verb = if self.inner.config.is_cluster() {
             "SPUBLISH"
         } else {
             "PUBLISH"
         };
-        let (channel, payload) = (self.keys().registered_channel(), announcement(id, value));
         tokio::spawn(async move {
             let _: Result<i64, _> = store
                 .runner()
                 .query(redis::cmd(verb).arg(channel).arg(payload))
                 .await;
         });
+    }
+
+    /// `key` is held by the record `current`, not ours: `false` (taken),
+    /// unless its node's heartbeat is gone (it crashed), which makes its
+    /// registration dead: taken over then, rather than answering
+    /// `conflict` until the old record expires. Not the common path.
+    async fn held_elsewhere(
+        &self,
+        key: &str,
+        current: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let holder = parse_owner(current)?;
+        if holder.is_used() {
+            // A signed key that already paired: void until it expires.
+            return Ok(false);
+        }
+        let alive: bool = self
+            .runner()
+            .query(redis::cmd("EXISTS").arg(self.keys().node(&holder.id)))
+            .await?;
+        if alive {
+            return Ok(false);
+        }
+        compare_and_set(self.runner(), key, current, value, ttl).await
+    }
+
+    /// Tells node `waiter`, which left a waiter entry for `id`, that `id`
+    /// is registered and by whom (the 32-byte id, then the record's value),
+    /// on its own channel, without making the CREATE wait for it: the
+    /// registration itself is already done. A waiter of this node is woken
+    /// by its own pending table.
+    pub(crate) fn wake(&self, waiter: &str, me: &str, id: &RegistrationId, value: &str) {
+        if waiter != me {
+            self.publish(self.keys().wake_channel(waiter), announcement(id, value));
+        }
     }
 }
 
@@ -139,54 +211,30 @@ impl Rendezvous for RedisStore {
     ) -> Result<bool, StoreError> {
         let key = self.keys().reg(id);
         let value = owner_value(owner);
-        if set_nx(self.runner(), &key, &value, ttl).await? {
-            self.announce(id, &value);
-            return Ok(true);
-        }
-        let current = get_record(self.runner(), &key).await?;
-        let Some(current) = current else {
-            // Expired in between: try once more.
-            return set_nx(self.runner(), &key, &value, ttl).await;
-        };
-        if current == value {
-            // Our own write, answered late (a retried command).
-            return Ok(true);
-        }
-        // Held by another node. If that node's heartbeat is gone (it crashed),
-        // its registration is dead: take it over rather than answer `conflict`
-        // until the old record expires.
-        let holder = parse_owner(&current)?;
-        if holder.is_used() {
-            // A signed key that already paired: void until it expires.
-            return Ok(false);
-        }
-        let alive: bool = self
-            .runner()
-            .query(redis::cmd("EXISTS").arg(self.keys().node(&holder.id)))
-            .await?;
-        if alive {
-            return Ok(false);
-        }
-        let ttl_ms = ms(ttl).to_string();
-        let cas = &self.inner.cas.1;
-        let replaced: i64 = self
-            .runner()
-            .run(|mut c| {
-                let (key, current, value, ttl_ms) = (&key, &current, &value, &ttl_ms);
-                async move {
-                    cas.key(key)
-                        .arg(current)
-                        .arg(value)
-                        .arg(ttl_ms)
-                        .invoke_async(&mut c)
-                        .await
+        for _ in 0..REGISTER_ROUNDS {
+            // The common path: one command, the key was free.
+            let Some(current) = set_nx_get(self.runner(), &key, &value, ttl).await? else {
+                self.broadcast(id, &value);
+                return Ok(true);
+            };
+            if current == value {
+                // Our own write, answered late (a retried command).
+                return Ok(true);
+            }
+            if let Some(waiter) = parse_waiter(&current) {
+                // A CONNECT came first and waits: the record takes its
+                // place, and its node is told. Changed meanwhile: again.
+                if compare_and_swap(self.runner(), &key, &current, &value, ttl).await? {
+                    self.wake(waiter, &owner.id, id, &value);
+                    self.broadcast(id, &value);
+                    return Ok(true);
                 }
-            })
-            .await?;
-        if replaced == 1 {
-            self.announce(id, &value);
+                continue;
+            }
+            return self.held_elsewhere(&key, &current, &value, ttl).await;
         }
-        Ok(replaced == 1)
+        // A waiter that keeps changing under us: as if taken.
+        Ok(false)
     }
 
     async fn count_source(
@@ -205,7 +253,23 @@ impl Rendezvous for RedisStore {
 
     async fn lookup(&self, id: &RegistrationId) -> Result<Option<NodeInfo>, StoreError> {
         let value = get_record(self.runner(), &self.keys().reg(id)).await?;
-        value.as_deref().map(parse_owner).transpose()
+        owner_of(value.as_deref())
+    }
+
+    async fn lookup_or_wait(
+        &self,
+        id: &RegistrationId,
+        waiter: &str,
+        grace: Duration,
+    ) -> Result<Option<NodeInfo>, StoreError> {
+        if self.legacy() {
+            // Nodes of the legacy format would not answer a waiter.
+            return self.lookup(id).await;
+        }
+        // One command whatever it finds: the record, or a waiter left.
+        let key = self.keys().reg(id);
+        let value = set_nx_get(self.runner(), &key, &waiter_value(waiter), grace).await?;
+        owner_of(value.as_deref())
     }
 
     async fn remove_if_owner(
@@ -213,17 +277,7 @@ impl Rendezvous for RedisStore {
         id: &RegistrationId,
         owner: &NodeInfo,
     ) -> Result<bool, StoreError> {
-        let key = self.keys().reg(id);
-        let value = owner_value(owner);
-        let cad = &self.inner.cas.0;
-        let removed: i64 = self
-            .runner()
-            .run(|mut c| {
-                let (key, value) = (&key, &value);
-                async move { cad.key(key).arg(value).invoke_async(&mut c).await }
-            })
-            .await?;
-        Ok(removed == 1)
+        compare_and_delete(self.runner(), &self.keys().reg(id), &owner_value(owner)).await
     }
 
     async fn retire_if_owner(
@@ -232,25 +286,9 @@ impl Rendezvous for RedisStore {
         owner: &NodeInfo,
         keep_for: Duration,
     ) -> Result<bool, StoreError> {
-        let key = self.keys().reg(id);
         let (value, used) = (owner_value(owner), owner_value(&NodeInfo::used()));
-        let ttl_ms = ms(keep_for).to_string();
-        let cas = &self.inner.cas.1;
-        let replaced: i64 = self
-            .runner()
-            .run(|mut c| {
-                let (key, value, used, ttl_ms) = (&key, &value, &used, &ttl_ms);
-                async move {
-                    cas.key(key)
-                        .arg(value)
-                        .arg(used)
-                        .arg(ttl_ms)
-                        .invoke_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
-        Ok(replaced == 1)
+        let key = self.keys().reg(id);
+        compare_and_swap(self.runner(), &key, &value, &used, keep_for).await
     }
 
     async fn register_many(
@@ -258,7 +296,18 @@ impl Rendezvous for RedisStore {
         owner: &NodeInfo,
         registrations: &[(RegistrationId, Duration, Option<String>)],
     ) -> Result<Vec<bool>, StoreError> {
-        rewrite::register_many(self.runner(), self.keys(), owner, registrations).await
+        let (held, woken) =
+            rewrite::register_many(self.runner(), self.keys(), owner, registrations).await?;
+        for (i, waiter) in woken {
+            let (id, _, seal) = &registrations[i];
+            self.wake(
+                &waiter,
+                &owner.id,
+                id,
+                &record_value(owner, seal.as_deref()),
+            );
+        }
+        Ok(held)
     }
 
     async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<Beat, StoreError> {
@@ -289,6 +338,22 @@ impl Rendezvous for RedisStore {
             .arg(now)
             .ignore();
         let () = self.runner().pipeline(&nodes).await?;
+        if let Some(member) = self.formats_member(node) {
+            // Its own key: on a Cluster, its own slot.
+            let mut formats = redis::pipe();
+            formats
+                .cmd("ZADD")
+                .arg(self.keys().formats())
+                .arg(now + ms(ttl))
+                .arg(member)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(self.keys().formats())
+                .arg("-inf")
+                .arg(now)
+                .ignore();
+            let () = self.runner().pipeline(&formats).await?;
+        }
         // Read (and reset) the recovery flag whatever the key said.
         let recovered = self.inner.health.take_recovered();
         Ok(if existed && !recovered {
@@ -298,7 +363,26 @@ impl Rendezvous for RedisStore {
         })
     }
 
+    async fn node_formats(&self) -> Result<Vec<(String, Vec<u32>)>, StoreError> {
+        let members = live_members(self.runner(), &self.keys().formats(), now_ms()).await?;
+        Ok(members.iter().filter_map(|m| parse_formats(m)).collect())
+    }
+
+    fn use_format(&self, version: u32) {
+        let version = version.min(self.inner.config.max_format);
+        let was = self.inner.format.swap(version, Ordering::Relaxed);
+        if was != version {
+            info!(format = version, "cluster format in use");
+        }
+    }
+
     async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError> {
+        if let Some(member) = self.formats_member(node) {
+            let _: i64 = self
+                .runner()
+                .query(redis::cmd("ZREM").arg(self.keys().formats()).arg(member))
+                .await?;
+        }
         let _: i64 = self
             .runner()
             .query(redis::cmd("DEL").arg(self.keys().node(&node.id)))
@@ -314,12 +398,14 @@ impl Rendezvous for RedisStore {
         Ok(())
     }
 
-    fn watch_registrations(&self) -> Option<mpsc::Receiver<Registered>> {
-        announce::watch(
-            &self.inner.config,
-            self.keys().registered_channel(),
-            self.inner.health.clone(),
-        )
+    fn watch_registrations(&self, node_id: &str) -> Option<mpsc::Receiver<Registered>> {
+        // The legacy channel too, where nodes of FORMAT_LEGACY publish
+        // every registration: silent once every node speaks a newer one.
+        let mut channels = vec![self.keys().registered_channel()];
+        if self.inner.config.max_format >= FORMAT_NEWEST {
+            channels.push(self.keys().wake_channel(node_id));
+        }
+        announce::watch(&self.inner.config, channels, self.inner.health.clone())
     }
 
     fn watch_recoveries(&self) -> Option<watch::Receiver<u64>> {

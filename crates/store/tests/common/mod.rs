@@ -63,14 +63,25 @@ pub(crate) fn reg(n: usize) -> RegistrationId {
 }
 
 /// A store on `config`, panicking if it cannot be made.
+/// It speaks the newest format at once, as a node does once its first
+/// heartbeat finds every live node speaks it.
 pub(crate) fn store(config: &RedisConfig) -> RedisStore {
-    RedisStore::new(config).expect("store")
+    use dtcp_store::Rendezvous;
+    let store = RedisStore::new(config).expect("store");
+    store.use_format(dtcp_store::FORMAT_NEWEST);
+    store
 }
 
-/// Registers fresh ids through `publisher` until `watcher` receives one of
-/// them, for at most `limit`; returns how long it took.
+/// The node id the tests' waiting store waits as.
+pub(crate) const WAITER: &str = "watcher";
+
+/// Leaves a waiter for fresh ids through `waiter` (as node [`WAITER`]), and
+/// registers each through `publisher`, until `watcher` (the subscription of
+/// node [`WAITER`]) is told of one of them, for at most `limit`; returns how
+/// long it took.
 pub(crate) async fn announcements_flow(
     publisher: &RedisStore,
+    waiter: &RedisStore,
     watcher: &mut tokio::sync::mpsc::Receiver<Registered>,
     first_id: usize,
     limit: Duration,
@@ -82,6 +93,9 @@ pub(crate) async fn announcements_flow(
     while started.elapsed() < limit {
         let id = reg(n);
         n += 1;
+        let _ = waiter
+            .lookup_or_wait(&id, WAITER, Duration::from_secs(60))
+            .await;
         let _ = publisher
             .register(&id, &owner, Duration::from_secs(60))
             .await;

@@ -1,0 +1,172 @@
+//! Pairing through waiter entries, against a real `redis-server`: a
+//! `CREATE` nobody waits for publishes nothing, a `CONNECT` that came
+//! first is told on its node's own channel, a rewrite after a flush
+//! answers the waiters left meanwhile, and a pair costs Redis four
+//! commands (`INFO commandstats`, the calls scripts make included).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Server, node, reg, store};
+use dtcp_store::{NodeInfo, RedisConfig, Rendezvous};
+
+/// How long a test waits for a message it expects.
+const TOLD_WITHIN: Duration = Duration::from_secs(5);
+
+fn config(redis: &Server, prefix: &str) -> RedisConfig {
+    RedisConfig {
+        urls: vec![redis.url()],
+        prefix: prefix.into(),
+        ..RedisConfig::default()
+    }
+}
+
+/// Calls per command since the server started, from `INFO commandstats`.
+fn calls(redis: &Server) -> HashMap<String, u64> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let n = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), n))
+        })
+        .collect()
+}
+
+/// The calls of `after` past `before`, per command, leaving out those of
+/// the test's own `redis-cli` (`INFO`).
+fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap<String, u64> {
+    after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_nobody_waits_for_publishes_nothing_and_a_waiter_is_told() {
+    let redis = Server::start(&[]);
+    let config = config(&redis, "w:");
+    let (a, b) = (store(&config), store(&config));
+    let (owner, grace) = (node("owner"), Duration::from_secs(5));
+    let mut told = b.watch_registrations("b").expect("a subscription");
+    // The subscription is made in the background: wait until it is.
+    common::wait_until(TOLD_WITHIN, "the subscription", || {
+        redis.cli(&["PUBSUB", "NUMSUB", "w:wake:b"]).contains("\n1")
+    });
+
+    // Nobody waits: registered, looked up, removed; nothing published.
+    let before = calls(&redis);
+    assert!(a.register(&reg(1), &owner, grace).await.unwrap());
+    assert_eq!(
+        b.lookup_or_wait(&reg(1), "b", grace).await.unwrap(),
+        Some(owner.clone())
+    );
+    assert!(a.remove_if_owner(&reg(1), &owner).await.unwrap());
+    let used = delta(&before, &calls(&redis));
+    assert_eq!(used.get("publish"), None, "{used:?}");
+    assert_eq!(a.lookup(&reg(1)).await.unwrap(), None, "removed");
+
+    // B's CONNECT comes first: it leaves a waiter (which a plain lookup
+    // reads as nothing), A's CREATE replaces it and tells B alone.
+    assert_eq!(b.lookup_or_wait(&reg(2), "b", grace).await.unwrap(), None);
+    assert_eq!(a.lookup(&reg(2)).await.unwrap(), None);
+    assert_eq!(
+        b.lookup_or_wait(&reg(2), "b", grace).await.unwrap(),
+        None,
+        "a second look leaves the waiter as it is"
+    );
+    assert!(a.register(&reg(2), &owner, grace).await.unwrap());
+    let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
+    let message = message.expect("told in time").expect("a message");
+    assert_eq!((message.id, message.owner), (reg(2), owner.clone()));
+    assert_eq!(a.lookup(&reg(2)).await.unwrap(), Some(owner.clone()));
+    // A second CREATE of it is a conflict, as ever (its owner is alive).
+    a.heartbeat(&owner, Duration::from_secs(60)).await.unwrap();
+    assert!(!b.register(&reg(2), &node("other"), grace).await.unwrap());
+
+    // A waiter of the registering node itself is replaced, no message.
+    assert_eq!(
+        a.lookup_or_wait(&reg(3), "owner", grace).await.unwrap(),
+        None
+    );
+    let before = calls(&redis);
+    assert!(a.register(&reg(3), &owner, grace).await.unwrap());
+    assert_eq!(delta(&before, &calls(&redis)).get("publish"), None);
+
+    // The store lost a record; a CONNECT left a waiter in its place; the
+    // owner's rewrite replaces it and tells the waiting node.
+    redis.cli(&["FLUSHALL"]);
+    assert_eq!(b.lookup_or_wait(&reg(2), "b", grace).await.unwrap(), None);
+    let rewritten = a
+        .register_many(&owner, &[(reg(2), grace, None)])
+        .await
+        .unwrap();
+    assert_eq!(rewritten, [true]);
+    let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
+    let message = message.expect("told in time").expect("a message");
+    assert_eq!(message.id, reg(2));
+
+    // Removal and retirement leave another's value as it was.
+    let other = node("other");
+    assert!(!a.remove_if_owner(&reg(2), &other).await.unwrap());
+    assert!(!a.retire_if_owner(&reg(2), &other, grace).await.unwrap());
+    assert_eq!(a.lookup(&reg(2)).await.unwrap(), Some(owner.clone()));
+    assert!(a.retire_if_owner(&reg(2), &owner, grace).await.unwrap());
+    let marker = a.lookup(&reg(2)).await.unwrap();
+    assert!(marker.is_some_and(|m| m.is_used()), "a used marker");
+    assert!(!a.register(&reg(2), &owner, grace).await.unwrap(), "void");
+}
+
+/// A pair as the relay makes one across two nodes (the per-source count is
+/// not on this path: a node counts an address in the store only past its
+/// share of the limit), `n` times: at most four commands each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_costs_redis_four_commands() {
+    let redis = Server::start(&[]);
+    let config = config(&redis, "n:");
+    let (a, b) = (store(&config), store(&config));
+    let owner = NodeInfo {
+        seal: Some("c2VhbA".into()),
+        ..node("owner")
+    };
+    let (ttl, grace) = (Duration::from_secs(300), Duration::from_secs(5));
+    // Scripts loaded, connections made: not what a pair costs.
+    assert!(a.register(&reg(0), &owner, ttl).await.unwrap());
+    assert!(a.remove_if_owner(&reg(0), &owner).await.unwrap());
+    assert!(a.register(&reg(0), &owner, ttl).await.unwrap());
+    assert!(a.retire_if_owner(&reg(0), &owner, ttl).await.unwrap());
+    let n = 200;
+    let before = calls(&redis);
+    for i in 1..=n {
+        let id = reg(i);
+        assert!(a.register(&id, &owner, ttl).await.unwrap());
+        assert_eq!(
+            b.lookup_or_wait(&id, "b", grace).await.unwrap(),
+            Some(owner.clone())
+        );
+        // Half plain keys, half signed keys that stay void once used.
+        let removed = if i % 2 == 0 {
+            a.remove_if_owner(&id, &owner).await.unwrap()
+        } else {
+            a.retire_if_owner(&id, &owner, ttl).await.unwrap()
+        };
+        assert!(removed);
+    }
+    let used = delta(&before, &calls(&redis));
+    let total: u64 = used.values().sum();
+    eprintln!("{n} pairs: {total} commands {used:?}");
+    assert!(
+        total <= 4 * n as u64,
+        "{total} commands for {n} pairs: {used:?}"
+    );
+}
