@@ -115,7 +115,7 @@ impl Code {
 }
 
 fn list(place: usize) -> &'static [&'static str; 256] {
-    if place % 2 == 0 {
+    if place.is_multiple_of(2) {
         &words::EVEN
     } else {
         &words::ODD
