@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dtcp_client::Initiator;
 use dtcp_client::code::{self, Code};
-use dtcp_tests::testkit::{Output as To, Process};
+use dtcp_tests::testkit::{Output as To, Process, wait_until};
 use dtcp_tests::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -318,7 +318,7 @@ async fn a_third_party_first_gets_one_failed_try_and_the_receiver_is_told() {
         .unwrap();
     assert_eq!(r.status.code(), Some(EXIT_AUTH), "{}", stderr(&r));
     assert!(
-        stderr(&r).contains("someone else used this code first"),
+        stderr(&r).contains("already tried once with a wrong code"),
         "{}",
         stderr(&r)
     );
@@ -432,9 +432,50 @@ fn an_existing_file_is_replaced_only_with_overwrite() {
     assert!(std::fs::read(out.join("f.bin")).unwrap() == std::fs::read(&file).unwrap());
 }
 
+#[test]
+fn code_mode_takes_the_direct_path_when_the_sender_listens() {
+    let relay = NodeOptions::new().start();
+    let dir = tempdir("direct");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let file = dir.join("f.bin");
+    write_file(&file, 2 << 20, 8);
+    let (mut s, code) = send(
+        relay.addr,
+        &["--listen", "127.0.0.1", file.to_str().unwrap()],
+    );
+    // The command printed for the receiver carries the candidate list.
+    let lines = s.lines();
+    let find = || lines.find_map(|l| l.strip_prefix("on the other side run: ").map(str::to_owned));
+    s.wait_ready(WAIT, || find().is_some());
+    let command = find().unwrap();
+    let list = command.split('\'').nth(1).expect("quoted candidates");
+    let mut child = Command::new(bin("dtcp"))
+        .args(["recv", "--candidates", list, "--code-file", "-"])
+        .current_dir(&out)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{code}").unwrap();
+    let r = child.wait_with_output().unwrap();
+    ok(&r, "recv");
+    assert!(stderr(&r).contains("connected directly"), "{}", stderr(&r));
+    assert_eq!(exit_code(&mut s, "send"), Some(0));
+    assert!(std::fs::read(out.join("f.bin")).unwrap() == std::fs::read(&file).unwrap());
+}
+
+/// The command line of `p`, once it runs `dtcp` (not the test binary it
+/// was forked from).
 fn cmdline(p: &Process) -> String {
-    let raw = std::fs::read(format!("/proc/{}/cmdline", p.pid().unwrap())).unwrap();
-    String::from_utf8_lossy(&raw).replace('\0', " ")
+    let read = || {
+        let raw = std::fs::read(format!("/proc/{}/cmdline", p.pid().unwrap())).unwrap();
+        String::from_utf8_lossy(&raw).replace('\0', " ")
+    };
+    wait_until(WAIT, "dtcp's own command line", || {
+        read().contains("--relay")
+    });
+    read()
 }
 
 #[test]
@@ -443,21 +484,17 @@ fn no_key_or_code_in_the_command_line_of_the_documented_flows() {
     let dir = tempdir("cmdline");
     let file = dir.join("f.bin");
     write_file(&file, 1 << 10, 7);
+    let relay_s = relay.addr.to_string();
 
-    // Code mode: the sender makes the code, the receiver reads it from stdin.
+    // Code mode: the sender makes the code, the receiver reads it from
+    // stdin; both are checked while they wait.
     let recv_dir = dir.join("received");
     std::fs::create_dir_all(&recv_dir).unwrap();
     let (mut s, code) = send(relay.addr, &[file.to_str().unwrap()]);
     let parsed: Code = code.parse().unwrap();
     let mut r = Process::new(
         bin("dtcp"),
-        [
-            "recv",
-            "--relay",
-            &relay.addr.to_string(),
-            "--code-file",
-            "-",
-        ],
+        ["recv", "--relay", &relay_s, "--code-file", "-"],
     )
     .current_dir(&recv_dir)
     .stdin_piped()
@@ -472,55 +509,46 @@ fn no_key_or_code_in_the_command_line_of_the_documented_flows() {
     assert_eq!(exit_code(&mut r, "recv"), Some(0));
     assert_eq!(exit_code(&mut s, "send"), Some(0));
 
-    // Explicit mode: the key from a file and from a variable the user names.
+    // Explicit mode: the key from a file and from a variable the user
+    // names. The sender reads its data from stdin, held open until both
+    // command lines are read.
     let key = "explicit-secret-key";
     let key_file = dir.join("key");
     std::fs::write(&key_file, format!("{key}\n")).unwrap();
     let session = ["--from", "alice@a.example", "--to", "bob@b.example"];
-    let relay_s = relay.addr.to_string();
-    let mut s = Process::new(
-        bin("dtcp"),
-        [
-            &[
-                "send",
-                "--relay",
-                &relay_s,
-                "--key-file",
-                key_file.to_str().unwrap(),
-            ][..],
-            &session[..],
-            &[file.to_str().unwrap()][..],
-        ]
-        .concat(),
-    )
-    .stderr(To::Lines);
+    let send_args = [
+        "send",
+        "--relay",
+        &relay_s,
+        "--key-file",
+        key_file.to_str().unwrap(),
+        "-",
+    ];
+    let mut s = Process::new(bin("dtcp"), [&send_args[..], &session[..]].concat())
+        .stdin_piped()
+        .stderr(To::Lines);
     s.spawn();
     let out = dir.join("explicit.bin");
-    let mut r = Process::new(
-        bin("dtcp"),
-        [
-            &[
-                "recv",
-                "--relay",
-                &relay_s,
-                "--key-env",
-                "MY_KEY",
-                "-o",
-                out.to_str().unwrap(),
-            ][..],
-            &session[..],
-        ]
-        .concat(),
-    )
-    .env("MY_KEY", key)
-    .stderr(To::Lines);
+    let recv_args = [
+        "recv",
+        "--relay",
+        &relay_s,
+        "--key-env",
+        "MY_KEY",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let mut r = Process::new(bin("dtcp"), [&recv_args[..], &session[..]].concat())
+        .env("MY_KEY", key)
+        .stderr(To::Lines);
     r.spawn();
     for p in [&s, &r] {
-        if p.is_running() {
-            let line = cmdline(p);
-            assert!(!line.contains(key), "{line}");
-        }
+        let line = cmdline(p);
+        assert!(!line.contains(key), "{line}");
     }
+    let mut stdin = s.take_stdin().unwrap();
+    stdin.write_all(&std::fs::read(&file).unwrap()).unwrap();
+    drop(stdin);
     assert_eq!(exit_code(&mut r, "recv"), Some(0));
     assert_eq!(exit_code(&mut s, "send"), Some(0));
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&file).unwrap());

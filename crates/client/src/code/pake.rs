@@ -58,7 +58,7 @@ pub enum PakeError {
     /// The sender already saw a wrong guess for this code and refuses to
     /// run the exchange again.
     #[error(
-        "someone else used this code first with a wrong guess, so the sender stopped: nothing was transferred, ask the sender for a new code"
+        "this code was already tried once with a wrong code (a typo, or someone else), so the sender stopped using it: nothing was transferred, ask the sender for a new code"
     )]
     Burned,
     /// End-to-end TLS failed.
