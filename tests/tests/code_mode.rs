@@ -286,9 +286,13 @@ fn a_wrong_code_fails_both_sides_with_the_auth_status_and_writes_nothing() {
     let file = dir.join("f.bin");
     write_file(&file, 1 << 20, 4);
     let (mut s, code) = send(relay.addr, &["--notify-wait", "0", file.to_str().unwrap()]);
-    let r = recv(relay.addr, &wrong(&code), &out, &[]);
+    let r = recv(relay.addr, &wrong(&code), &out, &["--json"]);
     assert_eq!(r.status.code(), Some(EXIT_AUTH), "{}", stderr(&r));
     assert!(stderr(&r).contains("wrong code"), "{}", stderr(&r));
+    let line: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(line["event"], "error");
+    assert_eq!(line["kind"], "auth");
+    assert_eq!(line["exit"], EXIT_AUTH);
     assert_eq!(exit_code(&mut s, "send"), Some(EXIT_AUTH));
     assert!(s.lines().contains("wrong code"));
     assert!(entries(&out).is_empty(), "{:?}", entries(&out));
@@ -552,4 +556,34 @@ fn no_key_or_code_in_the_command_line_of_the_documented_flows() {
     assert_eq!(exit_code(&mut r, "recv"), Some(0));
     assert_eq!(exit_code(&mut s, "send"), Some(0));
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&file).unwrap());
+}
+
+#[test]
+fn network_failures_completions_and_the_man_page() {
+    // Nothing listens on a port just released: the network status, 4.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = Command::new(bin("dtcp"))
+        .args(["recv", "--relay", &closed.to_string(), "--wait", "0"])
+        .args(["--code-env", "CODE"])
+        .env("CODE", Code::generate().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("dtcp")).args(args).output().unwrap();
+        ok(&out, "dtcp");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(run(&["completions", "bash"]).contains("--code-file"));
+    let man = run(&["man"]);
+    assert!(man.starts_with(".ie") || man.contains(".TH"), "{man}");
+    let help = run(&["recv", "--help"]);
+    assert!(
+        help.contains("--key-file") && help.contains("readable by every local user"),
+        "{help}"
+    );
 }
