@@ -36,10 +36,16 @@ pub(crate) fn prompt(what: &str) -> anyhow::Result<String> {
             "no {what}: type it at the prompt on a terminal, or give --{what}-file FILE (`-`: standard input) or --{what}-env VAR"
         );
     }
-    eprint!("{what}: ");
-    std::io::stderr().flush().ok();
-    let line = read_line(std::io::stdin().lock()).context("reading the prompt")?;
-    non_empty(line, what)
+    let line = if what == "key" {
+        // A key is kept and reused: not echoed. A code is one-time and
+        // echoed, so that a typo shows before the one try is spent.
+        rpassword::prompt_password("key (not shown): ").context("reading the prompt")?
+    } else {
+        eprint!("{what}: ");
+        std::io::stderr().flush().ok();
+        read_line(std::io::stdin().lock()).context("reading the prompt")?
+    };
+    non_empty(line.trim().to_owned(), what)
 }
 
 fn read_line(r: impl BufRead) -> std::io::Result<String> {
