@@ -187,6 +187,21 @@ fn a_file_and_a_directory_with_odd_names_through_one_relay() {
     assert_eq!(exit_code(&mut s, "send"), Some(0));
     assert_eq!(tree(&tree_root), tree(&out.join("tree")));
     assert_eq!(entries(&out), ["in file ü.bin", "tree"], "no .part left");
+    // -o an existing directory: the sender's name in it.
+    let (mut s, code) = send(relay.addr, &[tree_root.to_str().unwrap()]);
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    ok(
+        &recv(
+            relay.addr,
+            &code,
+            &dir,
+            &["-o", elsewhere.to_str().unwrap()],
+        ),
+        "recv",
+    );
+    assert_eq!(exit_code(&mut s, "send"), Some(0));
+    assert_eq!(tree(&tree_root), tree(&elsewhere.join("tree")));
 }
 
 #[test]

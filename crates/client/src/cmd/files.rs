@@ -202,8 +202,9 @@ pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Decides where to write: `-o` (`-`: standard output), else in code mode
-/// the sender's name in the current directory, else standard output.
+/// Decides where to write: `-o` (`-`: standard output; an existing
+/// directory: the sender's name in it), else in code mode the sender's name
+/// in the current directory, else standard output.
 pub(crate) fn place(
     output: Option<&Path>,
     header: Option<&Header>,
@@ -212,6 +213,10 @@ pub(crate) fn place(
     let kind = header.map_or(Kind::Stdin, |h| h.kind);
     let path = match (output, header) {
         (Some(p), _) if p == Path::new("-") => None,
+        // An existing directory takes the sender's name inside it.
+        (Some(p), Some(h)) if p.is_dir() && h.kind != Kind::Stdin => {
+            Some(p.join(safe_name(&h.name)?))
+        }
         (Some(p), _) => Some(p.to_owned()),
         (None, Some(h)) if h.kind != Kind::Stdin => Some(PathBuf::from(safe_name(&h.name)?)),
         (None, _) => None,
