@@ -382,7 +382,12 @@ async fn hostile_send(relay: SocketAddr, code: &Code, tar: &[u8]) {
     s.flush().await.unwrap();
     assert_eq!(s.read_u8().await.unwrap(), 0x06, "the receiver takes it");
     let mut src = tar;
-    let _ = dtcp_client::transfer::send(&mut s, &mut src, Some(tar.len() as u64), |_| {}).await;
+    let sent = dtcp_client::transfer::send(&mut s, &mut src, Some(tar.len() as u64), |_| {}).await;
+    // The receiver confirms only what it unpacked.
+    assert!(
+        matches!(sent, Err(dtcp_client::transfer::TransferError::NoAck)),
+        "{sent:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -106,7 +106,9 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         style(&bar, size, route);
         bar.set_draw_target(ProgressDrawTarget::stderr());
     };
-    let got = transfer::receive(s, &mut dst, on_size, |n| bar.inc(n)).await;
+    // Confirmed only once the file is in place (or the directory unpacked),
+    // so that the sender reports success only then.
+    let got = transfer::receive_unconfirmed(s, &mut dst, on_size, |n| bar.inc(n)).await;
     dst.shutdown().await.ok();
     drop(dst);
     if let (Err(_), Some(part)) = (&got, &part) {
@@ -124,6 +126,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         }
         _ => None,
     };
+    transfer::confirm(s).await?;
     if let Some(path) = path {
         eprintln!("received {}", path.display());
     }
