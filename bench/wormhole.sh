@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 SIZE_MIB=${SIZE_MIB:-1024} RUNS=${RUNS:-3}
 OUT=${OUT:-target/bench/wormhole.jsonl}
-VENV=.cache/wormhole-venv
+VENV=$PWD/.cache/wormhole-venv
 DTCP=$PWD/target/release/dtcp RELAY=$PWD/target/release/dtcp-relay
 [ -x "$DTCP" ] && [ -x "$RELAY" ] || { echo "cargo build --release --bins first" >&2; exit 1; }
 command -v wormhole >/dev/null || apt-get install -y --no-install-recommends magic-wormhole >/dev/null
@@ -40,9 +40,10 @@ trap cleanup EXIT
 # CPU seconds (user + system) a live process has used so far.
 cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
 
-"$VENV/bin/twist" wormhole-mailbox --port tcp:24080:interface=127.0.0.1 >"$WORK/mailbox.log" 2>&1 &
+# The servers keep their databases (relay.sqlite) in the current directory.
+(cd "$WORK" && exec "$VENV/bin/twist" wormhole-mailbox --port tcp:24080:interface=127.0.0.1 >mailbox.log 2>&1) &
 PIDS+=($!)
-"$VENV/bin/twist" transitrelay --port tcp:24081:interface=127.0.0.1 >"$WORK/transit.log" 2>&1 &
+(cd "$WORK" && exec "$VENV/bin/twist" transitrelay --port tcp:24081:interface=127.0.0.1 >transit.log 2>&1) &
 TRANSIT=$!; PIDS+=($TRANSIT)
 "$RELAY" --listen 127.0.0.1:27787 --metrics-listen 127.0.0.1:29787 >"$WORK/relay.log" 2>&1 &
 DRELAY=$!; PIDS+=($DRELAY)
