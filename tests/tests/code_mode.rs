@@ -607,3 +607,41 @@ fn network_failures_completions_and_the_man_page() {
         "{help}"
     );
 }
+
+#[test]
+fn with_signed_keys_the_key_finds_the_session_and_the_code_secures_it() {
+    let secret = "code-mode-key-secret";
+    let relay = Relay::start(&["--key-secret", secret]);
+    let dir = tempdir("signed");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let file = dir.join("f.bin");
+    write_file(&file, 1 << 20, 9);
+
+    // A code alone derives a key the relay did not sign: refused (3).
+    let (mut s, code) = send(relay.addr, &[file.to_str().unwrap()]);
+    assert_eq!(exit_code(&mut s, "send"), Some(3));
+    let r = recv(relay.addr, &code, &out, &["--wait", "0"]);
+    assert_eq!(r.status.code(), Some(3), "{}", stderr(&r));
+
+    // The signed key and its JIDs, plus --code on both sides.
+    let t = signed_triple("code-mode", secret, 60);
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, t.key()).unwrap();
+    let ids = [
+        "--key-file",
+        key_file.to_str().unwrap(),
+        "--from",
+        t.initiator(),
+        "--to",
+        t.target(),
+        "--code",
+    ];
+    let (mut s, code) = send(
+        relay.addr,
+        &[&ids[..], &[file.to_str().unwrap()][..]].concat(),
+    );
+    ok(&recv(relay.addr, &code, &out, &ids), "recv");
+    assert_eq!(exit_code(&mut s, "send"), Some(0));
+    assert!(std::fs::read(out.join("f.bin")).unwrap() == std::fs::read(&file).unwrap());
+}

@@ -39,10 +39,16 @@ pub(crate) struct Session {
     /// The Target's (receiver's) JID (explicit mode).
     #[arg(long = "to", value_name = "TARGET_JID")]
     target: Option<String>,
+    /// Explicit mode with a code as well, for a relay that takes only
+    /// signed keys: the key finds the session, the code secures it as in
+    /// code mode. `send` makes the code; `recv` asks for it.
+    #[arg(long = "code")]
+    pub(crate) with_code: bool,
 }
 
 impl Session {
-    /// Explicit mode: a key or a JID was given. Otherwise code mode.
+    /// Explicit mode: a key or a JID was given. Otherwise code mode (and
+    /// `--code` changes nothing).
     pub(crate) fn explicit(&self) -> bool {
         self.key.is_some()
             || self.key_file.is_some()

@@ -36,23 +36,22 @@ pub(crate) async fn recv(
     report: &Report,
 ) -> anyhow::Result<()> {
     let explicit = session.explicit();
-    if explicit && code.given() {
-        bail!("a code is for code mode: leave out the key and the JIDs");
-    }
-    let code = (!explicit).then(|| code.code()).transpose()?;
+    let with_code = !explicit || session.with_code || code.given();
+    let code = with_code.then(|| code.code()).transpose()?;
     let triple = match &code {
-        Some(c) => c.triple(),
-        None => session.triple()?,
+        Some(c) if !explicit => c.triple(),
+        _ => session.triple()?,
     };
     let fingerprint = opts
         .fingerprint
         .as_deref()
         .map(tls::parse_fingerprint)
         .transpose()?;
-    // Explicit mode knows where it writes before it connects: refuse early.
-    let place = match explicit {
-        true => Some(files::place(opts.output.as_deref(), None, opts.overwrite)?),
-        false => None,
+    // Without a code (so without the sender's header) where to write is
+    // known before connecting: refuse early.
+    let place = match code {
+        None => Some(files::place(opts.output.as_deref(), None, opts.overwrite)?),
+        Some(_) => None,
     };
     let paired = claim(&candidates, &triple, &opts.timeouts, opts.wait).await?;
     announce(&paired, "sender");

@@ -32,12 +32,12 @@ pub(crate) async fn send(
         bail!("give --relay HOST:PORT, --listen ADDR, or both");
     }
     let explicit = session.explicit();
-    let code = (!explicit).then(Code::generate);
+    let code = (!explicit || session.with_code).then(Code::generate);
     let triple = match &code {
-        Some(c) => c.triple(),
-        None => session.triple()?,
+        Some(c) if !explicit => c.triple(),
+        _ => session.triple()?,
     };
-    let mut src = files::open(file, !explicit).await?;
+    let mut src = files::open(file, code.is_some()).await?;
     let identity = if use_tls && explicit {
         let id = tls::Identity::generate()?;
         eprintln!("TLS fingerprint: {}", id.fingerprint());
@@ -141,6 +141,9 @@ fn receiver_command(
     list: &dtcp_client::Candidates,
 ) -> String {
     let mut cmd = String::from("dtcp recv");
+    if session.explicit() {
+        cmd.push_str(" --code (with the same key and JIDs)");
+    }
     if !addrs.is_empty() {
         cmd.push_str(&format!(" --candidates '{list}'"));
     } else if let Some(relay) = &session.relay
