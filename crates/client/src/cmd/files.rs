@@ -140,7 +140,7 @@ pub(crate) async fn open(path: &Path, dirs: bool) -> anyhow::Result<Source> {
     let (file, kind) = if meta.is_dir() {
         if !dirs {
             return Err(local_error(format!(
-                "{} is a directory: directories are sent in code mode (no key)",
+                "{} is a directory: directories are sent with a code (no key, or --code)",
                 path.display()
             )));
         }
