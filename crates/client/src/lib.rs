@@ -43,19 +43,28 @@
 //!
 //! [`transfer`] holds the framing the `dtcp` tool uses to send one file.
 //!
+//! # Code mode
+//!
+//! Instead of a key and two JIDs agreed out of band, the sender makes a
+//! short [`code::Code`] and the receiver types it: [`code::Code::triple`]
+//! gives both the same [`Triple`] (what the relay sees), and
+//! [`code::sender`] / [`code::receiver`] secure the paired stream with TLS
+//! authenticated by SPAKE2 on the code.
+//!
 //! # Where things are
 //!
 //! This file holds the two roles, [`Initiator`] and [`Target`];
 //! `handshake.rs` the exchange they both make (one command, exactly its
 //! reply: [`pair`], [`read_reply`], [`ClientError`]); [`candidates`] the
-//! candidate list; [`direct`] the direct-first offer and its fallback, one
-//! file per part; [`tls`] end-to-end TLS; [`transfer`] the file framing.
+//! candidate list; [`code`] code mode; [`direct`] the direct-first offer
+//! and its fallback, one file per part; [`tls`] end-to-end TLS; [`transfer`] the file framing.
 //! `main.rs` and `cmd/` are the `dtcp` tool, built on this library and not
 //! part of it.
 
 #![forbid(unsafe_code)]
 
 pub mod candidates;
+pub mod code;
 pub mod direct;
 mod handshake;
 pub mod tls;

@@ -115,8 +115,25 @@ pub async fn accept(
 /// Target side: sends `STARTTLS\0`, waits for `OK\0`, and connects with TLS,
 /// trusting only the certificate with this SHA-256 fingerprint.
 pub async fn connect(
-    mut stream: TcpStream,
+    stream: TcpStream,
     fingerprint: [u8; 32],
+) -> Result<client::TlsStream<TcpStream>, ClientError> {
+    connect_with(stream, Some(fingerprint)).await
+}
+
+/// Target side without a fingerprint: takes whatever certificate the
+/// Initiator shows. Only for a caller that authenticates the session itself
+/// afterwards, as code mode does by binding its key exchange to the TLS
+/// exporter ([`crate::code::pake`]).
+pub async fn connect_unpinned(
+    stream: TcpStream,
+) -> Result<client::TlsStream<TcpStream>, ClientError> {
+    connect_with(stream, None).await
+}
+
+async fn connect_with(
+    mut stream: TcpStream,
+    fingerprint: Option<[u8; 32]>,
 ) -> Result<client::TlsStream<TcpStream>, ClientError> {
     stream.write_all(STARTTLS).await?;
     expect(
@@ -166,11 +183,11 @@ fn tls_err(e: rustls::Error) -> ClientError {
     ClientError::Tls(e.to_string())
 }
 
-/// Trusts one certificate, named by its SHA-256 fingerprint, and checks the
-/// handshake signatures against it as usual.
+/// Trusts one certificate, named by its SHA-256 fingerprint (`None`: any),
+/// and checks the handshake signatures against it as usual.
 #[derive(Debug)]
 struct Pinned {
-    fingerprint: [u8; 32],
+    fingerprint: Option<[u8; 32]>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -184,7 +201,11 @@ impl ServerCertVerifier for Pinned {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if bool::from(seen.ct_eq(&self.fingerprint)) {
+        let trusted = match &self.fingerprint {
+            Some(fp) => bool::from(seen.ct_eq(fp)),
+            None => true,
+        };
+        if trusted {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(

@@ -101,6 +101,25 @@ pub async fn receive<S, W>(
     stream: &mut S,
     dst: &mut W,
     on_size: impl FnOnce(Option<u64>),
+    progress: impl FnMut(u64),
+) -> Result<u64, TransferError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let got = receive_unconfirmed(stream, dst, on_size, progress).await?;
+    confirm(stream).await?;
+    Ok(got)
+}
+
+/// [`receive`] without the ACK: for a receiver that has more to do before
+/// the sender may report success (move the file into place, unpack it),
+/// then calls [`confirm`]. Without it the sender reports
+/// [`TransferError::NoAck`].
+pub async fn receive_unconfirmed<S, W>(
+    stream: &mut S,
+    dst: &mut W,
+    on_size: impl FnOnce(Option<u64>),
     mut progress: impl FnMut(u64),
 ) -> Result<u64, TransferError>
 where
@@ -140,9 +159,14 @@ where
         progress(n as u64);
     }
     dst.flush().await?;
+    Ok(got)
+}
+
+/// Tells the sender everything arrived: the ACK, then end of stream.
+pub async fn confirm<S: AsyncWrite + Unpin>(stream: &mut S) -> Result<(), TransferError> {
     stream.write_all(&[ACK]).await?;
     stream.shutdown().await?;
-    Ok(got)
+    Ok(())
 }
 
 #[cfg(test)]

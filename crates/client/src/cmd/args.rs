@@ -1,35 +1,116 @@
 //! The arguments `dtcp send` and `dtcp recv` share, and what they mean: the
-//! session (relay, key, JIDs), `--listen` values and the addresses they
-//! stand for, durations in seconds, and the receiver's candidate list.
+//! session (relay; a key and JIDs in explicit mode, a code otherwise),
+//! `--listen` values and the addresses they stand for, durations in
+//! seconds, and the receiver's candidate list.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use dtcp_client::code::Code;
 use dtcp_client::direct::interface_addrs;
 use dtcp_client::{Candidate, Candidates};
 use dtcp_wire::Triple;
+
+use super::secret;
 
 #[derive(Debug, Args)]
 pub(crate) struct Session {
     /// The relay, `HOST:PORT` (optional for `send --listen` and `recv --candidates`).
     #[arg(long, env = "DTCP_RELAY", value_name = "HOST:PORT")]
     pub(crate) relay: Option<String>,
-    /// The key both sides agreed on.
-    #[arg(long, env = "DTCP_KEY", hide_env_values = true)]
-    key: String,
-    /// The Initiator's (sender's) JID.
+    /// The key both sides agreed on (explicit mode), for scripts only: while
+    /// dtcp runs, every local user can read a value given here (ps,
+    /// /proc/PID/cmdline) and claim the session first. Prefer --key-file,
+    /// --key-env, or the prompt.
+    #[arg(long, env = "DTCP_KEY", hide_env_values = true, value_name = "KEY")]
+    key: Option<String>,
+    /// Read the key from this file's first line (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Read the key from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    key_env: Option<String>,
+    /// The Initiator's (sender's) JID (explicit mode).
     #[arg(long = "from", value_name = "INITIATOR_JID")]
-    initiator: String,
-    /// The Target's (receiver's) JID.
+    initiator: Option<String>,
+    /// The Target's (receiver's) JID (explicit mode).
     #[arg(long = "to", value_name = "TARGET_JID")]
-    target: String,
+    target: Option<String>,
+    /// Explicit mode with a code as well, for a relay that takes only
+    /// signed keys: the key finds the session, the code secures it as in
+    /// code mode. `send` makes the code; `recv` asks for it.
+    #[arg(long = "code")]
+    pub(crate) with_code: bool,
 }
 
 impl Session {
+    /// Explicit mode: a key or a JID was given. Otherwise code mode (and
+    /// `--code` changes nothing).
+    pub(crate) fn explicit(&self) -> bool {
+        self.key.is_some()
+            || self.key_file.is_some()
+            || self.key_env.is_some()
+            || self.initiator.is_some()
+            || self.target.is_some()
+    }
+
+    /// The explicit mode's key and JIDs; the key from --key-file,
+    /// --key-env, --key (or `DTCP_KEY`), or else a prompt on a terminal.
     pub(crate) fn triple(&self) -> anyhow::Result<Triple> {
-        Triple::new(&self.key, &self.initiator, &self.target).context("invalid key or JID")
+        let (Some(initiator), Some(target)) = (&self.initiator, &self.target) else {
+            bail!("with a key, give both --from and --to (or neither, and no key, for code mode)");
+        };
+        let key = if let Some(path) = &self.key_file {
+            secret::from_file(path, "--key-file")?
+        } else if let Some(var) = &self.key_env {
+            secret::from_env(var, "--key-env")?
+        } else if let Some(key) = &self.key {
+            key.clone()
+        } else {
+            secret::prompt("key")?
+        };
+        Triple::new(key, initiator, target).context("invalid key or JID")
+    }
+}
+
+/// Where the receiver takes the code from.
+#[derive(Debug, Args)]
+pub(crate) struct CodeSource {
+    /// The code `dtcp send` printed (code mode). Better typed at the prompt
+    /// (leave it out) or given with --code-file or --code-env: an argument
+    /// is readable by every local user while dtcp runs.
+    #[arg(value_name = "CODE")]
+    code: Option<String>,
+    /// Read the code from this file's first line (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
+    code_file: Option<PathBuf>,
+    /// Read the code from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    code_env: Option<String>,
+}
+
+impl CodeSource {
+    /// Whether any was given (which explicit mode does not take).
+    pub(crate) fn given(&self) -> bool {
+        self.code.is_some() || self.code_file.is_some() || self.code_env.is_some()
+    }
+
+    /// The code: from the argument, --code-file, --code-env, or else a
+    /// prompt on a terminal.
+    pub(crate) fn code(&self) -> anyhow::Result<Code> {
+        let text = if let Some(code) = &self.code {
+            code.clone()
+        } else if let Some(path) = &self.code_file {
+            secret::from_file(path, "--code-file")?
+        } else if let Some(var) = &self.code_env {
+            secret::from_env(var, "--code-env")?
+        } else {
+            secret::prompt("code")?
+        };
+        text.parse::<Code>().context("the code")
     }
 }
 

@@ -40,21 +40,21 @@ pub(super) fn style(bar: &ProgressBar, size: Option<u64>, route: Route) {
     bar.enable_steady_tick(Duration::from_millis(200));
 }
 
-/// Clears the bar and turns the transfer's result into the tool's; on a
-/// terminal, says how many bytes went which way.
+/// Clears the bar and turns the transfer's result into the tool's (the
+/// bytes moved); on a terminal, says how many bytes went which way.
 pub(super) fn finish(
     bar: &ProgressBar,
     result: Result<u64, TransferError>,
     verb: &str,
     route: Route,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     bar.finish_and_clear();
     match result {
         Ok(n) => {
             if std::io::stderr().is_terminal() {
                 eprintln!("{verb} {n} bytes {}", route.adverb());
             }
-            Ok(())
+            Ok(n)
         }
         Err(e) => bail!(e),
     }

@@ -1,81 +1,136 @@
 //! `dtcp recv`: the Target. Tries the candidates until the sender is there,
-//! then receives the file (to `FILE.part`, renamed once complete).
+//! then (code mode) runs the code exchange, and receives the file or
+//! directory under `PATH.part`, moved into place once complete.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::bail;
+use dtcp_client::code;
 use dtcp_client::transfer;
-use dtcp_client::{Candidates, Paired, Target, Timeouts, tls};
+use dtcp_client::{Candidates, Paired, Route, Target, Timeouts, tls};
 use dtcp_wire::Triple;
 use indicatif::{ProgressBar, ProgressDrawTarget};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::args::Session;
+use super::args::{CodeSource, Session};
+use super::exit::Report;
+use super::files::{self, Header, Place};
 use super::progress::{announce, finish, style};
+
+/// What `dtcp recv` was asked besides the session.
+pub(crate) struct Options {
+    pub(crate) timeouts: Timeouts,
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) output: Option<PathBuf>,
+    pub(crate) overwrite: bool,
+    pub(crate) wait: Duration,
+}
 
 /// Runs `dtcp recv`.
 pub(crate) async fn recv(
     session: Session,
+    code: CodeSource,
     candidates: Candidates,
-    timeouts: Timeouts,
-    fingerprint: Option<String>,
-    output: Option<PathBuf>,
-    wait: Duration,
+    opts: Options,
+    report: &Report,
 ) -> anyhow::Result<()> {
-    let triple = session.triple()?;
-    let fingerprint = fingerprint
-        .map(|f| tls::parse_fingerprint(&f))
+    let explicit = session.explicit();
+    let with_code = !explicit || session.with_code || code.given();
+    let code = with_code.then(|| code.code()).transpose()?;
+    let triple = match &code {
+        Some(c) if !explicit => c.triple(),
+        _ => session.triple()?,
+    };
+    let fingerprint = opts
+        .fingerprint
+        .as_deref()
+        .map(tls::parse_fingerprint)
         .transpose()?;
-    let paired = claim(&candidates, &triple, &timeouts, wait).await?;
+    // Without a code (so without the sender's header) where to write is
+    // known before connecting: refuse early.
+    let place = match code {
+        None => Some(files::place(opts.output.as_deref(), None, opts.overwrite)?),
+        Some(_) => None,
+    };
+    let paired = claim(&candidates, &triple, &opts.timeouts, opts.wait).await?;
     announce(&paired, "sender");
     let route = paired.route;
-    let stream = paired.stream;
-    let (mut dst, part): (
-        Box<dyn AsyncWrite + Unpin + Send>,
-        Option<(PathBuf, PathBuf)>,
-    ) = match output {
-        Some(path) => {
-            let mut part = path.clone().into_os_string();
-            part.push(".part");
-            let part = PathBuf::from(part);
-            let f = tokio::fs::File::create(&part)
-                .await
-                .with_context(|| format!("creating {}", part.display()))?;
-            (
-                Box::new(tokio::io::BufWriter::with_capacity(1 << 20, f)),
-                Some((part, path)),
-            )
+    match (code, fingerprint) {
+        (Some(code), _) => {
+            let mut s = code::receiver(paired.stream, &code).await?;
+            let header = Header::read(&mut s).await?;
+            let place = files::place(opts.output.as_deref(), Some(&header), opts.overwrite);
+            let refusal = place.as_ref().err().map(|e| format!("{e:#}"));
+            files::answer(&mut s, refusal.as_deref()).await?;
+            receive(&mut s, place?, &opts, route, report).await
         }
-        None => (Box::new(tokio::io::stdout()), None),
+        (None, Some(fp)) => {
+            let mut s = tls::connect(paired.stream, fp).await?;
+            receive(&mut s, place.expect("explicit"), &opts, route, report).await
+        }
+        (None, None) => {
+            let mut s = paired.stream;
+            receive(&mut s, place.expect("explicit"), &opts, route, report).await
+        }
+    }
+}
+
+/// Receives into `place`: a `.part` file (for a directory, its tar stream)
+/// moved or unpacked into place once complete, and removed if not.
+async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    place: Place,
+    opts: &Options,
+    route: Route,
+    report: &Report,
+) -> anyhow::Result<()> {
+    if report.json() && matches!(place, Place::Stdout) {
+        bail!("--json takes standard output: give -o PATH");
+    }
+    let part = match &place {
+        Place::Stdout => None,
+        Place::File { part, .. } => Some(part.clone()),
+        Place::Dir { part, .. } => Some(files::with_suffix(part, ".tar")),
+    };
+    let mut dst: Box<dyn AsyncWrite + Unpin + Send> = match &part {
+        None => Box::new(tokio::io::stdout()),
+        Some(part) => {
+            let f = files::create_part(part, opts.overwrite).await?;
+            Box::new(tokio::io::BufWriter::with_capacity(1 << 20, f))
+        }
     };
     let bar = ProgressBar::hidden();
     let on_size = |size: Option<u64>| {
         style(&bar, size, route);
         bar.set_draw_target(ProgressDrawTarget::stderr());
     };
-    let got = match fingerprint {
-        Some(fp) => {
-            let mut s = tls::connect(stream, fp).await?;
-            transfer::receive(&mut s, &mut dst, on_size, |n| bar.inc(n)).await
-        }
-        None => {
-            let mut s = stream;
-            transfer::receive(&mut s, &mut dst, on_size, |n| bar.inc(n)).await
-        }
-    };
+    // Confirmed only once the file is in place (or the directory unpacked),
+    // so that the sender reports success only then.
+    let got = transfer::receive_unconfirmed(s, &mut dst, on_size, |n| bar.inc(n)).await;
     dst.shutdown().await.ok();
     drop(dst);
-    if let Some((part, path)) = part {
-        if got.is_ok() {
-            tokio::fs::rename(&part, &path)
-                .await
-                .with_context(|| format!("renaming {} to {}", part.display(), path.display()))?;
-        } else {
-            eprintln!("dtcp: incomplete data left in {}", part.display());
-        }
+    if let (Err(_), Some(part)) = (&got, &part) {
+        tokio::fs::remove_file(part).await.ok();
     }
-    finish(&bar, got, "received", route)
+    let n = finish(&bar, got, "received", route)?;
+    let path = match (&place, &part) {
+        (Place::File { path, part }, _) => {
+            files::finish_file(part, path, opts.overwrite).await?;
+            Some(path)
+        }
+        (Place::Dir { path, part }, Some(tar)) => {
+            files::finish_dir(tar, part, path).await?;
+            Some(path)
+        }
+        _ => None,
+    };
+    transfer::confirm(s).await?;
+    if let Some(path) = path {
+        eprintln!("received {}", path.display());
+    }
+    report.done("recv", n, route, path.map(PathBuf::as_path));
+    Ok(())
 }
 
 /// Tries the candidates until the sender is there: people start the two
