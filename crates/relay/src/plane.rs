@@ -11,13 +11,13 @@ use std::time::Duration;
 use dtcp_forward::proto::Open;
 use dtcp_forward::{
     AuthFailure, Authenticated, BridgeService, CONNECTION_WINDOW, Claimer, ConnectionGate, Cut,
-    H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PlaneIo,
-    PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE,
+    H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Lanes,
+    PREAMBLE_TIMEOUT, PlaneIo, PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
 };
 use dtcp_wire::RegistrationId;
 use metrics::counter;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Server;
@@ -44,7 +44,7 @@ struct Plane {
 }
 
 impl Claimer for Plane {
-    fn claim(&self, open: Open, bridge: Halves) -> Result<(), Status> {
+    fn claim(&self, open: Open, caller: &str, bridge: Halves) -> Result<(), Status> {
         let id = <[u8; 32]>::try_from(open.registration_id.as_ref())
             .map(RegistrationId::from_bytes)
             .map_err(|_| Status::invalid_argument("a registration id is 32 bytes"))?;
@@ -62,6 +62,8 @@ impl Claimer for Plane {
             outbound: bridge.outbound,
             inbound: Box::new(bridge.inbound),
             client: open.target(),
+            // The claimant is dialing a lane: it may be offered one.
+            lane_peer: (open.lane && self.node.lanes.is_some()).then(|| caller.into()),
         };
         let claim = match taken.protocol {
             Protocol::Dtcp => Claim::Remote(remote),
@@ -168,9 +170,10 @@ pub(crate) async fn serve(
     let (auth, addr) = (node.trust.plane.clone(), node.info.forward_addr.clone());
     let health = health.max_decoding_message_size(HEALTH_MAX_MESSAGE);
     let health = Authenticated::new(health, auth.clone(), &node.info.id, &addr, refused);
+    let lanes = node.lanes.clone();
     let bridge = BridgeService::new(Plane { node }, auth, &addr);
     let router = builder.add_service(health).add_service(bridge);
-    let incoming = incoming(listener, tls, gate);
+    let incoming = incoming(listener, tls, gate, lanes);
     if let Err(e) = router
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -187,8 +190,10 @@ fn incoming(
     listener: TcpListener,
     tls: Option<PlaneTls>,
     gate: ConnectionGate,
+    lanes: Option<Lanes>,
 ) -> ReceiverStream<Result<PlaneIo, std::io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
+    let sniffing = Arc::new(Semaphore::new(SNIFFING_MAX));
     tokio::spawn(async move {
         let mut acceptor = Acceptor::new(listener, "plane");
         loop {
@@ -196,6 +201,22 @@ fn incoming(
                 accepted = acceptor.accept() => accepted,
                 () = tx.closed() => return,
             };
+            if let Some(lanes) = &lanes {
+                // Lanes and HTTP/2 share the port: told apart by their
+                // first byte, each connection in a task of its own.
+                let Ok(permit) = sniffing.clone().try_acquire_owned() else {
+                    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+                        .increment(1);
+                    reset(tcp);
+                    continue;
+                };
+                let (lanes, gate, tx) = (lanes.clone(), gate.clone(), tx.clone());
+                tokio::spawn(async move {
+                    sniff(tcp, lanes, gate, tx).await;
+                    drop(permit);
+                });
+                continue;
+            }
             let tcp = match gate.enter(tcp) {
                 Ok(tcp) => tcp,
                 Err(tcp) => {
@@ -226,6 +247,45 @@ fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Connections on the plane port whose first bytes are awaited, or a
+/// lane's preamble (each for [`dtcp_forward::PREAMBLE_TIMEOUT`] at most):
+/// past it, new connections are reset.
+const SNIFFING_MAX: usize = 4096;
+
+/// A plain connection on the plane port: a lane (its preamble read, its
+/// token checked, then handed to its session) or an HTTP/2 connection
+/// (through the plane's gate to tonic).
+async fn sniff(
+    tcp: tokio::net::TcpStream,
+    lanes: Lanes,
+    gate: ConnectionGate,
+    tx: mpsc::Sender<Result<PlaneIo, std::io::Error>>,
+) {
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(PREAMBLE_TIMEOUT, tcp.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) {
+        // Closed, failed, or silent: nothing to serve.
+        return;
+    }
+    if is_lane_start(first[0]) {
+        if let Err(Some(failure)) = lanes.attach(tcp).await {
+            debug!(reason = failure.as_str(), "lane refused");
+            refused(failure);
+        }
+        return;
+    }
+    match gate.enter(tcp) {
+        Ok(tcp) => {
+            let _ = tx.send(Ok(PlaneIo::plain(tcp))).await;
+        }
+        Err(tcp) => {
+            counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+                .increment(1);
+            reset(tcp);
+        }
+    }
 }
 
 /// Sets the health statuses: liveness always, readiness and the overall
