@@ -48,6 +48,8 @@ pub(crate) async fn run_claimant_side(
     client: IpAddr,
     protocol: Protocol,
 ) {
+    // A drain waits for this session, on a lane or on the Bridge.
+    let _tracked = node.sessions.token();
     match std::mem::take(&mut bridge.lane) {
         LaneDial::Ready(lane) => match node.slots.take() {
             Some(lane_slot) => {
@@ -87,7 +89,6 @@ pub(crate) async fn run_claimant_side(
         // A XEP-0065 pair's was recorded at its claim (see `local::run`).
         series.pairing_latency.record(started.elapsed());
     }
-    let _tracked = node.sessions.token();
     let streams = gauge!(BRIDGE_STREAMS, "role" => "client");
     streams.increment(1.0);
     let paired_at = Instant::now();
