@@ -23,11 +23,14 @@ use tokio::task::JoinHandle;
 /// Most bytes the proxy keeps of each connection's direction.
 const CAPTURE_MAX: usize = 1 << 20;
 
+/// What one connection carried toward the owner.
+type Kept = Arc<Mutex<Vec<u8>>>;
+
 /// A TCP proxy that keeps what it carried, node to owner.
 struct Proxy {
     addr: SocketAddr,
     /// What each connection carried toward the owner, in accept order.
-    captured: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    captured: Arc<Mutex<Vec<Kept>>>,
     accepting: JoinHandle<()>,
 }
 
