@@ -103,19 +103,24 @@ impl Proxy {
 }
 
 /// An owner node whose forwarding port is reached through a proxy (the
-/// address it advertises), and a second node.
-async fn behind_proxy(redis: &RedisServer, args: &[&str]) -> (Relay, Relay, Proxy, SocketAddr) {
+/// address it advertises), and a second node; `args` (flag and value) for
+/// both.
+async fn behind_proxy(
+    redis: &RedisServer,
+    args: &[(&str, &str)],
+) -> (Relay, Relay, Proxy, SocketAddr) {
     let port = free_port();
     let plane: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let proxy = Proxy::start(plane).await;
     let mut owner = NodeOptions::cluster(&[redis.url()])
         .forward_listen(&plane.to_string())
         .arg("--advertise-addr", proxy.addr);
-    for arg in args {
-        owner = owner.flag(arg);
+    let mut other = NodeOptions::cluster(&[redis.url()]);
+    for (flag, value) in args {
+        owner = owner.arg(flag, value);
+        other = other.arg(flag, value);
     }
-    let other = NodeOptions::cluster(&[redis.url()]).start();
-    (owner.start(), other, proxy, plane)
+    (owner.start(), other.start(), proxy, plane)
 }
 
 /// Sends a lane preamble (and a few bytes) to `plane`: what comes back
@@ -283,4 +288,45 @@ async fn a_half_close_crosses_a_lane_each_way() {
             .await,
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_plane_tls_no_byte_of_a_session_crosses_in_the_clear() {
+    let dir = std::env::temp_dir().join(format!("dtcp-lanes-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["dtcp-relay".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (cert_file, key_file) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let redis = RedisServer::start();
+    let tls = [
+        ("--forward-tls-cert", cert_file),
+        ("--forward-tls-key", key_file),
+    ];
+    let (a, b, proxy, _) = behind_proxy(&redis, &tls).await;
+    let marker = b"a session's plaintext, which only the clients may read";
+    let (mut i, mut tg) = pair(a.addr, b.addr, &triple("tls")).await;
+    tg.write_all(marker).await.unwrap();
+    tg.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut i).await, marker);
+    i.write_all(marker).await.unwrap();
+    i.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut tg).await, marker);
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
+        .await;
+    let captured = proxy.captured();
+    assert!(!captured.is_empty(), "the nodes talked through the proxy");
+    for bytes in captured {
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker),
+            "plaintext between the nodes"
+        );
+        assert!(!bytes.starts_with(LANE_MAGIC), "a lane in the clear");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
