@@ -185,7 +185,7 @@ impl Dialer {
                 halves.lane = match dialing.await {
                     Ok(Ok(stream)) => LaneDial::Ready(Box::new(Lane {
                         stream,
-                        preamble: crate::lane::preamble(&token),
+                        preamble: crate::lane::after_head(&token),
                     })),
                     Ok(Err(reason)) => LaneDial::Failed(reason),
                     Err(_) => LaneDial::Failed("error"),

@@ -151,6 +151,14 @@ pub fn preamble(token: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEAD + token.len());
     out.extend_from_slice(LANE_MAGIC);
     out.push(LANE_VERSION);
+    out.extend_from_slice(&after_head(token));
+    out
+}
+
+/// The preamble past its magic and version (which a dial sends as soon as
+/// it connects): the token's length and the token.
+pub(crate) fn after_head(token: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + token.len());
     out.extend_from_slice(&(token.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
     out.extend_from_slice(token);
     out
@@ -166,7 +174,8 @@ pub fn is_lane_start(first: u8) -> bool {
 pub struct Lane {
     /// The connection to the owner's forwarding port.
     pub stream: TcpStream,
-    /// What to write on it before any byte of the session.
+    /// What to write on it before any byte of the session (the rest of
+    /// the preamble: its magic and version went at the dial).
     pub preamble: Vec<u8>,
 }
 
@@ -194,6 +203,11 @@ pub(crate) async fn dial(addr: String) -> Result<TcpStream, &'static str> {
         // From here on a lane that closes other than by a passed-on FIN
         // (its process killed included) is reset, as a client socket is.
         socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+        // Its first bytes at once: the owner's port tells it from HTTP/2
+        // by them, and holds silent connections on probation only.
+        let mut head = LANE_MAGIC.to_vec();
+        head.push(LANE_VERSION);
+        dtcp_duplex::write_all(&stream, &head).await?;
         Ok::<_, std::io::Error>(stream)
     };
     match tokio::time::timeout(LANE_DIAL_TIMEOUT, connect).await {
@@ -442,7 +456,7 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         let mut client = dial(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let mut bytes = preamble(&offer.token);
+        let mut bytes = after_head(&offer.token);
         bytes.extend_from_slice(b"early");
         client.write_all(&bytes).await.unwrap();
         lanes.attach(server).await.unwrap();

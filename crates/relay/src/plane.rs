@@ -12,7 +12,7 @@ use dtcp_forward::proto::Open;
 use dtcp_forward::{
     AuthFailure, Authenticated, BridgeService, CONNECTION_WINDOW, Claimer, ConnectionGate, Cut,
     H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Lanes,
-    PREAMBLE_TIMEOUT, PlaneIo, PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
+    PlaneIo, PlaneTls, Probation, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
 };
 use dtcp_wire::RegistrationId;
 use metrics::counter;
@@ -193,7 +193,7 @@ fn incoming(
     lanes: Option<Lanes>,
 ) -> ReceiverStream<Result<PlaneIo, std::io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
-    let sniffing = Arc::new(Semaphore::new(SNIFFING_MAX));
+    let attaching = Arc::new(Semaphore::new(ATTACHING_MAX));
     tokio::spawn(async move {
         let mut acceptor = Acceptor::new(listener, "plane");
         loop {
@@ -201,22 +201,6 @@ fn incoming(
                 accepted = acceptor.accept() => accepted,
                 () = tx.closed() => return,
             };
-            if let Some(lanes) = &lanes {
-                // Lanes and HTTP/2 share the port: told apart by their
-                // first byte, each connection in a task of its own.
-                let Ok(permit) = sniffing.clone().try_acquire_owned() else {
-                    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
-                        .increment(1);
-                    reset(tcp);
-                    continue;
-                };
-                let (lanes, gate, tx) = (lanes.clone(), gate.clone(), tx.clone());
-                tokio::spawn(async move {
-                    sniff(tcp, lanes, gate, tx).await;
-                    drop(permit);
-                });
-                continue;
-            }
             let tcp = match gate.enter(tcp) {
                 Ok(tcp) => tcp,
                 Err(tcp) => {
@@ -226,13 +210,19 @@ fn incoming(
                     continue;
                 }
             };
-            match &tls {
-                None => {
+            match (&tls, &lanes) {
+                (None, Some(lanes)) => {
+                    // Lanes and HTTP/2 share the port: told apart by their
+                    // first byte, each connection in a task of its own.
+                    let (lanes, attaching) = (lanes.clone(), attaching.clone());
+                    tokio::spawn(sniff(tcp, lanes, attaching, tx.clone()));
+                }
+                (None, None) => {
                     if tx.send(Ok(PlaneIo::plain(tcp))).await.is_err() {
                         return;
                     }
                 }
-                Some(tls) => {
+                (Some(tls), _) => {
                     let (tls, tx) = (tls.clone(), tx.clone());
                     tokio::spawn(async move {
                         match tls.accept(tcp).await {
@@ -249,42 +239,41 @@ fn incoming(
     ReceiverStream::new(rx)
 }
 
-/// Connections on the plane port whose first bytes are awaited, or a
-/// lane's preamble (each for [`dtcp_forward::PREAMBLE_TIMEOUT`] at most):
-/// past it, new connections are reset.
-const SNIFFING_MAX: usize = 4096;
+/// Lanes whose token is awaited at once (each for
+/// [`dtcp_forward::PREAMBLE_TIMEOUT`] at most): past it, new ones are reset.
+const ATTACHING_MAX: usize = 1024;
 
-/// A plain connection on the plane port: a lane (its preamble read, its
-/// token checked, then handed to its session) or an HTTP/2 connection
-/// (through the plane's gate to tonic).
+/// A plain connection on the plane port, in its gate: a lane (out of the
+/// gate, its token read and checked, then handed to its session) or an
+/// HTTP/2 connection (to tonic). A dialing node sends a lane's first bytes
+/// as soon as it connects, and HTTP/2's preface comes first too: a
+/// connection silent until its probation ends (or evicted by a newer one)
+/// is closed and counted by the gate, as before lanes.
 async fn sniff(
-    tcp: tokio::net::TcpStream,
+    mut tcp: Probation<tokio::net::TcpStream>,
     lanes: Lanes,
-    gate: ConnectionGate,
+    attaching: Arc<Semaphore>,
     tx: mpsc::Sender<Result<PlaneIo, std::io::Error>>,
 ) {
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(PREAMBLE_TIMEOUT, tcp.peek(&mut first)).await;
-    if !matches!(peeked, Ok(Ok(1))) {
-        // Closed, failed, or silent: nothing to serve.
+    if !matches!(tcp.peek(&mut first).await, Ok(1)) {
+        // Closed, failed, or cut by the gate: nothing to serve.
         return;
     }
-    if is_lane_start(first[0]) {
-        if let Err(Some(failure)) = lanes.attach(tcp).await {
-            debug!(reason = failure.as_str(), "lane refused");
-            refused(failure);
-        }
+    if !is_lane_start(first[0]) {
+        let _ = tx.send(Ok(PlaneIo::plain(tcp))).await;
         return;
     }
-    match gate.enter(tcp) {
-        Ok(tcp) => {
-            let _ = tx.send(Ok(PlaneIo::plain(tcp))).await;
-        }
-        Err(tcp) => {
-            counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
-                .increment(1);
-            reset(tcp);
-        }
+    let tcp = tcp.into_inner();
+    let Ok(_permit) = attaching.try_acquire() else {
+        counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+            .increment(1);
+        reset(tcp);
+        return;
+    };
+    if let Err(Some(failure)) = lanes.attach(tcp).await {
+        debug!(reason = failure.as_str(), "lane refused");
+        refused(failure);
     }
 }
 
