@@ -201,6 +201,13 @@ fn incoming(
                 accepted = acceptor.accept() => accepted,
                 () = tx.closed() => return,
             };
+            if lanes.is_some() && tls.is_none() {
+                // Until it is told apart, a connection may be a lane: if
+                // the process dies now, the claimant's node must see a
+                // reset, never a FIN it would pass on to its client. (An
+                // HTTP/2 connection gets its graceful close back below.)
+                dtcp_duplex::reset_on_close(&tcp);
+            }
             let tcp = match gate.enter(tcp) {
                 Ok(tcp) => tcp,
                 Err(tcp) => {
@@ -261,6 +268,7 @@ async fn sniff(
         return;
     }
     if !is_lane_start(first[0]) {
+        let _ = socket2::SockRef::from(tcp.get_ref()).set_linger(None);
         let _ = tx.send(Ok(PlaneIo::plain(tcp))).await;
         return;
     }
