@@ -207,6 +207,15 @@ fn incoming(
                 // reset, never a FIN it would pass on to its client. (An
                 // HTTP/2 connection gets its graceful close back below.)
                 dtcp_duplex::reset_on_close(&tcp);
+                // A lane whose first byte is in already (a dialing node
+                // sends it as it connects) never enters the gate, where a
+                // burst of new connections could evict it.
+                if let Some(lanes) = &lanes
+                    && first_byte_now(&tcp).is_some_and(is_lane_start)
+                {
+                    tokio::spawn(attach(tcp, lanes.clone(), attaching.clone()));
+                    continue;
+                }
             }
             let tcp = match gate.enter(tcp) {
                 Ok(tcp) => tcp,
@@ -272,7 +281,23 @@ async fn sniff(
         let _ = tx.send(Ok(PlaneIo::plain(tcp))).await;
         return;
     }
-    let tcp = tcp.into_inner();
+    attach(tcp.into_inner(), lanes, attaching).await;
+}
+
+/// The first byte a connection sent, if it is in already.
+fn first_byte_now(tcp: &tokio::net::TcpStream) -> Option<u8> {
+    let mut first = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut first);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match tcp.poll_peek(&mut cx, &mut buf) {
+        std::task::Poll::Ready(Ok(1)) => Some(first[0]),
+        _ => None,
+    }
+}
+
+/// A lane: its token read and checked, then handed to its session (at
+/// most [`ATTACHING_MAX`] at once: past it, a lane is reset).
+async fn attach(tcp: tokio::net::TcpStream, lanes: Lanes, attaching: Arc<Semaphore>) {
     let Ok(_permit) = attaching.try_acquire() else {
         counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
             .increment(1);
