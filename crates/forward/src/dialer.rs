@@ -183,6 +183,10 @@ impl Dialer {
             (Some(dialing), false) => {
                 // The dial is bounded by LANE_DIAL_TIMEOUT from its start.
                 halves.lane = match dialing.await {
+                    // Closed by the owner's port before the token came (a
+                    // burst of new connections made it evict this one):
+                    // the Bridge can still carry the session.
+                    Ok(Ok(stream)) if !crate::lane::is_open(&stream) => LaneDial::Failed("reset"),
                     Ok(Ok(stream)) => LaneDial::Ready(Box::new(Lane {
                         stream,
                         preamble: crate::lane::after_head(&token),

@@ -92,8 +92,9 @@ pub const LANES_ACTIVE: &str = "dtcp_lanes_active";
 /// why the session fell back to its Bridge (see [`LANE_DIAL_OUTCOMES`]).
 pub const LANE_DIALS: &str = "dtcp_lane_dials_total";
 /// Every `outcome` of [`LANE_DIALS`]: dialed; refused; no connection within
-/// `LANE_DIAL_TIMEOUT`; another failure; no connection slot to spare.
-pub const LANE_DIAL_OUTCOMES: [&str; 5] = ["ok", "refused", "timeout", "error", "no_slot"];
+/// `LANE_DIAL_TIMEOUT`; closed by the owner's port before the token came;
+/// another failure; no connection slot to spare.
+pub const LANE_DIAL_OUTCOMES: [&str; 6] = ["ok", "refused", "timeout", "reset", "error", "no_slot"];
 /// XEP-0065 pairs on this node (their Target's owner) waiting for their
 /// activation.
 pub const SOCKS5_AWAITING: &str = "dtcp_socks5_pairs_awaiting_activation";
