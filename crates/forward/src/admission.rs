@@ -255,25 +255,6 @@ impl<IO> Probation<IO> {
     }
 }
 
-impl Probation<tokio::net::TcpStream> {
-    /// Peeks at the connection's first bytes without taking them; fails as
-    /// a read does once its probation runs out or the gate evicts it.
-    pub async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        std::future::poll_fn(|cx| {
-            if let Some(e) = self.expired(cx) {
-                return Poll::Ready(Err(e));
-            }
-            self.io.poll_peek(cx, &mut ReadBuf::new(buf))
-        })
-        .await
-    }
-
-    /// The connection, out of the gate: its place is given back now.
-    pub fn into_inner(self) -> tokio::net::TcpStream {
-        self.io
-    }
-}
-
 fn cut_error(cut: Cut) -> io::Error {
     let text = match cut {
         Cut::Probation => "nothing useful before the connection's probation ran out",

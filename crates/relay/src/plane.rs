@@ -12,7 +12,7 @@ use dtcp_forward::proto::Open;
 use dtcp_forward::{
     AuthFailure, Authenticated, BridgeService, CONNECTION_WINDOW, Claimer, ConnectionGate, Cut,
     H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Lanes,
-    PlaneIo, PlaneTls, Probation, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
+    PlaneIo, PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
 };
 use dtcp_wire::RegistrationId;
 use metrics::counter;
@@ -194,6 +194,7 @@ fn incoming(
 ) -> ReceiverStream<Result<PlaneIo, std::io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     let attaching = Arc::new(Semaphore::new(ATTACHING_MAX));
+    let sniffing = Arc::new(Semaphore::new(SNIFFING_MAX));
     tokio::spawn(async move {
         let mut acceptor = Acceptor::new(listener, "plane");
         loop {
@@ -201,21 +202,35 @@ fn incoming(
                 accepted = acceptor.accept() => accepted,
                 () = tx.closed() => return,
             };
-            if lanes.is_some() && tls.is_none() {
+            if let (None, Some(lanes)) = (&tls, &lanes) {
                 // Until it is told apart, a connection may be a lane: if
                 // the process dies now, the claimant's node must see a
                 // reset, never a FIN it would pass on to its client. (An
-                // HTTP/2 connection gets its graceful close back below.)
+                // HTTP/2 connection gets its graceful close back.)
                 dtcp_duplex::reset_on_close(&tcp);
+                let (lanes, attaching) = (lanes.clone(), attaching.clone());
                 // A lane whose first byte is in already (a dialing node
-                // sends it as it connects) never enters the gate, where a
-                // burst of new connections could evict it.
-                if let Some(lanes) = &lanes
-                    && first_byte_now(&tcp).is_some_and(is_lane_start)
-                {
-                    tokio::spawn(attach(tcp, lanes.clone(), attaching.clone()));
+                // sends it as it connects) goes straight to its token.
+                if first_byte_now(&tcp).is_some_and(is_lane_start) {
+                    tokio::spawn(attach(tcp, lanes, attaching));
                     continue;
                 }
+                // Else its first byte is awaited outside the gate, where
+                // no newer connection can evict a lane: a lane refused here
+                // is refused at once, before its node has the token, and
+                // its session crosses on the Bridge.
+                let Ok(permit) = sniffing.clone().try_acquire_owned() else {
+                    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+                        .increment(1);
+                    reset(tcp);
+                    continue;
+                };
+                let (gate, tx) = (gate.clone(), tx.clone());
+                tokio::spawn(async move {
+                    sniff(tcp, lanes, attaching, gate, tx).await;
+                    drop(permit);
+                });
+                continue;
             }
             let tcp = match gate.enter(tcp) {
                 Ok(tcp) => tcp,
@@ -226,19 +241,13 @@ fn incoming(
                     continue;
                 }
             };
-            match (&tls, &lanes) {
-                (None, Some(lanes)) => {
-                    // Lanes and HTTP/2 share the port: told apart by their
-                    // first byte, each connection in a task of its own.
-                    let (lanes, attaching) = (lanes.clone(), attaching.clone());
-                    tokio::spawn(sniff(tcp, lanes, attaching, tx.clone()));
-                }
-                (None, None) => {
+            match &tls {
+                None => {
                     if tx.send(Ok(PlaneIo::plain(tcp))).await.is_err() {
                         return;
                     }
                 }
-                (Some(tls), _) => {
+                Some(tls) => {
                     let (tls, tx) = (tls.clone(), tx.clone());
                     tokio::spawn(async move {
                         match tls.accept(tcp).await {
@@ -258,30 +267,47 @@ fn incoming(
 /// Lanes whose token is awaited at once (each for
 /// [`dtcp_forward::PREAMBLE_TIMEOUT`] at most): past it, new ones are reset.
 const ATTACHING_MAX: usize = 1024;
+/// Connections on the plane port whose first byte is awaited at once:
+/// past it, new ones are reset (as the plane's gate's share of the
+/// descriptors the node keeps for itself).
+const SNIFFING_MAX: usize = 64;
+/// How long a new connection on the plane port may stay silent: a peer's
+/// HTTP/2 preface and a lane's magic are sent as they connect.
+const SILENT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A plain connection on the plane port, in its gate: a lane (out of the
-/// gate, its token read and checked, then handed to its session) or an
-/// HTTP/2 connection (to tonic). A dialing node sends a lane's first bytes
-/// as soon as it connects, and HTTP/2's preface comes first too: a
-/// connection silent until its probation ends (or evicted by a newer one)
-/// is closed and counted by the gate, as before lanes.
+/// A plain connection on the plane port whose first byte had not come when
+/// it was accepted: a lane (its token read and checked, then handed to its
+/// session) or an HTTP/2 connection (through the plane's gate to tonic).
+/// Silent for [`SILENT_TIMEOUT`], it is closed, counted as a probation
+/// that ran out.
 async fn sniff(
-    mut tcp: Probation<tokio::net::TcpStream>,
+    tcp: tokio::net::TcpStream,
     lanes: Lanes,
     attaching: Arc<Semaphore>,
+    gate: ConnectionGate,
     tx: mpsc::Sender<Result<PlaneIo, std::io::Error>>,
 ) {
     let mut first = [0u8; 1];
-    if !matches!(tcp.peek(&mut first).await, Ok(1)) {
-        // Closed, failed, or cut by the gate: nothing to serve.
-        return;
+    match tokio::time::timeout(SILENT_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        Err(_) => return plane_cut(Cut::Probation),
+        // Closed or failed: nothing to serve.
+        Ok(_) => return,
     }
-    if !is_lane_start(first[0]) {
-        let _ = socket2::SockRef::from(tcp.get_ref()).set_linger(None);
-        let _ = tx.send(Ok(PlaneIo::plain(tcp))).await;
-        return;
+    if is_lane_start(first[0]) {
+        return attach(tcp, lanes, attaching).await;
     }
-    attach(tcp.into_inner(), lanes, attaching).await;
+    let _ = socket2::SockRef::from(&tcp).set_linger(None);
+    match gate.enter(tcp) {
+        Ok(tcp) => {
+            let _ = tx.send(Ok(PlaneIo::plain(tcp))).await;
+        }
+        Err(tcp) => {
+            counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+                .increment(1);
+            reset(tcp);
+        }
+    }
 }
 
 /// The first byte a connection sent, if it is in already.
