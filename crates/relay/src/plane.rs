@@ -171,9 +171,10 @@ pub(crate) async fn serve(
     let health = health.max_decoding_message_size(HEALTH_MAX_MESSAGE);
     let health = Authenticated::new(health, auth.clone(), &node.info.id, &addr, refused);
     let lanes = node.lanes.clone();
+    let silent_max = node.config.plane_max_connections as usize;
     let bridge = BridgeService::new(Plane { node }, auth, &addr);
     let router = builder.add_service(health).add_service(bridge);
-    let incoming = incoming(listener, tls, gate, lanes);
+    let incoming = incoming(listener, tls, gate, lanes, silent_max);
     if let Err(e) = router
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -191,10 +192,11 @@ fn incoming(
     tls: Option<PlaneTls>,
     gate: ConnectionGate,
     lanes: Option<Lanes>,
+    silent_max: usize,
 ) -> ReceiverStream<Result<PlaneIo, std::io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     let attaching = Arc::new(Semaphore::new(ATTACHING_MAX));
-    let sniffing = Arc::new(Semaphore::new(SNIFFING_MAX));
+    let sniffing = Arc::new(Semaphore::new(silent_max));
     tokio::spawn(async move {
         let mut acceptor = Acceptor::new(listener, "plane");
         loop {
@@ -218,7 +220,8 @@ fn incoming(
                 // Else its first byte is awaited outside the gate, where
                 // no newer connection can evict a lane: a lane refused here
                 // is refused at once, before its node has the token, and
-                // its session crosses on the Bridge.
+                // its session crosses on the Bridge. At most as many as the
+                // gate holds (`--plane-max-connections`).
                 let Ok(permit) = sniffing.clone().try_acquire_owned() else {
                     counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
                         .increment(1);
@@ -267,10 +270,6 @@ fn incoming(
 /// Lanes whose token is awaited at once (each for
 /// [`dtcp_forward::PREAMBLE_TIMEOUT`] at most): past it, new ones are reset.
 const ATTACHING_MAX: usize = 1024;
-/// Connections on the plane port whose first byte is awaited at once:
-/// past it, new ones are reset (as the plane's gate's share of the
-/// descriptors the node keeps for itself).
-const SNIFFING_MAX: usize = 64;
 /// How long a new connection on the plane port may stay silent: a peer's
 /// HTTP/2 preface and a lane's magic are sent as they connect.
 const SILENT_TIMEOUT: Duration = Duration::from_secs(1);
