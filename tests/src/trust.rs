@@ -83,7 +83,20 @@ impl Captured {
 /// its first request (headers and the body's first bytes), within `limit`.
 pub async fn capture_one(listener: TcpListener, limit: Duration) -> Option<Captured> {
     let work = async {
-        let (tcp, _) = listener.accept().await.ok()?;
+        // A node dials a lane beside its Bridge call (docs/PROTOCOL.md
+        // section 7); the lane stays silent until an owner offers it a
+        // token, which a trap never does. The call is the connection that
+        // starts with the HTTP/2 preface.
+        let tcp = loop {
+            let (tcp, _) = listener.accept().await.ok()?;
+            let mut first = [0u8; 1];
+            let peeked = tokio::time::timeout(Duration::from_millis(300), tcp.peek(&mut first));
+            if let Ok(Ok(1)) = peeked.await
+                && first[0] == b'P'
+            {
+                break tcp;
+            }
+        };
         let mut conn = h2::server::handshake(tcp).await.ok()?;
         let (request, _respond) = conn.accept().await?.ok()?;
         // Keep the connection driven while the body is read.

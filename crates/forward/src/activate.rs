@@ -228,7 +228,12 @@ mod tests {
     struct Owner(Mutex<Vec<[u8; 32]>>);
 
     impl Claimer for Owner {
-        fn claim(&self, _: crate::proto::Open, _: crate::codec::Halves) -> Result<(), Status> {
+        fn claim(
+            &self,
+            _: crate::proto::Open,
+            _: &str,
+            _: crate::codec::Halves,
+        ) -> Result<(), Status> {
             Err(Status::not_found("no bridges here"))
         }
 

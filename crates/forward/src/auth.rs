@@ -60,6 +60,12 @@ pub enum AuthFailure {
     PlaneMac,
     /// A timestamp outside the window, or a nonce seen within it.
     PlaneReplay,
+    /// A lane whose preamble is malformed or whose token's MAC fails.
+    LaneToken,
+    /// A lane whose token is past its expiry.
+    LaneExpired,
+    /// A lane whose token was used before (or was never offered here).
+    LaneReplay,
 }
 
 impl AuthFailure {
@@ -68,6 +74,9 @@ impl AuthFailure {
         match self {
             AuthFailure::PlaneMac => "plane_mac",
             AuthFailure::PlaneReplay => "plane_replay",
+            AuthFailure::LaneToken => "lane_token",
+            AuthFailure::LaneExpired => "lane_expired",
+            AuthFailure::LaneReplay => "lane_replay",
         }
     }
 }
@@ -137,6 +146,19 @@ impl PlaneAuth {
             keys,
             seen: Arc::default(),
         }
+    }
+
+    /// The HMAC of `parts` under the signing secret; `None` on an insecure plane.
+    pub(crate) fn mac(&self, parts: &[&[u8]]) -> Option<[u8; 32]> {
+        self.keys.as_ref()?.current().mac(parts)
+    }
+
+    /// Whether `mac` is the HMAC of `parts` under any secret (never on an
+    /// insecure plane).
+    pub(crate) fn verify(&self, parts: &[&[u8]], mac: &[u8]) -> bool {
+        self.keys
+            .as_ref()
+            .is_some_and(|k| k.current().verify(parts, mac))
     }
 
     /// Whether calls and records are authenticated.

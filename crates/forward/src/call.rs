@@ -49,6 +49,7 @@ pub(crate) async fn call(
     Ok(Halves {
         outbound: Outbound::new(tx, true),
         inbound: Inbound::new(response.into_body()),
+        lane: crate::lane::LaneDial::NotOffered,
     })
 }
 

@@ -11,8 +11,10 @@ use crate::proto::Open;
 /// What the owner node does with a Bridge once its `open` frame is in.
 pub trait Claimer: Send + Sync + 'static {
     /// Claims the pending registration `open` names and hands `bridge` to
-    /// its Initiator's session, or says why not.
-    fn claim(&self, open: Open, bridge: Halves) -> Result<(), Status>;
+    /// its Initiator's session, or says why not. `caller`: the node that
+    /// placed the call, as its authenticator names it (empty on an
+    /// insecure plane).
+    fn claim(&self, open: Open, caller: &str, bridge: Halves) -> Result<(), Status>;
 
     /// A call was refused before any claim, for `failure` (to be counted).
     fn refused(&self, failure: AuthFailure) {

@@ -181,6 +181,8 @@ pub struct Inbound {
     /// A message prefix, or a control message, being put together.
     head: BytesMut,
     state: State,
+    /// A frame read and given back ([`Inbound::unread`]), the next one out.
+    unread: Option<Box<Kind>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -200,12 +202,21 @@ impl Inbound {
             chunk: Bytes::new(),
             head: BytesMut::new(),
             state: State::Prefix,
+            unread: None,
         }
+    }
+
+    /// Gives `kind` back: it is the next frame [`Inbound::next`] returns.
+    pub fn unread(&mut self, kind: Kind) {
+        self.unread = Some(Box::new(kind));
     }
 
     /// The next frame, `None` once the peer ended the call cleanly, or the
     /// status it ended it with.
     pub async fn next(&mut self) -> Result<Option<Kind>, Status> {
+        if let Some(kind) = self.unread.take() {
+            return Ok(Some(*kind));
+        }
         loop {
             match self.state {
                 State::Data { left: 0 } => self.state = State::Prefix,
@@ -328,6 +339,9 @@ pub struct Halves {
     pub outbound: Outbound,
     /// Frames from it.
     pub inbound: Inbound,
+    /// The dialing side's lane for the session, if the owner offered one
+    /// (always [`LaneDial::NotOffered`] on the owner's side).
+    pub lane: crate::lane::LaneDial,
 }
 
 #[cfg(test)]
@@ -371,7 +385,7 @@ mod tests {
     async fn frames_cross_in_any_split_and_match_prost() {
         let payload: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
         let frames = vec![
-            Frame::open(&[7; 32], "node", "192.0.2.1:4000".parse().unwrap()),
+            Frame::open(&[7; 32], "node", "192.0.2.1:4000".parse().unwrap(), false),
             Frame::data(Bytes::from(payload.clone())),
             Frame::data(Bytes::from_static(b"x")),
             Frame::fin(),

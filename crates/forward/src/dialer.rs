@@ -12,6 +12,7 @@ use tonic::{Code, Status};
 use crate::auth::PlaneAuth;
 use crate::call::{self, CallTo};
 use crate::codec::Halves;
+use crate::lane::{Lane, LaneDial};
 use crate::proto::Frame;
 use crate::proto::frame::Kind;
 use crate::tls::PlaneTls;
@@ -68,6 +69,8 @@ pub struct Dialer {
     auth: PlaneAuth,
     /// This node's id, which every call names as its caller.
     node_id: String,
+    /// Whether this node dials lanes for the sessions it forwards.
+    lanes: bool,
 }
 
 impl Dialer {
@@ -79,7 +82,20 @@ impl Dialer {
             tls,
             auth,
             node_id: node_id.to_owned(),
+            lanes: false,
         }
+    }
+
+    /// Dial lanes for the sessions this node forwards (`lanes`), or leave
+    /// every session's bytes on its Bridge.
+    pub fn with_lanes(mut self, lanes: bool) -> Self {
+        self.lanes = lanes;
+        self
+    }
+
+    /// Whether this node dials lanes.
+    pub fn lanes(&self) -> bool {
+        self.lanes
     }
 
     /// The node's id, which every call names as its caller.
@@ -131,6 +147,12 @@ impl Dialer {
     /// Asks the node at `addr` to pair its pending registration `id` with a
     /// Target held here, whose client address is `target`. On success the
     /// owner has sent its Initiator `OK`.
+    ///
+    /// When this node does lanes, a lane to `addr` is dialed while the claim
+    /// is in flight (no round trip added); if the owner offers one in its
+    /// `paired`, the halves carry it ([`Halves::lane`]). If the dial fails
+    /// the owner is told at once (an empty data frame), and the Bridge
+    /// carries the session's bytes.
     pub async fn open(
         &self,
         addr: &str,
@@ -138,12 +160,50 @@ impl Dialer {
         owner_node_id: &str,
         target: SocketAddr,
     ) -> Result<Halves, BridgeError> {
-        let result = self.try_open(addr, id, owner_node_id, target).await;
+        let dialing = self
+            .lanes
+            .then(|| tokio::spawn(crate::lane::dial(addr.to_owned())));
+        let result = self
+            .try_open(addr, id, owner_node_id, target, dialing.is_some())
+            .await;
         if let Err(BridgeError::Unreachable(_)) = &result {
             // Forget the channel: a node that is gone for good must not stay cached.
             self.channels.remove(addr);
         }
-        result
+        let (mut halves, token) = match result {
+            Ok(opened) => opened,
+            Err(e) => {
+                if let Some(dialing) = dialing {
+                    dialing.abort();
+                }
+                return Err(e);
+            }
+        };
+        match (dialing, token.is_empty()) {
+            (Some(dialing), false) => {
+                // The dial is bounded by LANE_DIAL_TIMEOUT from its start.
+                halves.lane = match dialing.await {
+                    // Closed by the owner's port before the token came (a
+                    // burst of new connections made it evict this one):
+                    // the Bridge can still carry the session.
+                    Ok(Ok(stream)) if !crate::lane::is_open(&stream) => LaneDial::Failed("reset"),
+                    Ok(Ok(stream)) => LaneDial::Ready(Box::new(Lane {
+                        stream,
+                        preamble: crate::lane::after_head(&token),
+                    })),
+                    Ok(Err(reason)) => LaneDial::Failed(reason),
+                    Err(_) => LaneDial::Failed("error"),
+                };
+                if let LaneDial::Failed(_) = halves.lane {
+                    // Tells the owner to stop waiting for the lane: the
+                    // bytes cross here. (Nothing to deliver: empty.)
+                    halves.outbound.try_send(Frame::data(bytes::Bytes::new()));
+                }
+            }
+            (Some(dialing), true) => dialing.abort(),
+            (None, _) => {}
+        }
+        Ok(halves)
     }
 
     async fn try_open(
@@ -152,7 +212,8 @@ impl Dialer {
         id: &[u8; 32],
         owner_node_id: &str,
         target: SocketAddr,
-    ) -> Result<Halves, BridgeError> {
+        lane: bool,
+    ) -> Result<(Halves, bytes::Bytes), BridgeError> {
         let channel = self.channel(addr)?;
         let to = CallTo {
             caller: &self.node_id,
@@ -164,7 +225,7 @@ impl Dialer {
             channel,
             &self.auth,
             to,
-            Frame::open(id, owner_node_id, target),
+            Frame::open(id, owner_node_id, target, lane),
         );
         let mut halves = tokio::time::timeout(OPEN_TIMEOUT, call)
             .await
@@ -175,7 +236,7 @@ impl Dialer {
                 BridgeError::Unreachable("the owner node did not confirm the claim".into())
             })??;
         match first {
-            Some(Kind::Paired(_)) => Ok(halves),
+            Some(Kind::Paired(paired)) => Ok((halves, paired.lane_token)),
             Some(Kind::Error(e)) if e.condition == Condition::NotFound.as_str() => {
                 Err(BridgeError::NotFound)
             }

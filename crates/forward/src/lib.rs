@@ -21,6 +21,7 @@ mod codec;
 mod dialer;
 mod health;
 mod join;
+mod lane;
 mod service;
 mod tls;
 
@@ -44,6 +45,10 @@ pub use codec::{Halves, Inbound, Outbound, SERVICE};
 pub use dialer::{BridgeError, Dialer};
 pub use health::{Authenticated, HEALTH_CALL_TIMEOUT, HEALTH_MAX_MESSAGE, health_binding};
 pub use join::{End, Report, join};
+pub use lane::{
+    EXPECTED_LANES_CAPACITY, LANE_DIAL_TIMEOUT, LANE_MAGIC, LANE_TOKEN_TTL, LANE_VERSION, Lane,
+    LaneDial, Lanes, Offer, PREAMBLE_TIMEOUT, is_lane_start, mint_token, preamble,
+};
 pub use service::BridgeService;
 pub use tls::{PlaneIo, PlaneTls, TlsError, TlsFiles};
 
@@ -83,18 +88,31 @@ impl proto::Open {
 }
 
 impl proto::Frame {
-    /// The first frame of a Bridge, for the Target at `target`.
-    pub fn open(registration_id: &[u8; 32], owner_node_id: &str, target: SocketAddr) -> Self {
+    /// The first frame of a Bridge, for the Target at `target`; `lane`:
+    /// the caller is dialing a lane for the session's bytes.
+    pub fn open(
+        registration_id: &[u8; 32],
+        owner_node_id: &str,
+        target: SocketAddr,
+        lane: bool,
+    ) -> Self {
         Self::of(proto::frame::Kind::Open(proto::Open {
             registration_id: bytes::Bytes::copy_from_slice(registration_id),
             owner_node_id: owner_node_id.to_owned(),
             target_addr: target.to_string(),
+            lane,
         }))
     }
 
     /// The claim succeeded.
     pub fn paired() -> Self {
-        Self::of(proto::frame::Kind::Paired(proto::Paired {}))
+        Self::paired_with(bytes::Bytes::new())
+    }
+
+    /// The claim succeeded, and the owner offers a lane with this token
+    /// (empty: none).
+    pub fn paired_with(lane_token: bytes::Bytes) -> Self {
+        Self::of(proto::frame::Kind::Paired(proto::Paired { lane_token }))
     }
 
     /// XEP-0065 mode: the pair is activated, the session starts.

@@ -118,7 +118,7 @@ impl<C: Claimer> BridgeService<C> {
         // is as trustworthy as the session's own bytes, which only the
         // plane's TLS protects, and it comes from a node that proved it
         // holds the cluster secret.
-        if let Some(claimed) = claimed
+        if let Some(claimed) = &claimed
             && (claimed.registration[..] != open.registration_id[..]
                 || claimed.callee != open.owner_node_id)
         {
@@ -126,7 +126,13 @@ impl<C: Claimer> BridgeService<C> {
         }
         let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
         let outbound = Outbound::new(tx, false);
-        self.claimer.claim(open, Halves { outbound, inbound })?;
+        let caller = claimed.as_ref().map_or("", |c| c.caller.as_str());
+        let halves = Halves {
+            outbound,
+            inbound,
+            lane: crate::lane::LaneDial::NotOffered,
+        };
+        self.claimer.claim(open, caller, halves)?;
         let mut response = Response::new(OutBody::body(rx, true));
         response
             .headers_mut()

@@ -62,6 +62,9 @@ pub(crate) struct RemoteClaim {
     pub(crate) inbound: Box<Inbound>,
     /// The claimant's client address, as its node sent it (for logs only).
     pub(crate) client: Option<SocketAddr>,
+    /// The claimant's node id, when it is dialing a lane for the session
+    /// (and this node offers lanes): see `session::lane`.
+    pub(crate) lane_peer: Option<Box<str>>,
 }
 
 /// A claimant connected to this node.

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use dtcp_duplex::Gates;
-use dtcp_forward::Dialer;
+use dtcp_forward::{Dialer, Lanes};
 
 use crate::claim::Claim;
 use crate::config::Config;
@@ -41,6 +41,8 @@ pub(crate) struct Node {
     pub(crate) cluster: bool,
     /// Opens Bridges to other nodes (cluster mode).
     pub(crate) dialer: Option<Dialer>,
+    /// The lanes this node offers as an owner, when it does lanes.
+    pub(crate) lanes: Option<Lanes>,
     /// CREATEs of this node waiting for their CONNECT.
     pub(crate) pending: PendingTable<Claim>,
     /// XEP-0065 pairs of this node waiting for (or past) their activation.
@@ -85,6 +87,10 @@ impl Node {
     ) -> Self {
         let store: Arc<dyn Rendezvous> = Arc::new(Instrumented::new(store));
         let cluster = dialer.is_some();
+        let lanes = dialer
+            .as_ref()
+            .filter(|d| d.lanes())
+            .map(|_| Lanes::new(trust.plane.clone(), &info.id));
         let socks5 = config.xmpp.serves_socks5();
         // Counted across the cluster in the shared store, and here.
         let v6_prefix = config.ipv6_prefix_len;
@@ -111,6 +117,7 @@ impl Node {
             store,
             memory,
             dialer,
+            lanes,
             pending: PendingTable::new(),
             activations: Activations::new(),
             socks5,
@@ -166,6 +173,16 @@ impl Node {
             read: self.throttle().map(gate),
             write: node_only.map(gate),
         }
+    }
+}
+
+impl Node {
+    /// The caps of this node's side of a session on a lane: its client
+    /// socket to the lane, then the lane to its client socket (which node
+    /// caps what: see [`Node::gates`]).
+    pub(crate) fn lane_throttles(&self) -> [Option<Box<Throttle>>; 2] {
+        let node_only = Throttle::new(None, self.node_rate.clone(), self.hot.throttled.clone());
+        [self.throttle(), node_only]
     }
 }
 

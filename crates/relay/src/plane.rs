@@ -11,13 +11,13 @@ use std::time::Duration;
 use dtcp_forward::proto::Open;
 use dtcp_forward::{
     AuthFailure, Authenticated, BridgeService, CONNECTION_WINDOW, Claimer, ConnectionGate, Cut,
-    H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PlaneIo,
-    PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE,
+    H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Lanes,
+    PlaneIo, PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
 };
 use dtcp_wire::RegistrationId;
 use metrics::counter;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Server;
@@ -44,7 +44,7 @@ struct Plane {
 }
 
 impl Claimer for Plane {
-    fn claim(&self, open: Open, bridge: Halves) -> Result<(), Status> {
+    fn claim(&self, open: Open, caller: &str, bridge: Halves) -> Result<(), Status> {
         let id = <[u8; 32]>::try_from(open.registration_id.as_ref())
             .map(RegistrationId::from_bytes)
             .map_err(|_| Status::invalid_argument("a registration id is 32 bytes"))?;
@@ -62,6 +62,8 @@ impl Claimer for Plane {
             outbound: bridge.outbound,
             inbound: Box::new(bridge.inbound),
             client: open.target(),
+            // The claimant is dialing a lane: it may be offered one.
+            lane_peer: (open.lane && self.node.lanes.is_some()).then(|| caller.into()),
         };
         let claim = match taken.protocol {
             Protocol::Dtcp => Claim::Remote(remote),
@@ -168,9 +170,11 @@ pub(crate) async fn serve(
     let (auth, addr) = (node.trust.plane.clone(), node.info.forward_addr.clone());
     let health = health.max_decoding_message_size(HEALTH_MAX_MESSAGE);
     let health = Authenticated::new(health, auth.clone(), &node.info.id, &addr, refused);
+    let lanes = node.lanes.clone();
+    let silent_max = node.config.plane_max_connections as usize;
     let bridge = BridgeService::new(Plane { node }, auth, &addr);
     let router = builder.add_service(health).add_service(bridge);
-    let incoming = incoming(listener, tls, gate);
+    let incoming = incoming(listener, tls, gate, lanes, silent_max);
     if let Err(e) = router
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -187,8 +191,12 @@ fn incoming(
     listener: TcpListener,
     tls: Option<PlaneTls>,
     gate: ConnectionGate,
+    lanes: Option<Lanes>,
+    silent_max: usize,
 ) -> ReceiverStream<Result<PlaneIo, std::io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
+    let attaching = Arc::new(Semaphore::new(ATTACHING_MAX));
+    let sniffing = Arc::new(Semaphore::new(silent_max));
     tokio::spawn(async move {
         let mut acceptor = Acceptor::new(listener, "plane");
         loop {
@@ -196,6 +204,37 @@ fn incoming(
                 accepted = acceptor.accept() => accepted,
                 () = tx.closed() => return,
             };
+            if let (None, Some(lanes)) = (&tls, &lanes) {
+                // Until it is told apart, a connection may be a lane: if
+                // the process dies now, the claimant's node must see a
+                // reset, never a FIN it would pass on to its client. (An
+                // HTTP/2 connection gets its graceful close back.)
+                dtcp_duplex::reset_on_close(&tcp);
+                let (lanes, attaching) = (lanes.clone(), attaching.clone());
+                // A lane whose first byte is in already (a dialing node
+                // sends it as it connects) goes straight to its token.
+                if first_byte_now(&tcp).is_some_and(is_lane_start) {
+                    tokio::spawn(attach(tcp, lanes, attaching));
+                    continue;
+                }
+                // Else its first byte is awaited outside the gate, where
+                // no newer connection can evict a lane: a lane refused here
+                // is refused at once, before its node has the token, and
+                // its session crosses on the Bridge. At most as many as the
+                // gate holds (`--plane-max-connections`).
+                let Ok(permit) = sniffing.clone().try_acquire_owned() else {
+                    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+                        .increment(1);
+                    reset(tcp);
+                    continue;
+                };
+                let (gate, tx) = (gate.clone(), tx.clone());
+                tokio::spawn(async move {
+                    sniff(tcp, lanes, attaching, gate, tx).await;
+                    drop(permit);
+                });
+                continue;
+            }
             let tcp = match gate.enter(tcp) {
                 Ok(tcp) => tcp,
                 Err(tcp) => {
@@ -226,6 +265,74 @@ fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Lanes whose token is awaited at once (each for
+/// [`dtcp_forward::PREAMBLE_TIMEOUT`] at most): past it, new ones are reset.
+const ATTACHING_MAX: usize = 1024;
+/// How long a new connection on the plane port may stay silent: a peer's
+/// HTTP/2 preface and a lane's magic are sent as they connect.
+const SILENT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A plain connection on the plane port whose first byte had not come when
+/// it was accepted: a lane (its token read and checked, then handed to its
+/// session) or an HTTP/2 connection (through the plane's gate to tonic).
+/// Silent for [`SILENT_TIMEOUT`], it is closed, counted as a probation
+/// that ran out.
+async fn sniff(
+    tcp: tokio::net::TcpStream,
+    lanes: Lanes,
+    attaching: Arc<Semaphore>,
+    gate: ConnectionGate,
+    tx: mpsc::Sender<Result<PlaneIo, std::io::Error>>,
+) {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(SILENT_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        Err(_) => return plane_cut(Cut::Probation),
+        // Closed or failed: nothing to serve.
+        Ok(_) => return,
+    }
+    if is_lane_start(first[0]) {
+        return attach(tcp, lanes, attaching).await;
+    }
+    let _ = socket2::SockRef::from(&tcp).set_linger(None);
+    match gate.enter(tcp) {
+        Ok(tcp) => {
+            let _ = tx.send(Ok(PlaneIo::plain(tcp))).await;
+        }
+        Err(tcp) => {
+            counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+                .increment(1);
+            reset(tcp);
+        }
+    }
+}
+
+/// The first byte a connection sent, if it is in already.
+fn first_byte_now(tcp: &tokio::net::TcpStream) -> Option<u8> {
+    let mut first = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut first);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match tcp.poll_peek(&mut cx, &mut buf) {
+        std::task::Poll::Ready(Ok(1)) => Some(first[0]),
+        _ => None,
+    }
+}
+
+/// A lane: its token read and checked, then handed to its session (at
+/// most [`ATTACHING_MAX`] at once: past it, a lane is reset).
+async fn attach(tcp: tokio::net::TcpStream, lanes: Lanes, attaching: Arc<Semaphore>) {
+    let Ok(_permit) = attaching.try_acquire() else {
+        counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+            .increment(1);
+        reset(tcp);
+        return;
+    };
+    if let Err(Some(failure)) = lanes.attach(tcp).await {
+        debug!(reason = failure.as_str(), "lane refused");
+        refused(failure);
+    }
 }
 
 /// Sets the health statuses: liveness always, readiness and the overall

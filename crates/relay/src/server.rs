@@ -145,7 +145,10 @@ impl Relay {
                     "Redis refused this node's TLS: {why}"
                 )));
             }
-            let dialer = Dialer::new(tls.clone(), trust.plane.clone(), &id);
+            // Lanes carry forwarded sessions' bytes when the plane is plain TCP
+            // (under plane TLS, the Bridge does: see docs/ARCHITECTURE.md).
+            let lanes = tls.is_none() && !config.no_lanes;
+            let dialer = Dialer::new(tls.clone(), trust.plane.clone(), &id).with_lanes(lanes);
             let info = NodeInfo {
                 id,
                 forward_addr,

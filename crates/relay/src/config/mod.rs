@@ -441,6 +441,12 @@ pub struct Config {
     #[arg(long, env = "DTCP_NO_SPLICE")]
     pub no_splice: bool,
 
+    /// Cluster mode: neither offer nor dial lanes, so that every forwarded
+    /// session's bytes cross on its gRPC Bridge, as a node of a version
+    /// without lanes does (lanes are off under plane TLS whatever this says).
+    #[arg(long, env = "DTCP_NO_LANES")]
+    pub no_lanes: bool,
+
     /// Log format.
     #[arg(long, env = "DTCP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

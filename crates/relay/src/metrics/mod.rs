@@ -140,6 +140,20 @@ fn describe() {
     );
     describe_counter!(BRIDGE_ERRORS, "Bridges that failed, by role and reason.");
     describe_counter!(
+        FORWARDED_SESSIONS,
+        "Forwarded sessions started, by via (lane or bridge), counted by the owner node."
+    );
+    describe_counter!(
+        FORWARDED_BYTES,
+        Unit::Bytes,
+        "Bytes of forwarded sessions, both directions, by via, counted by each node as its side ends."
+    );
+    describe_gauge!(LANES_ACTIVE, "Lanes open now, by role.");
+    describe_counter!(
+        LANE_DIALS,
+        "Lanes offered by an owner that this node dialed, by outcome (ok, or why the Bridge carried the session)."
+    );
+    describe_counter!(
         AUTH_FAILURES,
         "Refused credentials (signed keys, Bridge authenticators, store records), by reason."
     );
@@ -266,6 +280,16 @@ fn init_series() {
         ("server", "stale_owner"),
     ] {
         counter!(BRIDGE_ERRORS, "role" => role, "reason" => reason).absolute(0);
+    }
+    for via in FORWARDED_VIAS {
+        counter!(FORWARDED_SESSIONS, "via" => via).absolute(0);
+        counter!(FORWARDED_BYTES, "via" => via).absolute(0);
+    }
+    for role in ["client", "server"] {
+        gauge!(LANES_ACTIVE, "role" => role).set(0.0);
+    }
+    for outcome in LANE_DIAL_OUTCOMES {
+        counter!(LANE_DIALS, "outcome" => outcome).absolute(0);
     }
     for reason in AUTH_FAILURE_REASONS {
         counter!(AUTH_FAILURES, "reason" => reason).absolute(0);

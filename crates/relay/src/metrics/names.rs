@@ -61,10 +61,11 @@ pub const BRIDGE_ERRORS: &str = "dtcp_bridge_errors_total";
 /// Refused credentials, by `reason`: a client's signed key (`bad_signature`,
 /// `expired`, `lifetime`, `reused`), a Bridge call's authenticator
 /// (`plane_mac`, `plane_replay`), a store record that is not the cluster's
-/// (`bad_record`).
+/// (`bad_record`), a lane's token (`lane_token`: malformed or a MAC that
+/// fails, `lane_expired`, `lane_replay`: used before or never offered).
 pub const AUTH_FAILURES: &str = "dtcp_auth_failures_total";
 /// Every `reason` of [`AUTH_FAILURES`].
-pub const AUTH_FAILURE_REASONS: [&str; 7] = [
+pub const AUTH_FAILURE_REASONS: [&str; 10] = [
     "bad_signature",
     "expired",
     "lifetime",
@@ -72,7 +73,28 @@ pub const AUTH_FAILURE_REASONS: [&str; 7] = [
     "plane_mac",
     "plane_replay",
     "bad_record",
+    "lane_token",
+    "lane_expired",
+    "lane_replay",
 ];
+/// Forwarded sessions started, by `via`: `lane` (their bytes cross on a
+/// lane) or `bridge` (on the gRPC Bridge). Counted by the owner node.
+pub const FORWARDED_SESSIONS: &str = "dtcp_forwarded_sessions_total";
+/// Bytes of forwarded sessions, both directions, by `via`; counted by each
+/// node when its side of a session ends.
+pub const FORWARDED_BYTES: &str = "dtcp_forwarded_bytes_total";
+/// Every `via` of [`FORWARDED_SESSIONS`] and [`FORWARDED_BYTES`].
+pub const FORWARDED_VIAS: [&str; 2] = ["lane", "bridge"];
+/// Lanes open now, by `role` (`client`: this node dialed it and holds the
+/// Target; `server`: it holds the Initiator).
+pub const LANES_ACTIVE: &str = "dtcp_lanes_active";
+/// Lanes the owner offered that this node dialed, by `outcome`: `ok`, or
+/// why the session fell back to its Bridge (see [`LANE_DIAL_OUTCOMES`]).
+pub const LANE_DIALS: &str = "dtcp_lane_dials_total";
+/// Every `outcome` of [`LANE_DIALS`]: dialed; refused; no connection within
+/// `LANE_DIAL_TIMEOUT`; closed by the owner's port before the token came;
+/// another failure; no connection slot to spare.
+pub const LANE_DIAL_OUTCOMES: [&str; 6] = ["ok", "refused", "timeout", "reset", "error", "no_slot"];
 /// XEP-0065 pairs on this node (their Target's owner) waiting for their
 /// activation.
 pub const SOCKS5_AWAITING: &str = "dtcp_socks5_pairs_awaiting_activation";

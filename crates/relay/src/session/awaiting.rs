@@ -183,6 +183,7 @@ pub(crate) fn run(
                     outbound: requester.outbound,
                     inbound,
                     client: requester.client,
+                    lane_peer: None,
                 };
                 forwarded::run_owner_side(
                     node,

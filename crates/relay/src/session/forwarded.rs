@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use dtcp_duplex::reset_on_close;
 use dtcp_forward::proto::Frame;
-use dtcp_forward::{End, Halves, join};
+use dtcp_forward::{End, Halves, LaneDial, join};
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::{counter, gauge};
 use tokio::net::TcpStream;
@@ -22,12 +22,14 @@ use tokio::time::Instant;
 
 use crate::claim::RemoteClaim;
 use crate::limits::Slot;
-use crate::metrics::{BRIDGE_ERRORS, BRIDGE_STREAMS};
+use crate::metrics::{BRIDGE_ERRORS, BRIDGE_STREAMS, FORWARDED_SESSIONS, LANE_DIALS};
 use crate::node::Node;
 use crate::outcome::Outcome;
 use crate::protocol::Protocol;
 use crate::reply::send_ok;
+use crate::session::lane::{self, Waited};
 use crate::session::report::{Ended, Side, finished};
+use tracing::debug;
 
 /// Claimant side, once the Bridge is open (and, in XEP-0065 mode, the pair
 /// activated): answers a DTCP Target `OK` and joins its socket to the Bridge.
@@ -42,10 +44,40 @@ pub(crate) async fn run_claimant_side(
     id: RegistrationId,
     early: BytesMut,
     started: Instant,
-    bridge: Box<Halves>,
+    mut bridge: Box<Halves>,
     client: IpAddr,
     protocol: Protocol,
 ) {
+    // A drain waits for this session, on a lane or on the Bridge.
+    let _tracked = node.sessions.token();
+    match std::mem::take(&mut bridge.lane) {
+        LaneDial::Ready(lane) => match node.slots.take() {
+            Some(lane_slot) => {
+                counter!(LANE_DIALS, "outcome" => "ok").increment(1);
+                let Halves {
+                    outbound, inbound, ..
+                } = *bridge;
+                let session = lane::run_claimant(
+                    node, target, lane_slot, id, early, started, *lane, outbound, inbound, client,
+                    protocol,
+                );
+                // Released when the session ends.
+                let _slot = _slot;
+                return session.await;
+            }
+            None => {
+                // No descriptor to spare for it: the Bridge carries the
+                // bytes, and the owner is told so at once.
+                counter!(LANE_DIALS, "outcome" => "no_slot").increment(1);
+                bridge.outbound.try_send(Frame::data(bytes::Bytes::new()));
+            }
+        },
+        LaneDial::Failed(reason) => {
+            counter!(LANE_DIALS, "outcome" => reason).increment(1);
+            debug!(registration = %id, reason, "lane dial failed: the Bridge carries the session");
+        }
+        LaneDial::NotOffered => {}
+    }
     // The owner has answered its Initiator: now the Target. From OK on, a
     // close that is not a passed-on FIN (the process killed included) is a
     // reset (`join` undoes it for the FIN).
@@ -57,7 +89,6 @@ pub(crate) async fn run_claimant_side(
         // A XEP-0065 pair's was recorded at its claim (see `local::run`).
         series.pairing_latency.record(started.elapsed());
     }
-    let _tracked = node.sessions.token();
     let streams = gauge!(BRIDGE_STREAMS, "role" => "client");
     streams.increment(1.0);
     let paired_at = Instant::now();
@@ -89,6 +120,7 @@ pub(crate) async fn run_claimant_side(
         detail,
         // The Initiator's address stays with the node that holds it.
         clients: [None, Some(client)],
+        via: Some("bridge"),
     };
     finished(series, ended);
 }
@@ -112,8 +144,9 @@ pub(crate) async fn run_owner_side(
 ) {
     let RemoteClaim {
         outbound,
-        inbound,
+        mut inbound,
         client: target,
+        lane_peer,
     } = claim;
     // With debug logging, this connection's lines name the Target as its
     // node saw it, not the node: the Bridge carried its address (the
@@ -127,13 +160,46 @@ pub(crate) async fn run_owner_side(
     if protocol == Protocol::Dtcp {
         send_ok(&initiator).await;
         node.hot.create_ok.increment(1);
-        if outbound.send(Frame::paired()).await.is_err() {
+        let offered = lane_peer.and_then(|peer| lane::offer(&node, &id, &peer));
+        let paired = match &offered {
+            Some(o) => Frame::paired_with(o.offer.token.clone()),
+            None => Frame::paired(),
+        };
+        if outbound.send(paired).await.is_err() {
             counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
             // The Target's node is gone: the Initiator's OK stands for nothing.
             reset_on_close(&initiator);
             return;
         }
+        if let Some(mut offered) = offered {
+            match lane::await_lane(&mut offered.offer, &mut inbound).await {
+                Waited::Lane(stream) => {
+                    return lane::run_owner(
+                        node,
+                        initiator,
+                        early,
+                        stream,
+                        offered.slot,
+                        outbound,
+                        *inbound,
+                        id,
+                        waited,
+                        client,
+                        target,
+                        protocol,
+                    )
+                    .await;
+                }
+                Waited::Bridge => {}
+                Waited::Broken => {
+                    counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
+                    debug!(registration = %id, "the claimant's node went before its lane came");
+                    return;
+                }
+            }
+        }
     }
+    counter!(FORWARDED_SESSIONS, "via" => "bridge").increment(1);
     let series = node.hot.forwarded(protocol);
     let streams = gauge!(BRIDGE_STREAMS, "role" => "server");
     series.active.increment(1.0);
@@ -164,6 +230,7 @@ pub(crate) async fn run_owner_side(
         outcome,
         detail,
         clients: [Some(client), target.map(|t| t.ip())],
+        via: Some("bridge"),
     };
     finished(series, ended);
 }

@@ -91,6 +91,7 @@ pub(crate) fn run(
             outcome,
             detail: None,
             clients: [Some(client), Some(claim.client)],
+            via: None,
         };
         finished(series, ended);
     }

@@ -7,6 +7,7 @@
 
 mod awaiting;
 pub(crate) mod forwarded;
+mod lane;
 mod local;
 mod pump;
 mod report;

@@ -7,7 +7,9 @@ use dtcp_wire::RegistrationId;
 use tokio::time::Instant;
 use tracing::info;
 
-use crate::metrics::PathSeries;
+use metrics::counter;
+
+use crate::metrics::{FORWARDED_BYTES, PathSeries};
 use crate::outcome::Outcome;
 
 /// Which side of a session a node ran.
@@ -53,6 +55,9 @@ pub(crate) struct Ended {
     /// The Initiator's and the Target's client addresses, where this node
     /// knows them (the client a trusted PROXY header named, else the peer).
     pub(crate) clients: [Option<IpAddr>; 2],
+    /// How a forwarded session's bytes crossed between the nodes (`lane`
+    /// or `bridge`); `None` for a local session.
+    pub(crate) via: Option<&'static str>,
 }
 
 /// Records a finished session in `series` and writes its log line.
@@ -66,11 +71,15 @@ pub(crate) fn finished(series: &PathSeries, ended: Ended) {
         series.completed(ended.outcome);
         series.duration.record(duration);
     }
+    if let Some(via) = ended.via {
+        counter!(FORWARDED_BYTES, "via" => via).increment(ended.moved[0] + ended.moved[1]);
+    }
     info!(
         registration = %ended.id,
         initiator_client = ended.clients[0].map(tracing::field::display),
         target_client = ended.clients[1].map(tracing::field::display),
         path = series.path,
+        via = ended.via,
         protocol = series.protocol.label(),
         side = ended.side.label(),
         duration_ms = duration.as_millis() as u64,

@@ -1,0 +1,477 @@
+//! Lanes: once a Bridge has paired a session, its bytes cross between the
+//! two nodes on a TCP connection of their own, joined at both ends to the
+//! client socket like a local session's (spliced on Linux).
+//!
+//! The owner offers a lane in its `paired` frame with a single-use token;
+//! the claimant, which dialed the owner's forwarding port while the claim
+//! was in flight, writes the lane's preamble, then the session's bytes:
+//!
+//! ```text
+//! preamble = "DTCPLANE" version(1 byte) token-length(u16 BE) token
+//! token    = registration id(32) expiry(unix ms, u64 BE) nonce(16)
+//!            claimant-id-length(1) claimant node id  mac(32)
+//! mac      = HMAC-SHA256 under the signing cluster secret of
+//!            [tag, version, registration id, owner node id, claimant node id, expiry, nonce]
+//! ```
+//!
+//! The owner keeps the lanes it expects in [`Lanes`], a bounded table keyed
+//! by nonce: a lane attaches once, to the session that offered it, before
+//! its expiry. A token whose MAC fails is `lane_token`, one past its expiry
+//! `lane_expired`, one whose nonce is not (or no longer) expected
+//! `lane_replay`: the lane is reset and nothing is read or written on it.
+//! On an insecure plane (`--insecure-plane`) the MAC is zeros and is not
+//! checked: the token's 128-bit nonce, which crossed in the Bridge, is what
+//! binds the lane, as the plane checks nothing else either.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::auth::{AuthFailure, PlaneAuth};
+
+/// The first bytes of a lane, on the forwarding port: told apart from the
+/// HTTP/2 client preface (`PRI * ...`) and a TLS handshake (0x16) by the first.
+pub const LANE_MAGIC: &[u8; 8] = b"DTCPLANE";
+/// The lane format version this node speaks.
+pub const LANE_VERSION: u8 = 1;
+/// How long a lane token is good for, from the owner's `paired`.
+pub const LANE_TOKEN_TTL: Duration = Duration::from_secs(5);
+/// How long the claimant's lane dial may take (connect included) before the
+/// session falls back to the Bridge's data path.
+pub const LANE_DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a connection on the forwarding port that began like a lane may
+/// take to send the rest of its preamble.
+pub const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most lanes an owner expects at once: beyond it, no lane is offered
+/// (the session's bytes cross on the Bridge).
+pub const EXPECTED_LANES_CAPACITY: usize = 65_536;
+/// The domain-separation tag of a lane token's MAC.
+const LANE_TAG: &[u8] = b"dtcp-lane-v1";
+/// Fixed part of a preamble before the token: magic, version, token length.
+const HEAD: usize = 8 + 1 + 2;
+/// Longest token: every field at its largest.
+const MAX_TOKEN: usize = 32 + 8 + 16 + 1 + 255 + 32;
+const NONCE: usize = 16;
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// A token's fields, as the owner reads them.
+#[derive(Debug, PartialEq, Eq)]
+struct Token<'a> {
+    registration: [u8; 32],
+    expires_ms: u64,
+    nonce: [u8; NONCE],
+    claimant: &'a str,
+    mac: [u8; 32],
+}
+
+impl<'a> Token<'a> {
+    fn parse(bytes: &'a [u8]) -> Option<Self> {
+        let (registration, rest) = bytes.split_first_chunk::<32>()?;
+        let (expires, rest) = rest.split_first_chunk::<8>()?;
+        let (nonce, rest) = rest.split_first_chunk::<NONCE>()?;
+        let (&len, rest) = rest.split_first()?;
+        let (claimant, rest) = rest.split_at_checked(usize::from(len))?;
+        let mac: [u8; 32] = rest.try_into().ok()?;
+        Some(Token {
+            registration: *registration,
+            expires_ms: u64::from_be_bytes(*expires),
+            nonce: *nonce,
+            claimant: std::str::from_utf8(claimant).ok()?,
+            mac,
+        })
+    }
+
+    fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(32 + 8 + NONCE + 1 + self.claimant.len() + 32);
+        out.put_slice(&self.registration);
+        out.put_u64(self.expires_ms);
+        out.put_slice(&self.nonce);
+        out.put_u8(self.claimant.len() as u8);
+        out.put_slice(self.claimant.as_bytes());
+        out.put_slice(&self.mac);
+        out.freeze()
+    }
+}
+
+/// The MAC of a token, under the signing secret (`None` on an insecure plane).
+fn token_mac(auth: &PlaneAuth, owner: &str, t: &Token<'_>) -> Option<[u8; 32]> {
+    auth.mac(&token_parts(owner, t, &t.expires_ms.to_be_bytes()))
+}
+
+fn token_parts<'a>(owner: &'a str, t: &'a Token<'_>, expires: &'a [u8; 8]) -> [&'a [u8]; 7] {
+    [
+        LANE_TAG,
+        &[LANE_VERSION],
+        &t.registration,
+        owner.as_bytes(),
+        t.claimant.as_bytes(),
+        expires,
+        &t.nonce,
+    ]
+}
+
+/// A lane token as the owner mints it, for `registration` claimed by the
+/// node `claimant`, expiring at `expires_ms` (Unix ms). Public so that a
+/// test can mint one (a forged or expired token, the right way).
+pub fn mint_token(
+    auth: &PlaneAuth,
+    owner: &str,
+    claimant: &str,
+    registration: &[u8; 32],
+    expires_ms: u64,
+    nonce: [u8; NONCE],
+) -> Bytes {
+    let mut token = Token {
+        registration: *registration,
+        expires_ms,
+        nonce,
+        claimant,
+        mac: [0; 32],
+    };
+    if let Some(mac) = token_mac(auth, owner, &token) {
+        token.mac = mac;
+    }
+    token.encode()
+}
+
+/// The preamble a claimant writes on its lane before any byte of the
+/// session: magic, version, and the token as the owner sent it.
+pub fn preamble(token: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEAD + token.len());
+    out.extend_from_slice(LANE_MAGIC);
+    out.push(LANE_VERSION);
+    out.extend_from_slice(&after_head(token));
+    out
+}
+
+/// The preamble past its magic and version (which a dial sends as soon as
+/// it connects): the token's length and the token.
+pub(crate) fn after_head(token: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + token.len());
+    out.extend_from_slice(&(token.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    out.extend_from_slice(token);
+    out
+}
+
+/// Whether a connection's first byte is a lane's (on the forwarding port).
+pub fn is_lane_start(first: u8) -> bool {
+    first == LANE_MAGIC[0]
+}
+
+/// A lane the claimant dialed and the owner offered, ready for the session.
+#[derive(Debug)]
+pub struct Lane {
+    /// The connection to the owner's forwarding port.
+    pub stream: TcpStream,
+    /// What to write on it before any byte of the session (the rest of
+    /// the preamble: its magic and version went at the dial).
+    pub preamble: Vec<u8>,
+}
+
+/// What became of the claimant's lane for a Bridge it opened.
+#[derive(Debug, Default)]
+pub enum LaneDial {
+    /// No lane was dialed, or the owner offered none (an owner that does
+    /// not do lanes, or whose table is full): the Bridge carries the bytes.
+    #[default]
+    NotOffered,
+    /// The owner offered one and the dial succeeded.
+    Ready(Box<Lane>),
+    /// The owner offered one but the dial failed (refused, reset, or not
+    /// done within [`LANE_DIAL_TIMEOUT`]): the Bridge carries the bytes,
+    /// and the owner has been told so.
+    Failed(&'static str),
+}
+
+/// Dials a lane to the owner's forwarding port at `addr`, within
+/// [`LANE_DIAL_TIMEOUT`]; the reason label of a failure.
+pub(crate) async fn dial(addr: String) -> Result<TcpStream, &'static str> {
+    let connect = async {
+        let stream = TcpStream::connect(addr.as_str()).await?;
+        stream.set_nodelay(true)?;
+        // From here on a lane that closes other than by a passed-on FIN
+        // (its process killed included) is reset, as a client socket is.
+        socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+        // Its first bytes at once: the owner's port tells it from HTTP/2
+        // by them, and holds silent connections on probation only.
+        let mut head = LANE_MAGIC.to_vec();
+        head.push(LANE_VERSION);
+        dtcp_duplex::write_all(&stream, &head).await?;
+        Ok::<_, std::io::Error>(stream)
+    };
+    match tokio::time::timeout(LANE_DIAL_TIMEOUT, connect).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err("refused"),
+        Ok(Err(_)) => Err("error"),
+        Err(_) => Err("timeout"),
+    }
+}
+
+/// Whether a dialed lane is still open: the owner sends nothing on it, so
+/// anything to read (its end, a reset) says it is not.
+pub(crate) fn is_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    stream.poll_peek(&mut cx, &mut buf).is_pending()
+}
+
+/// The lanes an owner node expects: offered in `paired`, attached once by
+/// the claimant's preamble. Clones share the table.
+#[derive(Debug, Clone)]
+pub struct Lanes {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    auth: PlaneAuth,
+    node_id: Box<str>,
+    expected: Mutex<HashMap<[u8; NONCE], Expected>>,
+}
+
+#[derive(Debug)]
+struct Expected {
+    registration: [u8; 32],
+    claimant: Box<str>,
+    tx: oneshot::Sender<TcpStream>,
+}
+
+/// A lane offered to a claimant: its token (for `paired`), and the wait for
+/// it. Dropping the offer withdraws it.
+#[derive(Debug)]
+pub struct Offer {
+    /// The token to send in `paired`.
+    pub token: Bytes,
+    /// Completes with the lane once it has attached.
+    pub arrival: oneshot::Receiver<TcpStream>,
+    nonce: [u8; NONCE],
+    lanes: Lanes,
+}
+
+impl Drop for Offer {
+    fn drop(&mut self) {
+        self.lanes.table().remove(&self.nonce);
+    }
+}
+
+impl Lanes {
+    /// The table of the owner node `node_id`, minting tokens under `auth`.
+    pub fn new(auth: PlaneAuth, node_id: &str) -> Self {
+        Lanes {
+            inner: Arc::new(Inner {
+                auth,
+                node_id: node_id.into(),
+                expected: Mutex::default(),
+            }),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; NONCE], Expected>> {
+        self.inner
+            .expected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lanes offered and not yet attached or withdrawn.
+    pub fn expected(&self) -> usize {
+        self.table().len()
+    }
+
+    /// Offers the node `claimant` a lane for `registration`; `None` when the
+    /// table is full or the claimant's id is too long for a token.
+    pub fn offer(&self, registration: &[u8; 32], claimant: &str) -> Option<Offer> {
+        if claimant.len() > usize::from(u8::MAX) {
+            return None;
+        }
+        let nonce = *uuid::Uuid::new_v4().as_bytes();
+        let expires = unix_ms() + LANE_TOKEN_TTL.as_millis() as u64;
+        let token = mint_token(
+            &self.inner.auth,
+            &self.inner.node_id,
+            claimant,
+            registration,
+            expires,
+            nonce,
+        );
+        let (tx, arrival) = oneshot::channel();
+        {
+            let mut table = self.table();
+            if table.len() >= EXPECTED_LANES_CAPACITY {
+                return None;
+            }
+            let expected = Expected {
+                registration: *registration,
+                claimant: claimant.into(),
+                tx,
+            };
+            table.insert(nonce, expected);
+        }
+        Some(Offer {
+            token,
+            arrival,
+            nonce,
+            lanes: self.clone(),
+        })
+    }
+
+    /// A connection on the forwarding port whose first byte is a lane's:
+    /// reads its preamble (within [`PREAMBLE_TIMEOUT`]), checks its token
+    /// and hands it to the session that offered it. On a refusal the
+    /// connection is dropped with a reset, nothing written to it; the
+    /// failure says why (to be counted), `None` for a connection that
+    /// closed or stalled before its preamble was whole.
+    pub async fn attach(&self, mut stream: TcpStream) -> Result<(), Option<AuthFailure>> {
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .map_err(|_| None)?;
+        let mut head = [0u8; HEAD];
+        let mut token = [0u8; MAX_TOKEN];
+        let read = async {
+            stream.read_exact(&mut head).await?;
+            let len = usize::from(u16::from_be_bytes([head[9], head[10]]));
+            if &head[..8] != LANE_MAGIC || head[8] != LANE_VERSION || len > MAX_TOKEN {
+                return Ok(None);
+            }
+            stream.read_exact(&mut token[..len]).await?;
+            Ok::<_, std::io::Error>(Some(len))
+        };
+        let len = match tokio::time::timeout(PREAMBLE_TIMEOUT, read).await {
+            Ok(Ok(Some(len))) => len,
+            Ok(Ok(None)) => return Err(Some(AuthFailure::LaneToken)),
+            _ => return Err(None),
+        };
+        let expected = self.check(&token[..len], unix_ms())?;
+        expected.tx.send(stream).map_err(|_| None)
+    }
+
+    /// Checks a token at Unix time `now_ms` and takes its entry.
+    fn check(&self, token: &[u8], now_ms: u64) -> Result<Expected, Option<AuthFailure>> {
+        let token = Token::parse(token).ok_or(Some(AuthFailure::LaneToken))?;
+        let owner = &*self.inner.node_id;
+        if self.inner.auth.is_secure() {
+            let expires = token.expires_ms.to_be_bytes();
+            let parts = token_parts(owner, &token, &expires);
+            if !self.inner.auth.verify(&parts, &token.mac) {
+                return Err(Some(AuthFailure::LaneToken));
+            }
+        }
+        if now_ms > token.expires_ms {
+            return Err(Some(AuthFailure::LaneExpired));
+        }
+        let mut table = self.table();
+        let Some(entry) = table.get(&token.nonce) else {
+            // Attached before (or withdrawn): a lane carries one session.
+            return Err(Some(AuthFailure::LaneReplay));
+        };
+        if entry.registration != token.registration || *entry.claimant != *token.claimant {
+            return Err(Some(AuthFailure::LaneToken));
+        }
+        Ok(table.remove(&token.nonce).expect("just seen"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dtcp_wire::{Keyring, Secrets};
+
+    use super::*;
+
+    fn auth(secret: &str) -> PlaneAuth {
+        PlaneAuth::new(Some(Keyring::new(Secrets::from_lines(secret))))
+    }
+
+    fn body(preamble: &[u8]) -> &[u8] {
+        &preamble[HEAD..]
+    }
+
+    #[tokio::test]
+    async fn a_token_attaches_once_to_its_registration_and_claimant() {
+        let lanes = Lanes::new(auth("s1"), "owner");
+        let reg = [7; 32];
+        let offer = lanes.offer(&reg, "claimant").unwrap();
+        assert_eq!(lanes.expected(), 1);
+        let token = offer.token.clone();
+        let pre = preamble(&token);
+        assert!(is_lane_start(pre[0]));
+        assert!(!is_lane_start(b'P') && !is_lane_start(0x16));
+        // A changed byte anywhere in the token fails its MAC.
+        let mut forged = token.to_vec();
+        forged[40] ^= 1;
+        assert_eq!(
+            lanes.check(&forged, unix_ms()).unwrap_err(),
+            Some(AuthFailure::LaneToken)
+        );
+        // Past its expiry.
+        let late = unix_ms() + LANE_TOKEN_TTL.as_millis() as u64 + 1;
+        assert_eq!(
+            lanes.check(body(&pre), late).unwrap_err(),
+            Some(AuthFailure::LaneExpired)
+        );
+        // Another secret's token.
+        let other = mint_token(&auth("s2"), "owner", "claimant", &reg, late, [1; 16]);
+        assert_eq!(
+            lanes.check(&other, unix_ms()).unwrap_err(),
+            Some(AuthFailure::LaneToken)
+        );
+        let entry = lanes.check(body(&pre), unix_ms()).unwrap();
+        assert_eq!(entry.registration, reg);
+        assert_eq!(
+            lanes.check(body(&pre), unix_ms()).unwrap_err(),
+            Some(AuthFailure::LaneReplay),
+            "a token attaches once"
+        );
+        drop(offer);
+        assert_eq!(lanes.expected(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_offer_is_a_replay_and_the_table_is_bounded() {
+        let lanes = Lanes::new(auth("s1"), "owner");
+        let offer = lanes.offer(&[1; 32], "c").unwrap();
+        let pre = preamble(&offer.token);
+        drop(offer);
+        assert_eq!(
+            lanes.check(body(&pre), unix_ms()).unwrap_err(),
+            Some(AuthFailure::LaneReplay)
+        );
+        assert!(lanes.offer(&[1; 32], &"x".repeat(256)).is_none());
+        let offers: Vec<_> = (0..EXPECTED_LANES_CAPACITY)
+            .map(|_| lanes.offer(&[2; 32], "c").unwrap())
+            .collect();
+        assert!(lanes.offer(&[2; 32], "c").is_none(), "the table is full");
+        drop(offers);
+        assert_eq!(lanes.expected(), 0);
+    }
+
+    #[tokio::test]
+    async fn attach_reads_the_preamble_and_hands_the_lane_over() {
+        use tokio::io::AsyncWriteExt;
+        let lanes = Lanes::new(auth("s1"), "owner");
+        let mut offer = lanes.offer(&[3; 32], "c").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut client = dial(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut bytes = after_head(&offer.token);
+        bytes.extend_from_slice(b"early");
+        client.write_all(&bytes).await.unwrap();
+        lanes.attach(server).await.unwrap();
+        let mut lane = (&mut offer.arrival).await.unwrap();
+        let mut got = [0; 5];
+        lane.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"early", "the session's bytes follow the preamble");
+    }
+}

@@ -1,0 +1,350 @@
+//! Forwarded sessions on lanes: once the Bridge has paired a session, its
+//! bytes cross between the two nodes on a TCP connection of their own (a
+//! lane, see `dtcp_forward::Lanes`), joined at each end to the client
+//! socket by the same pump as a local session (spliced on Linux).
+//!
+//! The Bridge stays open beside the lane, carrying no byte of the session:
+//! when a node cuts the session (its drain timeout, the owner's idle
+//! timeout) it says why in an `error` frame on the Bridge before it resets
+//! the lane, so that the other node resets its client and names the same
+//! cut. A reset the lane carries without a reason (a client reset, a node
+//! killed) is a reset on both nodes; both session lines name the
+//! registration and `via=lane`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dtcp_duplex::{reset_on_close, write_all};
+use dtcp_forward::proto::Frame;
+use dtcp_forward::proto::frame::Kind;
+use dtcp_forward::{Inbound, Lane, Offer, Outbound, RESET};
+use dtcp_wire::{Condition, RegistrationId};
+use metrics::{Counter, counter, gauge};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::limits::Slot;
+use crate::metrics::{FORWARDED_SESSIONS, LANES_ACTIVE};
+use crate::node::Node;
+use crate::outcome::Outcome;
+use crate::protocol::Protocol;
+use crate::reply::send_ok;
+use crate::session::pump::Pump;
+use crate::session::report::{Ended, Side, finished};
+
+/// How long the owner waits, after its `paired`, for the lane it offered
+/// (the claimant dials it within `LANE_DIAL_TIMEOUT` of its `open`, or
+/// says on the Bridge that it could not). Past it, the Bridge carries the
+/// session's bytes: a claimant that sent nothing may be one that ignores
+/// lanes, with a Target that has not spoken yet.
+const LANE_WAIT: Duration = Duration::from_secs(3);
+/// How long a node whose lane was reset waits for the other node's reason
+/// on the Bridge (it sends it before it resets the lane).
+const REASON_WAIT: Duration = Duration::from_millis(500);
+/// How long the claimant, having cut a session, waits for the owner to end
+/// the Bridge (having read why), as `dtcp_forward::join` does.
+const CUT_FLUSH: Duration = Duration::from_millis(500);
+
+/// A lane offered by the owner: the offer, and the connection slot the lane
+/// will hold (a forwarded session holds one more descriptor on each node).
+pub(crate) struct Offered {
+    pub(crate) offer: Offer,
+    pub(crate) slot: Slot,
+}
+
+/// Offers the claimant node `peer` a lane for `id`, if this node does
+/// lanes and has a connection slot for it.
+pub(crate) fn offer(node: &Node, id: &RegistrationId, peer: &str) -> Option<Offered> {
+    let lanes = node.lanes.as_ref()?;
+    let slot = node.slots.take()?;
+    let offer = lanes.offer(id.as_bytes(), peer)?;
+    Some(Offered { offer, slot })
+}
+
+/// What ended the owner's wait for its lane.
+pub(crate) enum Waited {
+    /// The lane attached.
+    Lane(TcpStream),
+    /// The session's bytes cross on the Bridge (its first frame, if one
+    /// came, given back to `inbound`).
+    Bridge,
+    /// The claimant's node went (its Bridge ended) before any lane came.
+    Broken,
+}
+
+/// Owner side: waits for the lane `offer`ed, or for the claimant to use
+/// the Bridge after all, within [`LANE_WAIT`].
+pub(crate) async fn await_lane(offer: &mut Offer, inbound: &mut Inbound) -> Waited {
+    let deadline = tokio::time::sleep(LANE_WAIT);
+    tokio::pin!(deadline);
+    tokio::select! {
+        biased;
+        lane = &mut offer.arrival => match lane {
+            Ok(lane) => Waited::Lane(lane),
+            Err(_) => Waited::Broken,
+        },
+        frame = inbound.next() => match frame {
+            // The claimant could not dial the lane: it says so with nothing.
+            Ok(Some(Kind::Data(d))) if d.is_empty() => Waited::Bridge,
+            Ok(Some(kind)) => {
+                inbound.unread(kind);
+                Waited::Bridge
+            }
+            Ok(None) | Err(_) => Waited::Broken,
+        },
+        () = &mut deadline => Waited::Bridge,
+    }
+}
+
+/// How a lane session ended, as one node saw it.
+struct LaneEnd {
+    moved: [u64; 2],
+    outcome: Outcome,
+    detail: Option<String>,
+}
+
+/// One node's side of a lane session: `client` (its `early` bytes first)
+/// joined to `lane` until the session ends; `counters`: client to lane,
+/// lane to client. `idle`: the owner's idle timeout (the claimant's node
+/// leaves it to the owner, as on the Bridge). Both sockets are closed here,
+/// with a reset unless both directions ended with a FIN.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call per side of a session, each argument a different thing"
+)]
+async fn join_lane(
+    node: &Node,
+    client: TcpStream,
+    early: &[u8],
+    lane: TcpStream,
+    counters: [Counter; 2],
+    idle: Option<Duration>,
+    outbound: &Outbound,
+    inbound: &mut Inbound,
+) -> LaneEnd {
+    enum Why {
+        Pump(Outcome),
+        Stopped,
+        Peer(String),
+    }
+    let [to_lane, to_client] = counters;
+    let mut pump = Pump::new(
+        (&client, early, to_lane),
+        (&lane, &[], to_client),
+        idle,
+        !node.config.no_splice,
+        node.lane_throttles(),
+    );
+    let mut bridge_open = true;
+    let why = loop {
+        tokio::select! {
+            outcome = &mut pump => break Why::Pump(outcome),
+            () = node.stop.cancelled() => break Why::Stopped,
+            frame = inbound.next(), if bridge_open => match frame {
+                Ok(Some(Kind::Error(e))) => break Why::Peer(e.condition),
+                Ok(Some(_)) => {}
+                // The other node ended its side: the lane says the rest.
+                Ok(None) | Err(_) => bridge_open = false,
+            },
+        }
+    };
+    let moved = pump.moved();
+    drop(pump);
+    let closed = matches!(why, Why::Pump(Outcome::Closed));
+    if !closed {
+        // Every end but both FINs is a reset, at both ends of this node.
+        reset_on_close(&client);
+        reset_on_close(&lane);
+    }
+    // This node's own cut: the other node is told why before the lane resets.
+    let told = match &why {
+        Why::Pump(Outcome::IdleTimeout) => {
+            Some((Condition::Timeout, "no byte moved for the idle timeout"))
+        }
+        Why::Stopped => Some((Condition::ShuttingDown, crate::node::SHUTTING_DOWN)),
+        _ => None,
+    };
+    if let Some((condition, text)) = told {
+        outbound.try_send(Frame::error(condition, text));
+    }
+    drop(client);
+    drop(lane);
+    let (outcome, detail) = match why {
+        Why::Pump(Outcome::Reset) if bridge_open => {
+            // The lane or the client reset: if it was the other node's
+            // cut, its reason is on its way on the Bridge.
+            let reason = tokio::time::timeout(REASON_WAIT, async {
+                loop {
+                    match inbound.next().await {
+                        Ok(Some(Kind::Error(e))) => return Some(e.condition),
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => return None,
+                    }
+                }
+            })
+            .await
+            .ok()
+            .flatten();
+            match reason {
+                Some(condition) => cut_by_peer(&condition),
+                None => (Outcome::Reset, None),
+            }
+        }
+        Why::Pump(outcome) => (outcome, None),
+        Why::Stopped => (Outcome::Drained, None),
+        Why::Peer(condition) => cut_by_peer(&condition),
+    };
+    if told.is_some() && outbound.is_dialing() {
+        // Dropping the call now would reset its HTTP/2 stream, which can
+        // overtake the error frame: the owner ends it once it has read it.
+        let rest = async { while let Ok(Some(_)) = inbound.next().await {} };
+        let _ = tokio::time::timeout(CUT_FLUSH, rest).await;
+    }
+    LaneEnd {
+        moved,
+        outcome,
+        detail,
+    }
+}
+
+/// The outcome of a session the other node cut for `condition`.
+fn cut_by_peer(condition: &str) -> (Outcome, Option<String>) {
+    let outcome = if condition == RESET {
+        Outcome::Reset
+    } else if condition == Condition::ShuttingDown.as_str() {
+        Outcome::Drained
+    } else if condition == Condition::Timeout.as_str() {
+        Outcome::IdleTimeout
+    } else {
+        Outcome::BridgeBroken
+    };
+    (outcome, Some(format!("cut by the other node: {condition}")))
+}
+
+/// The owner's side of a session on a lane: its Initiator (which has its
+/// `OK`) joined to the lane that attached.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of a session handed over at once"
+)]
+pub(crate) async fn run_owner(
+    node: Arc<Node>,
+    initiator: TcpStream,
+    early: BytesMut,
+    lane: TcpStream,
+    _lane_slot: Slot,
+    outbound: Outbound,
+    mut inbound: Inbound,
+    id: RegistrationId,
+    waited: Duration,
+    client: IpAddr,
+    target: Option<SocketAddr>,
+    protocol: Protocol,
+) {
+    debug!(registration = %id, "session on a lane");
+    let series = node.hot.forwarded(protocol);
+    counter!(FORWARDED_SESSIONS, "via" => "lane").increment(1);
+    let lanes = gauge!(LANES_ACTIVE, "role" => "server");
+    series.active.increment(1.0);
+    lanes.increment(1.0);
+    let paired_at = Instant::now();
+    let end = join_lane(
+        &node,
+        initiator,
+        &early,
+        lane,
+        [
+            series.initiator_to_target.clone(),
+            series.target_to_initiator.clone(),
+        ],
+        node.config.idle_timeout(),
+        &outbound,
+        &mut inbound,
+    )
+    .await;
+    lanes.decrement(1.0);
+    series.active.decrement(1.0);
+    let ended = Ended {
+        side: Side::Owner,
+        id,
+        paired_at,
+        waited,
+        moved: end.moved,
+        outcome: end.outcome,
+        detail: end.detail,
+        clients: [Some(client), target.map(|t| t.ip())],
+        via: Some("lane"),
+    };
+    finished(series, ended);
+}
+
+/// The claimant's side of a session on a lane: the preamble, then the
+/// Target's `OK`, then its socket joined to the lane.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of a session handed over at once"
+)]
+pub(crate) async fn run_claimant(
+    node: Arc<Node>,
+    target: TcpStream,
+    _lane_slot: Slot,
+    id: RegistrationId,
+    early: BytesMut,
+    started: Instant,
+    lane: Lane,
+    outbound: Outbound,
+    mut inbound: Inbound,
+    client: IpAddr,
+    protocol: Protocol,
+) {
+    let series = node.hot.forwarded(protocol);
+    // From here on a close that is not a passed-on FIN is a reset.
+    reset_on_close(&target);
+    // The Target's early bytes follow the preamble (the pump writes them
+    // first), without waiting for an answer: there is none.
+    if write_all(&lane.stream, &lane.preamble).await.is_err() {
+        // The owner's Initiator has its OK, and will be reset by the
+        // owner when the Bridge ends; this Target never had one.
+        debug!(registration = %id, "the lane failed before its preamble was written");
+        return;
+    }
+    if protocol == Protocol::Dtcp {
+        send_ok(&target).await;
+        node.hot.connect_ok.increment(1);
+        series.pairing_latency.record(started.elapsed());
+    }
+    let lanes = gauge!(LANES_ACTIVE, "role" => "client");
+    lanes.increment(1.0);
+    let paired_at = Instant::now();
+    let end = join_lane(
+        &node,
+        target,
+        &early,
+        lane.stream,
+        [
+            series.target_to_initiator.clone(),
+            series.initiator_to_target.clone(),
+        ],
+        None,
+        &outbound,
+        &mut inbound,
+    )
+    .await;
+    lanes.decrement(1.0);
+    let [sent, received] = end.moved;
+    let ended = Ended {
+        side: Side::Claimant,
+        id,
+        paired_at,
+        waited: Duration::ZERO,
+        moved: [received, sent],
+        outcome: end.outcome,
+        detail: end.detail,
+        clients: [None, Some(client)],
+        via: Some("lane"),
+    };
+    finished(series, ended);
+}

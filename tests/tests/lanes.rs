@@ -1,0 +1,332 @@
+//! Lanes (docs/PROTOCOL.md section 7): a forwarded session's bytes cross
+//! between its two nodes on a TCP connection of their own, attached by a
+//! single-use token the owner offers in its `paired`. Only the right node
+//! can attach one; a node that cannot dial one, or does not do lanes,
+//! still pairs, over the Bridge.
+//!
+//! A small TCP proxy in front of the owner's forwarding port (the address
+//! it advertises) sees every byte between the nodes: what a listener on
+//! the network would capture.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dtcp_forward::{LANE_MAGIC, PlaneAuth, mint_token, preamble};
+use dtcp_tests::testkit::free_port;
+use dtcp_tests::*;
+use dtcp_wire::{Keyring, Secrets};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Most bytes the proxy keeps of each connection's direction.
+const CAPTURE_MAX: usize = 1 << 20;
+
+/// What one connection carried toward the owner.
+type Kept = Arc<Mutex<Vec<u8>>>;
+
+/// A TCP proxy that keeps what it carried, node to owner.
+struct Proxy {
+    addr: SocketAddr,
+    /// What each connection carried toward the owner, in accept order.
+    captured: Arc<Mutex<Vec<Kept>>>,
+    accepting: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let all = captured.clone();
+        let accepting = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let kept = Arc::new(Mutex::new(Vec::new()));
+                all.lock().unwrap().push(kept.clone());
+                let (mut dr, mut dw) = down.into_split();
+                let (mut ur, mut uw) = up.into_split();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = dr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        {
+                            let mut kept = kept.lock().unwrap();
+                            let room = CAPTURE_MAX.saturating_sub(kept.len()).min(n);
+                            kept.extend_from_slice(&buf[..room]);
+                        }
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = uw.shutdown().await;
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut ur, &mut dw).await;
+                    let _ = dw.shutdown().await;
+                });
+            }
+        });
+        Proxy {
+            addr,
+            captured,
+            accepting,
+        }
+    }
+
+    /// Stops taking connections: new ones are refused, those open go on.
+    fn refuse_new(&self) {
+        self.accepting.abort();
+    }
+
+    /// What each connection carried toward the owner so far.
+    fn captured(&self) -> Vec<Vec<u8>> {
+        let all = self.captured.lock().unwrap();
+        all.iter().map(|c| c.lock().unwrap().clone()).collect()
+    }
+
+    /// The preamble of the first lane it carried.
+    fn lane_preamble(&self) -> Option<Vec<u8>> {
+        self.captured().into_iter().find_map(|c| {
+            if !c.starts_with(LANE_MAGIC) || c.len() < 11 {
+                return None;
+            }
+            let len = usize::from(u16::from_be_bytes([c[9], c[10]]));
+            c.get(..11 + len).map(<[u8]>::to_vec)
+        })
+    }
+}
+
+/// An owner node whose forwarding port is reached through a proxy (the
+/// address it advertises), and a second node; `args` (flag and value) for
+/// both.
+async fn behind_proxy(
+    redis: &RedisServer,
+    args: &[(&str, &str)],
+) -> (Relay, Relay, Proxy, SocketAddr) {
+    let port = free_port();
+    let plane: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let proxy = Proxy::start(plane).await;
+    let mut owner = NodeOptions::cluster(&[redis.url()])
+        .forward_listen(&plane.to_string())
+        .arg("--advertise-addr", proxy.addr);
+    let mut other = NodeOptions::cluster(&[redis.url()]);
+    for (flag, value) in args {
+        owner = owner.arg(flag, value);
+        other = other.arg(flag, value);
+    }
+    (owner.start(), other.start(), proxy, plane)
+}
+
+/// Sends a lane preamble (and a few bytes) to `plane`: what comes back
+/// before the connection ends, or `None` when it ends with nothing.
+async fn attach(plane: SocketAddr, preamble: &[u8]) -> Option<Vec<u8>> {
+    let mut lane = TcpStream::connect(plane).await.unwrap();
+    let _ = lane.write_all(preamble).await;
+    let _ = lane.write_all(b"bytes of a session").await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), lane.read_to_end(&mut got));
+    match read.await.expect("the owner ended the lane") {
+        Ok(_) if got.is_empty() => None,
+        Err(_) if got.is_empty() => None,
+        _ => Some(got),
+    }
+}
+
+/// Counted refusals of lanes, by reason.
+async fn refused(node: &Relay, reason: &str) -> f64 {
+    node.metric(&format!("dtcp_auth_failures_total{{reason=\"{reason}\"}}"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_session_crosses_on_a_lane_and_only_its_token_attaches_one() {
+    let redis = RedisServer::start();
+    let (a, b, proxy, plane) = behind_proxy(&redis, &[]).await;
+    let (i, tg) = pair(a.addr, b.addr, &triple("lane-1")).await;
+    exchange(i, tg, 4 << 20, 11).await;
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 1.0)
+        .await;
+    assert_eq!(
+        a.metric("dtcp_forwarded_sessions_total{via=\"bridge\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(b.metric("dtcp_lane_dials_total{outcome=\"ok\"}").await, 1.0);
+    a.wait_for(
+        "dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"closed\"}",
+        1.0,
+    )
+    .await;
+    // Both directions' bytes, on both nodes.
+    for node in [&a, &b] {
+        node.wait_for("dtcp_forwarded_bytes_total{via=\"lane\"}", (8 << 20) as f64)
+            .await;
+        node.wait_for("dtcp_lanes_active{role=\"client\"}", 0.0)
+            .await;
+        node.wait_for("dtcp_lanes_active{role=\"server\"}", 0.0)
+            .await;
+    }
+
+    // A captured preamble, replayed: the token attached once already.
+    let captured = proxy.lane_preamble().expect("a lane crossed the proxy");
+    assert_eq!(attach(plane, &captured).await, None, "a replay got bytes");
+    a.wait_for("dtcp_auth_failures_total{reason=\"lane_replay\"}", 1.0)
+        .await;
+
+    // A token made without the cluster secret.
+    let reg = [7; 32];
+    let far = 4_000_000_000_000;
+    let rogue = PlaneAuth::new(Some(Keyring::new(Secrets::from_lines("not-the-secret"))));
+    let forged = mint_token(&rogue, &a.node_id, &b.node_id, &reg, far, [1; 16]);
+    assert_eq!(attach(plane, &preamble(&forged)).await, None);
+    a.wait_for("dtcp_auth_failures_total{reason=\"lane_token\"}", 1.0)
+        .await;
+
+    // The cluster's, but past its expiry.
+    let cluster = PlaneAuth::new(Some(Keyring::new(Secrets::from_lines(SECRET))));
+    let expired = mint_token(&cluster, &a.node_id, &b.node_id, &reg, 1_000, [2; 16]);
+    assert_eq!(attach(plane, &preamble(&expired)).await, None);
+    a.wait_for("dtcp_auth_failures_total{reason=\"lane_expired\"}", 1.0)
+        .await;
+
+    // The cluster's and in time, but never offered.
+    let unoffered = mint_token(&cluster, &a.node_id, &b.node_id, &reg, far, [3; 16]);
+    assert_eq!(attach(plane, &preamble(&unoffered)).await, None);
+    a.wait_for("dtcp_auth_failures_total{reason=\"lane_replay\"}", 2.0)
+        .await;
+    assert_eq!(refused(&a, "plane_mac").await, 0.0);
+
+    // The Bridges still pair and the node still serves lanes.
+    let (i, tg) = pair(a.addr, b.addr, &triple("lane-2")).await;
+    exchange(i, tg, 1 << 20, 12).await;
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 2.0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_that_cannot_be_dialed_leaves_the_session_on_the_bridge() {
+    let redis = RedisServer::start();
+    let (a, b, proxy, _) = behind_proxy(&redis, &[]).await;
+    // The first session opens the plane's HTTP/2 connection through the
+    // proxy (and its lane).
+    let (i, tg) = pair(a.addr, b.addr, &triple("fallback-1")).await;
+    exchange(i, tg, 1 << 20, 21).await;
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 1.0)
+        .await;
+    // From now on the owner's port refuses new connections: the Bridge
+    // keeps its connection, a lane dial is refused.
+    proxy.refuse_new();
+    let (i, tg) = pair(a.addr, b.addr, &triple("fallback-2")).await;
+    exchange(i, tg, 4 << 20, 22).await;
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
+        .await;
+    assert_eq!(
+        b.metric("dtcp_lane_dials_total{outcome=\"refused\"}").await,
+        1.0
+    );
+    a.wait_for(
+        "dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"closed\"}",
+        2.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_lanes_and_nodes_with_them_pair_both_ways() {
+    let redis = RedisServer::start();
+    // `--no-lanes` stands for a node of a version without lanes.
+    let old = NodeOptions::cluster(&[redis.url()])
+        .flag("--no-lanes")
+        .start();
+    let new = NodeOptions::cluster(&[redis.url()]).start();
+    for (owner, claimant, name) in [(&old, &new, "old-owner"), (&new, &old, "new-owner")] {
+        let (i, tg) = pair(owner.addr, claimant.addr, &triple(name)).await;
+        exchange(i, tg, 2 << 20, 31).await;
+        owner
+            .wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
+            .await;
+        assert_eq!(
+            owner
+                .metric("dtcp_forwarded_sessions_total{via=\"lane\"}")
+                .await,
+            0.0,
+            "{name}"
+        );
+    }
+    // The new node dialed a lane to the old one, which offered none.
+    assert_eq!(
+        new.metric("dtcp_lane_dials_total{outcome=\"ok\"}").await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_close_crosses_a_lane_each_way() {
+    let redis = RedisServer::start();
+    let a = NodeOptions::cluster(&[redis.url()]).start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
+    let (mut i, mut tg) = pair(a.addr, b.addr, &triple("half-close")).await;
+    i.write_all(b"to the target").await.unwrap();
+    i.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut tg).await, b"to the target", "then a FIN");
+    tg.write_all(b"after the initiator's FIN").await.unwrap();
+    tg.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut i).await, b"after the initiator's FIN");
+    a.wait_for(
+        "dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"closed\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        a.metric("dtcp_forwarded_sessions_total{via=\"lane\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_plane_tls_no_byte_of_a_session_crosses_in_the_clear() {
+    let dir = std::env::temp_dir().join(format!("dtcp-lanes-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["dtcp-relay".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (cert_file, key_file) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let redis = RedisServer::start();
+    let tls = [
+        ("--forward-tls-cert", cert_file),
+        ("--forward-tls-key", key_file),
+    ];
+    let (a, b, proxy, _) = behind_proxy(&redis, &tls).await;
+    let marker = b"a session's plaintext, which only the clients may read";
+    let (mut i, mut tg) = pair(a.addr, b.addr, &triple("tls")).await;
+    tg.write_all(marker).await.unwrap();
+    tg.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut i).await, marker);
+    i.write_all(marker).await.unwrap();
+    i.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut tg).await, marker);
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
+        .await;
+    let captured = proxy.captured();
+    assert!(!captured.is_empty(), "the nodes talked through the proxy");
+    for bytes in captured {
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker),
+            "plaintext between the nodes"
+        );
+        assert!(!bytes.starts_with(LANE_MAGIC), "a lane in the clear");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
