@@ -330,3 +330,78 @@ async fn under_plane_tls_no_byte_of_a_session_crosses_in_the_clear() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Thousands of lane sessions between two nodes, held together then closed
+/// at once, then more pairs: each session's Bridge beside its lane is ended
+/// at both ends, not dropped half-open, so the plane's one HTTP/2
+/// connection between the nodes never reaches HTTP/2's limit of 1,024
+/// streams reset and lives on (`bench/compare.sh` once saw it closed,
+/// failing every Bridge on it; this test has not caught that by itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_lane_sessions_leave_the_plane_connection_up() {
+    const HELD: usize = 2_000;
+    const PAIRS: usize = 2_000;
+    let redis = RedisServer::start();
+    let node = || {
+        NodeOptions::cluster(&[redis.url()])
+            .arg("--max-pending-per-ip", 100_000)
+            .arg("--max-connections-per-ip", 100_000)
+            .arg("--max-sessions-per-ip", 100_000)
+            .arg("--max-connection-rate-per-ip", 0)
+            .start()
+    };
+    let (a, b) = (node(), node());
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    // Sessions held open together, then all closed at once (the way a
+    // node's many clients end), then pairs at concurrency 32.
+    let bench = |scenario: &[&str]| {
+        tokio::process::Command::new(bin("dtcp-bench"))
+            .arg("--create-on")
+            .arg(a.addr.to_string())
+            .arg("--connect-on")
+            .arg(b.addr.to_string())
+            .arg("--relay-pid")
+            .arg(format!("{},{}", a.pid(), b.pid()))
+            .arg("--json")
+            .args(scenario)
+            .output()
+    };
+    let (held, pairs) = (HELD.to_string(), PAIRS.to_string());
+    for scenario in [
+        &["hold", "--count", &held][..],
+        &["pair", "--pairs", &pairs, "--concurrency", "32"],
+    ] {
+        let out = bench(scenario).await.expect("running dtcp-bench");
+        assert!(
+            out.status.success(),
+            "{scenario:?}: a pair failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The bench's warm-up pairs come on top.
+    let a = &a;
+    eventually(
+        Duration::from_secs(10),
+        "every session on a lane",
+        || async move {
+            a.metric("dtcp_forwarded_sessions_total{via=\"lane\"}")
+                .await
+                >= (HELD + PAIRS) as f64
+        },
+    )
+    .await;
+    for node in [a, &b] {
+        let failed = node
+            .logs()
+            .iter()
+            .filter(|l| {
+                l["message"] == "bridge failed" || l["fields"]["message"] == "bridge failed"
+            })
+            .count();
+        assert_eq!(failed, 0, "Bridges failed");
+    }
+    // And one more, on the same plane connection.
+    let (i, tg) = pair(a.addr, b.addr, &triple("after-many")).await;
+    exchange(i, tg, 1 << 20, 41).await;
+}

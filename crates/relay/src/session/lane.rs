@@ -44,8 +44,8 @@ const LANE_WAIT: Duration = Duration::from_secs(3);
 /// How long a node whose lane was reset waits for the other node's reason
 /// on the Bridge (it sends it before it resets the lane).
 const REASON_WAIT: Duration = Duration::from_millis(500);
-/// How long the claimant, having cut a session, waits for the owner to end
-/// the Bridge (having read why), as `dtcp_forward::join` does.
+/// How long a node, its side of a lane session over, waits for the other
+/// node to end the Bridge too (having read why, if this node cut it).
 const CUT_FLUSH: Duration = Duration::from_millis(500);
 
 /// A lane offered by the owner: the offer, and the connection slot the lane
@@ -122,8 +122,8 @@ async fn join_lane(
     lane: TcpStream,
     counters: [Counter; 2],
     idle: Option<Duration>,
-    outbound: &Outbound,
-    inbound: &mut Inbound,
+    outbound: Outbound,
+    mut inbound: Inbound,
 ) -> LaneEnd {
     enum Why {
         Pump(Outcome),
@@ -197,12 +197,14 @@ async fn join_lane(
         Why::Stopped => (Outcome::Drained, None),
         Why::Peer(condition) => cut_by_peer(&condition),
     };
-    if told.is_some() && outbound.is_dialing() {
-        // Dropping the call now would reset its HTTP/2 stream, which can
-        // overtake the error frame: the owner ends it once it has read it.
-        let rest = async { while let Ok(Some(_)) = inbound.next().await {} };
-        let _ = tokio::time::timeout(CUT_FLUSH, rest).await;
-    }
+    // End this node's half of the Bridge (after any error frame: the
+    // channel keeps their order), then read the other node's end. A call
+    // dropped half-open would be reset, and HTTP/2 closes a connection
+    // that resets a stream per session once it has reset 1,024 of them,
+    // failing every Bridge on it.
+    drop(outbound);
+    let rest = async { while let Ok(Some(_)) = inbound.next().await {} };
+    let _ = tokio::time::timeout(CUT_FLUSH, rest).await;
     LaneEnd {
         moved,
         outcome,
@@ -237,7 +239,7 @@ pub(crate) async fn run_owner(
     lane: TcpStream,
     _lane_slot: Slot,
     outbound: Outbound,
-    mut inbound: Inbound,
+    inbound: Inbound,
     id: RegistrationId,
     waited: Duration,
     client: IpAddr,
@@ -261,8 +263,8 @@ pub(crate) async fn run_owner(
             series.target_to_initiator.clone(),
         ],
         node.config.idle_timeout(),
-        &outbound,
-        &mut inbound,
+        outbound,
+        inbound,
     )
     .await;
     lanes.decrement(1.0);
@@ -296,7 +298,7 @@ pub(crate) async fn run_claimant(
     started: Instant,
     lane: Lane,
     outbound: Outbound,
-    mut inbound: Inbound,
+    inbound: Inbound,
     client: IpAddr,
     protocol: Protocol,
 ) {
@@ -329,8 +331,8 @@ pub(crate) async fn run_claimant(
             series.initiator_to_target.clone(),
         ],
         None,
-        &outbound,
-        &mut inbound,
+        outbound,
+        inbound,
     )
     .await;
     lanes.decrement(1.0);
