@@ -25,6 +25,13 @@ const TRIES: usize = 5;
 const PAIR_LIMIT: Duration = Duration::from_secs(15);
 /// Load on each cluster before the next node is restarted.
 const DWELL: Duration = Duration::from_secs(2);
+/// A pair slower than this (printed, not asserted) waited for more than
+/// being told of its registration: in the second or so between the first
+/// node's move to format 2 and the last one's, a CONNECT on a node still
+/// on format 1 leaves no waiter and a CREATE on a node on format 2
+/// publishes nothing, so the CONNECT finds the record at its next look at
+/// the store (0.5 s to 1 s on), within the 5 s connect grace.
+const SLOW: Duration = Duration::from_millis(400);
 /// The bytes each side sends and checks.
 const MESSAGE: usize = 16;
 
@@ -44,6 +51,8 @@ struct PairRun {
     registration: String,
     /// When its first command was sent.
     started: Instant,
+    /// How long it took to pair and check its bytes, retries included.
+    took: Duration,
     /// `None`: paired, every byte checked; else why it failed.
     failure: Option<String>,
 }
@@ -111,7 +120,8 @@ async fn one_pair(
     tally: &Mutex<Tally>,
 ) -> Result<(), String> {
     let head_start = Duration::from_millis(5);
-    let (i, tg) = tokio::join!(
+    // The first side to fail fails the pair (the other would wait on).
+    let (mut i, mut tg) = tokio::try_join!(
         async {
             if connect_first {
                 // A sleep: the CONNECT's head start, a race of its own.
@@ -126,8 +136,7 @@ async fn one_pair(
             }
             side(balancer, t, false, tally).await
         },
-    );
-    let (mut i, mut tg) = (i?, tg?);
+    )?;
     let there: Vec<u8> = t.registration_id().as_bytes()[..MESSAGE].to_vec();
     let back: Vec<u8> = there.iter().map(|b| !b).collect();
     let io = async {
@@ -169,6 +178,7 @@ async fn worker(balancer: SocketAddr, w: usize, stop: Arc<AtomicBool>, tally: Ar
         tally.lock().unwrap().runs.push(PairRun {
             registration: t.registration_id().to_string(),
             started,
+            took: started.elapsed(),
             failure,
         });
         n += 1;
@@ -231,6 +241,8 @@ fn node(urls: &[String], ports: &(SocketAddr, SocketAddr, SocketAddr), release: 
         .listen(ports.0)
         .metrics_listen(ports.1)
         .forward_listen(&ports.2.to_string())
+        // The relay's default, said here: the pairs of the format switch
+        // need more than one look at the store (see `SLOW`).
         .connect_grace(5.0)
         .drain_timeout(10.0)
         .max_pending_per_ip(100_000);
@@ -279,6 +291,8 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
         .collect();
     tokio::time::sleep(DWELL).await;
 
+    // When each step came, from the start: printed with the counts.
+    let mut events: Vec<(String, Duration)> = Vec::new();
     // Each node in turn: drained, out of the rotation, gone, and back on
     // the same ports as the new release.
     for (slot, slot_ports) in ports.iter().enumerate() {
@@ -289,6 +303,7 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
             .expect("the slot's node");
         let old = &mut processes[at].0;
         old.signal(libc::SIGTERM);
+        events.push((format!("node {slot} drains"), started.elapsed()));
         eventually(
             Duration::from_secs(5),
             "HAProxy takes the draining node out",
@@ -309,6 +324,7 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
         assert!(status.success(), "node {slot} exited with {status:?}");
         let new = node(&urls, slot_ports, Release::New);
         processes.push((new, Release::New, slot));
+        events.push((format!("node {slot} new"), started.elapsed()));
         eventually(Duration::from_secs(5), "HAProxy puts the node back", || {
             balancer.server_up(&name)
         })
@@ -328,6 +344,7 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
     .await;
     assert!(on_new, "not every node moved to cluster format 2");
     let all_new_at = Instant::now();
+    events.push(("all on format 2".to_owned(), all_new_at - started));
     tokio::time::sleep(DWELL).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -352,7 +369,10 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
     let failed: Vec<_> = tally
         .runs
         .iter()
-        .filter_map(|r| r.failure.as_ref().map(|f| (&r.registration, f)))
+        .filter_map(|r| {
+            let f = r.failure.as_ref()?;
+            Some((&r.registration, f, r.started - started))
+        })
         .collect();
     let ok: Vec<&PairRun> = tally.runs.iter().filter(|r| r.failure.is_none()).collect();
 
@@ -370,6 +390,10 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
     }
     let mut crossed: HashMap<(Release, Release), u64> = HashMap::new();
     let mut crossed_on_format_2 = 0;
+    // Not asserted (no timing asserts): pairs that waited for a CONNECT's
+    // poll of the store rather than being told, for the printout.
+    let slow = ok.iter().filter(|r| r.took > SLOW).count();
+    let slowest = ok.iter().map(|r| r.took).max().unwrap_or_default();
     let mut local = 0;
     let mut unlogged = Vec::new();
     for r in &ok {
@@ -392,14 +416,36 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
     eprintln!(
         "rolling upgrade: {} pairs, {} paired ({local} on one node), {} failed; \
          retries {:?}; crossed nodes (CREATE's node, CONNECT's node) {crossed:?}, \
-         {crossed_on_format_2} across nodes once all were on format 2; {:?} in all",
+         {crossed_on_format_2} across nodes once all were on format 2; \
+         {slow} took over {SLOW:?}, the slowest {slowest:?}; {:?} in all; steps {events:?}",
         tally.runs.len(),
         ok.len(),
         failed.len(),
         tally.retries,
         started.elapsed(),
     );
-    assert!(failed.is_empty(), "failed pairings: {failed:?}");
+    if !failed.is_empty() {
+        // What the nodes logged of them, to tell why.
+        let lines: Vec<String> = processes
+            .iter()
+            .flat_map(|(relay, release, slot)| {
+                relay
+                    .logs()
+                    .into_iter()
+                    .filter(|l| {
+                        let text = l.to_string();
+                        failed.iter().any(|(id, _, _)| text.contains(id.as_str()))
+                    })
+                    .map(move |l| format!("{release:?} node {slot}: {l}"))
+            })
+            .take(40)
+            .collect();
+        panic!(
+            "failed pairings (registration, why, when from the start): {failed:?}\n\
+             steps: {events:?}\nthe nodes' lines of them:\n{}",
+            lines.join("\n")
+        );
+    }
     assert!(unlogged.is_empty(), "pairs no node logged: {unlogged:?}");
     for kinds in [
         (Release::Old, Release::Old),
