@@ -289,6 +289,7 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| tokio::spawn(worker(balancer.addr, w, stop.clone(), tally.clone())))
         .collect();
+    // A sleep: pairs on the old cluster, a phase of the run, not a wait.
     tokio::time::sleep(DWELL).await;
 
     // When each step came, from the start: printed with the counts.
@@ -329,6 +330,7 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
             balancer.server_up(&name)
         })
         .await;
+        // A sleep: pairs on this mix of releases, a phase of the run.
         tokio::time::sleep(DWELL).await;
     }
 
@@ -345,6 +347,7 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
     assert!(on_new, "not every node moved to cluster format 2");
     let all_new_at = Instant::now();
     events.push(("all on format 2".to_owned(), all_new_at - started));
+    // A sleep: pairs on format 2 alone, the last phase.
     tokio::time::sleep(DWELL).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
