@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dtcp_testkit::Process;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
 
 use crate::redis::free_port;
 
@@ -18,6 +19,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const PROBE: Duration = Duration::from_millis(20);
 /// Connections HAProxy takes at once (the tests hold a few hundred).
 const MAX_CONN: usize = 4096;
+/// HAProxy's stats socket, in its directory.
+const STATS_SOCKET: &str = "stats.sock";
 
 /// Which PROXY protocol header HAProxy sends to the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,15 +67,64 @@ impl Haproxy {
         )
     }
 
+    /// Starts HAProxy on a free loopback port, handing connections to the
+    /// nodes in turn (as [`Haproxy::round_robin`]) while each is healthy:
+    /// each `(client, metrics)` pair is checked on the metrics port's
+    /// `/readyz` every 100 ms and leaves the rotation at its first failed
+    /// check (a draining node answers 503), and a connection to a node that
+    /// refuses it is dispatched to another. The servers are named `relay0`,
+    /// `relay1`, ... for [`Haproxy::server_up`].
+    pub fn round_robin_checked(nodes: &[(SocketAddr, SocketAddr)]) -> Haproxy {
+        let servers: String = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (addr, metrics))| {
+                let port = metrics.port();
+                format!("  server relay{i} {addr} check port {port} inter 100ms fall 1 rise 1\n")
+            })
+            .collect();
+        Haproxy::spawn(
+            "  nbthread 1\n",
+            &format!(
+                "  balance roundrobin\n  retries 3\n  option redispatch 1\n  timeout check 1s\n\
+                 option httpchk\n  http-check send meth GET uri /readyz\n\
+                 http-check expect status 200\n{servers}"
+            ),
+        )
+    }
+
+    /// Whether HAProxy counts server `name` (of the `relays` backend) as up,
+    /// from its stats socket.
+    pub async fn server_up(&self, name: &str) -> bool {
+        let Ok(mut socket) = UnixStream::connect(self.dir.join(STATS_SOCKET)).await else {
+            return false;
+        };
+        if socket.write_all(b"show stat\n").await.is_err() {
+            return false;
+        }
+        let mut csv = String::new();
+        let read = tokio::time::timeout(START_TIMEOUT, socket.read_to_string(&mut csv)).await;
+        if !matches!(read, Ok(Ok(_))) {
+            return false;
+        }
+        // `# pxname,svname,...`: the status is the 18th column.
+        csv.lines().any(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            fields.len() > 17 && fields[0] == "relays" && fields[1] == name && fields[17] == "UP"
+        })
+    }
+
     fn spawn(global: &str, backend: &str) -> Haproxy {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("dtcp-haproxy-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let stats = dir.join(STATS_SOCKET);
         let config = format!(
-            "global\n  maxconn {MAX_CONN}\n{global}\
+            "global\n  maxconn {MAX_CONN}\n  stats socket {}\n{global}\
              defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
              frontend clients\n  bind 127.0.0.1:{port}\n  default_backend relays\n\
-             backend relays\n{backend}"
+             backend relays\n{backend}",
+            stats.display()
         );
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
