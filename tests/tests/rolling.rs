@@ -26,12 +26,16 @@ const PAIR_LIMIT: Duration = Duration::from_secs(15);
 /// Load on each cluster before the next node is restarted.
 const DWELL: Duration = Duration::from_secs(2);
 /// A pair slower than this (printed, not asserted) waited for more than
-/// being told of its registration: in the second or so between the first
+/// being told of its registration. In the second or so between the first
 /// node's move to format 2 and the last one's, a CONNECT on a node still
-/// on format 1 leaves no waiter and a CREATE on a node on format 2
-/// publishes nothing, so the CONNECT finds the record at its next look at
-/// the store (0.5 s to 1 s on), within the 5 s connect grace.
+/// on format 1 leaves no waiter, so it learns of a registration only from
+/// the legacy channel: a node that has moved keeps publishing there for a
+/// while (the store's `LEGACY_LINGER`). Without that, such a CONNECT found
+/// the record only at its next look at the store, 0.5 s to 1 s on.
 const SLOW: Duration = Duration::from_millis(400);
+/// `--connect-grace`: short enough that a CONNECT left to its next look at
+/// the store fails (`not-found`), instead of only being slow.
+const CONNECT_GRACE: f64 = 0.5;
 /// The bytes each side sends and checks.
 const MESSAGE: usize = 16;
 
@@ -241,9 +245,10 @@ fn node(urls: &[String], ports: &(SocketAddr, SocketAddr, SocketAddr), release: 
         .listen(ports.0)
         .metrics_listen(ports.1)
         .forward_listen(&ports.2.to_string())
-        // The relay's default, said here: the pairs of the format switch
-        // need more than one look at the store (see `SLOW`).
-        .connect_grace(5.0)
+        // Short, a tenth of the default: a pair of the format switch that
+        // was not told of its registration (see `SLOW`) and had to wait
+        // for its CONNECT's next look at the store would fail `not-found`.
+        .connect_grace(CONNECT_GRACE)
         .drain_timeout(10.0)
         .max_pending_per_ip(100_000);
     if release == Release::Old {

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,6 +31,12 @@ use crate::rendezvous::{
 /// Rounds of "register, else replace the waiter found" for a waiter that
 /// changes in between (it expired, and another CONNECT left one).
 const REGISTER_ROUNDS: usize = 3;
+
+/// How long a node that moved off the legacy format keeps publishing
+/// registrations on its channel too: the other nodes move at their own
+/// next heartbeat (every 2 s), and until then their `CONNECT`s look up
+/// without a waiter and learn of a registration only from that channel.
+const LEGACY_LINGER: Duration = Duration::from_secs(5);
 
 /// A member of the `formats` set: a node id and the formats it speaks.
 fn parse_formats(member: &str) -> Option<(String, Vec<u32>)> {
@@ -62,6 +68,10 @@ struct Inner {
     keys: Keys,
     /// The cluster format written and asked in ([`Rendezvous::use_format`]).
     format: AtomicU32,
+    /// Until when registrations are still broadcast after this node left
+    /// the legacy format ([`LEGACY_LINGER`]).
+    /// (Unix ms; 0: never.)
+    legacy_until_ms: AtomicU64,
     health: Arc<Health>,
 }
 
@@ -87,6 +97,7 @@ impl RedisStore {
                 // Until the first heartbeat says who is alive: none, which
                 // is spoken as the legacy format every node speaks.
                 format: AtomicU32::new(0),
+                legacy_until_ms: AtomicU64::new(0),
                 health,
             }),
         })
@@ -138,9 +149,11 @@ impl RedisStore {
     }
 
     /// Publishes a registration to every node, as [`FORMAT_LEGACY`] does:
-    /// only while some live node speaks nothing newer.
+    /// only while some live node speaks nothing newer, or may still think
+    /// so ([`LEGACY_LINGER`]).
     fn broadcast(&self, id: &RegistrationId, value: &str) {
-        if self.legacy() {
+        let lingering = || now_ms() < self.inner.legacy_until_ms.load(Ordering::Relaxed);
+        if self.legacy() || lingering() {
             self.publish(self.keys().registered_channel(), announcement(id, value));
         }
     }
@@ -373,6 +386,13 @@ impl Rendezvous for RedisStore {
         let was = self.inner.format.swap(version, Ordering::Relaxed);
         if was != version {
             info!(format = version, "cluster format in use");
+        }
+        // From the legacy format, or from none at start (a node started
+        // as the last old one goes moves first): the others may not have
+        // moved yet.
+        if was < FORMAT_NEWEST && version >= FORMAT_NEWEST {
+            let until = now_ms() + ms(LEGACY_LINGER);
+            self.inner.legacy_until_ms.store(until, Ordering::Relaxed);
         }
     }
 
