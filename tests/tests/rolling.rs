@@ -29,13 +29,13 @@ const DWELL: Duration = Duration::from_secs(2);
 /// being told of its registration. In the second or so between the first
 /// node's move to format 2 and the last one's, a CONNECT on a node still
 /// on format 1 leaves no waiter, so it learns of a registration only from
-/// the legacy channel: a node that has moved keeps publishing there for a
-/// while (the store's `LEGACY_LINGER`). Without that, such a CONNECT found
-/// the record only at its next look at the store, 0.5 s to 1 s on.
+/// the legacy channel. A node that moves from format 1 keeps publishing
+/// there for a while (the store's `LEGACY_LINGER`), but a node started on
+/// format 2 (the last one restarted) never published there: such a CONNECT
+/// finds its record at its next look at the store, 0.5 s to 1 s on.
 const SLOW: Duration = Duration::from_millis(400);
-/// `--connect-grace`: short enough that a CONNECT left to its next look at
-/// the store fails (`not-found`), instead of only being slow.
-const CONNECT_GRACE: f64 = 0.5;
+/// `--connect-grace`, the relay's default: long enough for that next look.
+const CONNECT_GRACE: f64 = 5.0;
 /// The bytes each side sends and checks.
 const MESSAGE: usize = 16;
 
@@ -245,9 +245,8 @@ fn node(urls: &[String], ports: &(SocketAddr, SocketAddr, SocketAddr), release: 
         .listen(ports.0)
         .metrics_listen(ports.1)
         .forward_listen(&ports.2.to_string())
-        // Short, a tenth of the default: a pair of the format switch that
-        // was not told of its registration (see `SLOW`) and had to wait
-        // for its CONNECT's next look at the store would fail `not-found`.
+        // The relay's default, said here: a few pairs of the format switch
+        // need more than one look at the store (see `SLOW`).
         .connect_grace(CONNECT_GRACE)
         .drain_timeout(10.0)
         .max_pending_per_ip(100_000);

@@ -387,10 +387,8 @@ impl Rendezvous for RedisStore {
         if was != version {
             info!(format = version, "cluster format in use");
         }
-        // From the legacy format, or from none at start (a node started
-        // as the last old one goes moves first): the others may not have
-        // moved yet.
-        if was < FORMAT_NEWEST && version >= FORMAT_NEWEST {
+        // From the legacy format: the others may not have moved yet.
+        if was == FORMAT_LEGACY && version >= FORMAT_NEWEST {
             let until = now_ms() + ms(LEGACY_LINGER);
             self.inner.legacy_until_ms.store(until, Ordering::Relaxed);
         }
