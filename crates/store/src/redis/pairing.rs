@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::record::MAX_RECORD_LEN;
+use super::record::{MAX_RECORD_LEN, owner_value};
 use super::run::{Runner, ms};
-use crate::rendezvous::StoreError;
+use crate::rendezvous::{NodeInfo, StoreError};
 use crate::text::shown;
 
 /// How long a value a removal or a swap took away by mistake is put back
@@ -43,12 +43,14 @@ return 0",
 });
 
 /// Replaces ARGV[1] by ARGV[2] for ARGV[3] ms: one `SET XX GET`, and only
-/// when the value was another's, a `SET` that puts it back for ARGV[4] ms.
+/// when the value was another's, a `SET` that puts it back for ARGV[4] ms
+/// (ARGV[6] ms if it was ARGV[5], a used key's marker: [`restored_ttl`]).
 static COMPARE_AND_SWAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local v = redis.call('SET', KEYS[1], ARGV[2], 'XX', 'GET', 'PX', ARGV[3])
 if v == ARGV[1] then return 1 end
+if v == ARGV[5] then redis.call('SET', KEYS[1], v, 'PX', ARGV[6]); return 0 end
 if v then redis.call('SET', KEYS[1], v, 'PX', ARGV[4]) end
 return 0",
     )
@@ -145,14 +147,28 @@ pub(crate) async fn compare_and_delete(
                 .query(
                     redis::cmd("SET")
                         .arg(key)
-                        .arg(taken)
+                        .arg(&taken)
                         .arg("NX")
                         .arg("PX")
-                        .arg(ms(RESTORED_TTL)),
+                        .arg(ms(restored_ttl(&taken))),
                 )
                 .await?;
             Ok(false)
         }
+    }
+}
+
+/// How long a value taken by mistake is put back for. A used signed key's
+/// marker must outlive the key, or the key would register again: its own
+/// TTL is gone with it, so it gets the longest a key may live by default
+/// (`--max-key-lifetime`); a key the relay checks is refused past its
+/// expiry anyway, so a marker kept longer costs only its bytes.
+fn restored_ttl(taken: &[u8]) -> Duration {
+    let used = owner_value(&NodeInfo::used());
+    if taken == used.as_bytes() {
+        Duration::from_secs(dtcp_wire::DEFAULT_MAX_KEY_LIFETIME).max(RESTORED_TTL)
+    } else {
+        RESTORED_TTL
     }
 }
 
@@ -167,9 +183,11 @@ pub(crate) async fn compare_and_swap(
     keep_for: Duration,
 ) -> Result<bool, StoreError> {
     let (keep, restore) = (ms(keep_for).to_string(), ms(RESTORED_TTL).to_string());
+    let used = owner_value(&NodeInfo::used());
+    let used_restore = ms(restored_ttl(used.as_bytes())).to_string();
     let replaced: i64 = runner
         .run(|mut c| {
-            let (keep, restore) = (&keep, &restore);
+            let (keep, restore, used, used_restore) = (&keep, &restore, &used, &used_restore);
             async move {
                 COMPARE_AND_SWAP
                     .key(key)
@@ -177,6 +195,8 @@ pub(crate) async fn compare_and_swap(
                     .arg(by)
                     .arg(keep)
                     .arg(restore)
+                    .arg(used)
+                    .arg(used_restore)
                     .invoke_async(&mut c)
                     .await
             }
