@@ -197,19 +197,23 @@ async fn join_lane(
         Why::Stopped => (Outcome::Drained, None),
         Why::Peer(condition) => cut_by_peer(&condition),
     };
-    // End this node's half of the Bridge (after any error frame: the
-    // channel keeps their order), then read the other node's end. A call
-    // dropped half-open would be reset, and HTTP/2 closes a connection
-    // that resets a stream per session once it has reset 1,024 of them,
-    // failing every Bridge on it.
-    drop(outbound);
-    let rest = async { while let Ok(Some(_)) = inbound.next().await {} };
-    let _ = tokio::time::timeout(CUT_FLUSH, rest).await;
+    end_bridge(outbound, inbound).await;
     LaneEnd {
         moved,
         outcome,
         detail,
     }
+}
+
+/// Ends this node's half of a session's Bridge (after any frame already
+/// queued: the channel keeps their order), then reads the other node's
+/// end, within [`CUT_FLUSH`]. A call dropped half-open would be reset, and
+/// HTTP/2 closes a connection that has reset 1,024 streams, failing every
+/// Bridge on it.
+async fn end_bridge(outbound: Outbound, mut inbound: Inbound) {
+    drop(outbound);
+    let rest = async { while let Ok(Some(_)) = inbound.next().await {} };
+    let _ = tokio::time::timeout(CUT_FLUSH, rest).await;
 }
 
 /// The outcome of a session the other node cut for `condition`.
@@ -309,8 +313,22 @@ pub(crate) async fn run_claimant(
     // first), without waiting for an answer: there is none.
     if write_all(&lane.stream, &lane.preamble).await.is_err() {
         // The owner's Initiator has its OK, and will be reset by the
-        // owner when the Bridge ends; this Target never had one.
+        // owner when the Bridge ends; this Target never had one (it is
+        // reset when dropped here).
         debug!(registration = %id, "the lane failed before its preamble was written");
+        end_bridge(outbound, inbound).await;
+        let ended = Ended {
+            side: Side::Claimant,
+            id,
+            paired_at: Instant::now(),
+            waited: Duration::ZERO,
+            moved: [0, 0],
+            outcome: Outcome::Reset,
+            detail: Some("the lane failed before its preamble was written".to_owned()),
+            clients: [None, Some(client)],
+            via: Some("lane"),
+        };
+        finished(series, ended);
         return;
     }
     if protocol == Protocol::Dtcp {
