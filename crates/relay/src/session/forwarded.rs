@@ -83,12 +83,7 @@ pub(crate) async fn run_claimant_side(
     // reset (`join` undoes it for the FIN).
     reset_on_close(&target);
     let series = node.hot.forwarded(protocol);
-    if protocol == Protocol::Dtcp {
-        send_ok(&target).await;
-        node.hot.connect_ok.increment(1);
-        // A XEP-0065 pair's was recorded at its claim (see `local::run`).
-        series.pairing_latency.record(started.elapsed());
-    }
+    lane::answer_target(&node, &target, protocol, started).await;
     let streams = gauge!(BRIDGE_STREAMS, "role" => "client");
     streams.increment(1.0);
     let paired_at = Instant::now();

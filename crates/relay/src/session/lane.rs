@@ -216,6 +216,23 @@ async fn end_bridge(outbound: Outbound, mut inbound: Inbound) {
     let _ = tokio::time::timeout(CUT_FLUSH, rest).await;
 }
 
+/// Claimant side, the owner having answered its Initiator: a DTCP Target
+/// gets its `OK` now, counted with its pairing latency (a XEP-0065 pair's
+/// was recorded at its claim: see `local::run`).
+pub(crate) async fn answer_target(
+    node: &Node,
+    target: &TcpStream,
+    protocol: Protocol,
+    started: Instant,
+) {
+    if protocol == Protocol::Dtcp {
+        send_ok(target).await;
+        node.hot.connect_ok.increment(1);
+        let series = node.hot.forwarded(protocol);
+        series.pairing_latency.record(started.elapsed());
+    }
+}
+
 /// The outcome of a session the other node cut for `condition`.
 fn cut_by_peer(condition: &str) -> (Outcome, Option<String>) {
     let outcome = if condition == RESET {
@@ -331,11 +348,7 @@ pub(crate) async fn run_claimant(
         finished(series, ended);
         return;
     }
-    if protocol == Protocol::Dtcp {
-        send_ok(&target).await;
-        node.hot.connect_ok.increment(1);
-        series.pairing_latency.record(started.elapsed());
-    }
+    answer_target(&node, &target, protocol, started).await;
     let lanes = gauge!(LANES_ACTIVE, "role" => "client");
     lanes.increment(1.0);
     let paired_at = Instant::now();
