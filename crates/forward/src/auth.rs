@@ -132,7 +132,8 @@ impl ReplayCache {
     }
 }
 
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch (0 for a clock before it).
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -25,14 +25,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::auth::{AuthFailure, PlaneAuth};
+use crate::auth::{AuthFailure, PlaneAuth, unix_ms};
 
 /// The first bytes of a lane, on the forwarding port: told apart from the
 /// HTTP/2 client preface (`PRI * ...`) and a TLS handshake (0x16) by the first.
@@ -57,13 +57,6 @@ const HEAD: usize = 8 + 1 + 2;
 /// Longest token: every field at its largest.
 const MAX_TOKEN: usize = 32 + 8 + 16 + 1 + 255 + 32;
 const NONCE: usize = 16;
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
 
 /// A token's fields, as the owner reads them.
 #[derive(Debug, PartialEq, Eq)]
