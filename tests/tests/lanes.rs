@@ -264,6 +264,24 @@ async fn nodes_without_lanes_and_nodes_with_them_pair_both_ways() {
         new.metric("dtcp_lane_dials_total{outcome=\"ok\"}").await,
         0.0
     );
+    assert_eq!(
+        new.metric("dtcp_lane_dials_total{outcome=\"declined\"}")
+            .await,
+        1.0
+    );
+    // Once: the next sessions it claims from the old node dial none.
+    for n in 0..3 {
+        let (i, tg) = pair(old.addr, new.addr, &triple(&format!("again-{n}"))).await;
+        exchange(i, tg, 4096, 32 + n).await;
+    }
+    old.wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 4.0)
+        .await;
+    assert_eq!(
+        new.metric("dtcp_lane_dials_total{outcome=\"declined\"}")
+            .await,
+        1.0,
+        "a node that offered no lane is not dialed one again at once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

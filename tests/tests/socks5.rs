@@ -431,6 +431,19 @@ async fn a_pair_across_two_nodes_is_activated_through_a_third() {
             .await,
         1.0
     );
+    // The pair's bytes, the requester's early ones included, crossed on the
+    // lane the activation offered, not on the Bridge.
+    assert_eq!(
+        a.metric("dtcp_forwarded_sessions_total{via=\"lane\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        a.metric("dtcp_forwarded_sessions_total{via=\"bridge\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(b.metric("dtcp_lane_dials_total{outcome=\"ok\"}").await, 1.0);
     for node in [&a, &b, &c] {
         node.wait_for("dtcp_socks5_pairs_awaiting_activation", 0.0)
             .await;

@@ -241,11 +241,17 @@ impl<G: Gate + ?Sized> Future for Duplex<'_, G> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // Both directions every time: each registers its own wake-ups.
+        // Both directions every time: each registers its own wake-ups. But
+        // not past a failure: Linux reports a reset once per socket, to the
+        // first call that asks, so once the first direction's write took
+        // it, the second direction's read of that socket would see an EOF
+        // and pass a FIN on for a peer that was reset.
         let a = this.poll_way(0, cx);
-        let b = this.poll_way(1, cx);
-        match (a, b) {
-            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+        if let Poll::Ready(Err(e)) = a {
+            return Poll::Ready(Err(e));
+        }
+        match (a, this.poll_way(1, cx)) {
+            (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
             _ => Poll::Pending,
         }
@@ -380,6 +386,56 @@ mod tests {
             }
         });
         assert!(ended.await.unwrap().is_err(), "a reset is an error");
+    }
+
+    /// A peer reset while bytes toward it wait is a reset for the other
+    /// peer too, never a FIN: the write that meets the reset consumes the
+    /// socket's error, and a read of that socket after it sees an EOF.
+    async fn a_reset_met_on_a_write_is_no_fin(splice: bool) {
+        let _pool = crate::pool::TESTS.lock().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut a, a_end) = connection(&listener).await;
+        let (b, b_end) = connection(&listener).await;
+        let mut duplex =
+            Duplex::<dyn Gate>::new((&a_end, &[]), (&b_end, &[]), [None, None], splice);
+        // `b` reads nothing: `a`'s bytes pile up until the pump holds some
+        // it cannot write.
+        let chunk = vec![1u8; 64 * 1024];
+        let filled = async {
+            loop {
+                a.write_all(&chunk).await.unwrap();
+            }
+        };
+        tokio::select! {
+            _ = &mut duplex => panic!("ended"),
+            () = filled => unreachable!(),
+            () = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        crate::socket::reset_on_close(&b);
+        drop(b);
+        let ended = tokio::time::timeout(Duration::from_secs(5), &mut duplex).await;
+        assert!(ended.unwrap().is_err(), "a reset is an error");
+        drop(duplex);
+        // What the relay does with a pump that failed.
+        crate::socket::reset_on_close(&a_end);
+        drop(a_end);
+        let mut got = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), a.read(&mut got)).await;
+        match read.unwrap() {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+            Ok(n) => panic!("the other peer saw {n} bytes and an EOF, not a reset"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_met_on_a_copy_write_is_no_fin() {
+        a_reset_met_on_a_write_is_no_fin(false).await;
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_reset_met_on_a_splice_write_is_no_fin() {
+        a_reset_met_on_a_write_is_no_fin(true).await;
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! shared by every session forwarded to it.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use dtcp_wire::Condition;
@@ -12,7 +12,7 @@ use tonic::{Code, Status};
 use crate::auth::PlaneAuth;
 use crate::call::{self, CallTo};
 use crate::codec::Halves;
-use crate::lane::{Lane, LaneDial};
+use crate::lane::{LaneAt, LaneDial};
 use crate::proto::Frame;
 use crate::proto::frame::Kind;
 use crate::tls::PlaneTls;
@@ -23,6 +23,12 @@ use crate::{
 
 /// How long the owner node may take to answer a Bridge with `paired`.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node that offered no lane is not dialed one: a node of a
+/// version without lanes (during a rolling upgrade), or run without them,
+/// would otherwise cost a wasted connection on both nodes for every
+/// session. Short, so that an owner that merely lacked a slot, or was
+/// upgraded, gets its lanes back soon.
+const NO_LANE_MEMORY: Duration = Duration::from_secs(10);
 
 /// Why a Bridge could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +77,9 @@ pub struct Dialer {
     node_id: String,
     /// Whether this node dials lanes for the sessions it forwards.
     lanes: bool,
+    /// Owner addresses that lately offered no lane, until when they are
+    /// not dialed one (at most one entry per peer node).
+    no_lanes: DashMap<String, Instant>,
 }
 
 impl Dialer {
@@ -83,6 +92,7 @@ impl Dialer {
             auth,
             node_id: node_id.to_owned(),
             lanes: false,
+            no_lanes: DashMap::new(),
         }
     }
 
@@ -106,6 +116,23 @@ impl Dialer {
     /// The authenticator of this node's calls.
     pub(crate) fn auth(&self) -> &PlaneAuth {
         &self.auth
+    }
+
+    /// Whether to take a lane from the owner at `addr`: this node does
+    /// lanes, and that owner did not lately decline one.
+    fn wants_lane(&self, addr: &str) -> bool {
+        if !self.lanes {
+            return false;
+        }
+        let declined = self.no_lanes.get(addr).map(|until| Instant::now() < *until);
+        match declined {
+            Some(true) => false,
+            Some(false) => {
+                self.no_lanes.remove(addr);
+                true
+            }
+            None => true,
+        }
     }
 
     /// Forgets the channel to `addr` (its node is gone).
@@ -148,24 +175,25 @@ impl Dialer {
     /// Target held here, whose client address is `target`. On success the
     /// owner has sent its Initiator `OK`.
     ///
-    /// When this node does lanes, a lane to `addr` is dialed while the claim
-    /// is in flight (no round trip added); if the owner offers one in its
-    /// `paired`, the halves carry it ([`Halves::lane`]). If the dial fails
-    /// the owner is told at once (an empty data frame), and the Bridge
-    /// carries the session's bytes.
+    /// When this node does lanes, and `at` is [`LaneAt::Paired`], a lane
+    /// to `addr` is dialed while the claim is in flight (no round trip
+    /// added); if the owner offers one in its `paired`, the halves carry it
+    /// ([`Halves::lane`]). If the dial fails the owner is told at once (an
+    /// empty data frame), and the Bridge carries the session's bytes. With
+    /// [`LaneAt::Activated`] nothing is dialed yet: the halves carry the
+    /// address to dial if the activation offers a lane.
     pub async fn open(
         &self,
         addr: &str,
         id: &[u8; 32],
         owner_node_id: &str,
         target: SocketAddr,
+        at: LaneAt,
     ) -> Result<Halves, BridgeError> {
-        let dialing = self
-            .lanes
+        let lane = self.wants_lane(addr);
+        let dialing = (lane && at == LaneAt::Paired)
             .then(|| tokio::spawn(crate::lane::dial(addr.to_owned())));
-        let result = self
-            .try_open(addr, id, owner_node_id, target, dialing.is_some())
-            .await;
+        let result = self.try_open(addr, id, owner_node_id, target, lane).await;
         if let Err(BridgeError::Unreachable(_)) = &result {
             // Forget the channel: a node that is gone for good must not stay cached.
             self.channels.remove(addr);
@@ -182,25 +210,19 @@ impl Dialer {
         match (dialing, token.is_empty()) {
             (Some(dialing), false) => {
                 // The dial is bounded by LANE_DIAL_TIMEOUT from its start.
-                halves.lane = match dialing.await {
-                    // Closed by the owner's port before the token came (a
-                    // burst of new connections made it evict this one):
-                    // the Bridge can still carry the session.
-                    Ok(Ok(stream)) if !crate::lane::is_open(&stream) => LaneDial::Failed("reset"),
-                    Ok(Ok(stream)) => LaneDial::Ready(Box::new(Lane {
-                        stream,
-                        preamble: crate::lane::after_head(&token),
-                    })),
-                    Ok(Err(reason)) => LaneDial::Failed(reason),
-                    Err(_) => LaneDial::Failed("error"),
-                };
-                if let LaneDial::Failed(_) = halves.lane {
-                    // Tells the owner to stop waiting for the lane: the
-                    // bytes cross here. (Nothing to deliver: empty.)
-                    halves.outbound.try_send(Frame::data(bytes::Bytes::new()));
-                }
+                let dialed = dialing.await.unwrap_or(Err("error"));
+                halves.attach_lane(dialed, &token);
             }
-            (Some(dialing), true) => dialing.abort(),
+            (Some(dialing), true) => {
+                // Closed with a reset (zero linger) when the task drops it.
+                dialing.abort();
+                halves.lane = LaneDial::Declined;
+                self.no_lanes
+                    .insert(addr.to_owned(), Instant::now() + NO_LANE_MEMORY);
+            }
+            (None, _) if lane && at == LaneAt::Activated => {
+                halves.lane = LaneDial::AtActivation(addr.to_owned());
+            }
             (None, _) => {}
         }
         Ok(halves)

@@ -172,19 +172,77 @@ pub struct Lane {
     pub preamble: Vec<u8>,
 }
 
+/// Which step of a claim the owner offers its lane at, and so when the
+/// claimant dials it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneAt {
+    /// A DTCP claim: the owner offers it in `paired`; the lane is dialed
+    /// while the claim is in flight.
+    Paired,
+    /// A XEP-0065 pair: the owner offers it in `activated`, which may come
+    /// a minute later; the lane is dialed then (a dial held that long would
+    /// outlive its token and hold a descriptor for nothing).
+    Activated,
+}
+
 /// What became of the claimant's lane for a Bridge it opened.
 #[derive(Debug, Default)]
 pub enum LaneDial {
-    /// No lane was dialed, or the owner offered none (an owner that does
-    /// not do lanes, or whose table is full): the Bridge carries the bytes.
+    /// No lane was asked for, or none was dialed: the Bridge carries the
+    /// bytes.
     #[default]
     NotOffered,
+    /// A lane was dialed while the claim was in flight, but the owner
+    /// offered none (it does not do lanes, or had no connection slot for
+    /// one): the dial was closed, and the Bridge carries the bytes.
+    Declined,
+    /// The owner may offer a lane at the activation (see
+    /// [`Halves::take_activation_offer`](crate::Halves::take_activation_offer)):
+    /// the owner's forwarding address to dial then.
+    AtActivation(String),
     /// The owner offered one and the dial succeeded.
     Ready(Box<Lane>),
     /// The owner offered one but the dial failed (refused, reset, or not
     /// done within [`LANE_DIAL_TIMEOUT`]): the Bridge carries the bytes,
     /// and the owner has been told so.
     Failed(&'static str),
+}
+
+impl crate::Halves {
+    /// Takes the lane `dialed` for the owner's offer of `token`, or, if the
+    /// dial failed, tells the owner to stop waiting for it (an empty data
+    /// frame: the bytes cross on the Bridge).
+    pub(crate) fn attach_lane(&mut self, dialed: Result<TcpStream, &'static str>, token: &[u8]) {
+        self.lane = match dialed {
+            // Closed by the owner's port before the token came (a burst of
+            // new connections made it evict this one): the Bridge can still
+            // carry the session.
+            Ok(stream) if !is_open(&stream) => LaneDial::Failed("reset"),
+            Ok(stream) => LaneDial::Ready(Box::new(Lane {
+                stream,
+                preamble: after_head(token),
+            })),
+            Err(reason) => LaneDial::Failed(reason),
+        };
+        if let LaneDial::Failed(_) = self.lane {
+            self.outbound
+                .try_send(crate::proto::Frame::data(bytes::Bytes::new()));
+        }
+    }
+
+    /// XEP-0065 mode, the requester's node: the owner's `activated` came
+    /// with `token`. If it offers a lane and the halves carry the address
+    /// to dial ([`LaneDial::AtActivation`]), dials it now (within
+    /// [`LANE_DIAL_TIMEOUT`]); else the Bridge carries the pair's bytes.
+    pub async fn take_activation_offer(&mut self, token: &[u8]) {
+        let LaneDial::AtActivation(addr) = std::mem::take(&mut self.lane) else {
+            return;
+        };
+        if !token.is_empty() {
+            let dialed = dial(addr).await;
+            self.attach_lane(dialed, token);
+        }
+    }
 }
 
 /// Dials a lane to the owner's forwarding port at `addr`, within

@@ -47,7 +47,7 @@ pub use health::{Authenticated, HEALTH_CALL_TIMEOUT, HEALTH_MAX_MESSAGE, health_
 pub use join::{End, Report, join};
 pub use lane::{
     EXPECTED_LANES_CAPACITY, LANE_DIAL_TIMEOUT, LANE_MAGIC, LANE_TOKEN_TTL, LANE_VERSION, Lane,
-    LaneDial, Lanes, Offer, PREAMBLE_TIMEOUT, is_lane_start, mint_token, preamble,
+    LaneAt, LaneDial, Lanes, Offer, PREAMBLE_TIMEOUT, is_lane_start, mint_token, preamble,
 };
 pub use service::BridgeService;
 pub use tls::{PlaneIo, PlaneTls, TlsError, TlsFiles};
@@ -117,7 +117,15 @@ impl proto::Frame {
 
     /// XEP-0065 mode: the pair is activated, the session starts.
     pub fn activated() -> Self {
-        Self::of(proto::frame::Kind::Activated(proto::Activated {}))
+        Self::activated_with(bytes::Bytes::new())
+    }
+
+    /// XEP-0065 mode: the pair is activated, and the owner offers a lane
+    /// with this token (empty: none).
+    pub fn activated_with(lane_token: bytes::Bytes) -> Self {
+        Self::of(proto::frame::Kind::Activated(proto::Activated {
+            lane_token,
+        }))
     }
 
     /// Bytes of the session.

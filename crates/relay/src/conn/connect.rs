@@ -9,6 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use dtcp_forward::LaneAt;
 use dtcp_wire::Condition;
 use metrics::counter;
 use tokio::net::TcpStream;
@@ -123,7 +124,16 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         // One store round trip per look (leaving a waiter if there is no
         // record yet), none when the registering node told this one of the
         // registration (and so its owner) since the last look.
-        match locate(&node, &id, client, expectation.announced_owner(), true).await {
+        match locate(
+            &node,
+            &id,
+            client,
+            expectation.announced_owner(),
+            true,
+            LaneAt::Paired,
+        )
+        .await
+        {
             Located::Bridged(bridge, share) => break (bridge, share),
             Located::Refused(condition, text) => {
                 return refuse_dtcp(stream, VERB, condition, text).await;

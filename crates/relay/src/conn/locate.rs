@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use dtcp_forward::{BridgeError, Halves};
+use dtcp_forward::{BridgeError, Halves, LaneAt};
 use dtcp_store::NodeInfo;
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::counter;
@@ -45,12 +45,15 @@ pub(crate) enum Located {
 /// the store a lookup. `wait`: a claimant that waits for its registration
 /// (a `CONNECT`) leaves a waiter entry in the same lookup when there is no
 /// record yet, so that the node that registers it tells this one.
+/// `lane_at`: when the owner offers its lane (a DTCP claim's at `paired`,
+/// a XEP-0065 pair's at its activation).
 pub(crate) async fn locate(
     node: &Node,
     id: &RegistrationId,
     client: SocketAddr,
     announced: Option<NodeInfo>,
     wait: bool,
+    lane_at: LaneAt,
 ) -> Located {
     let looked = async {
         if wait {
@@ -93,7 +96,7 @@ pub(crate) async fn locate(
     };
     // Boxed: the Bridge call's state would otherwise enlarge the state of
     // every claimant, forwarded or not.
-    match Box::pin(open_bridge(node, id, &owner, client)).await {
+    match Box::pin(open_bridge(node, id, &owner, client, lane_at)).await {
         Ok(bridge) => Located::Bridged(bridge, share),
         Err(located) => located,
     }
@@ -106,6 +109,7 @@ async fn open_bridge(
     id: &RegistrationId,
     owner: &NodeInfo,
     client: SocketAddr,
+    lane_at: LaneAt,
 ) -> Result<Box<Halves>, Located> {
     let Some(dialer) = &node.dialer else {
         warn!(registration = %id, owner = %owner, "registration held by another node, and this node has no forwarding plane");
@@ -113,7 +117,7 @@ async fn open_bridge(
         return Err(Located::Refused(Condition::Unavailable, text));
     };
     dialer
-        .open(&owner.forward_addr, id.as_bytes(), &owner.id, client)
+        .open(&owner.forward_addr, id.as_bytes(), &owner.id, client, lane_at)
         .await
         .map(Box::new)
         .map_err(|e| {

@@ -88,13 +88,17 @@ pub const FORWARDED_VIAS: [&str; 2] = ["lane", "bridge"];
 /// Lanes open now, by `role` (`client`: this node dialed it and holds the
 /// Target; `server`: it holds the Initiator).
 pub const LANES_ACTIVE: &str = "dtcp_lanes_active";
-/// Lanes the owner offered that this node dialed, by `outcome`: `ok`, or
-/// why the session fell back to its Bridge (see [`LANE_DIAL_OUTCOMES`]).
+/// Lanes this node dialed, by `outcome`: `ok`, or why the session fell
+/// back to its Bridge (see [`LANE_DIAL_OUTCOMES`]).
 pub const LANE_DIALS: &str = "dtcp_lane_dials_total";
 /// Every `outcome` of [`LANE_DIALS`]: dialed; refused; no connection within
 /// `LANE_DIAL_TIMEOUT`; closed by the owner's port before the token came;
-/// another failure; no connection slot to spare.
-pub const LANE_DIAL_OUTCOMES: [&str; 6] = ["ok", "refused", "timeout", "reset", "error", "no_slot"];
+/// another failure; no connection slot to spare; dialed while the claim
+/// was in flight but the owner offered none (it is not dialed again for
+/// 10 s).
+pub const LANE_DIAL_OUTCOMES: [&str; 7] = [
+    "ok", "refused", "timeout", "reset", "error", "no_slot", "declined",
+];
 /// XEP-0065 pairs on this node (their Target's owner) waiting for their
 /// activation.
 pub const SOCKS5_AWAITING: &str = "dtcp_socks5_pairs_awaiting_activation";

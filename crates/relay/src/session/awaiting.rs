@@ -34,8 +34,7 @@ use crate::metrics::{COMMANDS, SOCKS5_EXPIRED};
 use crate::node::{Node, SHUTTING_DOWN};
 use crate::protocol::Protocol;
 use crate::reply::send_socks5_ok;
-use crate::session::forwarded;
-use crate::session::local;
+use crate::session::{forwarded, lane, local};
 use crate::socket::{poll_gone_unread, rearm, reset};
 use crate::xep0065::activation::PairTicket;
 
@@ -171,7 +170,17 @@ pub(crate) fn run(
                     }
                     return;
                 }
-                if requester.outbound.send(Frame::activated()).await.is_err() {
+                // The activation offers the requester's node a lane, if
+                // it takes one and a connection slot is free for it.
+                let offered = requester
+                    .lane_peer
+                    .as_deref()
+                    .and_then(|peer| lane::offer(&node, &id, peer));
+                let activated = match &offered {
+                    Some(o) => Frame::activated_with(o.offer.token.clone()),
+                    None => Frame::activated(),
+                };
+                if requester.outbound.send(activated).await.is_err() {
                     debug!(registration = %id, "the requester's node went at the activation");
                     return;
                 }
@@ -194,6 +203,7 @@ pub(crate) fn run(
                     waited,
                     client,
                     Protocol::Socks5,
+                    offered,
                 )
                 .await;
             }

@@ -76,7 +76,9 @@ pub(crate) async fn run_claimant_side(
             counter!(LANE_DIALS, "outcome" => reason).increment(1);
             debug!(registration = %id, reason, "lane dial failed: the Bridge carries the session");
         }
-        LaneDial::NotOffered => {}
+        // Dialed for nothing: counted, so that a cluster that wastes dials shows it.
+        LaneDial::Declined => counter!(LANE_DIALS, "outcome" => "declined").increment(1),
+        LaneDial::NotOffered | LaneDial::AtActivation(_) => {}
     }
     // The owner has answered its Initiator: now the Target. From OK on, a
     // close that is not a passed-on FIN (the process killed included) is a
@@ -122,7 +124,9 @@ pub(crate) async fn run_claimant_side(
 
 /// Owner side: a Bridge claimed this node's pending Initiator (in XEP-0065
 /// mode: the pair was activated, and both sides have had their replies and
-/// the requester's node its `paired` and `activated` frames).
+/// the requester's node its `paired` and `activated` frames, the latter
+/// with the lane `offered`, if one was). A DTCP Initiator is answered here,
+/// and the lane offered in `paired`.
 #[expect(
     clippy::too_many_arguments,
     reason = "the parts of a session handed over at once"
@@ -136,6 +140,7 @@ pub(crate) async fn run_owner_side(
     waited: Duration,
     client: IpAddr,
     protocol: Protocol,
+    mut offered: Option<lane::Offered>,
 ) {
     let RemoteClaim {
         outbound,
@@ -155,7 +160,7 @@ pub(crate) async fn run_owner_side(
     if protocol == Protocol::Dtcp {
         send_ok(&initiator).await;
         node.hot.create_ok.increment(1);
-        let offered = lane_peer.and_then(|peer| lane::offer(&node, &id, &peer));
+        offered = lane_peer.and_then(|peer| lane::offer(&node, &id, &peer));
         let paired = match &offered {
             Some(o) => Frame::paired_with(o.offer.token.clone()),
             None => Frame::paired(),
@@ -166,31 +171,31 @@ pub(crate) async fn run_owner_side(
             reset_on_close(&initiator);
             return;
         }
-        if let Some(mut offered) = offered {
-            match lane::await_lane(&mut offered.offer, &mut inbound).await {
-                Waited::Lane(stream) => {
-                    return lane::run_owner(
-                        node,
-                        initiator,
-                        early,
-                        stream,
-                        offered.slot,
-                        outbound,
-                        *inbound,
-                        id,
-                        waited,
-                        client,
-                        target,
-                        protocol,
-                    )
-                    .await;
-                }
-                Waited::Bridge => {}
-                Waited::Broken => {
-                    counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
-                    debug!(registration = %id, "the claimant's node went before its lane came");
-                    return;
-                }
+    }
+    if let Some(mut offered) = offered {
+        match lane::await_lane(&mut offered.offer, &mut inbound).await {
+            Waited::Lane(stream) => {
+                return lane::run_owner(
+                    node,
+                    initiator,
+                    early,
+                    stream,
+                    offered.slot,
+                    outbound,
+                    *inbound,
+                    id,
+                    waited,
+                    client,
+                    target,
+                    protocol,
+                )
+                .await;
+            }
+            Waited::Bridge => {}
+            Waited::Broken => {
+                counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
+                debug!(registration = %id, "the claimant's node went before its lane came");
+                return;
             }
         }
     }

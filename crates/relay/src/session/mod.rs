@@ -75,6 +75,7 @@ pub(crate) fn start(
                 waited,
                 client,
                 Protocol::Dtcp,
+                None,
             );
             Box::pin(async move {
                 session.await;

@@ -14,6 +14,7 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dtcp_forward::LaneAt;
 use dtcp_forward::proto::frame::Kind;
 use dtcp_wire::socks5::{ReplyCode, StreamHash};
 use metrics::counter;
@@ -93,7 +94,7 @@ pub(crate) async fn arrive(
             // Another node's waiter has this hash: claim it there.
             Enrolment::Taken(Here::Elsewhere, leftover) => {
                 drop(leftover);
-                match locate(&node, &id, request.client, None, false).await {
+                match locate(&node, &id, request.client, None, false, LaneAt::Activated).await {
                     Located::Bridged(bridge, share) => {
                         claimed_elsewhere(node, stream, slot, request, hash, bridge, share).await;
                         return None;
@@ -212,14 +213,14 @@ async fn await_activation(
     let _share = share;
     let _tracked = node.sessions.token();
     enum Waited {
-        Activated,
+        Activated(bytes::Bytes),
         Cut(&'static str),
         RequesterGone,
     }
     let waited = tokio::select! {
         biased;
         frame = bridge.inbound.next() => match frame {
-            Ok(Some(Kind::Activated(_))) => Waited::Activated,
+            Ok(Some(Kind::Activated(a))) => Waited::Activated(a.lane_token),
             _ => Waited::Cut("the target's node ended the pair"),
         },
         () = node.stop.cancelled() => Waited::Cut(SHUTTING_DOWN),
@@ -227,11 +228,14 @@ async fn await_activation(
         () = poll_fn(|cx| socket::poll_gone_unread(&stream, cx)) => Waited::RequesterGone,
     };
     match waited {
-        Waited::Activated => {
+        Waited::Activated(lane_token) => {
             debug!(registration = %id, "SOCKS5 pair activated (target on another node)");
             let Some(stream) = socket::rearm(stream) else {
                 return;
             };
+            // The owner may offer a lane now: it is dialed here, one round
+            // trip after an activation that took an XMPP exchange.
+            bridge.take_activation_offer(&lane_token).await;
             forwarded::run_claimant_side(
                 node,
                 stream,
