@@ -1,6 +1,7 @@
 //! A private container engine for the deployment tests: a `dockerd` (Debian's
 //! `docker.io`) of the test's own, in a network namespace of its own, with
-//! its data, state, pid file and socket in a temporary directory; stand-in
+//! its state, pid file and socket in a temporary directory and its image
+//! data where overlay2 can keep it (see [`storage`]); stand-in
 //! base images (no registry is reachable): a distroless-like runtime
 //! extracted from Debian packages with `mmdebstrap`, cached outside the
 //! clone (see [`cache_dir`]) under a key of what built it, and the other
@@ -16,6 +17,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -149,6 +151,9 @@ pub fn output(cmd: &mut Command) -> Output {
 #[derive(Debug)]
 pub struct Engine {
     dir: PathBuf,
+    /// The engine's `--data-root`: below `dir`, or elsewhere when `dir`'s
+    /// file system cannot hold overlay2's layers (see [`storage`]).
+    data: PathBuf,
     netns: String,
     daemon: Option<Process>,
     compose: Vec<PathBuf>,
@@ -164,10 +169,14 @@ impl Engine {
         let dir = std::env::temp_dir().join(format!("dtcp-containers-{id}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("engine directory");
+        let (data, driver) = storage(&dir, id);
+        // Found again by a later run's sweep when this one is killed.
+        fs::write(dir.join("data-root"), data.as_os_str().as_bytes()).expect("data root's name");
         let netns = format!("dtcp-containers-{id}");
         run(Command::new("ip").args(["netns", "add", &netns]));
         let mut engine = Engine {
             dir,
+            data,
             netns,
             daemon: None,
             compose: Vec::new(),
@@ -183,11 +192,11 @@ impl Engine {
             [
                 format!("--net={}", engine.netns_path()),
                 "dockerd".into(),
-                format!("--data-root={}", engine.dir.join("data").display()),
+                format!("--data-root={}", engine.data.display()),
                 format!("--exec-root={}", engine.dir.join("exec").display()),
                 format!("--pidfile={}", engine.dir.join("dockerd.pid").display()),
                 format!("--host=unix://{}", engine.socket().display()),
-                "--storage-driver=overlay2".into(),
+                format!("--storage-driver={driver}"),
                 format!("--default-address-pool={ADDRESS_POOL}"),
             ],
         )
@@ -493,13 +502,16 @@ impl Drop for Engine {
             // pid is dockerd's): it stops its containers and its containerd.
             daemon.stop_with(libc::SIGTERM, ENGINE_STOP);
         }
-        // Whatever the engine left mounted below its directory.
+        // Whatever the engine left mounted below its directories.
         if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
-            let dir = self.dir.display().to_string();
+            let dirs = [
+                self.dir.display().to_string(),
+                self.data.display().to_string(),
+            ];
             let mut points: Vec<&str> = mounts
                 .lines()
                 .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|p| p.starts_with(&dir))
+                .filter(|p| dirs.iter().any(|d| p.starts_with(d.as_str())))
                 .collect();
             points.sort_by_key(|p| std::cmp::Reverse(p.len()));
             for p in points {
@@ -509,8 +521,60 @@ impl Drop for Engine {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .status();
+        let _ = fs::remove_dir_all(&self.data);
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The magic number `statfs(2)` gives for overlayfs.
+const OVERLAYFS_MAGIC: u64 = 0x794c_7630;
+
+/// Whether `path` lies on overlayfs, which the kernel refuses as the upper
+/// directory of another overlay mount: overlay2 cannot keep its layers
+/// there (as in a CI job's container, whose /tmp is its own root's
+/// overlayfs).
+fn on_overlayfs(path: &Path) -> bool {
+    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a plain C struct of integers, for which all zeroes is valid.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs(2) fills the struct it is given, from a NUL-terminated
+    // path that outlives the call.
+    let found = unsafe { libc::statfs(name.as_ptr(), &mut stat) } == 0;
+    // f_type is signed on some targets; the magic is compared as its bits.
+    found && stat.f_type as u64 == OVERLAYFS_MAGIC
+}
+
+/// The engine's data root and storage driver: overlay2 below the engine's
+/// directory (in the temporary directory) unless that is overlayfs, then
+/// below the workspace's `target/` (left out of the image's build context)
+/// unless that is too, and otherwise vfs (every layer copied whole: slower
+/// and bigger, but it works on any file system), saying why.
+fn storage(dir: &Path, id: u32) -> (PathBuf, &'static str) {
+    let candidates = [
+        dir.join("data"),
+        workspace()
+            .join("target")
+            .join(format!("dtcp-containers-{id}")),
+    ];
+    for data in &candidates {
+        fs::create_dir_all(data).expect("data root");
+        if !on_overlayfs(data) {
+            return (data.clone(), "overlay2");
+        }
+        let _ = fs::remove_dir(data);
+    }
+    eprintln!(
+        "containers: {} and {} are on overlayfs, which cannot hold overlay2's layers \
+         (the kernel refuses overlayfs as an overlay's upper directory); the engine \
+         uses the vfs driver instead (slower; set TMPDIR to a directory on another \
+         file system to avoid it)",
+        candidates[0].display(),
+        candidates[1].display()
+    );
+    fs::create_dir_all(&candidates[0]).expect("data root");
+    (candidates[0].clone(), "vfs")
 }
 
 /// Stops what a run killed without its teardown (an interrupted suite) left:
@@ -543,8 +607,12 @@ fn sweep_leftovers() {
                 !Path::new(&format!("/proc/{daemon}")).exists()
             });
         }
-        // Its teardown: mounts, namespace, directory.
+        // Its teardown: mounts, namespace, directories.
+        let data = fs::read(dir.join("data-root"))
+            .map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)))
+            .unwrap_or_else(|_| dir.join("data"));
         drop(Engine {
+            data,
             dir,
             netns: name,
             daemon: None,
