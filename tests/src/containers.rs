@@ -13,7 +13,8 @@
 //! the bridges, addresses and firewall rules the engine makes live and die
 //! with that namespace, and the test reaches the containers by running its
 //! clients inside it (`nsenter --net`). Everything is torn down on drop,
-//! also when the test panics.
+//! also when the test panics; when the run is killed instead, the engine
+//! gets SIGTERM as its parent dies and stops its containers.
 //!
 //! Here: the engine itself (start, commands, teardown, the sweep of a
 //! killed run's leftovers); in `containers/images.rs`, the images it runs;
@@ -62,6 +63,7 @@ pub fn require_tools() {
         ("docker-compose", "docker-compose"),
         ("mmdebstrap", "mmdebstrap"),
         ("nsenter", "util-linux"),
+        ("setpriv", "util-linux"),
         ("ip", "iproute2"),
         ("curl", "curl"),
         ("redis-server", "redis-server"),
@@ -151,6 +153,15 @@ impl Engine {
             "nsenter",
             [
                 format!("--net={}", engine.netns_path()),
+                // SIGTERM to the engine when the thread that started it
+                // ends, whatever ends it (a killed run never reaches its
+                // drop): the engine stops its containers and exits instead
+                // of outliving the run. setpriv sets it and exec()s, so it
+                // holds for dockerd itself. A killed run's namespace,
+                // mounts and directory are swept by the next run.
+                "setpriv".into(),
+                "--pdeathsig".into(),
+                "TERM".into(),
                 "dockerd".into(),
                 format!("--data-root={}", engine.data.display()),
                 format!("--exec-root={}", engine.dir.join("exec").display()),
