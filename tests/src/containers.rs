@@ -1,6 +1,7 @@
 //! A private container engine for the deployment tests: a `dockerd` (Debian's
 //! `docker.io`) of the test's own, in a network namespace of its own, with
-//! its data, state, pid file and socket in a temporary directory; stand-in
+//! its state, pid file and socket in a temporary directory and its image
+//! data where overlay2 can keep it (see `containers/storage.rs`); stand-in
 //! base images (no registry is reachable): a distroless-like runtime
 //! extracted from Debian packages with `mmdebstrap`, cached outside the
 //! clone (see [`cache_dir`]) under a key of what built it, and the other
@@ -12,18 +13,26 @@
 //! the bridges, addresses and firewall rules the engine makes live and die
 //! with that namespace, and the test reaches the containers by running its
 //! clients inside it (`nsenter --net`). Everything is torn down on drop,
-//! also when the test panics.
+//! also when the test panics; when the run is killed instead, the engine
+//! gets SIGTERM as its parent dies and stops its containers.
+//!
+//! Here: the engine itself (start, commands, teardown, the sweep of a
+//! killed run's leftovers); in `containers/images.rs`, the images it runs;
+//! in `containers/storage.rs`, where its layers can live.
 
 use std::fs;
-use std::io::Write;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use dtcp_testkit::{Process, poll_until};
-use sha2::{Digest, Sha256};
 
-use crate::relay::bin;
+mod images;
+mod storage;
+
+pub use images::{Images, cache_dir};
+use storage::storage;
 
 /// The Debian release every stand-in image is made from (the relay's
 /// binaries are built on it, and the shipped bases are bookworm too).
@@ -37,52 +46,6 @@ const ENGINE_STOP: Duration = Duration::from_secs(30);
 /// The address pool the engine's networks are carved from (inside its own
 /// network namespace only; the compose file names its own subnet).
 const ADDRESS_POOL: &str = "base=172.30.0.0/16,size=24";
-
-/// The packages of the distroless-like runtime base: glibc, libgcc, time
-/// zones, CA certificates (extracted, never installed: no shell, no package
-/// manager); its user 65532 is added by [`Engine::images`].
-const RUNTIME_PACKAGES: &str = "libc6,libgcc-s1,netbase,tzdata,ca-certificates";
-
-/// The programs the compose file's other services run (Redis, HAProxy,
-/// Prometheus) and their health checks need (`sh`, `cat`, `grep`,
-/// `redis-cli`, `wget`): the machine's own, the ones the suite already
-/// installs from Debian's packages for its other tests, copied with the
-/// shared libraries `ldd` names onto the runtime base. No download, and no
-/// cache needed: the copy takes seconds.
-const SERVICE_PROGRAMS: &[&str] = &[
-    "redis-server",
-    "redis-cli",
-    "haproxy",
-    "prometheus",
-    "wget",
-    "sh",
-    "cat",
-    "grep",
-];
-/// The stand-ins' users: distroless's (root, nonroot 65532, nobody) and
-/// HAProxy's, which its image runs as (Prometheus's runs as nobody, Redis's
-/// starts as root).
-const PASSWD: &str = "root:x:0:0:root:/root:/sbin/nologin\n\
-    haproxy:x:99:99:haproxy:/var/lib/haproxy:/sbin/nologin\n\
-    nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n\
-    nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n";
-/// The groups of those users.
-const GROUP: &str = "root:x:0:\nhaproxy:x:99:\nnonroot:x:65532:\nnogroup:x:65534:\n";
-
-/// Each stand-in for an image docker-compose.yml names: the compose service,
-/// and the Dockerfile lines that give the services image that image's user,
-/// command and stop signal.
-const STANDINS: &[(&str, &str)] = &[
-    ("redis", "CMD [\"redis-server\"]\n"),
-    (
-        "haproxy",
-        "USER haproxy\nSTOPSIGNAL SIGUSR1\nCMD [\"haproxy\", \"-W\", \"-db\", \"-f\", \"/usr/local/etc/haproxy/haproxy.cfg\"]\n",
-    ),
-    (
-        "prometheus",
-        "USER nobody\nENTRYPOINT [\"/usr/bin/prometheus\"]\nCMD [\"--config.file=/etc/prometheus/prometheus.yml\", \"--storage.tsdb.path=/prometheus\"]\n",
-    ),
-];
 
 /// The workspace's root directory.
 pub fn workspace() -> PathBuf {
@@ -100,6 +63,7 @@ pub fn require_tools() {
         ("docker-compose", "docker-compose"),
         ("mmdebstrap", "mmdebstrap"),
         ("nsenter", "util-linux"),
+        ("setpriv", "util-linux"),
         ("ip", "iproute2"),
         ("curl", "curl"),
         ("redis-server", "redis-server"),
@@ -149,6 +113,9 @@ pub fn output(cmd: &mut Command) -> Output {
 #[derive(Debug)]
 pub struct Engine {
     dir: PathBuf,
+    /// The engine's `--data-root`: below `dir`, or elsewhere when `dir`'s
+    /// file system cannot hold overlay2's layers (see `containers/storage.rs`).
+    data: PathBuf,
     netns: String,
     daemon: Option<Process>,
     compose: Vec<PathBuf>,
@@ -164,10 +131,14 @@ impl Engine {
         let dir = std::env::temp_dir().join(format!("dtcp-containers-{id}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("engine directory");
+        let (data, driver) = storage(&dir, id);
+        // Found again by a later run's sweep when this one is killed.
+        fs::write(dir.join("data-root"), data.as_os_str().as_bytes()).expect("data root's name");
         let netns = format!("dtcp-containers-{id}");
         run(Command::new("ip").args(["netns", "add", &netns]));
         let mut engine = Engine {
             dir,
+            data,
             netns,
             daemon: None,
             compose: Vec::new(),
@@ -182,12 +153,21 @@ impl Engine {
             "nsenter",
             [
                 format!("--net={}", engine.netns_path()),
+                // SIGTERM to the engine when the thread that started it
+                // ends, whatever ends it (a killed run never reaches its
+                // drop): the engine stops its containers and exits instead
+                // of outliving the run. setpriv sets it and exec()s, so it
+                // holds for dockerd itself. A killed run's namespace,
+                // mounts and directory are swept by the next run.
+                "setpriv".into(),
+                "--pdeathsig".into(),
+                "TERM".into(),
                 "dockerd".into(),
-                format!("--data-root={}", engine.dir.join("data").display()),
+                format!("--data-root={}", engine.data.display()),
                 format!("--exec-root={}", engine.dir.join("exec").display()),
                 format!("--pidfile={}", engine.dir.join("dockerd.pid").display()),
                 format!("--host=unix://{}", engine.socket().display()),
-                "--storage-driver=overlay2".into(),
+                format!("--storage-driver={driver}"),
                 format!("--default-address-pool={ADDRESS_POOL}"),
             ],
         )
@@ -269,138 +249,6 @@ impl Engine {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         Process::new("nsenter", all).name(&name)
-    }
-
-    /// Imports a root file system tarball as image `tag`, with Dockerfile
-    /// `changes` (one per line).
-    fn import(&self, tarball: &Path, tag: &str, changes: &[&str]) {
-        let mut cmd = self.docker();
-        cmd.arg("import");
-        for c in changes {
-            cmd.args(["--change", c]);
-        }
-        run(cmd.arg(tarball).arg(tag));
-    }
-
-    /// Builds image `tag` from a Dockerfile given as text, with no context.
-    fn build_text(&self, tag: &str, dockerfile: &str) {
-        let mut child = self
-            .docker()
-            .args(["build", "-q", "-t", tag, "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("docker build");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(dockerfile.as_bytes())
-            .expect("Dockerfile");
-        let out = child.wait_with_output().expect("docker build");
-        assert!(
-            out.status.success(),
-            "building {tag}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Builds image `tag` from the directory `context`, which holds its
-    /// Dockerfile.
-    fn build_dir(&self, tag: &str, context: &Path) {
-        run(self.docker().args(["build", "-q", "-t", tag]).arg(context));
-    }
-
-    /// The stand-in images (runtime base, Redis, HAProxy, Prometheus) and the
-    /// project's image built from deploy/Dockerfile with the suite's
-    /// binaries. Returns the image names by compose service (`relay` for the
-    /// relays) and `runtime`.
-    pub fn images(&self) -> Images {
-        let cache = cache_dir();
-        fs::create_dir_all(&cache).expect("image cache");
-        let runtime_tar = rootfs(&cache, "runtime", "extract", RUNTIME_PACKAGES);
-        let key = key_of(&runtime_tar);
-        let base = format!("dtcp-standin/runtime-base:{key}");
-        self.import(&runtime_tar, &base, &[]);
-        // What makes the extracted packages an image like distroless's
-        // `cc:nonroot`: its users, a home for 65532, the CA bundle (the
-        // machine's, as the extracted package leaves it ungenerated).
-        let runtime = format!("dtcp-standin/runtime:{key}");
-        let context = self.dir.join("runtime");
-        write_tree(
-            &context,
-            &[
-                ("etc/passwd", PASSWD.as_bytes()),
-                ("etc/group", GROUP.as_bytes()),
-                ("home/.keep", b""),
-                (
-                    "etc/ssl/certs/ca-certificates.crt",
-                    &fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default(),
-                ),
-                (
-                    "Dockerfile",
-                    format!(
-                        "FROM {base}\nCOPY etc/ /etc/\nCOPY --chown=65532:65532 home/ /home/nonroot/\nUSER 65532:65532\n"
-                    )
-                    .as_bytes(),
-                ),
-            ],
-        );
-        self.build_dir(&runtime, &context);
-        // The services: the machine's programs and their libraries on that
-        // base, Prometheus's data directory its user's.
-        let services = "dtcp-standin/services:suite".to_string();
-        let context = self.dir.join("services");
-        stage_programs(&context.join("root"), SERVICE_PROGRAMS);
-        write_tree(
-            &context,
-            &[
-                ("data/.keep", b""),
-                (
-                    "Dockerfile",
-                    format!(
-                        "FROM {runtime}\nUSER 0:0\nCOPY root/ /\nCOPY --chown=65534:65534 data/ /prometheus/\n\
-                         ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
-                    )
-                    .as_bytes(),
-                ),
-            ],
-        );
-        self.build_dir(&services, &context);
-        let mut by_service = Vec::new();
-        for (service, lines) in STANDINS {
-            let tag = format!("dtcp-standin/{service}:suite");
-            self.build_text(&tag, &format!("FROM {services}\n{lines}"));
-            by_service.push((service.to_string(), tag));
-        }
-        // The suite's binaries, at the paths the Dockerfile's build stage
-        // leaves them, as an image of their own (the build context leaves
-        // target/ out).
-        let staging = self.dir.join("binaries");
-        fs::create_dir_all(staging.join("usr/local/bin")).expect("staging");
-        for b in ["dtcp-relay", "dtcp"] {
-            fs::copy(bin(b), staging.join("usr/local/bin").join(b)).expect("binary");
-        }
-        let tar = self.dir.join("binaries.tar");
-        run(Command::new("tar")
-            .arg("-C")
-            .arg(&staging)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."));
-        self.import(&tar, "dtcp-suite/binaries:latest", &[]);
-        let relay = "dtcp-relay:suite".to_string();
-        run(self
-            .docker()
-            .current_dir(workspace())
-            .args(["build", "-q", "-f", "deploy/Dockerfile", "-t", &relay])
-            .arg(format!("--build-arg=RUNTIME_IMAGE={runtime}"))
-            .arg("--build-arg=BINARIES=dtcp-suite/binaries:latest")
-            .arg("."));
-        by_service.push(("relay".into(), relay));
-        by_service.push(("runtime".into(), runtime));
-        Images(by_service)
     }
 
     /// A `docker-compose` command for the project's compose file and the
@@ -493,13 +341,16 @@ impl Drop for Engine {
             // pid is dockerd's): it stops its containers and its containerd.
             daemon.stop_with(libc::SIGTERM, ENGINE_STOP);
         }
-        // Whatever the engine left mounted below its directory.
+        // Whatever the engine left mounted below its directories.
         if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
-            let dir = self.dir.display().to_string();
+            let dirs = [
+                self.dir.display().to_string(),
+                self.data.display().to_string(),
+            ];
             let mut points: Vec<&str> = mounts
                 .lines()
                 .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|p| p.starts_with(&dir))
+                .filter(|p| dirs.iter().any(|d| p.starts_with(d.as_str())))
                 .collect();
             points.sort_by_key(|p| std::cmp::Reverse(p.len()));
             for p in points {
@@ -509,6 +360,7 @@ impl Drop for Engine {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .status();
+        let _ = fs::remove_dir_all(&self.data);
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -543,141 +395,16 @@ fn sweep_leftovers() {
                 !Path::new(&format!("/proc/{daemon}")).exists()
             });
         }
-        // Its teardown: mounts, namespace, directory.
+        // Its teardown: mounts, namespace, directories.
+        let data = fs::read(dir.join("data-root"))
+            .map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)))
+            .unwrap_or_else(|_| dir.join("data"));
         drop(Engine {
+            data,
             dir,
             netns: name,
             daemon: None,
             compose: Vec::new(),
         });
     }
-}
-
-/// Image names by compose service (`relay`, `redis`, `haproxy`,
-/// `prometheus`) and `runtime`.
-#[derive(Debug)]
-pub struct Images(Vec<(String, String)>);
-
-impl Images {
-    /// The image for `service`.
-    pub fn get(&self, service: &str) -> &str {
-        &self
-            .0
-            .iter()
-            .find(|(s, _)| s == service)
-            .unwrap_or_else(|| panic!("no image for {service}"))
-            .1
-    }
-}
-
-/// Where the stand-in bases are kept between runs: outside the clone, so
-/// that every clone on the machine shares them
-/// (`${XDG_CACHE_HOME:-$HOME/.cache}/dtcp-relay/containers`).
-pub fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| workspace().join(".cache"));
-    base.join("dtcp-relay/containers")
-}
-
-/// Writes `files` (path relative to `dir`, content) under `dir`.
-fn write_tree(dir: &Path, files: &[(&str, &[u8])]) {
-    for (path, content) in files {
-        let path = dir.join(path);
-        fs::create_dir_all(path.parent().expect("parent")).expect("directory");
-        fs::write(&path, content).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    }
-}
-
-/// Copies each of `programs` (found on the machine's PATH) to `root/usr/bin`
-/// (`sh` to `root/bin` too, for `CMD-SHELL`), with every shared library
-/// `ldd` names for it at the path `ldd` names, the files themselves rather
-/// than their links.
-fn stage_programs(root: &Path, programs: &[&str]) {
-    let mut libraries = std::collections::BTreeSet::new();
-    for program in programs {
-        let found = run(Command::new("sh").args(["-c", &format!("command -v {program}")]));
-        let found = PathBuf::from(found.trim());
-        let real = fs::canonicalize(&found).unwrap_or_else(|e| panic!("{program}: {e}"));
-        let mut targets = vec![root.join("usr/bin").join(program)];
-        if *program == "sh" {
-            targets.push(root.join("bin/sh"));
-        }
-        for target in targets {
-            fs::create_dir_all(target.parent().expect("parent")).expect("directory");
-            fs::copy(&real, &target).unwrap_or_else(|e| panic!("{}: {e}", real.display()));
-        }
-        // Go's static binaries make ldd say so and fail: nothing to copy.
-        let listed = output(Command::new("ldd").arg(&real));
-        for line in String::from_utf8_lossy(&listed.stdout).lines() {
-            // "libx.so => /lib/.../libx.so (0x...)" or "/lib64/ld-linux... (0x...)"
-            let path = match line.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next(),
-                None => line.split_whitespace().next(),
-            };
-            if let Some(path) = path.filter(|p| p.starts_with('/')) {
-                libraries.insert(PathBuf::from(path));
-            }
-        }
-    }
-    for library in libraries {
-        let real =
-            fs::canonicalize(&library).unwrap_or_else(|e| panic!("{}: {e}", library.display()));
-        // The runtime base has the loader at /lib/x86_64-linux-gnu, and
-        // /lib64's name as a link to it: replace the file, keep the link.
-        let at = if library.starts_with("/lib64") {
-            Path::new("/lib/x86_64-linux-gnu").join(library.file_name().expect("name"))
-        } else {
-            library.clone()
-        };
-        let target = root.join(at.strip_prefix("/").expect("absolute"));
-        fs::create_dir_all(target.parent().expect("parent")).expect("directory");
-        fs::copy(&real, &target).unwrap_or_else(|e| panic!("{}: {e}", real.display()));
-    }
-}
-
-/// A root file system tarball made by mmdebstrap, cached in `cache` under a
-/// name keyed by everything that made it (suite, variant, packages); made
-/// when absent.
-fn rootfs(cache: &Path, name: &str, variant: &str, packages: &str) -> PathBuf {
-    let recipe = format!("{SUITE}\n{variant}\n{packages}");
-    let key = hex(&Sha256::digest(recipe.as_bytes())[..8]);
-    let path = cache.join(format!("{name}-{SUITE}-{key}.tar"));
-    if path.exists() {
-        return path;
-    }
-    // Older tarballs of the same name were made by another recipe.
-    if let Ok(entries) = fs::read_dir(cache) {
-        for e in entries.flatten() {
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{name}-"))
-            {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-    }
-    // A name of this process's own: two clones' runs may build at once; the
-    // rename makes one of them the cache, whole.
-    let partial = cache.join(format!("{name}-{SUITE}-{key}.tar.{}", std::process::id()));
-    run(Command::new("mmdebstrap")
-        .args(["--quiet", "--mode=root", "--format=tar"])
-        .arg(format!("--variant={variant}"))
-        .arg(format!("--include={packages}"))
-        .arg(SUITE)
-        .arg(&partial));
-    fs::rename(&partial, &path).expect("caching the root file system");
-    path
-}
-
-/// The key part of a cached tarball's name (its tag in the engine).
-fn key_of(tarball: &Path) -> String {
-    let name = tarball.file_stem().expect("name").to_string_lossy();
-    name.rsplit('-').next().expect("key").to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

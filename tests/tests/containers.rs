@@ -13,9 +13,10 @@
 //! the alert rules loaded; the chart's `helm test` commands in the image as
 //! its Pod runs them (read-only, user 65532, no capabilities): `dtcp health
 //! --every-address` and one file from `dtcp send` to `dtcp recv`; no
-//! transfer lost while HAProxy notices a dead relay (redispatch); a killed
-//! relay and one recreated at a new address both back in HAProxy's
-//! rotation; `down` leaving nothing; the machine's network as it was.
+//! transfer lost while HAProxy notices a relay killed, or one stopped
+//! gracefully (an idle relay exits at once on SIGTERM), and HAProxy's log
+//! showing a connection sent to the dead relay redispatched; those relays
+//! and one recreated at a new address all back in HAProxy's rotation; `down` leaving nothing; the machine's network as it was.
 //!
 //! The first run on a machine extracts the runtime base with mmdebstrap (a
 //! few MB of packages); later runs, from any clone, take it from
@@ -129,24 +130,25 @@ fn compose_in_real_containers() {
     helm_test_commands(&engine, images.get("relay"), &work);
 
     // A relay dies (killed, not restarted): transfers go on while HAProxy
-    // notices, none lost.
+    // notices, none lost, and at least one of their connections was sent to
+    // the dead relay and redispatched (HAProxy's log says so).
+    let n = dying_relay(&engine, &work, "relay-3", "kill");
+    eprintln!("{n} transfers while HAProxy noticed relay-3's death, none lost");
     run(engine
         .docker()
-        .args(["kill", &Engine::container("relay-3")]));
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < NOTICE_WINDOW && n < MAX_TRANSFERS {
-        transfer(&engine, &work, &format!("dead-{n}"))
-            .unwrap_or_else(|e| panic!("transfer {n} after relay-3 died: {e}"));
-        n += 1;
-        // Every transfer comes from this one client address: paced, so that
-        // it stays within the relay's default connection rate per address.
-        std::thread::sleep(TRANSFER_PACE);
-    }
-    assert!(n >= 3, "only {n} transfers in {NOTICE_WINDOW:?}");
-    eprintln!("{n} transfers while HAProxy noticed relay-3's death, none lost");
+        .args(["start", &Engine::container("relay-3")]));
 
-    // Killed relay back (same container started again), and relay-2
+    // A relay stopped gracefully (SIGTERM): an idle relay exits at once, so
+    // only redispatch covers the seconds HAProxy's checks take; transfers
+    // go on, none lost.
+    let n = dying_relay(&engine, &work, "relay-1", "stop");
+    eprintln!("{n} transfers while HAProxy noticed relay-1's stop, none lost");
+    run(engine
+        .docker()
+        .args(["start", &Engine::container("relay-1")]));
+
+    // The killed and the stopped relays back (the same containers started
+    // again), and relay-2
     // recreated at a new address (its old one held by a placeholder
     // meanwhile, so that the engine cannot hand it back).
     run(engine
@@ -339,6 +341,78 @@ fn all_healthy(engine: &Engine) {
             .all(|(_, (_, h))| h == "healthy"),
         "{states:?}"
     );
+}
+
+/// Makes `relay` die by `docker {how}` (`kill` or `stop`) while no
+/// transfer is in flight, then sends files through HAProxy for
+/// [`NOTICE_WINDOW`]; panics if one is lost, or if HAProxy's log shows no
+/// connection redispatched (sent to the dead relay first). Returns how
+/// many transfers went through.
+fn dying_relay(engine: &Engine, work: &Path, relay: &str, how: &str) -> usize {
+    let haproxy = Engine::container("haproxy");
+    let already = engine.logs(&haproxy).lines().count();
+    run(engine.docker().args([how, &Engine::container(relay)]));
+    // `docker kill` may return before the container is reaped.
+    let mut state = (String::new(), String::new());
+    let exited = poll_every(Duration::from_millis(100), Duration::from_secs(10), || {
+        state = engine.state(&Engine::container(relay));
+        state.0 == "exited"
+    });
+    assert!(exited, "{relay} after docker {how}: {state:?}");
+    let started = Instant::now();
+    // Two transfers at once first: their four connections reach HAProxy
+    // before its resolver drops the dead relay's name (a second or two),
+    // and round robin over three servers sends one of them to it.
+    std::thread::scope(|s| {
+        let pair: Vec<_> = (0..2)
+            .map(|i| s.spawn(move || transfer(engine, work, &format!("{how}-first-{i}"))))
+            .collect();
+        for (i, t) in pair.into_iter().enumerate() {
+            t.join()
+                .expect("transfer thread")
+                .unwrap_or_else(|e| panic!("transfer {i} after docker {how} {relay}: {e}"));
+        }
+    });
+    let mut n = 2;
+    while started.elapsed() < NOTICE_WINDOW && n < MAX_TRANSFERS {
+        // Every transfer comes from this one client address: paced, so that
+        // it stays within the relay's default connection rate per address.
+        std::thread::sleep(TRANSFER_PACE);
+        transfer(engine, work, &format!("{how}-{n}"))
+            .unwrap_or_else(|e| panic!("transfer {n} after docker {how} {relay}: {e}"));
+        n += 1;
+    }
+    assert!(n >= 3, "only {n} transfers in {NOTICE_WINDOW:?}");
+    let log = engine.logs(&haproxy);
+    let new: Vec<&str> = log.lines().skip(already).collect();
+    let redispatched: Vec<&&str> = new.iter().filter(|l| redispatched(l)).collect();
+    assert!(
+        !redispatched.is_empty(),
+        "no connection redispatched after docker {how} {relay} (HAProxy's log since):\n{}",
+        new.join("\n")
+    );
+    eprintln!(
+        "docker {how} {relay}: {} connection(s) redispatched, e.g. {}",
+        redispatched.len(),
+        redispatched[0]
+    );
+    n
+}
+
+/// Whether a line of HAProxy's TCP log records a redispatch: its counters
+/// `actconn/feconn/beconn/srv_conn/retries` have a `+` before the retries
+/// when the connection went to another server than the first one chosen.
+fn redispatched(line: &str) -> bool {
+    line.split_whitespace().any(|word| {
+        let fields: Vec<&str> = word.split('/').collect();
+        fields.len() == 5
+            && fields[..4]
+                .iter()
+                .all(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+            && fields[4]
+                .strip_prefix('+')
+                .is_some_and(|r| r.parse::<u32>().is_ok())
+    })
 }
 
 /// One file sent through HAProxy by `dtcp send` and received by `dtcp recv`

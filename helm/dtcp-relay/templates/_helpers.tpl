@@ -164,6 +164,24 @@ ipFamilies:
 - name: DTCP_MAX_NODE_RATE
   value: {{ . | quote }}
 {{- end }}
+- name: DTCP_MAX_KEY_LEN
+  value: {{ .Values.relay.maxKeyLen | quote }}
+- name: DTCP_MAX_JID_LEN
+  value: {{ .Values.relay.maxJidLen | quote }}
+- name: DTCP_MAX_COMMAND_LEN
+  value: {{ .Values.relay.maxCommandLen | quote }}
+{{- if not .Values.relay.lanes }}
+- name: DTCP_NO_LANES
+  value: "true"
+{{- end }}
+{{- if not .Values.relay.splice }}
+- name: DTCP_NO_SPLICE
+  value: "true"
+{{- end }}
+{{- with .Values.relay.clusterFormatVersion | toString }}
+- name: DTCP_CLUSTER_FORMAT_VERSION
+  value: {{ . | quote }}
+{{- end }}
 {{- with .Values.relay.allowDomains }}
 - name: DTCP_ALLOW_DOMAINS
   value: {{ join "," . | quote }}
@@ -240,6 +258,10 @@ ipFamilies:
 - name: DTCP_XMPP_ALLOW_DOMAINS
   value: {{ join "," . | quote }}
 {{- end }}
+{{- else if .Values.xmpp.acceptSocks5 }}
+# SOCKS5 for a component another release runs (over the same store).
+- name: DTCP_ACCEPT_SOCKS5
+  value: "true"
 {{- end }}
 # Secrets as files, not environment variables: they stay out of
 # `kubectl describe`, and an update of the Secret reaches the
@@ -249,6 +271,8 @@ ipFamilies:
 {{- if .Values.keySecret.existingSecret }}
 - name: DTCP_KEY_SECRET_FILES
   value: /etc/dtcp/key-secret/key-secret
+- name: DTCP_MAX_KEY_LIFETIME
+  value: {{ .Values.keySecret.maxKeyLifetime | quote }}
 {{- end }}
 {{- if .Values.forwardTls.enabled }}
 - name: DTCP_FORWARD_TLS_CERT
