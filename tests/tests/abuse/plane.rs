@@ -13,11 +13,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dtcp_tests::abuse::{Footprint, Prober, connect_from, loopback};
+use dtcp_tests::abuse::{Footprint, Prober, Sampler, connect_from, loopback};
 use dtcp_tests::{NodeOptions, RedisServer, Relay, eventually, raise_fd_limit, sample_value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -78,56 +78,6 @@ impl Cluster {
     fn plane(&self) -> SocketAddr {
         self.a.forward.expect("a cluster node serves the plane")
     }
-}
-
-/// Node A's largest footprint while an attack runs, sampled in the background.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    rss: Arc<AtomicU64>,
-    fds: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Sampler {
-    fn start(relay: &Relay) -> Sampler {
-        let pid = relay.pid();
-        let (stop, rss, fds) = (Arc::default(), Arc::default(), Arc::default());
-        let task = tokio::spawn({
-            let (stop, rss, fds): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicUsize>) =
-                (Arc::clone(&stop), Arc::clone(&rss), Arc::clone(&fds));
-            async move {
-                while !stop.load(Ordering::Relaxed) {
-                    rss.fetch_max(rss_of(pid), Ordering::Relaxed);
-                    fds.fetch_max(dtcp_tests::open_fds(pid), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        });
-        Sampler {
-            stop,
-            rss,
-            fds,
-            task,
-        }
-    }
-
-    async fn finish(self) -> Footprint {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        Footprint {
-            rss: self.rss.load(Ordering::Relaxed),
-            fds: self.fds.load(Ordering::Relaxed),
-        }
-    }
-}
-
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// Node A idle: its footprint once the cluster has settled and paired once.
@@ -308,7 +258,7 @@ async fn half_sent_messages_pin_no_memory() {
     )
     .await
     .is_ok();
-    let peak = sampler.finish().await;
+    let peak = sampler.finish();
     report_peak("half-sent messages", idle, peak);
     eprintln!("half-sent messages: {sent} streams sent, {refused} refused, closed: {closed}");
     assert_eq!(sent, STREAMS, "every stream was opened");
@@ -388,7 +338,7 @@ async fn unauthenticated_health_streams_are_refused() {
     )
     .await
     .is_ok();
-    let peak = sampler.finish().await;
+    let peak = sampler.finish();
     report_peak("health streams", idle, peak);
     for check in checks {
         check.abort();
@@ -484,7 +434,7 @@ async fn silent_connections_hold_no_descriptors() {
     }
     let held = flood.await.unwrap();
     let connected = held.len();
-    let peak = sampler.finish().await;
+    let peak = sampler.finish();
     report_peak("silent connections", idle, peak);
     let page = scrape(metrics).await.expect("a scrape after the flood");
     drop(held);
