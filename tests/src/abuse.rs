@@ -64,6 +64,30 @@ impl Probes {
     }
 }
 
+impl Probes {
+    /// Panics unless at least one probe ran and each either paired or was
+    /// refused at once, its failure naming one of `refusals` (a condition,
+    /// or "no reply" for a close without one): what a legitimate pair may
+    /// get while a node is at a limit on purpose, refused but never left
+    /// hanging. Returns how many were refused.
+    pub fn assert_paired_or_refused(&self, during: &str, refusals: &[&str]) -> usize {
+        assert!(
+            self.ok + self.failed.len() > 0,
+            "no legitimate pair was probed during {during}"
+        );
+        let other: Vec<_> = self
+            .failed
+            .iter()
+            .filter(|f| !refusals.iter().any(|r| f.contains(r)))
+            .collect();
+        assert!(
+            other.is_empty(),
+            "during {during}, legitimate pairs failed otherwise than refused ({refusals:?}): {other:?}"
+        );
+        self.failed.len()
+    }
+}
+
 /// A legitimate client pairing once per interval, in the background, from
 /// an address no attack uses: its `CREATE` to one node, its `CONNECT` to
 /// another (or the same), each side from `src`.
@@ -118,9 +142,20 @@ async fn probe(create: SocketAddr, connect: SocketAddr, src: IpAddr, name: &str)
     // one is the common one.
     let mut target = connect_from(src, connect).await?;
     target.write_all(&command(Verb::Connect, &t)).await?;
-    let (a, b) = tokio::join!(expect_ok(&mut initiator), expect_ok(&mut target));
-    a.map_err(|e| io::Error::other(format!("initiator: {e}")))?;
-    b.map_err(|e| io::Error::other(format!("target: {e}")))?;
+    // The first refusal ends the probe: a side left waiting for a refused
+    // partner would only time out.
+    tokio::try_join!(
+        async {
+            expect_ok(&mut initiator)
+                .await
+                .map_err(|e| io::Error::other(format!("initiator: {e}")))
+        },
+        async {
+            expect_ok(&mut target)
+                .await
+                .map_err(|e| io::Error::other(format!("target: {e}")))
+        },
+    )?;
     initiator.write_all(PROBE_PAYLOAD).await?;
     target.write_all(PROBE_PAYLOAD).await?;
     let mut got = [0u8; PROBE_PAYLOAD.len()];

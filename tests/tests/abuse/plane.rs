@@ -597,6 +597,84 @@ async fn out_of_descriptors_the_accept_loops_back_off() {
         .assert_all_ok("the recovery from running out of descriptors");
 }
 
+/// The same flood at the same open-file limit, with the plane's default
+/// connection cap: the node never runs out of descriptors (none is
+/// refused or fails to be accepted, its descriptors sampled throughout stay
+/// below the limit), and a legitimate pair across the two nodes, whose
+/// owner is the flooded node, pairs throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_default_plane_cap_descriptors_never_run_out() {
+    let _serial = crate::serial().await;
+    /// The open-file limit node A runs under.
+    const OPEN_FILES: u64 = 300;
+    /// Connections the flood opens: twice what A could hold.
+    const FLOOD: usize = 600;
+    raise_fd_limit();
+    let redis = RedisServer::start();
+    let a = NodeOptions::cluster(&[redis.url()])
+        .open_files(OPEN_FILES)
+        .start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    let plane = a.forward.expect("a cluster node serves the plane");
+    let prober = Prober::start(a.addr, b.addr, probe_src(), PROBE_EVERY);
+    let idle = idle(&a).await;
+    let sampler = Sampler::start(&a);
+
+    let mut held = Vec::new();
+    for n in 0..FLOOD {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            connect_from(attacker(1 + n as u32 % 20), plane),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    // A sleep, not a poll: the flood is held while the probes pair and
+    // the gate evicts, with nothing to wait for.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let peak = sampler.finish();
+    report_peak("default plane cap", idle, peak);
+    let failures = a
+        .metric("dtcp_listener_accept_failures_total{listener=\"plane\"}")
+        .await;
+    eprintln!(
+        "default plane cap: {} connected, peak {} descriptors of {OPEN_FILES}, {failures} accept failures",
+        held.len(),
+        peak.fds
+    );
+    let mut turned_away = 0.0;
+    for reason in ["max_connections", "evicted", "probation"] {
+        let series = format!(
+            "dtcp_listener_connections_closed_total{{listener=\"plane\",reason=\"{reason}\"}}"
+        );
+        turned_away += a.metric(&series).await;
+    }
+    eprintln!("default plane cap: {turned_away} connections turned away by the gate");
+    // The flood was more than the gate holds (connects beyond it wait in
+    // the listen backlog, or time out).
+    assert!(turned_away > 0.0, "the plane's gate turned the flood away");
+    assert!(
+        (peak.fds as u64) < OPEN_FILES,
+        "{} descriptors at the peak, limit {OPEN_FILES}",
+        peak.fds
+    );
+    assert_eq!(failures, 0.0, "no accept failed for want of a descriptor");
+    assert!(
+        !a.logs().iter().any(ran_out_of_descriptors),
+        "the node logged running out of descriptors"
+    );
+    drop(held);
+    assert_within_budget("default plane cap", &a, idle, peak).await;
+    prober
+        .finish()
+        .await
+        .assert_all_ok("the plane flood under the default cap");
+}
+
 /// Whether a log line is the node's accept loop failing for want of a
 /// descriptor (EMFILE) on the plane listener.
 fn ran_out_of_descriptors(line: &serde_json::Value) -> bool {

@@ -26,6 +26,9 @@ const EARLY: usize = 64 * 1024;
 /// early bytes each (docs/SECURITY.md): the bytes stay in the kernel, so
 /// what grows is the connections' own state. Main grew 136 MiB here.
 const EARLY_FLOOD_BUDGET_MIB: u64 = 64;
+/// Growth of a node's RSS allowed while a few hundred `CONNECT`s wait for
+/// absent keys: a socket, a task and a waiter entry each.
+const WAITING_BUDGET_MIB: u64 = 32;
 /// How far above its idle RSS a node may stay once an attack has ended.
 const IDLE_MARGIN_MIB: u64 = 24;
 /// How long a node has to give its memory back after an attack.
@@ -743,6 +746,9 @@ async fn waiting_connects_cost_few_redis_commands() {
     tokio::time::sleep(Duration::from_secs_f64(GRACE)).await;
     let background = redis_calls(&redis.cli(&["INFO", "commandstats"]));
 
+    // Node B, where the CONNECTs wait, idle and then sampled throughout.
+    let idle = Footprint::of(&b);
+    let sampler = Sampler::start(&b);
     redis.cli(&["CONFIG", "RESETSTAT"]);
     let mut waiters = Vec::new();
     for n in 0..WAITERS {
@@ -759,6 +765,8 @@ async fn waiting_connects_cost_few_redis_commands() {
         assert!(is_error(&reply, "not-found"), "{reply:?}");
     }
     let calls = redis_calls(&redis.cli(&["INFO", "commandstats"]));
+    let peak = sampler.finish();
+    assert_waiting_peak(&idle, &peak, WAITERS);
     // The probes' own commands and the background are in `calls` too:
     // counted against the attack, which errs on the strict side.
     let per_waiter_per_sec = calls as f64 / WAITERS as f64 / GRACE;
@@ -770,8 +778,39 @@ async fn waiting_connects_cost_few_redis_commands() {
         per_waiter_per_sec <= BUDGET_PER_SEC,
         "{per_waiter_per_sec:.2} Redis commands per waiting CONNECT per second (budget {BUDGET_PER_SEC})"
     );
+    let settled = settle(&b, &idle).await;
+    eprintln!(
+        "waiting CONNECTs for absent keys: after {} MiB / {} fds",
+        settled.rss >> 20,
+        settled.fds
+    );
     prober
         .finish()
         .await
         .assert_all_ok("the waiting-CONNECT flood");
+}
+
+/// Panics unless the node where `waiters` CONNECTs waited for absent keys
+/// grew by less than [`WAITING_BUDGET_MIB`] and held one descriptor each
+/// at most; says what it saw.
+fn assert_waiting_peak(idle: &Footprint, peak: &Footprint, waiters: usize) {
+    eprintln!(
+        "waiting CONNECTs for absent keys: idle {} MiB / {} fds; peak {} MiB (+{} MiB) / {} fds",
+        idle.rss >> 20,
+        idle.fds,
+        peak.rss >> 20,
+        peak.grown_mib(idle),
+        peak.fds
+    );
+    assert!(
+        peak.grown_mib(idle) <= WAITING_BUDGET_MIB,
+        "RSS grew {} MiB with {waiters} waiting CONNECTs (budget {WAITING_BUDGET_MIB} MiB)",
+        peak.grown_mib(idle)
+    );
+    assert!(
+        peak.fds <= idle.fds + waiters + FD_SLACK,
+        "{} descriptors for {waiters} waiting CONNECTs ({} idle)",
+        peak.fds,
+        idle.fds
+    );
 }
