@@ -117,6 +117,7 @@ async fn silent_connections_from_one_address_take_only_their_share() {
     })
     .await;
     let probes = Prober::start(relay.addr, relay.addr, prober(1), PROBE_EVERY);
+    // A sleep, not a poll: the probes' time while the attacker holds its share.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let peak = sampler.finish();
     // The attacker's share, and the probe's pair at most.
@@ -160,6 +161,7 @@ async fn idle_self_pairs_from_one_address_take_only_their_share() {
         }
     }
     let probes = Prober::start(relay.addr, relay.addr, prober(2), PROBE_EVERY);
+    // A sleep, not a poll: the probes' time while the attacker holds its share.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let peak = sampler.finish();
     let sessions = relay.metric("dtcp_sessions_active{path=\"local\"}").await;
@@ -337,6 +339,7 @@ async fn a_crowd_of_addresses_stays_within_the_global_limits() {
     })
     .await;
     let probes = Prober::start(relay.addr, relay.addr, prober(5), PROBE_EVERY);
+    // A sleep, not a poll: the probes' time beside the crowd.
     tokio::time::sleep(Duration::from_secs(2)).await;
     probes
         .finish()
@@ -374,6 +377,7 @@ async fn a_crowd_of_addresses_stays_within_the_global_limits() {
     assert_recovered(&relay, &idle, &peak, "a crowd").await;
     // Once the crowd has gone, the legitimate pair is served again.
     let probes = Prober::start(relay.addr, relay.addr, prober(5), PROBE_EVERY);
+    // A sleep, not a poll: a few probes' worth of pairing after the crowd.
     tokio::time::sleep(Duration::from_secs(1)).await;
     probes.finish().await.assert_all_ok("after the crowd");
 }
@@ -416,6 +420,8 @@ async fn self_pairs_from_a_crowd_stop_at_each_share() {
         || async { relay.metric("dtcp_sessions_active{path=\"local\"}").await >= most },
     )
     .await;
+    // A sleep, not a poll: time for a pairing over a share to show, if the
+    // node let one through; nothing can be polled for what must not come.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let peak = sampler.finish();
     let sessions = relay.metric("dtcp_sessions_active{path=\"local\"}").await;

@@ -82,6 +82,8 @@ impl Cluster {
 
 /// Node A idle: its footprint once the cluster has settled and paired once.
 async fn idle(relay: &Relay) -> Footprint {
+    // A sleep, not a poll: the first heartbeats and probes run, and
+    // nothing says when the node's allocations have settled after them.
     tokio::time::sleep(Duration::from_secs(1)).await;
     Footprint::of(relay)
 }
@@ -108,6 +110,7 @@ async fn assert_within_budget(what: &str, relay: &Relay, idle: Footprint, peak: 
             if back || Instant::now() > deadline {
                 break now;
             }
+            // The poll's interval.
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     };
@@ -251,6 +254,9 @@ async fn half_sent_messages_pin_no_memory() {
             refused += 1;
         }
     }
+    // A sleep, not a poll: the half-sent bodies stay in flight while the
+    // sampler watches the node's memory; nothing marks when they would
+    // have been buffered.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let closed = tokio::time::timeout(
         PROBATION_CLOSE.saturating_sub(started.elapsed()),
@@ -327,6 +333,8 @@ async fn unauthenticated_health_streams_are_refused() {
             }
         }));
     }
+    // A sleep, not a poll: the answers to the last streams are on their
+    // way, and how many come is what is counted.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (answered, refused) = (
         answered.load(Ordering::Relaxed),
@@ -430,6 +438,7 @@ async fn silent_connections_hold_no_descriptors() {
             Err(_) => scrape(metrics).await.map(|_| ()),
         };
         scrapes.push(answered);
+        // The scraper's interval.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let held = flood.await.unwrap();
@@ -552,6 +561,7 @@ async fn out_of_descriptors_the_accept_loops_back_off() {
     .await;
     let fds = dtcp_tests::open_fds(a.pid());
     let before = cpu_time(a.pid());
+    // A sleep: the span whose CPU is measured.
     tokio::time::sleep(WATCH).await;
     let used = cpu_time(a.pid()) - before;
     eprintln!(
@@ -590,6 +600,7 @@ async fn out_of_descriptors_the_accept_loops_back_off() {
         "accept failures logged once per run of them, not per failure: {warned} lines for {failures} failures"
     );
     let probes = Prober::start(a.addr, b.addr, probe_src(), PROBE_EVERY);
+    // A sleep, not a poll: a few probes' worth of pairing after the flood.
     tokio::time::sleep(Duration::from_secs(2)).await;
     probes
         .finish()

@@ -73,6 +73,7 @@ impl PeakRss {
                     for pid in &pids {
                         peak.fetch_max(rss_of(*pid), Ordering::Relaxed);
                     }
+                    // The sampling interval.
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
@@ -140,6 +141,8 @@ async fn a_redis_writer_cannot_make_nodes_read_or_log_planted_values() {
         planted.trim().parse::<usize>().unwrap_or(0) >= PLANTED_NODES,
         "planted: {planted}"
     );
+    // A sleep, not a poll: the heartbeats that read the planted set are
+    // counted by time, and none says it has read it.
     tokio::time::sleep(NODES_FLOOD_FOR).await;
     // The nodes still count each other (and only each other).
     a.wait_for("dtcp_nodes_alive", 2.0).await;
@@ -193,7 +196,7 @@ async fn a_redis_writer_cannot_make_nodes_read_or_log_planted_values() {
             ],
         );
     }
-    // A few more heartbeats with everything planted.
+    // A sleep, not a poll: a few more heartbeats with everything planted.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let probes = prober.finish().await;

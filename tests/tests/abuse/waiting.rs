@@ -140,7 +140,8 @@ async fn early_bytes_of_pending_creates_stay_in_the_kernel() {
         .max_connections(20_000)
         .pending_ttl(FLOOD_TTL)
         .start();
-    // The idle footprint, once the prober's own pairs have run.
+    // The idle footprint, once the prober's own pairs have run (a sleep:
+    // nothing says when that is).
     let prober = Prober::start(relay.addr, relay.addr, probe_src(1), PROBE_EVERY);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = Footprint::of(&relay);
@@ -151,7 +152,8 @@ async fn early_bytes_of_pending_creates_stay_in_the_kernel() {
     let crowd: Vec<IpAddr> = (2..52).map(attack_src).collect();
     held.extend(flood_creates(relay.addr, &crowd, 20, "many", &stop).await);
     relay.wait_for("dtcp_pending_registrations", 2000.0).await;
-    // Let the early bytes arrive (as far as the relay takes them).
+    // A sleep, not a poll: the early bytes arrive (as far as the relay
+    // takes them) at TCP's pace, with nothing to watch.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let peak = Footprint::of(&relay);
     eprintln!(
@@ -643,6 +645,7 @@ async fn settle(relay: &Relay, idle: &Footprint) -> Footprint {
         if now.grown_mib(idle) <= IDLE_MARGIN_MIB && now.fds <= idle.fds + 8 {
             return now;
         }
+        // The poll's interval.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!(
@@ -739,9 +742,12 @@ async fn waiting_connects_cost_few_redis_commands() {
     let a = NodeOptions::cluster(&urls).connect_grace(GRACE).start();
     let b = NodeOptions::cluster(&urls).connect_grace(GRACE).start();
     let prober = Prober::start(a.addr, b.addr, probe_src(2), PROBE_EVERY);
+    // A sleep, not a poll: the probes' first pairs run before the
+    // background is counted.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // The nodes' own background (heartbeats, membership) over one grace.
+    // The nodes' own background (heartbeats, membership) over one grace: a
+    // sleep, as it is that span's commands that are counted.
     redis.cli(&["CONFIG", "RESETSTAT"]);
     tokio::time::sleep(Duration::from_secs_f64(GRACE)).await;
     let background = redis_calls(&redis.cli(&["INFO", "commandstats"]));
