@@ -2,10 +2,13 @@
 //! from a chosen loopback source address (all of 127.0.0.0/8 is this
 //! machine's, so every test can play many clients), a [`Prober`] that pairs
 //! a legitimate session once per interval while an attack runs and counts
-//! what happened, and a node's [`Footprint`].
+//! what happened, and a node's [`Footprint`], at one moment or at its
+//! largest while an attack runs ([`Sampler`]).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,6 +61,30 @@ impl Probes {
             self.ok + self.failed.len(),
             self.failed
         );
+    }
+}
+
+impl Probes {
+    /// Panics unless at least one probe ran and each either paired or was
+    /// refused at once, its failure naming one of `refusals` (a condition,
+    /// or "no reply" for a close without one): what a legitimate pair may
+    /// get while a node is at a limit on purpose, refused but never left
+    /// hanging. Returns how many were refused.
+    pub fn assert_paired_or_refused(&self, during: &str, refusals: &[&str]) -> usize {
+        assert!(
+            self.ok + self.failed.len() > 0,
+            "no legitimate pair was probed during {during}"
+        );
+        let other: Vec<_> = self
+            .failed
+            .iter()
+            .filter(|f| !refusals.iter().any(|r| f.contains(r)))
+            .collect();
+        assert!(
+            other.is_empty(),
+            "during {during}, legitimate pairs failed otherwise than refused ({refusals:?}): {other:?}"
+        );
+        self.failed.len()
     }
 }
 
@@ -115,9 +142,20 @@ async fn probe(create: SocketAddr, connect: SocketAddr, src: IpAddr, name: &str)
     // one is the common one.
     let mut target = connect_from(src, connect).await?;
     target.write_all(&command(Verb::Connect, &t)).await?;
-    let (a, b) = tokio::join!(expect_ok(&mut initiator), expect_ok(&mut target));
-    a.map_err(|e| io::Error::other(format!("initiator: {e}")))?;
-    b.map_err(|e| io::Error::other(format!("target: {e}")))?;
+    // The first refusal ends the probe: a side left waiting for a refused
+    // partner would only time out.
+    tokio::try_join!(
+        async {
+            expect_ok(&mut initiator)
+                .await
+                .map_err(|e| io::Error::other(format!("initiator: {e}")))
+        },
+        async {
+            expect_ok(&mut target)
+                .await
+                .map_err(|e| io::Error::other(format!("target: {e}")))
+        },
+    )?;
     initiator.write_all(PROBE_PAYLOAD).await?;
     target.write_all(PROBE_PAYLOAD).await?;
     let mut got = [0u8; PROBE_PAYLOAD.len()];
@@ -172,5 +210,99 @@ impl Footprint {
     /// Memory grown since `before`, in MiB (0 if it shrank).
     pub fn grown_mib(&self, before: &Footprint) -> u64 {
         self.rss.saturating_sub(before.rss) >> 20
+    }
+}
+
+/// Resident memory of process `pid`, in bytes (0 once it has gone).
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Open descriptors of process `pid` (0 once it has gone).
+fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// The open-file limit (soft) process `pid` runs under, from
+/// `/proc/<pid>/limits`: what "out of descriptors" means for it.
+pub fn open_files_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("proc limits");
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("an open-file limit")
+}
+
+/// A node's largest footprint while an attack runs: its memory and
+/// descriptors sampled every 100 ms on a thread of its own, so that a
+/// runtime busy with the attack cannot skip the moment of the peak.
+#[derive(Debug)]
+pub struct Sampler {
+    pid: u32,
+    stop: Arc<AtomicBool>,
+    rss: Arc<AtomicU64>,
+    fds: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Sampler {
+    /// Starts sampling `relay` at once.
+    pub fn start(relay: &Relay) -> Sampler {
+        let pid = relay.pid();
+        let (stop, rss, fds) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let thread = std::thread::spawn({
+            let (stop, rss, fds) = (stop.clone(), rss.clone(), fds.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    rss.fetch_max(rss_of(pid), Ordering::Relaxed);
+                    fds.fetch_max(fds_of(pid), Ordering::Relaxed);
+                    // The sampling interval.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+        Sampler {
+            pid,
+            stop,
+            rss,
+            fds,
+            thread,
+        }
+    }
+
+    /// The largest footprint so far, sampling going on.
+    pub fn peak(&self) -> Footprint {
+        Footprint {
+            rss: self.rss.load(Ordering::Relaxed),
+            fds: self.fds.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops sampling, samples once more, and gives the largest footprint seen.
+    pub fn finish(self) -> Footprint {
+        let Sampler {
+            pid,
+            stop,
+            rss,
+            fds,
+            thread,
+        } = self;
+        stop.store(true, Ordering::Relaxed);
+        thread.join().expect("sampler thread");
+        // And now, which the last interval may have missed.
+        Footprint {
+            rss: rss.load(Ordering::Relaxed).max(rss_of(pid)),
+            fds: fds.load(Ordering::Relaxed).max(fds_of(pid)),
+        }
     }
 }

@@ -13,11 +13,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dtcp_tests::abuse::{Footprint, Prober, connect_from, loopback};
+use dtcp_tests::abuse::{Footprint, Prober, Sampler, connect_from, loopback};
 use dtcp_tests::{NodeOptions, RedisServer, Relay, eventually, raise_fd_limit, sample_value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -80,58 +80,10 @@ impl Cluster {
     }
 }
 
-/// Node A's largest footprint while an attack runs, sampled in the background.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    rss: Arc<AtomicU64>,
-    fds: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Sampler {
-    fn start(relay: &Relay) -> Sampler {
-        let pid = relay.pid();
-        let (stop, rss, fds) = (Arc::default(), Arc::default(), Arc::default());
-        let task = tokio::spawn({
-            let (stop, rss, fds): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicUsize>) =
-                (Arc::clone(&stop), Arc::clone(&rss), Arc::clone(&fds));
-            async move {
-                while !stop.load(Ordering::Relaxed) {
-                    rss.fetch_max(rss_of(pid), Ordering::Relaxed);
-                    fds.fetch_max(dtcp_tests::open_fds(pid), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        });
-        Sampler {
-            stop,
-            rss,
-            fds,
-            task,
-        }
-    }
-
-    async fn finish(self) -> Footprint {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        Footprint {
-            rss: self.rss.load(Ordering::Relaxed),
-            fds: self.fds.load(Ordering::Relaxed),
-        }
-    }
-}
-
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Node A idle: its footprint once the cluster has settled and paired once.
 async fn idle(relay: &Relay) -> Footprint {
+    // A sleep, not a poll: the first heartbeats and probes run, and
+    // nothing says when the node's allocations have settled after them.
     tokio::time::sleep(Duration::from_secs(1)).await;
     Footprint::of(relay)
 }
@@ -158,6 +110,7 @@ async fn assert_within_budget(what: &str, relay: &Relay, idle: Footprint, peak: 
             if back || Instant::now() > deadline {
                 break now;
             }
+            // The poll's interval.
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     };
@@ -301,6 +254,9 @@ async fn half_sent_messages_pin_no_memory() {
             refused += 1;
         }
     }
+    // A sleep, not a poll: the half-sent bodies stay in flight while the
+    // sampler watches the node's memory; nothing marks when they would
+    // have been buffered.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let closed = tokio::time::timeout(
         PROBATION_CLOSE.saturating_sub(started.elapsed()),
@@ -308,7 +264,7 @@ async fn half_sent_messages_pin_no_memory() {
     )
     .await
     .is_ok();
-    let peak = sampler.finish().await;
+    let peak = sampler.finish();
     report_peak("half-sent messages", idle, peak);
     eprintln!("half-sent messages: {sent} streams sent, {refused} refused, closed: {closed}");
     assert_eq!(sent, STREAMS, "every stream was opened");
@@ -377,6 +333,8 @@ async fn unauthenticated_health_streams_are_refused() {
             }
         }));
     }
+    // A sleep, not a poll: the answers to the last streams are on their
+    // way, and how many come is what is counted.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (answered, refused) = (
         answered.load(Ordering::Relaxed),
@@ -388,7 +346,7 @@ async fn unauthenticated_health_streams_are_refused() {
     )
     .await
     .is_ok();
-    let peak = sampler.finish().await;
+    let peak = sampler.finish();
     report_peak("health streams", idle, peak);
     for check in checks {
         check.abort();
@@ -480,11 +438,12 @@ async fn silent_connections_hold_no_descriptors() {
             Err(_) => scrape(metrics).await.map(|_| ()),
         };
         scrapes.push(answered);
+        // The scraper's interval.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let held = flood.await.unwrap();
     let connected = held.len();
-    let peak = sampler.finish().await;
+    let peak = sampler.finish();
     report_peak("silent connections", idle, peak);
     let page = scrape(metrics).await.expect("a scrape after the flood");
     drop(held);
@@ -602,6 +561,7 @@ async fn out_of_descriptors_the_accept_loops_back_off() {
     .await;
     let fds = dtcp_tests::open_fds(a.pid());
     let before = cpu_time(a.pid());
+    // A sleep: the span whose CPU is measured.
     tokio::time::sleep(WATCH).await;
     let used = cpu_time(a.pid()) - before;
     eprintln!(
@@ -640,11 +600,90 @@ async fn out_of_descriptors_the_accept_loops_back_off() {
         "accept failures logged once per run of them, not per failure: {warned} lines for {failures} failures"
     );
     let probes = Prober::start(a.addr, b.addr, probe_src(), PROBE_EVERY);
+    // A sleep, not a poll: a few probes' worth of pairing after the flood.
     tokio::time::sleep(Duration::from_secs(2)).await;
     probes
         .finish()
         .await
         .assert_all_ok("the recovery from running out of descriptors");
+}
+
+/// The same flood at the same open-file limit, with the plane's default
+/// connection cap: the node never runs out of descriptors (none is
+/// refused or fails to be accepted, its descriptors sampled throughout stay
+/// below the limit), and a legitimate pair across the two nodes, whose
+/// owner is the flooded node, pairs throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_default_plane_cap_descriptors_never_run_out() {
+    let _serial = crate::serial().await;
+    /// The open-file limit node A runs under.
+    const OPEN_FILES: u64 = 300;
+    /// Connections the flood opens: twice what A could hold.
+    const FLOOD: usize = 600;
+    raise_fd_limit();
+    let redis = RedisServer::start();
+    let a = NodeOptions::cluster(&[redis.url()])
+        .open_files(OPEN_FILES)
+        .start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    let plane = a.forward.expect("a cluster node serves the plane");
+    let prober = Prober::start(a.addr, b.addr, probe_src(), PROBE_EVERY);
+    let idle = idle(&a).await;
+    let sampler = Sampler::start(&a);
+
+    let mut held = Vec::new();
+    for n in 0..FLOOD {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            connect_from(attacker(1 + n as u32 % 20), plane),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    // A sleep, not a poll: the flood is held while the probes pair and
+    // the gate evicts, with nothing to wait for.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let peak = sampler.finish();
+    report_peak("default plane cap", idle, peak);
+    let failures = a
+        .metric("dtcp_listener_accept_failures_total{listener=\"plane\"}")
+        .await;
+    eprintln!(
+        "default plane cap: {} connected, peak {} descriptors of {OPEN_FILES}, {failures} accept failures",
+        held.len(),
+        peak.fds
+    );
+    let mut turned_away = 0.0;
+    for reason in ["max_connections", "evicted", "probation"] {
+        let series = format!(
+            "dtcp_listener_connections_closed_total{{listener=\"plane\",reason=\"{reason}\"}}"
+        );
+        turned_away += a.metric(&series).await;
+    }
+    eprintln!("default plane cap: {turned_away} connections turned away by the gate");
+    // The flood was more than the gate holds (connects beyond it wait in
+    // the listen backlog, or time out).
+    assert!(turned_away > 0.0, "the plane's gate turned the flood away");
+    assert!(
+        (peak.fds as u64) < OPEN_FILES,
+        "{} descriptors at the peak, limit {OPEN_FILES}",
+        peak.fds
+    );
+    assert_eq!(failures, 0.0, "no accept failed for want of a descriptor");
+    assert!(
+        !a.logs().iter().any(ran_out_of_descriptors),
+        "the node logged running out of descriptors"
+    );
+    drop(held);
+    assert_within_budget("default plane cap", &a, idle, peak).await;
+    prober
+        .finish()
+        .await
+        .assert_all_ok("the plane flood under the default cap");
 }
 
 /// Whether a log line is the node's accept loop failing for want of a

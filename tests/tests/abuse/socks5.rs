@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dtcp_client::dtcp_wire::Verb;
-use dtcp_tests::abuse::{Footprint, connect_from, loopback};
+use dtcp_tests::abuse::{Footprint, Prober, Sampler, connect_from, loopback};
 use dtcp_tests::client::{command, eventually};
 use dtcp_tests::redis::RedisServer;
 use dtcp_tests::relay::{NodeOptions, Relay};
@@ -237,6 +237,7 @@ async fn a_cluster_without_a_component_gives_socks5_nothing() {
     let keys = KeyFile::new("refused");
     let [a, b] = signed_cluster(&redis, &keys, &[]);
     let idle = [Footprint::of(&a), Footprint::of(&b)];
+    let samplers = [Sampler::start(&a), Sampler::start(&b)];
     let prober = SignedProber::start(a.addr, b.addr, probe_source(1));
 
     let gate = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -276,11 +277,15 @@ async fn a_cluster_without_a_component_gives_socks5_nothing() {
         let targets = "dtcp_commands_total{protocol=\"socks5\",verb=\"target\",outcome=\"ok\"}";
         assert_eq!(node.metric(targets).await, 0.0, "SOCKS5 targets registered");
     }
-    for (node, idle) in [(&a, &idle[0]), (&b, &idle[1])] {
-        back_to_idle(node, idle, "descriptors back to idle after the flood").await;
-        let grown = Footprint::of(node).grown_mib(idle);
-        eprintln!("socks5 refused: {CONNECTIONS} connections, +{grown} MiB RSS");
+    let peaks = samplers.map(Sampler::finish);
+    for ((node, idle), peak) in [(&a, &idle[0]), (&b, &idle[1])].into_iter().zip(peaks) {
+        let grown = peak.grown_mib(idle);
+        eprintln!(
+            "socks5 refused: {CONNECTIONS} connections, peak +{grown} MiB RSS, {} fds (idle {})",
+            peak.fds, idle.fds
+        );
         assert!(grown <= RSS_BUDGET_MIB, "+{grown} MiB");
+        back_to_idle(node, idle, "descriptors back to idle after the flood").await;
     }
 }
 
@@ -315,6 +320,7 @@ async fn one_address_s_socks5_pairs_are_capped_and_expire() {
         node.wait_for("dtcp_nodes_alive", 2.0).await;
     }
     let idle = Footprint::of(&a);
+    let sampler = Sampler::start(&a);
     let prober = SignedProber::start(a.addr, b.addr, probe_source(2));
     let attacker = attack_source(2);
 
@@ -424,10 +430,78 @@ async fn one_address_s_socks5_pairs_are_capped_and_expire() {
     for node in [&a, &b] {
         node.wait_for("dtcp_connections_open", 0.0).await;
     }
+    let peak = sampler.finish();
     back_to_idle(&a, &idle, "descriptors back to idle after the pairs").await;
-    let grown = Footprint::of(&a).grown_mib(&idle);
-    eprintln!("socks5 capped: +{grown} MiB RSS");
+    let grown = peak.grown_mib(&idle);
+    eprintln!(
+        "socks5 capped: peak +{grown} MiB RSS, {} fds (idle {})",
+        peak.fds, idle.fds
+    );
     assert!(grown <= RSS_BUDGET_MIB, "+{grown} MiB");
+}
+
+/// Finding 4 on a lone node: without the XMPP component (and with no
+/// `--accept-socks5`, which only a cluster node takes) a node treats `05`
+/// as the first byte of a DTCP command and refuses it `bad-request`. One
+/// address's SOCKS5 flood gets nothing held, a legitimate DTCP pair from
+/// another address pairs throughout, the node's memory sampled throughout
+/// stays within budget, and its descriptors go back to idle.
+#[tokio::test]
+async fn a_lone_node_answers_socks5_as_dtcp() {
+    let _serial = crate::serial().await;
+    const CONNECTIONS: usize = 500;
+    dtcp_tests::relay::raise_fd_limit();
+    let relay = NodeOptions::new().start();
+    let idle = Footprint::of(&relay);
+    let sampler = Sampler::start(&relay);
+    let prober = Prober::start(relay.addr, relay.addr, probe_source(4), PROBE_EVERY);
+    let gate = Arc::new(Semaphore::new(IN_FLIGHT));
+    let attacker = attack_source(4);
+    let attacks = (0..CONNECTIONS).map(|n| {
+        let (gate, addr) = (gate.clone(), relay.addr);
+        // Every hash twice, so that each would have paired.
+        let hash = StreamHash::of(&format!("sid-lone-{}", n / 2), "a@x/r", "b@y/r");
+        tokio::spawn(async move {
+            let _turn = gate.acquire_owned().await.unwrap();
+            socks5_request(attacker, addr, &hash).await
+        })
+    });
+    let mut refused = 0;
+    for attack in attacks.collect::<Vec<_>>() {
+        match attack.await.unwrap() {
+            Answer::Held(_) => panic!("a lone node without a component held a SOCKS5 connection"),
+            Answer::Refused(reply) => {
+                assert!(
+                    dtcp_tests::client::is_error(&reply, "bad-request"),
+                    "a SOCKS5 connection answered as DTCP, got {:?}",
+                    String::from_utf8_lossy(&reply)
+                );
+                refused += 1;
+            }
+        }
+    }
+    let peak = sampler.finish();
+    prober
+        .finish()
+        .await
+        .assert_all_ok("a SOCKS5 flood of a lone node");
+    let socks5 = relay
+        .scrape()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("dtcp_commands_total") && l.contains("protocol=\"socks5\""))
+        // Every series is there from the start, at 0.
+        .filter(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) != Some(0.0))
+        .count();
+    let grown = peak.grown_mib(&idle);
+    eprintln!(
+        "socks5 on a lone node: {refused} of {CONNECTIONS} refused bad-request; peak +{grown} MiB RSS, {} fds (idle {})",
+        peak.fds, idle.fds
+    );
+    assert_eq!(socks5, 0, "no connection counted as SOCKS5");
+    assert!(grown <= RSS_BUDGET_MIB, "+{grown} MiB");
+    relay.wait_for("dtcp_pending_registrations", 0.0).await;
+    back_to_idle(&relay, &idle, "descriptors back to idle after the flood").await;
 }
 
 /// A pair is a session from its claim on, and counts against its clients'

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use dtcp_tests::abuse::{Prober, connect_from};
+use dtcp_tests::abuse::{Footprint, Prober, connect_from};
 use dtcp_tests::*;
 use dtcp_wire::Verb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,6 +73,7 @@ impl PeakRss {
                     for pid in &pids {
                         peak.fetch_max(rss_of(*pid), Ordering::Relaxed);
                     }
+                    // The sampling interval.
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
@@ -119,6 +120,7 @@ async fn a_redis_writer_cannot_make_nodes_read_or_log_planted_values() {
     let a = NodeOptions::cluster(&urls).start();
     let b = NodeOptions::cluster(&urls).start();
     let idle = [rss_of(a.pid()), rss_of(b.pid())];
+    let idle_footprints = [Footprint::of(&a), Footprint::of(&b)];
     let logged_before = [log_bytes(&a, MARKER).0, log_bytes(&b, MARKER).0];
     let peak = PeakRss::start(&[&a, &b]);
     // Created on one node, claimed on the other: the probe's own records,
@@ -139,6 +141,8 @@ async fn a_redis_writer_cannot_make_nodes_read_or_log_planted_values() {
         planted.trim().parse::<usize>().unwrap_or(0) >= PLANTED_NODES,
         "planted: {planted}"
     );
+    // A sleep, not a poll: the heartbeats that read the planted set are
+    // counted by time, and none says it has read it.
     tokio::time::sleep(NODES_FLOOD_FOR).await;
     // The nodes still count each other (and only each other).
     a.wait_for("dtcp_nodes_alive", 2.0).await;
@@ -192,7 +196,7 @@ async fn a_redis_writer_cannot_make_nodes_read_or_log_planted_values() {
             ],
         );
     }
-    // A few more heartbeats with everything planted.
+    // A sleep, not a poll: a few more heartbeats with everything planted.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let probes = prober.finish().await;
@@ -230,4 +234,44 @@ async fn a_redis_writer_cannot_make_nodes_read_or_log_planted_values() {
         grown <= RSS_BUDGET_MIB,
         "a node grew by {grown} MiB (budget {RSS_BUDGET_MIB} MiB)"
     );
+    // Back to idle with the planted values still in Redis: what a node
+    // reads of them each heartbeat is bounded and let go.
+    for (node, idle) in [(&a, &idle_footprints[0]), (&b, &idle_footprints[1])] {
+        let settled = settle(node, idle).await;
+        eprintln!(
+            "store attack: after {} MiB / {} fds (idle {} MiB / {} fds)",
+            settled.rss >> 20,
+            settled.fds,
+            idle.rss >> 20,
+            idle.fds
+        );
+    }
+}
+
+/// How far above its idle RSS a node may stay once the attack is over.
+const IDLE_MARGIN_MIB: u64 = 24;
+/// Descriptors above idle a node may hold once the attack is over (a store
+/// connection coming or going).
+const FD_SLACK: usize = 8;
+
+/// Waits for `relay` to come back near its `idle` footprint and says where
+/// it settled; panics if it does not within 20 s.
+async fn settle(relay: &Relay, idle: &Footprint) -> Footprint {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = Footprint::of(relay);
+        if now.grown_mib(idle) <= IDLE_MARGIN_MIB && now.fds <= idle.fds + FD_SLACK {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a node stayed at {} MiB (+{} MiB over idle, margin {IDLE_MARGIN_MIB}) and {} descriptors (idle {})",
+            now.rss >> 20,
+            now.grown_mib(idle),
+            now.fds,
+            idle.fds
+        );
+        // The poll's interval.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

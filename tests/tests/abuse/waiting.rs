@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dtcp_client::dtcp_wire::Verb;
-use dtcp_tests::abuse::{Footprint, Prober, connect_from, loopback};
+use dtcp_tests::abuse::{Footprint, Prober, Sampler, connect_from, loopback, open_files_limit};
 use dtcp_tests::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// How often the legitimate pair probes during an attack.
@@ -25,6 +26,9 @@ const EARLY: usize = 64 * 1024;
 /// early bytes each (docs/SECURITY.md): the bytes stay in the kernel, so
 /// what grows is the connections' own state. Main grew 136 MiB here.
 const EARLY_FLOOD_BUDGET_MIB: u64 = 64;
+/// Growth of a node's RSS allowed while a few hundred `CONNECT`s wait for
+/// absent keys: a socket, a task and a waiter entry each.
+const WAITING_BUDGET_MIB: u64 = 32;
 /// How far above its idle RSS a node may stay once an attack has ended.
 const IDLE_MARGIN_MIB: u64 = 24;
 /// How long a node has to give its memory back after an attack.
@@ -52,9 +56,47 @@ fn early_bytes(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Opens a `CREATE` from `src` with `early` behind it, written in a task
-/// that holds the connection until `stop` (a write the relay's closed window
-/// holds back just waits). Returns once the command is sent.
+/// How an attacking connection leaves once its attack is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// A close: its FIN waits in its own kernel behind the early bytes the
+    /// relay did not take.
+    Close,
+    /// A reset (a zero linger): the relay hears of it at once.
+    Reset,
+}
+
+/// Opens a `verb` (`CREATE` or `CONNECT`) from `src` with `early` behind
+/// it, written in a task that holds the connection until `stop` (a write
+/// the relay's closed window holds back just waits), then leaves as
+/// `leave` says. Returns once the command is sent.
+async fn hold(
+    relay: SocketAddr,
+    src: IpAddr,
+    verb: Verb,
+    name: &str,
+    early: Arc<Vec<u8>>,
+    stop: CancellationToken,
+    leave: Leave,
+) -> tokio::task::JoinHandle<()> {
+    let mut s = connect_from(src, relay).await.expect("attack connection");
+    s.write_all(&command(verb, &triple(name))).await.unwrap();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = s.write_all(&early) => stop.cancelled().await,
+            () = stop.cancelled() => {}
+        }
+        if leave == Leave::Reset {
+            // Through socket2: tokio's own setter is deprecated for the
+            // blocking drops a non-zero linger makes, which this is not.
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        }
+        drop(s);
+    })
+}
+
+/// Opens a `CREATE` from `src` with `early` behind it, held until `stop`,
+/// then closed (see [`hold`]).
 async fn hold_create(
     relay: SocketAddr,
     src: IpAddr,
@@ -62,17 +104,7 @@ async fn hold_create(
     early: Arc<Vec<u8>>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let mut s = connect_from(src, relay).await.expect("attack connection");
-    s.write_all(&command(Verb::Create, &triple(name)))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = s.write_all(&early) => stop.cancelled().await,
-            () = stop.cancelled() => {}
-        }
-        drop(s);
-    })
+    hold(relay, src, Verb::Create, name, early, stop, Leave::Close).await
 }
 
 /// Starts many attacking `CREATE`s: `per_src` from each of `srcs`.
@@ -108,7 +140,8 @@ async fn early_bytes_of_pending_creates_stay_in_the_kernel() {
         .max_connections(20_000)
         .pending_ttl(FLOOD_TTL)
         .start();
-    // The idle footprint, once the prober's own pairs have run.
+    // The idle footprint, once the prober's own pairs have run (a sleep:
+    // nothing says when that is).
     let prober = Prober::start(relay.addr, relay.addr, probe_src(1), PROBE_EVERY);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = Footprint::of(&relay);
@@ -119,7 +152,8 @@ async fn early_bytes_of_pending_creates_stay_in_the_kernel() {
     let crowd: Vec<IpAddr> = (2..52).map(attack_src).collect();
     held.extend(flood_creates(relay.addr, &crowd, 20, "many", &stop).await);
     relay.wait_for("dtcp_pending_registrations", 2000.0).await;
-    // Let the early bytes arrive (as far as the relay takes them).
+    // A sleep, not a poll: the early bytes arrive (as far as the relay
+    // takes them) at TCP's pace, with nothing to watch.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let peak = Footprint::of(&relay);
     eprintln!(
@@ -185,6 +219,422 @@ async fn early_bytes_of_pending_creates_stay_in_the_kernel() {
     prober.finish().await.assert_all_ok("the early-bytes flood");
 }
 
+/// Descriptors a node may hold above what its attackers' connections
+/// explain: the prober's pair, the store, a listener's connection coming
+/// or going.
+const FD_SLACK: usize = 16;
+
+/// The node's open client connections now.
+async fn open(relay: &Relay) -> f64 {
+    relay.metric("dtcp_connections_open").await
+}
+
+/// Panics unless `peak` is within the early-bytes budget and the node's
+/// descriptors stayed below its open-file limit, with at most one per
+/// attacking connection (`attack`) above `idle`; says what it saw.
+fn assert_peak(what: &str, relay: &Relay, idle: &Footprint, peak: &Footprint, attack: usize) {
+    let limit = open_files_limit(relay.pid());
+    eprintln!(
+        "{what}: idle {} MiB / {} fds; peak {} MiB (+{} MiB) / {} fds (open-file limit {limit})",
+        idle.rss >> 20,
+        idle.fds,
+        peak.rss >> 20,
+        peak.grown_mib(idle),
+        peak.fds
+    );
+    assert!(
+        peak.grown_mib(idle) <= EARLY_FLOOD_BUDGET_MIB,
+        "{what}: RSS grew {} MiB (budget {EARLY_FLOOD_BUDGET_MIB} MiB)",
+        peak.grown_mib(idle)
+    );
+    assert!(
+        peak.fds <= idle.fds + attack + FD_SLACK,
+        "{what}: {} descriptors at the peak for {attack} waiting connections ({} idle)",
+        peak.fds,
+        idle.fds
+    );
+    assert!(
+        (peak.fds as u64) < limit,
+        "{what}: descriptors ran out ({} of {limit})",
+        peak.fds
+    );
+}
+
+/// Finding 5, `CONNECT`s: one address sends `CONNECT`s for keys nobody
+/// registered, each with 64 KiB of early bytes behind it (main: 760-810 MB
+/// of RSS). Each waits out its connect grace with its bytes in the kernel:
+/// the node's memory, sampled throughout, stays within the early-bytes
+/// budget; each holds one descriptor, far from the node's limit; a
+/// legitimate pair probes throughout; and once they have been refused the
+/// node is back at its idle footprint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_bytes_of_waiting_connects_stay_in_the_kernel() {
+    let _serial = crate::serial().await;
+    /// The attacker's waiting CONNECTs.
+    const WAITERS: usize = 2_000;
+    /// Their connect grace: long enough for all of them to be waiting at once.
+    const GRACE: f64 = 10.0;
+    raise_fd_limit();
+    let relay = NodeOptions::new()
+        .connect_grace(GRACE)
+        .max_connections(20_000)
+        .start();
+    let prober = Prober::start(relay.addr, relay.addr, probe_src(3), PROBE_EVERY);
+    // A sleep, not a poll: the idle footprint is taken once the prober's
+    // first pairs have run, and nothing says when that is.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = Footprint::of(&relay);
+    let sampler = Sampler::start(&relay);
+
+    let stop = CancellationToken::new();
+    let early = Arc::new(early_bytes(2, EARLY));
+    let mut held = Vec::new();
+    for n in 0..WAITERS {
+        let name = format!("absent-early-{n}");
+        let early = early.clone();
+        let src = attack_src(120);
+        held.push(
+            hold(
+                relay.addr,
+                src,
+                Verb::Connect,
+                &name,
+                early,
+                stop.clone(),
+                Leave::Close,
+            )
+            .await,
+        );
+    }
+    eventually(Duration::from_secs(10), "every CONNECT waiting", || async {
+        open(&relay).await >= WAITERS as f64
+    })
+    .await;
+    let waiting = sampler.peak();
+    // Each is refused not-found at the end of its grace, and goes.
+    eventually(
+        Duration::from_secs_f64(GRACE + 10.0),
+        "every waiting CONNECT refused",
+        || async { open(&relay).await <= 2.0 },
+    )
+    .await;
+    let peak = sampler.finish();
+    eprintln!(
+        "waiting CONNECTs: {} MiB / {} fds once all were waiting",
+        waiting.rss >> 20,
+        waiting.fds
+    );
+    assert_peak(
+        "waiting CONNECTs with early bytes",
+        &relay,
+        &idle,
+        &peak,
+        WAITERS,
+    );
+    let not_found = relay
+        .metric(r#"dtcp_commands_total{verb="connect",outcome="not-found"}"#)
+        .await;
+    assert!(
+        not_found >= WAITERS as f64,
+        "{not_found} CONNECTs refused not-found"
+    );
+    stop.cancel();
+    for h in held {
+        h.await.unwrap();
+    }
+    let settled = settle(&relay, &idle).await;
+    eprintln!(
+        "waiting CONNECTs: after {} MiB / {} fds",
+        settled.rss >> 20,
+        settled.fds
+    );
+    prober
+        .finish()
+        .await
+        .assert_all_ok("the waiting CONNECTs with early bytes");
+}
+
+/// Finding 5, a crowd: a hundred addresses each fill their share of pending
+/// `CREATE`s, with 64 KiB of early bytes behind each (main: 682 MB, held
+/// for the 300 s pending TTL after one burst). The node's memory, sampled
+/// throughout, stays within the early-bytes budget, one descriptor per
+/// `CREATE`; a legitimate pair probes throughout; when the crowd goes
+/// (resetting, so that it goes at once: a close's FIN behind a full window
+/// is the single-address test's case) the node is back at idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_bytes_of_a_hundred_addresses_stay_in_the_kernel() {
+    let _serial = crate::serial().await;
+    /// Attacking addresses, 127.0.15.144 upward (`attack_src(400)` on).
+    const ADDRESSES: u32 = 100;
+    /// Each address's share of pending CREATEs, which each fills.
+    const EACH: usize = 30;
+    const CREATES: usize = ADDRESSES as usize * EACH;
+    raise_fd_limit();
+    let relay = NodeOptions::new()
+        .max_pending_per_ip(EACH)
+        .max_connections(20_000)
+        .start();
+    let prober = Prober::start(relay.addr, relay.addr, probe_src(4), PROBE_EVERY);
+    // As above: the idle footprint once the prober's first pairs have run.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = Footprint::of(&relay);
+    let sampler = Sampler::start(&relay);
+
+    let stop = CancellationToken::new();
+    let early = Arc::new(early_bytes(3, EARLY));
+    let mut held = Vec::new();
+    for a in 0..ADDRESSES {
+        for n in 0..EACH {
+            let name = format!("crowd-early-{a}-{n}");
+            let (src, early) = (attack_src(400 + a), early.clone());
+            held.push(
+                hold(
+                    relay.addr,
+                    src,
+                    Verb::Create,
+                    &name,
+                    early,
+                    stop.clone(),
+                    Leave::Reset,
+                )
+                .await,
+            );
+        }
+    }
+    eventually(Duration::from_secs(10), "every CREATE pending", || async {
+        relay.metric("dtcp_pending_registrations").await >= CREATES as f64
+    })
+    .await;
+    // Over its share, an address is refused at once.
+    let mut over = connect_from(attack_src(400), relay.addr).await.unwrap();
+    over.write_all(&command(Verb::Create, &triple("crowd-early-over")))
+        .await
+        .unwrap();
+    let reply = read_all(&mut over).await;
+    assert!(is_error(&reply, "resource-constraint"), "{reply:?}");
+    // A sleep, not a poll: the early bytes reach the node's kernel (and as
+    // much of them as the node takes) at TCP's pace, with nothing to watch.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let peak = sampler.finish();
+    assert_peak(
+        "a hundred addresses' pending CREATEs",
+        &relay,
+        &idle,
+        &peak,
+        CREATES,
+    );
+
+    stop.cancel();
+    for h in held {
+        h.await.unwrap();
+    }
+    eventually(
+        Duration::from_secs(10),
+        "every attacking CREATE gone",
+        || async { relay.metric("dtcp_pending_registrations").await == 0.0 },
+    )
+    .await;
+    let settled = settle(&relay, &idle).await;
+    eprintln!(
+        "a hundred addresses' pending CREATEs: after {} MiB / {} fds",
+        settled.rss >> 20,
+        settled.fds
+    );
+    prober
+        .finish()
+        .await
+        .assert_all_ok("a hundred addresses' pending CREATEs");
+}
+
+/// Bytes each side of a stalled session sends and nobody reads: more than
+/// the kernel's buffers and the pipe between them hold.
+const STALL_BYTES: usize = 4 << 20;
+
+/// A session from `src` whose two clients each send [`STALL_BYTES`] and
+/// never read: what it leaves in the relay is two sockets and a full pipe
+/// each way. Returns the tasks that hold its two connections (aborted to
+/// close them), or `None` if the node refused either side.
+async fn stall(
+    relay: SocketAddr,
+    src: IpAddr,
+    name: &str,
+    bytes: &Arc<Vec<u8>>,
+) -> Option<[tokio::task::JoinHandle<()>; 2]> {
+    let t = triple(name);
+    let mut i = connect_from(src, relay).await.ok()?;
+    i.write_all(&command(Verb::Create, &t)).await.ok()?;
+    let mut c = connect_from(src, relay).await.ok()?;
+    c.write_all(&command(Verb::Connect, &t)).await.ok()?;
+    for s in [&mut i, &mut c] {
+        let mut ok = [0u8; 3];
+        s.read_exact(&mut ok).await.ok()?;
+        if &ok != b"OK\0" {
+            return None;
+        }
+    }
+    let send = |mut s: TcpStream| {
+        let bytes = bytes.clone();
+        tokio::spawn(async move {
+            let _ = s.write_all(&bytes).await;
+            // Held, never read, until aborted.
+            std::future::pending::<()>().await;
+        })
+    };
+    Some([send(i), send(c)])
+}
+
+/// Finding 6, pipes: spliced sessions whose clients both stopped reading
+/// hold a full pipe each way, six descriptors a session; the node counts
+/// three per connection when it fits `--max-connections` to its open-file
+/// limit, so that such sessions never run it out of descriptors. A hundred
+/// stalled sessions from one address with a legitimate pair probing
+/// throughout, then the rest of the node's connections, stalled too: its
+/// descriptors stay within what the limit counts and below the open-file
+/// limit, and it refuses the connections beyond the limit rather than fail
+/// to accept them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_spliced_sessions_fit_the_descriptor_budget() {
+    let _serial = crate::serial().await;
+    /// The node's open-file limit: room for 248 spliced connections.
+    const OPEN_FILES: u64 = 1_000;
+    /// Stalled sessions while the prober runs.
+    const SESSIONS: usize = 100;
+    /// Connections attempted once the node is full.
+    const OVER: usize = 20;
+    raise_fd_limit();
+    let relay = NodeOptions::new().open_files(OPEN_FILES).start();
+    let max = relay.metric("dtcp_connections_max").await as usize;
+    assert!(
+        max * 3 + 256 <= OPEN_FILES as usize && max > 2 * SESSIONS + 8,
+        "the connection limit {max} counts three descriptors each within {OPEN_FILES}"
+    );
+    let prober = Prober::start(relay.addr, relay.addr, probe_src(5), PROBE_EVERY);
+    // As above: the idle footprint once the prober's first pairs have run.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = Footprint::of(&relay);
+    let sampler = Sampler::start(&relay);
+    let bytes = Arc::new(early_bytes(4, STALL_BYTES));
+
+    let mut stalled = Vec::new();
+    for n in 0..SESSIONS {
+        let session = stall(relay.addr, attack_src(130), &format!("stalled-{n}"), &bytes).await;
+        stalled.extend(session.expect("a stalled session within the limits"));
+    }
+    // The premise: the sessions' pipes fill (a socket and most of a pipe
+    // per connection), which is what the budget is for.
+    eventually(
+        Duration::from_secs(15),
+        "the stalled sessions' pipes held",
+        || async { Footprint::of(&relay).fds >= idle.fds + 2 * SESSIONS * 5 / 2 },
+    )
+    .await;
+    let connections = open(&relay).await as usize;
+    let now = Footprint::of(&relay);
+    eprintln!(
+        "stalled sessions: {SESSIONS} sessions, {connections} connections, {} descriptors (idle {}), limit {max} connections",
+        now.fds, idle.fds
+    );
+    assert!(
+        now.fds <= idle.fds + 3 * connections + FD_SLACK,
+        "{} descriptors for {connections} connections ({} idle): more than three each",
+        now.fds,
+        idle.fds
+    );
+    prober
+        .finish()
+        .await
+        .assert_all_ok("a hundred stalled spliced sessions");
+
+    // Then every other slot, stalled too, and more connections than fit.
+    let mut n = 0;
+    while open(&relay).await as usize + 2 <= max {
+        let name = format!("stalled-more-{n}");
+        let session = stall(relay.addr, attack_src(131), &name, &bytes).await;
+        stalled.extend(session.expect("a stalled session within the limit"));
+        n += 1;
+    }
+    // An odd slot left is taken by a pending CREATE.
+    let mut last = None;
+    if (open(&relay).await as usize) < max {
+        let mut s = connect_from(attack_src(131), relay.addr).await.unwrap();
+        s.write_all(&command(Verb::Create, &triple("stalled-last")))
+            .await
+            .unwrap();
+        last = Some(s);
+    }
+    let mut refused = 0;
+    for k in 0..OVER {
+        let mut s = connect_from(attack_src(132), relay.addr).await.unwrap();
+        let _ = s
+            .write_all(&command(
+                Verb::Create,
+                &triple(&format!("stalled-over-{k}")),
+            ))
+            .await;
+        let mut reply = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply)).await;
+        if matches!(read, Ok(Ok(_))) && is_error(&reply, "resource-constraint") {
+            refused += 1;
+        }
+    }
+    // The last sessions' pipes fill as the first ones' did.
+    eventually(
+        Duration::from_secs(15),
+        "the node full of stalled sessions",
+        || async { Footprint::of(&relay).fds >= idle.fds + max * 5 / 2 },
+    )
+    .await;
+    let full = Footprint::of(&relay);
+    let peak = sampler.finish();
+    let descriptors_refused = relay
+        .metric(r#"dtcp_connections_refused_total{reason="descriptors"}"#)
+        .await;
+    eprintln!(
+        "stalled sessions: full at {} connections, {} descriptors, peak {} of {OPEN_FILES}; {refused} of {OVER} over the limit refused",
+        open(&relay).await,
+        full.fds,
+        peak.fds
+    );
+    assert_eq!(
+        refused, OVER,
+        "connections over the limit refused resource-constraint"
+    );
+    assert!(
+        peak.fds <= idle.fds + 3 * max + FD_SLACK && (peak.fds as u64) < OPEN_FILES,
+        "{} descriptors at the peak ({} idle, limit {max} connections, {OPEN_FILES} files)",
+        peak.fds,
+        idle.fds
+    );
+    assert_eq!(
+        descriptors_refused, 0.0,
+        "no connection refused for want of a descriptor"
+    );
+
+    drop(last);
+    for task in stalled {
+        task.abort();
+    }
+    eventually(
+        Duration::from_secs(10),
+        "every stalled session gone",
+        || async { open(&relay).await == 0.0 },
+    )
+    .await;
+    let settled = settle(&relay, &idle).await;
+    eprintln!(
+        "stalled sessions: after {} MiB / {} fds",
+        settled.rss >> 20,
+        settled.fds
+    );
+    let prober = Prober::start(relay.addr, relay.addr, probe_src(5), PROBE_EVERY);
+    // A sleep, not a poll: a few probes' worth of pairing after the attack.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    prober
+        .finish()
+        .await
+        .assert_all_ok("after the stalled sessions");
+}
+
 /// Waits for `relay` to come back near its `idle` footprint, and says where
 /// it settled; panics if it does not within [`SETTLE`].
 async fn settle(relay: &Relay, idle: &Footprint) -> Footprint {
@@ -195,6 +645,7 @@ async fn settle(relay: &Relay, idle: &Footprint) -> Footprint {
         if now.grown_mib(idle) <= IDLE_MARGIN_MIB && now.fds <= idle.fds + 8 {
             return now;
         }
+        // The poll's interval.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!(
@@ -291,13 +742,19 @@ async fn waiting_connects_cost_few_redis_commands() {
     let a = NodeOptions::cluster(&urls).connect_grace(GRACE).start();
     let b = NodeOptions::cluster(&urls).connect_grace(GRACE).start();
     let prober = Prober::start(a.addr, b.addr, probe_src(2), PROBE_EVERY);
+    // A sleep, not a poll: the probes' first pairs run before the
+    // background is counted.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // The nodes' own background (heartbeats, membership) over one grace.
+    // The nodes' own background (heartbeats, membership) over one grace: a
+    // sleep, as it is that span's commands that are counted.
     redis.cli(&["CONFIG", "RESETSTAT"]);
     tokio::time::sleep(Duration::from_secs_f64(GRACE)).await;
     let background = redis_calls(&redis.cli(&["INFO", "commandstats"]));
 
+    // Node B, where the CONNECTs wait, idle and then sampled throughout.
+    let idle = Footprint::of(&b);
+    let sampler = Sampler::start(&b);
     redis.cli(&["CONFIG", "RESETSTAT"]);
     let mut waiters = Vec::new();
     for n in 0..WAITERS {
@@ -314,6 +771,8 @@ async fn waiting_connects_cost_few_redis_commands() {
         assert!(is_error(&reply, "not-found"), "{reply:?}");
     }
     let calls = redis_calls(&redis.cli(&["INFO", "commandstats"]));
+    let peak = sampler.finish();
+    assert_waiting_peak(&idle, &peak, WAITERS);
     // The probes' own commands and the background are in `calls` too:
     // counted against the attack, which errs on the strict side.
     let per_waiter_per_sec = calls as f64 / WAITERS as f64 / GRACE;
@@ -325,8 +784,39 @@ async fn waiting_connects_cost_few_redis_commands() {
         per_waiter_per_sec <= BUDGET_PER_SEC,
         "{per_waiter_per_sec:.2} Redis commands per waiting CONNECT per second (budget {BUDGET_PER_SEC})"
     );
+    let settled = settle(&b, &idle).await;
+    eprintln!(
+        "waiting CONNECTs for absent keys: after {} MiB / {} fds",
+        settled.rss >> 20,
+        settled.fds
+    );
     prober
         .finish()
         .await
         .assert_all_ok("the waiting-CONNECT flood");
+}
+
+/// Panics unless the node where `waiters` CONNECTs waited for absent keys
+/// grew by less than [`WAITING_BUDGET_MIB`] and held one descriptor each
+/// at most; says what it saw.
+fn assert_waiting_peak(idle: &Footprint, peak: &Footprint, waiters: usize) {
+    eprintln!(
+        "waiting CONNECTs for absent keys: idle {} MiB / {} fds; peak {} MiB (+{} MiB) / {} fds",
+        idle.rss >> 20,
+        idle.fds,
+        peak.rss >> 20,
+        peak.grown_mib(idle),
+        peak.fds
+    );
+    assert!(
+        peak.grown_mib(idle) <= WAITING_BUDGET_MIB,
+        "RSS grew {} MiB with {waiters} waiting CONNECTs (budget {WAITING_BUDGET_MIB} MiB)",
+        peak.grown_mib(idle)
+    );
+    assert!(
+        peak.fds <= idle.fds + waiters + FD_SLACK,
+        "{} descriptors for {waiters} waiting CONNECTs ({} idle)",
+        peak.fds,
+        idle.fds
+    );
 }
