@@ -94,7 +94,7 @@ impl Relay {
     /// Starts a relay on loopback ports chosen by the kernel, with `args`
     /// added. [`NodeOptions`] says the same with names.
     pub fn start(args: &[&str]) -> Relay {
-        Relay::spawn(args, true, None)
+        Relay::spawn(bin("dtcp-relay"), args, true, None)
     }
 
     /// `one_address_crowd`: the shares of one client address are lifted
@@ -102,7 +102,11 @@ impl Relay {
     ///
     /// `open_files`: the process's open-file limit (soft and hard), for
     /// tests of what a node does when descriptors run out.
+    ///
+    /// `binary`: the relay's executable (this workspace's, or another
+    /// release's).
     fn spawn<S: AsRef<std::ffi::OsStr>>(
+        binary: PathBuf,
         args: &[S],
         one_address_crowd: bool,
         open_files: Option<u64>,
@@ -129,7 +133,7 @@ impl Relay {
             .map(|a| a.as_ref())
             .chain(["--log-format".as_ref(), "json".as_ref()])
             .chain(args.iter().map(AsRef::as_ref));
-        let mut process = Process::new(bin("dtcp-relay"), all)
+        let mut process = Process::new(binary, all)
             .name("relay")
             .env("RUST_LOG", "info")
             .stderr(Output::Lines);
@@ -252,6 +256,8 @@ pub struct NodeOptions {
     relay_defaults: bool,
     /// The process's open-file limit, if the test sets one.
     open_files: Option<u64>,
+    /// Another relay executable than this workspace's (another release's).
+    binary: Option<PathBuf>,
 }
 
 impl NodeOptions {
@@ -396,7 +402,16 @@ impl NodeOptions {
         if clustered && !args.iter().any(|a| a == "--forward-listen") {
             args.extend(["--forward-listen".to_owned(), "127.0.0.1:0".to_owned()]);
         }
-        Relay::spawn(&args, !self.relay_defaults, self.open_files)
+        let binary = self.binary.unwrap_or_else(|| bin("dtcp-relay"));
+        Relay::spawn(binary, &args, !self.relay_defaults, self.open_files)
+    }
+
+    /// Runs `binary` rather than this workspace's relay: another release,
+    /// built from git, for an upgrade run by hand. It must take the flags
+    /// the test gives.
+    pub fn binary(mut self, binary: PathBuf) -> Self {
+        self.binary = Some(binary);
+        self
     }
 }
 

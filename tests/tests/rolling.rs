@@ -48,6 +48,21 @@ enum Release {
     New,
 }
 
+/// The real previous release's relay, built from git, when
+/// `DTCP_PREVIOUS_RELEASE` names its executable: the upgrade run by hand
+/// (docs/DEPLOYING.md, "Upgrading a cluster"). Without it, the old nodes
+/// are this build held on the previous format.
+fn previous_release() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("DTCP_PREVIOUS_RELEASE")?;
+    let path = std::path::PathBuf::from(path);
+    assert!(
+        path.exists(),
+        "DTCP_PREVIOUS_RELEASE: {} is missing",
+        path.display()
+    );
+    Some(path)
+}
+
 /// What one pair came to.
 #[derive(Debug)]
 struct PairRun {
@@ -251,7 +266,10 @@ fn node(urls: &[String], ports: &(SocketAddr, SocketAddr, SocketAddr), release: 
         .drain_timeout(10.0)
         .max_pending_per_ip(100_000);
     if release == Release::Old {
-        options = options.arg("--cluster-format-version", 1);
+        options = match previous_release() {
+            Some(binary) => options.binary(binary),
+            None => options.arg("--cluster-format-version", 1),
+        };
     }
     // Blocking (it waits for the node to listen): the load runs meanwhile.
     tokio::task::block_in_place(|| options.start())
