@@ -17,9 +17,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::activation::Activated;
 use crate::metrics::{ACTIVATIONS, XMPP_LINK};
 use crate::node::Node;
-use crate::xep0065::activation::Activated;
 
 /// Activations the component may hand over before the relay picks them up
 /// (each waits at most the component's activation timeout).
