@@ -383,28 +383,30 @@ fn inject(
         let kind = rng.below(KINDS.len() as u64) as usize;
         let n = rng.below(NODES as u64) as usize;
         eprintln!("chaos: {} (node {n}), {pause:?}", KINDS[kind]);
-        // Each sleep below is the fault's length: how long the process
-        // stays stopped or down.
         match kind {
             0 => {
                 // SIGKILLed and reaped; it comes back on the same ports
                 // (its flags name them), with a new node id.
                 nodes[n].relay.kill();
+                // The fault's length: how long the node stays down.
                 std::thread::sleep(pause);
                 nodes[n].restart();
             }
             1 => {
                 nodes[n].relay.signal(libc::SIGSTOP);
+                // The fault's length: how long the node stays stopped.
                 std::thread::sleep(pause);
                 nodes[n].relay.signal(libc::SIGCONT);
             }
             2 => {
                 redis.stop();
+                // The fault's length: how long Redis stays down.
                 std::thread::sleep(pause);
                 redis.restart();
             }
             3 => {
                 redis.signal(libc::SIGSTOP);
+                // The fault's length: how long Redis stays stopped.
                 std::thread::sleep(pause);
                 redis.signal(libc::SIGCONT);
             }

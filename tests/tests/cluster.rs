@@ -735,6 +735,7 @@ async fn a_pair_across_nodes_costs_redis_four_commands_and_publishes_nothing() {
         if used.get("getdel").copied().unwrap_or(0) >= PAIRS {
             break;
         }
+        // The poll's interval.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let beats = used.get("exists").copied().unwrap_or(0);

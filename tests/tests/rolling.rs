@@ -342,6 +342,7 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
                 Instant::now() < deadline,
                 "node {slot} did not exit after its drain"
             );
+            // The poll's interval.
             tokio::time::sleep(Duration::from_millis(25)).await;
         };
         assert!(status.success(), "node {slot} exited with {status:?}");
@@ -410,6 +411,7 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
         .all(|r| sides.get(&r.registration).is_some_and(Sides::whole))
         && Instant::now() < deadline
     {
+        // The poll's interval.
         tokio::time::sleep(Duration::from_millis(50)).await;
         sides = session_sides(&processes);
     }

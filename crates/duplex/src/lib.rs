@@ -15,7 +15,9 @@
 //! - [`reset_on_close`], [`pass_fin`] and [`write_all`] on a socket shared by
 //!   a reader and a writer;
 //! - [`write_and_linger`], a refusal's last write: the reply, then a graceful
-//!   close that does not turn into a reset destroying it.
+//!   close that does not turn into a reset destroying it;
+//! - [`ACCEPT_BACKOFF`], the pause of an accept loop after a failed `accept`,
+//!   the same for every listener that hands sockets to a session.
 //!
 //! It knows no protocol, no metric and no session bookkeeping: callers count
 //! what [`Duplex::moved`] reports and decide what an end means.
@@ -33,3 +35,9 @@ pub use linger::{LINGER, LINGER_BYTES, REPLY_WRITE_TIMEOUT, write_and_linger};
 pub use pool::{BUF_SIZE, Buf};
 pub use pump::Duplex;
 pub use socket::{pass_fin, reset_on_close, write_all};
+
+/// Pause after an `accept` that failed for lack of descriptors (or for any
+/// reason not the one connection's), so that an accept loop does not spin
+/// while the condition lasts. The relay's client and metrics ports and a
+/// client's direct listener all wait this long.
+pub const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);

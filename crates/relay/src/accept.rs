@@ -5,8 +5,8 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
+use dtcp_duplex::ACCEPT_BACKOFF;
 use dtcp_wire::Condition;
 use metrics::counter;
 use tokio::net::{TcpListener, TcpStream};
@@ -21,10 +21,6 @@ use crate::reply::refuse_dtcp;
 /// Connections being refused at once when the limit is reached; beyond this
 /// they are closed without a reply.
 const REFUSALS_IN_FLIGHT: usize = 64;
-/// Pause after an `accept` that failed for lack of descriptors (or for any
-/// reason not the one connection's), so that the loop does not spin: the
-/// client port's and the metrics port's.
-pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts client connections for ever.
 pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {

@@ -25,6 +25,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use dtcp_duplex::ACCEPT_BACKOFF;
 use dtcp_forward::{ConnectionGate, Cut, Probation};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -35,7 +36,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use crate::accept::ACCEPT_BACKOFF;
 use crate::metrics::{
     ACCEPT_FAILURES, CONNECTION_RATE_SOURCES, CONNECTIONS_OPEN, LISTENER_CONNECTIONS_CLOSED,
     LISTENER_CONNECTIONS_OPEN, STORE_REGISTRATIONS, UPKEEP_INTERVAL,

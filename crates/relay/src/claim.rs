@@ -10,9 +10,9 @@ use dtcp_wire::socks5::StreamHash;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::activation::PairTicket;
 use crate::limits::Slot;
 use crate::protocol::Protocol;
-use crate::xep0065::activation::PairTicket;
 
 /// The claimant's side of a session (a DTCP Target's, a XEP-0065
 /// requester's), handed by its claim to the task of the registering client.

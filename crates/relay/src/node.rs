@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use dtcp_duplex::Gates;
 use dtcp_forward::{Dialer, Lanes};
 
+use crate::activation::Activations;
 use crate::claim::Claim;
 use crate::config::Config;
 use crate::limits::{AddrGuard, ConnectionRate, PerAddress, PerIpLimit, Slots};
@@ -19,7 +20,6 @@ use crate::pending::PendingTable;
 use crate::protocol::Protocol;
 use crate::throttle::{NodeRate, Throttle};
 use crate::trust::Trust;
-use crate::xep0065::activation::Activations;
 
 /// What a client is told when the node, draining or stopping, takes no
 /// more work or cuts what it has.

@@ -26,12 +26,12 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tracing::{debug, warn};
 
+use crate::activation::Activated;
 use crate::admin::{Acceptor, reset};
 use crate::claim::{Claim, RemoteClaim, Requester, Socks5Claim};
 use crate::metrics::{AUTH_FAILURES, BRIDGE_ERRORS, LISTENER_CONNECTIONS_CLOSED};
 use crate::node::Node;
 use crate::protocol::Protocol;
-use crate::xep0065::activation::Activated;
 
 /// gRPC health service name that says the process is alive (liveness probe).
 pub(crate) const LIVENESS: &str = "dtcp.liveness";

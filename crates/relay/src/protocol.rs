@@ -4,7 +4,7 @@
 //!
 //! Low in the module tree: the pending table, the sessions and the metrics
 //! all tell the two apart. What registering does differently for each is
-//! in `conn/dialect.rs`, as methods of [`Protocol`].
+//! in `pairing/dialect.rs`, as methods of [`Protocol`].
 
 /// A client protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

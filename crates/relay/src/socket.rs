@@ -20,7 +20,7 @@ pub(crate) fn reset(stream: TcpStream) {
 
 /// Registers a socket with the runtime anew, so that bytes its client sent
 /// while it waited unread wake the pump: a wait that leaves bytes unread
-/// ([`poll_gone_unread`], and `conn::early`'s) clears the socket's readiness,
+/// ([`poll_gone_unread`], and `pairing::early`'s) clears the socket's readiness,
 /// and an edge-triggered poller reports nothing more until new bytes
 /// arrive, which a client that sent everything early never sends. A fresh
 /// registration reports what is waiting at once. `None` (and the socket

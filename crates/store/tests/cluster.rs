@@ -81,6 +81,7 @@ async fn announcements_survive_the_failover_of_their_shard() {
                     Err(e) if killed.elapsed() < REWRITE_BACK => {
                         failures += 1;
                         eprintln!("Redis Cluster: rewrite during the failover failed: {e}");
+                        // The poll's interval: the failover is over once a rewrite succeeds.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     Err(e) => panic!("no rewrite within {REWRITE_BACK:?} of the death: {e}"),

@@ -30,6 +30,7 @@ async fn first_register(s: &RedisStore, from: usize) -> Duration {
             started.elapsed() < FAILOVER_BOUND,
             "no write accepted within {FAILOVER_BOUND:?}"
         );
+        // The poll's interval: the next write tries again.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     unreachable!()

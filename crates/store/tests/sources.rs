@@ -89,6 +89,7 @@ async fn redis_counts_each_entry_once_and_forgets_it_in_time() {
             std::time::Instant::now() < deadline,
             "the dead entry is gone within {EXPIRY_SLACK:?} of its TTL"
         );
+        // The poll's interval.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for entry in [11, 12] {

@@ -99,6 +99,8 @@ async fn a_stalled_redis_gets_an_answer_within_the_timeout() {
     assert!(every_operation(&s).await.iter().all(|(_, ok, _)| *ok));
 
     let mut sleeper = redis.cli_background(&["DEBUG", "SLEEP", STALL_SECS]);
+    // Time for the background `DEBUG SLEEP` to reach the server: a server
+    // asleep answers nothing, so its sleep cannot be polled for.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let results = every_operation(&s).await;
     check_bounded(&results, config.operation_timeout, "single");
@@ -127,6 +129,8 @@ async fn a_stalled_cluster_gets_an_answer_within_the_timeout() {
         .iter()
         .map(|n| n.cli_background(&["DEBUG", "SLEEP", STALL_SECS]))
         .collect();
+    // Time for the background `DEBUG SLEEP` to reach the server: a server
+    // asleep answers nothing, so its sleep cannot be polled for.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let results = every_operation(&s).await;
     check_bounded(&results, config.operation_timeout, "cluster");
@@ -156,6 +160,8 @@ async fn a_stalled_sentinel_master_gets_an_answer_within_the_timeout() {
     assert!(every_operation(&s).await.iter().all(|(_, ok, _)| *ok));
 
     let mut sleeper = set.servers[0].cli_background(&["DEBUG", "SLEEP", STALL_SECS]);
+    // Time for the background `DEBUG SLEEP` to reach the server: a server
+    // asleep answers nothing, so its sleep cannot be polled for.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let results = every_operation(&s).await;
     check_bounded(&results, config.operation_timeout, "sentinel");

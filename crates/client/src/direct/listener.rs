@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use dtcp_duplex::write_and_linger;
+use dtcp_duplex::{ACCEPT_BACKOFF, write_and_linger};
 use dtcp_wire::{
     Command, CommandDecoder, Condition, Limits, RegistrationId, Reply, Verb, WireError,
 };
@@ -26,8 +26,6 @@ pub const DIRECT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `resource-constraint`.
 pub const MAX_DIRECT_HANDSHAKES: usize = 64;
 
-/// Wait after a failed `accept` (e.g. out of file descriptors).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Largest read while looking for the end of a command.
 const PEEK_BUF: usize = 4096;
 

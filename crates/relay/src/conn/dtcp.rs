@@ -8,8 +8,8 @@ use dtcp_wire::{Command, CommandDecoder, Condition, Verb, WireError};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::conn::request::{DtcpRefusal, Role};
 use crate::node::{Node, SHUTTING_DOWN};
+use crate::pairing::request::{DtcpRefusal, Role};
 
 /// First allocation of the handshake buffer; it grows up to the command limit.
 pub(crate) const HANDSHAKE_BUF: usize = 512;

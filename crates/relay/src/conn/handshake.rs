@@ -15,10 +15,10 @@ use tracing::debug;
 
 use crate::conn::dtcp::{self, HANDSHAKE_BUF, ReadError};
 use crate::conn::proxy::{self, PreambleError};
-use crate::conn::request::{DtcpRefusal, Refusal, Request, Role};
 use crate::limits::Slot;
 use crate::metrics::CONNECTIONS_REFUSED;
 use crate::node::Node;
+use crate::pairing::request::{DtcpRefusal, Refusal, Request, Role};
 use crate::protocol::Protocol;
 use crate::reply::Socks5Refusal;
 use crate::xep0065::socks5;

@@ -1,17 +1,13 @@
 //! One client connection, from its handshake to the end of its session.
 //!
-//! The phases, one file each: [`handshake`] (the preamble, [`proxy`], then the
-//! protocol the first byte names: [`dtcp`], or in XEP-0065 mode SOCKS5,
-//! [`crate::xep0065::socks5`]), which produces a [`request::Request`] to
-//! register or to claim; [`create`] (register, then wait for the claim) or
-//! [`connect`] (claim, locally or through a Bridge to the node that
-//! [`locate`] finds), or for SOCKS5 [`crate::xep0065::arrive`] (the first
-//! connection of a stream hash registers through [`create`], the second
-//! claims, here or through [`locate`]); [`early`] (what a client sends
-//! before it is paired). Beside them: [`dialect`] (what differs between the
-//! protocols where registering meets the client, asked of its
-//! [`Protocol`](crate::protocol::Protocol)) and [`record`] (a registration's
-//! store record). The paired session itself is in [`crate::session`].
+//! This folder reads the connection until its request is known: the
+//! [`handshake`] (the preamble, [`proxy`], then the protocol the first byte
+//! names: [`dtcp`], or in XEP-0065 mode SOCKS5, [`crate::xep0065::socks5`]),
+//! which produces a [`Request`](crate::pairing::request::Request) to
+//! register or to claim. The task then hands it down: to
+//! [`crate::pairing`] for DTCP (`CREATE` registers and waits, `CONNECT`
+//! claims), or for SOCKS5 to [`crate::xep0065::arrive`], which pairs through
+//! the same steps. The paired session itself is in [`crate::session`].
 //!
 //! # Memory
 //!
@@ -38,16 +34,9 @@
 //!   life), so the lines a connection writes at `info` carry their
 //!   registration and client addresses as fields instead.
 
-mod connect;
-pub(crate) mod create;
-mod dialect;
 mod dtcp;
-mod early;
 mod handshake;
-pub(crate) mod locate;
 mod proxy;
-mod record;
-pub(crate) mod request;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,10 +47,11 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
-use crate::conn::create::{Admission, Pending, Wait};
-use crate::conn::request::{Refusal, Role, SOCKS5_UNKNOWN};
 use crate::limits::Slot;
 use crate::node::Node;
+use crate::pairing::connect;
+use crate::pairing::create::{self, Admission, Pending, Wait};
+use crate::pairing::request::{Refusal, Role, SOCKS5_UNKNOWN};
 use crate::reply::{refuse_dtcp, refuse_socks5};
 use crate::xep0065::arrive::arrive;
 

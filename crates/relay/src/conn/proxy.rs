@@ -13,7 +13,7 @@ use ppp::PartialResult;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::conn::request::DtcpRefusal;
+use crate::pairing::request::DtcpRefusal;
 
 /// The `verb` label of a refused preamble (no command has been read).
 const VERB: &str = "unknown";

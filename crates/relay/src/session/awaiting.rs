@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tracing::debug;
 
+use crate::activation::PairTicket;
 use crate::claim::{RemoteClaim, Requester, Socks5Claim};
 use crate::metrics::{COMMANDS, SOCKS5_EXPIRED};
 use crate::node::{Node, SHUTTING_DOWN};
@@ -36,7 +37,6 @@ use crate::protocol::Protocol;
 use crate::reply::send_socks5_ok;
 use crate::session::{forwarded, lane, local};
 use crate::socket::{poll_gone_unread, rearm, reset};
-use crate::xep0065::activation::PairTicket;
 
 /// What ended a pair's wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,7 +27,7 @@ use crate::node::Node;
 use crate::outcome::Outcome;
 use crate::protocol::Protocol;
 use crate::reply::send_ok;
-use crate::session::lane::{self, Waited};
+use crate::session::lane::{self, LaneWait};
 use crate::session::report::{Ended, Side, finished};
 use tracing::debug;
 
@@ -174,7 +174,7 @@ pub(crate) async fn run_owner_side(
     }
     if let Some(mut offered) = offered {
         match lane::await_lane(&mut offered.offer, &mut inbound).await {
-            Waited::Lane(stream) => {
+            LaneWait::Lane(stream) => {
                 return lane::run_owner(
                     node,
                     initiator,
@@ -191,8 +191,8 @@ pub(crate) async fn run_owner_side(
                 )
                 .await;
             }
-            Waited::Bridge => {}
-            Waited::Broken => {
+            LaneWait::Bridge => {}
+            LaneWait::Broken => {
                 counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
                 debug!(registration = %id, "the claimant's node went before its lane came");
                 return;

@@ -65,7 +65,7 @@ pub(crate) fn offer(node: &Node, id: &RegistrationId, peer: &str) -> Option<Offe
 }
 
 /// What ended the owner's wait for its lane.
-pub(crate) enum Waited {
+pub(crate) enum LaneWait {
     /// The lane attached.
     Lane(TcpStream),
     /// The session's bytes cross on the Bridge (its first frame, if one
@@ -77,25 +77,25 @@ pub(crate) enum Waited {
 
 /// Owner side: waits for the lane `offer`ed, or for the claimant to use
 /// the Bridge after all, within [`LANE_WAIT`].
-pub(crate) async fn await_lane(offer: &mut Offer, inbound: &mut Inbound) -> Waited {
+pub(crate) async fn await_lane(offer: &mut Offer, inbound: &mut Inbound) -> LaneWait {
     let deadline = tokio::time::sleep(LANE_WAIT);
     tokio::pin!(deadline);
     tokio::select! {
         biased;
         lane = &mut offer.arrival => match lane {
-            Ok(lane) => Waited::Lane(lane),
-            Err(_) => Waited::Broken,
+            Ok(lane) => LaneWait::Lane(lane),
+            Err(_) => LaneWait::Broken,
         },
         frame = inbound.next() => match frame {
             // The claimant could not dial the lane: it says so with nothing.
-            Ok(Some(Kind::Data(d))) if d.is_empty() => Waited::Bridge,
+            Ok(Some(Kind::Data(d))) if d.is_empty() => LaneWait::Bridge,
             Ok(Some(kind)) => {
                 inbound.unread(kind);
-                Waited::Bridge
+                LaneWait::Bridge
             }
-            Ok(None) | Err(_) => Waited::Broken,
+            Ok(None) | Err(_) => LaneWait::Broken,
         },
-        () = &mut deadline => Waited::Bridge,
+        () = &mut deadline => LaneWait::Bridge,
     }
 }
 

@@ -4,7 +4,7 @@
 //! requester and claims it, like a `CONNECT` (on this node, or through a
 //! Bridge to the node that holds the waiter); a third is refused `02`. The
 //! claim pairs the two without starting their session: that waits for the
-//! activation ([`crate::xep0065::activation`]).
+//! activation ([`crate::activation`]).
 //!
 //! Which of the two a connection is, is found by registering: a
 //! registration of its stream hash already there, on this node or in the
@@ -23,12 +23,12 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug};
 
 use crate::claim::{Claim, LocalClaim, Requester, Socks5Claim};
-use crate::conn::create::{self, Enrolment, Here, Pending};
-use crate::conn::locate::{Located, locate};
-use crate::conn::request::{Request, SOCKS5_REQUESTER, SOCKS5_WAITER};
 use crate::limits::{SessionGuard, Slot};
 use crate::metrics::COMMANDS;
 use crate::node::{Node, SHUTTING_DOWN};
+use crate::pairing::create::{self, Enrolment, Here, Pending};
+use crate::pairing::locate::{Located, locate};
+use crate::pairing::request::{Request, SOCKS5_REQUESTER, SOCKS5_WAITER};
 use crate::pending::Taken;
 use crate::protocol::Protocol;
 use crate::reply::{Socks5Refusal, refuse_socks5, send_socks5_ok};

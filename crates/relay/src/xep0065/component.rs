@@ -17,9 +17,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::activation::Activated;
 use crate::metrics::{ACTIVATIONS, XMPP_LINK};
 use crate::node::Node;
-use crate::xep0065::activation::Activated;
+use crate::pairing::locate::{Owner, check_owner};
 
 /// Activations the component may hand over before the relay picks them up
 /// (each waits at most the component's activation timeout).
@@ -109,17 +110,18 @@ async fn activate(node: &Node, id: &RegistrationId) -> (&'static str, Result<(),
     }
     let not_found = (Activated::NotFound.label(), Err(ActivateError::NotFound));
     let owner = match node.store.lookup(id).await {
-        Ok(Some(owner)) if owner.id != node.info.id && !owner.is_used() => owner,
-        Ok(_) => return not_found,
+        Ok(Some(owner)) => owner,
+        Ok(None) => return not_found,
         Err(e) => {
             warn!(error = %e, "store lookup failed");
             return ("failed", Err(ActivateError::Failed));
         }
     };
-    if !node.trust.verify_record(id, &owner) {
-        warn!(owner = %owner, "the store's record of this registration is not sealed by the cluster: not asking it");
-        return ("failed", Err(ActivateError::Failed));
-    }
+    let owner = match check_owner(node, id, owner) {
+        Owner::Other(owner) => owner,
+        Owner::Used | Owner::Ours => return not_found,
+        Owner::Unsealed => return ("failed", Err(ActivateError::Failed)),
+    };
     let Some(dialer) = &node.dialer else {
         return not_found;
     };

@@ -25,13 +25,13 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, warn};
 
 use crate::claim::Claim;
-use crate::conn::early::Held;
-use crate::conn::locate::REUSED;
-use crate::conn::record::StoreRecord;
-use crate::conn::request::Request;
 use crate::limits::{IpGuard, Slot};
 use crate::metrics::{AUTH_FAILURES, CONNECTIONS_REFUSED};
 use crate::node::{Node, SHUTTING_DOWN};
+use crate::pairing::early::Held;
+use crate::pairing::locate::REUSED;
+use crate::pairing::record::StoreRecord;
+use crate::pairing::request::Request;
 use crate::pending::{InsertError, Ticket};
 use crate::protocol::Protocol;
 use crate::session;

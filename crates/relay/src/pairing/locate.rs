@@ -39,6 +39,38 @@ pub(crate) enum Located {
     Refused(Condition, &'static str),
 }
 
+/// A registration's owner as the store recorded it, checked in the one
+/// order every caller needs: a claim's Bridge here, and an activation
+/// asked of another node ([`crate::xep0065::component`]).
+pub(crate) enum Owner {
+    /// The registration's signed key has already paired.
+    Used,
+    /// The record is this node's own.
+    Ours,
+    /// Another node holds it, and the record is sealed by the cluster.
+    Other(NodeInfo),
+    /// The record is not sealed by the cluster (logged here).
+    Unsealed,
+}
+
+/// Checks the store's record `owner` of `id`: used, this node's, or another
+/// node's, and then only if the cluster sealed it.
+pub(crate) fn check_owner(node: &Node, id: &RegistrationId, owner: NodeInfo) -> Owner {
+    if owner.is_used() {
+        return Owner::Used;
+    }
+    if owner.id == node.info.id {
+        return Owner::Ours;
+    }
+    // Whoever can write the store must not be able to redirect a claim or
+    // an activation.
+    if !node.trust.verify_record(id, &owner) {
+        warn!(registration = %id, owner = %owner, "the store's record of this registration is not sealed by the cluster: not dialing it");
+        return Owner::Unsealed;
+    }
+    Owner::Other(owner)
+}
+
 /// Locates `id` for a claimant at `client` (the owner logs it) and, when
 /// another node holds it, has that node claim it through a Bridge.
 /// `announced`: the owner another node announced, if one did, which spares
@@ -75,19 +107,18 @@ pub(crate) async fn locate(
             }
         },
     };
-    if owner.is_used() {
-        counter!(AUTH_FAILURES, "reason" => "reused").increment(1);
-        return Located::Refused(Condition::Forbidden, REUSED);
-    }
-    if owner.id == node.info.id {
-        return Located::Ours;
-    }
-    // Whoever can write the store must not be able to redirect a claim.
-    if !node.trust.verify_record(id, &owner) {
-        warn!(registration = %id, owner = %owner, "the store's record of this registration is not sealed by the cluster: not dialing it");
-        let text = "the session's record in the rendezvous store does not verify";
-        return Located::Refused(Condition::Unavailable, text);
-    }
+    let owner = match check_owner(node, id, owner) {
+        Owner::Other(owner) => owner,
+        Owner::Used => {
+            counter!(AUTH_FAILURES, "reason" => "reused").increment(1);
+            return Located::Refused(Condition::Forbidden, REUSED);
+        }
+        Owner::Ours => return Located::Ours,
+        Owner::Unsealed => {
+            let text = "the session's record in the rendezvous store does not verify";
+            return Located::Refused(Condition::Unavailable, text);
+        }
+    };
     // The claimant's address takes part in one more session (the
     // registering client's is counted by the owner node).
     let Some(share) = node.per_address.session(client.ip(), None) else {

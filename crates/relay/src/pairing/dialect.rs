@@ -24,12 +24,12 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::claim::Claim;
-use crate::conn::early::{self, Held, poll_hung_up};
-use crate::conn::record::StoreRecord;
-use crate::conn::request::SOCKS5_WAITER;
 use crate::limits::IpGuard;
 use crate::metrics::COMMANDS;
 use crate::node::Node;
+use crate::pairing::early::{self, Held, poll_hung_up};
+use crate::pairing::record::StoreRecord;
+use crate::pairing::request::SOCKS5_WAITER;
 use crate::protocol::Protocol;
 use crate::reply::{Socks5Refusal, refuse_dtcp, refuse_socks5};
 use crate::session;

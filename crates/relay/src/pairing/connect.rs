@@ -17,12 +17,12 @@ use tokio::time::{sleep, sleep_until};
 use tracing::Instrument;
 
 use crate::claim::{Claim, LocalClaim};
-use crate::conn::early::{self, poll_hung_up};
-use crate::conn::locate::{Located, locate};
-use crate::conn::request::Request;
 use crate::limits::Slot;
 use crate::metrics::{COMMANDS, CONNECTIONS_REFUSED};
 use crate::node::{Node, SHUTTING_DOWN};
+use crate::pairing::early::{self, poll_hung_up};
+use crate::pairing::locate::{Located, locate};
+use crate::pairing::request::Request;
 use crate::protocol::Protocol;
 use crate::reply::refuse_dtcp;
 use crate::session;
