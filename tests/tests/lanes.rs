@@ -9,6 +9,7 @@
 //! the network would capture.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ struct Proxy {
     /// What each connection carried toward the owner, in accept order.
     captured: Arc<Mutex<Vec<Kept>>>,
     accepting: JoinHandle<()>,
+    /// New connections are taken and their bytes swallowed, never passed on.
+    swallow: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -40,8 +43,23 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let captured = Arc::new(Mutex::new(Vec::new()));
         let all = captured.clone();
+        let swallow = Arc::new(AtomicBool::new(false));
+        let swallowing = swallow.clone();
         let accepting = tokio::spawn(async move {
-            while let Ok((down, _)) = listener.accept().await {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if swallowing.load(Ordering::Relaxed) {
+                    tokio::spawn(async move {
+                        let mut sink = vec![0u8; 64 * 1024];
+                        while let Ok(n) = down.read(&mut sink).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                        // Held open, never answered, until the test ends.
+                        std::future::pending::<()>().await;
+                    });
+                    continue;
+                }
                 let Ok(up) = TcpStream::connect(upstream).await else {
                     continue;
                 };
@@ -76,7 +94,14 @@ impl Proxy {
             addr,
             captured,
             accepting,
+            swallow,
         }
+    }
+
+    /// Takes new connections and swallows what they send, a middlebox
+    /// that black-holes them: those open go on.
+    fn swallow_new(&self) {
+        self.swallow.store(true, Ordering::Relaxed);
     }
 
     /// Stops taking connections: new ones are refused, those open go on.
@@ -235,6 +260,35 @@ async fn a_lane_that_cannot_be_dialed_leaves_the_session_on_the_bridge() {
         2.0,
     )
     .await;
+}
+
+/// A lane the network swallows: dialed, written, never attached. The owner
+/// gives it up after its wait and cuts the session, so that both clients
+/// see a reset within seconds, never a hang with bytes going nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_that_never_attaches_is_cut_not_left_hanging() {
+    let redis = RedisServer::start();
+    let (a, b, proxy, _) = behind_proxy(&redis, &[]).await;
+    // The plane's HTTP/2 connection goes through the proxy first.
+    let (i, tg) = pair(a.addr, b.addr, &triple("swallowed-1")).await;
+    exchange(i, tg, 4096, 41).await;
+    proxy.swallow_new();
+    let (mut i, mut tg) = pair(a.addr, b.addr, &triple("swallowed-2")).await;
+    i.write_all(b"into the void").await.unwrap();
+    tg.write_all(b"and back").await.unwrap();
+    for (peer, side) in [(&mut i, "initiator"), (&mut tg, "target")] {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), peer.read_to_end(&mut got)).await;
+        match read {
+            Err(_) => panic!("the {side} was left hanging"),
+            Ok(Ok(_)) => panic!(
+                "the {side} saw a FIN after {} bytes, not a reset",
+                got.len()
+            ),
+            Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{side}"),
+        }
+    }
+    a.wait_for("dtcp_lane_waits_expired_total", 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

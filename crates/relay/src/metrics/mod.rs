@@ -150,6 +150,10 @@ fn describe() {
     );
     describe_gauge!(LANES_ACTIVE, "Lanes open now, by role.");
     describe_counter!(
+        LANE_WAITS_EXPIRED,
+        "Lanes this node offered that did not attach within its wait; their sessions were cut."
+    );
+    describe_counter!(
         LANE_DIALS,
         "Lanes offered by an owner that this node dialed, by outcome (ok, or why the Bridge carried the session)."
     );
@@ -288,6 +292,7 @@ fn init_series() {
     for role in ["client", "server"] {
         gauge!(LANES_ACTIVE, "role" => role).set(0.0);
     }
+    counter!(LANE_WAITS_EXPIRED).absolute(0);
     for outcome in LANE_DIAL_OUTCOMES {
         counter!(LANE_DIALS, "outcome" => outcome).absolute(0);
     }

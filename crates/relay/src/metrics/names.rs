@@ -88,6 +88,10 @@ pub const FORWARDED_VIAS: [&str; 2] = ["lane", "bridge"];
 /// Lanes open now, by `role` (`client`: this node dialed it and holds the
 /// Target; `server`: it holds the Initiator).
 pub const LANES_ACTIVE: &str = "dtcp_lanes_active";
+/// Lanes this node offered that did not attach within the owner's wait:
+/// dialed, but swallowed on the way (or the dialing node stalled). Each
+/// such session is cut, both clients reset.
+pub const LANE_WAITS_EXPIRED: &str = "dtcp_lane_waits_expired_total";
 /// Lanes this node dialed, by `outcome`: `ok`, or why the session fell
 /// back to its Bridge (see [`LANE_DIAL_OUTCOMES`]).
 pub const LANE_DIALS: &str = "dtcp_lane_dials_total";

@@ -22,7 +22,9 @@ use tokio::time::Instant;
 
 use crate::claim::RemoteClaim;
 use crate::limits::Slot;
-use crate::metrics::{BRIDGE_ERRORS, BRIDGE_STREAMS, FORWARDED_SESSIONS, LANE_DIALS};
+use crate::metrics::{
+    BRIDGE_ERRORS, BRIDGE_STREAMS, FORWARDED_SESSIONS, LANE_DIALS, LANE_WAITS_EXPIRED,
+};
 use crate::node::Node;
 use crate::outcome::Outcome;
 use crate::protocol::Protocol;
@@ -192,6 +194,28 @@ pub(crate) async fn run_owner_side(
                 .await;
             }
             LaneWait::Bridge => {}
+            LaneWait::Late => {
+                counter!(LANE_WAITS_EXPIRED).increment(1);
+                let text = "the lane offered for the session did not attach";
+                debug!(registration = %id, "{text}");
+                // The claimant resets its Target on this; the Initiator is
+                // reset when dropped here (zero linger).
+                outbound.try_send(Frame::error(Condition::Unavailable, text));
+                lane::end_bridge(outbound, *inbound).await;
+                let ended = Ended {
+                    side: Side::Owner,
+                    id,
+                    paired_at: Instant::now(),
+                    waited,
+                    moved: [0, 0],
+                    outcome: Outcome::BridgeBroken,
+                    detail: Some(text.to_owned()),
+                    clients: [Some(client), target.map(|t| t.ip())],
+                    via: Some("lane"),
+                };
+                finished(node.hot.forwarded(protocol), ended);
+                return;
+            }
             LaneWait::Broken => {
                 counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
                 debug!(registration = %id, "the claimant's node went before its lane came");

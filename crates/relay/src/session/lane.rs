@@ -37,9 +37,11 @@ use crate::session::report::{Ended, Side, finished};
 
 /// How long the owner waits, after its `paired`, for the lane it offered
 /// (the claimant dials it within `LANE_DIAL_TIMEOUT` of its `open`, or
-/// says on the Bridge that it could not). Past it, the Bridge carries the
-/// session's bytes: a claimant that sent nothing may be one that ignores
-/// lanes, with a Target that has not spoken yet.
+/// says on the Bridge that it could not). Only a claimant that asked for a
+/// lane is offered one, so past this wait its lane was dialed but lost on
+/// the way (a middlebox that swallows it) or its node stalled: its Target
+/// is already pumping into that lane, and the Bridge cannot take the
+/// session over. The session is cut.
 const LANE_WAIT: Duration = Duration::from_secs(3);
 /// How long a node whose lane was reset waits for the other node's reason
 /// on the Bridge (it sends it before it resets the lane).
@@ -73,6 +75,8 @@ pub(crate) enum LaneWait {
     Bridge,
     /// The claimant's node went (its Bridge ended) before any lane came.
     Broken,
+    /// No lane and no word within [`LANE_WAIT`]: the session is cut.
+    Late,
 }
 
 /// Owner side: waits for the lane `offer`ed, or for the claimant to use
@@ -95,7 +99,7 @@ pub(crate) async fn await_lane(offer: &mut Offer, inbound: &mut Inbound) -> Lane
             }
             Ok(None) | Err(_) => LaneWait::Broken,
         },
-        () = &mut deadline => LaneWait::Bridge,
+        () = &mut deadline => LaneWait::Late,
     }
 }
 
@@ -210,7 +214,7 @@ async fn join_lane(
 /// end, within [`CUT_FLUSH`]. A call dropped half-open would be reset, and
 /// HTTP/2 closes a connection that has reset 1,024 streams, failing every
 /// Bridge on it.
-async fn end_bridge(outbound: Outbound, mut inbound: Inbound) {
+pub(crate) async fn end_bridge(outbound: Outbound, mut inbound: Inbound) {
     drop(outbound);
     let rest = async { while let Ok(Some(_)) = inbound.next().await {} };
     let _ = tokio::time::timeout(CUT_FLUSH, rest).await;
