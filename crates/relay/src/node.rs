@@ -168,10 +168,10 @@ impl Node {
     ///   as a local session's two sockets do.
     pub(crate) fn gates(&self) -> Gates {
         let gate = |t: Box<Throttle>| -> Box<dyn dtcp_duplex::Gate> { t };
-        let node_only = Throttle::new(None, self.node_rate.clone(), self.hot.throttled.clone());
+        let [read, write] = self.lane_throttles();
         Gates {
-            read: self.throttle().map(gate),
-            write: node_only.map(gate),
+            read: read.map(gate),
+            write: write.map(gate),
         }
     }
 }

@@ -324,7 +324,7 @@ fn first_byte_now(tcp: &tokio::net::TcpStream) -> Option<u8> {
 /// most [`ATTACHING_MAX`] at once: past it, a lane is reset).
 async fn attach(tcp: tokio::net::TcpStream, lanes: Lanes, attaching: Arc<Semaphore>) {
     let Ok(_permit) = attaching.try_acquire() else {
-        counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+        counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "lanes_attaching")
             .increment(1);
         reset(tcp);
         return;

@@ -183,7 +183,7 @@ fn describe() {
     );
     describe_counter!(
         LISTENER_CONNECTIONS_CLOSED,
-        "Connections the node's own listeners closed, by listener and reason (max_connections: refused at the cap; evicted: the oldest on probation, to make room; probation: nothing useful in time)."
+        "Connections the node's own listeners closed, by listener and reason (max_connections: refused at the cap; evicted: the oldest on probation, to make room; probation: nothing useful in time; lanes_attaching: a lane past the 1,024 whose token is being read)."
     );
     describe_counter!(
         ACCEPT_FAILURES,

@@ -131,8 +131,10 @@ pub const LISTENER_CONNECTIONS_CLOSED: &str = "dtcp_listener_connections_closed_
 /// Every `reason` of [`LISTENER_CONNECTIONS_CLOSED`]: refused at the cap
 /// (every slot held by a connection that proved itself), evicted to make
 /// room (the oldest still on probation), or on probation too long (nothing
-/// useful: no authenticated call on the plane, no request on `metrics`).
-pub const LISTENER_CLOSE_REASONS: [&str; 3] = ["max_connections", "evicted", "probation"];
+/// useful: no authenticated call on the plane, no request on `metrics`), or,
+/// on the plane, a lane past the 1,024 whose token is being read.
+pub const LISTENER_CLOSE_REASONS: [&str; 4] =
+    ["max_connections", "evicted", "probation", "lanes_attaching"];
 /// Every `listener` of the node's own listeners' series.
 pub const LISTENERS: [&str; 2] = ["plane", "metrics"];
 /// Accepts that failed on the node's own listeners, by `listener`: out of
