@@ -34,7 +34,7 @@ pub use gate::{Gate, Gates};
 pub use linger::{LINGER, LINGER_BYTES, REPLY_WRITE_TIMEOUT, write_and_linger};
 pub use pool::{BUF_SIZE, Buf};
 pub use pump::Duplex;
-pub use socket::{pass_fin, reset_on_close, write_all};
+pub use socket::{pass_fin, peek_now, reset_on_close, write_all};
 
 /// Pause after an `accept` that failed for lack of descriptors (or for any
 /// reason not the one connection's), so that an accept loop does not spin

@@ -27,6 +27,18 @@ pub fn pass_fin(stream: &TcpStream) -> io::Result<()> {
     sock.shutdown(Shutdown::Write)
 }
 
+/// Peeks at `stream`'s next byte without waiting: `Pending` when nothing
+/// is there yet, `Ready(Ok(None))` at its EOF, `Ready(Ok(Some(byte)))`
+/// when a byte has come (left in the socket).
+pub fn peek_now(stream: &TcpStream) -> std::task::Poll<io::Result<Option<u8>>> {
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    stream
+        .poll_peek(&mut cx, &mut buf)
+        .map_ok(|n| (n == 1).then_some(byte[0]))
+}
+
 /// Writes all of `data` to a socket shared with a reader, waiting whenever
 /// its buffer is full.
 pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {

@@ -272,10 +272,7 @@ pub(crate) async fn dial(addr: String) -> Result<TcpStream, &'static str> {
 /// Whether a dialed lane is still open: the owner sends nothing on it, so
 /// anything to read (its end, a reset) says it is not.
 pub(crate) fn is_open(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    let mut buf = tokio::io::ReadBuf::new(&mut byte);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    stream.poll_peek(&mut cx, &mut buf).is_pending()
+    dtcp_duplex::peek_now(stream).is_pending()
 }
 
 /// The lanes an owner node expects: offered in `paired`, attached once by

@@ -6,6 +6,7 @@
 //! (`--plane-max-streams`), header size and resets.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use dtcp_forward::proto::Open;
@@ -213,7 +214,8 @@ fn incoming(
                 let (lanes, attaching) = (lanes.clone(), attaching.clone());
                 // A lane whose first byte is in already (a dialing node
                 // sends it as it connects) goes straight to its token.
-                if first_byte_now(&tcp).is_some_and(is_lane_start) {
+                let first = dtcp_duplex::peek_now(&tcp);
+                if matches!(first, Poll::Ready(Ok(Some(b))) if is_lane_start(b)) {
                     tokio::spawn(attach(tcp, lanes, attaching));
                     continue;
                 }
@@ -306,17 +308,6 @@ async fn sniff(
                 .increment(1);
             reset(tcp);
         }
-    }
-}
-
-/// The first byte a connection sent, if it is in already.
-fn first_byte_now(tcp: &tokio::net::TcpStream) -> Option<u8> {
-    let mut first = [0u8; 1];
-    let mut buf = tokio::io::ReadBuf::new(&mut first);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match tcp.poll_peek(&mut cx, &mut buf) {
-        std::task::Poll::Ready(Ok(1)) => Some(first[0]),
-        _ => None,
     }
 }
 
