@@ -208,15 +208,78 @@ fn unauthenticated(response: &http::Response<h2::RecvStream>) -> bool {
         .is_some_and(|s| s == "16")
 }
 
-/// Finding 1: one connection, many streams each sending all but one byte
-/// of a 3.9 MB message. Every call is refused at its headers (no
-/// authenticator), nothing of the bodies is kept, and the connection,
-/// which never made an authenticated call, is closed after its probation.
+/// Finding 1: many streams each sending all but one byte of a 3.9 MB
+/// message, on one connection from one address. Every call is refused at
+/// its headers (no authenticator), nothing of the bodies is kept, and the
+/// connection, which never made an authenticated call, is closed after its
+/// probation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_messages_pin_no_memory() {
+    half_sent_messages(1).await;
+}
+
+/// Finding 1 from a crowd: the same streams split across connections from
+/// [`CROWD`] addresses, each connection refused and closed as the one is.
+/// Each connection has a window of its own, so more of the crowd's bodies
+/// reach the node (to be dropped) than of the one connection's, and the
+/// node keeps more freed heap after it than [`RSS_SETTLED_MIB`]: +17 to
+/// +53 MiB over seven runs (+1 to +10 MiB with `MALLOC_TRIM_THRESHOLD_`
+/// at 128 KiB), where PERFORMANCE.md says about 32 MiB. Ignored until the
+/// node gives that back; its peak stays within [`RSS_BUDGET_MIB`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a node keeps up to +53 MiB of freed heap after it, over RSS_SETTLED_MIB; see docs/SECURITY.md"]
+async fn half_sent_messages_from_many_addresses_pin_no_memory() {
+    half_sent_messages(CROWD).await;
+}
+
+/// Attacking addresses of the plane attacks' crowd variants: fewer
+/// connections than the plane's cap (64), so that every one is held and
+/// each must be closed by its own probation.
+const CROWD: u32 = 20;
+
+/// One HTTP/2 connection from each of `sources` attackers (127.0.11.1
+/// upward), each with its driver in a task.
+async fn h2_connections(
+    sources: u32,
+    plane: SocketAddr,
+) -> (
+    Vec<h2::client::SendRequest<Bytes>>,
+    Vec<tokio::task::JoinHandle<Result<(), h2::Error>>>,
+) {
+    let mut clients = Vec::new();
+    let mut drivers = Vec::new();
+    for n in 0..sources {
+        let (client, driver) = h2_connection(attacker(1 + n), plane).await;
+        clients.push(client);
+        drivers.push(driver);
+    }
+    (clients, drivers)
+}
+
+/// Whether every connection's driver ended (the node closed it) before
+/// `started` + [`PROBATION_CLOSE`]; how many did.
+async fn closed_by_probation(
+    drivers: Vec<tokio::task::JoinHandle<Result<(), h2::Error>>>,
+    started: Instant,
+) -> usize {
+    let due = tokio::time::Instant::from_std(started + PROBATION_CLOSE);
+    let mut closed = 0;
+    for driver in drivers {
+        if tokio::time::timeout_at(due, driver).await.is_ok() {
+            closed += 1;
+        }
+    }
+    closed
+}
+
+/// 300 streams each sending all but one byte of a 3.9 MB message, from
+/// `sources` addresses with a connection each, the streams dealt out in
+/// turn.
+async fn half_sent_messages(sources: u32) {
     let _serial = crate::serial().await;
     const STREAMS: usize = 300;
     const MESSAGE: u32 = 3_900_000;
+    let what = format!("half-sent messages from {sources} address(es)");
     let Attack {
         cluster,
         prober,
@@ -225,7 +288,7 @@ async fn half_sent_messages_pin_no_memory() {
     } = Attack::begin().await;
     let plane = cluster.plane();
     let started = Instant::now();
-    let (mut client, connection) = h2_connection(attacker(1), plane).await;
+    let (mut clients, drivers) = h2_connections(sources, plane).await;
     // All but the last byte of the message; one buffer shared by every stream.
     let mut body = prefix(MESSAGE);
     body.resize(5 + MESSAGE as usize - 1, 0x55);
@@ -233,11 +296,12 @@ async fn half_sent_messages_pin_no_memory() {
     let mut responses = Vec::new();
     for n in 0..STREAMS {
         let path = [CHECK, BRIDGE, WATCH][n % 3];
-        let Ok(ready) = client.ready().await else {
+        let c = n % clients.len();
+        let Ok(ready) = clients[c].clone().ready().await else {
             break;
         };
-        client = ready;
-        let Ok((response, mut stream)) = client.send_request(grpc_request(plane, path), false)
+        clients[c] = ready;
+        let Ok((response, mut stream)) = clients[c].send_request(grpc_request(plane, path), false)
         else {
             break;
         };
@@ -258,31 +322,23 @@ async fn half_sent_messages_pin_no_memory() {
     // sampler watches the node's memory; nothing marks when they would
     // have been buffered.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let closed = tokio::time::timeout(
-        PROBATION_CLOSE.saturating_sub(started.elapsed()),
-        connection,
-    )
-    .await
-    .is_ok();
+    let closed = closed_by_probation(drivers, started).await;
     let peak = sampler.finish();
-    report_peak("half-sent messages", idle, peak);
-    eprintln!("half-sent messages: {sent} streams sent, {refused} refused, closed: {closed}");
+    report_peak(&what, idle, peak);
+    eprintln!("{what}: {sent} streams sent, {refused} refused, {closed} of {sources} closed");
     assert_eq!(sent, STREAMS, "every stream was opened");
     assert_eq!(refused, STREAMS, "every call refused at its headers");
-    assert!(
-        closed,
+    assert_eq!(
+        closed, sources as usize,
         "a connection with no authenticated call is closed after its probation"
     );
-    assert_within_budget("half-sent messages", &cluster.a, idle, peak).await;
+    assert_within_budget(&what, &cluster.a, idle, peak).await;
     let failures = cluster
         .a
         .metric("dtcp_auth_failures_total{reason=\"plane_mac\"}")
         .await;
     assert!(failures >= STREAMS as f64, "refusals counted: {failures}");
-    prober
-        .finish()
-        .await
-        .assert_all_ok("the half-sent messages");
+    prober.finish().await.assert_all_ok(&what);
 }
 
 /// Finding 1: many unauthenticated health `Watch` and `Check` streams on
@@ -290,10 +346,24 @@ async fn half_sent_messages_pin_no_memory() {
 /// connection is closed after its probation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_health_streams_are_refused() {
+    health_streams(1).await;
+}
+
+/// Finding 1 from a crowd: the same flood of health streams dealt out
+/// across connections from [`CROWD`] addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_health_streams_from_many_addresses_are_refused() {
+    health_streams(CROWD).await;
+}
+
+/// Up to 20,000 health streams within 4 s, from `sources` addresses with a
+/// connection each, dealt out in turn.
+async fn health_streams(sources: u32) {
     let _serial = crate::serial().await;
     const STREAMS: usize = 20_000;
     /// How long the flood goes on at most (within the probation).
     const FLOOD: Duration = Duration::from_secs(4);
+    let what = format!("health streams from {sources} address(es)");
     let Attack {
         cluster,
         prober,
@@ -302,7 +372,7 @@ async fn unauthenticated_health_streams_are_refused() {
     } = Attack::begin().await;
     let plane = cluster.plane();
     let started = Instant::now();
-    let (mut client, connection) = h2_connection(attacker(2), plane).await;
+    let (mut clients, drivers) = h2_connections(sources, plane).await;
     // A whole request: HealthCheckRequest { service: "" } is empty.
     let message = Bytes::from(prefix(0));
     let (refused, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -310,11 +380,12 @@ async fn unauthenticated_health_streams_are_refused() {
     let mut checks = Vec::new();
     while sent < STREAMS && started.elapsed() < FLOOD {
         let path = if sent % 2 == 0 { WATCH } else { CHECK };
-        let Ok(ready) = client.ready().await else {
+        let c = sent % clients.len();
+        let Ok(ready) = clients[c].clone().ready().await else {
             break;
         };
-        client = ready;
-        let Ok((response, mut stream)) = client.send_request(grpc_request(plane, path), false)
+        clients[c] = ready;
+        let Ok((response, mut stream)) = clients[c].send_request(grpc_request(plane, path), false)
         else {
             break;
         };
@@ -340,31 +411,26 @@ async fn unauthenticated_health_streams_are_refused() {
         answered.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),
     );
-    let closed = tokio::time::timeout(
-        PROBATION_CLOSE.saturating_sub(started.elapsed()),
-        connection,
-    )
-    .await
-    .is_ok();
+    let closed = closed_by_probation(drivers, started).await;
     let peak = sampler.finish();
-    report_peak("health streams", idle, peak);
+    report_peak(&what, idle, peak);
     for check in checks {
         check.abort();
     }
     eprintln!(
-        "health streams: {sent} sent, {answered} answered, {refused} refused, closed: {closed}"
+        "{what}: {sent} sent, {answered} answered, {refused} refused, {closed} of {sources} closed"
     );
     assert!(sent >= 1_000, "the flood ran: {sent} streams");
     // Streams still queued when the connection's probation ran out are
     // cut with it, unanswered; every one answered was refused.
     assert!(answered >= 1_000, "answered: {answered} of {sent}");
     assert_eq!(refused, answered, "every health call refused");
-    assert!(
-        closed,
+    assert_eq!(
+        closed, sources as usize,
         "a connection with no authenticated call is closed after its probation"
     );
-    assert_within_budget("health streams", &cluster.a, idle, peak).await;
-    prober.finish().await.assert_all_ok("the health streams");
+    assert_within_budget(&what, &cluster.a, idle, peak).await;
+    prober.finish().await.assert_all_ok(&what);
 }
 
 /// A GET of `/metrics` from the legitimate scraper's address: whether it

@@ -230,6 +230,23 @@ async fn back_to_idle(relay: &Relay, idle: &Footprint, what: &str) {
 /// 10,000 slots, each held up to the 300 s pending TTL.
 #[tokio::test]
 async fn a_cluster_without_a_component_gives_socks5_nothing() {
+    cluster_without_a_component(1, 1).await;
+}
+
+/// Finding 4, first half, from a crowd: the same 2,000 SOCKS5 connections
+/// dealt out across [`CROWD`] addresses (127.0.13.100 upward) get nothing
+/// either.
+#[tokio::test]
+async fn a_cluster_without_a_component_gives_a_crowd_s_socks5_nothing() {
+    cluster_without_a_component(100, CROWD).await;
+}
+
+/// Attacking addresses of the SOCKS5 attacks' crowd variants.
+const CROWD: u32 = 40;
+
+/// 2,000 SOCKS5 connections to a signed-key cluster without a component,
+/// from `sources` addresses 127.0.13.`first` upward, in turn.
+async fn cluster_without_a_component(first: u32, sources: u32) {
     let _serial = crate::serial().await;
     const CONNECTIONS: usize = 2_000;
     dtcp_tests::relay::raise_fd_limit();
@@ -241,9 +258,9 @@ async fn a_cluster_without_a_component_gives_socks5_nothing() {
     let prober = SignedProber::start(a.addr, b.addr, probe_source(1));
 
     let gate = Arc::new(Semaphore::new(IN_FLIGHT));
-    let attacker = attack_source(1);
     let attacks = (0..CONNECTIONS).map(|n| {
         let gate = gate.clone();
+        let attacker = attack_source(first + n as u32 % sources);
         // Every hash twice, so that each would have paired.
         let hash = StreamHash::of(&format!("sid-{}", n / 2), "a@x/r", "b@y/r");
         let addr = [a.addr, b.addr][n % 2];
@@ -265,7 +282,9 @@ async fn a_cluster_without_a_component_gives_socks5_nothing() {
     }
     assert_eq!(held, 0, "SOCKS5 connections the cluster held");
     prober
-        .assert_all_ok("a SOCKS5 flood of a cluster without a component")
+        .assert_all_ok(&format!(
+            "a SOCKS5 flood of a cluster without a component from {sources} address(es)"
+        ))
         .await;
     for node in [&a, &b] {
         // The prober's last CREATE may be a moment from its end.
@@ -281,7 +300,7 @@ async fn a_cluster_without_a_component_gives_socks5_nothing() {
     for ((node, idle), peak) in [(&a, &idle[0]), (&b, &idle[1])].into_iter().zip(peaks) {
         let grown = peak.grown_mib(idle);
         eprintln!(
-            "socks5 refused: {CONNECTIONS} connections, peak +{grown} MiB RSS, {} fds (idle {})",
+            "socks5 refused: {CONNECTIONS} connections from {sources} address(es), peak +{grown} MiB RSS, {} fds (idle {})",
             peak.fds, idle.fds
         );
         assert!(grown <= RSS_BUDGET_MIB, "+{grown} MiB");
@@ -448,6 +467,20 @@ async fn one_address_s_socks5_pairs_are_capped_and_expire() {
 /// stays within budget, and its descriptors go back to idle.
 #[tokio::test]
 async fn a_lone_node_answers_socks5_as_dtcp() {
+    lone_node(4, 1).await;
+}
+
+/// Finding 4 on a lone node, from a crowd: the same 500 SOCKS5 connections
+/// dealt out across [`CROWD`] addresses (127.0.13.150 upward), each
+/// answered as DTCP.
+#[tokio::test]
+async fn a_lone_node_answers_a_crowd_s_socks5_as_dtcp() {
+    lone_node(150, CROWD).await;
+}
+
+/// 500 SOCKS5 connections to a lone node without a component, from
+/// `sources` addresses 127.0.13.`first` upward, in turn.
+async fn lone_node(first: u32, sources: u32) {
     let _serial = crate::serial().await;
     const CONNECTIONS: usize = 500;
     dtcp_tests::relay::raise_fd_limit();
@@ -456,9 +489,9 @@ async fn a_lone_node_answers_socks5_as_dtcp() {
     let sampler = Sampler::start(&relay);
     let prober = Prober::start(relay.addr, relay.addr, probe_source(4), PROBE_EVERY);
     let gate = Arc::new(Semaphore::new(IN_FLIGHT));
-    let attacker = attack_source(4);
     let attacks = (0..CONNECTIONS).map(|n| {
         let (gate, addr) = (gate.clone(), relay.addr);
+        let attacker = attack_source(first + n as u32 % sources);
         // Every hash twice, so that each would have paired.
         let hash = StreamHash::of(&format!("sid-lone-{}", n / 2), "a@x/r", "b@y/r");
         tokio::spawn(async move {
@@ -481,10 +514,9 @@ async fn a_lone_node_answers_socks5_as_dtcp() {
         }
     }
     let peak = sampler.finish();
-    prober
-        .finish()
-        .await
-        .assert_all_ok("a SOCKS5 flood of a lone node");
+    prober.finish().await.assert_all_ok(&format!(
+        "a SOCKS5 flood of a lone node from {sources} address(es)"
+    ));
     let socks5 = relay
         .scrape()
         .await
@@ -495,7 +527,7 @@ async fn a_lone_node_answers_socks5_as_dtcp() {
         .count();
     let grown = peak.grown_mib(&idle);
     eprintln!(
-        "socks5 on a lone node: {refused} of {CONNECTIONS} refused bad-request; peak +{grown} MiB RSS, {} fds (idle {})",
+        "socks5 on a lone node from {sources} address(es): {refused} of {CONNECTIONS} refused bad-request; peak +{grown} MiB RSS, {} fds (idle {})",
         peak.fds, idle.fds
     );
     assert_eq!(socks5, 0, "no connection counted as SOCKS5");

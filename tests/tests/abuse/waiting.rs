@@ -269,7 +269,25 @@ fn assert_peak(what: &str, relay: &Relay, idle: &Footprint, peak: &Footprint, at
 /// node is back at its idle footprint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_bytes_of_waiting_connects_stay_in_the_kernel() {
+    early_bytes_of_waiting_connects(1).await;
+}
+
+/// Finding 5, `CONNECT`s from a crowd: the same 2,000 waiting `CONNECT`s
+/// with early bytes, dealt out across [`CROWD`] addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_bytes_of_waiting_connects_from_many_addresses_stay_in_the_kernel() {
+    early_bytes_of_waiting_connects(CROWD).await;
+}
+
+/// Attacking addresses of the waiting attacks' crowd variants, each
+/// sending its turn of the one-address attack's load.
+const CROWD: u32 = 40;
+
+/// 2,000 `CONNECT`s for absent keys with 64 KiB of early bytes each, from
+/// `sources` addresses (127.0.14.120 upward) in turn.
+async fn early_bytes_of_waiting_connects(sources: u32) {
     let _serial = crate::serial().await;
+    let what = format!("waiting CONNECTs with early bytes from {sources} address(es)");
     /// The attacker's waiting CONNECTs.
     const WAITERS: usize = 2_000;
     /// Their connect grace: long enough for all of them to be waiting at once.
@@ -292,7 +310,7 @@ async fn early_bytes_of_waiting_connects_stay_in_the_kernel() {
     for n in 0..WAITERS {
         let name = format!("absent-early-{n}");
         let early = early.clone();
-        let src = attack_src(120);
+        let src = attack_src(120 + n as u32 % sources);
         held.push(
             hold(
                 relay.addr,
@@ -320,17 +338,11 @@ async fn early_bytes_of_waiting_connects_stay_in_the_kernel() {
     .await;
     let peak = sampler.finish();
     eprintln!(
-        "waiting CONNECTs: {} MiB / {} fds once all were waiting",
+        "{what}: {} MiB / {} fds once all were waiting",
         waiting.rss >> 20,
         waiting.fds
     );
-    assert_peak(
-        "waiting CONNECTs with early bytes",
-        &relay,
-        &idle,
-        &peak,
-        WAITERS,
-    );
+    assert_peak(&what, &relay, &idle, &peak, WAITERS);
     let not_found = relay
         .metric(r#"dtcp_commands_total{verb="connect",outcome="not-found"}"#)
         .await;
@@ -344,14 +356,11 @@ async fn early_bytes_of_waiting_connects_stay_in_the_kernel() {
     }
     let settled = settle(&relay, &idle).await;
     eprintln!(
-        "waiting CONNECTs: after {} MiB / {} fds",
+        "{what}: after {} MiB / {} fds",
         settled.rss >> 20,
         settled.fds
     );
-    prober
-        .finish()
-        .await
-        .assert_all_ok("the waiting CONNECTs with early bytes");
+    prober.finish().await.assert_all_ok(&what);
 }
 
 /// Finding 5, a crowd: a hundred addresses each fill their share of pending
@@ -728,6 +737,19 @@ fn redis_calls(info: &str) -> u64 {
 /// probes throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_connects_cost_few_redis_commands() {
+    waiting_connects_cost(1).await;
+}
+
+/// The same waiting `CONNECT`s dealt out across [`CROWD`] addresses: a
+/// crowd's waiters cost no more Redis commands each than one address's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_connects_from_many_addresses_cost_few_redis_commands() {
+    waiting_connects_cost(CROWD).await;
+}
+
+/// 300 `CONNECT`s for absent keys from `sources` addresses (127.0.14.300
+/// upward) in turn, and the Redis commands they cost.
+async fn waiting_connects_cost(sources: u32) {
     let _serial = crate::serial().await;
     /// Waiting CONNECTs from the one address.
     const WAITERS: usize = 300;
@@ -758,7 +780,8 @@ async fn waiting_connects_cost_few_redis_commands() {
     redis.cli(&["CONFIG", "RESETSTAT"]);
     let mut waiters = Vec::new();
     for n in 0..WAITERS {
-        let mut s = connect_from(attack_src(300), b.addr).await.unwrap();
+        let src = attack_src(300 + n as u32 % sources);
+        let mut s = connect_from(src, b.addr).await.unwrap();
         let t = triple(&format!("absent-{n}"));
         s.write_all(&command(Verb::Connect, &t)).await.unwrap();
         waiters.push(s);
@@ -777,7 +800,7 @@ async fn waiting_connects_cost_few_redis_commands() {
     // counted against the attack, which errs on the strict side.
     let per_waiter_per_sec = calls as f64 / WAITERS as f64 / GRACE;
     eprintln!(
-        "{calls} Redis commands for {WAITERS} CONNECTs waiting {GRACE} s each \
+        "from {sources} address(es): {calls} Redis commands for {WAITERS} CONNECTs waiting {GRACE} s each \
          ({per_waiter_per_sec:.2} per waiting CONNECT per second; background {background} per {GRACE} s)"
     );
     assert!(
@@ -786,14 +809,13 @@ async fn waiting_connects_cost_few_redis_commands() {
     );
     let settled = settle(&b, &idle).await;
     eprintln!(
-        "waiting CONNECTs for absent keys: after {} MiB / {} fds",
+        "waiting CONNECTs for absent keys from {sources} address(es): after {} MiB / {} fds",
         settled.rss >> 20,
         settled.fds
     );
-    prober
-        .finish()
-        .await
-        .assert_all_ok("the waiting-CONNECT flood");
+    prober.finish().await.assert_all_ok(&format!(
+        "the waiting-CONNECT flood from {sources} address(es)"
+    ));
 }
 
 /// Panics unless the node where `waiters` CONNECTs waited for absent keys
