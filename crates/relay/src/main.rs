@@ -27,6 +27,7 @@ async fn run() -> anyhow::Result<()> {
     // Before anything is bound: a signal that arrives as soon as the node
     // says it listens must start a drain, not kill the process.
     let shutdown = shutdown_signal().context("installing signal handlers")?;
+    tokio::spawn(trim_heap_now_and_then());
     let relay = Relay::bind(config, metrics).await?;
     relay.run(shutdown).await?;
     Ok(())
@@ -57,6 +58,31 @@ fn tune_malloc() {
             if !set("MALLOC_TRIM_THRESHOLD_") {
                 libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
             }
+        }
+    }
+}
+
+/// How often freed heap is handed back to the kernel (see [`tune_malloc`]).
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Hands the heap's free memory back to the kernel every [`TRIM_EVERY`].
+///
+/// The trim threshold [`tune_malloc`] sets holds for each of glibc's
+/// arenas (about one per thread that allocates), so after a burst a node
+/// kept 32 MiB of freed heap several times over: up to +53 MiB after a
+/// crowd's half-sent plane messages. A trim every few seconds gives that
+/// back and, at full speed, costs one refill of the buffers per interval
+/// rather than one per use.
+async fn trim_heap_now_and_then() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut every = tokio::time::interval(TRIM_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            // Off the runtime's threads: a trim takes every arena's lock.
+            // SAFETY: malloc_trim only returns free memory to the kernel.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
         }
     }
 }

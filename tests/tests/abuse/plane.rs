@@ -227,7 +227,6 @@ async fn half_sent_messages_pin_no_memory() {
 /// at 128 KiB), where PERFORMANCE.md says about 32 MiB. Ignored until the
 /// node gives that back; its peak stays within [`RSS_BUDGET_MIB`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a node keeps up to +53 MiB of freed heap after it, over RSS_SETTLED_MIB; see docs/SECURITY.md"]
 async fn half_sent_messages_from_many_addresses_pin_no_memory() {
     half_sent_messages(CROWD).await;
 }
