@@ -229,10 +229,16 @@ async fn open(relay: &Relay) -> f64 {
     relay.metric("dtcp_connections_open").await
 }
 
-/// Panics unless `peak` is within the early-bytes budget and the node's
-/// descriptors stayed below its open-file limit, with at most one per
-/// attacking connection (`attack`) above `idle`; says what it saw.
-fn assert_peak(what: &str, relay: &Relay, idle: &Footprint, peak: &Footprint, attack: usize) {
+/// Panics unless `peak` grew at most `budget_mib` over `idle` and the
+/// node's descriptors stayed below its open-file limit, with at most one
+/// per attacking connection (`attack`) above `idle`; says what it saw.
+fn assert_peak(
+    what: &str,
+    relay: &Relay,
+    (idle, peak): (&Footprint, &Footprint),
+    attack: usize,
+    budget_mib: u64,
+) {
     let limit = open_files_limit(relay.pid());
     eprintln!(
         "{what}: idle {} MiB / {} fds; peak {} MiB (+{} MiB) / {} fds (open-file limit {limit})",
@@ -243,8 +249,8 @@ fn assert_peak(what: &str, relay: &Relay, idle: &Footprint, peak: &Footprint, at
         peak.fds
     );
     assert!(
-        peak.grown_mib(idle) <= EARLY_FLOOD_BUDGET_MIB,
-        "{what}: RSS grew {} MiB (budget {EARLY_FLOOD_BUDGET_MIB} MiB)",
+        peak.grown_mib(idle) <= budget_mib,
+        "{what}: RSS grew {} MiB (budget {budget_mib} MiB)",
         peak.grown_mib(idle)
     );
     assert!(
@@ -342,7 +348,13 @@ async fn early_bytes_of_waiting_connects(sources: u32) {
         waiting.rss >> 20,
         waiting.fds
     );
-    assert_peak(&what, &relay, &idle, &peak, WAITERS);
+    assert_peak(
+        &what,
+        &relay,
+        (&idle, &peak),
+        WAITERS,
+        EARLY_FLOOD_BUDGET_MIB,
+    );
     let not_found = relay
         .metric(r#"dtcp_commands_total{verb="connect",outcome="not-found"}"#)
         .await;
@@ -428,9 +440,9 @@ async fn early_bytes_of_a_hundred_addresses_stay_in_the_kernel() {
     assert_peak(
         "a hundred addresses' pending CREATEs",
         &relay,
-        &idle,
-        &peak,
+        (&idle, &peak),
         CREATES,
+        EARLY_FLOOD_BUDGET_MIB,
     );
 
     stop.cancel();
@@ -795,7 +807,13 @@ async fn waiting_connects_cost(sources: u32) {
     }
     let calls = redis_calls(&redis.cli(&["INFO", "commandstats"]));
     let peak = sampler.finish();
-    assert_waiting_peak(&idle, &peak, WAITERS);
+    assert_peak(
+        "waiting CONNECTs for absent keys",
+        &b,
+        (&idle, &peak),
+        WAITERS,
+        WAITING_BUDGET_MIB,
+    );
     // The probes' own commands and the background are in `calls` too:
     // counted against the attack, which errs on the strict side.
     let per_waiter_per_sec = calls as f64 / WAITERS as f64 / GRACE;
@@ -816,29 +834,4 @@ async fn waiting_connects_cost(sources: u32) {
     prober.finish().await.assert_all_ok(&format!(
         "the waiting-CONNECT flood from {sources} address(es)"
     ));
-}
-
-/// Panics unless the node where `waiters` CONNECTs waited for absent keys
-/// grew by less than [`WAITING_BUDGET_MIB`] and held one descriptor each
-/// at most; says what it saw.
-fn assert_waiting_peak(idle: &Footprint, peak: &Footprint, waiters: usize) {
-    eprintln!(
-        "waiting CONNECTs for absent keys: idle {} MiB / {} fds; peak {} MiB (+{} MiB) / {} fds",
-        idle.rss >> 20,
-        idle.fds,
-        peak.rss >> 20,
-        peak.grown_mib(idle),
-        peak.fds
-    );
-    assert!(
-        peak.grown_mib(idle) <= WAITING_BUDGET_MIB,
-        "RSS grew {} MiB with {waiters} waiting CONNECTs (budget {WAITING_BUDGET_MIB} MiB)",
-        peak.grown_mib(idle)
-    );
-    assert!(
-        peak.fds <= idle.fds + waiters + FD_SLACK,
-        "{} descriptors for {waiters} waiting CONNECTs ({} idle)",
-        peak.fds,
-        idle.fds
-    );
 }
