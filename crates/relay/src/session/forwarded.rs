@@ -267,17 +267,9 @@ fn outcome_of(end: &End, role: &'static str) -> (Outcome, Option<String>) {
         End::Reset => (Outcome::Reset, None),
         End::IdleTimeout => (Outcome::IdleTimeout, None),
         End::Stopped => (Outcome::Drained, None),
-        // The other node cut it: the same cut, seen from here.
-        End::CutByPeer(condition) => {
-            let outcome = if condition == Condition::ShuttingDown.as_str() {
-                Outcome::Drained
-            } else if condition == Condition::Timeout.as_str() {
-                Outcome::IdleTimeout
-            } else {
-                Outcome::BridgeBroken
-            };
-            (outcome, Some(format!("cut by the other node: {condition}")))
-        }
+        // The other node cut it: the same cut, seen from here (a `reset`
+        // from it never gets here: `join` ends with `End::Reset`).
+        End::CutByPeer(condition) => lane::cut_by_peer(condition),
         End::Broken(why) => {
             counter!(BRIDGE_ERRORS, "role" => role, "reason" => "broken").increment(1);
             (Outcome::BridgeBroken, Some(why.clone()))

@@ -237,8 +237,9 @@ pub(crate) async fn answer_target(
     }
 }
 
-/// The outcome of a session the other node cut for `condition`.
-fn cut_by_peer(condition: &str) -> (Outcome, Option<String>) {
+/// The outcome of a session the other node cut for `condition`, on a lane
+/// or on the Bridge.
+pub(crate) fn cut_by_peer(condition: &str) -> (Outcome, Option<String>) {
     let outcome = if condition == RESET {
         Outcome::Reset
     } else if condition == Condition::ShuttingDown.as_str() {
