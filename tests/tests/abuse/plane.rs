@@ -604,17 +604,7 @@ async fn out_of_descriptors_the_accept_loops_back_off() {
     let plane = a.forward.expect("a cluster node serves the plane");
     let idle_fds = dtcp_tests::open_fds(a.pid());
 
-    let mut held = Vec::new();
-    for n in 0..FLOOD {
-        if let Ok(Ok(s)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            connect_from(attacker(1 + n as u32 % 20), plane),
-        )
-        .await
-        {
-            held.push(s);
-        }
-    }
+    let held = flood_plane(plane, FLOOD).await;
     // Every descriptor was taken: the node says so itself, since counting
     // its descriptors races the plane closing the flood's silent
     // connections on a slow machine (the rest wait in the listen backlog).
@@ -698,17 +688,7 @@ async fn with_the_default_plane_cap_descriptors_never_run_out() {
     let idle = idle(&a).await;
     let sampler = Sampler::start(&a);
 
-    let mut held = Vec::new();
-    for n in 0..FLOOD {
-        if let Ok(Ok(s)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            connect_from(attacker(1 + n as u32 % 20), plane),
-        )
-        .await
-        {
-            held.push(s);
-        }
-    }
+    let held = flood_plane(plane, FLOOD).await;
     // A sleep, not a poll: the flood is held while the probes pair and
     // the gate evicts, with nothing to wait for.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -764,4 +744,21 @@ fn ran_out_of_descriptors(line: &serde_json::Value) -> bool {
     field("message").starts_with("accept failed")
         && field("listener") == "plane"
         && field("error").contains("os error 24")
+}
+
+/// `count` connections to `plane` from 20 attacking addresses, each given
+/// a second to connect: those the node took, held open.
+async fn flood_plane(plane: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for n in 0..count {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            connect_from(attacker(1 + n as u32 % 20), plane),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    held
 }
