@@ -803,6 +803,32 @@ async fn pairs_both_ways(x: &Relay, y: &Relay, label: &str) {
     }
 }
 
+/// Bridges `node` paired as `role` (`client`: it opened them; `server`: it
+/// was claimed) whose peer's first frame named cluster format `format`.
+async fn bridge_formats(node: &Relay, role: &str, format: &str) -> f64 {
+    node.metric(&format!(
+        "dtcp_bridge_formats_total{{role=\"{role}\",format=\"{format}\"}}"
+    ))
+    .await
+}
+
+/// That `node`'s Bridges, `per_role` opened and as many claimed, all spoke
+/// `format`: each `open` asked it, each `paired` answered it, and no frame
+/// named another.
+async fn bridges_spoke(node: &Relay, format: &str, per_role: f64) {
+    for role in ["client", "server"] {
+        for named in ["0", "1", "2", "other"] {
+            let want = if named == format { per_role } else { 0.0 };
+            let seen = bridge_formats(node, role, named).await;
+            assert_eq!(
+                seen, want,
+                "{} as {role}: bridges naming format {named}",
+                node.node_id
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_of_the_legacy_format_and_the_new_pair_both_ways() {
     let redis = RedisServer::start();
@@ -824,6 +850,11 @@ async fn nodes_of_the_legacy_format_and_the_new_pair_both_ways() {
     .await;
     let alone = format_in_use(&new, 2);
     pairs_both_ways(&new, &old, "mixed").await;
+    // The Bridges both ways spoke format 1: the old node's `open` says 1,
+    // and the new node, which the heartbeats tell that the old one lists no
+    // format, asks 1 of it; each owner answers what it was asked.
+    bridges_spoke(&new, "1", 20.0).await;
+    bridges_spoke(&old, "1", 20.0).await;
     let published = command_calls(&redis).get("publish").copied().unwrap_or(0);
     assert!(
         published > 0,
@@ -870,9 +901,25 @@ async fn nodes_of_the_legacy_format_and_the_new_pair_both_ways() {
         }
     })
     .await;
+    // The new node has read the other's heartbeat (and its formats).
+    new.wait_for("dtcp_nodes_alive", 2.0).await;
     let before = publishes();
+    let on_1 = [
+        bridge_formats(&new, "client", "1").await,
+        bridge_formats(&new, "server", "1").await,
+    ];
     pairs_both_ways(&new, &other, "new").await;
     let after = publishes();
+    // Two nodes of format 2: their Bridges both ways speak 2.
+    bridges_spoke(&other, "2", 20.0).await;
+    for (n, role) in ["client", "server"].into_iter().enumerate() {
+        assert_eq!(bridge_formats(&new, role, "2").await, 20.0, "new as {role}");
+        assert_eq!(
+            bridge_formats(&new, role, "1").await,
+            on_1[n],
+            "new as {role}"
+        );
+    }
     // Only the CONNECTs that came first are told, one message each.
     assert!(
         after - before <= 20,
