@@ -198,8 +198,9 @@ impl Dialer {
         let lane = self.wants_lane(addr);
         let dialing = (lane && at == LaneAt::Paired)
             .then(|| tokio::spawn(crate::lane::dial(addr.to_owned())));
-        let open = Frame::open(id, owner_node_id, target, lane, format);
-        let result = self.try_open(addr, id, owner_node_id, open).await;
+        let result = self
+            .try_open(addr, id, owner_node_id, target, lane, format)
+            .await;
         if let Err(BridgeError::Unreachable(_)) = &result {
             // Forget the channel: a node that is gone for good must not stay cached.
             self.channels.remove(addr);
@@ -239,12 +240,10 @@ impl Dialer {
         addr: &str,
         id: &[u8; 32],
         owner_node_id: &str,
-        open: Frame,
+        target: SocketAddr,
+        lane: bool,
+        format: u32,
     ) -> Result<(Halves, bytes::Bytes), BridgeError> {
-        let asked = match &open.kind {
-            Some(Kind::Open(o)) => crate::spoken_format(o.format),
-            _ => crate::UNNUMBERED_FORMAT,
-        };
         let channel = self.channel(addr)?;
         let to = CallTo {
             caller: &self.node_id,
@@ -252,6 +251,7 @@ impl Dialer {
             addr,
             registration: id,
         };
+        let open = Frame::open(id, owner_node_id, target, lane, format);
         let call = call::call(channel, &self.auth, to, open);
         let mut halves = tokio::time::timeout(OPEN_TIMEOUT, call)
             .await
@@ -263,7 +263,10 @@ impl Dialer {
             })??;
         match first {
             Some(Kind::Paired(paired)) => {
-                let answered = crate::spoken_format(paired.format);
+                let (asked, answered) = (
+                    crate::spoken_format(format),
+                    crate::spoken_format(paired.format),
+                );
                 if answered > asked {
                     return Err(BridgeError::Protocol(format!(
                         "the owner answered cluster format {answered}, newer than the {asked} asked"
