@@ -140,6 +140,10 @@ fn describe() {
     );
     describe_counter!(BRIDGE_ERRORS, "Bridges that failed, by role and reason.");
     describe_counter!(
+        BRIDGE_FORMATS,
+        "Bridges that paired, by role and the cluster format the peer's first frame named (0: none)."
+    );
+    describe_counter!(
         FORWARDED_SESSIONS,
         "Forwarded sessions started, by via (lane or bridge), counted by the owner node."
     );
@@ -284,6 +288,11 @@ fn init_series() {
         ("server", "stale_owner"),
     ] {
         counter!(BRIDGE_ERRORS, "role" => role, "reason" => reason).absolute(0);
+    }
+    for role in ["client", "server"] {
+        for format in BRIDGE_FORMAT_LABELS {
+            counter!(BRIDGE_FORMATS, "role" => role, "format" => format).absolute(0);
+        }
     }
     for via in FORWARDED_VIAS {
         counter!(FORWARDED_SESSIONS, "via" => via).absolute(0);

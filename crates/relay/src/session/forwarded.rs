@@ -149,6 +149,7 @@ pub(crate) async fn run_owner_side(
         mut inbound,
         client: target,
         lane_peer,
+        format,
     } = claim;
     // With debug logging, this connection's lines name the Target as its
     // node saw it, not the node: the Bridge carried its address (the
@@ -164,8 +165,8 @@ pub(crate) async fn run_owner_side(
         node.hot.create_ok.increment(1);
         offered = lane_peer.and_then(|peer| lane::offer(&node, &id, &peer));
         let paired = match &offered {
-            Some(o) => Frame::paired_with(o.offer.token.clone()),
-            None => Frame::paired(),
+            Some(o) => Frame::paired_with(o.offer.token.clone(), format),
+            None => Frame::paired(format),
         };
         if outbound.send(paired).await.is_err() {
             counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
