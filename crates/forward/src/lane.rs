@@ -250,10 +250,7 @@ impl crate::Halves {
 pub(crate) async fn dial(addr: String) -> Result<TcpStream, &'static str> {
     let connect = async {
         let stream = TcpStream::connect(addr.as_str()).await?;
-        stream.set_nodelay(true)?;
-        // From here on a lane that closes other than by a passed-on FIN
-        // (its process killed included) is reset, as a client socket is.
-        socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+        tune(&stream)?;
         // Its first bytes at once: the owner's port tells it from HTTP/2
         // by them, and holds silent connections on probation only.
         let mut head = LANE_MAGIC.to_vec();
@@ -267,6 +264,23 @@ pub(crate) async fn dial(addr: String) -> Result<TcpStream, &'static str> {
         Ok(Err(_)) => Err("error"),
         Err(_) => Err("timeout"),
     }
+}
+
+/// A lane's socket options, at both ends. From here on a lane that closes
+/// other than by a passed-on FIN (its process killed included) is reset,
+/// as a client socket is. Keepalive probes notice a node gone without a
+/// word (its machine lost) within seconds: no Bridge stays open beside the
+/// lane to notice it.
+fn tune(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let socket = socket2::SockRef::from(stream);
+    socket.set_linger(Some(Duration::ZERO))?;
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(crate::TCP_KEEPALIVE)
+            .with_interval(crate::KEEPALIVE_INTERVAL)
+            .with_retries(3),
+    )
 }
 
 /// Whether a dialed lane is still open: the owner sends nothing on it, so
@@ -382,9 +396,7 @@ impl Lanes {
     /// failure says why (to be counted), `None` for a connection that
     /// closed or stalled before its preamble was whole.
     pub async fn attach(&self, mut stream: TcpStream) -> Result<(), Option<AuthFailure>> {
-        socket2::SockRef::from(&stream)
-            .set_linger(Some(Duration::ZERO))
-            .map_err(|_| None)?;
+        tune(&stream).map_err(|_| None)?;
         let mut head = [0u8; HEAD];
         let mut token = [0u8; MAX_TOKEN];
         let read = async {

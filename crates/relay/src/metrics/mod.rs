@@ -153,6 +153,10 @@ fn describe() {
         "Bytes of forwarded sessions, both directions, by via, counted by each node as its side ends."
     );
     describe_gauge!(LANES_ACTIVE, "Lanes open now, by role.");
+    describe_gauge!(
+        LANE_BRIDGES_OPEN,
+        "Bridge calls still open beside a lane, by role (each closes once its lane has attached)."
+    );
     describe_counter!(
         LANE_WAITS_EXPIRED,
         "Lanes this node offered that did not attach within its wait; their sessions were cut."
@@ -300,6 +304,7 @@ fn init_series() {
     }
     for role in ["client", "server"] {
         gauge!(LANES_ACTIVE, "role" => role).set(0.0);
+        gauge!(LANE_BRIDGES_OPEN, "role" => role).set(0.0);
     }
     counter!(LANE_WAITS_EXPIRED).absolute(0);
     for outcome in LANE_DIAL_OUTCOMES {

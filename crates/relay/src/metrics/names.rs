@@ -107,6 +107,9 @@ pub const FORWARDED_VIAS: [&str; 2] = ["lane", "bridge"];
 /// Lanes open now, by `role` (`client`: this node dialed it and holds the
 /// Target; `server`: it holds the Initiator).
 pub const LANES_ACTIVE: &str = "dtcp_lanes_active";
+/// Gauge: Bridge calls still open beside a lane (between a lane's attach
+/// and the close of the call that paired it), by role.
+pub const LANE_BRIDGES_OPEN: &str = "dtcp_lane_bridges_open";
 /// Lanes this node offered that did not attach within the owner's wait:
 /// dialed, but swallowed on the way (or the dialing node stalled). Each
 /// such session is cut, both clients reset.

@@ -59,10 +59,12 @@ pub(crate) async fn run_claimant_side(
                 let Halves {
                     outbound, inbound, ..
                 } = *bridge;
-                let session = lane::run_claimant(
+                // Boxed, as each path below: the task's state is then the
+                // size of the path taken, not of the largest one.
+                let session = Box::pin(lane::run_claimant(
                     node, target, lane_slot, id, early, started, *lane, outbound, inbound, client,
                     protocol,
-                );
+                ));
                 // Released when the session ends.
                 let _slot = _slot;
                 return session.await;
@@ -91,7 +93,7 @@ pub(crate) async fn run_claimant_side(
     let streams = gauge!(BRIDGE_STREAMS, "role" => "client");
     streams.increment(1.0);
     let paired_at = Instant::now();
-    let report = join(
+    let report = Box::pin(join(
         &target,
         early.freeze(),
         bridge.outbound,
@@ -105,7 +107,7 @@ pub(crate) async fn run_claimant_side(
         // record, and two nodes timing the same silence would race.
         None,
         node.stop.cancelled(),
-    )
+    ))
     .await;
     streams.decrement(1.0);
     let (outcome, detail) = outcome_of(&report.end, "client");
@@ -178,7 +180,9 @@ pub(crate) async fn run_owner_side(
     if let Some(mut offered) = offered {
         match lane::await_lane(&mut offered.offer, &mut inbound).await {
             LaneWait::Lane(stream) => {
-                return lane::run_owner(
+                // Boxed, as the Bridge's path below: the task's state is
+                // then the size of the path taken, not of the largest one.
+                return Box::pin(lane::run_owner(
                     node,
                     initiator,
                     early,
@@ -191,7 +195,7 @@ pub(crate) async fn run_owner_side(
                     client,
                     target,
                     protocol,
-                )
+                ))
                 .await;
             }
             LaneWait::Bridge => {}
@@ -230,7 +234,7 @@ pub(crate) async fn run_owner_side(
     series.active.increment(1.0);
     streams.increment(1.0);
     let paired_at = Instant::now();
-    let report = join(
+    let report = Box::pin(join(
         &initiator,
         early.freeze(),
         outbound,
@@ -241,7 +245,7 @@ pub(crate) async fn run_owner_side(
         node.gates(),
         node.config.idle_timeout(),
         node.stop.cancelled(),
-    )
+    ))
     .await;
     streams.decrement(1.0);
     series.active.decrement(1.0);
