@@ -248,9 +248,13 @@ async fn a_lane_that_cannot_be_dialed_leaves_the_session_on_the_bridge() {
     // keeps its connection, a lane dial is refused.
     proxy.refuse_new();
     let (i, tg) = pair(a.addr, b.addr, &triple("fallback-2")).await;
-    exchange(i, tg, 4 << 20, 22).await;
+    // The claimant's word that it has no lane moves the session to the
+    // Bridge before either client sends a byte: an idle session is not cut
+    // at the end of the owner's wait for its lane.
     a.wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
         .await;
+    assert_eq!(a.metric("dtcp_lane_waits_expired_total").await, 0.0);
+    exchange(i, tg, 4 << 20, 22).await;
     assert_eq!(
         b.metric("dtcp_lane_dials_total{outcome=\"refused\"}").await,
         1.0

@@ -268,6 +268,14 @@ impl Inbound {
                         let header = self.head.len();
                         let n = n.and_then(|n| usize::try_from(n).ok());
                         match n {
+                            // An empty data frame is a message of its own
+                            // (a claimant's "no lane: the Bridge carries the
+                            // bytes"): passed on, not skipped as no bytes.
+                            Some(0) if header == len => {
+                                self.head.clear();
+                                self.state = State::Prefix;
+                                return Ok(Some(Kind::Data(Bytes::new())));
+                            }
                             Some(n) if header.checked_add(n) == Some(len) => {
                                 self.head.clear();
                                 self.state = State::Data { left: n };
@@ -418,6 +426,21 @@ mod tests {
             assert_eq!(control.len(), 2, "open and fin, split {split}");
             assert!(matches!(control[0], Kind::Open(_)));
             assert!(matches!(control[1], Kind::Fin(_)));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_data_frame_arrives_as_one() {
+        let bytes = wire(vec![Frame::data(Bytes::new()), Frame::fin()]);
+        for split in [1, 2, bytes.len()] {
+            let chunks = bytes.chunks(split).map(Bytes::copy_from_slice).collect();
+            let mut inbound = Inbound::new(body_of(chunks, None));
+            let first = inbound.next().await.unwrap();
+            assert!(
+                matches!(&first, Some(Kind::Data(d)) if d.is_empty()),
+                "split {split}: {first:?}"
+            );
+            assert!(matches!(inbound.next().await.unwrap(), Some(Kind::Fin(_))));
         }
     }
 
