@@ -362,8 +362,13 @@ async fn a_half_close_crosses_a_lane_each_way() {
     );
 }
 
+/// Under plane TLS a forwarded session crosses on a lane that is TLS too:
+/// its handshake agrees on the lane's own protocol (docs/PROTOCOL.md
+/// section 7.5), and its preamble and the session's bytes are inside it.
+/// Half-closes cross each way, and what a listener between the nodes
+/// captures holds neither the session's bytes nor a lane's preamble.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_plane_tls_no_byte_of_a_session_crosses_in_the_clear() {
+async fn under_plane_tls_a_session_crosses_on_a_tls_lane_and_no_byte_in_the_clear() {
     let dir = std::env::temp_dir().join(format!("dtcp-lanes-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
@@ -383,22 +388,52 @@ async fn under_plane_tls_no_byte_of_a_session_crosses_in_the_clear() {
     let (a, b, proxy, _) = behind_proxy(&redis, &tls).await;
     let marker = b"a session's plaintext, which only the clients may read";
     let (mut i, mut tg) = pair(a.addr, b.addr, &triple("tls")).await;
+    // The Target's half first: its FIN crosses, and the Initiator's bytes
+    // still flow the other way after it.
     tg.write_all(marker).await.unwrap();
     tg.shutdown().await.unwrap();
-    assert_eq!(read_all(&mut i).await, marker);
+    assert_eq!(read_all(&mut i).await, marker, "then a FIN");
+    i.write_all(marker).await.unwrap();
     i.write_all(marker).await.unwrap();
     i.shutdown().await.unwrap();
-    assert_eq!(read_all(&mut tg).await, marker);
-    a.wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
-        .await;
+    assert_eq!(read_all(&mut tg).await, [&marker[..], marker].concat());
+    a.wait_for(
+        "dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"closed\"}",
+        1.0,
+    )
+    .await;
+    b.wait_for(
+        "dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"closed\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        a.metric("dtcp_forwarded_sessions_total{via=\"lane\"}")
+            .await,
+        1.0,
+        "the session went on a lane"
+    );
+    assert_eq!(
+        a.metric("dtcp_forwarded_sessions_total{via=\"bridge\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(b.metric("dtcp_lane_dials_total{outcome=\"ok\"}").await, 1.0);
     let captured = proxy.captured();
-    assert!(!captured.is_empty(), "the nodes talked through the proxy");
+    assert!(
+        captured.len() >= 2,
+        "the plane's HTTP/2 connection and a lane crossed the proxy"
+    );
     for bytes in captured {
         assert!(
             !bytes.windows(marker.len()).any(|w| w == marker),
             "plaintext between the nodes"
         );
-        assert!(!bytes.starts_with(LANE_MAGIC), "a lane in the clear");
+        assert!(
+            !bytes.windows(LANE_MAGIC.len()).any(|w| w == LANE_MAGIC),
+            "a lane's preamble in the clear"
+        );
+        assert_eq!(bytes.first(), Some(&0x16), "every connection is TLS");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

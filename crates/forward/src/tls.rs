@@ -36,6 +36,12 @@ use crate::admission::{Admission, Probation};
 
 /// The protocol both sides must agree on: gRPC is HTTP/2.
 const ALPN_H2: &[u8] = b"h2";
+/// The protocol of a lane under plane TLS (docs/PROTOCOL.md section 7.5):
+/// how the owner's port tells a lane from HTTP/2 once the handshake is
+/// done. A lane's dialer offers it before `h2`, and a node's server prefers
+/// it, so a node that does not know it agrees on `h2` and the dialer, seeing
+/// that, closes and leaves the session on the Bridge.
+pub const ALPN_LANE: &[u8] = b"dtcp-lane/1";
 /// How long a TLS handshake may take, either side.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -92,6 +98,9 @@ pub enum TlsError {
 struct Current {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
+    /// The dialer's configuration for a lane: the same certificates,
+    /// offering the lane's protocol first.
+    lane_client: Arc<ClientConfig>,
     /// Without a CA: the shared certificate trusted now, kept one reload
     /// longer so that nodes that have not reloaded yet still verify.
     shared: Option<CertificateDer<'static>>,
@@ -184,6 +193,20 @@ impl PlaneTls {
         TlsConnector::from(self.lock().client.clone())
     }
 
+    /// Client side of a lane: a TLS handshake on `tcp`, a connection to a
+    /// node's forwarding port, with the certificates in force now (client
+    /// certificate and server name as the plane's own calls), offering the
+    /// lane's protocol ([`ALPN_LANE`]) before HTTP/2, within
+    /// [`HANDSHAKE_TIMEOUT`]. Which one the node agreed on is the caller's
+    /// to check.
+    pub async fn connect_lane(&self, tcp: TcpStream) -> io::Result<client::TlsStream<TcpStream>> {
+        let connector = TlsConnector::from(self.lock().lane_client.clone());
+        let handshake = connector.connect(self.server_name.clone(), tcp);
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+    }
+
     /// Server side: a TLS handshake on a connection a [`ConnectionGate`](crate::ConnectionGate)
     /// let in, with the configuration in force now, within
     /// [`HANDSHAKE_TIMEOUT`] (and the connection's probation).
@@ -238,6 +261,20 @@ impl PlaneIo {
         tune(tcp.get_ref());
         let admission = tcp.admission().clone();
         PlaneIo::Plain(tcp, admission)
+    }
+
+    /// A TLS connection whose handshake agreed on the lane's protocol
+    /// ([`ALPN_LANE`]): the lane, out of the plane's gate (a lane is not
+    /// the gate's to count or close: it is bounded by the sessions that
+    /// offered it). Any other connection is given back.
+    pub fn into_lane(self) -> Result<crate::LaneStream, PlaneIo> {
+        match self {
+            PlaneIo::Tls(mut tls, _) if tls.get_ref().1.alpn_protocol() == Some(ALPN_LANE) => {
+                tls.get_mut().0.leave();
+                Ok(crate::LaneStream::TlsServer(tls))
+            }
+            other => Err(other),
+        }
     }
 }
 
@@ -368,11 +405,15 @@ fn build(files: &TlsFiles, previous: Option<CertificateDer<'static>>) -> Result<
         client.with_no_client_auth()
     };
     let mut server = server;
-    server.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // The server's order decides: a lane's dialer offers both, gRPC only h2.
+    server.alpn_protocols = vec![ALPN_LANE.to_vec(), ALPN_H2.to_vec()];
+    let mut lane_client = client.clone();
+    lane_client.alpn_protocols = vec![ALPN_LANE.to_vec(), ALPN_H2.to_vec()];
     client.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Current {
         server: Arc::new(server),
         client: Arc::new(client),
+        lane_client: Arc::new(lane_client),
         shared,
     })
 }

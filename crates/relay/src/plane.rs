@@ -12,8 +12,8 @@ use std::time::Duration;
 use dtcp_forward::proto::Open;
 use dtcp_forward::{
     AuthFailure, Authenticated, BridgeService, CONNECTION_WINDOW, Claimer, ConnectionGate, Cut,
-    H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Lanes,
-    PlaneIo, PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
+    H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, LaneStream,
+    Lanes, PlaneIo, PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
 };
 use dtcp_wire::RegistrationId;
 use metrics::counter;
@@ -216,7 +216,7 @@ fn incoming(
                 // sends it as it connects) goes straight to its token.
                 let first = dtcp_duplex::peek_now(&tcp);
                 if matches!(first, Poll::Ready(Ok(Some(b))) if is_lane_start(b)) {
-                    tokio::spawn(attach(tcp, lanes, attaching));
+                    tokio::spawn(attach(LaneStream::Plain(tcp), lanes, attaching));
                     continue;
                 }
                 // Else its first byte is awaited outside the gate, where
@@ -254,11 +254,19 @@ fn incoming(
                 }
                 Some(tls) => {
                     let (tls, tx) = (tls.clone(), tx.clone());
+                    let (lanes, attaching) = (lanes.clone(), attaching.clone());
                     tokio::spawn(async move {
                         match tls.accept(tcp).await {
-                            Ok(stream) => {
-                                let _ = tx.send(Ok(stream)).await;
-                            }
+                            // Told apart by the protocol the handshake
+                            // agreed on: a lane's, or HTTP/2.
+                            Ok(stream) => match (stream.into_lane(), lanes) {
+                                (Ok(lane), Some(lanes)) => attach(lane, lanes, attaching).await,
+                                // This node does no lanes: none was offered.
+                                (Ok(lane), None) => reset_lane(lane),
+                                (Err(stream), _) => {
+                                    let _ = tx.send(Ok(stream)).await;
+                                }
+                            },
                             Err(e) => debug!(%peer, error = %e, "plane TLS handshake failed"),
                         }
                     });
@@ -296,7 +304,7 @@ async fn sniff(
         Ok(_) => return,
     }
     if is_lane_start(first[0]) {
-        return attach(tcp, lanes, attaching).await;
+        return attach(LaneStream::Plain(tcp), lanes, attaching).await;
     }
     let _ = socket2::SockRef::from(&tcp).set_linger(None);
     match gate.enter(tcp) {
@@ -311,16 +319,23 @@ async fn sniff(
     }
 }
 
+/// Closes a lane with a reset of the TCP connection under it (its TLS,
+/// if any, ended unsaid: a refused lane is told nothing).
+fn reset_lane(lane: LaneStream) {
+    dtcp_duplex::reset_on_close(dtcp_duplex::OverTcp::tcp(&lane));
+    drop(lane);
+}
+
 /// A lane: its token read and checked, then handed to its session (at
 /// most [`ATTACHING_MAX`] at once: past it, a lane is reset).
-async fn attach(tcp: tokio::net::TcpStream, lanes: Lanes, attaching: Arc<Semaphore>) {
+async fn attach(lane: LaneStream, lanes: Lanes, attaching: Arc<Semaphore>) {
     let Ok(_permit) = attaching.try_acquire() else {
         counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "lanes_attaching")
             .increment(1);
-        reset(tcp);
+        reset_lane(lane);
         return;
     };
-    if let Err(Some(failure)) = lanes.attach(tcp).await {
+    if let Err(Some(failure)) = lanes.attach(lane).await {
         debug!(reason = failure.as_str(), "lane refused");
         refused(failure);
     }

@@ -1,7 +1,8 @@
 //! Forwarded sessions on lanes: once the Bridge has paired a session, its
 //! bytes cross between the two nodes on a TCP connection of their own (a
 //! lane, see `dtcp_forward::Lanes`), joined at each end to the client
-//! socket by the same pump as a local session (spliced on Linux).
+//! socket by the same pump as a local session (spliced on Linux), or,
+//! under plane TLS, by its sibling that copies through rustls.
 //!
 //! The Bridge stays open beside the lane, carrying no byte of the session:
 //! when a node cuts the session (its drain timeout, the owner's idle
@@ -16,10 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use dtcp_duplex::{reset_on_close, write_all};
+use dtcp_duplex::OverTcp;
+use dtcp_duplex::reset_on_close;
 use dtcp_forward::proto::Frame;
 use dtcp_forward::proto::frame::Kind;
-use dtcp_forward::{Inbound, Lane, Offer, Outbound, RESET};
+use dtcp_forward::{Inbound, Lane, LaneStream, Offer, Outbound, RESET};
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::{Counter, counter, gauge};
 use tokio::net::TcpStream;
@@ -69,7 +71,7 @@ pub(crate) fn offer(node: &Node, id: &RegistrationId, peer: &str) -> Option<Offe
 /// What ended the owner's wait for its lane.
 pub(crate) enum LaneWait {
     /// The lane attached.
-    Lane(TcpStream),
+    Lane(LaneStream),
     /// The session's bytes cross on the Bridge (its first frame, if one
     /// came, given back to `inbound`).
     Bridge,
@@ -123,7 +125,7 @@ async fn join_lane(
     node: &Node,
     client: TcpStream,
     early: &[u8],
-    lane: TcpStream,
+    mut lane: LaneStream,
     counters: [Counter; 2],
     idle: Option<Duration>,
     outbound: Outbound,
@@ -135,9 +137,9 @@ async fn join_lane(
         Peer(String),
     }
     let [to_lane, to_client] = counters;
-    let mut pump = Pump::new(
+    let mut pump = Pump::lane(
         (&client, early, to_lane),
-        (&lane, &[], to_client),
+        (&mut lane, to_client),
         idle,
         !node.config.no_splice,
         node.lane_throttles(),
@@ -161,7 +163,7 @@ async fn join_lane(
     if !closed {
         // Every end but both FINs is a reset, at both ends of this node.
         reset_on_close(&client);
-        reset_on_close(&lane);
+        reset_on_close(lane.tcp());
     }
     // This node's own cut: the other node is told why before the lane resets.
     let told = match &why {
@@ -262,7 +264,7 @@ pub(crate) async fn run_owner(
     node: Arc<Node>,
     initiator: TcpStream,
     early: BytesMut,
-    lane: TcpStream,
+    lane: LaneStream,
     _lane_slot: Slot,
     outbound: Outbound,
     inbound: Inbound,
@@ -322,7 +324,7 @@ pub(crate) async fn run_claimant(
     id: RegistrationId,
     early: BytesMut,
     started: Instant,
-    lane: Lane,
+    mut lane: Lane,
     outbound: Outbound,
     inbound: Inbound,
     client: IpAddr,
@@ -333,7 +335,7 @@ pub(crate) async fn run_claimant(
     reset_on_close(&target);
     // The Target's early bytes follow the preamble (the pump writes them
     // first), without waiting for an answer: there is none.
-    if write_all(&lane.stream, &lane.preamble).await.is_err() {
+    if lane.send_preamble().await.is_err() {
         // The owner's Initiator has its OK, and will be reset by the
         // owner when the Bridge ends; this Target never had one (it is
         // reset when dropped here).
