@@ -193,7 +193,21 @@ impl<G: Gate + ?Sized> Way<'_, G> {
             let max = ready!(gate::poll_grant(&mut self.gate, BUF_SIZE, cx));
             let buf = self.buf.get_or_insert_with(Buf::take);
             let mut read = ReadBuf::new(&mut buf[..max]);
-            let polled = Pin::new(&mut *from).poll_read(cx, &mut read);
+            let mut polled = Pin::new(&mut *from).poll_read(cx, &mut read);
+            // A TLS stream gives a record at a time: more while it comes at
+            // once, for fewer and larger writes to the socket. Its end
+            // comes again at the next read; a failure ends the pump now.
+            while matches!(polled, Poll::Ready(Ok(()))) && !read.filled().is_empty() {
+                let had = read.filled().len();
+                if read.remaining() == 0 {
+                    break;
+                }
+                match Pin::new(&mut *from).poll_read(cx, &mut read) {
+                    Poll::Ready(Ok(())) if read.filled().len() > had => {}
+                    Poll::Ready(Err(e)) => polled = Poll::Ready(Err(e)),
+                    _ => break,
+                }
+            }
             let n = read.filled().len();
             gate::used(&mut self.gate, n);
             match polled {
