@@ -220,15 +220,6 @@ impl<IO> Probation<IO> {
         &self.io
     }
 
-    /// Takes the connection out of its gate for good (a lane, found to be
-    /// one once its TLS handshake is done): its slot is free from now on,
-    /// and neither its probation nor an eviction closes it any more.
-    pub fn leave(&mut self) {
-        self.deadline = None;
-        self.evicted = None;
-        self.slot.gate.table().open.remove(&self.slot.id);
-    }
-
     /// Whether the connection is to be closed now. Polls the deadline and
     /// the eviction, so that the task is woken when either comes.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {

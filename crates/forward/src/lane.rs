@@ -42,7 +42,6 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_rustls::{client, server};
 
-use crate::admission::Probation;
 use crate::auth::{AuthFailure, PlaneAuth, unix_ms};
 use crate::tls::{ALPN_LANE, PlaneTls};
 
@@ -182,9 +181,9 @@ pub enum LaneStream {
     Plain(TcpStream),
     /// TLS, the claimant's end (it dialed).
     TlsClient(Box<client::TlsStream<TcpStream>>),
-    /// TLS, the owner's end (accepted on the forwarding port; out of the
-    /// plane's gate, see [`Probation::leave`]).
-    TlsServer(Box<server::TlsStream<Probation<TcpStream>>>),
+    /// TLS, the owner's end (accepted on the forwarding port, told apart
+    /// by its ClientHello before the plane's gate, which it never enters).
+    TlsServer(Box<server::TlsStream<TcpStream>>),
 }
 
 impl LaneStream {
@@ -215,7 +214,7 @@ impl dtcp_duplex::OverTcp for LaneStream {
         match self {
             LaneStream::Plain(tcp) => tcp,
             LaneStream::TlsClient(tls) => tls.get_ref().0,
-            LaneStream::TlsServer(tls) => tls.get_ref().0.get_ref(),
+            LaneStream::TlsServer(tls) => tls.get_ref().0,
         }
     }
 }

@@ -44,6 +44,11 @@ const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_LANE: &[u8] = b"dtcp-lane/1";
 /// How long a TLS handshake may take, either side.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes of a ClientHello looked at to tell a lane from HTTP/2 (a
+/// node's is a few hundred).
+const CLIENT_HELLO_MAX: usize = 4096;
+/// How long to wait for the rest of a ClientHello not whole yet.
+const HELLO_RETRY: Duration = Duration::from_millis(5);
 
 /// Where the plane's TLS files are, and the name the nodes' certificates carry.
 #[derive(Debug, Clone)]
@@ -193,6 +198,59 @@ impl PlaneTls {
         TlsConnector::from(self.lock().client.clone())
     }
 
+    /// Server side, before the plane's gate: whether the TLS ClientHello
+    /// that `tcp` sent offers the lane's protocol ([`ALPN_LANE`]), read
+    /// with rustls from the bytes that have come, left in the socket for the
+    /// handshake. Waits for the ClientHello to come whole (the caller
+    /// bounds the wait); `false` for anything that is not a ClientHello
+    /// (its handshake fails in the gate, as it did before lanes).
+    pub async fn offers_lane(tcp: &TcpStream) -> io::Result<bool> {
+        let mut hello = vec![0u8; CLIENT_HELLO_MAX];
+        loop {
+            let n = tcp.peek(&mut hello).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut acceptor = tokio_rustls::rustls::server::Acceptor::default();
+            let mut rest = &hello[..n];
+            while !rest.is_empty() {
+                if acceptor.read_tls(&mut rest).is_err() {
+                    return Ok(false);
+                }
+                match acceptor.accept() {
+                    Ok(Some(accepted)) => {
+                        let alpn = accepted.client_hello().alpn();
+                        return Ok(alpn.is_some_and(|mut offered| offered.any(|p| p == ALPN_LANE)));
+                    }
+                    Ok(None) => {}
+                    Err(_) => return Ok(false),
+                }
+            }
+            if n == hello.len() {
+                return Ok(false);
+            }
+            // Not whole yet (it is one segment from a node): a moment more.
+            tokio::time::sleep(HELLO_RETRY).await;
+        }
+    }
+
+    /// Server side of a lane (a connection whose ClientHello offered
+    /// [`ALPN_LANE`]): the handshake, with the configuration in force now,
+    /// within [`HANDSHAKE_TIMEOUT`]; an error unless it agreed on the lane's
+    /// protocol.
+    pub async fn accept_lane(&self, tcp: TcpStream) -> io::Result<server::TlsStream<TcpStream>> {
+        tune(&tcp);
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor().accept(tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN_LANE) {
+            return Err(io::Error::other(
+                "a lane that did not agree on the lane's protocol",
+            ));
+        }
+        Ok(stream)
+    }
+
     /// Client side of a lane: a TLS handshake on `tcp`, a connection to a
     /// node's forwarding port, with the certificates in force now (client
     /// certificate and server name as the plane's own calls), offering the
@@ -263,17 +321,13 @@ impl PlaneIo {
         PlaneIo::Plain(tcp, admission)
     }
 
-    /// A TLS connection whose handshake agreed on the lane's protocol
-    /// ([`ALPN_LANE`]): the lane, out of the plane's gate (a lane is not
-    /// the gate's to count or close: it is bounded by the sessions that
-    /// offered it). Any other connection is given back.
-    pub fn into_lane(self) -> Result<crate::LaneStream, PlaneIo> {
+    /// Whether its TLS handshake agreed on the lane's protocol
+    /// ([`ALPN_LANE`]): a lane, on a node that does none, or that did not
+    /// tell it apart before its handshake.
+    pub fn agreed_on_lane(&self) -> bool {
         match self {
-            PlaneIo::Tls(mut tls, _) if tls.get_ref().1.alpn_protocol() == Some(ALPN_LANE) => {
-                tls.get_mut().0.leave();
-                Ok(crate::LaneStream::TlsServer(tls))
-            }
-            other => Err(other),
+            PlaneIo::Tls(tls, _) => tls.get_ref().1.alpn_protocol() == Some(ALPN_LANE),
+            PlaneIo::Plain(..) => false,
         }
     }
 }
