@@ -27,6 +27,14 @@ use crate::socket::pass_fin;
 pub trait OverTcp: AsyncRead + AsyncWrite + Unpin {
     /// The socket under the stream.
     fn tcp(&self) -> &TcpStream;
+
+    /// Whether the stream holds bytes (or its end) to be read without the
+    /// socket's readiness: a TLS stream's records already decrypted. The
+    /// pump asks a direction's [`Gate`] only once there is something to
+    /// read, as it does for a socket.
+    fn buffered(&self) -> bool {
+        false
+    }
 }
 
 /// A socket is a stream over itself (what the unit tests pump through).
@@ -188,6 +196,12 @@ impl<G: Gate + ?Sized> Way<'_, G> {
                 let n = ready!(poll_write_socket(to, data, cx))?;
                 self.start += n;
                 self.moved += n as u64;
+            }
+            if !from.buffered() && from.tcp().poll_read_ready(cx)?.is_pending() {
+                // Drained: the buffer goes back to the pool until data
+                // comes again.
+                self.buf = None;
+                return Poll::Pending;
             }
             // Asked once per read: a capped direction stops reading here.
             let max = ready!(gate::poll_grant(&mut self.gate, BUF_SIZE, cx));

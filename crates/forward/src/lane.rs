@@ -217,6 +217,16 @@ impl dtcp_duplex::OverTcp for LaneStream {
             LaneStream::TlsServer(tls) => tls.get_ref().0,
         }
     }
+
+    /// rustls wants no more of the socket while it holds plaintext (or the
+    /// peer's `close_notify`) not read yet.
+    fn buffered(&self) -> bool {
+        match self {
+            LaneStream::Plain(_) => false,
+            LaneStream::TlsClient(tls) => !tls.get_ref().1.wants_read(),
+            LaneStream::TlsServer(tls) => !tls.get_ref().1.wants_read(),
+        }
+    }
 }
 
 impl AsyncRead for LaneStream {
