@@ -754,6 +754,124 @@ async fn a_pair_across_nodes_costs_redis_four_commands_and_publishes_nothing() {
     );
 }
 
+/// Commands of a pair whose `CONNECT` comes first, as `INFO commandstats`
+/// counts them: the `CONNECT`'s `SET NX GET` leaves its waiter; the
+/// `CREATE`'s `SET NX GET` finds it; the script that swaps it for the
+/// record (`EVALSHA`, and its `SET XX GET`); the `PUBLISH` that tells the
+/// waiting node; the owner's `GETDEL`. docs/PERFORMANCE.md says why this
+/// path is not four (the `CREATE` first is three).
+const RACE_COMMANDS: u64 = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_whose_connect_comes_first_costs_redis_six_commands() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let [a, b] = [(); 2].map(|_| cluster_node(&urls, &["--connect-grace", "10"]));
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    eventually(Duration::from_secs(5), "two subscribers", || async {
+        let channels = redis.cli(&["PUBSUB", "CHANNELS", "dtcp:wake:*"]);
+        channels.lines().filter(|l| !l.trim().is_empty()).count() == 2
+    })
+    .await;
+    if format_in_use(&a, 1) + format_in_use(&b, 1) > 0 {
+        // A node that saw the other before its formats did spoke format 1
+        // for a heartbeat, and then publishes every registration for the
+        // store's LEGACY_LINGER (5 s): that is over once this sleep is.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+    let looks = || b.metric("dtcp_store_operations_total{op=\"lookup\"}");
+    // One race pair: the CONNECT on B waits (its look left a waiter), then
+    // the CREATE on A finds the waiter.
+    let race = |name: String| {
+        let (a, b, looks) = (&a, &b, &looks);
+        async move {
+            let t = triple(&name);
+            let looked = looks().await;
+            let target = tokio::spawn({
+                let (t, addr) = (t.clone(), b.addr);
+                async move { Target::connect(addr, &t).await }
+            });
+            eventually(Duration::from_secs(5), "the CONNECT's look", || async {
+                looks().await > looked
+            })
+            .await;
+            let mut i = Initiator::connect(a.addr, &t)
+                .await
+                .expect("initiator pairs");
+            let mut tg = target.await.unwrap().expect("the waiting target pairs");
+            i.write_all(b"x").await.unwrap();
+            assert_eq!(read_n(&mut tg, 1).await, b"x");
+            drop((i, tg));
+            a.wait_for("dtcp_pending_registrations", 0.0).await;
+        }
+    };
+    // The first loads what is loaded once (the swap's script).
+    race("race-warm-up".to_owned()).await;
+    let getdels = || command_calls(&redis).get("getdel").copied().unwrap_or(0);
+    eventually(Duration::from_secs(5), "the warm-up's removal", || async {
+        getdels() >= 1
+    })
+    .await;
+    let before = command_calls(&redis);
+    let looks_before = looks().await;
+    const PAIRS: u64 = 40;
+    for n in 0..PAIRS {
+        race(format!("race-counted-{n}")).await;
+    }
+    // The owners' removals run in tasks of their own: the last one done.
+    let mut used = Default::default();
+    for _ in 0..50 {
+        let after = command_calls(&redis);
+        used = after
+            .iter()
+            .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect::<std::collections::HashMap<_, _>>();
+        if used.get("getdel").copied().unwrap_or(0) >= PAIRS {
+            break;
+        }
+        // The poll's interval.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A CONNECT whose CREATE came past its first wait (0.5 s and more on a
+    // slow machine) looked once more, a `SET NX GET` of its own: not the
+    // pair's cost, taken out.
+    let extra_looks = (looks().await - looks_before) as u64 - PAIRS;
+    let calls = |name: &str| used.get(name).copied().unwrap_or(0);
+    // Counted command by command, as the heartbeats run beside the pairs:
+    // a beat's `SET` goes in one pipeline with its `EXISTS` (so the two
+    // snapshots split no beat's pair of them), its two scripts later (so a
+    // snapshot may fall between: up to two scripts a node each side).
+    let beats = calls("exists");
+    let sets = calls("set") - beats - extra_looks;
+    let scripts = calls("evalsha") as i64 - 2 * beats as i64;
+    eprintln!(
+        "{PAIRS} pairs, the CONNECT first: {beats} heartbeats, {extra_looks} more looks: {used:?}"
+    );
+    assert_eq!(sets, 3 * PAIRS, "look, register, swap: {used:?}");
+    assert!(
+        (scripts - PAIRS as i64).abs() <= 8,
+        "one swap a pair: {scripts} for {PAIRS} pairs, {used:?}"
+    );
+    assert_eq!(calls("publish"), PAIRS, "one message a pair");
+    assert_eq!(calls("getdel"), PAIRS, "one removal a pair");
+    // Nothing else: the heartbeats' other commands only.
+    let heartbeat_only = ["exists", "zadd", "zremrangebyscore", "zrangebyscore"];
+    let pair_commands = ["set", "evalsha", "publish", "getdel"];
+    for name in used.keys() {
+        assert!(
+            heartbeat_only.contains(&name.as_str()) || pair_commands.contains(&name.as_str()),
+            "a command the race path did not send before: {name} ({used:?})"
+        );
+    }
+    let per_pair = (sets as i64 + scripts) as f64 / PAIRS as f64 + 2.0;
+    assert!(
+        per_pair.round() as u64 <= RACE_COMMANDS,
+        "{per_pair} commands a pair: {used:?}"
+    );
+}
+
 /// How many times `node` logged that it moved to cluster format `version`.
 fn format_in_use(node: &Relay, version: u64) -> usize {
     node.logs()
@@ -803,6 +921,32 @@ async fn pairs_both_ways(x: &Relay, y: &Relay, label: &str) {
     }
 }
 
+/// Bridges `node` paired as `role` (`client`: it opened them; `server`: it
+/// was claimed) whose peer's first frame named cluster format `format`.
+async fn bridge_formats(node: &Relay, role: &str, format: &str) -> f64 {
+    node.metric(&format!(
+        "dtcp_bridge_formats_total{{role=\"{role}\",format=\"{format}\"}}"
+    ))
+    .await
+}
+
+/// That `node`'s Bridges, `per_role` opened and as many claimed, all spoke
+/// `format`: each `open` asked it, each `paired` answered it, and no frame
+/// named another.
+async fn bridges_spoke(node: &Relay, format: &str, per_role: f64) {
+    for role in ["client", "server"] {
+        for named in ["0", "1", "2", "other"] {
+            let want = if named == format { per_role } else { 0.0 };
+            let seen = bridge_formats(node, role, named).await;
+            assert_eq!(
+                seen, want,
+                "{} as {role}: bridges naming format {named}",
+                node.node_id
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_of_the_legacy_format_and_the_new_pair_both_ways() {
     let redis = RedisServer::start();
@@ -824,6 +968,11 @@ async fn nodes_of_the_legacy_format_and_the_new_pair_both_ways() {
     .await;
     let alone = format_in_use(&new, 2);
     pairs_both_ways(&new, &old, "mixed").await;
+    // The Bridges both ways spoke format 1: the old node's `open` says 1,
+    // and the new node, which the heartbeats tell that the old one lists no
+    // format, asks 1 of it; each owner answers what it was asked.
+    bridges_spoke(&new, "1", 20.0).await;
+    bridges_spoke(&old, "1", 20.0).await;
     let published = command_calls(&redis).get("publish").copied().unwrap_or(0);
     assert!(
         published > 0,
@@ -870,9 +1019,25 @@ async fn nodes_of_the_legacy_format_and_the_new_pair_both_ways() {
         }
     })
     .await;
+    // The new node has read the other's heartbeat (and its formats).
+    new.wait_for("dtcp_nodes_alive", 2.0).await;
     let before = publishes();
+    let on_1 = [
+        bridge_formats(&new, "client", "1").await,
+        bridge_formats(&new, "server", "1").await,
+    ];
     pairs_both_ways(&new, &other, "new").await;
     let after = publishes();
+    // Two nodes of format 2: their Bridges both ways speak 2.
+    bridges_spoke(&other, "2", 20.0).await;
+    for (n, role) in ["client", "server"].into_iter().enumerate() {
+        assert_eq!(bridge_formats(&new, role, "2").await, 20.0, "new as {role}");
+        assert_eq!(
+            bridge_formats(&new, role, "1").await,
+            on_1[n],
+            "new as {role}"
+        );
+    }
     // Only the CONNECTs that came first are told, one message each.
     assert!(
         after - before <= 20,

@@ -124,26 +124,48 @@ async fn forwarded_drain(drains: Drains) {
         .start();
     let name = format!("cut-drain-{drains:?}");
     let (mut i, mut tg) = busy_pair(&a, &b, &name).await;
-    let (draining, other) = match drains {
-        Drains::Owner => (&mut a, &b),
-        Drains::TargetSide => (&mut b, &a),
+    let draining = match drains {
+        Drains::Owner => &mut a,
+        Drains::TargetSide => &mut b,
     };
     draining.signal(libc::SIGTERM);
     both_reset(&mut i, &mut tg).await;
     assert!(draining.wait_exit(Duration::from_secs(10)).is_some());
-    // Both nodes log the session, with the true byte counts and the cut.
-    for (node, side) in [(&a, "owner"), (&b, "target")] {
-        let line = session_line(node).await;
+    // Both nodes log the session, with the true byte counts, under the same
+    // registration id: the draining node names the cut; the other saw its
+    // lane reset (no reason crosses once the lane has attached and the
+    // Bridge has closed: docs/PROTOCOL.md section 7.5).
+    let (draining, other) = match drains {
+        Drains::Owner => (&a, &b),
+        Drains::TargetSide => (&b, &a),
+    };
+    let cut = session_line(draining).await;
+    let seen = session_line(other).await;
+    assert_eq!(cut["outcome"], "drained", "{cut}");
+    assert_eq!(seen["outcome"], "reset", "{seen}");
+    assert_eq!(cut["registration"], seen["registration"], "{cut} {seen}");
+    for (line, side) in [(&cut, draining), (&seen, other)] {
+        let side = if std::ptr::eq(side, &a) {
+            "owner"
+        } else {
+            "target"
+        };
         assert_eq!(line["side"], side, "{line}");
-        assert_eq!(line["outcome"], "drained", "{line}");
+        assert_eq!(line["via"], "lane", "{line}");
         assert_eq!(line["bytes_initiator_to_target"], BEFORE as u64, "{line}");
         assert_eq!(line["bytes_target_to_initiator"], BEFORE as u64, "{line}");
     }
-    // The surviving node counts the session once (only the owner counts it).
-    if let Drains::TargetSide = drains {
+    // The session is counted once, by the owner, as it saw the end.
+    let counted = match drains {
+        Drains::Owner => None,
+        Drains::TargetSide => Some("reset"),
+    };
+    if let Some(outcome) = counted {
         other
             .wait_for(
-                "dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"drained\"}",
+                &format!(
+                    "dtcp_sessions_completed_total{{path=\"forwarded\",outcome=\"{outcome}\"}}"
+                ),
                 1.0,
             )
             .await;
@@ -169,9 +191,15 @@ async fn an_idle_timeout_resets_both_peers_of_a_forwarded_session() {
     let b = NodeOptions::cluster(&[redis.url()]).start();
     let (mut i, mut tg) = busy_pair(&a, &b, "cut-idle-forwarded").await;
     both_reset(&mut i, &mut tg).await;
-    let line = session_line(&b).await;
-    assert_eq!(line["side"], "target");
-    assert_eq!(line["outcome"], "idle_timeout", "{line}");
+    // The owner, which times the silence, names the cut; the Target's node
+    // saw its lane reset, under the same registration id.
+    let cut = session_line(&a).await;
+    let seen = session_line(&b).await;
+    assert_eq!(cut["side"], "owner", "{cut}");
+    assert_eq!(cut["outcome"], "idle_timeout", "{cut}");
+    assert_eq!(seen["side"], "target", "{seen}");
+    assert_eq!(seen["outcome"], "reset", "{seen}");
+    assert_eq!(cut["registration"], seen["registration"], "{cut} {seen}");
 }
 
 /// Which node of a forwarded session is killed.

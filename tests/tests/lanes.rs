@@ -383,6 +383,15 @@ async fn a_half_close_crosses_a_lane_each_way() {
     let a = NodeOptions::cluster(&[redis.url()]).start();
     let b = NodeOptions::cluster(&[redis.url()]).start();
     let (mut i, mut tg) = pair(a.addr, b.addr, &triple("half-close")).await;
+    // Paired on a lane, the session's Bridge closes on both nodes (an idle
+    // session then costs each node its sockets and pump, no HTTP/2 stream);
+    // the session goes on without it.
+    a.wait_for("dtcp_lanes_active{role=\"server\"}", 1.0).await;
+    b.wait_for("dtcp_lanes_active{role=\"client\"}", 1.0).await;
+    a.wait_for("dtcp_lane_bridges_open{role=\"server\"}", 0.0)
+        .await;
+    b.wait_for("dtcp_lane_bridges_open{role=\"client\"}", 0.0)
+        .await;
     i.write_all(b"to the target").await.unwrap();
     i.shutdown().await.unwrap();
     assert_eq!(read_all(&mut tg).await, b"to the target", "then a FIN");

@@ -488,4 +488,33 @@ async fn a_rolling_upgrade_behind_haproxy_fails_no_pairing() {
         );
     }
     assert!(crossed_on_format_2 > 0, "no pair crossed nodes on format 2");
+    // The Bridges between new nodes spoke format 2, the old nodes' asked
+    // and answered 1 (or named none: the real previous release), and no
+    // frame named a format past this release's.
+    let mut spoken: HashMap<(&str, &str), f64> = HashMap::new();
+    for relay in &current {
+        for role in ["client", "server"] {
+            for format in ["0", "1", "2", "other"] {
+                let n = relay
+                    .metric(&format!(
+                        "dtcp_bridge_formats_total{{role=\"{role}\",format=\"{format}\"}}"
+                    ))
+                    .await;
+                *spoken.entry((role, format)).or_default() += n;
+            }
+        }
+    }
+    eprintln!("Bridge formats the new nodes' peers named: {spoken:?}");
+    for role in ["client", "server"] {
+        assert!(
+            spoken[&(role, "2")] > 0.0,
+            "no Bridge on format 2: {spoken:?}"
+        );
+        assert_eq!(spoken[&(role, "other")], 0.0, "{spoken:?}");
+    }
+    let old_named = spoken[&("server", "0")] + spoken[&("server", "1")];
+    assert!(
+        old_named > 0.0,
+        "no old node's Bridge on format 1: {spoken:?}"
+    );
 }

@@ -108,6 +108,11 @@ enum Scenario {
         /// bench/compare.sh does).
         #[arg(long = "count", default_values_t = [2000u64, 10000])]
         counts: Vec<u64>,
+        /// Seconds to let the relay settle before each reading. A relay
+        /// hands its freed heap back every 10 s: past that, the reading is
+        /// what the idle sessions hold, not the peak of pairing them.
+        #[arg(long, default_value_t = 0.5)]
+        settle: f64,
     },
 }
 
@@ -159,7 +164,10 @@ async fn main() -> anyhow::Result<()> {
             bytes,
             both_ways,
         } => scenario::throughput(ep, pairs, bytes, both_ways, &cli.relay_pid).await?,
-        Scenario::Hold { counts } => scenario::hold(ep, &counts, &cli.relay_pid).await?,
+        Scenario::Hold { counts, settle } => {
+            let settle = std::time::Duration::from_secs_f64(settle);
+            scenario::hold(ep, &counts, &cli.relay_pid, settle).await?
+        }
     };
     report["label"] = Value::from(cli.label.clone());
     if let Some(load) = procstat::load_average() {

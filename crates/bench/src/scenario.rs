@@ -185,12 +185,14 @@ async fn receive(mut r: impl AsyncReadExt + Unpin, stream: u64) -> io::Result<u6
     }
 }
 
-/// How long to let the relay settle before reading its memory.
-const SETTLE: Duration = Duration::from_millis(500);
-
 /// Holds `count` pending registrations, then `count` idle paired sessions,
 /// and reports the relays' resident memory per registration and per session.
-pub(crate) async fn hold(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> anyhow::Result<Value> {
+pub(crate) async fn hold(
+    ep: Arc<Endpoint>,
+    counts: &[u64],
+    pids: &[u32],
+    settle: Duration,
+) -> anyhow::Result<Value> {
     if pids.is_empty() {
         bail!("hold needs --relay-pid to read the relay's memory");
     }
@@ -201,11 +203,11 @@ pub(crate) async fn hold(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> any
         key_secret,
     } = &*ep
     else {
-        return hold_proxied(ep, counts, pids).await;
+        return hold_proxied(ep, counts, pids, settle).await;
     };
     // Warm-up: the allocator's arenas and the runtime's structures.
     pair(ep.clone(), 1000, 32, &[], &[]).await?;
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle).await;
     let mut rows = Vec::new();
     for (round, &count) in counts.iter().enumerate() {
         let base = procstat::rss_total(pids);
@@ -225,7 +227,7 @@ pub(crate) async fn hold(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> any
             initiators.push(i);
             commands.push(dtcp_wire::Command::new(dtcp_wire::Verb::Connect, triple).encode());
         }
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         let pending = procstat::rss_total(pids);
         let mut targets = Vec::with_capacity(count as usize);
         for (n, cmd) in commands.iter().enumerate() {
@@ -238,7 +240,7 @@ pub(crate) async fn hold(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> any
                 .await
                 .context("pairing a held session")?;
         }
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         let paired = procstat::rss_total(pids);
         rows.push(json!({
             "count": count,
@@ -249,15 +251,20 @@ pub(crate) async fn hold(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> any
             "bytes_per_session": paired.saturating_sub(base) as f64 / count as f64,
         }));
         drop((initiators, targets));
-        tokio::time::sleep(SETTLE * 2).await;
+        tokio::time::sleep(settle * 2).await;
     }
     Ok(json!({ "scenario": "hold", "rounds": rows }))
 }
 
 /// `hold` through a proxy: `count` idle proxied connections.
-async fn hold_proxied(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> anyhow::Result<Value> {
+async fn hold_proxied(
+    ep: Arc<Endpoint>,
+    counts: &[u64],
+    pids: &[u32],
+    settle: Duration,
+) -> anyhow::Result<Value> {
     pair(ep.clone(), 1000, 32, &[], &[]).await?;
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle).await;
     let mut rows = Vec::new();
     let mut n0 = 1_000_000;
     for &count in counts {
@@ -267,7 +274,7 @@ async fn hold_proxied(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> anyhow
             held.push(ep.pair(n0 + n).await?);
         }
         n0 += count;
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         let paired = procstat::rss_total(pids);
         rows.push(json!({
             "count": count,
@@ -276,7 +283,7 @@ async fn hold_proxied(ep: Arc<Endpoint>, counts: &[u64], pids: &[u32]) -> anyhow
             "bytes_per_session": paired.saturating_sub(base) as f64 / count as f64,
         }));
         drop(held);
-        tokio::time::sleep(SETTLE * 2).await;
+        tokio::time::sleep(settle * 2).await;
     }
     Ok(json!({ "scenario": "hold", "rounds": rows }))
 }

@@ -50,6 +50,8 @@ pub(crate) async fn call(
         outbound: Outbound::new(tx, true),
         inbound: Inbound::new(response.into_body()),
         lane: crate::lane::LaneDial::NotOffered,
+        // Set once the owner's `paired` is in.
+        format: 0,
     })
 }
 

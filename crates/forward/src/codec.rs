@@ -342,6 +342,11 @@ pub struct Halves {
     /// The dialing side's lane for the session, if the owner offered one
     /// (always [`LaneDial::NotOffered`] on the owner's side).
     pub lane: crate::lane::LaneDial,
+    /// The `format` field of the peer's first frame, as it came: on the
+    /// dialing side, the owner's `paired` (the format it uses); on the
+    /// owner's side, the caller's `open` (the format it asks). 0 from a
+    /// node that names none ([`crate::spoken_format`] gives the format).
+    pub format: u32,
 }
 
 #[cfg(test)]
@@ -385,7 +390,13 @@ mod tests {
     async fn frames_cross_in_any_split_and_match_prost() {
         let payload: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
         let frames = vec![
-            Frame::open(&[7; 32], "node", "192.0.2.1:4000".parse().unwrap(), false),
+            Frame::open(
+                &[7; 32],
+                "node",
+                "192.0.2.1:4000".parse().unwrap(),
+                false,
+                2,
+            ),
             Frame::data(Bytes::from(payload.clone())),
             Frame::data(Bytes::from_static(b"x")),
             Frame::fin(),

@@ -182,6 +182,10 @@ impl Dialer {
     /// empty data frame), and the Bridge carries the session's bytes. With
     /// [`LaneAt::Activated`] nothing is dialed yet: the halves carry the
     /// address to dial if the activation offers a lane.
+    ///
+    /// `format` is the cluster format this node writes to the owner (the
+    /// newest both speak); the owner's answer is in [`Halves::format`], and
+    /// an owner that answers a newer one than asked is a protocol error.
     pub async fn open(
         &self,
         addr: &str,
@@ -189,11 +193,14 @@ impl Dialer {
         owner_node_id: &str,
         target: SocketAddr,
         at: LaneAt,
+        format: u32,
     ) -> Result<Halves, BridgeError> {
         let lane = self.wants_lane(addr);
         let dialing = (lane && at == LaneAt::Paired)
             .then(|| tokio::spawn(crate::lane::dial(addr.to_owned(), self.tls.clone())));
-        let result = self.try_open(addr, id, owner_node_id, target, lane).await;
+        let result = self
+            .try_open(addr, id, owner_node_id, target, lane, format)
+            .await;
         if let Err(BridgeError::Unreachable(_)) = &result {
             // Forget the channel: a node that is gone for good must not stay cached.
             self.channels.remove(addr);
@@ -236,6 +243,7 @@ impl Dialer {
         owner_node_id: &str,
         target: SocketAddr,
         lane: bool,
+        format: u32,
     ) -> Result<(Halves, bytes::Bytes), BridgeError> {
         let channel = self.channel(addr)?;
         let to = CallTo {
@@ -244,12 +252,8 @@ impl Dialer {
             addr,
             registration: id,
         };
-        let call = call::call(
-            channel,
-            &self.auth,
-            to,
-            Frame::open(id, owner_node_id, target, lane),
-        );
+        let open = Frame::open(id, owner_node_id, target, lane, format);
+        let call = call::call(channel, &self.auth, to, open);
         let mut halves = tokio::time::timeout(OPEN_TIMEOUT, call)
             .await
             .map_err(|_| BridgeError::Unreachable("no answer from the owner node".into()))??;
@@ -259,7 +263,19 @@ impl Dialer {
                 BridgeError::Unreachable("the owner node did not confirm the claim".into())
             })??;
         match first {
-            Some(Kind::Paired(paired)) => Ok((halves, paired.lane_token)),
+            Some(Kind::Paired(paired)) => {
+                let (asked, answered) = (
+                    crate::spoken_format(format),
+                    crate::spoken_format(paired.format),
+                );
+                if answered > asked {
+                    return Err(BridgeError::Protocol(format!(
+                        "the owner answered cluster format {answered}, newer than the {asked} asked"
+                    )));
+                }
+                halves.format = paired.format;
+                Ok((halves, paired.lane_token))
+            }
             Some(Kind::Error(e)) if e.condition == Condition::NotFound.as_str() => {
                 Err(BridgeError::NotFound)
             }

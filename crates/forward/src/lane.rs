@@ -392,10 +392,7 @@ impl crate::Halves {
 pub(crate) async fn dial(addr: String, tls: Option<PlaneTls>) -> Result<LaneStream, &'static str> {
     let connect = async {
         let stream = TcpStream::connect(addr.as_str()).await?;
-        stream.set_nodelay(true)?;
-        // From here on a lane that closes other than by a passed-on FIN
-        // (its process killed included) is reset, as a client socket is.
-        socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+        tune(&stream)?;
         // Its first bytes at once: the owner's port tells it from HTTP/2
         // by them (under TLS, by the protocol the handshake agreed on), and
         // holds silent connections on probation only.
@@ -423,6 +420,23 @@ pub(crate) async fn dial(addr: String, tls: Option<PlaneTls>) -> Result<LaneStre
         Ok(Err(_)) => Err("error"),
         Err(_) => Err("timeout"),
     }
+}
+
+/// A lane's socket options, at both ends. From here on a lane that closes
+/// other than by a passed-on FIN (its process killed included) is reset,
+/// as a client socket is. Keepalive probes notice a node gone without a
+/// word (its machine lost) within seconds: no Bridge stays open beside the
+/// lane to notice it.
+fn tune(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let socket = socket2::SockRef::from(stream);
+    socket.set_linger(Some(Duration::ZERO))?;
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(crate::TCP_KEEPALIVE)
+            .with_interval(crate::KEEPALIVE_INTERVAL)
+            .with_retries(3),
+    )
 }
 
 /// The lanes an owner node expects: offered in `paired`, attached once by
@@ -533,9 +547,7 @@ impl Lanes {
     /// failure says why (to be counted), `None` for a connection that
     /// closed or stalled before its preamble was whole.
     pub async fn attach(&self, mut stream: LaneStream) -> Result<(), Option<AuthFailure>> {
-        socket2::SockRef::from(dtcp_duplex::OverTcp::tcp(&stream))
-            .set_linger(Some(Duration::ZERO))
-            .map_err(|_| None)?;
+        tune(dtcp_duplex::OverTcp::tcp(&stream)).map_err(|_| None)?;
         let mut head = [0u8; HEAD];
         let mut token = [0u8; MAX_TOKEN];
         let read = async {

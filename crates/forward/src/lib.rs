@@ -80,6 +80,16 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// (every other error frame carries a docs/PROTOCOL.md condition).
 pub const RESET: &str = "reset";
 
+/// The cluster format a node of a release before the Bridge carried one
+/// speaks on it: what a `format` field of 0 (absent) means.
+pub const UNNUMBERED_FORMAT: u32 = 1;
+
+/// The cluster format a frame's `format` field names: the field itself,
+/// or [`UNNUMBERED_FORMAT`] from a node that sends none (0).
+pub fn spoken_format(field: u32) -> u32 {
+    if field == 0 { UNNUMBERED_FORMAT } else { field }
+}
+
 impl proto::Open {
     /// The Target's client address, if the CONNECT node sent one that
     /// parses (it is only ever logged).
@@ -90,30 +100,36 @@ impl proto::Open {
 
 impl proto::Frame {
     /// The first frame of a Bridge, for the Target at `target`; `lane`:
-    /// the caller is dialing a lane for the session's bytes.
+    /// the caller is dialing a lane for the session's bytes; `format`: the
+    /// cluster format the caller writes to the owner.
     pub fn open(
         registration_id: &[u8; 32],
         owner_node_id: &str,
         target: SocketAddr,
         lane: bool,
+        format: u32,
     ) -> Self {
         Self::of(proto::frame::Kind::Open(proto::Open {
             registration_id: bytes::Bytes::copy_from_slice(registration_id),
             owner_node_id: owner_node_id.to_owned(),
             target_addr: target.to_string(),
             lane,
+            format,
         }))
     }
 
-    /// The claim succeeded.
-    pub fn paired() -> Self {
-        Self::paired_with(bytes::Bytes::new())
+    /// The claim succeeded; the owner uses cluster format `format`.
+    pub fn paired(format: u32) -> Self {
+        Self::paired_with(bytes::Bytes::new(), format)
     }
 
     /// The claim succeeded, and the owner offers a lane with this token
-    /// (empty: none).
-    pub fn paired_with(lane_token: bytes::Bytes) -> Self {
-        Self::of(proto::frame::Kind::Paired(proto::Paired { lane_token }))
+    /// (empty: none); it uses cluster format `format`.
+    pub fn paired_with(lane_token: bytes::Bytes, format: u32) -> Self {
+        Self::of(proto::frame::Kind::Paired(proto::Paired {
+            lane_token,
+            format,
+        }))
     }
 
     /// XEP-0065 mode: the pair is activated, the session starts.

@@ -131,6 +131,7 @@ impl<C: Claimer> BridgeService<C> {
             outbound,
             inbound,
             lane: crate::lane::LaneDial::NotOffered,
+            format: open.format,
         };
         self.claimer.claim(open, caller, halves)?;
         let mut response = Response::new(OutBody::body(rx, true));

@@ -65,6 +65,10 @@ pub(crate) struct RemoteClaim {
     /// The claimant's node id, when it is dialing a lane for the session
     /// (and this node offers lanes): see `session::lane`.
     pub(crate) lane_peer: Option<Box<str>>,
+    /// The cluster format this node answers the claimant's node in (its
+    /// `paired` frame): the one its `open` asked, or this node's newest if
+    /// that is older.
+    pub(crate) format: u32,
 }
 
 /// A claimant connected to this node.

@@ -4,7 +4,7 @@
 //! claimable through a Redis restart or failover).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dtcp_store::{Beat, FORMAT_LEGACY, FORMAT_NEWEST};
@@ -56,6 +56,8 @@ pub(crate) async fn run(node: Arc<Node>) {
             let formats = node.store.node_formats().await?;
             let sealed = node.trust.sealed_nodes(&live);
             node.store.use_format(common_format(&sealed, &formats));
+            // Before the gauge below, which tells that the node knows them.
+            node.formats.learn(&formats);
             Ok::<_, dtcp_store::StoreError>((beat, sealed.len()))
         }
         .await;
@@ -122,6 +124,47 @@ async fn rewrite(node: &Node, why: &'static str) {
     }
 }
 
+/// The cluster format this node speaks to each peer on the Bridge: the
+/// newest both speak, as the peers' heartbeats list them (read on the
+/// heartbeat timer, never per pair). A peer they do not list (a release
+/// before format versions, or one not seen yet) speaks [`FORMAT_LEGACY`].
+#[derive(Debug)]
+pub(crate) struct PeerFormats {
+    /// The newest this node speaks (`--cluster-format-version`).
+    newest: u32,
+    /// By node id, the newest format both speak; only peers past the legacy one.
+    peers: RwLock<HashMap<String, u32>>,
+}
+
+impl PeerFormats {
+    /// No peer known yet; this node speaks up to `newest`.
+    pub(crate) fn new(newest: u32) -> Self {
+        PeerFormats {
+            newest,
+            peers: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The format to speak to the node `peer`.
+    pub(crate) fn with(&self, peer: &str) -> u32 {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        peers.get(peer).copied().unwrap_or(FORMAT_LEGACY)
+    }
+
+    /// Takes the formats the live heartbeats list ([`dtcp_store::Rendezvous::node_formats`]),
+    /// forgetting the nodes they no longer list.
+    pub(crate) fn learn(&self, formats: &[(String, Vec<u32>)]) {
+        let peers: HashMap<String, u32> = formats
+            .iter()
+            .filter_map(|(id, spoken)| {
+                let best = spoken.iter().copied().filter(|v| *v <= self.newest).max()?;
+                (best > FORMAT_LEGACY).then(|| (id.clone(), best))
+            })
+            .collect();
+        *self.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+}
+
 /// The newest cluster format every node of `live` speaks, as `formats`
 /// lists them; a node they do not list (a release before format versions)
 /// speaks [`FORMAT_LEGACY`] only. A rolling upgrade so keeps pairing both
@@ -163,6 +206,30 @@ mod tests {
             common_format(&live, &formats),
             FORMAT_NEWEST,
             "no other node yet"
+        );
+    }
+
+    #[test]
+    fn each_peer_is_spoken_the_newest_format_both_speak() {
+        let formats = vec![
+            ("new".to_owned(), vec![FORMAT_LEGACY, FORMAT_NEWEST]),
+            ("newer".to_owned(), vec![FORMAT_LEGACY, FORMAT_NEWEST, 9]),
+            ("held".to_owned(), vec![FORMAT_LEGACY]),
+        ];
+        let current = PeerFormats::new(FORMAT_NEWEST);
+        current.learn(&formats);
+        assert_eq!(current.with("new"), FORMAT_NEWEST);
+        assert_eq!(current.with("newer"), FORMAT_NEWEST, "not past its own");
+        assert_eq!(current.with("held"), FORMAT_LEGACY);
+        assert_eq!(current.with("unlisted"), FORMAT_LEGACY, "an older release");
+        let old = PeerFormats::new(FORMAT_LEGACY);
+        old.learn(&formats);
+        assert_eq!(old.with("new"), FORMAT_LEGACY, "held on format 1");
+        current.learn(&formats[2..]);
+        assert_eq!(
+            current.with("new"),
+            FORMAT_LEGACY,
+            "gone from the heartbeats"
         );
     }
 }

@@ -15,6 +15,7 @@ use crate::activation::Activations;
 use crate::claim::Claim;
 use crate::config::Config;
 use crate::limits::{AddrGuard, ConnectionRate, PerAddress, PerIpLimit, Slots};
+use crate::membership::PeerFormats;
 use crate::metrics::{Hot, Instrumented};
 use crate::pending::PendingTable;
 use crate::protocol::Protocol;
@@ -72,6 +73,8 @@ pub(crate) struct Node {
     /// The connection limit (`config.max_connections`, as lowered to fit
     /// the open-file limit).
     pub(crate) slots: Slots,
+    /// The cluster format spoken to each peer node on the Bridge.
+    pub(crate) formats: PeerFormats,
 }
 
 impl Node {
@@ -108,6 +111,7 @@ impl Node {
         let rate = config
             .max_connection_rate_per_ip
             .map(|n| ConnectionRate::new(n, config.connection_burst_per_ip, v6_prefix));
+        let formats = PeerFormats::new(config.cluster_format_version);
         Node {
             slots: Slots::new(config.max_connections),
             cluster,
@@ -129,6 +133,7 @@ impl Node {
             stop: CancellationToken::new(),
             sessions: TaskTracker::new(),
             hot: Hot::new(),
+            formats,
         }
     }
 }

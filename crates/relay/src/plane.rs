@@ -30,7 +30,9 @@ use tracing::{debug, warn};
 use crate::activation::Activated;
 use crate::admin::{Acceptor, reset};
 use crate::claim::{Claim, RemoteClaim, Requester, Socks5Claim};
-use crate::metrics::{AUTH_FAILURES, BRIDGE_ERRORS, LISTENER_CONNECTIONS_CLOSED};
+use crate::metrics::{
+    AUTH_FAILURES, BRIDGE_ERRORS, BRIDGE_FORMATS, LISTENER_CONNECTIONS_CLOSED, bridge_format_label,
+};
 use crate::node::Node;
 use crate::protocol::Protocol;
 
@@ -59,12 +61,17 @@ impl Claimer for Plane {
             return Err(Status::not_found("no such pending registration"));
         };
         let claimant = taken.tx;
+        // The newest format both speak: the caller asked the newest it
+        // knows this node to speak, from this node's heartbeat.
+        let format =
+            dtcp_forward::spoken_format(bridge.format).min(self.node.config.cluster_format_version);
         let remote = RemoteClaim {
             outbound: bridge.outbound,
             inbound: Box::new(bridge.inbound),
             client: open.target(),
             // The claimant is dialing a lane: it may be offered one.
             lane_peer: (open.lane && self.node.lanes.is_some()).then(|| caller.into()),
+            format,
         };
         let claim = match taken.protocol {
             Protocol::Dtcp => Claim::Remote(remote),
@@ -83,6 +90,9 @@ impl Claimer for Plane {
         if claimant.send(claim).is_err() {
             return Err(Status::not_found("the initiator is gone"));
         }
+        // As the caller sent it: 0 from a node that sends none.
+        counter!(BRIDGE_FORMATS, "role" => "server", "format" => bridge_format_label(open.format))
+            .increment(1);
         Ok(())
     }
 

@@ -292,7 +292,8 @@ pub struct Config {
     /// The newest cluster format this node speaks (1 or 2). For upgrades
     /// only (docs/RUNBOOK.md): 1 makes it speak and present itself as a
     /// node of the release before format versions. A node speaks the
-    /// newest format every live node speaks in any case.
+    /// newest format every live node speaks in any case (in the store),
+    /// and on each Bridge the newest it and that peer speak.
     #[arg(
         long,
         env = "DTCP_CLUSTER_FORMAT_VERSION",

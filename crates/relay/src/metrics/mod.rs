@@ -140,6 +140,10 @@ fn describe() {
     );
     describe_counter!(BRIDGE_ERRORS, "Bridges that failed, by role and reason.");
     describe_counter!(
+        BRIDGE_FORMATS,
+        "Bridges that paired, by role and the cluster format the peer's first frame named (0: none)."
+    );
+    describe_counter!(
         FORWARDED_SESSIONS,
         "Forwarded sessions started, by via (lane or bridge), counted by the owner node."
     );
@@ -149,6 +153,10 @@ fn describe() {
         "Bytes of forwarded sessions, both directions, by via, counted by each node as its side ends."
     );
     describe_gauge!(LANES_ACTIVE, "Lanes open now, by role.");
+    describe_gauge!(
+        LANE_BRIDGES_OPEN,
+        "Bridge calls still open beside a lane, by role (each closes once its lane has attached)."
+    );
     describe_counter!(
         LANE_WAITS_EXPIRED,
         "Lanes this node offered that did not attach within its wait; their sessions were cut."
@@ -285,12 +293,18 @@ fn init_series() {
     ] {
         counter!(BRIDGE_ERRORS, "role" => role, "reason" => reason).absolute(0);
     }
+    for role in ["client", "server"] {
+        for format in BRIDGE_FORMAT_LABELS {
+            counter!(BRIDGE_FORMATS, "role" => role, "format" => format).absolute(0);
+        }
+    }
     for via in FORWARDED_VIAS {
         counter!(FORWARDED_SESSIONS, "via" => via).absolute(0);
         counter!(FORWARDED_BYTES, "via" => via).absolute(0);
     }
     for role in ["client", "server"] {
         gauge!(LANES_ACTIVE, "role" => role).set(0.0);
+        gauge!(LANE_BRIDGES_OPEN, "role" => role).set(0.0);
     }
     counter!(LANE_WAITS_EXPIRED).absolute(0);
     for outcome in LANE_DIAL_OUTCOMES {

@@ -58,6 +58,25 @@ pub const NODES_ALIVE: &str = "dtcp_nodes_alive";
 pub const BRIDGE_STREAMS: &str = "dtcp_bridge_streams_active";
 /// Bridges that failed, by `role` and `reason`.
 pub const BRIDGE_ERRORS: &str = "dtcp_bridge_errors_total";
+/// Bridges that paired, by `role` and the cluster `format` the peer named
+/// in its first frame (`server`: the caller's `open`, the format it asked;
+/// `client`: the owner's `paired`, the format it used): `0` from a node of
+/// a release before the Bridge carried one, [`BRIDGE_FORMAT_LABELS`].
+pub const BRIDGE_FORMATS: &str = "dtcp_bridge_formats_total";
+/// Every `format` of [`BRIDGE_FORMATS`]: `0`, each format this release
+/// knows, and `other` (a number past them, so that a peer cannot make the
+/// series grow).
+pub const BRIDGE_FORMAT_LABELS: [&str; 4] = ["0", "1", "2", "other"];
+
+/// The `format` label of [`BRIDGE_FORMATS`] for a frame's `format` field.
+pub fn bridge_format_label(field: u32) -> &'static str {
+    match field {
+        0 => "0",
+        1 => "1",
+        2 => "2",
+        _ => "other",
+    }
+}
 /// Refused credentials, by `reason`: a client's signed key (`bad_signature`,
 /// `expired`, `lifetime`, `reused`), a Bridge call's authenticator
 /// (`plane_mac`, `plane_replay`), a store record that is not the cluster's
@@ -88,6 +107,9 @@ pub const FORWARDED_VIAS: [&str; 2] = ["lane", "bridge"];
 /// Lanes open now, by `role` (`client`: this node dialed it and holds the
 /// Target; `server`: it holds the Initiator).
 pub const LANES_ACTIVE: &str = "dtcp_lanes_active";
+/// Gauge: Bridge calls still open beside a lane (between a lane's attach
+/// and the close of the call that paired it), by role.
+pub const LANE_BRIDGES_OPEN: &str = "dtcp_lane_bridges_open";
 /// Lanes this node offered that did not attach within the owner's wait:
 /// dialed, but swallowed on the way (or the dialing node stalled). Each
 /// such session is cut, both clients reset.

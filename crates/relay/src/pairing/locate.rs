@@ -13,7 +13,9 @@ use metrics::counter;
 use tracing::{debug, warn};
 
 use crate::limits::SessionGuard;
-use crate::metrics::{AUTH_FAILURES, BRIDGE_ERRORS, CONNECTIONS_REFUSED};
+use crate::metrics::{
+    AUTH_FAILURES, BRIDGE_ERRORS, BRIDGE_FORMATS, CONNECTIONS_REFUSED, bridge_format_label,
+};
 use crate::node::Node;
 use crate::session::TOO_MANY_SESSIONS;
 
@@ -147,10 +149,23 @@ async fn open_bridge(
         let text = "the session is held by another node that cannot be reached";
         return Err(Located::Refused(Condition::Unavailable, text));
     };
+    let format = node.formats.with(&owner.id);
     dialer
-        .open(&owner.forward_addr, id.as_bytes(), &owner.id, client, lane_at)
+        .open(
+            &owner.forward_addr,
+            id.as_bytes(),
+            &owner.id,
+            client,
+            lane_at,
+            format,
+        )
         .await
-        .map(Box::new)
+        .map(|bridge| {
+            // As the owner answered it: 0 from a node that sends none.
+            counter!(BRIDGE_FORMATS, "role" => "client", "format" => bridge_format_label(bridge.format))
+                .increment(1);
+            Box::new(bridge)
+        })
         .map_err(|e| {
             let (reason, text) = match &e {
                 BridgeError::NotFound => {

@@ -143,7 +143,12 @@ pub(crate) fn run(
             }
             Requester::Remote(requester) => {
                 // The requester's node answers its client on this frame.
-                if requester.outbound.send(Frame::paired()).await.is_err() {
+                if requester
+                    .outbound
+                    .send(Frame::paired(requester.format))
+                    .await
+                    .is_err()
+                {
                     debug!(registration = %id, "the requester's node went before the pair was made");
                     return;
                 }
@@ -193,6 +198,7 @@ pub(crate) fn run(
                     inbound,
                     client: requester.client,
                     lane_peer: None,
+                    format: requester.format,
                 };
                 forwarded::run_owner_side(
                     node,

@@ -59,10 +59,12 @@ pub(crate) async fn run_claimant_side(
                 let Halves {
                     outbound, inbound, ..
                 } = *bridge;
-                let session = lane::run_claimant(
+                // Boxed, as each path below: the task's state is then the
+                // size of the path taken, not of the largest one.
+                let session = Box::pin(lane::run_claimant(
                     node, target, lane_slot, id, early, started, *lane, outbound, inbound, client,
                     protocol,
-                );
+                ));
                 // Released when the session ends.
                 let _slot = _slot;
                 return session.await;
@@ -91,7 +93,7 @@ pub(crate) async fn run_claimant_side(
     let streams = gauge!(BRIDGE_STREAMS, "role" => "client");
     streams.increment(1.0);
     let paired_at = Instant::now();
-    let report = join(
+    let report = Box::pin(join(
         &target,
         early.freeze(),
         bridge.outbound,
@@ -105,7 +107,7 @@ pub(crate) async fn run_claimant_side(
         // record, and two nodes timing the same silence would race.
         None,
         node.stop.cancelled(),
-    )
+    ))
     .await;
     streams.decrement(1.0);
     let (outcome, detail) = outcome_of(&report.end, "client");
@@ -149,6 +151,7 @@ pub(crate) async fn run_owner_side(
         mut inbound,
         client: target,
         lane_peer,
+        format,
     } = claim;
     // With debug logging, this connection's lines name the Target as its
     // node saw it, not the node: the Bridge carried its address (the
@@ -164,8 +167,8 @@ pub(crate) async fn run_owner_side(
         node.hot.create_ok.increment(1);
         offered = lane_peer.and_then(|peer| lane::offer(&node, &id, &peer));
         let paired = match &offered {
-            Some(o) => Frame::paired_with(o.offer.token.clone()),
-            None => Frame::paired(),
+            Some(o) => Frame::paired_with(o.offer.token.clone(), format),
+            None => Frame::paired(format),
         };
         if outbound.send(paired).await.is_err() {
             counter!(BRIDGE_ERRORS, "role" => "server", "reason" => "broken").increment(1);
@@ -177,7 +180,9 @@ pub(crate) async fn run_owner_side(
     if let Some(mut offered) = offered {
         match lane::await_lane(&mut offered.offer, &mut inbound).await {
             LaneWait::Lane(stream) => {
-                return lane::run_owner(
+                // Boxed, as the Bridge's path below: the task's state is
+                // then the size of the path taken, not of the largest one.
+                return Box::pin(lane::run_owner(
                     node,
                     initiator,
                     early,
@@ -190,7 +195,7 @@ pub(crate) async fn run_owner_side(
                     client,
                     target,
                     protocol,
-                )
+                ))
                 .await;
             }
             LaneWait::Bridge => {}
@@ -229,7 +234,7 @@ pub(crate) async fn run_owner_side(
     series.active.increment(1.0);
     streams.increment(1.0);
     let paired_at = Instant::now();
-    let report = join(
+    let report = Box::pin(join(
         &initiator,
         early.freeze(),
         outbound,
@@ -240,7 +245,7 @@ pub(crate) async fn run_owner_side(
         node.gates(),
         node.config.idle_timeout(),
         node.stop.cancelled(),
-    )
+    ))
     .await;
     streams.decrement(1.0);
     series.active.decrement(1.0);

@@ -4,13 +4,15 @@
 //! socket by the same pump as a local session (spliced on Linux), or,
 //! under plane TLS, by its sibling that copies through rustls.
 //!
-//! The Bridge stays open beside the lane, carrying no byte of the session:
-//! when a node cuts the session (its drain timeout, the owner's idle
-//! timeout) it says why in an `error` frame on the Bridge before it resets
-//! the lane, so that the other node resets its client and names the same
-//! cut. A reset the lane carries without a reason (a client reset, a node
-//! killed) is a reset on both nodes; both session lines name the
-//! registration and `via=lane`.
+//! The Bridge that paired the session closes once the lane has attached
+//! (see `BridgeBeside`): an idle session then costs each node its two
+//! sockets and its pump, as a local one does. No reason travels with the
+//! bytes: a node that cuts the session (its drain timeout, the owner's idle
+//! timeout) resets the lane and names the cut in its own session line; the
+//! other node sees a reset and resets its client. Both lines name the
+//! registration and `via=lane`, which is how an operator matches them.
+//! Only a node of an earlier version, which keeps its half of the Bridge
+//! open, still sends (and is sent) the reason on it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -23,13 +25,13 @@ use dtcp_forward::proto::Frame;
 use dtcp_forward::proto::frame::Kind;
 use dtcp_forward::{Inbound, Lane, LaneStream, Offer, Outbound, RESET};
 use dtcp_wire::{Condition, RegistrationId};
-use metrics::{Counter, counter, gauge};
+use metrics::{Counter, Gauge, counter, gauge};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::limits::Slot;
-use crate::metrics::{FORWARDED_SESSIONS, LANES_ACTIVE};
+use crate::metrics::{FORWARDED_SESSIONS, LANE_BRIDGES_OPEN, LANES_ACTIVE};
 use crate::node::Node;
 use crate::outcome::Outcome;
 use crate::protocol::Protocol;
@@ -112,6 +114,115 @@ struct LaneEnd {
     detail: Option<String>,
 }
 
+/// Which end of a session's Bridge a node holds, once its lane has
+/// attached: the owner ends its half at once, the claimant when the owner
+/// has (see [`BridgeBeside`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Owner,
+    Claimant,
+}
+
+/// A session's Bridge beside its lane, closed as soon as both nodes know
+/// the lane attached: an idle Bridge stream costs each node far more memory
+/// than the session itself (its HTTP/2 stream and message buffers).
+///
+/// The owner, which saw the lane attach, ends its half first; the claimant
+/// ends its own when it reads that end (ending first, it could reach an
+/// owner still waiting for the lane, which would take the end for a node
+/// gone). A node of an earlier version keeps its half open for the whole
+/// session, to send the reason of a cut on it: while a half is open, a cut
+/// is told on it and a reason read from it, as then.
+struct BridgeBeside {
+    outbound: Option<Outbound>,
+    inbound: Option<Inbound>,
+    /// `dtcp_lane_bridges_open`, for this node's role, while the call is open.
+    open: Option<Gauge>,
+}
+
+impl BridgeBeside {
+    fn new(end: End, outbound: Outbound, inbound: Inbound) -> Self {
+        let role = match end {
+            End::Owner => "server",
+            End::Claimant => "client",
+        };
+        let open = gauge!(LANE_BRIDGES_OPEN, "role" => role);
+        open.increment(1.0);
+        BridgeBeside {
+            outbound: (end == End::Claimant).then_some(outbound),
+            inbound: Some(inbound),
+            open: Some(open),
+        }
+    }
+
+    /// Whether the other node's half of the call is still open.
+    fn is_open(&self) -> bool {
+        self.inbound.is_some()
+    }
+
+    /// The call is over: its halves are dropped.
+    fn closed(&mut self) {
+        self.outbound = None;
+        self.inbound = None;
+        if let Some(open) = self.open.take() {
+            open.decrement(1.0);
+        }
+    }
+
+    /// The next frame of the other node's half; pending for ever once it
+    /// has ended. Its end ends this node's half too, freeing the call.
+    async fn next(&mut self) -> Option<Kind> {
+        let Some(inbound) = &mut self.inbound else {
+            return std::future::pending().await;
+        };
+        match inbound.next().await {
+            Ok(Some(kind)) => Some(kind),
+            Ok(None) | Err(_) => {
+                self.closed();
+                None
+            }
+        }
+    }
+
+    /// Tells the other node why this node cut the session, if its half of
+    /// the Bridge is still open to carry it.
+    fn tell(&self, condition: Condition, text: &str) {
+        if let Some(outbound) = &self.outbound {
+            outbound.try_send(Frame::error(condition, text));
+        }
+    }
+
+    /// The reason the other node gives for the lane's reset, if it still
+    /// has a Bridge open to give it on (within [`REASON_WAIT`]).
+    async fn reason(&mut self) -> Option<String> {
+        self.inbound.as_ref()?;
+        tokio::time::timeout(REASON_WAIT, async {
+            loop {
+                match self.next().await? {
+                    Kind::Error(e) => return Some(e.condition),
+                    _ => continue,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Ends what is left of the call (see [`end_bridge`]).
+    async fn close(mut self) {
+        match (self.outbound.take(), self.inbound.take()) {
+            (Some(outbound), Some(inbound)) => end_bridge(outbound, inbound).await,
+            (None, Some(mut inbound)) => {
+                let rest = async { while let Ok(Some(_)) = inbound.next().await {} };
+                let _ = tokio::time::timeout(CUT_FLUSH, rest).await;
+            }
+            _ => {}
+        }
+        self.closed();
+    }
+}
+
 /// One node's side of a lane session: `client` (its `early` bytes first)
 /// joined to `lane` until the session ends; `counters`: client to lane,
 /// lane to client. `idle`: the owner's idle timeout (the claimant's node
@@ -123,13 +234,14 @@ struct LaneEnd {
 )]
 async fn join_lane(
     node: &Node,
+    end: End,
     client: TcpStream,
     early: &[u8],
     mut lane: LaneStream,
     counters: [Counter; 2],
     idle: Option<Duration>,
     outbound: Outbound,
-    mut inbound: Inbound,
+    inbound: Inbound,
 ) -> LaneEnd {
     enum Why {
         Pump(Outcome),
@@ -144,16 +256,22 @@ async fn join_lane(
         !node.config.no_splice,
         node.lane_throttles(),
     );
-    let mut bridge_open = true;
+    let mut bridge = BridgeBeside::new(end, outbound, inbound);
     let why = loop {
+        // Boxed, and only while the Bridge is open: what the session holds
+        // for its whole life is the pump, not a read of a closed call.
+        let mut next = bridge.is_open().then(|| Box::pin(bridge.next()));
+        let frame = async {
+            match &mut next {
+                Some(next) => next.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             outcome = &mut pump => break Why::Pump(outcome),
             () = node.stop.cancelled() => break Why::Stopped,
-            frame = inbound.next(), if bridge_open => match frame {
-                Ok(Some(Kind::Error(e))) => break Why::Peer(e.condition),
-                Ok(Some(_)) => {}
-                // The other node ended its side: the lane says the rest.
-                Ok(None) | Err(_) => bridge_open = false,
+            frame = frame => if let Some(Kind::Error(e)) = frame {
+                break Why::Peer(e.condition);
             },
         }
     };
@@ -165,45 +283,30 @@ async fn join_lane(
         reset_on_close(&client);
         reset_on_close(lane.tcp());
     }
-    // This node's own cut: the other node is told why before the lane resets.
-    let told = match &why {
+    // This node's own cut: an earlier node is told why before the lane resets.
+    match &why {
         Why::Pump(Outcome::IdleTimeout) => {
-            Some((Condition::Timeout, "no byte moved for the idle timeout"))
+            bridge.tell(Condition::Timeout, "no byte moved for the idle timeout");
         }
-        Why::Stopped => Some((Condition::ShuttingDown, crate::node::SHUTTING_DOWN)),
-        _ => None,
-    };
-    if let Some((condition, text)) = told {
-        outbound.try_send(Frame::error(condition, text));
+        Why::Stopped => bridge.tell(Condition::ShuttingDown, crate::node::SHUTTING_DOWN),
+        _ => {}
     }
     drop(client);
     drop(lane);
     let (outcome, detail) = match why {
-        Why::Pump(Outcome::Reset) if bridge_open => {
-            // The lane or the client reset: if it was the other node's
-            // cut, its reason is on its way on the Bridge.
-            let reason = tokio::time::timeout(REASON_WAIT, async {
-                loop {
-                    match inbound.next().await {
-                        Ok(Some(Kind::Error(e))) => return Some(e.condition),
-                        Ok(Some(_)) => {}
-                        Ok(None) | Err(_) => return None,
-                    }
-                }
-            })
-            .await
-            .ok()
-            .flatten();
-            match reason {
-                Some(condition) => cut_by_peer(&condition),
-                None => (Outcome::Reset, None),
-            }
-        }
+        // The lane or the client reset. If it was the other node's cut and
+        // that node still has a Bridge open to say so (an earlier version),
+        // its reason is on its way; else this is a reset, and the other
+        // node's line, under the same registration id, names any cut.
+        Why::Pump(Outcome::Reset) => match Box::pin(bridge.reason()).await {
+            Some(condition) => cut_by_peer(&condition),
+            None => (Outcome::Reset, None),
+        },
         Why::Pump(outcome) => (outcome, None),
         Why::Stopped => (Outcome::Drained, None),
         Why::Peer(condition) => cut_by_peer(&condition),
     };
-    end_bridge(outbound, inbound).await;
+    Box::pin(bridge.close()).await;
     LaneEnd {
         moved,
         outcome,
@@ -283,6 +386,7 @@ pub(crate) async fn run_owner(
     let paired_at = Instant::now();
     let end = join_lane(
         &node,
+        End::Owner,
         initiator,
         &early,
         lane,
@@ -361,6 +465,7 @@ pub(crate) async fn run_claimant(
     let paired_at = Instant::now();
     let end = join_lane(
         &node,
+        End::Claimant,
         target,
         &early,
         lane.stream,
