@@ -16,6 +16,10 @@
 # noisy shared machine when absolute numbers do not). Raw JSON lines go to
 # $OUT (default target/bench/results.jsonl).
 #
+# With DTCP_PLANE_TLS=1 in the environment, the three nodes' forwarding
+# plane runs TLS (one self-signed certificate for all, made with openssl):
+# their Bridges and lanes are TLS, what relay-cross then measures.
+#
 # With --proxy N, only the two behind-HAProxy contenders run, N rounds each,
 # alternating (off, on, on, off, ...) so that a machine's drift weighs on
 # both alike; the summary gives each round and the medians.
@@ -158,6 +162,27 @@ redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no > "$WORK/re
 PIDS+=($!)
 wait_port "$RP"
 CLUSTER=(--redis-url "redis://127.0.0.1:$RP" --cluster-secret bench-secret --forward-listen 127.0.0.1:0)
+if [ "${DTCP_PLANE_TLS:-}" = 1 ]; then
+  # The name every node checks (--forward-tls-server-name's default), as an
+  # end-entity certificate: rustls takes no CA certificate for a peer's.
+  cat > "$WORK/tls.cnf" <<CNF
+[req]
+distinguished_name = dn
+x509_extensions = ext
+prompt = no
+[dn]
+CN = dtcp-relay
+[ext]
+subjectAltName = DNS:dtcp-relay
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth,clientAuth
+CNF
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -config "$WORK/tls.cnf" -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+  CLUSTER+=(--forward-tls-cert "$WORK/tls.crt" --forward-tls-key "$WORK/tls.key")
+  echo "   (forwarding plane in TLS)" >&2
+fi
 A=$(free_port); B=$(free_port); C=$(free_port)
 start_relay a "$A" "${CLUSTER[@]}"; PA=$LAST
 start_relay b "$B" "${CLUSTER[@]}"; PB=$LAST

@@ -163,6 +163,45 @@ async fn attach(plane: SocketAddr, preamble: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// As [`attach`], inside TLS: a handshake with the nodes' certificate
+/// (`cert_pem`, trusted as it is) agreeing on the lane's protocol, then the
+/// preamble and a few bytes.
+async fn attach_tls(plane: SocketAddr, cert_pem: &str, preamble: &[u8]) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![dtcp_forward::ALPN_LANE.to_vec()];
+    let tcp = TcpStream::connect(plane).await.unwrap();
+    let mut lane = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("dtcp-relay").unwrap(), tcp)
+        .await
+        .expect("the lane's handshake");
+    assert_eq!(
+        lane.get_ref().1.alpn_protocol(),
+        Some(dtcp_forward::ALPN_LANE),
+        "the node agreed on the lane's protocol"
+    );
+    let _ = lane.write_all(preamble).await;
+    let _ = lane.write_all(b"bytes of a session").await;
+    let _ = lane.flush().await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), lane.read_to_end(&mut got));
+    match read.await.expect("the owner ended the lane") {
+        Ok(_) if got.is_empty() => None,
+        Err(_) if got.is_empty() => None,
+        _ => Some(got),
+    }
+}
+
 /// Counted refusals of lanes, by reason.
 async fn refused(node: &Relay, reason: &str) -> f64 {
     node.metric(&format!("dtcp_auth_failures_total{{reason=\"{reason}\"}}"))
@@ -375,8 +414,13 @@ async fn a_half_close_crosses_a_lane_each_way() {
     );
 }
 
+/// Under plane TLS a forwarded session crosses on a lane that is TLS too:
+/// its handshake agrees on the lane's own protocol (docs/PROTOCOL.md
+/// section 7.5), and its preamble and the session's bytes are inside it.
+/// Half-closes cross each way, and what a listener between the nodes
+/// captures holds neither the session's bytes nor a lane's preamble.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_plane_tls_no_byte_of_a_session_crosses_in_the_clear() {
+async fn under_plane_tls_a_session_crosses_on_a_tls_lane_and_no_byte_in_the_clear() {
     let dir = std::env::temp_dir().join(format!("dtcp-lanes-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
@@ -393,26 +437,89 @@ async fn under_plane_tls_no_byte_of_a_session_crosses_in_the_clear() {
         ("--forward-tls-cert", cert_file),
         ("--forward-tls-key", key_file),
     ];
-    let (a, b, proxy, _) = behind_proxy(&redis, &tls).await;
+    let (a, b, proxy, plane) = behind_proxy(&redis, &tls).await;
     let marker = b"a session's plaintext, which only the clients may read";
     let (mut i, mut tg) = pair(a.addr, b.addr, &triple("tls")).await;
+    // The Target's half first: its FIN crosses, and the Initiator's bytes
+    // still flow the other way after it.
     tg.write_all(marker).await.unwrap();
     tg.shutdown().await.unwrap();
-    assert_eq!(read_all(&mut i).await, marker);
+    assert_eq!(read_all(&mut i).await, marker, "then a FIN");
+    i.write_all(marker).await.unwrap();
     i.write_all(marker).await.unwrap();
     i.shutdown().await.unwrap();
-    assert_eq!(read_all(&mut tg).await, marker);
-    a.wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
-        .await;
+    assert_eq!(read_all(&mut tg).await, [&marker[..], marker].concat());
+    a.wait_for(
+        "dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"closed\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        a.metric("dtcp_forwarded_sessions_total{via=\"lane\"}")
+            .await,
+        1.0,
+        "the session went on a lane"
+    );
+    assert_eq!(
+        a.metric("dtcp_forwarded_sessions_total{via=\"bridge\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(b.metric("dtcp_lane_dials_total{outcome=\"ok\"}").await, 1.0);
     let captured = proxy.captured();
-    assert!(!captured.is_empty(), "the nodes talked through the proxy");
+    assert!(
+        captured.len() >= 2,
+        "the plane's HTTP/2 connection and a lane crossed the proxy"
+    );
     for bytes in captured {
         assert!(
             !bytes.windows(marker.len()).any(|w| w == marker),
             "plaintext between the nodes"
         );
-        assert!(!bytes.starts_with(LANE_MAGIC), "a lane in the clear");
+        assert!(
+            !bytes.windows(LANE_MAGIC.len()).any(|w| w == LANE_MAGIC),
+            "a lane's preamble in the clear"
+        );
+        assert_eq!(bytes.first(), Some(&0x16), "every connection is TLS");
     }
+
+    // A client's reset crosses the TLS lane as a reset, never as a FIN.
+    let (mut i, tg) = pair(a.addr, b.addr, &triple("tls-reset")).await;
+    socket2::SockRef::from(&tg)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(tg);
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), i.read(&mut buf));
+    match read.await.expect("the initiator's connection ended") {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        Ok(n) => panic!("the initiator read {n} bytes and an EOF, not a reset"),
+    }
+    a.wait_for(
+        "dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"reset\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        a.metric("dtcp_forwarded_sessions_total{via=\"lane\"}")
+            .await,
+        2.0
+    );
+
+    // Inside TLS, a lane's token is checked as on a plain lane.
+    let rogue = PlaneAuth::new(Some(Keyring::new(Secrets::from_lines("not-the-secret"))));
+    let forged = mint_token(
+        &rogue,
+        &a.node_id,
+        &b.node_id,
+        &[7; 32],
+        4e12 as u64,
+        [1; 16],
+    );
+    let cert_pem = std::fs::read_to_string(cert_file).unwrap();
+    assert_eq!(attach_tls(plane, &cert_pem, &preamble(&forged)).await, None);
+    a.wait_for("dtcp_auth_failures_total{reason=\"lane_token\"}", 1.0)
+        .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -262,6 +262,9 @@ async fn renewed_certificates_are_served_without_a_restart() {
     let plane = a.forward.expect("a plane port");
     assert_eq!(served_certificate(plane, &pki).await, Some(a1.2.clone()));
     assert!(pairs_across(&a, &b, "before-renewal").await);
+    // Its bytes went on a lane, TLS with the same certificates.
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 1.0)
+        .await;
 
     // A renewal caught half-written: the node keeps serving what it had.
     let half = a1.0[..a1.0.len() / 2].to_owned();
@@ -301,4 +304,17 @@ async fn renewed_certificates_are_served_without_a_restart() {
     assert!(pairs_across(&c, &a, "renewed-a-dials-c").await);
     assert!(pairs_across(&a, &b, "renewed-b-dials-a").await);
     assert!(pairs_across(&b, &a, "renewed-a-dials-b").await);
+    // Lanes attach after the reload too: with the renewed certificates,
+    // every session A held the Initiator of went on one, none on a Bridge.
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 3.0)
+        .await;
+    c.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 1.0)
+        .await;
+    for node in [&a, &b, &c] {
+        assert_eq!(
+            node.metric("dtcp_forwarded_sessions_total{via=\"bridge\"}")
+                .await,
+            0.0
+        );
+    }
 }

@@ -7,6 +7,8 @@
 //! - [`Duplex`], the pump between two sockets: both directions at once, each
 //!   half-closed on its own, early bytes first, through splice(2) on Linux
 //!   (pooled pipes) or a copy through user space;
+//! - [`StreamDuplex`], the same pump between a socket and a stream over
+//!   another socket ([`OverTcp`]: a TLS lane), copied through user space;
 //! - [`Buf`], the one pool of read buffers, shared by [`Duplex`]'s copy and by
 //!   the forwarding plane, which hands a buffer on as [`bytes::Bytes`]
 //!   ([`Buf::freeze`]);
@@ -29,12 +31,14 @@ mod pipe;
 mod pool;
 mod pump;
 mod socket;
+mod stream;
 
 pub use gate::{Gate, Gates};
 pub use linger::{LINGER, LINGER_BYTES, REPLY_WRITE_TIMEOUT, write_and_linger};
 pub use pool::{BUF_SIZE, Buf};
 pub use pump::Duplex;
 pub use socket::{pass_fin, peek_now, reset_on_close, write_all};
+pub use stream::{OverTcp, StreamDuplex};
 
 /// Pause after an `accept` that failed for lack of descriptors (or for any
 /// reason not the one connection's), so that an accept loop does not spin

@@ -197,7 +197,7 @@ impl Dialer {
     ) -> Result<Halves, BridgeError> {
         let lane = self.wants_lane(addr);
         let dialing = (lane && at == LaneAt::Paired)
-            .then(|| tokio::spawn(crate::lane::dial(addr.to_owned())));
+            .then(|| tokio::spawn(crate::lane::dial(addr.to_owned(), self.tls.clone())));
         let result = self
             .try_open(addr, id, owner_node_id, target, lane, format)
             .await;
@@ -228,7 +228,8 @@ impl Dialer {
                     .insert(addr.to_owned(), Instant::now() + NO_LANE_MEMORY);
             }
             (None, _) if lane && at == LaneAt::Activated => {
-                halves.lane = LaneDial::AtActivation(addr.to_owned());
+                halves.lane =
+                    LaneDial::AtActivation(crate::lane::LaneAddr::new(addr, self.tls.clone()));
             }
             (None, _) => {}
         }

@@ -22,17 +22,28 @@
 //! On an insecure plane (`--insecure-plane`) the MAC is zeros and is not
 //! checked: the token's 128-bit nonce, which crossed in the Bridge, is what
 //! binds the lane, as the plane checks nothing else either.
+//!
+//! Under plane TLS a lane is TLS too ([`LaneStream`]): the claimant makes
+//! the plane's handshake (its certificates, in force now) offering the
+//! lane's own protocol ([`ALPN_LANE`](crate::tls::ALPN_LANE)), which is how
+//! the owner's port tells it from HTTP/2, and writes the preamble and the
+//! session's bytes inside it. Nothing of a TLS lane can be spliced.
 
 use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio_rustls::{client, server};
 
 use crate::auth::{AuthFailure, PlaneAuth, unix_ms};
+use crate::tls::{ALPN_LANE, PlaneTls};
 
 /// The first bytes of a lane, on the forwarding port: told apart from the
 /// HTTP/2 client preface (`PRI * ...`) and a TLS handshake (0x16) by the first.
@@ -162,14 +173,139 @@ pub fn is_lane_start(first: u8) -> bool {
     first == LANE_MAGIC[0]
 }
 
+/// A lane's connection, at either end: plain TCP (spliced), or TLS under
+/// plane TLS (copied through user space: rustls encrypts and decrypts).
+#[derive(Debug)]
+pub enum LaneStream {
+    /// Plain TCP (a plane without TLS).
+    Plain(TcpStream),
+    /// TLS, the claimant's end (it dialed).
+    TlsClient(Box<client::TlsStream<TcpStream>>),
+    /// TLS, the owner's end (accepted on the forwarding port, told apart
+    /// by its ClientHello before the plane's gate, which it never enters).
+    TlsServer(Box<server::TlsStream<TcpStream>>),
+}
+
+impl LaneStream {
+    /// Whether the lane is TLS (it cannot be spliced).
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, LaneStream::Plain(_))
+    }
+
+    /// Whether a dialed lane is still open: the owner sends no byte of its
+    /// own on it, so anything to read (its end, a reset) says it is not.
+    /// A TLS lane is read without waiting (what the TLS layer sends after
+    /// its handshake, session tickets, is taken in and is no byte).
+    fn is_open(&mut self) -> bool {
+        match self {
+            LaneStream::Plain(tcp) => dtcp_duplex::peek_now(tcp).is_pending(),
+            tls => {
+                let mut byte = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut byte);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                Pin::new(tls).poll_read(&mut cx, &mut buf).is_pending()
+            }
+        }
+    }
+}
+
+impl dtcp_duplex::OverTcp for LaneStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            LaneStream::Plain(tcp) => tcp,
+            LaneStream::TlsClient(tls) => tls.get_ref().0,
+            LaneStream::TlsServer(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// rustls wants no more of the socket while it holds plaintext (or the
+    /// peer's `close_notify`) not read yet.
+    fn buffered(&self) -> bool {
+        match self {
+            LaneStream::Plain(_) => false,
+            LaneStream::TlsClient(tls) => !tls.get_ref().1.wants_read(),
+            LaneStream::TlsServer(tls) => !tls.get_ref().1.wants_read(),
+        }
+    }
+}
+
+impl AsyncRead for LaneStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            LaneStream::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            LaneStream::TlsClient(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+            LaneStream::TlsServer(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for LaneStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            LaneStream::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            LaneStream::TlsClient(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+            LaneStream::TlsServer(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            LaneStream::Plain(io) => Pin::new(io).poll_flush(cx),
+            LaneStream::TlsClient(io) => Pin::new(io.as_mut()).poll_flush(cx),
+            LaneStream::TlsServer(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    /// TLS: a `close_notify`, then the FIN of the TCP connection under it.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            LaneStream::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            LaneStream::TlsClient(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+            LaneStream::TlsServer(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Where to dial a lane the owner may offer at a XEP-0065 activation.
+#[derive(Debug, Clone)]
+pub struct LaneAddr {
+    addr: String,
+    tls: Option<PlaneTls>,
+}
+
+impl LaneAddr {
+    pub(crate) fn new(addr: &str, tls: Option<PlaneTls>) -> Self {
+        LaneAddr {
+            addr: addr.to_owned(),
+            tls,
+        }
+    }
+}
+
 /// A lane the claimant dialed and the owner offered, ready for the session.
 #[derive(Debug)]
 pub struct Lane {
     /// The connection to the owner's forwarding port.
-    pub stream: TcpStream,
+    pub stream: LaneStream,
     /// What to write on it before any byte of the session (the rest of
     /// the preamble: its magic and version went at the dial).
     pub preamble: Vec<u8>,
+}
+
+impl Lane {
+    /// Writes the rest of the preamble (and, under TLS, flushes it out).
+    pub async fn send_preamble(&mut self) -> io::Result<()> {
+        self.stream.write_all(&self.preamble).await?;
+        self.stream.flush().await
+    }
 }
 
 /// Which step of a claim the owner offers its lane at, and so when the
@@ -199,7 +335,7 @@ pub enum LaneDial {
     /// The owner may offer a lane at the activation (see
     /// [`Halves::take_activation_offer`](crate::Halves::take_activation_offer)):
     /// the owner's forwarding address to dial then.
-    AtActivation(String),
+    AtActivation(LaneAddr),
     /// The owner offered one and the dial succeeded.
     Ready(Box<Lane>),
     /// The owner offered one but the dial failed (refused, reset, or not
@@ -212,16 +348,21 @@ impl crate::Halves {
     /// Takes the lane `dialed` for the owner's offer of `token`, or, if the
     /// dial failed, tells the owner to stop waiting for it (an empty data
     /// frame: the bytes cross on the Bridge).
-    pub(crate) fn attach_lane(&mut self, dialed: Result<TcpStream, &'static str>, token: &[u8]) {
+    pub(crate) fn attach_lane(&mut self, dialed: Result<LaneStream, &'static str>, token: &[u8]) {
         self.lane = match dialed {
-            // Closed by the owner's port before the token came (a burst of
-            // new connections made it evict this one): the Bridge can still
-            // carry the session.
-            Ok(stream) if !is_open(&stream) => LaneDial::Failed("reset"),
-            Ok(stream) => LaneDial::Ready(Box::new(Lane {
-                stream,
-                preamble: after_head(token),
-            })),
+            Ok(mut stream) => {
+                if stream.is_open() {
+                    LaneDial::Ready(Box::new(Lane {
+                        stream,
+                        preamble: after_head(token),
+                    }))
+                } else {
+                    // Closed by the owner's port before the token came (a
+                    // burst of new connections made it evict this one): the
+                    // Bridge can still carry the session.
+                    LaneDial::Failed("reset")
+                }
+            }
             Err(reason) => LaneDial::Failed(reason),
         };
         if let LaneDial::Failed(_) = self.lane {
@@ -235,32 +376,47 @@ impl crate::Halves {
     /// to dial ([`LaneDial::AtActivation`]), dials it now (within
     /// [`LANE_DIAL_TIMEOUT`]); else the Bridge carries the pair's bytes.
     pub async fn take_activation_offer(&mut self, token: &[u8]) {
-        let LaneDial::AtActivation(addr) = std::mem::take(&mut self.lane) else {
+        let LaneDial::AtActivation(to) = std::mem::take(&mut self.lane) else {
             return;
         };
         if !token.is_empty() {
-            let dialed = dial(addr).await;
+            let dialed = dial(to.addr, to.tls).await;
             self.attach_lane(dialed, token);
         }
     }
 }
 
 /// Dials a lane to the owner's forwarding port at `addr`, within
-/// [`LANE_DIAL_TIMEOUT`]; the reason label of a failure.
-pub(crate) async fn dial(addr: String) -> Result<TcpStream, &'static str> {
+/// [`LANE_DIAL_TIMEOUT`] (the TLS handshake included, under plane TLS);
+/// the reason label of a failure.
+pub(crate) async fn dial(addr: String, tls: Option<PlaneTls>) -> Result<LaneStream, &'static str> {
     let connect = async {
         let stream = TcpStream::connect(addr.as_str()).await?;
         tune(&stream)?;
         // Its first bytes at once: the owner's port tells it from HTTP/2
-        // by them, and holds silent connections on probation only.
+        // by them (under TLS, by the protocol the handshake agreed on), and
+        // holds silent connections on probation only.
         let mut head = LANE_MAGIC.to_vec();
         head.push(LANE_VERSION);
-        dtcp_duplex::write_all(&stream, &head).await?;
-        Ok::<_, std::io::Error>(stream)
+        let Some(tls) = tls else {
+            dtcp_duplex::write_all(&stream, &head).await?;
+            return Ok(Ok(LaneStream::Plain(stream)));
+        };
+        let mut stream = tls.connect_lane(stream).await?;
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN_LANE) {
+            // A node that does not know TLS lanes agreed on HTTP/2.
+            return Ok(Err("alpn"));
+        }
+        stream.write_all(&head).await?;
+        stream.flush().await?;
+        Ok::<_, io::Error>(Ok(LaneStream::TlsClient(Box::new(stream))))
     };
     match tokio::time::timeout(LANE_DIAL_TIMEOUT, connect).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err("refused"),
+        Ok(Ok(dialed)) => dialed,
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err("refused"),
+        // rustls's refusals (a certificate not trusted, no protocol in
+        // common) come as invalid data.
+        Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => Err("tls"),
         Ok(Err(_)) => Err("error"),
         Err(_) => Err("timeout"),
     }
@@ -283,12 +439,6 @@ fn tune(stream: &TcpStream) -> std::io::Result<()> {
     )
 }
 
-/// Whether a dialed lane is still open: the owner sends nothing on it, so
-/// anything to read (its end, a reset) says it is not.
-pub(crate) fn is_open(stream: &TcpStream) -> bool {
-    dtcp_duplex::peek_now(stream).is_pending()
-}
-
 /// The lanes an owner node expects: offered in `paired`, attached once by
 /// the claimant's preamble. Clones share the table.
 #[derive(Debug, Clone)]
@@ -307,7 +457,7 @@ struct Inner {
 struct Expected {
     registration: [u8; 32],
     claimant: Box<str>,
-    tx: oneshot::Sender<TcpStream>,
+    tx: oneshot::Sender<LaneStream>,
 }
 
 /// A lane offered to a claimant: its token (for `paired`), and the wait for
@@ -317,7 +467,7 @@ pub struct Offer {
     /// The token to send in `paired`.
     pub token: Bytes,
     /// Completes with the lane once it has attached.
-    pub arrival: oneshot::Receiver<TcpStream>,
+    pub arrival: oneshot::Receiver<LaneStream>,
     nonce: [u8; NONCE],
     lanes: Lanes,
 }
@@ -389,14 +539,15 @@ impl Lanes {
         })
     }
 
-    /// A connection on the forwarding port whose first byte is a lane's:
+    /// A connection on the forwarding port whose first byte is a lane's
+    /// (or, under TLS, whose handshake agreed on the lane's protocol):
     /// reads its preamble (within [`PREAMBLE_TIMEOUT`]), checks its token
     /// and hands it to the session that offered it. On a refusal the
     /// connection is dropped with a reset, nothing written to it; the
     /// failure says why (to be counted), `None` for a connection that
     /// closed or stalled before its preamble was whole.
-    pub async fn attach(&self, mut stream: TcpStream) -> Result<(), Option<AuthFailure>> {
-        tune(&stream).map_err(|_| None)?;
+    pub async fn attach(&self, mut stream: LaneStream) -> Result<(), Option<AuthFailure>> {
+        tune(dtcp_duplex::OverTcp::tcp(&stream)).map_err(|_| None)?;
         let mut head = [0u8; HEAD];
         let mut token = [0u8; MAX_TOKEN];
         let read = async {
@@ -523,12 +674,12 @@ mod tests {
         let mut offer = lanes.offer(&[3; 32], "c").unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let mut client = dial(addr).await.unwrap();
+        let mut client = dial(addr, None).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let mut bytes = after_head(&offer.token);
         bytes.extend_from_slice(b"early");
         client.write_all(&bytes).await.unwrap();
-        lanes.attach(server).await.unwrap();
+        lanes.attach(LaneStream::Plain(server)).await.unwrap();
         let mut lane = (&mut offer.arrival).await.unwrap();
         let mut got = [0; 5];
         lane.read_exact(&mut got).await.unwrap();

@@ -47,10 +47,11 @@ pub use health::{Authenticated, HEALTH_CALL_TIMEOUT, HEALTH_MAX_MESSAGE, health_
 pub use join::{End, Report, join};
 pub use lane::{
     EXPECTED_LANES_CAPACITY, LANE_DIAL_TIMEOUT, LANE_MAGIC, LANE_TOKEN_TTL, LANE_VERSION, Lane,
-    LaneAt, LaneDial, Lanes, Offer, PREAMBLE_TIMEOUT, is_lane_start, mint_token, preamble,
+    LaneAddr, LaneAt, LaneDial, LaneStream, Lanes, Offer, PREAMBLE_TIMEOUT, is_lane_start,
+    mint_token, preamble,
 };
 pub use service::BridgeService;
-pub use tls::{PlaneIo, PlaneTls, TlsError, TlsFiles};
+pub use tls::{ALPN_LANE, PlaneIo, PlaneTls, TlsError, TlsFiles};
 
 /// Largest data frame: big enough to amortise HTTP/2 and protobuf framing,
 /// small enough to keep per-stream buffering modest.

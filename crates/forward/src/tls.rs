@@ -36,8 +36,19 @@ use crate::admission::{Admission, Probation};
 
 /// The protocol both sides must agree on: gRPC is HTTP/2.
 const ALPN_H2: &[u8] = b"h2";
+/// The protocol of a lane under plane TLS (docs/PROTOCOL.md section 7.5):
+/// how the owner's port tells a lane from HTTP/2 once the handshake is
+/// done. A lane's dialer offers it before `h2`, and a node's server prefers
+/// it, so a node that does not know it agrees on `h2` and the dialer, seeing
+/// that, closes and leaves the session on the Bridge.
+pub const ALPN_LANE: &[u8] = b"dtcp-lane/1";
 /// How long a TLS handshake may take, either side.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes of a ClientHello looked at to tell a lane from HTTP/2 (a
+/// node's is a few hundred).
+const CLIENT_HELLO_MAX: usize = 4096;
+/// How long to wait for the rest of a ClientHello not whole yet.
+const HELLO_RETRY: Duration = Duration::from_millis(5);
 
 /// Where the plane's TLS files are, and the name the nodes' certificates carry.
 #[derive(Debug, Clone)]
@@ -92,6 +103,9 @@ pub enum TlsError {
 struct Current {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
+    /// The dialer's configuration for a lane: the same certificates,
+    /// offering the lane's protocol first.
+    lane_client: Arc<ClientConfig>,
     /// Without a CA: the shared certificate trusted now, kept one reload
     /// longer so that nodes that have not reloaded yet still verify.
     shared: Option<CertificateDer<'static>>,
@@ -184,6 +198,73 @@ impl PlaneTls {
         TlsConnector::from(self.lock().client.clone())
     }
 
+    /// Server side, before the plane's gate: whether the TLS ClientHello
+    /// that `tcp` sent offers the lane's protocol ([`ALPN_LANE`]), read
+    /// with rustls from the bytes that have come, left in the socket for the
+    /// handshake. Waits for the ClientHello to come whole (the caller
+    /// bounds the wait); `false` for anything that is not a ClientHello
+    /// (its handshake fails in the gate, as it did before lanes).
+    pub async fn offers_lane(tcp: &TcpStream) -> io::Result<bool> {
+        let mut hello = vec![0u8; CLIENT_HELLO_MAX];
+        loop {
+            let n = tcp.peek(&mut hello).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut acceptor = tokio_rustls::rustls::server::Acceptor::default();
+            let mut rest = &hello[..n];
+            while !rest.is_empty() {
+                if acceptor.read_tls(&mut rest).is_err() {
+                    return Ok(false);
+                }
+                match acceptor.accept() {
+                    Ok(Some(accepted)) => {
+                        let alpn = accepted.client_hello().alpn();
+                        return Ok(alpn.is_some_and(|mut offered| offered.any(|p| p == ALPN_LANE)));
+                    }
+                    Ok(None) => {}
+                    Err(_) => return Ok(false),
+                }
+            }
+            if n == hello.len() {
+                return Ok(false);
+            }
+            // Not whole yet (it is one segment from a node): a moment more.
+            tokio::time::sleep(HELLO_RETRY).await;
+        }
+    }
+
+    /// Server side of a lane (a connection whose ClientHello offered
+    /// [`ALPN_LANE`]): the handshake, with the configuration in force now,
+    /// within [`HANDSHAKE_TIMEOUT`]; an error unless it agreed on the lane's
+    /// protocol.
+    pub async fn accept_lane(&self, tcp: TcpStream) -> io::Result<server::TlsStream<TcpStream>> {
+        tune(&tcp);
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor().accept(tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN_LANE) {
+            return Err(io::Error::other(
+                "a lane that did not agree on the lane's protocol",
+            ));
+        }
+        Ok(stream)
+    }
+
+    /// Client side of a lane: a TLS handshake on `tcp`, a connection to a
+    /// node's forwarding port, with the certificates in force now (client
+    /// certificate and server name as the plane's own calls), offering the
+    /// lane's protocol ([`ALPN_LANE`]) before HTTP/2, within
+    /// [`HANDSHAKE_TIMEOUT`]. Which one the node agreed on is the caller's
+    /// to check.
+    pub async fn connect_lane(&self, tcp: TcpStream) -> io::Result<client::TlsStream<TcpStream>> {
+        let connector = TlsConnector::from(self.lock().lane_client.clone());
+        let handshake = connector.connect(self.server_name.clone(), tcp);
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+    }
+
     /// Server side: a TLS handshake on a connection a [`ConnectionGate`](crate::ConnectionGate)
     /// let in, with the configuration in force now, within
     /// [`HANDSHAKE_TIMEOUT`] (and the connection's probation).
@@ -238,6 +319,16 @@ impl PlaneIo {
         tune(tcp.get_ref());
         let admission = tcp.admission().clone();
         PlaneIo::Plain(tcp, admission)
+    }
+
+    /// Whether its TLS handshake agreed on the lane's protocol
+    /// ([`ALPN_LANE`]): a lane, on a node that does none, or that did not
+    /// tell it apart before its handshake.
+    pub fn agreed_on_lane(&self) -> bool {
+        match self {
+            PlaneIo::Tls(tls, _) => tls.get_ref().1.alpn_protocol() == Some(ALPN_LANE),
+            PlaneIo::Plain(..) => false,
+        }
     }
 }
 
@@ -368,11 +459,15 @@ fn build(files: &TlsFiles, previous: Option<CertificateDer<'static>>) -> Result<
         client.with_no_client_auth()
     };
     let mut server = server;
-    server.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // The server's order decides: a lane's dialer offers both, gRPC only h2.
+    server.alpn_protocols = vec![ALPN_LANE.to_vec(), ALPN_H2.to_vec()];
+    let mut lane_client = client.clone();
+    lane_client.alpn_protocols = vec![ALPN_LANE.to_vec(), ALPN_H2.to_vec()];
     client.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Current {
         server: Arc::new(server),
         client: Arc::new(client),
+        lane_client: Arc::new(lane_client),
         shared,
     })
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use dtcp_forward::proto::Open;
 use dtcp_forward::{
     AuthFailure, Authenticated, BridgeService, CONNECTION_WINDOW, Claimer, ConnectionGate, Cut,
-    H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Lanes,
-    PlaneIo, PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
+    H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, LaneStream,
+    Lanes, PlaneIo, PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
 };
 use dtcp_wire::RegistrationId;
 use metrics::counter;
@@ -215,6 +215,24 @@ fn incoming(
                 accepted = acceptor.accept() => accepted,
                 () = tx.closed() => return,
             };
+            if let (Some(tls), Some(lanes)) = (&tls, &lanes) {
+                // Told apart by its ClientHello (does it offer the lane's
+                // protocol?) outside the gate, where no newer connection can
+                // evict a lane mid-handshake, at most as many at once as
+                // the gate holds.
+                let Ok(permit) = sniffing.clone().try_acquire_owned() else {
+                    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+                        .increment(1);
+                    reset(tcp);
+                    continue;
+                };
+                let (tls, lanes, attaching) = (tls.clone(), lanes.clone(), attaching.clone());
+                let (gate, tx) = (gate.clone(), tx.clone());
+                tokio::spawn(async move {
+                    sniff_tls(tcp, tls, lanes, attaching, gate, tx, permit).await;
+                });
+                continue;
+            }
             if let (None, Some(lanes)) = (&tls, &lanes) {
                 // Until it is told apart, a connection may be a lane: if
                 // the process dies now, the claimant's node must see a
@@ -226,7 +244,7 @@ fn incoming(
                 // sends it as it connects) goes straight to its token.
                 let first = dtcp_duplex::peek_now(&tcp);
                 if matches!(first, Poll::Ready(Ok(Some(b))) if is_lane_start(b)) {
-                    tokio::spawn(attach(tcp, lanes, attaching));
+                    tokio::spawn(attach(LaneStream::Plain(tcp), lanes, attaching));
                     continue;
                 }
                 // Else its first byte is awaited outside the gate, where
@@ -266,6 +284,9 @@ fn incoming(
                     let (tls, tx) = (tls.clone(), tx.clone());
                     tokio::spawn(async move {
                         match tls.accept(tcp).await {
+                            // A lane to a node that does none: none was
+                            // offered, and gRPC is not for it.
+                            Ok(stream) if stream.agreed_on_lane() => {}
                             Ok(stream) => {
                                 let _ = tx.send(Ok(stream)).await;
                             }
@@ -306,7 +327,7 @@ async fn sniff(
         Ok(_) => return,
     }
     if is_lane_start(first[0]) {
-        return attach(tcp, lanes, attaching).await;
+        return attach(LaneStream::Plain(tcp), lanes, attaching).await;
     }
     let _ = socket2::SockRef::from(&tcp).set_linger(None);
     match gate.enter(tcp) {
@@ -321,16 +342,89 @@ async fn sniff(
     }
 }
 
+/// Closes a lane with a reset of the TCP connection under it (its TLS,
+/// if any, ended unsaid: a refused lane is told nothing).
+fn reset_lane(lane: LaneStream) {
+    dtcp_duplex::reset_on_close(dtcp_duplex::OverTcp::tcp(&lane));
+    drop(lane);
+}
+
+/// A connection on the plane port under plane TLS: a lane if its
+/// ClientHello offers the lane's protocol (its handshake made here, then its
+/// token read and checked), else HTTP/2 (through the plane's gate, then its
+/// handshake, to tonic). A ClientHello not come within [`SILENT_TIMEOUT`]
+/// closes it, counted as a probation that ran out. `permit`: its place
+/// among the connections being told apart, held until it is.
+async fn sniff_tls(
+    tcp: tokio::net::TcpStream,
+    tls: PlaneTls,
+    lanes: Lanes,
+    attaching: Arc<Semaphore>,
+    gate: ConnectionGate,
+    tx: mpsc::Sender<Result<PlaneIo, std::io::Error>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let peer = tcp.peer_addr().ok();
+    match tokio::time::timeout(SILENT_TIMEOUT, PlaneTls::offers_lane(&tcp)).await {
+        Err(_) => return plane_cut(Cut::Probation),
+        // Closed or failed: nothing to serve.
+        Ok(Err(_)) => return,
+        Ok(Ok(true)) => {
+            let Ok(_permit) = attaching.try_acquire() else {
+                counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "lanes_attaching")
+                    .increment(1);
+                reset(tcp);
+                return;
+            };
+            // From here on, as a plain lane: a process that dies resets it.
+            dtcp_duplex::reset_on_close(&tcp);
+            // The handshake keeps the place it was told apart in: a burst
+            // of lanes makes at most that many handshakes (their CPU) at
+            // once; past it, new ones are reset and their sessions cross
+            // on the Bridge.
+            let handshake = tls.accept_lane(tcp).await;
+            drop(permit);
+            match handshake {
+                Ok(stream) => {
+                    let lane = LaneStream::TlsServer(Box::new(stream));
+                    if let Err(Some(failure)) = lanes.attach(lane).await {
+                        debug!(reason = failure.as_str(), "lane refused");
+                        refused(failure);
+                    }
+                }
+                Err(e) => debug!(?peer, error = %e, "lane TLS handshake failed"),
+            }
+            return;
+        }
+        Ok(Ok(false)) => drop(permit),
+    }
+    let tcp = match gate.enter(tcp) {
+        Ok(tcp) => tcp,
+        Err(tcp) => {
+            counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+                .increment(1);
+            reset(tcp);
+            return;
+        }
+    };
+    match tls.accept(tcp).await {
+        Ok(stream) => {
+            let _ = tx.send(Ok(stream)).await;
+        }
+        Err(e) => debug!(?peer, error = %e, "plane TLS handshake failed"),
+    }
+}
+
 /// A lane: its token read and checked, then handed to its session (at
 /// most [`ATTACHING_MAX`] at once: past it, a lane is reset).
-async fn attach(tcp: tokio::net::TcpStream, lanes: Lanes, attaching: Arc<Semaphore>) {
+async fn attach(lane: LaneStream, lanes: Lanes, attaching: Arc<Semaphore>) {
     let Ok(_permit) = attaching.try_acquire() else {
         counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "lanes_attaching")
             .increment(1);
-        reset(tcp);
+        reset_lane(lane);
         return;
     };
-    if let Err(Some(failure)) = lanes.attach(tcp).await {
+    if let Err(Some(failure)) = lanes.attach(lane).await {
         debug!(reason = failure.as_str(), "lane refused");
         refused(failure);
     }

@@ -145,9 +145,9 @@ impl Relay {
                     "Redis refused this node's TLS: {why}"
                 )));
             }
-            // Lanes carry forwarded sessions' bytes when the plane is plain TCP
-            // (under plane TLS, the Bridge does: see docs/ARCHITECTURE.md).
-            let lanes = tls.is_none() && !config.no_lanes;
+            // Lanes carry forwarded sessions' bytes: plain TCP (spliced) on a
+            // plain plane, TLS with the plane's certificates under plane TLS.
+            let lanes = !config.no_lanes;
             let dialer = Dialer::new(tls.clone(), trust.plane.clone(), &id).with_lanes(lanes);
             let info = NodeInfo {
                 id,

@@ -444,7 +444,7 @@ pub struct Config {
 
     /// Cluster mode: neither offer nor dial lanes, so that every forwarded
     /// session's bytes cross on its gRPC Bridge, as a node of a version
-    /// without lanes does (lanes are off under plane TLS whatever this says).
+    /// without lanes does (under plane TLS, lanes are TLS too).
     #[arg(long, env = "DTCP_NO_LANES")]
     pub no_lanes: bool,
 

@@ -1,7 +1,8 @@
 //! Forwarded sessions on lanes: once the Bridge has paired a session, its
 //! bytes cross between the two nodes on a TCP connection of their own (a
 //! lane, see `dtcp_forward::Lanes`), joined at each end to the client
-//! socket by the same pump as a local session (spliced on Linux).
+//! socket by the same pump as a local session (spliced on Linux), or,
+//! under plane TLS, by its sibling that copies through rustls.
 //!
 //! The Bridge that paired the session closes once the lane has attached
 //! (see `BridgeBeside`): an idle session then costs each node its two
@@ -18,10 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use dtcp_duplex::{reset_on_close, write_all};
+use dtcp_duplex::OverTcp;
+use dtcp_duplex::reset_on_close;
 use dtcp_forward::proto::Frame;
 use dtcp_forward::proto::frame::Kind;
-use dtcp_forward::{Inbound, Lane, Offer, Outbound, RESET};
+use dtcp_forward::{Inbound, Lane, LaneStream, Offer, Outbound, RESET};
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::{Counter, Gauge, counter, gauge};
 use tokio::net::TcpStream;
@@ -71,7 +73,7 @@ pub(crate) fn offer(node: &Node, id: &RegistrationId, peer: &str) -> Option<Offe
 /// What ended the owner's wait for its lane.
 pub(crate) enum LaneWait {
     /// The lane attached.
-    Lane(TcpStream),
+    Lane(LaneStream),
     /// The session's bytes cross on the Bridge (its first frame, if one
     /// came, given back to `inbound`).
     Bridge,
@@ -235,7 +237,7 @@ async fn join_lane(
     end: End,
     client: TcpStream,
     early: &[u8],
-    lane: TcpStream,
+    mut lane: LaneStream,
     counters: [Counter; 2],
     idle: Option<Duration>,
     outbound: Outbound,
@@ -247,9 +249,9 @@ async fn join_lane(
         Peer(String),
     }
     let [to_lane, to_client] = counters;
-    let mut pump = Pump::new(
+    let mut pump = Pump::lane(
         (&client, early, to_lane),
-        (&lane, &[], to_client),
+        (&mut lane, to_client),
         idle,
         !node.config.no_splice,
         node.lane_throttles(),
@@ -279,7 +281,7 @@ async fn join_lane(
     if !closed {
         // Every end but both FINs is a reset, at both ends of this node.
         reset_on_close(&client);
-        reset_on_close(&lane);
+        reset_on_close(lane.tcp());
     }
     // This node's own cut: an earlier node is told why before the lane resets.
     match &why {
@@ -365,7 +367,7 @@ pub(crate) async fn run_owner(
     node: Arc<Node>,
     initiator: TcpStream,
     early: BytesMut,
-    lane: TcpStream,
+    lane: LaneStream,
     _lane_slot: Slot,
     outbound: Outbound,
     inbound: Inbound,
@@ -426,7 +428,7 @@ pub(crate) async fn run_claimant(
     id: RegistrationId,
     early: BytesMut,
     started: Instant,
-    lane: Lane,
+    mut lane: Lane,
     outbound: Outbound,
     inbound: Inbound,
     client: IpAddr,
@@ -437,7 +439,7 @@ pub(crate) async fn run_claimant(
     reset_on_close(&target);
     // The Target's early bytes follow the preamble (the pump writes them
     // first), without waiting for an answer: there is none.
-    if write_all(&lane.stream, &lane.preamble).await.is_err() {
+    if lane.send_preamble().await.is_err() {
         // The owner's Initiator has its OK, and will be reset by the
         // owner when the Bridge ends; this Target never had one (it is
         // reset when dropped here).
