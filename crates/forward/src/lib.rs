@@ -65,7 +65,15 @@ pub const FRAMES_IN_FLIGHT: usize = 4;
 /// HTTP/2 stream window: how much one session may have in flight.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// HTTP/2 connection window, shared by all sessions between two nodes.
-pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+///
+/// It is also what any connection to the plane port can make a node
+/// buffer before its calls are refused (a refused call's body is still
+/// received up to the window): 8 MiB, two sessions at their full stream
+/// window, keeps a crowd of unauthenticated connections to the plane's cap
+/// within the node's memory budget. Sessions' bytes cross on lanes; the
+/// Bridge's data path is their fallback, and on a LAN 8 MiB in flight is
+/// still gigabytes a second.
+pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// HTTP/2 PING interval and timeout, and TCP keepalive: a dead peer node is
 /// noticed within seconds.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
