@@ -31,19 +31,23 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio_rustls::{client, server};
 
 use crate::auth::{AuthFailure, PlaneAuth, unix_ms};
 use crate::tls::{ALPN_LANE, PlaneTls};
+
+mod stream;
+mod token;
+
+pub use stream::LaneStream;
+use token::{Token, after_head, token_parts};
+pub use token::{is_lane_start, mint_token, preamble};
 
 /// The first bytes of a lane, on the forwarding port: told apart from the
 /// HTTP/2 client preface (`PRI * ...`) and a TLS handshake (0x16) by the first.
@@ -68,211 +72,6 @@ const HEAD: usize = 8 + 1 + 2;
 /// Longest token: every field at its largest.
 const MAX_TOKEN: usize = 32 + 8 + 16 + 1 + 255 + 32;
 const NONCE: usize = 16;
-
-/// A token's fields, as the owner reads them.
-#[derive(Debug, PartialEq, Eq)]
-struct Token<'a> {
-    registration: [u8; 32],
-    expires_ms: u64,
-    nonce: [u8; NONCE],
-    claimant: &'a str,
-    mac: [u8; 32],
-}
-
-impl<'a> Token<'a> {
-    fn parse(bytes: &'a [u8]) -> Option<Self> {
-        let (registration, rest) = bytes.split_first_chunk::<32>()?;
-        let (expires, rest) = rest.split_first_chunk::<8>()?;
-        let (nonce, rest) = rest.split_first_chunk::<NONCE>()?;
-        let (&len, rest) = rest.split_first()?;
-        let (claimant, rest) = rest.split_at_checked(usize::from(len))?;
-        let mac: [u8; 32] = rest.try_into().ok()?;
-        Some(Token {
-            registration: *registration,
-            expires_ms: u64::from_be_bytes(*expires),
-            nonce: *nonce,
-            claimant: std::str::from_utf8(claimant).ok()?,
-            mac,
-        })
-    }
-
-    fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(32 + 8 + NONCE + 1 + self.claimant.len() + 32);
-        out.put_slice(&self.registration);
-        out.put_u64(self.expires_ms);
-        out.put_slice(&self.nonce);
-        out.put_u8(self.claimant.len() as u8);
-        out.put_slice(self.claimant.as_bytes());
-        out.put_slice(&self.mac);
-        out.freeze()
-    }
-}
-
-/// The MAC of a token, under the signing secret (`None` on an insecure plane).
-fn token_mac(auth: &PlaneAuth, owner: &str, t: &Token<'_>) -> Option<[u8; 32]> {
-    auth.mac(&token_parts(owner, t, &t.expires_ms.to_be_bytes()))
-}
-
-fn token_parts<'a>(owner: &'a str, t: &'a Token<'_>, expires: &'a [u8; 8]) -> [&'a [u8]; 7] {
-    [
-        LANE_TAG,
-        &[LANE_VERSION],
-        &t.registration,
-        owner.as_bytes(),
-        t.claimant.as_bytes(),
-        expires,
-        &t.nonce,
-    ]
-}
-
-/// A lane token as the owner mints it, for `registration` claimed by the
-/// node `claimant`, expiring at `expires_ms` (Unix ms). Public so that a
-/// test can mint one (a forged or expired token, the right way).
-pub fn mint_token(
-    auth: &PlaneAuth,
-    owner: &str,
-    claimant: &str,
-    registration: &[u8; 32],
-    expires_ms: u64,
-    nonce: [u8; NONCE],
-) -> Bytes {
-    let mut token = Token {
-        registration: *registration,
-        expires_ms,
-        nonce,
-        claimant,
-        mac: [0; 32],
-    };
-    if let Some(mac) = token_mac(auth, owner, &token) {
-        token.mac = mac;
-    }
-    token.encode()
-}
-
-/// The preamble a claimant writes on its lane before any byte of the
-/// session: magic, version, and the token as the owner sent it.
-pub fn preamble(token: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEAD + token.len());
-    out.extend_from_slice(LANE_MAGIC);
-    out.push(LANE_VERSION);
-    out.extend_from_slice(&after_head(token));
-    out
-}
-
-/// The preamble past its magic and version (which a dial sends as soon as
-/// it connects): the token's length and the token.
-pub(crate) fn after_head(token: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + token.len());
-    out.extend_from_slice(&(token.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
-    out.extend_from_slice(token);
-    out
-}
-
-/// Whether a connection's first byte is a lane's (on the forwarding port).
-pub fn is_lane_start(first: u8) -> bool {
-    first == LANE_MAGIC[0]
-}
-
-/// A lane's connection, at either end: plain TCP (spliced), or TLS under
-/// plane TLS (copied through user space: rustls encrypts and decrypts).
-#[derive(Debug)]
-pub enum LaneStream {
-    /// Plain TCP (a plane without TLS).
-    Plain(TcpStream),
-    /// TLS, the claimant's end (it dialed).
-    TlsClient(Box<client::TlsStream<TcpStream>>),
-    /// TLS, the owner's end (accepted on the forwarding port, told apart
-    /// by its ClientHello before the plane's gate, which it never enters).
-    TlsServer(Box<server::TlsStream<TcpStream>>),
-}
-
-impl LaneStream {
-    /// Whether the lane is TLS (it cannot be spliced).
-    pub fn is_tls(&self) -> bool {
-        !matches!(self, LaneStream::Plain(_))
-    }
-
-    /// Whether a dialed lane is still open: the owner sends no byte of its
-    /// own on it, so anything to read (its end, a reset) says it is not.
-    /// A TLS lane is read without waiting (what the TLS layer sends after
-    /// its handshake, session tickets, is taken in and is no byte).
-    fn is_open(&mut self) -> bool {
-        match self {
-            LaneStream::Plain(tcp) => dtcp_duplex::peek_now(tcp).is_pending(),
-            tls => {
-                let mut byte = [0u8; 1];
-                let mut buf = ReadBuf::new(&mut byte);
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                Pin::new(tls).poll_read(&mut cx, &mut buf).is_pending()
-            }
-        }
-    }
-}
-
-impl dtcp_duplex::OverTcp for LaneStream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            LaneStream::Plain(tcp) => tcp,
-            LaneStream::TlsClient(tls) => tls.get_ref().0,
-            LaneStream::TlsServer(tls) => tls.get_ref().0,
-        }
-    }
-
-    /// rustls wants no more of the socket while it holds plaintext (or the
-    /// peer's `close_notify`) not read yet.
-    fn buffered(&self) -> bool {
-        match self {
-            LaneStream::Plain(_) => false,
-            LaneStream::TlsClient(tls) => !tls.get_ref().1.wants_read(),
-            LaneStream::TlsServer(tls) => !tls.get_ref().1.wants_read(),
-        }
-    }
-}
-
-impl AsyncRead for LaneStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            LaneStream::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            LaneStream::TlsClient(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
-            LaneStream::TlsServer(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for LaneStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            LaneStream::Plain(io) => Pin::new(io).poll_write(cx, buf),
-            LaneStream::TlsClient(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
-            LaneStream::TlsServer(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            LaneStream::Plain(io) => Pin::new(io).poll_flush(cx),
-            LaneStream::TlsClient(io) => Pin::new(io.as_mut()).poll_flush(cx),
-            LaneStream::TlsServer(io) => Pin::new(io.as_mut()).poll_flush(cx),
-        }
-    }
-
-    /// TLS: a `close_notify`, then the FIN of the TCP connection under it.
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            LaneStream::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            LaneStream::TlsClient(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
-            LaneStream::TlsServer(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
 
 /// Where to dial a lane the owner may offer at a XEP-0065 activation.
 #[derive(Debug, Clone)]
