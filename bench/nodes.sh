@@ -13,8 +13,14 @@
 # pair; with --redis-cluster, the commands per pair on each master too.
 # Raw JSON lines go to $OUT (default target/bench/nodes.jsonl).
 #
+# With CONC_PER_NODE=k the concurrency is k times N instead: the same load
+# on each node whatever N. At a fixed 32, each of 12 nodes has under 3 pairs
+# in flight against 16 at 2 nodes, and pays for many more wake-ups per pair
+# (docs/PERFORMANCE.md, "Many nodes").
+#
 # Usage: bench/nodes.sh [--redis-cluster] [N ...]     (default N: 2 4 8 12 16)
 #        PAIRS=1000 bench/nodes.sh 2 4                (a quicker look)
+#        CONC_PER_NODE=16 bench/nodes.sh 2 12         (the same load per node)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -131,6 +137,7 @@ for N in "${COUNTS[@]}"; do
     echo "a node on metrics port $m never saw $N nodes alive" >&2; exit 1
   done
   nodes=$(IFS=,; echo "${NODES[*]}") pids=$(IFS=,; echo "${NODE_PIDS[*]}") redis=$(IFS=,; echo "${REDIS[*]}")
+  if [ -n "${CONC_PER_NODE:-}" ]; then CONC=$((CONC_PER_NODE * N)); fi
   "$BIN/dtcp-bench" --nodes "$nodes" pair --pairs "$WARMUP" --concurrency "$CONC" > /dev/null
   for r in "${REDIS[@]}"; do redis-cli -h "${r%:*}" -p "${r#*:}" CONFIG RESETSTAT > /dev/null; done
   "$BIN/dtcp-bench" --json --label "nodes-$N" --nodes "$nodes" --relay-pid "$pids" --redis "$redis" \
