@@ -354,7 +354,8 @@ fn reset_lane(lane: LaneStream) {
 /// token read and checked), else HTTP/2 (through the plane's gate, then its
 /// handshake, to tonic). A ClientHello not come within [`SILENT_TIMEOUT`]
 /// closes it, counted as a probation that ran out. `permit`: its place
-/// among the connections being told apart, held until it is.
+/// among the connections being told apart, held until it is (a lane's
+/// handshake then counts among the lanes attaching).
 async fn sniff_tls(
     tcp: tokio::net::TcpStream,
     tls: PlaneTls,
@@ -370,6 +371,13 @@ async fn sniff_tls(
         // Closed or failed: nothing to serve.
         Ok(Err(_)) => return,
         Ok(Ok(true)) => {
+            // Told apart: its place among the connections being told apart
+            // goes to the next one. A lane's handshake is bounded with the
+            // lanes attaching (their token read), not by that place, so that
+            // lanes stalled in their handshakes (a burst, or someone who
+            // offers the lane's protocol and stalls) cannot keep a peer's
+            // HTTP/2 connection from being told apart.
+            drop(permit);
             let Ok(_permit) = attaching.try_acquire() else {
                 counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "lanes_attaching")
                     .increment(1);
@@ -378,13 +386,7 @@ async fn sniff_tls(
             };
             // From here on, as a plain lane: a process that dies resets it.
             dtcp_duplex::reset_on_close(&tcp);
-            // The handshake keeps the place it was told apart in: a burst
-            // of lanes makes at most that many handshakes (their CPU) at
-            // once; past it, new ones are reset and their sessions cross
-            // on the Bridge.
-            let handshake = tls.accept_lane(tcp).await;
-            drop(permit);
-            match handshake {
+            match tls.accept_lane(tcp).await {
                 Ok(stream) => {
                     let lane = LaneStream::TlsServer(Box::new(stream));
                     if let Err(Some(failure)) = lanes.attach(lane).await {
