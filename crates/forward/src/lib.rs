@@ -46,9 +46,9 @@ pub use dialer::{BridgeError, Dialer};
 pub use health::{Authenticated, HEALTH_CALL_TIMEOUT, HEALTH_MAX_MESSAGE, health_binding};
 pub use join::{End, Report, join};
 pub use lane::{
-    EXPECTED_LANES_CAPACITY, LANE_DIAL_TIMEOUT, LANE_MAGIC, LANE_TOKEN_TTL, LANE_VERSION, Lane,
-    LaneAddr, LaneAt, LaneDial, LaneStream, Lanes, Offer, PREAMBLE_TIMEOUT, is_lane_start,
-    mint_token, preamble,
+    EXPECTED_LANES_CAPACITY, LANE_DIAL_TIMEOUT, LANE_MAGIC, LANE_TOKEN_TTL, LANE_USER_TIMEOUT,
+    LANE_VERSION, Lane, LaneAddr, LaneAt, LaneDial, LaneStream, Lanes, Offer, PREAMBLE_TIMEOUT,
+    is_lane_start, mint_token, preamble,
 };
 pub use service::BridgeService;
 pub use tls::{ALPN_LANE, PlaneIo, PlaneTls, TlsError, TlsFiles};

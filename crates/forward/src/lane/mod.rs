@@ -223,13 +223,17 @@ pub(crate) async fn dial(addr: String, tls: Option<PlaneTls>) -> Result<LaneStre
 
 /// A lane's socket options, at both ends. From here on a lane that closes
 /// other than by a passed-on FIN (its process killed included) is reset,
-/// as a client socket is. Keepalive probes notice a node gone without a
-/// word (its machine lost) within seconds: no Bridge stays open beside the
-/// lane to notice it.
+/// as a client socket is. No Bridge stays open beside the lane to notice a
+/// node gone without a word (its machine lost): keepalive probes notice it
+/// on an idle lane within 16 s, and [`LANE_USER_TIMEOUT`] on one with bytes
+/// unacknowledged (where Linux sends no probe, and would otherwise retry
+/// for about 15 minutes).
 fn tune(stream: &TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let socket = socket2::SockRef::from(stream);
     socket.set_linger(Some(Duration::ZERO))?;
+    #[cfg(target_os = "linux")]
+    socket.set_tcp_user_timeout(Some(LANE_USER_TIMEOUT))?;
     socket.set_tcp_keepalive(
         &socket2::TcpKeepalive::new()
             .with_time(crate::TCP_KEEPALIVE)
@@ -237,6 +241,10 @@ fn tune(stream: &TcpStream) -> std::io::Result<()> {
             .with_retries(3),
     )
 }
+
+/// How long a lane's sent bytes may go unacknowledged before the lane
+/// fails (a reset at both clients), Linux's `TCP_USER_TIMEOUT`.
+pub const LANE_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The lanes an owner node expects: offered in `paired`, attached once by
 /// the claimant's preamble. Clones share the table.
