@@ -223,6 +223,14 @@ impl BridgeBeside {
     }
 }
 
+impl Drop for BridgeBeside {
+    /// A session's task ended without closing the call (aborted at a
+    /// runtime's shutdown): the gauge is still put right.
+    fn drop(&mut self) {
+        self.closed();
+    }
+}
+
 /// One node's side of a lane session: `client` (its `early` bytes first)
 /// joined to `lane` until the session ends; `counters`: client to lane,
 /// lane to client. `idle`: the owner's idle timeout (the claimant's node
