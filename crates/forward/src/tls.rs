@@ -49,6 +49,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const CLIENT_HELLO_MAX: usize = 4096;
 /// How long to wait for the rest of a ClientHello not whole yet.
 const HELLO_RETRY: Duration = Duration::from_millis(5);
+/// The longest pause between two looks at a ClientHello still coming.
+const HELLO_RETRY_MAX: Duration = Duration::from_millis(160);
 
 /// Where the plane's TLS files are, and the name the nodes' certificates carry.
 #[derive(Debug, Clone)]
@@ -206,11 +208,21 @@ impl PlaneTls {
     /// (its handshake fails in the gate, as it did before lanes).
     pub async fn offers_lane(tcp: &TcpStream) -> io::Result<bool> {
         let mut hello = vec![0u8; CLIENT_HELLO_MAX];
+        // Bytes parsed last time, and the pause before the next look: a
+        // ClientHello trickled in is parsed again only when it has grown,
+        // and looked at less and less often.
+        let (mut parsed, mut pause) = (0, HELLO_RETRY);
         loop {
             let n = tcp.peek(&mut hello).await?;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
+            if n == parsed {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(HELLO_RETRY_MAX);
+                continue;
+            }
+            parsed = n;
             let mut acceptor = tokio_rustls::rustls::server::Acceptor::default();
             let mut rest = &hello[..n];
             while !rest.is_empty() {
