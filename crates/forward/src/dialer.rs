@@ -268,12 +268,19 @@ impl Dialer {
                     crate::spoken_format(format),
                     crate::spoken_format(paired.format),
                 );
-                if answered > asked {
-                    return Err(BridgeError::Protocol(format!(
-                        "the owner answered cluster format {answered}, newer than the {asked} asked"
-                    )));
-                }
-                halves.format = paired.format;
+                // A newer format than asked is the owner's mistake, but its
+                // claim is made and its Initiator has its OK: the session
+                // goes on in the format asked rather than being lost.
+                halves.format = if answered > asked {
+                    tracing::warn!(
+                        asked,
+                        answered,
+                        "the owner answered a newer cluster format than asked; using the one asked"
+                    );
+                    format
+                } else {
+                    paired.format
+                };
                 Ok((halves, paired.lane_token))
             }
             Some(Kind::Error(e)) if e.condition == Condition::NotFound.as_str() => {
