@@ -56,7 +56,13 @@ pub(crate) async fn run(node: Arc<Node>) {
             let formats = node.store.node_formats().await?;
             let sealed = node.trust.sealed_nodes(&live);
             node.store.use_format(common_format(&sealed, &formats));
-            // Before the gauge below, which tells that the node knows them.
+            // Before the gauge below, which tells that the node knows them;
+            // as for the store's format, only heartbeats whose seal checks
+            // out count (a Redis writer cannot pick a peer's format).
+            let formats: Vec<_> = formats
+                .into_iter()
+                .filter(|(id, _)| sealed.contains(id.as_str()))
+                .collect();
             node.formats.learn(&formats);
             Ok::<_, dtcp_store::StoreError>((beat, sealed.len()))
         }
