@@ -21,21 +21,22 @@ use std::time::Duration;
 use bytes::BytesMut;
 use dtcp_duplex::OverTcp;
 use dtcp_duplex::reset_on_close;
-use dtcp_forward::proto::Frame;
 use dtcp_forward::proto::frame::Kind;
 use dtcp_forward::{Inbound, Lane, LaneStream, Offer, Outbound, RESET};
 use dtcp_wire::{Condition, RegistrationId};
-use metrics::{Counter, Gauge, counter, gauge};
+use metrics::{Counter, counter, gauge};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::limits::Slot;
-use crate::metrics::{FORWARDED_SESSIONS, LANE_BRIDGES_OPEN, LANES_ACTIVE};
+use crate::metrics::{FORWARDED_SESSIONS, LANES_ACTIVE};
 use crate::node::Node;
 use crate::outcome::Outcome;
 use crate::protocol::Protocol;
 use crate::reply::send_ok;
+pub(crate) use crate::session::beside::end_bridge;
+use crate::session::beside::{BridgeBeside, End};
 use crate::session::pump::Pump;
 use crate::session::report::{Ended, Side, finished};
 
@@ -47,12 +48,6 @@ use crate::session::report::{Ended, Side, finished};
 /// is already pumping into that lane, and the Bridge cannot take the
 /// session over. The session is cut.
 const LANE_WAIT: Duration = Duration::from_secs(3);
-/// How long a node whose lane was reset waits for the other node's reason
-/// on the Bridge (it sends it before it resets the lane).
-const REASON_WAIT: Duration = Duration::from_millis(500);
-/// How long a node, its side of a lane session over, waits for the other
-/// node to end the Bridge too (having read why, if this node cut it).
-const CUT_FLUSH: Duration = Duration::from_millis(500);
 
 /// A lane offered by the owner: the offer, and the connection slot the lane
 /// will hold (a forwarded session holds one more descriptor on each node).
@@ -112,123 +107,6 @@ struct LaneEnd {
     moved: [u64; 2],
     outcome: Outcome,
     detail: Option<String>,
-}
-
-/// Which end of a session's Bridge a node holds, once its lane has
-/// attached: the owner ends its half at once, the claimant when the owner
-/// has (see [`BridgeBeside`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    Owner,
-    Claimant,
-}
-
-/// A session's Bridge beside its lane, closed as soon as both nodes know
-/// the lane attached: an idle Bridge stream costs each node far more memory
-/// than the session itself (its HTTP/2 stream and message buffers).
-///
-/// The owner, which saw the lane attach, ends its half first; the claimant
-/// ends its own when it reads that end (ending first, it could reach an
-/// owner still waiting for the lane, which would take the end for a node
-/// gone). A node of an earlier version keeps its half open for the whole
-/// session, to send the reason of a cut on it: while a half is open, a cut
-/// is told on it and a reason read from it, as then.
-struct BridgeBeside {
-    outbound: Option<Outbound>,
-    inbound: Option<Inbound>,
-    /// `dtcp_lane_bridges_open`, for this node's role, while the call is open.
-    open: Option<Gauge>,
-}
-
-impl BridgeBeside {
-    fn new(end: End, outbound: Outbound, inbound: Inbound) -> Self {
-        let role = match end {
-            End::Owner => "server",
-            End::Claimant => "client",
-        };
-        let open = gauge!(LANE_BRIDGES_OPEN, "role" => role);
-        open.increment(1.0);
-        BridgeBeside {
-            outbound: (end == End::Claimant).then_some(outbound),
-            inbound: Some(inbound),
-            open: Some(open),
-        }
-    }
-
-    /// Whether the other node's half of the call is still open.
-    fn is_open(&self) -> bool {
-        self.inbound.is_some()
-    }
-
-    /// The call is over: its halves are dropped.
-    fn closed(&mut self) {
-        self.outbound = None;
-        self.inbound = None;
-        if let Some(open) = self.open.take() {
-            open.decrement(1.0);
-        }
-    }
-
-    /// The next frame of the other node's half; pending for ever once it
-    /// has ended. Its end ends this node's half too, freeing the call.
-    async fn next(&mut self) -> Option<Kind> {
-        let Some(inbound) = &mut self.inbound else {
-            return std::future::pending().await;
-        };
-        match inbound.next().await {
-            Ok(Some(kind)) => Some(kind),
-            Ok(None) | Err(_) => {
-                self.closed();
-                None
-            }
-        }
-    }
-
-    /// Tells the other node why this node cut the session, if its half of
-    /// the Bridge is still open to carry it.
-    fn tell(&self, condition: Condition, text: &str) {
-        if let Some(outbound) = &self.outbound {
-            outbound.try_send(Frame::error(condition, text));
-        }
-    }
-
-    /// The reason the other node gives for the lane's reset, if it still
-    /// has a Bridge open to give it on (within [`REASON_WAIT`]).
-    async fn reason(&mut self) -> Option<String> {
-        self.inbound.as_ref()?;
-        tokio::time::timeout(REASON_WAIT, async {
-            loop {
-                match self.next().await? {
-                    Kind::Error(e) => return Some(e.condition),
-                    _ => continue,
-                }
-            }
-        })
-        .await
-        .ok()
-        .flatten()
-    }
-
-    /// Ends what is left of the call (see [`end_bridge`]).
-    async fn close(mut self) {
-        match (self.outbound.take(), self.inbound.take()) {
-            (Some(outbound), Some(inbound)) => end_bridge(outbound, inbound).await,
-            (None, Some(mut inbound)) => {
-                let rest = async { while let Ok(Some(_)) = inbound.next().await {} };
-                let _ = tokio::time::timeout(CUT_FLUSH, rest).await;
-            }
-            _ => {}
-        }
-        self.closed();
-    }
-}
-
-impl Drop for BridgeBeside {
-    /// A session's task ended without closing the call (aborted at a
-    /// runtime's shutdown): the gauge is still put right.
-    fn drop(&mut self) {
-        self.closed();
-    }
 }
 
 /// One node's side of a lane session: `client` (its `early` bytes first)
@@ -320,17 +198,6 @@ async fn join_lane(
         outcome,
         detail,
     }
-}
-
-/// Ends this node's half of a session's Bridge (after any frame already
-/// queued: the channel keeps their order), then reads the other node's
-/// end, within [`CUT_FLUSH`]. A call dropped half-open would be reset, and
-/// HTTP/2 closes a connection that has reset 1,024 streams, failing every
-/// Bridge on it.
-pub(crate) async fn end_bridge(outbound: Outbound, mut inbound: Inbound) {
-    drop(outbound);
-    let rest = async { while let Ok(Some(_)) = inbound.next().await {} };
-    let _ = tokio::time::timeout(CUT_FLUSH, rest).await;
 }
 
 /// Claimant side, the owner having answered its Initiator: a DTCP Target

@@ -6,6 +6,7 @@
 //! ([`report`]).
 
 mod awaiting;
+mod beside;
 pub(crate) mod forwarded;
 mod lane;
 mod local;
