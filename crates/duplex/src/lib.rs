@@ -32,6 +32,8 @@ mod pool;
 mod pump;
 mod socket;
 mod stream;
+#[cfg(test)]
+mod test_support;
 
 pub use gate::{Gate, Gates};
 pub use linger::{LINGER, LINGER_BYTES, REPLY_WRITE_TIMEOUT, write_and_linger};

@@ -327,29 +327,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-
-    /// A client socket and the relay's end of it.
-    async fn connection(listener: &TcpListener) -> (TcpStream, TcpStream) {
-        let client = TcpStream::connect(listener.local_addr().unwrap());
-        let (client, accepted) = tokio::join!(client, listener.accept());
-        (client.unwrap(), accepted.unwrap().0)
-    }
-
-    /// Grants at most `max` bytes a read, and counts what was used.
-    struct Trickle {
-        max: usize,
-        used: Arc<AtomicUsize>,
-    }
-
-    impl Gate for Trickle {
-        fn poll_grant(&mut self, want: usize, _: &mut Context<'_>) -> Poll<usize> {
-            Poll::Ready(want.min(self.max))
-        }
-
-        fn used(&mut self, used: usize) {
-            self.used.fetch_add(used, Ordering::Relaxed);
-        }
-    }
+    use crate::test_support::{Trickle, connection};
 
     /// Early bytes first, both directions at once, each FIN passed on as
     /// it comes and the other direction flowing after it; the gates asked
