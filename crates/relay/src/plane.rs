@@ -13,7 +13,7 @@ use dtcp_forward::proto::Open;
 use dtcp_forward::{
     AuthFailure, Authenticated, BridgeService, CONNECTION_WINDOW, Claimer, ConnectionGate, Cut,
     H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, LaneStream,
-    Lanes, PlaneIo, PlaneTls, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
+    Lanes, PlaneIo, PlaneTls, Probation, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
 };
 use dtcp_wire::RegistrationId;
 use metrics::counter;
@@ -265,14 +265,8 @@ fn incoming(
                 });
                 continue;
             }
-            let tcp = match gate.enter(tcp) {
-                Ok(tcp) => tcp,
-                Err(tcp) => {
-                    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
-                        .increment(1);
-                    reset(tcp);
-                    continue;
-                }
+            let Some(tcp) = enter(&gate, tcp) else {
+                continue;
             };
             match &tls {
                 None => {
@@ -330,14 +324,24 @@ async fn sniff(
         return attach(LaneStream::Plain(tcp), lanes, attaching).await;
     }
     let _ = socket2::SockRef::from(&tcp).set_linger(None);
+    if let Some(tcp) = enter(&gate, tcp) {
+        let _ = tx.send(Ok(PlaneIo::plain(tcp))).await;
+    }
+}
+
+/// A connection through the plane's gate, or, when every place is a
+/// peer's, reset and counted (`max_connections`).
+fn enter(
+    gate: &ConnectionGate,
+    tcp: tokio::net::TcpStream,
+) -> Option<Probation<tokio::net::TcpStream>> {
     match gate.enter(tcp) {
-        Ok(tcp) => {
-            let _ = tx.send(Ok(PlaneIo::plain(tcp))).await;
-        }
+        Ok(tcp) => Some(tcp),
         Err(tcp) => {
             counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
                 .increment(1);
             reset(tcp);
+            None
         }
     }
 }
@@ -400,14 +404,8 @@ async fn sniff_tls(
         }
         Ok(Ok(false)) => drop(permit),
     }
-    let tcp = match gate.enter(tcp) {
-        Ok(tcp) => tcp,
-        Err(tcp) => {
-            counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
-                .increment(1);
-            reset(tcp);
-            return;
-        }
+    let Some(tcp) = enter(&gate, tcp) else {
+        return;
     };
     match tls.accept(tcp).await {
         Ok(stream) => {
