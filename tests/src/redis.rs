@@ -56,6 +56,12 @@ impl RedisServer {
         self.server.cli(args)
     }
 
+    /// The ids of its clients with tracking on: each node's tracked
+    /// connection.
+    pub fn tracking_clients(&self) -> Vec<String> {
+        self.server.tracking_clients()
+    }
+
     /// Every key (the test Redis holds only this cluster's).
     pub fn keys(&self) -> Vec<String> {
         self.server.keys()

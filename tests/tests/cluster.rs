@@ -755,15 +755,14 @@ async fn a_pair_across_nodes_costs_redis_four_commands_and_publishes_nothing() {
 }
 
 /// Commands of a pair whose `CONNECT` comes first, as `INFO commandstats`
-/// counts them: the `CONNECT`'s `SET NX GET` leaves its waiter; the
-/// `CREATE`'s `SET NX GET` finds it; the script that swaps it for the
-/// record (`EVALSHA`, and its `SET XX GET`); the `PUBLISH` that tells the
-/// waiting node; the owner's `GETDEL`. docs/PERFORMANCE.md says why this
-/// path is not four (the `CREATE` first is three).
-const RACE_COMMANDS: u64 = 6;
+/// counts them: the `CONNECT`'s look (a `GETRANGE` on the connection Redis
+/// tracks for its node); the `CREATE`'s `SET NX GET`, which makes Redis
+/// push the news to that node; the `CONNECT`'s second look, which finds the
+/// record; the owner's `GETDEL`. No waiter entry, swap or `PUBLISH`.
+const RACE_COMMANDS: u64 = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pair_whose_connect_comes_first_costs_redis_six_commands() {
+async fn a_pair_whose_connect_comes_first_costs_redis_four_commands() {
     let redis = RedisServer::start();
     let urls = [redis.url()];
     let [a, b] = [(); 2].map(|_| cluster_node(&urls, &["--connect-grace", "10"]));
@@ -774,6 +773,12 @@ async fn a_pair_whose_connect_comes_first_costs_redis_six_commands() {
         channels.lines().filter(|l| !l.trim().is_empty()).count() == 2
     })
     .await;
+    eventually(
+        Duration::from_secs(5),
+        "two tracking connections",
+        || async { redis.tracking_clients().len() == 2 },
+    )
+    .await;
     if format_in_use(&a, 1) + format_in_use(&b, 1) > 0 {
         // A node that saw the other before its formats did spoke format 1
         // for a heartbeat, and then publishes every registration for the
@@ -781,8 +786,8 @@ async fn a_pair_whose_connect_comes_first_costs_redis_six_commands() {
         tokio::time::sleep(Duration::from_secs(6)).await;
     }
     let looks = || b.metric("dtcp_store_operations_total{op=\"lookup\"}");
-    // One race pair: the CONNECT on B waits (its look left a waiter), then
-    // the CREATE on A finds the waiter.
+    // One race pair: the CONNECT on B waits (its look found nothing, and
+    // left nothing), then the CREATE on A registers, and Redis tells B.
     let race = |name: String| {
         let (a, b, looks) = (&a, &b, &looks);
         async move {
@@ -806,7 +811,7 @@ async fn a_pair_whose_connect_comes_first_costs_redis_six_commands() {
             a.wait_for("dtcp_pending_registrations", 0.0).await;
         }
     };
-    // The first loads what is loaded once (the swap's script).
+    // The first makes what is made once.
     race("race-warm-up".to_owned()).await;
     let getdels = || command_calls(&redis).get("getdel").copied().unwrap_or(0);
     eventually(Duration::from_secs(5), "the warm-up's removal", || async {
@@ -835,37 +840,42 @@ async fn a_pair_whose_connect_comes_first_costs_redis_six_commands() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A CONNECT whose CREATE came past its first wait (0.5 s and more on a
-    // slow machine) looked once more, a `SET NX GET` of its own: not the
-    // pair's cost, taken out.
-    let extra_looks = (looks().await - looks_before) as u64 - PAIRS;
+    // slow machine) looked once more: not the pair's cost, taken out.
+    let extra_looks = (looks().await - looks_before) as u64 - 2 * PAIRS;
     let calls = |name: &str| used.get(name).copied().unwrap_or(0);
     // Counted command by command, as the heartbeats run beside the pairs:
     // a beat's `SET` goes in one pipeline with its `EXISTS` (so the two
-    // snapshots split no beat's pair of them), its two scripts later (so a
-    // snapshot may fall between: up to two scripts a node each side).
+    // snapshots split no beat's pair of them), its two scripts later.
     let beats = calls("exists");
-    let sets = calls("set") - beats - extra_looks;
-    let scripts = calls("evalsha") as i64 - 2 * beats as i64;
+    let sets = calls("set") - beats;
+    let looked = calls("getrange") - extra_looks;
     eprintln!(
         "{PAIRS} pairs, the CONNECT first: {beats} heartbeats, {extra_looks} more looks: {used:?}"
     );
-    assert_eq!(sets, 3 * PAIRS, "look, register, swap: {used:?}");
-    assert!(
-        (scripts - PAIRS as i64).abs() <= 8,
-        "one swap a pair: {scripts} for {PAIRS} pairs, {used:?}"
-    );
-    assert_eq!(calls("publish"), PAIRS, "one message a pair");
+    assert_eq!(looked, 2 * PAIRS, "two looks a pair: {used:?}");
+    assert_eq!(sets, PAIRS, "one registration a pair: {used:?}");
+    assert_eq!(calls("publish"), 0, "nothing published: {used:?}");
     assert_eq!(calls("getdel"), PAIRS, "one removal a pair");
-    // Nothing else: the heartbeats' other commands only.
-    let heartbeat_only = ["exists", "zadd", "zremrangebyscore", "zrangebyscore"];
-    let pair_commands = ["set", "evalsha", "publish", "getdel"];
+    // Nothing else: the heartbeats' commands, and the checks that
+    // subscriptions and tracking connections make every 2 s.
+    let other = [
+        "exists",
+        "zadd",
+        "zremrangebyscore",
+        "zrangebyscore",
+        "evalsha",
+        "ping",
+    ];
+    let pair_commands = ["set", "getrange", "getdel"];
     for name in used.keys() {
         assert!(
-            heartbeat_only.contains(&name.as_str()) || pair_commands.contains(&name.as_str()),
+            other.contains(&name.as_str()) || pair_commands.contains(&name.as_str()),
             "a command the race path did not send before: {name} ({used:?})"
         );
     }
-    let per_pair = (sets as i64 + scripts) as f64 / PAIRS as f64 + 2.0;
+    let scripts = calls("evalsha") as i64 - 2 * beats as i64;
+    assert!(scripts.abs() <= 8, "no script a pair: {used:?}");
+    let per_pair = (looked + sets + calls("getdel")) as f64 / PAIRS as f64;
     assert!(
         per_pair.round() as u64 <= RACE_COMMANDS,
         "{per_pair} commands a pair: {used:?}"
@@ -1046,11 +1056,59 @@ async fn nodes_of_the_legacy_format_and_the_new_pair_both_ways() {
     );
 }
 
+/// With tracked looks: a `CONNECT` that waits leaves nothing in Redis; the
+/// store flushed and B's tracking connection killed while it waits, it
+/// still pairs with a `CREATE` made after (found by its next look, or told
+/// on the connection made again), and B tracks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracked_connect_survives_a_flush_and_a_lost_tracking_connection() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let args = ["--connect-grace", "10"];
+    let [a, b] = [(); 2].map(|_| cluster_node(&urls, &args));
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    eventually(
+        Duration::from_secs(5),
+        "two tracking connections",
+        || async { redis.tracking_clients().len() == 2 },
+    )
+    .await;
+    let t = triple("tracked-lost");
+    let key = format!("dtcp:reg:{}", t.registration_id());
+    let looks = || b.metric("dtcp_store_operations_total{op=\"lookup\"}");
+    let before = looks().await;
+    let target = tokio::spawn({
+        let (t, addr) = (t.clone(), b.addr);
+        async move { Target::connect(addr, &t).await }
+    });
+    eventually(Duration::from_secs(5), "the CONNECT's look", || async {
+        looks().await > before
+    })
+    .await;
+    assert_eq!(redis.cli(&["GET", &key]).trim(), "", "no waiter entry");
+    redis.cli(&["FLUSHALL"]);
+    for id in redis.tracking_clients() {
+        redis.cli(&["CLIENT", "KILL", "ID", &id]);
+    }
+    let mut i = Initiator::connect(a.addr, &t)
+        .await
+        .expect("initiator pairs");
+    let mut tg = target.await.unwrap().expect("the waiting target pairs");
+    i.write_all(b"found").await.unwrap();
+    assert_eq!(read_n(&mut tg, 5).await, b"found");
+    eventually(Duration::from_secs(10), "tracking again", || async {
+        redis.tracking_clients().len() == 2
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_the_store_lost_is_left_again_and_answered() {
     let redis = RedisServer::start();
     let urls = [redis.url()];
-    let args = ["--connect-grace", "10"];
+    // Waiter entries, as on a Redis Cluster.
+    let args = ["--connect-grace", "10", "--no-redis-tracking"];
     let [a, b] = [(); 2].map(|_| cluster_node(&urls, &args));
     a.wait_for("dtcp_nodes_alive", 2.0).await;
     b.wait_for("dtcp_nodes_alive", 2.0).await;

@@ -18,7 +18,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -73,16 +73,25 @@ struct Http {
     gates: Vec<(&'static str, ConnectionGate)>,
 }
 
+/// How often a listener's accept failures are logged at most: out of
+/// descriptors, an accept fails and succeeds again many times a second, as
+/// connections come and go.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// An accept loop for the node's own listeners: a failed accept (out of
 /// descriptors) is counted in `dtcp_listener_accept_failures_total`, backed
-/// off rather than retried at once, and logged once per run of failures.
+/// off rather than retried at once, and logged once per run of failures,
+/// [`ACCEPT_LOG_EVERY`] apart at most.
 #[derive(Debug)]
 pub(crate) struct Acceptor {
     listener: TcpListener,
     /// The `listener` label.
     name: &'static str,
-    /// Failures since the last accept that succeeded.
+    /// Failures since the last line logged about them.
     failures: u64,
+    /// When a run of failures was last logged, and whether the current
+    /// run was (its end is then logged too).
+    warned: Option<(Instant, bool)>,
 }
 
 impl Acceptor {
@@ -92,6 +101,7 @@ impl Acceptor {
             listener,
             name,
             failures: 0,
+            warned: None,
         }
     }
 
@@ -100,13 +110,14 @@ impl Acceptor {
         loop {
             match self.listener.accept().await {
                 Ok(accepted) => {
-                    if self.failures > 0 {
+                    if let Some((at, true)) = self.warned {
                         info!(
                             listener = self.name,
                             failures = self.failures,
                             "accepting again"
                         );
                         self.failures = 0;
+                        self.warned = Some((at, false));
                     }
                     return accepted;
                 }
@@ -114,12 +125,18 @@ impl Acceptor {
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     counter!(ACCEPT_FAILURES, "listener" => self.name).increment(1);
-                    if self.failures == 0 {
+                    let quiet = match self.warned {
+                        Some((_, true)) => true,
+                        Some((at, false)) => at.elapsed() < ACCEPT_LOG_EVERY,
+                        None => false,
+                    };
+                    if !quiet {
                         warn!(
                             listener = self.name,
                             error = %e,
                             "accept failed; backing off until it succeeds again (logged once)"
                         );
+                        self.warned = Some((Instant::now(), true));
                     }
                     self.failures += 1;
                     tokio::time::sleep(ACCEPT_BACKOFF).await;

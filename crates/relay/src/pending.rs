@@ -148,13 +148,16 @@ impl<C> PendingTable<C> {
     }
 
     /// Another node registered a CREATE: CONNECTs here expecting it learn
-    /// its owner, and go to it without asking the store again.
+    /// its owner, and go to it without asking the store again; or, when
+    /// the store only knows that its record changed, look again now.
     pub(crate) fn announce(&self, registered: Registered) {
         if let Some(expected) = self.expected.get(&registered.id) {
-            *expected
-                .owner
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(registered.owner);
+            if let Some(owner) = registered.owner {
+                *expected
+                    .owner
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(owner);
+            }
             expected.notify.notify_waiters();
         }
     }
@@ -355,17 +358,26 @@ mod tests {
         let other = RegistrationId::of("k2", "a@b", "c@d");
         t.announce(Registered {
             id: other,
-            owner: owner.clone(),
+            owner: Some(owner.clone()),
         });
         assert_eq!(w.announced_owner(), None, "not ours");
         t.announce(Registered {
             id,
-            owner: owner.clone(),
+            owner: Some(owner.clone()),
         });
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
         assert!(notified.as_mut().poll(&mut cx).is_ready(), "woken");
         assert_eq!(w.announced_owner(), Some(owner));
         assert_eq!(w.announced_owner(), None, "taken once");
+
+        // Told only that its record changed (a tracking push): woken, to
+        // look again, with no owner.
+        let notified = w.expected.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        t.announce(Registered { id, owner: None });
+        assert!(notified.as_mut().poll(&mut cx).is_ready(), "woken again");
+        assert_eq!(w.announced_owner(), None, "no owner to go to");
     }
 }

@@ -245,11 +245,13 @@ pub enum Beat {
 }
 
 /// A registration a node waited for, made by another: a CONNECT waiting for
-/// it can open its Bridge to `owner` without asking the store again.
+/// it can open its Bridge to `owner` without asking the store again, or,
+/// when the store only knows that its record changed, look again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
     /// The registration.
     pub id: RegistrationId,
-    /// The node that holds its Initiator.
-    pub owner: NodeInfo,
+    /// The node that holds its Initiator; `None`: its record was written
+    /// or removed, and a look tells by whom.
+    pub owner: Option<NodeInfo>,
 }

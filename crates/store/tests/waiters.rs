@@ -2,7 +2,9 @@
 //! `CREATE` nobody waits for publishes nothing, a `CONNECT` that came
 //! first is told on its node's own channel, a rewrite after a flush
 //! answers the waiters left meanwhile, and a pair costs Redis four
-//! commands (`INFO commandstats`, the calls scripts make included).
+//! commands (`INFO commandstats`, the calls scripts make included). With
+//! tracked looks, a `CONNECT` that came first leaves no waiter at all and
+//! is told by Redis, and that pair costs four commands too.
 
 mod common;
 
@@ -42,11 +44,12 @@ fn calls(redis: &Server) -> HashMap<String, u64> {
 }
 
 /// The calls of `after` past `before`, per command, leaving out those of
-/// the test's own `redis-cli` (`INFO`).
+/// the test's own `redis-cli` (`INFO`, `CLIENT LIST`) and the checks that
+/// subscriptions and the tracking connection make every 2 s (`PING`).
 fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap<String, u64> {
     after
         .iter()
-        .filter(|(name, _)| name.as_str() != "info")
+        .filter(|(name, _)| !matches!(name.as_str(), "info" | "ping" | "client|list"))
         .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
         .filter(|(_, n)| *n > 0)
         .collect()
@@ -55,7 +58,12 @@ fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_nobody_waits_for_publishes_nothing_and_a_waiter_is_told() {
     let redis = Server::start(&[]);
-    let config = config(&redis, "w:");
+    // Waiter entries, as a Redis Cluster (or a node whose tracking
+    // connection is down) makes them.
+    let config = RedisConfig {
+        tracking: false,
+        ..config(&redis, "w:")
+    };
     let (a, b) = (store(&config), store(&config));
     let (owner, grace) = (node("owner"), Duration::from_secs(5));
     let mut told = b.watch_registrations("b").expect("a subscription");
@@ -88,7 +96,7 @@ async fn a_create_nobody_waits_for_publishes_nothing_and_a_waiter_is_told() {
     assert!(a.register(&reg(2), &owner, grace).await.unwrap());
     let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
     let message = message.expect("told in time").expect("a message");
-    assert_eq!((message.id, message.owner), (reg(2), owner.clone()));
+    assert_eq!((message.id, message.owner), (reg(2), Some(owner.clone())));
     assert_eq!(a.lookup(&reg(2)).await.unwrap(), Some(owner.clone()));
     // A second CREATE of it is a conflict, as ever (its owner is alive).
     a.heartbeat(&owner, Duration::from_secs(60)).await.unwrap();
@@ -169,4 +177,68 @@ async fn a_pair_costs_redis_four_commands() {
         total <= 4 * n as u64,
         "{total} commands for {n} pairs: {used:?}"
     );
+}
+
+/// A `CONNECT` that comes first leaves nothing in Redis; the registering
+/// `SET NX GET` is what tells its node (a tracking push, no `PUBLISH`);
+/// the pair costs four commands; and with the tracking connection killed,
+/// looks leave waiters again until it is back, and are still told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracked_look_leaves_no_waiter_and_is_told_by_redis() {
+    let redis = Server::start(&[]);
+    let config = config(&redis, "t:");
+    let (a, b) = (store(&config), store(&config));
+    let (owner, grace) = (node("owner"), Duration::from_secs(5));
+    let ttl = Duration::from_secs(300);
+    let mut told = b.watch_registrations("b").expect("a subscription");
+    common::wait_until(TOLD_WITHIN, "the tracking connection", || {
+        redis.tracking_clients().len() == 1
+    });
+    // Scripts loaded, connections made: not what a pair costs.
+    assert!(a.register(&reg(0), &owner, ttl).await.unwrap());
+    assert!(a.remove_if_owner(&reg(0), &owner).await.unwrap());
+
+    let n = 50;
+    let before = calls(&redis);
+    for i in 1..=n {
+        let id = reg(i);
+        assert_eq!(b.lookup_or_wait(&id, "b", grace).await.unwrap(), None);
+        assert!(a.register(&id, &owner, ttl).await.unwrap());
+        // The push names the registration, not its owner: b looks again.
+        let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
+        let message = message.expect("told in time").expect("a message");
+        assert_eq!((message.id, message.owner), (id, None));
+        assert_eq!(
+            b.lookup_or_wait(&id, "b", grace).await.unwrap(),
+            Some(owner.clone())
+        );
+        assert!(a.remove_if_owner(&id, &owner).await.unwrap());
+        // The removal is pushed too (b read the key again): drained here.
+        let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
+        assert_eq!(message.expect("told").expect("a message").id, id);
+    }
+    let used = delta(&before, &calls(&redis));
+    let total: u64 = used.values().sum();
+    eprintln!("{n} pairs, CONNECT first: {total} commands {used:?}");
+    assert_eq!(used.get("publish"), None, "{used:?}");
+    assert_eq!(used.get("evalsha"), None, "{used:?}");
+    assert!(
+        total <= 4 * n as u64,
+        "{total} commands for {n} pairs: {used:?}"
+    );
+
+    // The tracking connection killed: the next look may leave a waiter
+    // (the connection is being made again) or be tracked once more; either
+    // way the registration is told to b.
+    for id in redis.tracking_clients() {
+        redis.cli(&["CLIENT", "KILL", "ID", &id]);
+    }
+    let id = reg(n + 1);
+    assert_eq!(b.lookup_or_wait(&id, "b", grace).await.unwrap(), None);
+    assert!(a.register(&id, &owner, ttl).await.unwrap());
+    let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
+    assert_eq!(message.expect("told in time").expect("a message").id, id);
+    common::wait_until(TOLD_WITHIN, "the tracking connection again", || {
+        redis.tracking_clients().len() == 1
+    });
 }

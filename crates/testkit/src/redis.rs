@@ -139,6 +139,22 @@ impl Server {
         cli(self.port, self.password.as_deref(), args)
     }
 
+    /// The ids of its clients with tracking on (`CLIENT LIST`, flag `t`):
+    /// each relay node's tracked connection.
+    pub fn tracking_clients(&self) -> Vec<String> {
+        self.cli(&["CLIENT", "LIST"])
+            .lines()
+            .filter(|line| {
+                line.split(' ')
+                    .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
+            })
+            .filter_map(|line| {
+                let id = line.split(' ').find_map(|f| f.strip_prefix("id="))?;
+                Some(id.to_owned())
+            })
+            .collect()
+    }
+
     /// Runs `redis-cli` in the background (for `DEBUG SLEEP`).
     pub fn cli_background(&self, args: &[&str]) -> Child {
         let mut cmd = Command::new("redis-cli");

@@ -652,7 +652,7 @@ async fn out_of_descriptors_the_accept_loops_back_off() {
         .count();
     assert!(
         (1..=3).contains(&warned),
-        "accept failures logged once per run of them, not per failure: {warned} lines for {failures} failures"
+        "accept failures logged once per run of them, 10 s apart at most, not per failure: {warned} lines for {failures} failures"
     );
     let probes = Prober::start(a.addr, b.addr, probe_src(), PROBE_EVERY);
     // A sleep, not a poll: a few probes' worth of pairing after the flood.

@@ -119,6 +119,16 @@ async fn a_redis_writer_cannot_make_nodes_read_or_log_planted_values() {
     let urls = [redis.url()];
     let a = NodeOptions::cluster(&urls).start();
     let b = NodeOptions::cluster(&urls).start();
+    // Idle once each node's store connections are all made (its tracked
+    // connection last): what it holds past that is the attack's doing.
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    eventually(
+        Duration::from_secs(5),
+        "both tracked connections",
+        || async { redis.tracking_clients().len() == 2 },
+    )
+    .await;
     let idle = [rss_of(a.pid()), rss_of(b.pid())];
     let idle_footprints = [Footprint::of(&a), Footprint::of(&b)];
     let logged_before = [log_bytes(&a, MARKER).0, log_bytes(&b, MARKER).0];

@@ -197,6 +197,13 @@ pub struct Config {
     #[arg(long, env = "DTCP_REDIS_CLUSTER")]
     pub redis_cluster: bool,
 
+    /// Do not ask Redis to track this node's looks (`CLIENT TRACKING`): a
+    /// CONNECT that comes before its CREATE then leaves a waiter entry,
+    /// which costs two more commands a pair (for a proxy in front of Redis
+    /// that refuses tracking). A Redis Cluster never tracks.
+    #[arg(long, env = "DTCP_NO_REDIS_TRACKING")]
+    pub no_redis_tracking: bool,
+
     /// A Redis Sentinel to ask for the master, instead of `--redis-url`:
     /// turns on cluster mode, and nodes follow the master through failovers.
     /// Repeat it (or give a comma-separated list) for every sentinel.

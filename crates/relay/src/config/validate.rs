@@ -61,6 +61,7 @@ impl Config {
             tls: self.redis_tls()?,
             prefix: self.redis_prefix.clone(),
             max_format: self.cluster_format_version,
+            tracking: !self.no_redis_tracking,
             connect_timeout: self.redis_connect_timeout,
             response_timeout: self.redis_response_timeout,
             operation_timeout: self.redis_operation_timeout,

@@ -10,32 +10,32 @@ use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::SentinelClient;
-use redis::{Client, ProtocolVersion, PushInfo, PushKind, RedisError, RedisResult, Value};
+use redis::{ProtocolVersion, PushInfo, PushKind, RedisError, RedisResult, Value};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::config::RedisConfig;
-use super::conn::{cluster_builder, sentinel_client, single_client, timed_out};
+use super::conn::cluster_builder;
 use super::health::Health;
 use super::record::parse_announcement;
+use super::source::{Source, within};
 use crate::rendezvous::Registered;
 
 /// Announcements queued for the relay before the newest are dropped.
-const WATCH_QUEUE: usize = 4096;
+pub(crate) const WATCH_QUEUE: usize = 4096;
 /// How often a quiet subscription checks that its server still answers: a
 /// connection that died without a reset (a host gone, a stalled server)
 /// is noticed within this, plus one reply's time.
 const SUBSCRIPTION_CHECK: Duration = Duration::from_secs(2);
 
-/// Starts one subscription per channel, all delivering to one receiver;
-/// `None` if `config` cannot make them.
+/// Starts one subscription per channel, all delivering to `tx`; `false`
+/// if `config` cannot make them.
 pub(crate) fn watch(
     config: &RedisConfig,
     channels: Vec<String>,
     health: Arc<Health>,
-) -> Option<mpsc::Receiver<Registered>> {
-    let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+    tx: mpsc::Sender<Registered>,
+) -> bool {
     for channel in channels {
         let sub = Subscriber {
             config: config.clone(),
@@ -47,28 +47,17 @@ pub(crate) fn watch(
             tokio::spawn(sub.sharded());
             continue;
         }
-        let source = match &config.sentinel {
-            Some(sentinel) => sentinel_client(config, sentinel).map(Source::Sentinel),
-            None => single_client(config).map(Source::Fixed),
-        };
-        match source {
+        match Source::new(config, ProtocolVersion::RESP2) {
             Ok(source) => {
                 tokio::spawn(sub.classic(source));
             }
             Err(e) => {
                 warn!(error = %e, "cannot subscribe to registration announcements");
-                return None;
+                return false;
             }
         }
     }
-    Some(rx)
-}
-
-/// Where a classic subscription connects.
-enum Source {
-    Fixed(Client),
-    /// The master the sentinels name at each (re)connection.
-    Sentinel(SentinelClient),
+    true
 }
 
 /// What a push of the cluster subscription means for it.
@@ -86,13 +75,6 @@ struct Subscriber {
     channel: String,
     tx: mpsc::Sender<Registered>,
     health: Arc<Health>,
-}
-
-/// `f` within `limit`, a timeout being an I/O error like the others.
-async fn within<T>(limit: Duration, f: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
-    tokio::time::timeout(limit, f)
-        .await
-        .map_err(|_| timed_out())?
 }
 
 impl Subscriber {
@@ -139,12 +121,7 @@ impl Subscriber {
         source: &mut Source,
         delays: &mut backon::ExponentialBackoff,
     ) -> RedisResult<()> {
-        let client = match source {
-            Source::Fixed(client) => client.clone(),
-            Source::Sentinel(sentinel) => {
-                within(self.config.operation_timeout, sentinel.async_get_client()).await?
-            }
-        };
+        let client = source.client(&self.config).await?;
         let pubsub = within(self.config.connect_timeout, client.get_async_pubsub()).await?;
         let (mut sink, mut stream) = pubsub.split();
         within(self.config.response_timeout, sink.subscribe(&self.channel)).await?;

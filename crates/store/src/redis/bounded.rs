@@ -40,22 +40,37 @@ return kept
 /// The record at `key`, if any; an error naming its length if it is longer
 /// than [`MAX_RECORD_LEN`] (it is not read).
 ///
-/// One `GETRANGE` of at most one byte past the bound: an absent key and an
-/// empty value both read as nothing (a relay never writes an empty record).
-/// Only a record found too long costs a second command, `STRLEN`, for the
-/// error to name its length: that is a writer's doing, never a relay's.
+/// One `GETRANGE` of at most one byte past the bound ([`record_range`]): an
+/// absent key and an empty value both read as nothing (a relay never writes
+/// an empty record).
 pub(crate) async fn get_record(runner: &Runner, key: &str) -> Result<Option<String>, StoreError> {
-    let last = isize::try_from(MAX_RECORD_LEN).unwrap_or(isize::MAX);
+    let range = record_range(key);
     let bytes: Vec<u8> = runner
-        .run(|mut c| async move {
-            redis::cmd("GETRANGE")
-                .arg(key)
-                .arg(0)
-                .arg(last)
-                .query_async(&mut c)
-                .await
+        .run(|mut c| {
+            let range = &range;
+            async move { range.query_async(&mut c).await }
         })
         .await?;
+    checked_range(runner, key, bytes).await
+}
+
+/// The read of a record no further than one byte past the longest a relay
+/// writes: one command, so a look costs Redis no more than a `GET`.
+pub(crate) fn record_range(key: &str) -> redis::Cmd {
+    let last = isize::try_from(MAX_RECORD_LEN).unwrap_or(isize::MAX);
+    let mut cmd = redis::cmd("GETRANGE");
+    cmd.arg(key).arg(0).arg(last);
+    cmd
+}
+
+/// What a [`record_range`] of `key` read, as a record. Only a record found
+/// too long costs a second command, `STRLEN`, for the error to name its
+/// length: that is a writer's doing, never a relay's.
+pub(crate) async fn checked_range(
+    runner: &Runner,
+    key: &str,
+    bytes: Vec<u8>,
+) -> Result<Option<String>, StoreError> {
     if bytes.is_empty() {
         return Ok(None);
     }

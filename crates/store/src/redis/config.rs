@@ -54,6 +54,11 @@ pub struct RedisConfig {
     /// itself, as a node of the release before format versions: for
     /// upgrades (docs/RUNBOOK.md) and their tests.
     pub max_format: u32,
+    /// Whether a node's `CONNECT`s look on a connection Redis tracks for
+    /// them (`CLIENT TRACKING`), so that the registering node need not be
+    /// told of a waiter (one server or Sentinel; `true` by default). Off,
+    /// or while that connection is down, they leave waiter entries.
+    pub tracking: bool,
 }
 
 /// What a node presents and trusts on TLS connections to Redis (a managed
@@ -143,6 +148,7 @@ impl Default for RedisConfig {
             retry_min_delay: Self::RETRY_MIN_DELAY,
             retry_max_delay: Self::RETRY_MAX_DELAY,
             max_format: crate::FORMAT_NEWEST,
+            tracking: true,
         }
     }
 }
@@ -158,6 +164,7 @@ impl fmt::Debug for RedisConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
             .field("prefix", &self.prefix)
+            .field("tracking", &self.tracking)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("operation_timeout", &self.operation_timeout)

@@ -12,8 +12,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo,
-    IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod,
-    TlsCertificates, TlsMode, Value,
+    IntoConnectionInfo, Pipeline, ProtocolVersion, RedisError, RedisFuture, RedisResult,
+    RetryMethod, TlsCertificates, TlsMode, Value,
 };
 use tracing::{debug, info, warn};
 
@@ -56,7 +56,11 @@ impl Conn {
     pub(crate) fn new(config: &RedisConfig) -> Result<Self, StoreError> {
         if let Some(sentinel) = &config.sentinel {
             return Ok(Conn::Sentinel(Arc::new(SentinelConn {
-                sentinel: tokio::sync::Mutex::new(sentinel_client(config, sentinel)?),
+                sentinel: tokio::sync::Mutex::new(sentinel_client(
+                    config,
+                    sentinel,
+                    ProtocolVersion::RESP2,
+                )?),
                 current: Mutex::new(None),
                 generation: AtomicU64::new(0),
                 config: AsyncConnectionConfig::new()
@@ -85,7 +89,7 @@ impl Conn {
                 replace_within: config.operation_timeout,
             })));
         }
-        let client = single_client(config)?;
+        let client = single_client(config, ProtocolVersion::RESP2)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
@@ -177,9 +181,17 @@ fn certificates(tls: &RedisTls) -> TlsCertificates {
     }
 }
 
-/// A client of the single server, with the configured password and TLS certificates.
-pub(crate) fn single_client(config: &RedisConfig) -> Result<Client, StoreError> {
+/// A client of the single server, with the configured password and TLS
+/// certificates, speaking `protocol`.
+pub(crate) fn single_client(
+    config: &RedisConfig,
+    protocol: ProtocolVersion,
+) -> Result<Client, StoreError> {
     let info = single_info(config)?;
+    let info = {
+        let redis = info.redis_settings().clone().set_protocol(protocol);
+        info.set_redis_settings(redis)
+    };
     match &config.tls {
         Some(tls) => Client::build_with_tls(info, certificates(tls)),
         None => Client::open(info),
@@ -202,10 +214,12 @@ pub(crate) fn cluster_builder(config: &RedisConfig) -> redis::cluster::ClusterCl
     builder
 }
 
-/// A client of the Sentinel deployment that names the current master.
+/// A client of the Sentinel deployment that names the current master,
+/// connecting to it in `protocol`.
 pub(crate) fn sentinel_client(
     config: &RedisConfig,
     sentinel: &SentinelConfig,
+    protocol: ProtocolVersion,
 ) -> Result<SentinelClient, StoreError> {
     let addrs = sentinel
         .sentinels
@@ -248,7 +262,10 @@ pub(crate) fn sentinel_client(
     if let Some(p) = &sentinel.password {
         builder = builder.set_client_to_sentinel_password(p);
     }
-    builder.build().map_err(unavailable)
+    builder
+        .set_client_to_redis_protocol(protocol)
+        .build()
+        .map_err(unavailable)
 }
 
 /// `HOST:PORT` (`[v6]:PORT`), or a `redis://` / `rediss://` URL.

@@ -24,6 +24,15 @@ impl Keys {
         format!("{}reg:{id}", self.prefix)
     }
 
+    /// The registration whose record `key` is, if it is one of this
+    /// store's (what Redis names in a tracking invalidation).
+    pub(crate) fn reg_id(&self, key: &str) -> Option<RegistrationId> {
+        key.strip_prefix(self.prefix.as_str())?
+            .strip_prefix("reg:")?
+            .parse()
+            .ok()
+    }
+
     /// A node's heartbeat.
     pub(crate) fn node(&self, node_id: &str) -> String {
         format!("{}node:{node_id}", self.prefix)

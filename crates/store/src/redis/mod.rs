@@ -12,7 +12,12 @@
 //! | `<prefix>nodes` | sorted set: `<node id> <forward addr>[ <heartbeat seal>]` scored by the heartbeat's expiry (ms) | none; expired members are trimmed |
 //! | `<prefix>formats` | sorted set: `<node id> <formats spoken, 1,2>` scored by the heartbeat's expiry (ms); a node of format 1 writes none | none; expired members are trimmed |
 //!
-//! A node is told of a registration it waits for on its own channel,
+//! A node's `CONNECT`s look on a connection of its own that Redis tracks
+//! for it (`tracking.rs`, one server or Sentinel): Redis pushes the node
+//! the keys it read that are written since, so a look that finds nothing
+//! leaves nothing. Where looks are not tracked (a Redis Cluster,
+//! `tracking` off, that connection down), a node is told of a registration
+//! it waits for on its own channel,
 //! `<prefix>wake:<node id>` (sharded pub/sub on a Redis Cluster, which
 //! needs Redis 7; `announce.rs`); a registration nobody waits for is
 //! published nowhere, unless a live node speaks only format 1
@@ -30,7 +35,9 @@
 //! escaped.
 //!
 //! The files depend on each other one way: `store` on the others; `rewrite`
-//! on `pairing`; `bounded`, `pairing`, `rewrite` and `sources` on `run`; `run` and `announce` on `conn` and `health`;
+//! on `pairing`; `tracking` on `bounded` and `source`; `bounded`,
+//! `pairing`, `rewrite` and `sources` on `run`; `run` and `announce` on
+//! `conn` and `health`, `announce` on `source` too; `source` on `conn`;
 //! `conn` on `config`; `keys` and `record` on nothing here. This file only
 //! names them.
 
@@ -44,8 +51,10 @@ mod pairing;
 mod record;
 mod rewrite;
 mod run;
+mod source;
 mod sources;
 mod store;
+mod tracking;
 
 pub use config::{RedisConfig, RedisTls, SentinelConfig};
 pub use store::RedisStore;

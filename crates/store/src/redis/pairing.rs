@@ -1,17 +1,19 @@
 //! The commands of a pair: register, look up (leaving a waiter entry when
 //! there is nothing yet), remove. One command each on the common path, so
-//! that a pair costs Redis four: `SET NX GET` to register, `SET NX GET` to
-//! look up, and a `GETDEL` to remove (or a script of one `SET XX GET` to
-//! retire a signed key into its used marker). A `CREATE` that finds a waiter replaces it by a script of one
-//! `SET XX GET` too, then publishes: seven commands on that race path. What is read back is only checked once it is read: a value
-//! planted past [`MAX_RECORD_LEN`] is refused, not parsed.
+//! that a pair whose `CREATE` comes first costs Redis three: `SET NX GET`
+//! to register, `SET NX GET` to look up, and a `GETDEL` to remove (or a
+//! script of one `SET XX GET` to retire a signed key into its used marker).
+//! What is read back is only checked once it is read: a value planted past
+//! [`MAX_RECORD_LEN`] is refused, not parsed.
 //!
 //! A `CONNECT` that finds no record leaves `? <node id>` in its place for
 //! the connect grace (`record.rs`): the same key, so the same slot on a
 //! Redis Cluster, and the registering `SET NX GET` reads it back at no
 //! extra cost. Only then does the registering node replace it (a script,
 //! compare-and-set) and tell the waiting node on that node's own channel:
-//! a `CREATE` nobody waits for publishes nothing.
+//! a `CREATE` nobody waits for publishes nothing. That race path is six
+//! commands as `INFO commandstats` counts them. Where a node's looks are
+//! tracked (`tracking.rs`) they leave no waiter, and the race path is four.
 
 use std::sync::LazyLock;
 use std::time::Duration;

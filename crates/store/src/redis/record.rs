@@ -89,7 +89,7 @@ pub(crate) fn parse_announcement(payload: &[u8]) -> Option<Registered> {
     let owner = parse_owner(std::str::from_utf8(value).ok()?).ok()?;
     Some(Registered {
         id: RegistrationId::from_bytes(*id),
-        owner,
+        owner: Some(owner),
     })
 }
 
@@ -107,7 +107,13 @@ mod tests {
         };
         let payload = announcement(&id, &owner_value(&owner));
         let parsed = parse_announcement(&payload);
-        assert_eq!(parsed, Some(Registered { id, owner }));
+        assert_eq!(
+            parsed,
+            Some(Registered {
+                id,
+                owner: Some(owner)
+            })
+        );
         assert_eq!(parse_announcement(&payload[..31]), None, "too short");
         assert_eq!(parse_announcement(id.as_bytes()), None, "no owner");
         let unsealed = parse_owner("0b7c 10.0.0.1:7780").unwrap();

@@ -9,10 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dtcp_wire::RegistrationId;
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{debug, info};
 
-use super::announce;
-use super::bounded::{get_record, live_members};
+use super::announce::{self, WATCH_QUEUE};
+use super::bounded::{checked_range, get_record, live_members};
 use super::config::RedisConfig;
 use super::conn::is_tls_error;
 use super::health::Health;
@@ -24,6 +24,7 @@ use super::record::{
 use super::rewrite;
 use super::run::{Runner, ms, now_ms};
 use super::sources;
+use super::tracking::{self, Tracking, tracked_look};
 use crate::rendezvous::{
     Beat, FORMAT_LEGACY, FORMAT_NEWEST, NodeInfo, Registered, Rendezvous, StoreError,
 };
@@ -72,6 +73,8 @@ struct Inner {
     /// the legacy format ([`LEGACY_LINGER`]).
     /// (Unix ms; 0: never.)
     legacy_until_ms: AtomicU64,
+    /// The connection `CONNECT`s look on, when it is up (`tracking.rs`).
+    tracking: Arc<Tracking>,
     health: Arc<Health>,
 }
 
@@ -98,6 +101,7 @@ impl RedisStore {
                 // is spoken as the legacy format every node speaks.
                 format: AtomicU32::new(0),
                 legacy_until_ms: AtomicU64::new(0),
+                tracking: Arc::default(),
                 health,
             }),
         })
@@ -279,8 +283,22 @@ impl Rendezvous for RedisStore {
             // Nodes of the legacy format would not answer a waiter.
             return self.lookup(id).await;
         }
-        // One command whatever it finds: the record, or a waiter left.
         let key = self.keys().reg(id);
+        if let Some(conn) = self.inner.tracking.conn() {
+            // Tracked: Redis tells this node when the key is written.
+            let limit = self.inner.config.response_timeout;
+            match tracked_look(conn, &key, limit).await {
+                Ok(bytes) => {
+                    let value = checked_range(self.runner(), &key, bytes).await?;
+                    return owner_of(value.as_deref());
+                }
+                Err(e) => {
+                    debug!(error = %e, "tracked look failed; leaving a waiter instead");
+                    self.inner.tracking.broken();
+                }
+            }
+        }
+        // One command whatever it finds: the record, or a waiter left.
         let value = set_nx_get(self.runner(), &key, &waiter_value(waiter), grace).await?;
         owner_of(value.as_deref())
     }
@@ -420,10 +438,21 @@ impl Rendezvous for RedisStore {
         // The legacy channel too, where nodes of FORMAT_LEGACY publish
         // every registration: silent once every node speaks a newer one.
         let mut channels = vec![self.keys().registered_channel()];
-        if self.inner.config.max_format >= FORMAT_NEWEST {
+        let config = &self.inner.config;
+        if config.max_format >= FORMAT_NEWEST {
             channels.push(self.keys().wake_channel(node_id));
         }
-        announce::watch(&self.inner.config, channels, self.inner.health.clone())
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        if !announce::watch(config, channels, self.inner.health.clone(), tx.clone()) {
+            return None;
+        }
+        // Nodes of an earlier version still answer this node's waiter
+        // entries on its channel; looks leave them while tracking is down.
+        if config.tracking && config.max_format >= FORMAT_NEWEST {
+            let tracking = self.inner.tracking.clone();
+            tracking::start(config, self.keys().clone(), tracking, tx);
+        }
+        Some(rx)
     }
 
     fn watch_recoveries(&self) -> Option<watch::Receiver<u64>> {
