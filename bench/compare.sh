@@ -20,6 +20,11 @@
 # plane runs TLS (one self-signed certificate for all, made with openssl):
 # their Bridges and lanes are TLS, what relay-cross then measures.
 #
+# The relay's own DTCP_* settings in the environment reach every node
+# (each flag reads one): DTCP_NO_LANES=true puts forwarded sessions on
+# their Bridge, DTCP_LANE_POOL=0 has each claim dial its lane rather than
+# take one dialed ahead (the default pool is 8 lanes per peer node).
+#
 # With --proxy N, only the two behind-HAProxy contenders run, N rounds each,
 # alternating (off, on, on, off, ...) so that a machine's drift weighs on
 # both alike; the summary gives each round and the medians.

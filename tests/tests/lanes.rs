@@ -202,6 +202,14 @@ async fn attach_tls(plane: SocketAddr, cert_pem: &str, preamble: &[u8]) -> Optio
     }
 }
 
+/// Lanes of a claimant's claims and pools, by outcome.
+async fn pooled(node: &Relay, outcome: &str) -> f64 {
+    node.metric(&format!(
+        "dtcp_lane_pool_lanes_total{{outcome=\"{outcome}\"}}"
+    ))
+    .await
+}
+
 /// Counted refusals of lanes, by reason.
 async fn refused(node: &Relay, reason: &str) -> f64 {
     node.metric(&format!("dtcp_auth_failures_total{{reason=\"{reason}\"}}"))
@@ -276,7 +284,9 @@ async fn a_forwarded_session_crosses_on_a_lane_and_only_its_token_attaches_one()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_that_cannot_be_dialed_leaves_the_session_on_the_bridge() {
     let redis = RedisServer::start();
-    let (a, b, proxy, _) = behind_proxy(&redis, &[]).await;
+    // No lane dialed ahead: each claim dials its own (a pooled lane,
+    // dialed before the port refused, would carry the second session).
+    let (a, b, proxy, _) = behind_proxy(&redis, &[("--lane-pool", "0")]).await;
     // The first session opens the plane's HTTP/2 connection through the
     // proxy (and its lane).
     let (i, tg) = pair(a.addr, b.addr, &triple("fallback-1")).await;
@@ -303,6 +313,12 @@ async fn a_lane_that_cannot_be_dialed_leaves_the_session_on_the_bridge() {
         2.0,
     )
     .await;
+    // With `--lane-pool 0` nothing was dialed ahead.
+    assert_eq!(pooled(&b, "dialed").await, 2.0);
+    for outcome in ["taken", "aged_out", "closed", "failed", "drained"] {
+        assert_eq!(pooled(&b, outcome).await, 0.0, "{outcome}");
+    }
+    assert_eq!(b.metric("dtcp_lane_pool_idle").await, 0.0);
 }
 
 /// A lane the network swallows: dialed, written, never attached. The owner
@@ -311,7 +327,8 @@ async fn a_lane_that_cannot_be_dialed_leaves_the_session_on_the_bridge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_that_never_attaches_is_cut_not_left_hanging() {
     let redis = RedisServer::start();
-    let (a, b, proxy, _) = behind_proxy(&redis, &[]).await;
+    // Each claim dials its lane after the proxy starts swallowing.
+    let (a, b, proxy, _) = behind_proxy(&redis, &[("--lane-pool", "0")]).await;
     // The plane's HTTP/2 connection goes through the proxy first.
     let (i, tg) = pair(a.addr, b.addr, &triple("swallowed-1")).await;
     exchange(i, tg, 4096, 41).await;
@@ -596,4 +613,134 @@ async fn many_lane_sessions_leave_the_plane_connection_up() {
     // And one more, on the same plane connection.
     let (i, tg) = pair(a.addr, b.addr, &triple("after-many")).await;
     exchange(i, tg, 1 << 20, 41).await;
+}
+
+/// Each lane a claim takes dials one more into its peer's pool: after the
+/// first pair, the claims take lanes dialed ahead, and their sessions'
+/// bytes cross them intact. A pooled lane nobody takes within its age is
+/// closed and not replaced, and the next claim dials its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_pairs_take_lanes_dialed_ahead_and_unused_ones_age_out() {
+    let redis = RedisServer::start();
+    let a = NodeOptions::cluster(&[redis.url()]).start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
+    for n in 0..4u64 {
+        if n > 0 {
+            // The lane the last claim dialed into the pool in its place.
+            b.wait_for("dtcp_lane_pool_idle", 1.0).await;
+        }
+        let (i, tg) = pair(a.addr, b.addr, &triple(&format!("pooled-{n}"))).await;
+        exchange(i, tg, 1 << 20, 50 + n).await;
+    }
+    assert_eq!(
+        pooled(&b, "dialed").await,
+        1.0,
+        "only the first claim dialed"
+    );
+    assert_eq!(pooled(&b, "taken").await, 3.0);
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 4.0)
+        .await;
+    assert_eq!(
+        a.metric("dtcp_forwarded_sessions_total{via=\"bridge\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(b.metric("dtcp_lane_dials_total{outcome=\"ok\"}").await, 4.0);
+    for reason in ["lane_token", "lane_expired", "lane_replay"] {
+        assert_eq!(refused(&a, reason).await, 0.0, "{reason}");
+    }
+    assert_eq!(a.metric("dtcp_lane_waits_expired_total").await, 0.0);
+
+    // The last claim's lane in its place, never taken: it ages out (3 s).
+    b.wait_for("dtcp_lane_pool_idle", 1.0).await;
+    b.wait_for("dtcp_lane_pool_lanes_total{outcome=\"aged_out\"}", 1.0)
+        .await;
+    assert_eq!(b.metric("dtcp_lane_pool_idle").await, 0.0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        b.metric("dtcp_lane_pool_idle").await,
+        0.0,
+        "an idle node dials nothing in its place"
+    );
+    let (i, tg) = pair(a.addr, b.addr, &triple("pooled-after")).await;
+    exchange(i, tg, 1 << 20, 60).await;
+    assert_eq!(pooled(&b, "dialed").await, 2.0, "a fresh lane, dialed");
+    assert_eq!(pooled(&b, "taken").await, 3.0);
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 5.0)
+        .await;
+}
+
+/// The owner node killed and started again on its forwarding port while
+/// the claimant holds lanes dialed ahead to it: those lanes are closed
+/// (reset by the dying process), skipped, and the next pairs pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_lanes_to_a_restarted_owner_are_skipped() {
+    let redis = RedisServer::start();
+    let plane = format!("127.0.0.1:{}", free_port());
+    let mut a = NodeOptions::cluster(&[redis.url()])
+        .forward_listen(&plane)
+        .start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
+    let (i, tg) = pair(a.addr, b.addr, &triple("before-restart")).await;
+    exchange(i, tg, 4096, 71).await;
+    b.wait_for("dtcp_lane_pool_idle", 1.0).await;
+    a.kill();
+    a.restart();
+    for n in 0..3u64 {
+        let (i, tg) = pair(a.addr, b.addr, &triple(&format!("after-restart-{n}"))).await;
+        exchange(i, tg, 1 << 20, 72 + n).await;
+    }
+    // Closed, or aged out if the restart took its age.
+    let skipped = pooled(&b, "closed").await + pooled(&b, "aged_out").await;
+    assert!(skipped >= 1.0, "the lane to the old process was skipped");
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 3.0)
+        .await;
+    assert_eq!(a.metric("dtcp_lane_waits_expired_total").await, 0.0);
+}
+
+/// Under plane TLS the lanes dialed ahead are TLS, handshaken before the
+/// claim: a later pair takes one, its bytes cross intact, and nothing
+/// between the nodes is in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_plane_tls_lanes_dialed_ahead_are_tls() {
+    let dir = std::env::temp_dir().join(format!("dtcp-pool-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["dtcp-relay".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (cert_file, key_file) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let redis = RedisServer::start();
+    let tls = [
+        ("--forward-tls-cert", cert_file),
+        ("--forward-tls-key", key_file),
+    ];
+    let (a, b, proxy, _) = behind_proxy(&redis, &tls).await;
+    for n in 0..3u64 {
+        if n > 0 {
+            b.wait_for("dtcp_lane_pool_idle", 1.0).await;
+        }
+        let (i, tg) = pair(a.addr, b.addr, &triple(&format!("tls-pooled-{n}"))).await;
+        exchange(i, tg, 1 << 20, 80 + n).await;
+    }
+    assert_eq!(pooled(&b, "taken").await, 2.0);
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 3.0)
+        .await;
+    let captured = proxy.captured();
+    assert!(
+        captured.len() >= 4,
+        "the plane's connection, the dialed lane and two pooled ones"
+    );
+    for bytes in captured {
+        assert_eq!(bytes.first(), Some(&0x16), "every connection is TLS");
+        assert!(
+            !bytes.windows(LANE_MAGIC.len()).any(|w| w == LANE_MAGIC),
+            "a lane's preamble in the clear"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

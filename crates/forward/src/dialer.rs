@@ -12,7 +12,8 @@ use tonic::{Code, Status};
 use crate::auth::PlaneAuth;
 use crate::call::{self, CallTo};
 use crate::codec::Halves;
-use crate::lane::{LaneAt, LaneDial};
+use crate::lane::{LaneAt, LaneDial, LaneStream};
+use crate::pool::{LanePool, POOL_MAX_AGE, POOLED_USE_MAX, PoolMetrics, Pooled};
 use crate::proto::Frame;
 use crate::proto::frame::Kind;
 use crate::tls::PlaneTls;
@@ -80,6 +81,17 @@ pub struct Dialer {
     /// Owner addresses that lately offered no lane, until when they are
     /// not dialed one (at most one entry per peer node).
     no_lanes: DashMap<String, Instant>,
+    /// Lanes dialed ahead, per owner address (none unless
+    /// [`with_lane_pool`](Dialer::with_lane_pool) sized it).
+    pool: LanePool,
+}
+
+/// Where a claim's lane comes from.
+enum Source {
+    /// Taken from the pool, dialed ahead.
+    Pooled(Pooled),
+    /// Being dialed while the claim is in flight.
+    Dialing(tokio::task::JoinHandle<Result<LaneStream, &'static str>>),
 }
 
 impl Dialer {
@@ -93,7 +105,23 @@ impl Dialer {
             node_id: node_id.to_owned(),
             lanes: false,
             no_lanes: DashMap::new(),
+            pool: LanePool::new(0, POOL_MAX_AGE, None, PoolMetrics::default()),
         }
+    }
+
+    /// Keep up to `size` lanes dialed ahead per owner node (0: none; at
+    /// most [`LANE_POOL_MAX`](crate::LANE_POOL_MAX)), counted in `metrics`.
+    /// A claim then takes one instead of dialing its lane (see
+    /// [`Dialer::open`]).
+    pub fn with_lane_pool(mut self, size: usize, metrics: PoolMetrics) -> Self {
+        self.pool = LanePool::new(size, POOL_MAX_AGE, self.tls.clone(), metrics);
+        self
+    }
+
+    /// Drops every lane dialed ahead (each reset) and dials no more: the
+    /// node drains, and forwards no new claim.
+    pub fn close_lane_pool(&self) {
+        self.pool.close();
     }
 
     /// Dial lanes for the sessions this node forwards (`lanes`), or leave
@@ -135,9 +163,11 @@ impl Dialer {
         }
     }
 
-    /// Forgets the channel to `addr` (its node is gone).
+    /// Forgets the channel to `addr`, and its lanes dialed ahead (its node
+    /// is gone).
     pub(crate) fn forget(&self, addr: &str) {
         self.channels.remove(addr);
+        self.pool.drain(addr);
     }
 
     pub(crate) fn channel(&self, addr: &str) -> Result<Channel, BridgeError> {
@@ -175,13 +205,15 @@ impl Dialer {
     /// Target held here, whose client address is `target`. On success the
     /// owner has sent its Initiator `OK`.
     ///
-    /// When this node does lanes, and `at` is [`LaneAt::Paired`], a lane
-    /// to `addr` is dialed while the claim is in flight (no round trip
-    /// added); if the owner offers one in its `paired`, the halves carry it
-    /// ([`Halves::lane`]). If the dial fails the owner is told at once (an
-    /// empty data frame), and the Bridge carries the session's bytes. With
-    /// [`LaneAt::Activated`] nothing is dialed yet: the halves carry the
-    /// address to dial if the activation offers a lane.
+    /// When this node does lanes, and `at` is [`LaneAt::Paired`], the
+    /// claim takes a lane dialed ahead from the owner's pool (young enough
+    /// and still open), or else dials one while the claim is in flight (no
+    /// round trip added either way), and a lane is dialed into the pool in
+    /// its place; if the owner offers one in its `paired`, the halves carry
+    /// it ([`Halves::lane`]). If the dial fails the owner is told at once
+    /// (an empty data frame), and the Bridge carries the session's bytes.
+    /// With [`LaneAt::Activated`] nothing is dialed yet: the halves carry
+    /// the address to dial if the activation offers a lane.
     ///
     /// `format` is the cluster format this node writes to the owner (the
     /// newest both speak); the owner's answer is in [`Halves::format`], and
@@ -196,36 +228,53 @@ impl Dialer {
         format: u32,
     ) -> Result<Halves, BridgeError> {
         let lane = self.wants_lane(addr);
-        let dialing = (lane && at == LaneAt::Paired)
-            .then(|| tokio::spawn(crate::lane::dial(addr.to_owned(), self.tls.clone())));
+        let source = (lane && at == LaneAt::Paired).then(|| self.lane_source(addr));
         let result = self
             .try_open(addr, id, owner_node_id, target, lane, format)
             .await;
         if let Err(BridgeError::Unreachable(_)) = &result {
-            // Forget the channel: a node that is gone for good must not stay cached.
-            self.channels.remove(addr);
+            // Forget the channel and the pool: a node that is gone for
+            // good must not stay cached.
+            self.forget(addr);
         }
         let (mut halves, token) = match result {
             Ok(opened) => opened,
             Err(e) => {
-                if let Some(dialing) = dialing {
+                if let Some(Source::Dialing(dialing)) = source {
                     dialing.abort();
                 }
+                // A pooled lane is dropped (reset) with `source`.
                 return Err(e);
             }
         };
-        match (dialing, token.is_empty()) {
-            (Some(dialing), false) => {
-                // The dial is bounded by LANE_DIAL_TIMEOUT from its start.
-                let dialed = dialing.await.unwrap_or(Err("error"));
+        match (source, token.is_empty()) {
+            (Some(source), false) => {
+                let dialed = match source {
+                    Source::Pooled(pooled) if pooled.dialed.elapsed() < POOLED_USE_MAX => {
+                        Ok(pooled.stream)
+                    }
+                    Source::Pooled(stale) => {
+                        // The claim took so long that the owner's port may
+                        // give up on this lane before its token comes.
+                        drop(stale);
+                        self.pool.metrics().aged_out.increment(1);
+                        self.pool.metrics().dialed.increment(1);
+                        crate::lane::dial(addr.to_owned(), self.tls.clone()).await
+                    }
+                    // The dial is bounded by LANE_DIAL_TIMEOUT from its start.
+                    Source::Dialing(dialing) => dialing.await.unwrap_or(Err("error")),
+                };
                 halves.attach_lane(dialed, &token);
             }
-            (Some(dialing), true) => {
-                // Closed with a reset (zero linger) when the task drops it.
-                dialing.abort();
+            (Some(source), true) => {
+                // Closed with a reset (zero linger) when dropped.
+                if let Source::Dialing(dialing) = source {
+                    dialing.abort();
+                }
                 halves.lane = LaneDial::Declined;
                 self.no_lanes
                     .insert(addr.to_owned(), Instant::now() + NO_LANE_MEMORY);
+                self.pool.drain(addr);
             }
             (None, _) if lane && at == LaneAt::Activated => {
                 halves.lane =
@@ -234,6 +283,21 @@ impl Dialer {
             (None, _) => {}
         }
         Ok(halves)
+    }
+
+    /// A claim's lane to `addr`: from the pool, or dialed now; either way
+    /// one more is dialed into the pool (up to its size).
+    fn lane_source(&self, addr: &str) -> Source {
+        let source = match self.pool.take(addr) {
+            Some(pooled) => Source::Pooled(pooled),
+            None => {
+                self.pool.metrics().dialed.increment(1);
+                let dial = crate::lane::dial(addr.to_owned(), self.tls.clone());
+                Source::Dialing(tokio::spawn(dial))
+            }
+        };
+        self.pool.refill(addr);
+        source
     }
 
     async fn try_open(

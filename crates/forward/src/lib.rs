@@ -22,6 +22,7 @@ mod dialer;
 mod health;
 mod join;
 mod lane;
+mod pool;
 mod service;
 mod tls;
 
@@ -49,6 +50,9 @@ pub use lane::{
     EXPECTED_LANES_CAPACITY, LANE_DIAL_TIMEOUT, LANE_MAGIC, LANE_TOKEN_TTL, LANE_USER_TIMEOUT,
     LANE_VERSION, Lane, LaneAddr, LaneAt, LaneDial, LaneStream, Lanes, Offer, PREAMBLE_TIMEOUT,
     is_lane_start, mint_token, preamble,
+};
+pub use pool::{
+    LANE_POOL_MAX, POOL_DIALS_MAX, POOL_LANES_MAX, POOL_MAX_AGE, POOLED_PEERS_MAX, PoolMetrics,
 };
 pub use service::BridgeService;
 pub use tls::{ALPN_LANE, PlaneIo, PlaneTls, TlsError, TlsFiles};

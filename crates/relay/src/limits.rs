@@ -24,7 +24,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
 /// Descriptors kept free beyond the connection limit: listeners, the metrics
-/// endpoint's connections, refusals in flight, store and forwarding sockets.
+/// endpoint's connections, refusals in flight, store and forwarding sockets
+/// (lanes dialed ahead among them: at most `dtcp_forward::POOL_LANES_MAX`).
 const FD_RESERVE: u64 = 256;
 /// The open-file limit assumed when it can be neither raised nor read.
 const FALLBACK_NOFILE: u64 = 1024;

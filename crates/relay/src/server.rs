@@ -148,7 +148,9 @@ impl Relay {
             // Lanes carry forwarded sessions' bytes: plain TCP (spliced) on a
             // plain plane, TLS with the plane's certificates under plane TLS.
             let lanes = !config.no_lanes;
-            let dialer = Dialer::new(tls.clone(), trust.plane.clone(), &id).with_lanes(lanes);
+            let dialer = Dialer::new(tls.clone(), trust.plane.clone(), &id)
+                .with_lanes(lanes)
+                .with_lane_pool(config.lane_pool as usize, crate::metrics::lane_pool());
             let info = NodeInfo {
                 id,
                 forward_addr,
@@ -301,6 +303,10 @@ impl Relay {
         );
         gauge!(DRAINING).set(1.0);
         node.drain.cancel();
+        if let Some(dialer) = &node.dialer {
+            // New claims get shutting-down: no lane dialed ahead is wanted.
+            dialer.close_lane_pool();
+        }
         if let Some(component) = component {
             // Another node (a standby) takes the component over; this node's
             // pairs can still be activated through it, over the plane.

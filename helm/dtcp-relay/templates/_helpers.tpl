@@ -174,6 +174,8 @@ ipFamilies:
 - name: DTCP_NO_LANES
   value: "true"
 {{- end }}
+- name: DTCP_LANE_POOL
+  value: {{ .Values.relay.lanePool | quote }}
 {{- if not .Values.relay.splice }}
 - name: DTCP_NO_SPLICE
   value: "true"

@@ -31,7 +31,7 @@ impl LaneStream {
     /// own on it, so anything to read (its end, a reset) says it is not.
     /// A TLS lane is read without waiting (what the TLS layer sends after
     /// its handshake, session tickets, is taken in and is no byte).
-    pub(super) fn is_open(&mut self) -> bool {
+    pub(crate) fn is_open(&mut self) -> bool {
         match self {
             LaneStream::Plain(tcp) => dtcp_duplex::peek_now(tcp).is_pending(),
             tls => {

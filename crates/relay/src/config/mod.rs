@@ -455,6 +455,20 @@ pub struct Config {
     #[arg(long, env = "DTCP_NO_LANES")]
     pub no_lanes: bool,
 
+    /// Cluster mode: lanes kept dialed ahead per peer node (0: none), so
+    /// that a claim takes one instead of dialing it (under plane TLS, its
+    /// handshake done). Filled by demand only: each lane a claim takes
+    /// dials one more, up to N; one unused for 3 s is closed and not
+    /// replaced, so an idle cluster dials nothing.
+    #[arg(
+        long,
+        env = "DTCP_LANE_POOL",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(0..=dtcp_forward::LANE_POOL_MAX as i64),
+        value_name = "N"
+    )]
+    pub lane_pool: u32,
+
     /// Log format.
     #[arg(long, env = "DTCP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -25,6 +25,17 @@ fn defaults_are_the_documented_ones() {
     assert!(c.allows("a@anything", "b@else"));
     assert!(!c.signed_keys());
     assert_eq!(c.max_key_lifetime, Duration::from_secs(86_400));
+    assert_eq!(c.lane_pool, 8);
+}
+
+#[test]
+fn the_lane_pool_is_bounded() {
+    let parse = |n: &str| Config::try_parse_from(["dtcp-relay", "--lane-pool", n]);
+    assert_eq!(parse("0").unwrap().lane_pool, 0, "0 turns it off");
+    let most = dtcp_forward::LANE_POOL_MAX;
+    assert_eq!(parse(&most.to_string()).unwrap().lane_pool as usize, most);
+    assert!(parse(&(most + 1).to_string()).is_err());
+    assert!(parse("-1").is_err());
 }
 
 #[test]

@@ -31,6 +31,20 @@ const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
 ];
 
+/// The handles a node's lane pools count in.
+pub(crate) fn lane_pool() -> dtcp_forward::PoolMetrics {
+    let outcome = |outcome: &'static str| counter!(LANE_POOL, "outcome" => outcome);
+    dtcp_forward::PoolMetrics {
+        idle: gauge!(LANE_POOL_IDLE),
+        taken: outcome("taken"),
+        dialed: outcome("dialed"),
+        aged_out: outcome("aged_out"),
+        closed: outcome("closed"),
+        failed: outcome("failed"),
+        drained: outcome("drained"),
+    }
+}
+
 /// Installs the global Prometheus recorder and describes every metric.
 ///
 /// Histograms get explicit buckets so that they are exported as Prometheus
@@ -164,6 +178,14 @@ fn describe() {
     describe_counter!(
         LANE_DIALS,
         "Lanes offered by an owner that this node dialed, by outcome (ok, or why the Bridge carried the session)."
+    );
+    describe_gauge!(
+        LANE_POOL_IDLE,
+        "Lanes this node dialed ahead to its peer nodes, idle in their pools."
+    );
+    describe_counter!(
+        LANE_POOL,
+        "Lanes of this node's claims and pools, by outcome (taken from a pool, dialed at the claim, aged out, closed, failed, drained)."
     );
     describe_counter!(
         AUTH_FAILURES,
@@ -309,6 +331,10 @@ fn init_series() {
     counter!(LANE_WAITS_EXPIRED).absolute(0);
     for outcome in LANE_DIAL_OUTCOMES {
         counter!(LANE_DIALS, "outcome" => outcome).absolute(0);
+    }
+    gauge!(LANE_POOL_IDLE).set(0.0);
+    for outcome in LANE_POOL_OUTCOMES {
+        counter!(LANE_POOL, "outcome" => outcome).absolute(0);
     }
     for reason in AUTH_FAILURE_REASONS {
         counter!(AUTH_FAILURES, "reason" => reason).absolute(0);

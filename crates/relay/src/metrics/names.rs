@@ -125,6 +125,20 @@ pub const LANE_DIALS: &str = "dtcp_lane_dials_total";
 pub const LANE_DIAL_OUTCOMES: [&str; 7] = [
     "ok", "refused", "timeout", "reset", "error", "no_slot", "declined",
 ];
+/// Gauge: lanes this node dialed ahead to its peer nodes, idle in their
+/// pools (`--lane-pool`).
+pub const LANE_POOL_IDLE: &str = "dtcp_lane_pool_idle";
+/// Lanes of this node's claims and of its pools, by `outcome` (see
+/// [`LANE_POOL_OUTCOMES`]).
+pub const LANE_POOL: &str = "dtcp_lane_pool_lanes_total";
+/// Every `outcome` of [`LANE_POOL`]: a claim took a pooled lane; a claim
+/// dialed its lane (no pooled one to take); a pooled lane dropped unused,
+/// past its age (3 s); one found closed by the owner's port (its process
+/// gone) and dropped; a dial ahead that failed (the peer's pool is
+/// dropped); pooled lanes dropped with their peer's pool (the peer
+/// declined a lane or could not be reached, or this node drains).
+pub const LANE_POOL_OUTCOMES: [&str; 6] =
+    ["taken", "dialed", "aged_out", "closed", "failed", "drained"];
 /// XEP-0065 pairs on this node (their Target's owner) waiting for their
 /// activation.
 pub const SOCKS5_AWAITING: &str = "dtcp_socks5_pairs_awaiting_activation";
