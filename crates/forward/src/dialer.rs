@@ -249,6 +249,9 @@ impl Dialer {
         };
         match (source, token.is_empty()) {
             (Some(source), false) => {
+                // Refilled only now: a node that is gone, or declines
+                // lanes, is not dialed ahead for nothing.
+                self.pool.refill(addr);
                 let dialed = match source {
                     Source::Pooled(pooled) if pooled.dialed.elapsed() < POOLED_USE_MAX => {
                         Ok(pooled.stream)
@@ -285,19 +288,17 @@ impl Dialer {
         Ok(halves)
     }
 
-    /// A claim's lane to `addr`: from the pool, or dialed now; either way
-    /// one more is dialed into the pool (up to its size).
+    /// A claim's lane to `addr`: from the pool, or dialed now. One more is
+    /// dialed into the pool once the owner has offered the claim a lane.
     fn lane_source(&self, addr: &str) -> Source {
-        let source = match self.pool.take(addr) {
+        match self.pool.take(addr) {
             Some(pooled) => Source::Pooled(pooled),
             None => {
                 self.pool.metrics().dialed.increment(1);
                 let dial = crate::lane::dial(addr.to_owned(), self.tls.clone());
                 Source::Dialing(tokio::spawn(dial))
             }
-        };
-        self.pool.refill(addr);
-        source
+        }
     }
 
     async fn try_open(

@@ -42,7 +42,7 @@ pub const POOLED_PEERS_MAX: usize = 256;
 pub const POOL_DIALS_MAX: usize = 64;
 /// Most lanes in all pools at once, idle and being dialed: each holds a
 /// descriptor outside the connection limit, within the node's reserve.
-pub const POOL_LANES_MAX: usize = 128;
+pub const POOL_LANES_MAX: usize = 64;
 
 /// What the pool counts: the handles are the caller's, so that the metric
 /// names stay the node's.
@@ -164,8 +164,9 @@ impl LanePool {
         self.state().peers.values().map(|p| p.idle.len()).sum()
     }
 
-    /// The oldest pooled lane to `addr` that is young enough and still
-    /// open; the ones before it that are not are dropped (reset).
+    /// The newest pooled lane to `addr` that is still open (the most time
+    /// left before the owner's port gives up on it); closed ones met on the
+    /// way, and any past [`POOL_MAX_AGE`], are dropped (reset).
     pub(crate) fn take(&self, addr: &str) -> Option<Pooled> {
         let metrics = &self.inner.metrics;
         let mut dropped = Vec::new();
@@ -173,7 +174,7 @@ impl LanePool {
             let mut state = self.state();
             let peer = state.peers.get_mut(addr)?;
             let mut taken = None;
-            while let Some(Idle { mut lane, .. }) = peer.idle.pop_front() {
+            while let Some(Idle { mut lane, .. }) = peer.idle.pop_back() {
                 metrics.idle.decrement(1.0);
                 if lane.dialed.elapsed() >= self.inner.max_age {
                     metrics.aged_out.increment(1);
@@ -234,8 +235,11 @@ impl LanePool {
         let pool = self.clone();
         let addr = addr.to_owned();
         tokio::spawn(async move {
+            // Its age counts from before the connect: the owner's wait for
+            // the token starts later, at its accept.
+            let started = Instant::now();
             let dialed = dial(addr.clone(), pool.inner.tls.clone()).await;
-            if pool.arrive(&addr, epoch, id, dialed) {
+            if pool.arrive(&addr, epoch, id, dialed, started) {
                 tokio::time::sleep(pool.inner.max_age).await;
                 pool.expire(&addr, id);
             }
@@ -250,6 +254,7 @@ impl LanePool {
         epoch: u64,
         id: u64,
         dialed: Result<LaneStream, &'static str>,
+        started: Instant,
     ) -> bool {
         let metrics = &self.inner.metrics;
         let mut dropped = Vec::new();
@@ -264,7 +269,7 @@ impl LanePool {
                         Ok(stream) if !closed => {
                             let lane = Pooled {
                                 stream,
-                                dialed: Instant::now(),
+                                dialed: started,
                             };
                             peer.idle.push_back(Idle { id, lane });
                             metrics.idle.increment(1.0);
