@@ -123,6 +123,10 @@ struct LaneEnd {
     clippy::too_many_arguments,
     reason = "one call per side of a session, each argument a different thing"
 )]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of every argument in its state"
+)]
 fn join_lane<'a>(
     node: &'a Node,
     end: End,
@@ -245,6 +249,10 @@ pub(crate) fn cut_by_peer(condition: &str) -> (Outcome, Option<String>) {
     clippy::too_many_arguments,
     reason = "the parts of a session handed over at once"
 )]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of every argument in its state"
+)]
 pub(crate) fn run_owner(
     node: Arc<Node>,
     initiator: TcpStream,
@@ -304,6 +312,10 @@ pub(crate) fn run_owner(
 #[expect(
     clippy::too_many_arguments,
     reason = "the parts of a session handed over at once"
+)]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of every argument in its state"
 )]
 pub(crate) fn run_claimant(
     node: Arc<Node>,
