@@ -259,10 +259,7 @@ fn incoming(
                     continue;
                 };
                 let (gate, tx) = (gate.clone(), tx.clone());
-                tokio::spawn(async move {
-                    sniff(tcp, lanes, attaching, gate, tx).await;
-                    drop(permit);
-                });
+                tokio::spawn(sniff(tcp, lanes, attaching, gate, tx, permit));
                 continue;
             }
             let Some(tcp) = enter(&gate, tcp) else {
@@ -305,13 +302,15 @@ const SILENT_TIMEOUT: Duration = Duration::from_secs(1);
 /// it was accepted: a lane (its token read and checked, then handed to its
 /// session) or an HTTP/2 connection (through the plane's gate to tonic).
 /// Silent for [`SILENT_TIMEOUT`], it is closed, counted as a probation
-/// that ran out.
+/// that ran out. `permit`: its place among the connections being told
+/// apart, held until it is.
 async fn sniff(
     tcp: tokio::net::TcpStream,
     lanes: Lanes,
     attaching: Arc<Semaphore>,
     gate: ConnectionGate,
     tx: mpsc::Sender<Result<PlaneIo, std::io::Error>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut first = [0u8; 1];
     match tokio::time::timeout(SILENT_TIMEOUT, tcp.peek(&mut first)).await {
@@ -320,6 +319,13 @@ async fn sniff(
         // Closed or failed: nothing to serve.
         Ok(_) => return,
     }
+    // Told apart: its place goes to the next one. A lane waits for its
+    // token (which its node sends once the claim is answered) among the
+    // lanes attaching, as one whose first byte was in at its accept does:
+    // held here, a burst of pairings filled every place with lanes
+    // awaiting their tokens, and the lanes after them were reset (a fifth
+    // of a burst of 2,000 sessions crossed on the Bridge).
+    drop(permit);
     if is_lane_start(first[0]) {
         return attach(LaneStream::Plain(tcp), lanes, attaching).await;
     }

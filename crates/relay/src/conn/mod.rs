@@ -24,7 +24,9 @@
 //!   is the Bridge once open;
 //! - a session's future is built by a plain fn returning an `async move`
 //!   block (`session::start`), since an `async fn` keeps a second copy of
-//!   every argument;
+//!   every argument; and what a session holds until it ends is held beside
+//!   its future (`session::Holding`), not by an `async` block that awaits
+//!   it, which keeps the awaited future twice;
 //! - the pump and the forwarding plane hold copy buffers and pipes only while
 //!   data is in flight (`dtcp_duplex`'s pools: one of buffers for the
 //!   process, pipes per thread), never while a session is idle.

@@ -39,13 +39,15 @@ pub(super) enum End {
 /// is told on it and a reason read from it, as then.
 pub(super) struct BridgeBeside {
     outbound: Option<Outbound>,
-    inbound: Option<Inbound>,
+    /// Boxed: the session's state keeps this field's room for its whole
+    /// life, and the call closes once the lane has attached.
+    inbound: Option<Box<Inbound>>,
     /// `dtcp_lane_bridges_open`, for this node's role, while the call is open.
     open: Option<Gauge>,
 }
 
 impl BridgeBeside {
-    pub(super) fn new(end: End, outbound: Outbound, inbound: Inbound) -> Self {
+    pub(super) fn new(end: End, outbound: Outbound, inbound: Box<Inbound>) -> Self {
         let role = match end {
             End::Owner => "server",
             End::Claimant => "client",
@@ -140,7 +142,7 @@ impl Drop for BridgeBeside {
 /// end, within [`CUT_FLUSH`]. A call dropped half-open would be reset, and
 /// HTTP/2 closes a connection that has reset 1,024 streams, failing every
 /// Bridge on it.
-pub(crate) async fn end_bridge(outbound: Outbound, mut inbound: Inbound) {
+pub(crate) async fn end_bridge(outbound: Outbound, mut inbound: Box<Inbound>) {
     drop(outbound);
     let rest = async { while let Ok(Some(_)) = inbound.next().await {} };
     let _ = tokio::time::timeout(CUT_FLUSH, rest).await;

@@ -14,6 +14,7 @@
 //! Only a node of an earlier version, which keeps its half of the Bridge
 //! open, still sends (and is sent) the reason on it.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,89 +115,99 @@ struct LaneEnd {
 /// lane to client. `idle`: the owner's idle timeout (the claimant's node
 /// leaves it to the owner, as on the Bridge). Both sockets are closed here,
 /// with a reset unless both directions ended with a FIN.
+///
+/// This and the two sides' `run_*` below are plain fns returning an `async`
+/// block: an `async fn` keeps a second copy of every argument, and an idle
+/// session holds its future's state for its whole life.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call per side of a session, each argument a different thing"
 )]
-async fn join_lane(
-    node: &Node,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of every argument in its state"
+)]
+fn join_lane<'a>(
+    node: &'a Node,
     end: End,
     client: TcpStream,
-    early: &[u8],
+    early: &'a [u8],
     mut lane: LaneStream,
     counters: [Counter; 2],
     idle: Option<Duration>,
     outbound: Outbound,
-    inbound: Inbound,
-) -> LaneEnd {
-    enum Why {
-        Pump(Outcome),
-        Stopped,
-        Peer(String),
-    }
-    let [to_lane, to_client] = counters;
-    let mut pump = Pump::lane(
-        (&client, early, to_lane),
-        (&mut lane, to_client),
-        idle,
-        !node.config.no_splice,
-        node.lane_throttles(),
-    );
-    let mut bridge = BridgeBeside::new(end, outbound, inbound);
-    let why = loop {
-        // Boxed, and only while the Bridge is open: what the session holds
-        // for its whole life is the pump, not a read of a closed call.
-        let mut next = bridge.is_open().then(|| Box::pin(bridge.next()));
-        let frame = async {
-            match &mut next {
-                Some(next) => next.await,
-                None => std::future::pending().await,
+    inbound: Box<Inbound>,
+) -> impl Future<Output = LaneEnd> + Send + 'a {
+    async move {
+        enum Why {
+            Pump(Outcome),
+            Stopped,
+            Peer(String),
+        }
+        let [to_lane, to_client] = counters;
+        let mut pump = Pump::lane(
+            (&client, early, to_lane),
+            (&mut lane, to_client),
+            idle,
+            !node.config.no_splice,
+            node.lane_throttles(),
+        );
+        let mut bridge = BridgeBeside::new(end, outbound, inbound);
+        let why = loop {
+            // Boxed, and only while the Bridge is open: what the session holds
+            // for its whole life is the pump, not a read of a closed call.
+            let mut next = bridge.is_open().then(|| Box::pin(bridge.next()));
+            let frame = async {
+                match &mut next {
+                    Some(next) => next.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                outcome = &mut pump => break Why::Pump(outcome),
+                () = node.stop.cancelled() => break Why::Stopped,
+                frame = frame => if let Some(Kind::Error(e)) = frame {
+                    break Why::Peer(e.condition);
+                },
             }
         };
-        tokio::select! {
-            outcome = &mut pump => break Why::Pump(outcome),
-            () = node.stop.cancelled() => break Why::Stopped,
-            frame = frame => if let Some(Kind::Error(e)) = frame {
-                break Why::Peer(e.condition);
+        let moved = pump.moved();
+        drop(pump);
+        let closed = matches!(why, Why::Pump(Outcome::Closed));
+        if !closed {
+            // Every end but both FINs is a reset, at both ends of this node.
+            reset_on_close(&client);
+            reset_on_close(lane.tcp());
+        }
+        // This node's own cut: an earlier node is told why before the lane resets.
+        match &why {
+            Why::Pump(Outcome::IdleTimeout) => {
+                bridge.tell(Condition::Timeout, "no byte moved for the idle timeout");
+            }
+            Why::Stopped => bridge.tell(Condition::ShuttingDown, crate::node::SHUTTING_DOWN),
+            _ => {}
+        }
+        drop(client);
+        drop(lane);
+        let (outcome, detail) = match why {
+            // The lane or the client reset. If it was the other node's cut and
+            // that node still has a Bridge open to say so (an earlier version),
+            // its reason is on its way; else this is a reset, and the other
+            // node's line, under the same registration id, names any cut.
+            Why::Pump(Outcome::Reset) => match Box::pin(bridge.reason()).await {
+                Some(condition) => cut_by_peer(&condition),
+                None => (Outcome::Reset, None),
             },
+            Why::Pump(outcome) => (outcome, None),
+            Why::Stopped => (Outcome::Drained, None),
+            Why::Peer(condition) => cut_by_peer(&condition),
+        };
+        Box::pin(bridge.close()).await;
+        LaneEnd {
+            moved,
+            outcome,
+            detail,
         }
-    };
-    let moved = pump.moved();
-    drop(pump);
-    let closed = matches!(why, Why::Pump(Outcome::Closed));
-    if !closed {
-        // Every end but both FINs is a reset, at both ends of this node.
-        reset_on_close(&client);
-        reset_on_close(lane.tcp());
-    }
-    // This node's own cut: an earlier node is told why before the lane resets.
-    match &why {
-        Why::Pump(Outcome::IdleTimeout) => {
-            bridge.tell(Condition::Timeout, "no byte moved for the idle timeout");
-        }
-        Why::Stopped => bridge.tell(Condition::ShuttingDown, crate::node::SHUTTING_DOWN),
-        _ => {}
-    }
-    drop(client);
-    drop(lane);
-    let (outcome, detail) = match why {
-        // The lane or the client reset. If it was the other node's cut and
-        // that node still has a Bridge open to say so (an earlier version),
-        // its reason is on its way; else this is a reset, and the other
-        // node's line, under the same registration id, names any cut.
-        Why::Pump(Outcome::Reset) => match Box::pin(bridge.reason()).await {
-            Some(condition) => cut_by_peer(&condition),
-            None => (Outcome::Reset, None),
-        },
-        Why::Pump(outcome) => (outcome, None),
-        Why::Stopped => (Outcome::Drained, None),
-        Why::Peer(condition) => cut_by_peer(&condition),
-    };
-    Box::pin(bridge.close()).await;
-    LaneEnd {
-        moved,
-        outcome,
-        detail,
     }
 }
 
@@ -238,56 +249,62 @@ pub(crate) fn cut_by_peer(condition: &str) -> (Outcome, Option<String>) {
     clippy::too_many_arguments,
     reason = "the parts of a session handed over at once"
 )]
-pub(crate) async fn run_owner(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of every argument in its state"
+)]
+pub(crate) fn run_owner(
     node: Arc<Node>,
     initiator: TcpStream,
     early: BytesMut,
     lane: LaneStream,
     _lane_slot: Slot,
     outbound: Outbound,
-    inbound: Inbound,
+    inbound: Box<Inbound>,
     id: RegistrationId,
     waited: Duration,
     client: IpAddr,
     target: Option<SocketAddr>,
     protocol: Protocol,
-) {
-    debug!(registration = %id, "session on a lane");
-    let series = node.hot.forwarded(protocol);
-    counter!(FORWARDED_SESSIONS, "via" => "lane").increment(1);
-    let lanes = gauge!(LANES_ACTIVE, "role" => "server");
-    series.active.increment(1.0);
-    lanes.increment(1.0);
-    let paired_at = Instant::now();
-    let end = join_lane(
-        &node,
-        End::Owner,
-        initiator,
-        &early,
-        lane,
-        [
-            series.initiator_to_target.clone(),
-            series.target_to_initiator.clone(),
-        ],
-        node.config.idle_timeout(),
-        outbound,
-        inbound,
-    )
-    .await;
-    lanes.decrement(1.0);
-    series.active.decrement(1.0);
-    let ended = Ended {
-        side: Side::Owner,
-        id,
-        paired_at,
-        waited,
-        moved: end.moved,
-        outcome: end.outcome,
-        detail: end.detail,
-        clients: [Some(client), target.map(|t| t.ip())],
-        via: Some("lane"),
-    };
-    finished(series, ended);
+) -> impl Future<Output = ()> + Send {
+    async move {
+        debug!(registration = %id, "session on a lane");
+        let series = node.hot.forwarded(protocol);
+        counter!(FORWARDED_SESSIONS, "via" => "lane").increment(1);
+        let lanes = gauge!(LANES_ACTIVE, "role" => "server");
+        series.active.increment(1.0);
+        lanes.increment(1.0);
+        let paired_at = Instant::now();
+        let end = join_lane(
+            &node,
+            End::Owner,
+            initiator,
+            &early,
+            lane,
+            [
+                series.initiator_to_target.clone(),
+                series.target_to_initiator.clone(),
+            ],
+            node.config.idle_timeout(),
+            outbound,
+            inbound,
+        )
+        .await;
+        lanes.decrement(1.0);
+        series.active.decrement(1.0);
+        let ended = Ended {
+            side: Side::Owner,
+            id,
+            paired_at,
+            waited,
+            moved: end.moved,
+            outcome: end.outcome,
+            detail: end.detail,
+            clients: [Some(client), target.map(|t| t.ip())],
+            via: Some("lane"),
+        };
+        finished(series, ended);
+    }
 }
 
 /// The claimant's side of a session on a lane: the preamble, then the
@@ -296,7 +313,11 @@ pub(crate) async fn run_owner(
     clippy::too_many_arguments,
     reason = "the parts of a session handed over at once"
 )]
-pub(crate) async fn run_claimant(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of every argument in its state"
+)]
+pub(crate) fn run_claimant(
     node: Arc<Node>,
     target: TcpStream,
     _lane_slot: Slot,
@@ -305,66 +326,71 @@ pub(crate) async fn run_claimant(
     started: Instant,
     mut lane: Lane,
     outbound: Outbound,
-    inbound: Inbound,
+    inbound: Box<Inbound>,
     client: IpAddr,
     protocol: Protocol,
-) {
-    let series = node.hot.forwarded(protocol);
-    // From here on a close that is not a passed-on FIN is a reset.
-    reset_on_close(&target);
-    // The Target's early bytes follow the preamble (the pump writes them
-    // first), without waiting for an answer: there is none.
-    if lane.send_preamble().await.is_err() {
-        // The owner's Initiator has its OK, and will be reset by the
-        // owner when the Bridge ends; this Target never had one (it is
-        // reset when dropped here).
-        debug!(registration = %id, "the lane failed before its preamble was written");
-        end_bridge(outbound, inbound).await;
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let series = node.hot.forwarded(protocol);
+        // From here on a close that is not a passed-on FIN is a reset.
+        reset_on_close(&target);
+        // The Target's early bytes follow the preamble (the pump writes them
+        // first), without waiting for an answer: there is none.
+        if lane.send_preamble().await.is_err() {
+            // The owner's Initiator has its OK, and will be reset by the
+            // owner when the Bridge ends; this Target never had one (it is
+            // reset when dropped here).
+            debug!(registration = %id, "the lane failed before its preamble was written");
+            end_bridge(outbound, inbound).await;
+            let ended = Ended {
+                side: Side::Claimant,
+                id,
+                paired_at: Instant::now(),
+                waited: Duration::ZERO,
+                moved: [0, 0],
+                outcome: Outcome::Reset,
+                detail: Some("the lane failed before its preamble was written".to_owned()),
+                clients: [None, Some(client)],
+                via: Some("lane"),
+            };
+            finished(series, ended);
+            return;
+        }
+        // The preamble is written: only the connection goes on.
+        let Lane { stream, preamble } = lane;
+        drop(preamble);
+        answer_target(&node, &target, protocol, started).await;
+        let lanes = gauge!(LANES_ACTIVE, "role" => "client");
+        lanes.increment(1.0);
+        let paired_at = Instant::now();
+        let end = join_lane(
+            &node,
+            End::Claimant,
+            target,
+            &early,
+            stream,
+            [
+                series.target_to_initiator.clone(),
+                series.initiator_to_target.clone(),
+            ],
+            None,
+            outbound,
+            inbound,
+        )
+        .await;
+        lanes.decrement(1.0);
+        let [sent, received] = end.moved;
         let ended = Ended {
             side: Side::Claimant,
             id,
-            paired_at: Instant::now(),
+            paired_at,
             waited: Duration::ZERO,
-            moved: [0, 0],
-            outcome: Outcome::Reset,
-            detail: Some("the lane failed before its preamble was written".to_owned()),
+            moved: [received, sent],
+            outcome: end.outcome,
+            detail: end.detail,
             clients: [None, Some(client)],
             via: Some("lane"),
         };
         finished(series, ended);
-        return;
     }
-    answer_target(&node, &target, protocol, started).await;
-    let lanes = gauge!(LANES_ACTIVE, "role" => "client");
-    lanes.increment(1.0);
-    let paired_at = Instant::now();
-    let end = join_lane(
-        &node,
-        End::Claimant,
-        target,
-        &early,
-        lane.stream,
-        [
-            series.target_to_initiator.clone(),
-            series.initiator_to_target.clone(),
-        ],
-        None,
-        outbound,
-        inbound,
-    )
-    .await;
-    lanes.decrement(1.0);
-    let [sent, received] = end.moved;
-    let ended = Ended {
-        side: Side::Claimant,
-        id,
-        paired_at,
-        waited: Duration::ZERO,
-        moved: [received, sent],
-        outcome: end.outcome,
-        detail: end.detail,
-        clients: [None, Some(client)],
-        via: Some("lane"),
-    };
-    finished(series, ended);
 }
