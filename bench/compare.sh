@@ -22,8 +22,8 @@
 #
 # The relay's own DTCP_* settings in the environment reach every node
 # (each flag reads one): DTCP_NO_LANES=true puts forwarded sessions on
-# their Bridge, DTCP_LANE_POOL=0 has each claim dial its lane rather than
-# take one dialed ahead (the default pool is 8 lanes per peer node).
+# their Bridge, DTCP_LANE_POOL=8 has each claim take a lane dialed ahead
+# rather than dial its own (no pool by default).
 #
 # With --proxy N, only the two behind-HAProxy contenders run, N rounds each,
 # alternating (off, on, on, off, ...) so that a machine's drift weighs on

@@ -623,7 +623,9 @@ async fn many_lane_sessions_leave_the_plane_connection_up() {
 async fn later_pairs_take_lanes_dialed_ahead_and_unused_ones_age_out() {
     let redis = RedisServer::start();
     let a = NodeOptions::cluster(&[redis.url()]).start();
-    let b = NodeOptions::cluster(&[redis.url()]).start();
+    let b = NodeOptions::cluster(&[redis.url()])
+        .arg("--lane-pool", "8")
+        .start();
     for n in 0..4u64 {
         if n > 0 {
             // The lane the last claim dialed into the pool in its place.
@@ -680,7 +682,9 @@ async fn pooled_lanes_to_a_restarted_owner_are_skipped() {
     let mut a = NodeOptions::cluster(&[redis.url()])
         .forward_listen(&plane)
         .start();
-    let b = NodeOptions::cluster(&[redis.url()]).start();
+    let b = NodeOptions::cluster(&[redis.url()])
+        .arg("--lane-pool", "8")
+        .start();
     let (i, tg) = pair(a.addr, b.addr, &triple("before-restart")).await;
     exchange(i, tg, 4096, 71).await;
     b.wait_for("dtcp_lane_pool_idle", 1.0).await;
@@ -718,6 +722,7 @@ async fn under_plane_tls_lanes_dialed_ahead_are_tls() {
     let tls = [
         ("--forward-tls-cert", cert_file),
         ("--forward-tls-key", key_file),
+        ("--lane-pool", "8"),
     ];
     let (a, b, proxy, _) = behind_proxy(&redis, &tls).await;
     for n in 0..3u64 {

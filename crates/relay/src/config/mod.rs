@@ -455,15 +455,16 @@ pub struct Config {
     #[arg(long, env = "DTCP_NO_LANES")]
     pub no_lanes: bool,
 
-    /// Cluster mode: lanes kept dialed ahead per peer node (0: none), so
-    /// that a claim takes one instead of dialing it (under plane TLS, its
-    /// handshake done). Filled by demand only: each lane a claim takes
-    /// dials one more, up to N; one unused for 3 s is closed and not
+    /// Cluster mode: lanes kept dialed ahead per peer node (0, the
+    /// default: none), so that a claim takes one instead of dialing it
+    /// (under plane TLS, its handshake done): for nodes whose round trip
+    /// between them is long. Filled by demand only: each claim offered a
+    /// lane dials one more, up to N; one unused for 3 s is closed and not
     /// replaced, so an idle cluster dials nothing.
     #[arg(
         long,
         env = "DTCP_LANE_POOL",
-        default_value_t = 8,
+        default_value_t = 0,
         value_parser = clap::value_parser!(u32).range(0..=dtcp_forward::LANE_POOL_MAX as i64),
         value_name = "N"
     )]

@@ -25,7 +25,7 @@ fn defaults_are_the_documented_ones() {
     assert!(c.allows("a@anything", "b@else"));
     assert!(!c.signed_keys());
     assert_eq!(c.max_key_lifetime, Duration::from_secs(86_400));
-    assert_eq!(c.lane_pool, 8);
+    assert_eq!(c.lane_pool, 0, "no lanes dialed ahead unless asked");
 }
 
 #[test]
