@@ -148,6 +148,25 @@ async fn behind_proxy(
     (owner.start(), other.start(), proxy, plane)
 }
 
+/// A self-signed certificate for the plane, shared by every node (its name
+/// the nodes' default), written with its key to a directory named by
+/// `tag`: that directory (the test removes it) and the paths of the two
+/// PEM files.
+fn plane_certificate(tag: &str) -> (std::path::PathBuf, String, String) {
+    let dir = std::env::temp_dir().join(format!("dtcp-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["dtcp-relay".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+    (dir, path(cert_file), path(key_file))
+}
+
 /// Sends a lane preamble (and a few bytes) to `plane`: what comes back
 /// before the connection ends, or `None` when it ends with nothing.
 async fn attach(plane: SocketAddr, preamble: &[u8]) -> Option<Vec<u8>> {
@@ -438,17 +457,8 @@ async fn a_half_close_crosses_a_lane_each_way() {
 /// captures holds neither the session's bytes nor a lane's preamble.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_plane_tls_a_session_crosses_on_a_tls_lane_and_no_byte_in_the_clear() {
-    let dir = std::env::temp_dir().join(format!("dtcp-lanes-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["dtcp-relay".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    let (cert_file, key_file) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let (dir, cert_file, key_file) = plane_certificate("lanes-tls");
+    let (cert_file, key_file) = (cert_file.as_str(), key_file.as_str());
     let redis = RedisServer::start();
     let tls = [
         ("--forward-tls-cert", cert_file),
@@ -707,17 +717,8 @@ async fn pooled_lanes_to_a_restarted_owner_are_skipped() {
 /// between the nodes is in the clear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_plane_tls_lanes_dialed_ahead_are_tls() {
-    let dir = std::env::temp_dir().join(format!("dtcp-pool-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["dtcp-relay".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    let (cert_file, key_file) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let (dir, cert_file, key_file) = plane_certificate("pool-tls");
+    let (cert_file, key_file) = (cert_file.as_str(), key_file.as_str());
     let redis = RedisServer::start();
     let tls = [
         ("--forward-tls-cert", cert_file),

@@ -66,29 +66,31 @@ impl Tracking {
     }
 
     /// A look on the connection failed: looks leave waiter entries until
-    /// the task has made a new one.
+    /// the task has made a new one, or found at its next check (2 s) that
+    /// this one still answers.
     pub(crate) fn broken(&self) {
         self.set(None);
     }
 }
 
 /// Starts the task that keeps `tracking`'s connection up, telling `tx` of
-/// the registrations whose records changed; `false` if `config` cannot
-/// track (a Redis Cluster, or a client that cannot be made).
+/// the registrations whose records changed; nothing where `config` cannot
+/// track (a Redis Cluster, or a client that cannot be made): looks leave
+/// waiter entries there.
 pub(crate) fn start(
     config: &RedisConfig,
     keys: Keys,
     tracking: Arc<Tracking>,
     tx: mpsc::Sender<Registered>,
-) -> bool {
+) {
     if config.is_cluster() {
-        return false;
+        return;
     }
     let source = match Source::new(config, ProtocolVersion::RESP3) {
         Ok(source) => source,
         Err(e) => {
             debug!(error = %e, "no tracked looks: the client cannot be made");
-            return false;
+            return;
         }
     };
     let keeper = Keeper {
@@ -98,7 +100,6 @@ pub(crate) fn start(
         tx,
     };
     tokio::spawn(keeper.run(source));
-    true
 }
 
 struct Keeper {
@@ -170,6 +171,11 @@ impl Keeper {
                         redis::cmd("PING").query_async(&mut conn),
                     )
                     .await?;
+                    // A look that failed took the connection out of use;
+                    // it answers, so it is put back (its tracking is on).
+                    if self.tracking.conn().is_none() {
+                        self.tracking.set(Some(conn.clone()));
+                    }
                 }
                 () = self.tx.closed() => return Ok(()),
             }
