@@ -79,6 +79,12 @@ pub(crate) async fn claim(node: Arc<Node>, stream: TcpStream, slot: Slot, reques
         let text = session::TOO_MANY_SESSIONS;
         return refuse_dtcp(stream, VERB, Condition::ResourceConstraint, text).await;
     }
+    // A drain waits for this claim as for a session: one whose Bridge is in
+    // flight when the drain begins may already have its Initiator answered
+    // by the owner, and must become a session here rather than be lost
+    // with the process. A CONNECT still waiting for its CREATE is refused
+    // `shutting-down` at once by the drain, which drops this.
+    let _tracked = node.sessions.token();
     // Nothing more is read from the Target until it is paired: what it sends
     // meanwhile waits in the kernel. Held from its first wait on: a CONNECT
     // whose CREATE is there at the first look never waits, and pays nothing.
