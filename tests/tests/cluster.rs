@@ -1101,17 +1101,21 @@ async fn a_tracked_connect_survives_a_flush_and_a_lost_tracking_connection() {
         redis.tracking_clients().len() == 2
     })
     .await;
+    // And the nodes say so.
+    a.wait_for("dtcp_store_looks_tracked", 1.0).await;
+    b.wait_for("dtcp_store_looks_tracked", 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_the_store_lost_is_left_again_and_answered() {
     let redis = RedisServer::start();
     let urls = [redis.url()];
-    // Waiter entries, as on a Redis Cluster.
+    // Waiter entries, as where a proxy refuses tracking.
     let args = ["--connect-grace", "10", "--no-redis-tracking"];
     let [a, b] = [(); 2].map(|_| cluster_node(&urls, &args));
     a.wait_for("dtcp_nodes_alive", 2.0).await;
     b.wait_for("dtcp_nodes_alive", 2.0).await;
+    assert_eq!(b.metric("dtcp_store_looks_tracked").await, 0.0);
     let t = triple("waiter-lost");
     let key = format!("dtcp:reg:{}", t.registration_id());
     let target = tokio::spawn({

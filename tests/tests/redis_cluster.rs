@@ -1,8 +1,11 @@
 //! A cluster of relays on a Redis Cluster with replicas: the master holding
 //! the shard of a node's own channel (where it is told of the registrations
-//! it waits for) dies. Its replica takes over, the nodes follow it, and
-//! cross-node pairing keeps working (that the messages themselves come back
-//! is the store's test, crates/store/tests/cluster.rs).
+//! it waits for while its looks are not tracked) dies, and with it a third
+//! of the registrations' keys and every node's tracked connection to it.
+//! Its replica takes over, the nodes follow it (tracking is turned on
+//! there, the channel subscribed again), and cross-node pairing keeps
+//! working (that the messages themselves come back, and tracked looks, are
+//! the store's tests, crates/store/tests/cluster.rs).
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +47,10 @@ async fn cross_node_pairing_survives_the_failover_of_a_waiting_nodes_shard() {
     let urls = cluster.urls();
     let nodes = [0, 1, 2].map(|_| NodeOptions::cluster(&urls).connect_grace(5.0).start());
     nodes[0].wait_for("dtcp_nodes_alive", 3.0).await;
+    // Every node's looks tracked, on every master.
+    for node in &nodes {
+        node.wait_for("dtcp_store_looks_tracked", 1.0).await;
+    }
     for k in 0..3 {
         let name = format!("shard-before-{k}");
         assert!(cross_pair(&nodes[k], &nodes[(k + 1) % 3], &name).await);
@@ -109,5 +116,9 @@ async fn cross_node_pairing_survives_the_failover_of_a_waiting_nodes_shard() {
     );
     for node in &nodes {
         node.wait_for("dtcp_pending_registrations", 0.0).await;
+        // Tracking on again, the promoted replica included.
+        node.wait_for("dtcp_store_looks_tracked", 1.0).await;
     }
+    let promoted = &cluster.nodes[cluster.master_of(&channel)];
+    assert_eq!(promoted.tracking_clients().len(), nodes.len());
 }

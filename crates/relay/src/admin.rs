@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::{
     ACCEPT_FAILURES, CONNECTION_RATE_SOURCES, CONNECTIONS_OPEN, LISTENER_CONNECTIONS_CLOSED,
-    LISTENER_CONNECTIONS_OPEN, STORE_REGISTRATIONS, UPKEEP_INTERVAL,
+    LISTENER_CONNECTIONS_OPEN, STORE_LOOKS_TRACKED, STORE_REGISTRATIONS, UPKEEP_INTERVAL,
 };
 use crate::node::Node;
 
@@ -265,6 +265,9 @@ async fn render(State(http): State<Http>) -> String {
     }
     if let Some(memory) = &http.node.memory {
         gauge!(STORE_REGISTRATIONS).set(memory.len() as f64);
+    }
+    if let Some(tracked) = http.node.store.looks_tracked() {
+        gauge!(STORE_LOOKS_TRACKED).set(f64::from(u8::from(tracked)));
     }
     for (listener, gate) in &http.gates {
         gauge!(LISTENER_CONNECTIONS_OPEN, "listener" => *listener).set(gate.open() as f64);

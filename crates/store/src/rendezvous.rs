@@ -228,6 +228,14 @@ pub trait Rendezvous: Send + Sync + fmt::Debug + 'static {
     fn watch_recoveries(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+
+    /// Whether a `CONNECT` that finds no record now leaves nothing behind,
+    /// the store telling the node when the record is written (Redis's
+    /// client tracking), rather than a waiter entry; `None` for a store
+    /// with nothing to wait on (in memory).
+    fn looks_tracked(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// What a heartbeat found.

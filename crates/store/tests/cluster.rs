@@ -10,8 +10,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, StoreConfig, announcements_flow, node, reg, store};
-use dtcp_store::Rendezvous;
+use common::{Cluster, StoreConfig, announcements_flow, calls, delta, node, reg, store};
+use dtcp_store::{RedisConfig, Rendezvous};
 
 /// How long announcements may take to flow again after a failover.
 const ANNOUNCEMENTS_BACK: Duration = Duration::from_secs(30);
@@ -24,12 +24,19 @@ const ANNOUNCEMENTS_BACK: Duration = Duration::from_secs(30);
 const REWRITE_BACK: Duration = Duration::from_secs(15);
 /// Pending registrations of one busy node, as the issue counts them.
 const PENDING: usize = 5_000;
+/// How long a test waits for a message it expects, or for tracking to be on.
+const TOLD_WITHIN: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announcements_survive_the_failover_of_their_shard() {
     let mut cluster = Cluster::start(3, 1);
     let prefix = "cl:";
-    let config = cluster.config(prefix);
+    // Looks leave waiters, answered on the watcher's channel: that channel's
+    // shard is the one that fails over (tracked looks have a test below).
+    let config = RedisConfig {
+        tracking: false,
+        ..cluster.config(prefix)
+    };
     let writer = store(&config);
     let watcher = store(&config);
     let mut announced = watcher
@@ -157,4 +164,103 @@ async fn announcements_survive_the_failover_of_their_shard() {
         back.map(|_| switched.elapsed())
     );
     assert!(back.is_some(), "announcements after the manual failover");
+}
+
+/// Tracked looks on a Redis Cluster: the node's looks are tracked on every
+/// master, a `CONNECT` that comes first leaves nothing and is told by the
+/// shard that holds its key, and that race path costs four commands a pair
+/// over all the masters (no script, no `PUBLISH`), spread over them with
+/// the keys. A master's tracked connection killed: its looks leave waiters
+/// or are tracked again, the next registration is told either way, and
+/// tracking comes back on that master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracked_looks_on_a_cluster_cost_four_commands_over_the_shards() {
+    let cluster = Cluster::start(3, 0);
+    let config = cluster.config("tr:");
+    let (a, b) = (store(&config), store(&config));
+    let (owner, grace) = (node("owner"), Duration::from_secs(5));
+    let ttl = Duration::from_secs(300);
+    let mut told = b.watch_registrations("b").expect("a subscription");
+    let tracked = || {
+        cluster
+            .nodes
+            .iter()
+            .all(|master| master.tracking_clients().len() == 1)
+    };
+    common::wait_until(TOLD_WITHIN, "tracking on every master", tracked);
+    // Scripts loaded, connections made: not what a pair costs.
+    for i in 0..30 {
+        assert!(a.register(&reg(i), &owner, ttl).await.unwrap());
+        assert!(a.remove_if_owner(&reg(i), &owner).await.unwrap());
+    }
+
+    let n = 60;
+    let before: Vec<_> = cluster.nodes.iter().map(calls).collect();
+    for i in 100..100 + n {
+        let id = reg(i);
+        assert_eq!(b.lookup_or_wait(&id, "b", grace).await.unwrap(), None);
+        assert!(a.register(&id, &owner, ttl).await.unwrap());
+        let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
+        let message = message.expect("told in time").expect("a message");
+        assert_eq!((message.id, message.owner), (id, None));
+        assert_eq!(
+            b.lookup_or_wait(&id, "b", grace).await.unwrap(),
+            Some(owner.clone())
+        );
+        assert!(a.remove_if_owner(&id, &owner).await.unwrap());
+        // The removal is pushed too (b read the key again): drained here.
+        let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
+        assert_eq!(message.expect("told").expect("a message").id, id);
+    }
+    let used: Vec<_> = cluster
+        .nodes
+        .iter()
+        .zip(&before)
+        .map(|(master, before)| delta(before, &calls(master)))
+        .collect();
+    let per_master: Vec<u64> = used.iter().map(|u| u.values().sum()).collect();
+    eprintln!("{n} pairs, CONNECT first, per master: {per_master:?} {used:?}");
+    for u in &used {
+        assert_eq!(u.get("publish"), None, "{used:?}");
+        assert_eq!(u.get("spublish"), None, "{used:?}");
+        assert_eq!(u.get("evalsha"), None, "{used:?}");
+    }
+    let total: u64 = per_master.iter().sum();
+    assert!(
+        total <= 4 * n as u64,
+        "{total} commands for {n} pairs: {used:?}"
+    );
+    assert!(
+        per_master.iter().all(|&k| k > 0),
+        "every shard holds some of the keys: {per_master:?}"
+    );
+
+    // Each master's tracked connection killed in turn: the next
+    // registration of a key on that master is still told to b.
+    for (m, master) in cluster.nodes.iter().enumerate() {
+        for id in master.tracking_clients() {
+            master.cli(&["CLIENT", "KILL", "ID", &id]);
+        }
+        let id = (1_000..)
+            .map(reg)
+            .find(|id| cluster.master_of(&format!("tr:reg:{id}")) == m)
+            .unwrap();
+        assert_eq!(b.lookup_or_wait(&id, "b", grace).await.unwrap(), None);
+        assert!(a.register(&id, &owner, ttl).await.unwrap());
+        let message = tokio::time::timeout(TOLD_WITHIN, async {
+            loop {
+                match told.recv().await {
+                    Some(r) if r.id == id => return Some(r),
+                    Some(_) => {}
+                    None => return None,
+                }
+            }
+        })
+        .await;
+        assert!(
+            matches!(message, Ok(Some(_))),
+            "master {m}: told after its tracked connection was killed"
+        );
+    }
+    common::wait_until(TOLD_WITHIN, "tracking on every master again", tracked);
 }

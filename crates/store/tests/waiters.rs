@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Server, node, reg, store};
+use common::{Server, calls, delta, node, reg, store};
 use dtcp_store::{NodeInfo, RedisConfig, Rendezvous};
 
 /// How long a test waits for a message it expects.
@@ -23,36 +22,6 @@ fn config(redis: &Server, prefix: &str) -> RedisConfig {
         prefix: prefix.into(),
         ..RedisConfig::default()
     }
-}
-
-/// Calls per command since the server started, from `INFO commandstats`.
-fn calls(redis: &Server) -> HashMap<String, u64> {
-    redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let n = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), n))
-        })
-        .collect()
-}
-
-/// The calls of `after` past `before`, per command, leaving out those of
-/// the test's own `redis-cli` (`INFO`, `CLIENT LIST`) and the checks that
-/// subscriptions and the tracking connection make every 2 s (`PING`).
-fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap<String, u64> {
-    after
-        .iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "info" | "ping" | "client|list"))
-        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

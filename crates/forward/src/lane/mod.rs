@@ -216,6 +216,17 @@ pub(crate) async fn dial(addr: String, tls: Option<PlaneTls>) -> Result<LaneStre
         // rustls's refusals (a certificate not trusted, no protocol in
         // common) come as invalid data.
         Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => Err("tls"),
+        // The owner reset it (past its bound on lanes attaching, say).
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            Err("reset")
+        }
         Ok(Err(_)) => Err("error"),
         Err(_) => Err("timeout"),
     }

@@ -200,7 +200,7 @@ pub struct Config {
     /// Do not ask Redis to track this node's looks (`CLIENT TRACKING`): a
     /// CONNECT that comes before its CREATE then leaves a waiter entry,
     /// which costs two more commands a pair (for a proxy in front of Redis
-    /// that refuses tracking). A Redis Cluster never tracks.
+    /// that refuses tracking). On a Redis Cluster every master tracks.
     #[arg(long, env = "DTCP_NO_REDIS_TRACKING")]
     pub no_redis_tracking: bool,
 

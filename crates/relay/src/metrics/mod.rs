@@ -103,6 +103,10 @@ fn describe() {
         STORE_REGISTRATIONS,
         "Registrations in the embedded in-memory store (absent in cluster mode)."
     );
+    describe_gauge!(
+        STORE_LOOKS_TRACKED,
+        "1 while Redis tracks this node's CONNECT looks (one that comes before its CREATE leaves no waiter entry), 0 while they leave waiter entries (absent without Redis)."
+    );
     describe_gauge!(SESSIONS_ACTIVE, "Paired sessions running now, by path.");
     describe_counter!(
         SESSIONS_COMPLETED,

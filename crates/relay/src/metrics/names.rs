@@ -24,6 +24,8 @@ pub const ERRORS: &str = "dtcp_errors_total";
 pub const PENDING: &str = "dtcp_pending_registrations";
 /// Registrations in the embedded in-memory store.
 pub const STORE_REGISTRATIONS: &str = "dtcp_store_registrations";
+/// 1 while this node's `CONNECT` looks are tracked by Redis, else 0.
+pub const STORE_LOOKS_TRACKED: &str = "dtcp_store_looks_tracked";
 /// Paired sessions running now, by `path`.
 pub const SESSIONS_ACTIVE: &str = "dtcp_sessions_active";
 /// Paired sessions finished, by `path` and `outcome`.

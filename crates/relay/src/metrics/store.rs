@@ -212,4 +212,8 @@ impl Rendezvous for Instrumented {
     fn watch_recoveries(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.store.watch_recoveries()
     }
+
+    fn looks_tracked(&self) -> Option<bool> {
+        self.store.looks_tracked()
+    }
 }

@@ -13,10 +13,11 @@
 //! | `<prefix>formats` | sorted set: `<node id> <formats spoken, 1,2>` scored by the heartbeat's expiry (ms); a node of format 1 writes none | none; expired members are trimmed |
 //!
 //! A node's `CONNECT`s look on a connection of its own that Redis tracks
-//! for it (`tracking.rs`, one server or Sentinel): Redis pushes the node
-//! the keys it read that are written since, so a look that finds nothing
-//! leaves nothing. Where looks are not tracked (a Redis Cluster,
-//! `tracking` off, that connection down), a node is told of a registration
+//! for it (`tracking.rs`; on a Redis Cluster, one whose connection to each
+//! master is tracked): Redis pushes the node the keys it read that are
+//! written since, so a look that finds nothing leaves nothing. Where looks
+//! are not tracked (`tracking` off, that connection down), a node is told
+//! of a registration
 //! it waits for on its own channel,
 //! `<prefix>wake:<node id>` (sharded pub/sub on a Redis Cluster, which
 //! needs Redis 7; `announce.rs`); a registration nobody waits for is

@@ -24,7 +24,7 @@ use super::record::{
 use super::rewrite;
 use super::run::{Runner, ms, now_ms};
 use super::sources;
-use super::tracking::{self, Tracking, tracked_look};
+use super::tracking::{self, Tracking};
 use crate::rendezvous::{
     Beat, FORMAT_LEGACY, FORMAT_NEWEST, NodeInfo, Registered, Rendezvous, StoreError,
 };
@@ -284,19 +284,15 @@ impl Rendezvous for RedisStore {
             return self.lookup(id).await;
         }
         let key = self.keys().reg(id);
-        if let Some(conn) = self.inner.tracking.conn() {
-            // Tracked: Redis tells this node when the key is written.
-            let limit = self.inner.config.response_timeout;
-            match tracked_look(conn, &key, limit).await {
-                Ok(bytes) => {
-                    let value = checked_range(self.runner(), &key, bytes).await?;
-                    return owner_of(value.as_deref());
-                }
-                Err(e) => {
-                    debug!(error = %e, "tracked look failed; leaving a waiter instead");
-                    self.inner.tracking.broken();
-                }
+        // Tracked: Redis tells this node when the key is written.
+        let limit = self.inner.config.response_timeout;
+        match self.inner.tracking.look(&key, limit).await {
+            Some(Ok(bytes)) => {
+                let value = checked_range(self.runner(), &key, bytes).await?;
+                return owner_of(value.as_deref());
             }
+            Some(Err(e)) => debug!(error = %e, "tracked look failed; leaving a waiter instead"),
+            None => {}
         }
         // One command whatever it finds: the record, or a waiter left.
         let value = set_nx_get(self.runner(), &key, &waiter_value(waiter), grace).await?;
@@ -457,6 +453,10 @@ impl Rendezvous for RedisStore {
 
     fn watch_recoveries(&self) -> Option<watch::Receiver<u64>> {
         Some(self.inner.health.subscribe())
+    }
+
+    fn looks_tracked(&self) -> Option<bool> {
+        Some(self.inner.tracking.is_up())
     }
 
     async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses part of it
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use dtcp_store::{NodeInfo, RedisConfig, RedisStore, Registered};
@@ -113,4 +114,43 @@ pub(crate) async fn announcements_flow(
         }
     }
     None
+}
+
+/// Calls per command since the server started, from `INFO commandstats`.
+pub(crate) fn calls(redis: &Server) -> HashMap<String, u64> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let n = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), n))
+        })
+        .collect()
+}
+
+/// The calls of `after` past `before`, per command, leaving out those of
+/// the test's own `redis-cli` (`INFO`, `CLIENT LIST`) and the checks that
+/// subscriptions and the tracking connection make every 2 s (`PING`; on a
+/// Redis Cluster, `CLIENT TRACKING ON` on every master).
+pub(crate) fn delta(
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+) -> HashMap<String, u64> {
+    after
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "info" | "ping" | "client|list" | "client|tracking"
+            )
+        })
+        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
