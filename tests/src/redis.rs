@@ -56,6 +56,12 @@ impl RedisServer {
         self.server.cli(args)
     }
 
+    /// Calls per command, from `INFO commandstats` (the calls scripts make
+    /// included, and this `INFO` too).
+    pub fn command_calls(&self) -> std::collections::HashMap<String, u64> {
+        self.server.command_calls()
+    }
+
     /// The ids of its clients with tracking on: each node's tracked
     /// connection.
     pub fn tracking_clients(&self) -> Vec<String> {

@@ -673,20 +673,9 @@ async fn an_idle_forwarded_session_is_closed_after_the_idle_timeout() {
 /// Calls per command, from `INFO commandstats` (the calls scripts make
 /// included), leaving out the test's own `INFO`.
 fn command_calls(redis: &RedisServer) -> std::collections::HashMap<String, u64> {
-    redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let n = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            (name != "info").then(|| (name.to_owned(), n))
-        })
-        .collect()
+    let mut calls = redis.command_calls();
+    calls.remove("info");
+    calls
 }
 
 /// Commands of one heartbeat: `EXISTS` and `SET` of the node's key, `ZADD`

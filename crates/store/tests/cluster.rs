@@ -10,7 +10,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, StoreConfig, announcements_flow, calls, delta, node, reg, store};
+use common::{
+    Cluster, StoreConfig, TOLD_WITHIN, announcements_flow, calls, delta, node, reg, store,
+    tracked_race_pairs,
+};
 use dtcp_store::{RedisConfig, Rendezvous};
 
 /// How long announcements may take to flow again after a failover.
@@ -24,8 +27,6 @@ const ANNOUNCEMENTS_BACK: Duration = Duration::from_secs(30);
 const REWRITE_BACK: Duration = Duration::from_secs(15);
 /// Pending registrations of one busy node, as the issue counts them.
 const PENDING: usize = 5_000;
-/// How long a test waits for a message it expects, or for tracking to be on.
-const TOLD_WITHIN: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announcements_survive_the_failover_of_their_shard() {
@@ -196,22 +197,7 @@ async fn tracked_looks_on_a_cluster_cost_four_commands_over_the_shards() {
 
     let n = 60;
     let before: Vec<_> = cluster.nodes.iter().map(calls).collect();
-    for i in 100..100 + n {
-        let id = reg(i);
-        assert_eq!(b.lookup_or_wait(&id, "b", grace).await.unwrap(), None);
-        assert!(a.register(&id, &owner, ttl).await.unwrap());
-        let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
-        let message = message.expect("told in time").expect("a message");
-        assert_eq!((message.id, message.owner), (id, None));
-        assert_eq!(
-            b.lookup_or_wait(&id, "b", grace).await.unwrap(),
-            Some(owner.clone())
-        );
-        assert!(a.remove_if_owner(&id, &owner).await.unwrap());
-        // The removal is pushed too (b read the key again): drained here.
-        let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
-        assert_eq!(message.expect("told").expect("a message").id, id);
-    }
+    tracked_race_pairs(&a, &b, &mut told, &owner, (100..100 + n).map(reg)).await;
     let used: Vec<_> = cluster
         .nodes
         .iter()

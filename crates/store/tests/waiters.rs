@@ -10,11 +10,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, calls, delta, node, reg, store};
+use common::{Server, TOLD_WITHIN, calls, delta, node, reg, store, tracked_race_pairs};
 use dtcp_store::{NodeInfo, RedisConfig, Rendezvous};
-
-/// How long a test waits for a message it expects.
-const TOLD_WITHIN: Duration = Duration::from_secs(5);
 
 fn config(redis: &Server, prefix: &str) -> RedisConfig {
     RedisConfig {
@@ -169,23 +166,7 @@ async fn a_tracked_look_leaves_no_waiter_and_is_told_by_redis() {
 
     let n = 50;
     let before = calls(&redis);
-    for i in 1..=n {
-        let id = reg(i);
-        assert_eq!(b.lookup_or_wait(&id, "b", grace).await.unwrap(), None);
-        assert!(a.register(&id, &owner, ttl).await.unwrap());
-        // The push names the registration, not its owner: b looks again.
-        let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
-        let message = message.expect("told in time").expect("a message");
-        assert_eq!((message.id, message.owner), (id, None));
-        assert_eq!(
-            b.lookup_or_wait(&id, "b", grace).await.unwrap(),
-            Some(owner.clone())
-        );
-        assert!(a.remove_if_owner(&id, &owner).await.unwrap());
-        // The removal is pushed too (b read the key again): drained here.
-        let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
-        assert_eq!(message.expect("told").expect("a message").id, id);
-    }
+    tracked_race_pairs(&a, &b, &mut told, &owner, (1..=n).map(reg)).await;
     let used = delta(&before, &calls(&redis));
     let total: u64 = used.values().sum();
     eprintln!("{n} pairs, CONNECT first: {total} commands {used:?}");

@@ -2,6 +2,7 @@
 //! replica and three sentinels, a Redis Cluster. Each process is killed
 //! when dropped.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -137,6 +138,25 @@ impl Server {
     /// Runs `redis-cli` against it; returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         cli(self.port, self.password.as_deref(), args)
+    }
+
+    /// Calls per command since the server started (or since `CONFIG
+    /// RESETSTAT`), from `INFO commandstats`: the calls scripts make
+    /// included, and this `INFO` too.
+    pub fn command_calls(&self) -> HashMap<String, u64> {
+        self.cli(&["INFO", "commandstats"])
+            .lines()
+            .filter_map(|line| {
+                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let n = rest
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((name.to_owned(), n))
+            })
+            .collect()
     }
 
     /// The ids of its clients with tracking on (`CLIENT LIST`, flag `t`):

@@ -732,17 +732,6 @@ async fn a_waiting_client_that_goes_is_noticed() {
     .await;
 }
 
-/// Sums the `calls` of every command in a Redis `INFO commandstats` reply.
-fn redis_calls(info: &str) -> u64 {
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_"))
-        .filter_map(|l| {
-            let calls = l.split_once("calls=")?.1;
-            calls.split(',').next()?.parse::<u64>().ok()
-        })
-        .sum()
-}
-
 /// `CONNECT`s for absent keys from one address on a two-node cluster: each
 /// waits out the connect grace at the cost of a few Redis commands, not the
 /// dozens a fast poll costs, while a legitimate pair across the two nodes
@@ -784,7 +773,7 @@ async fn waiting_connects_cost(sources: u32) {
     // sleep, as it is that span's commands that are counted.
     redis.cli(&["CONFIG", "RESETSTAT"]);
     tokio::time::sleep(Duration::from_secs_f64(GRACE)).await;
-    let background = redis_calls(&redis.cli(&["INFO", "commandstats"]));
+    let background = redis.command_calls().values().sum::<u64>();
 
     // Node B, where the CONNECTs wait, idle and then sampled throughout.
     let idle = Footprint::of(&b);
@@ -805,7 +794,7 @@ async fn waiting_connects_cost(sources: u32) {
             .expect("a reply within the grace");
         assert!(is_error(&reply, "not-found"), "{reply:?}");
     }
-    let calls = redis_calls(&redis.cli(&["INFO", "commandstats"]));
+    let calls = redis.command_calls().values().sum::<u64>();
     let peak = sampler.finish();
     assert_peak(
         "waiting CONNECTs for absent keys",

@@ -118,20 +118,7 @@ pub(crate) async fn announcements_flow(
 
 /// Calls per command since the server started, from `INFO commandstats`.
 pub(crate) fn calls(redis: &Server) -> HashMap<String, u64> {
-    redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let n = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), n))
-        })
-        .collect()
+    redis.command_calls()
 }
 
 /// The calls of `after` past `before`, per command, leaving out those of
@@ -153,4 +140,37 @@ pub(crate) fn delta(
         .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
         .filter(|(_, n)| *n > 0)
         .collect()
+}
+
+/// How long a store test waits for a message it expects.
+pub(crate) const TOLD_WITHIN: Duration = Duration::from_secs(5);
+
+/// Pairs each of `ids` as a `CONNECT` that comes first does, with tracked
+/// looks: node b's look through `b` finds nothing, `a` registers it for
+/// `owner`, Redis's push tells b (on `told`, naming the id, not its owner),
+/// b looks again and finds `owner`, and `a` removes it, whose push (b read
+/// the key again) is drained here.
+pub(crate) async fn tracked_race_pairs(
+    a: &RedisStore,
+    b: &RedisStore,
+    told: &mut tokio::sync::mpsc::Receiver<Registered>,
+    owner: &NodeInfo,
+    ids: impl IntoIterator<Item = RegistrationId>,
+) {
+    use dtcp_store::Rendezvous;
+    let (ttl, grace) = (Duration::from_secs(300), Duration::from_secs(5));
+    for id in ids {
+        assert_eq!(b.lookup_or_wait(&id, "b", grace).await.unwrap(), None);
+        assert!(a.register(&id, owner, ttl).await.unwrap());
+        let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
+        let message = message.expect("told in time").expect("a message");
+        assert_eq!((message.id, message.owner), (id, None));
+        assert_eq!(
+            b.lookup_or_wait(&id, "b", grace).await.unwrap(),
+            Some(owner.clone())
+        );
+        assert!(a.remove_if_owner(&id, owner).await.unwrap());
+        let message = tokio::time::timeout(TOLD_WITHIN, told.recv()).await;
+        assert_eq!(message.expect("told").expect("a message").id, id);
+    }
 }
