@@ -54,7 +54,13 @@ async fn scrape(addr: SocketAddr) -> io::Result<String> {
 /// them) on a metrics page; 0 if it is not there.
 fn sample(page: &str, series: &str) -> f64 {
     page.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0)
 }
 

@@ -14,8 +14,9 @@ use dtcp_forward::{Dialer, Lanes};
 use crate::activation::Activations;
 use crate::claim::Claim;
 use crate::config::Config;
+use crate::descriptors::LanesAttaching;
 use crate::formats::PeerFormats;
-use crate::limits::{AddrGuard, ConnectionRate, LanesAttaching, PerAddress, PerIpLimit, Slots};
+use crate::limits::{AddrGuard, ConnectionRate, PerAddress, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
 use crate::pending::PendingTable;
 use crate::protocol::Protocol;
@@ -143,7 +144,7 @@ impl Node {
     }
 
     /// The same node with `places` for its lanes attaching at once
-    /// (`crate::limits::lanes_attaching_max`).
+    /// (`crate::descriptors::lanes_attaching_max`).
     pub(crate) fn with_lanes_attaching(mut self, places: usize) -> Self {
         self.lanes_attaching = LanesAttaching::new(places);
         self

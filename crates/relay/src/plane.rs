@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 use crate::activation::Activated;
 use crate::admin::{Acceptor, reset};
 use crate::claim::{Claim, RemoteClaim, Requester, Socks5Claim};
-use crate::limits::{LanesAttaching, Place};
+use crate::descriptors::{LanesAttaching, Place};
 use crate::metrics::{
     AUTH_FAILURES, BRIDGE_ERRORS, BRIDGE_FORMATS, LISTENER_CONNECTIONS_CLOSED, bridge_format_label,
 };
@@ -427,7 +427,7 @@ async fn sniff_tls(
 
 /// A lane: its token read and checked, then handed to its session, in
 /// one of the places of lanes attaching (a descriptor each, fitted to the
-/// open-file limit beside the connection limit: `limits::lanes_attaching_max`).
+/// open-file limit beside the connection limit: `descriptors::lanes_attaching_max`).
 /// Past them, the oldest lane attaching is reset to make room (a lane so
 /// reset before its node has the token leaves its session on the Bridge).
 async fn attach(lane: LaneStream, lanes: Lanes, attaching: LanesAttaching) {

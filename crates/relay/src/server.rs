@@ -18,9 +18,8 @@ use tracing::{info, warn};
 use crate::accept::accept_loop;
 use crate::admin;
 use crate::config::Config;
-use crate::limits::{
-    RATE_EVICTION_INTERVAL, effective_max_connections, lanes_attaching_max, raise_nofile_limit,
-};
+use crate::descriptors::{effective_max_connections, lanes_attaching_max, raise_nofile_limit};
+use crate::limits::RATE_EVICTION_INTERVAL;
 use crate::membership;
 use crate::metrics::{CONNECTIONS_MAX, DRAINING, LANES_ATTACHING_MAX, NODES_ALIVE};
 use crate::node::Node;
