@@ -222,9 +222,10 @@ fn incoming(
             };
             if let (Some(tls), Some((lanes, attaching))) = (&tls, &lanes) {
                 // Told apart by its ClientHello (does it offer the lane's
-                // protocol?) outside the gate, where no newer connection can
-                // evict a lane mid-handshake, at most as many at once as
-                // the gate holds.
+                // protocol?) outside the gate, where no newer HTTP/2
+                // connection can evict a lane mid-handshake (only a newer
+                // lane can, once every place of the lanes attaching is
+                // held), at most as many at once as the gate holds.
                 let Ok(permit) = sniffing.clone().try_acquire_owned() else {
                     counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
                         .increment(1);
@@ -406,7 +407,9 @@ async fn sniff_tls(
                 }
             };
             // Evicted: dropping the handshake or the read resets the lane.
+            // A lane whose token has come goes to its session first.
             tokio::select! {
+                biased;
                 () = attach => {}
                 _ = &mut place.evicted => {}
             }
@@ -436,8 +439,10 @@ async fn attach(lane: LaneStream, lanes: Lanes, attaching: LanesAttaching) {
         return;
     };
     // Evicted: dropping the read resets the lane (`Lanes::attach` gave it
-    // zero linger, as the accept did).
+    // zero linger, as the accept did). A lane whose token has come goes to
+    // its session first.
     tokio::select! {
+        biased;
         attached = lanes.attach(lane) => not_attached(attached),
         _ = &mut place.evicted => {}
     }
