@@ -438,9 +438,8 @@ async fn attach(lane: LaneStream, lanes: Lanes, attaching: LanesAttaching) {
         reset_lane(lane);
         return;
     };
-    // Evicted: dropping the read resets the lane (`Lanes::attach` gave it
-    // zero linger, as the accept did). A lane whose token has come goes to
-    // its session first.
+    // Evicted: dropping the read resets the lane (zero linger). A lane
+    // whose token has come goes to its session first.
     tokio::select! {
         biased;
         attached = lanes.attach(lane) => not_attached(attached),
@@ -468,10 +467,9 @@ fn lanes_full() {
         .increment(1);
 }
 
-/// Counts what became of a lane that did not attach (it has been reset):
-/// a refused token as an authentication failure, a preamble not whole in
-/// time as a probation that ran out; one that closed first is nobody's
-/// fault (a peer's lane dialed ahead and dropped unused).
+/// Counts a lane that did not attach (it has been reset): a refused token
+/// as an authentication failure, a preamble late as a probation run out;
+/// one that closed first is nobody's fault (a lane dialed ahead, unused).
 fn not_attached(attached: Result<(), NotAttached>) {
     match attached {
         Ok(()) | Err(NotAttached::Gone) => {}
