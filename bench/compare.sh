@@ -66,7 +66,8 @@ if ! need haproxy || ! need redis-server; then
 fi
 # Held sessions take two descriptors each, on both sides (this machine's hard
 # limit, 20,000, is what caps the held counts and HAProxy's maxconn; a node
-# fits its connections to it, 6,581 here, so it holds at most 3,290 pairs).
+# fits its connections to it, 6,581 here, so it holds at most 3,290 pairs;
+# a cluster node keeps 1,024 more for lanes attaching: 6,240).
 ulimit -n "$(ulimit -Hn)"
 
 cargo build --release --bins --locked -q
@@ -81,9 +82,10 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 RELAY_ARGS=(--max-connections 1000000 --max-pending-per-ip 1000000
   --max-connections-per-ip 1000000 --max-sessions-per-ip 1000000
   --max-connection-rate-per-ip 0 --log-format json)
-start_relay() { # name port [args...]; sets LAST
+start_relay() { # name port [args...]; sets LAST (its pid) and LAST_METRICS
   local name=$1 port=$2; shift 2
-  "$BIN/dtcp-relay" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" \
+  LAST_METRICS=127.0.0.1:$(free_port)
+  "$BIN/dtcp-relay" --listen "127.0.0.1:$port" --metrics-listen "$LAST_METRICS" \
     "${RELAY_ARGS[@]}" "$@" > "$WORK/$name.log" 2>&1 &
   LAST=$!
   PIDS+=("$LAST")
@@ -189,13 +191,15 @@ CNF
   echo "   (forwarding plane in TLS)" >&2
 fi
 A=$(free_port); B=$(free_port); C=$(free_port)
-start_relay a "$A" "${CLUSTER[@]}"; PA=$LAST
-start_relay b "$B" "${CLUSTER[@]}"; PB=$LAST
-start_relay c "$C" "${CLUSTER[@]}"; PC=$LAST
+start_relay a "$A" "${CLUSTER[@]}"; PA=$LAST; MA=$LAST_METRICS
+start_relay b "$B" "${CLUSTER[@]}"; PB=$LAST; MB=$LAST_METRICS
+start_relay c "$C" "${CLUSTER[@]}"; PC=$LAST; MC=$LAST_METRICS
 ENDPOINT=(--create-on "127.0.0.1:$A" --connect-on "127.0.0.1:$B")
 # Held first, on fresh nodes: after the throughput runs the nodes keep their
-# freed buffers for reuse, and new sessions would fit in them unseen.
-run relay-cross --relay-pid "$PA,$PB,$PC" hold --count "${HOLD[0]}"
+# freed buffers for reuse, and new sessions would fit in them unseen. The
+# nodes' metrics, read while held, say how many crossed on lanes and how
+# many fell back to their Bridge (the summary prints it under the figure).
+run relay-cross --relay-pid "$PA,$PB,$PC" hold --count "${HOLD[0]}" --metrics "$MA,$MB,$MC"
 scenarios relay-cross "$PA,$PB,$PC"
 
 echo "== haproxy (tcp, nbthread 2, splice-auto)" >&2

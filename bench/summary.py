@@ -40,6 +40,14 @@ def main(path):
                 pend = row.get("bytes_per_pending")
                 pend = f"{pend:.0f}" if pend is not None else "-"
                 print(f"| {l} | {row['count']} | {pend} | {row['bytes_per_session']:.0f} |")
+    # Beside the figure: the held forwarded sessions by path, read off the
+    # nodes while held (a session on its Bridge holds more than one on a lane).
+    for l in labels:
+        for r in [x for x in rows if x["label"] == l and x["scenario"] == "hold"]:
+            for row in r["rounds"]:
+                if "held_on_lanes" in row:
+                    print(f"\n{l}, {row['count']} held: {row['held_on_lanes']:.0f} forwarded on lanes, "
+                          f"{row['held_on_bridge']:.0f} on the Bridge")
 
     def ratio(a, b):
         return a / b if a and b else float("nan")

@@ -111,7 +111,8 @@ impl Prober {
                         _ = stop.cancelled() => break,
                         _ = tick.tick() => {}
                     }
-                    let name = format!("probe-{n}-{}", std::process::id());
+                    // The source too: probers side by side pair their own.
+                    let name = format!("probe-{n}-{}-{src}", std::process::id());
                     match tokio::time::timeout(PROBE_TIMEOUT, probe(create, connect, src, &name))
                         .await
                     {

@@ -11,6 +11,7 @@
 //! ```
 
 mod endpoint;
+mod nodemetrics;
 mod pattern;
 mod procstat;
 mod redisinfo;
@@ -113,6 +114,11 @@ enum Scenario {
         /// what the idle sessions hold, not the peak of pairing them.
         #[arg(long, default_value_t = 0.5)]
         settle: f64,
+        /// The relay nodes' metrics listeners (`host:port`, every node of
+        /// a cluster): read while the sessions are held, they say how many
+        /// forwarded sessions cross on lanes and how many on their Bridge.
+        #[arg(long, value_delimiter = ',', value_name = "ADDR")]
+        metrics: Vec<SocketAddr>,
     },
 }
 
@@ -164,9 +170,13 @@ async fn main() -> anyhow::Result<()> {
             bytes,
             both_ways,
         } => scenario::throughput(ep, pairs, bytes, both_ways, &cli.relay_pid).await?,
-        Scenario::Hold { counts, settle } => {
+        Scenario::Hold {
+            counts,
+            settle,
+            metrics,
+        } => {
             let settle = std::time::Duration::from_secs_f64(settle);
-            scenario::hold(ep, &counts, &cli.relay_pid, settle).await?
+            scenario::hold(ep, &counts, &cli.relay_pid, settle, &metrics).await?
         }
     };
     report["label"] = Value::from(cli.label.clone());
@@ -250,6 +260,14 @@ fn print_table(r: &Value) {
                     row["bytes_per_pending"].as_f64().unwrap_or(f64::NAN),
                     row["bytes_per_session"].as_f64().unwrap_or(0.0)
                 );
+                if let Some(lanes) = row["held_on_lanes"].as_f64() {
+                    println!(
+                        "{:<12} {:>8} held forwarded: {lanes:.0} on lanes, {:.0} on the Bridge",
+                        "",
+                        "",
+                        row["held_on_bridge"].as_f64().unwrap_or(0.0)
+                    );
+                }
             }
         }
         _ => println!("{r}"),

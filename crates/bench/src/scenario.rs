@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::endpoint::{self, Endpoint};
-use crate::{pattern, procstat, redisinfo};
+use crate::{nodemetrics, pattern, procstat, redisinfo};
 
 /// Percentiles of a latency sample, in milliseconds.
 fn percentiles(mut samples: Vec<Duration>) -> Value {
@@ -192,6 +192,7 @@ pub(crate) async fn hold(
     counts: &[u64],
     pids: &[u32],
     settle: Duration,
+    metrics: &[SocketAddr],
 ) -> anyhow::Result<Value> {
     if pids.is_empty() {
         bail!("hold needs --relay-pid to read the relay's memory");
@@ -242,14 +243,22 @@ pub(crate) async fn hold(
         }
         tokio::time::sleep(settle).await;
         let paired = procstat::rss_total(pids);
-        rows.push(json!({
+        let mut row = json!({
             "count": count,
             "rss_base_bytes": base,
             "rss_pending_bytes": pending,
             "rss_paired_bytes": paired,
             "bytes_per_pending": pending.saturating_sub(base) as f64 / count as f64,
             "bytes_per_session": paired.saturating_sub(base) as f64 / count as f64,
-        }));
+        });
+        if !metrics.is_empty() {
+            // Read while held, after the memory: the figure above moves
+            // with how many fell back to their Bridge.
+            let (lanes, bridge) = nodemetrics::sessions_by_path(metrics).await?;
+            row["held_on_lanes"] = json!(lanes);
+            row["held_on_bridge"] = json!(bridge);
+        }
+        rows.push(row);
         drop((initiators, targets));
         tokio::time::sleep(settle * 2).await;
     }

@@ -37,8 +37,9 @@ use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 use crate::metrics::{
-    ACCEPT_FAILURES, CONNECTION_RATE_SOURCES, CONNECTIONS_OPEN, LISTENER_CONNECTIONS_CLOSED,
-    LISTENER_CONNECTIONS_OPEN, STORE_LOOKS_TRACKED, STORE_REGISTRATIONS, UPKEEP_INTERVAL,
+    ACCEPT_FAILURES, CONNECTION_RATE_SOURCES, CONNECTIONS_OPEN, LANES_ATTACHING,
+    LISTENER_CONNECTIONS_CLOSED, LISTENER_CONNECTIONS_OPEN, STORE_LOOKS_TRACKED,
+    STORE_REGISTRATIONS, UPKEEP_INTERVAL,
 };
 use crate::node::Node;
 
@@ -260,6 +261,7 @@ async fn serve_connection(
 async fn render(State(http): State<Http>) -> String {
     // Counted where they are kept, not on every change.
     gauge!(CONNECTIONS_OPEN).set(http.node.slots.open() as f64);
+    gauge!(LANES_ATTACHING).set(http.node.lanes_attaching.open() as f64);
     if let Some(rate) = &http.node.rate {
         gauge!(CONNECTION_RATE_SOURCES).set(rate.sources() as f64);
     }

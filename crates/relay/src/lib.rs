@@ -29,6 +29,7 @@ mod activation;
 mod admin;
 mod claim;
 mod conn;
+mod descriptors;
 mod formats;
 mod limits;
 mod membership;

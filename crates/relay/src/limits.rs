@@ -1,5 +1,6 @@
 //! The limits a node keeps on its clients: connection slots (the
-//! connection limit, fitted to the open-file limit), and each client
+//! connection limit, fitted to the open-file limit by `crate::descriptors`),
+//! and each client
 //! address's share: open connections, paired sessions, pending `CREATE`s
 //! and new connections per second.
 //!
@@ -22,13 +23,6 @@ use governor::{Quota, RateLimiter};
 use metrics::{Gauge, gauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
-
-/// Descriptors kept free beyond the connection limit: listeners, the metrics
-/// endpoint's connections, refusals in flight, store and forwarding sockets
-/// (lanes dialed ahead among them: at most `dtcp_forward::POOL_LANES_MAX`).
-const FD_RESERVE: u64 = 256;
-/// The open-file limit assumed when it can be neither raised nor read.
-const FALLBACK_NOFILE: u64 = 1024;
 
 /// The address every per-address limit counts `ip` against: an IPv4
 /// address (an IPv4-mapped IPv6 one included) as it is, an IPv6 address
@@ -96,41 +90,6 @@ impl Slots {
     pub(crate) fn open(&self) -> usize {
         self.max - self.permits.available_permits()
     }
-}
-
-/// Raises the soft open-file limit to the hard one; returns the limit in force.
-pub(crate) fn raise_nofile_limit() -> u64 {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => n,
-        Err(e) => {
-            warn!(error = %e, "cannot raise the open-file limit");
-            rlimit::getrlimit(rlimit::Resource::NOFILE)
-                .map(|(soft, _)| soft)
-                .unwrap_or(FALLBACK_NOFILE)
-        }
-    }
-}
-
-/// Descriptors one client connection may hold at once when sessions are
-/// spliced: its socket, and the pipe (two descriptors) its bytes pass
-/// through while they wait for the other side to take them. A session whose
-/// two clients both stopped reading holds a full pipe each way: six
-/// descriptors for its two connections. (The few pipes pooled per worker
-/// thread while idle are within [`FD_RESERVE`].)
-const FDS_PER_SPLICED_CONNECTION: u64 = 3;
-
-/// The connection limit, lowered if need be so that the relay refuses
-/// connections before it runs out of descriptors: with `splice`, each
-/// connection is counted with the pipe it may hold, so that sessions that
-/// all stall at once still fit.
-pub(crate) fn effective_max_connections(requested: usize, nofile: u64, splice: bool) -> usize {
-    let per_connection = if splice && cfg!(target_os = "linux") {
-        FDS_PER_SPLICED_CONNECTION
-    } else {
-        1
-    };
-    let fits = (nofile.saturating_sub(FD_RESERVE) / per_connection).max(1);
-    requested.min(usize::try_from(fits).unwrap_or(usize::MAX))
 }
 
 /// Pending CREATEs per source address: counted here, and in cluster mode in
@@ -497,19 +456,6 @@ pub(crate) struct SessionGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn connection_limit_fits_the_descriptor_limit() {
-        assert_eq!(effective_max_connections(10_000, 1_048_576, false), 10_000);
-        assert_eq!(effective_max_connections(10_000, 1024, false), 1024 - 256);
-        assert_eq!(effective_max_connections(10_000, 10, false), 1);
-        // Spliced: a socket and a pipe per connection.
-        assert_eq!(effective_max_connections(10_000, 1_048_576, true), 10_000);
-        let spliced = effective_max_connections(10_000, 1024, true);
-        assert_eq!(spliced, (1024 - 256) / 3);
-        assert!(spliced as u64 * 3 + 256 <= 1024, "stalled sessions fit");
-        assert_eq!(effective_max_connections(10_000, 10, true), 1);
-    }
 
     #[test]
     fn slots_count_what_is_open() {

@@ -14,6 +14,7 @@ use dtcp_forward::{Dialer, Lanes};
 use crate::activation::Activations;
 use crate::claim::Claim;
 use crate::config::Config;
+use crate::descriptors::LanesAttaching;
 use crate::formats::PeerFormats;
 use crate::limits::{AddrGuard, ConnectionRate, PerAddress, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
@@ -44,6 +45,10 @@ pub(crate) struct Node {
     pub(crate) dialer: Option<Dialer>,
     /// The lanes this node offers as an owner, when it does lanes.
     pub(crate) lanes: Option<Lanes>,
+    /// The places of lanes attaching on the plane port, fitted to the
+    /// open-file limit beside the connection limit (none until
+    /// [`Node::with_lanes_attaching`]).
+    pub(crate) lanes_attaching: LanesAttaching,
     /// CREATEs of this node waiting for their CONNECT.
     pub(crate) pending: PendingTable<Claim>,
     /// XEP-0065 pairs of this node waiting for (or past) their activation.
@@ -122,6 +127,7 @@ impl Node {
             memory,
             dialer,
             lanes,
+            lanes_attaching: LanesAttaching::new(0),
             pending: PendingTable::new(),
             activations: Activations::new(),
             socks5,
@@ -135,6 +141,13 @@ impl Node {
             hot: Hot::new(),
             formats,
         }
+    }
+
+    /// The same node with `places` for its lanes attaching at once
+    /// (`crate::descriptors::lanes_attaching_max`).
+    pub(crate) fn with_lanes_attaching(mut self, places: usize) -> Self {
+        self.lanes_attaching = LanesAttaching::new(places);
+        self
     }
 }
 

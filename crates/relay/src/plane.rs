@@ -13,7 +13,7 @@ use dtcp_forward::proto::Open;
 use dtcp_forward::{
     AuthFailure, Authenticated, BridgeService, CONNECTION_WINDOW, Claimer, ConnectionGate, Cut,
     H2_MAX_FRAME, HEALTH_MAX_MESSAGE, Halves, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, LaneStream,
-    Lanes, PlaneIo, PlaneTls, Probation, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
+    Lanes, NotAttached, PlaneIo, PlaneTls, Probation, STREAM_WINDOW, TCP_KEEPALIVE, is_lane_start,
 };
 use dtcp_wire::RegistrationId;
 use metrics::counter;
@@ -30,6 +30,7 @@ use tracing::{debug, warn};
 use crate::activation::Activated;
 use crate::admin::{Acceptor, reset};
 use crate::claim::{Claim, RemoteClaim, Requester, Socks5Claim};
+use crate::descriptors::{LanesAttaching, Place};
 use crate::metrics::{
     AUTH_FAILURES, BRIDGE_ERRORS, BRIDGE_FORMATS, LISTENER_CONNECTIONS_CLOSED, bridge_format_label,
 };
@@ -181,7 +182,10 @@ pub(crate) async fn serve(
     let (auth, addr) = (node.trust.plane.clone(), node.info.forward_addr.clone());
     let health = health.max_decoding_message_size(HEALTH_MAX_MESSAGE);
     let health = Authenticated::new(health, auth.clone(), &node.info.id, &addr, refused);
-    let lanes = node.lanes.clone();
+    let lanes = node
+        .lanes
+        .clone()
+        .map(|lanes| (lanes, node.lanes_attaching.clone()));
     let silent_max = node.config.plane_max_connections as usize;
     let bridge = BridgeService::new(Plane { node }, auth, &addr);
     let router = builder.add_service(health).add_service(bridge);
@@ -198,15 +202,16 @@ pub(crate) async fn serve(
 /// side, so that a slow or silent caller holds up nobody). Accept failures
 /// never reach tonic, whose loop would retry them at once. The listener
 /// closes when the returned stream is dropped.
+/// `lanes`: the node's table of lanes offered and the places of lanes
+/// attaching, when it offers lanes.
 fn incoming(
     listener: TcpListener,
     tls: Option<PlaneTls>,
     gate: ConnectionGate,
-    lanes: Option<Lanes>,
+    lanes: Option<(Lanes, LanesAttaching)>,
     silent_max: usize,
 ) -> ReceiverStream<Result<PlaneIo, std::io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
-    let attaching = Arc::new(Semaphore::new(ATTACHING_MAX));
     let sniffing = Arc::new(Semaphore::new(silent_max));
     tokio::spawn(async move {
         let mut acceptor = Acceptor::new(listener, "plane");
@@ -215,11 +220,12 @@ fn incoming(
                 accepted = acceptor.accept() => accepted,
                 () = tx.closed() => return,
             };
-            if let (Some(tls), Some(lanes)) = (&tls, &lanes) {
+            if let (Some(tls), Some((lanes, attaching))) = (&tls, &lanes) {
                 // Told apart by its ClientHello (does it offer the lane's
-                // protocol?) outside the gate, where no newer connection can
-                // evict a lane mid-handshake, at most as many at once as
-                // the gate holds.
+                // protocol?) outside the gate, where no newer HTTP/2
+                // connection can evict a lane mid-handshake (only a newer
+                // lane can, once every place of the lanes attaching is
+                // held), at most as many at once as the gate holds.
                 let Ok(permit) = sniffing.clone().try_acquire_owned() else {
                     counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
                         .increment(1);
@@ -233,7 +239,7 @@ fn incoming(
                 });
                 continue;
             }
-            if let (None, Some(lanes)) = (&tls, &lanes) {
+            if let (None, Some((lanes, attaching))) = (&tls, &lanes) {
                 // Until it is told apart, a connection may be a lane: if
                 // the process dies now, the claimant's node must see a
                 // reset, never a FIN it would pass on to its client. (An
@@ -291,9 +297,6 @@ fn incoming(
     ReceiverStream::new(rx)
 }
 
-/// Lanes whose token is awaited at once (each for
-/// [`dtcp_forward::PREAMBLE_TIMEOUT`] at most): past it, new ones are reset.
-const ATTACHING_MAX: usize = 1024;
 /// How long a new connection on the plane port may stay silent: a peer's
 /// HTTP/2 preface and a lane's magic are sent as they connect.
 const SILENT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -307,7 +310,7 @@ const SILENT_TIMEOUT: Duration = Duration::from_secs(1);
 async fn sniff(
     tcp: tokio::net::TcpStream,
     lanes: Lanes,
-    attaching: Arc<Semaphore>,
+    attaching: LanesAttaching,
     gate: ConnectionGate,
     tx: mpsc::Sender<Result<PlaneIo, std::io::Error>>,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -370,7 +373,7 @@ async fn sniff_tls(
     tcp: tokio::net::TcpStream,
     tls: PlaneTls,
     lanes: Lanes,
-    attaching: Arc<Semaphore>,
+    attaching: LanesAttaching,
     gate: ConnectionGate,
     tx: mpsc::Sender<Result<PlaneIo, std::io::Error>>,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -388,23 +391,27 @@ async fn sniff_tls(
             // offers the lane's protocol and stalls) cannot keep a peer's
             // HTTP/2 connection from being told apart.
             drop(permit);
-            let Ok(_permit) = attaching.try_acquire() else {
-                counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "lanes_attaching")
-                    .increment(1);
+            // From here on, as a plain lane: a process that dies resets it.
+            dtcp_duplex::reset_on_close(&tcp);
+            let Some(mut place) = take_place(&attaching) else {
                 reset(tcp);
                 return;
             };
-            // From here on, as a plain lane: a process that dies resets it.
-            dtcp_duplex::reset_on_close(&tcp);
-            match tls.accept_lane(tcp).await {
-                Ok(stream) => {
-                    let lane = LaneStream::TlsServer(Box::new(stream));
-                    if let Err(Some(failure)) = lanes.attach(lane).await {
-                        debug!(reason = failure.as_str(), "lane refused");
-                        refused(failure);
+            let attach = async {
+                match tls.accept_lane(tcp).await {
+                    Ok(stream) => {
+                        let lane = LaneStream::TlsServer(Box::new(stream));
+                        not_attached(lanes.attach(lane).await);
                     }
+                    Err(e) => debug!(?peer, error = %e, "lane TLS handshake failed"),
                 }
-                Err(e) => debug!(?peer, error = %e, "lane TLS handshake failed"),
+            };
+            // Evicted: dropping the handshake or the read resets the lane.
+            // A lane whose token has come goes to its session first.
+            tokio::select! {
+                biased;
+                () = attach => {}
+                _ = &mut place.evicted => {}
             }
             return;
         }
@@ -421,18 +428,59 @@ async fn sniff_tls(
     }
 }
 
-/// A lane: its token read and checked, then handed to its session (at
-/// most [`ATTACHING_MAX`] at once: past it, a lane is reset).
-async fn attach(lane: LaneStream, lanes: Lanes, attaching: Arc<Semaphore>) {
-    let Ok(_permit) = attaching.try_acquire() else {
-        counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "lanes_attaching")
-            .increment(1);
+/// A lane: its token read and checked, then handed to its session, in
+/// one of the places of lanes attaching (a descriptor each, fitted to the
+/// open-file limit beside the connection limit: `descriptors::lanes_attaching_max`).
+/// Past them, the oldest lane attaching is reset to make room (a lane so
+/// reset before its node has the token leaves its session on the Bridge).
+async fn attach(lane: LaneStream, lanes: Lanes, attaching: LanesAttaching) {
+    let Some(mut place) = take_place(&attaching) else {
         reset_lane(lane);
         return;
     };
-    if let Err(Some(failure)) = lanes.attach(lane).await {
-        debug!(reason = failure.as_str(), "lane refused");
-        refused(failure);
+    // Evicted: dropping the read resets the lane (zero linger). A lane
+    // whose token has come goes to its session first.
+    tokio::select! {
+        biased;
+        attached = lanes.attach(lane) => not_attached(attached),
+        _ = &mut place.evicted => {}
+    }
+}
+
+/// A place among the lanes attaching, the oldest lane evicted for it when
+/// every place is held (counted, `lanes_attaching`); `None` on a node with
+/// no places.
+fn take_place(attaching: &LanesAttaching) -> Option<Place> {
+    let Some((place, evicted)) = attaching.take() else {
+        lanes_full();
+        return None;
+    };
+    if evicted {
+        lanes_full();
+    }
+    Some(place)
+}
+
+/// Counts a lane reset because every place of lanes attaching was held.
+fn lanes_full() {
+    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "lanes_attaching")
+        .increment(1);
+}
+
+/// Counts a lane that did not attach (it has been reset): a refused token
+/// as an authentication failure, a preamble late as a probation run out;
+/// one that closed first is nobody's fault (a lane dialed ahead, unused).
+fn not_attached(attached: Result<(), NotAttached>) {
+    match attached {
+        Ok(()) | Err(NotAttached::Gone) => {}
+        Err(NotAttached::Refused(failure)) => {
+            debug!(reason = failure.as_str(), "lane refused");
+            refused(failure);
+        }
+        Err(NotAttached::Stalled) => {
+            debug!("lane preamble not whole in time");
+            plane_cut(Cut::Probation);
+        }
     }
 }
 

@@ -18,9 +18,10 @@ use tracing::{info, warn};
 use crate::accept::accept_loop;
 use crate::admin;
 use crate::config::Config;
-use crate::limits::{RATE_EVICTION_INTERVAL, effective_max_connections, raise_nofile_limit};
+use crate::descriptors::{effective_max_connections, lanes_attaching_max, raise_nofile_limit};
+use crate::limits::RATE_EVICTION_INTERVAL;
 use crate::membership;
-use crate::metrics::{CONNECTIONS_MAX, DRAINING, NODES_ALIVE};
+use crate::metrics::{CONNECTIONS_MAX, DRAINING, LANES_ATTACHING_MAX, NODES_ALIVE};
 use crate::node::Node;
 use crate::plane;
 use crate::trust::{self, Trust, TrustError};
@@ -89,17 +90,26 @@ impl Relay {
     pub async fn bind(mut config: Config, metrics: PrometheusHandle) -> Result<Relay, RunError> {
         config.validate().map_err(RunError::Config)?;
         let nofile = raise_nofile_limit();
-        let max_connections =
-            effective_max_connections(config.max_connections, nofile, !config.no_splice);
+        // A node that offers lanes keeps descriptors for those attaching
+        // (their token not read yet) out of the clients' connection limit.
+        let lanes_attaching = lanes_attaching_max(nofile, config.cluster() && !config.no_lanes);
+        let max_connections = effective_max_connections(
+            config.max_connections,
+            nofile,
+            !config.no_splice,
+            lanes_attaching,
+        );
         if max_connections < config.max_connections {
             warn!(
                 requested = config.max_connections,
                 effective = max_connections,
                 nofile,
+                lanes_attaching,
                 "--max-connections lowered to fit the open-file limit"
             );
         }
         gauge!(CONNECTIONS_MAX).set(max_connections as f64);
+        gauge!(LANES_ATTACHING_MAX).set(lanes_attaching as f64);
         // From here on, the limit in force.
         config.max_connections = max_connections;
         let bind = |addr: SocketAddr| async move {
@@ -156,7 +166,8 @@ impl Relay {
                 forward_addr,
                 seal: None,
             };
-            let node = Node::new(config, info, trust, Arc::new(store), None, Some(dialer));
+            let node = Node::new(config, info, trust, Arc::new(store), None, Some(dialer))
+                .with_lanes_attaching(lanes_attaching);
             let plane = PlaneParts {
                 listener: forward_listener,
                 tls,
@@ -190,6 +201,7 @@ impl Relay {
             node_id = %relay.node.info.id,
             max_connections,
             nofile,
+            lanes_attaching = relay.node.lanes_attaching.max(),
             mode = if relay.node.cluster { "cluster" } else { "standalone" },
             plane_tls = relay.plane.as_ref().is_some_and(|p| p.tls.is_some()),
             xmpp_component = relay.xmpp.as_ref().map(|x| x.component.to_string()),

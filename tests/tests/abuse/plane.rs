@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dtcp_forward::{LANE_MAGIC, LANE_VERSION};
 use dtcp_tests::abuse::{Footprint, Prober, Sampler, connect_from, loopback};
 use dtcp_tests::{NodeOptions, RedisServer, Relay, eventually, raise_fd_limit, sample_value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -729,6 +730,141 @@ async fn with_the_default_plane_cap_descriptors_never_run_out() {
         .finish()
         .await
         .assert_all_ok("the plane flood under the default cap");
+}
+
+/// Lane starts that stall: connections to node A's plane port, which runs
+/// under a small open-file limit, that send a lane's magic, version and
+/// the first bytes of a token, then nothing. Each holds one of the places
+/// of lanes attaching, which the node fits to its open-file limit beside
+/// its connection limit; past them a new one takes the oldest one's place
+/// and the oldest is reset (`lanes_attaching`), and one held is reset when
+/// its preamble has not come whole within 5 s (`probation`). The flood is
+/// more connections than A has descriptors (600 would all have fitted in
+/// the 1,024 places of before, which the budget did not count): A's
+/// descriptors stay within its reserve
+/// and the places, below the limit, no accept fails, and pairs keep
+/// pairing, local ones on A and forwarded ones whose owner is A, on lanes
+/// (a peer's lane, newer than the stalled ones, takes a place from them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_lane_starts_fit_the_descriptor_budget() {
+    let _serial = crate::serial().await;
+    /// The open-file limit node A runs under.
+    const OPEN_FILES: u64 = 400;
+    /// Stalled lane starts: more than A has descriptors.
+    const STALLED: usize = 600;
+    /// Descriptors beyond its idle ones and the places that A may hold at
+    /// the peak: the probes' sessions (two clients, a lane or a Bridge, and
+    /// their pipes, a few at once) and attackers' connections being reset.
+    const SLACK: usize = 40;
+    raise_fd_limit();
+    let redis = RedisServer::start();
+    let a = NodeOptions::cluster(&[redis.url()])
+        .open_files(OPEN_FILES)
+        .start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    let plane = a.forward.expect("a cluster node serves the plane");
+    let places = a.metric("dtcp_lanes_attaching_max").await as usize;
+    let max = a.metric("dtcp_connections_max").await as usize;
+    assert!(
+        places >= 1 && places + 3 * max + 256 <= OPEN_FILES as usize,
+        "{places} places of lanes attaching and {max} connections, three descriptors each, fit {OPEN_FILES} with the reserve"
+    );
+    let forwarded = Prober::start(a.addr, b.addr, probe_src(), PROBE_EVERY);
+    let local = Prober::start(a.addr, a.addr, loopback(256 + 3), PROBE_EVERY);
+    let idle = idle(&a).await;
+    let sampler = Sampler::start(&a);
+
+    let mut head = LANE_MAGIC.to_vec();
+    head.push(LANE_VERSION);
+    // A token of 100 bytes announced, 10 of them sent.
+    head.extend_from_slice(&100u16.to_be_bytes());
+    head.extend_from_slice(&[0x5a; 10]);
+    let on_lanes = || a.metric("dtcp_forwarded_sessions_total{via=\"lane\"}");
+    let lanes_before = on_lanes().await;
+    let mut held = Vec::new();
+    for n in 0..STALLED {
+        let connect = connect_from(attacker(1 + n as u32 % 20), plane);
+        if let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
+            let _ = s.write_all(&head).await;
+            held.push(s);
+        }
+    }
+    let connected = held.len();
+    // The premise: the places are full of stalled lanes (read before the
+    // first of them runs out of time, 5 s after it came).
+    let attaching = a.metric("dtcp_lanes_attaching").await as usize;
+    // The places held: reset once their preamble is 5 s late.
+    eventually(
+        Duration::from_secs(15),
+        "the stalled lane starts reset",
+        || async { a.metric("dtcp_lanes_attaching").await <= 1.0 },
+    )
+    .await;
+    let peak = sampler.finish();
+    report_peak("stalled lane starts", idle, peak);
+    let (full, late) = (
+        plane_closed(&a, "lanes_attaching").await,
+        plane_closed(&a, "probation").await,
+    );
+    let failures = a
+        .metric("dtcp_listener_accept_failures_total{listener=\"plane\"}")
+        .await;
+    let vias = (
+        on_lanes().await - lanes_before,
+        a.metric("dtcp_forwarded_sessions_total{via=\"bridge\"}")
+            .await,
+    );
+    eprintln!(
+        "stalled lane starts: {connected} connected, {attaching} attaching of {places} places; reset: {full} with every place held, {late} late; peak {} descriptors of {OPEN_FILES} ({} idle), {failures} accept failures; forwarded sessions on lanes since the flood {}, on the Bridge {}",
+        peak.fds, idle.fds, vias.0, vias.1
+    );
+    assert!(connected >= STALLED / 2, "the flood connected: {connected}");
+    assert!(
+        attaching >= places / 2 && attaching <= places,
+        "the stalled lanes held the places: {attaching} of {places}"
+    );
+    assert!(
+        full + places >= connected,
+        "a lane past the places reset one: {full} of {connected}, {places} places"
+    );
+    assert!(
+        vias.0 > 0.0,
+        "pairs across the nodes took lanes while stalled ones held the places"
+    );
+    assert!(
+        late > 0,
+        "stalled lanes were reset when their preamble was late"
+    );
+    assert!(
+        peak.fds <= idle.fds + places + SLACK && (peak.fds as u64) < OPEN_FILES,
+        "{} descriptors at the peak ({} idle, {places} places, {OPEN_FILES} files)",
+        peak.fds,
+        idle.fds
+    );
+    assert_eq!(failures, 0.0, "no accept failed for want of a descriptor");
+    assert!(
+        !a.logs().iter().any(ran_out_of_descriptors),
+        "the node logged running out of descriptors"
+    );
+    drop(held);
+    assert_within_budget("stalled lane starts", &a, idle, peak).await;
+    local
+        .finish()
+        .await
+        .assert_all_ok("stalled lane starts (local pairs)");
+    forwarded
+        .finish()
+        .await
+        .assert_all_ok("stalled lane starts (pairs across the nodes)");
+}
+
+/// Connections `relay`'s plane listener closed for `reason`.
+async fn plane_closed(relay: &Relay, reason: &str) -> usize {
+    let series =
+        format!("dtcp_listener_connections_closed_total{{listener=\"plane\",reason=\"{reason}\"}}");
+    relay.metric(&series).await as usize
 }
 
 /// Whether a log line is the node's accept loop failing for want of a

@@ -73,6 +73,21 @@ const HEAD: usize = 8 + 1 + 2;
 const MAX_TOKEN: usize = 32 + 8 + 16 + 1 + 255 + 32;
 const NONCE: usize = 16;
 
+/// Why a connection that began like a lane did not attach ([`Lanes::attach`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAttached {
+    /// Its token was refused: forged, expired or replayed (an
+    /// authentication failure).
+    Refused(AuthFailure),
+    /// Its preamble was not whole within [`PREAMBLE_TIMEOUT`]: someone who
+    /// sent a lane's first bytes and stalled.
+    Stalled,
+    /// It closed or failed before its preamble was whole (a peer's lane
+    /// dialed ahead, dropped unused, among them), or the session that
+    /// offered it had stopped waiting.
+    Gone,
+}
+
 /// Where to dial a lane the owner may offer at a XEP-0065 activation.
 #[derive(Debug, Clone)]
 pub struct LaneAddr {
@@ -360,12 +375,11 @@ impl Lanes {
     /// A connection on the forwarding port whose first byte is a lane's
     /// (or, under TLS, whose handshake agreed on the lane's protocol):
     /// reads its preamble (within [`PREAMBLE_TIMEOUT`]), checks its token
-    /// and hands it to the session that offered it. On a refusal the
-    /// connection is dropped with a reset, nothing written to it; the
-    /// failure says why (to be counted), `None` for a connection that
-    /// closed or stalled before its preamble was whole.
-    pub async fn attach(&self, mut stream: LaneStream) -> Result<(), Option<AuthFailure>> {
-        tune(dtcp_duplex::OverTcp::tcp(&stream)).map_err(|_| None)?;
+    /// and hands it to the session that offered it. Otherwise the
+    /// connection is dropped with a reset, nothing written to it, and the
+    /// error says why (to be counted).
+    pub async fn attach(&self, mut stream: LaneStream) -> Result<(), NotAttached> {
+        tune(dtcp_duplex::OverTcp::tcp(&stream)).map_err(|_| NotAttached::Gone)?;
         let mut head = [0u8; HEAD];
         let mut token = [0u8; MAX_TOKEN];
         let read = async {
@@ -379,11 +393,14 @@ impl Lanes {
         };
         let len = match tokio::time::timeout(PREAMBLE_TIMEOUT, read).await {
             Ok(Ok(Some(len))) => len,
-            Ok(Ok(None)) => return Err(Some(AuthFailure::LaneToken)),
-            _ => return Err(None),
+            Ok(Ok(None)) => return Err(NotAttached::Refused(AuthFailure::LaneToken)),
+            Ok(Err(_)) => return Err(NotAttached::Gone),
+            Err(_) => return Err(NotAttached::Stalled),
         };
-        let expected = self.check(&token[..len], unix_ms())?;
-        expected.tx.send(stream).map_err(|_| None)
+        let expected = self
+            .check(&token[..len], unix_ms())
+            .map_err(|failure| failure.map_or(NotAttached::Gone, NotAttached::Refused))?;
+        expected.tx.send(stream).map_err(|_| NotAttached::Gone)
     }
 
     /// Checks a token at Unix time `now_ms` and takes its entry.

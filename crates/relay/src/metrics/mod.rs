@@ -172,6 +172,14 @@ fn describe() {
     );
     describe_gauge!(LANES_ACTIVE, "Lanes open now, by role.");
     describe_gauge!(
+        LANES_ATTACHING,
+        "Lanes attaching now on the plane port (their token not read yet)."
+    );
+    describe_gauge!(
+        LANES_ATTACHING_MAX,
+        "Places of lanes attaching, fitted to the open-file limit: past them a new lane is reset."
+    );
+    describe_gauge!(
         LANE_BRIDGES_OPEN,
         "Bridge calls still open beside a lane, by role (each closes once its lane has attached)."
     );
@@ -217,7 +225,7 @@ fn describe() {
     );
     describe_counter!(
         LISTENER_CONNECTIONS_CLOSED,
-        "Connections the node's own listeners closed, by listener and reason (max_connections: refused at the cap; evicted: the oldest on probation, to make room; probation: nothing useful in time; lanes_attaching: a lane past the 1,024 whose token is being read)."
+        "Connections the node's own listeners closed, by listener and reason (max_connections: refused at the cap; evicted: the oldest on probation, to make room; probation: nothing useful in time, a lane's preamble included; lanes_attaching: a lane that found every place of dtcp_lanes_attaching_max held)."
     );
     describe_counter!(
         ACCEPT_FAILURES,
@@ -332,6 +340,7 @@ fn init_series() {
         gauge!(LANES_ACTIVE, "role" => role).set(0.0);
         gauge!(LANE_BRIDGES_OPEN, "role" => role).set(0.0);
     }
+    gauge!(LANES_ATTACHING).set(0.0);
     counter!(LANE_WAITS_EXPIRED).absolute(0);
     for outcome in LANE_DIAL_OUTCOMES {
         counter!(LANE_DIALS, "outcome" => outcome).absolute(0);

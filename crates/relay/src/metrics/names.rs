@@ -109,6 +109,13 @@ pub const FORWARDED_VIAS: [&str; 2] = ["lane", "bridge"];
 /// Lanes open now, by `role` (`client`: this node dialed it and holds the
 /// Target; `server`: it holds the Initiator).
 pub const LANES_ACTIVE: &str = "dtcp_lanes_active";
+/// Lanes attaching now on this node's plane port: told to be lanes, their
+/// preamble and token not read yet (under plane TLS, their handshake
+/// first).
+pub const LANES_ATTACHING: &str = "dtcp_lanes_attaching";
+/// The places of [`LANES_ATTACHING`], fitted to the open-file limit (0 on a
+/// node that offers no lanes): past them, a new lane is reset.
+pub const LANES_ATTACHING_MAX: &str = "dtcp_lanes_attaching_max";
 /// Gauge: Bridge calls still open beside a lane (between a lane's attach
 /// and the close of the call that paired it), by role.
 pub const LANE_BRIDGES_OPEN: &str = "dtcp_lane_bridges_open";
@@ -169,8 +176,9 @@ pub const LISTENER_CONNECTIONS_CLOSED: &str = "dtcp_listener_connections_closed_
 /// Every `reason` of [`LISTENER_CONNECTIONS_CLOSED`]: refused at the cap
 /// (every slot held by a connection that proved itself), evicted to make
 /// room (the oldest still on probation), or on probation too long (nothing
-/// useful: no authenticated call on the plane, no request on `metrics`), or,
-/// on the plane, a lane past the 1,024 whose token is being read.
+/// useful: no authenticated call on the plane, no request on `metrics`, a
+/// lane's preamble not whole within 5 s), or, on the plane, a lane that
+/// found every place of [`LANES_ATTACHING_MAX`] held.
 pub const LISTENER_CLOSE_REASONS: [&str; 4] =
     ["max_connections", "evicted", "probation", "lanes_attaching"];
 /// Every `listener` of the node's own listeners' series.
