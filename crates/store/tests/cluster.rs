@@ -189,6 +189,9 @@ async fn tracked_looks_on_a_cluster_cost_four_commands_over_the_shards() {
             .all(|master| master.tracking_clients().len() == 1)
     };
     common::wait_until(TOLD_WITHIN, "tracking on every master", tracked);
+    common::wait_until(TOLD_WITHIN, "the store to track its looks", || {
+        b.looks_tracked() == Some(true)
+    });
     // Scripts loaded, connections made: not what a pair costs.
     for i in 0..30 {
         assert!(a.register(&reg(i), &owner, ttl).await.unwrap());
@@ -249,4 +252,7 @@ async fn tracked_looks_on_a_cluster_cost_four_commands_over_the_shards() {
         );
     }
     common::wait_until(TOLD_WITHIN, "tracking on every master again", tracked);
+    common::wait_until(TOLD_WITHIN, "the store to track its looks again", || {
+        b.looks_tracked() == Some(true)
+    });
 }

@@ -36,7 +36,8 @@
 //! escaped.
 //!
 //! The files depend on each other one way: `store` on the others; `rewrite`
-//! on `pairing`; `tracking` on `bounded` and `source`; `bounded`,
+//! on `pairing`; `tracking` on `bounded` and `source`; `cluster_tracking`
+//! (its part for a Redis Cluster) on `tracking`, `conn` and `source`; `bounded`,
 //! `pairing`, `rewrite` and `sources` on `run`; `run` and `announce` on
 //! `conn` and `health`, `announce` on `source` too; `source` on `conn`;
 //! `conn` on `config`; `keys` and `record` on nothing here. This file only
@@ -44,6 +45,7 @@
 
 mod announce;
 mod bounded;
+mod cluster_tracking;
 mod config;
 mod conn;
 mod health;

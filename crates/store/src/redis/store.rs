@@ -13,6 +13,7 @@ use tracing::{debug, info};
 
 use super::announce::{self, WATCH_QUEUE};
 use super::bounded::{checked_range, get_record, live_members};
+use super::cluster_tracking;
 use super::config::RedisConfig;
 use super::conn::is_tls_error;
 use super::health::Health;
@@ -445,8 +446,17 @@ impl Rendezvous for RedisStore {
         // Nodes of an earlier version still answer this node's waiter
         // entries on its channel; looks leave them while tracking is down.
         if config.tracking && config.max_format >= FORMAT_NEWEST {
-            let tracking = self.inner.tracking.clone();
-            tracking::start(config, self.keys().clone(), tracking, tx);
+            let keeper = tracking::Keeper {
+                config: config.clone(),
+                keys: self.keys().clone(),
+                tracking: self.inner.tracking.clone(),
+                tx,
+            };
+            if config.is_cluster() {
+                cluster_tracking::start(keeper);
+            } else {
+                tracking::start(keeper);
+            }
         }
         Some(rx)
     }

@@ -21,7 +21,7 @@
 //! On a Redis Cluster the key lives on one shard, and only that shard's
 //! master can push its invalidation: the node keeps a cluster connection
 //! of its own (RESP3) whose connection to every master has tracking on
-//! ([`ClusterKeeper`]), and looks on it go to the master of the key's slot
+//! (`cluster_tracking.rs`), and looks on it go to the master of the key's slot
 //! like any command. So the race path is four commands there too, spread
 //! over the shards with the keys.
 //!
@@ -32,29 +32,27 @@
 //! found by the `CONNECT`'s next look (`connect.rs` in the relay looks
 //! again within 0.5-2 s).
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
 use redis::aio::MultiplexedConnection;
-use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
-use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, RedisResult, RetryMethod, Value,
+};
 use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::bounded::record_range;
 use super::config::RedisConfig;
-use super::conn::cluster_builder;
 use super::keys::Keys;
 use super::source::{Source, within};
 use crate::rendezvous::Registered;
 
 /// How often a quiet tracking connection checks that its server still
 /// answers (as the subscriptions do).
-const TRACKING_CHECK: Duration = Duration::from_secs(2);
+pub(super) const TRACKING_CHECK: Duration = Duration::from_secs(2);
 
 /// A connection whose reads are tracked.
 #[derive(Clone)]
@@ -89,12 +87,12 @@ impl Tracking {
     }
 
     /// How many times tracking broke so far.
-    fn generation(&self) -> u64 {
+    pub(super) fn generation(&self) -> u64 {
         self.state().1
     }
 
     /// Sets `conn` unless tracking broke since `generation`.
-    fn set_since(&self, conn: TrackedConn, generation: u64) {
+    pub(super) fn set_since(&self, conn: TrackedConn, generation: u64) {
         let mut state = self.state();
         if state.1 == generation {
             state.0 = Some(conn);
@@ -104,7 +102,7 @@ impl Tracking {
     /// Tracking is off (a connection dropped, a look failed): looks leave
     /// waiter entries until the task has made it again, or found at its
     /// next check (2 s) that the connection still answers.
-    fn broken(&self) {
+    pub(super) fn broken(&self) {
         let mut state = self.state();
         state.0 = None;
         state.1 += 1;
@@ -125,39 +123,53 @@ impl Tracking {
         let read = record_range(key);
         let found = match conn {
             TrackedConn::One(mut conn) => within(limit, read.query_async(&mut conn)).await,
-            TrackedConn::Cluster(mut conn) => within(limit, read.query_async(&mut conn)).await,
+            TrackedConn::Cluster(mut conn) => {
+                // A cluster look dropped mid-flight (its client gone) may
+                // have had the connection connect anew (a `MOVED` read
+                // again the slots): tracking is off until checked.
+                let mut pending = BreakOnDrop(Some(self));
+                let found = within(limit, read.query_async(&mut conn)).await;
+                pending.0 = None;
+                found
+            }
         };
-        if found.is_err() {
-            self.broken();
-        } else if self.state().1 != generation {
-            return Some(Err(std::io::Error::from(
-                std::io::ErrorKind::ConnectionReset,
-            )
-            .into()));
+        match &found {
+            // A slot being moved (`ASK`) or busy (`TRYAGAIN`): nothing was
+            // connected anew, tracking stays on.
+            Err(e)
+                if matches!(
+                    e.retry_method(),
+                    RetryMethod::AskRedirect | RetryMethod::WaitAndRetry
+                ) => {}
+            Err(_) => self.broken(),
+            Ok(_) if self.state().1 != generation => {
+                return Some(Err(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionReset,
+                )
+                .into()));
+            }
+            Ok(_) => {}
         }
         Some(found)
     }
 }
 
-/// Starts the task that keeps `tracking`'s connection up, telling `tx` of
-/// the registrations whose records changed; nothing where the client cannot
-/// be made: looks leave waiter entries there.
-pub(crate) fn start(
-    config: &RedisConfig,
-    keys: Keys,
-    tracking: Arc<Tracking>,
-    tx: mpsc::Sender<Registered>,
-) {
-    let keeper = Keeper {
-        config: config.clone(),
-        keys,
-        tracking,
-        tx,
-    };
-    if config.is_cluster() {
-        return ClusterKeeper::start(keeper);
+/// Turns tracking off when dropped, unless emptied first.
+struct BreakOnDrop<'a>(Option<&'a Tracking>);
+
+impl Drop for BreakOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(tracking) = self.0.take() {
+            tracking.broken();
+        }
     }
-    let source = match Source::new(config, ProtocolVersion::RESP3) {
+}
+
+/// Starts the task that keeps one server's (or the Sentinel master's)
+/// tracking connection up; nothing where the client cannot be made: looks
+/// leave waiter entries there. (A Redis Cluster's: `cluster_tracking.rs`.)
+pub(super) fn start(keeper: Keeper) {
+    let source = match Source::new(&keeper.config, ProtocolVersion::RESP3) {
         Ok(source) => source,
         Err(e) => {
             debug!(error = %e, "no tracked looks: the client cannot be made");
@@ -167,12 +179,13 @@ pub(crate) fn start(
     tokio::spawn(keeper.run(source));
 }
 
-/// What keeps a tracking connection: where it connects, and whom it tells.
-struct Keeper {
-    config: RedisConfig,
-    keys: Keys,
-    tracking: Arc<Tracking>,
-    tx: mpsc::Sender<Registered>,
+/// What keeps a tracking connection: where it connects, and whom it tells
+/// of the registrations whose records changed.
+pub(super) struct Keeper {
+    pub(super) config: RedisConfig,
+    pub(super) keys: Keys,
+    pub(super) tracking: Arc<Tracking>,
+    pub(super) tx: mpsc::Sender<Registered>,
 }
 
 impl Keeper {
@@ -225,7 +238,9 @@ impl Keeper {
         loop {
             tokio::select! {
                 push = pushes.recv() => match push {
-                    Some(PushInfo { kind: PushKind::Invalidate, data }) => self.invalidated(data),
+                    Some(PushInfo { kind: PushKind::Invalidate, data }) => {
+                        invalidated(&self.keys, &self.tx, data);
+                    }
                     Some(PushInfo { kind: PushKind::Disconnection, .. }) | None => {
                         return Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into());
                     }
@@ -247,212 +262,26 @@ impl Keeper {
             }
         }
     }
-
-    /// Keys written or deleted since this connection read them: the
-    /// registrations among them are told to the relay, whose `CONNECT`s
-    /// waiting for them look again. (A flush sends no key: those look at
-    /// their next poll.)
-    fn invalidated(&self, data: Vec<Value>) {
-        let Some(Value::Array(keys)) = data.into_iter().next() else {
-            return;
-        };
-        for key in keys {
-            let Value::BulkString(key) = key else {
-                continue;
-            };
-            let Some(id) = std::str::from_utf8(&key)
-                .ok()
-                .and_then(|k| self.keys.reg_id(k))
-            else {
-                continue;
-            };
-            // Full: the relay is behind; those CONNECTs find theirs by looking.
-            let _ = self.tx.try_send(Registered { id, owner: None });
-        }
-    }
 }
 
-/// Tracking on a Redis Cluster: one cluster connection of the node's own,
-/// whose connection to every master has `CLIENT TRACKING ON`. The redis
-/// crate makes a master's connection again by itself (a dropped one, a
-/// replica promoted in a failover): every such drop is pushed here, looks
-/// leave waiters until tracking is on again on every master, and it is
-/// turned on again every [`TRACKING_CHECK`] anyway (it is idempotent),
-/// which also reaches a master the connection met since without a drop.
-/// A look that went to a master whose connection is not tracked yet finds
-/// what is there; if nothing, its `CONNECT` finds the record at its next
-/// look, as when the single server's connection is lost.
-struct ClusterKeeper {
-    keeper: Keeper,
-    client: ClusterClient,
-}
-
-impl ClusterKeeper {
-    fn start(keeper: Keeper) {
-        let (push_tx, pushes) = mpsc::unbounded_channel::<PushInfo>();
-        let tracking = keeper.tracking.clone();
-        let client = match cluster_builder(&keeper.config)
-            .use_protocol(ProtocolVersion::RESP3)
-            // Called before the connection takes the command to make a
-            // dropped master's connection again: from here on, a look
-            // that was in flight is not trusted.
-            .push_sender(move |push: PushInfo| {
-                if push.kind == PushKind::Disconnection {
-                    tracking.broken();
-                }
-                push_tx.send(push)
-            })
-            // A look sent on a dropped connection fails rather than going
-            // over a new one, not tracked yet; a slot moved (`MOVED`) too:
-            // the look is then made the other way.
-            .retries(0)
-            .build()
-        {
-            Ok(client) => client,
-            Err(e) => {
-                debug!(error = %e, "no tracked looks: the cluster client cannot be made");
-                return;
-            }
-        };
-        tokio::spawn(ClusterKeeper { keeper, client }.run(pushes));
-    }
-
-    async fn run(self, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
-        let keeper = &self.keeper;
-        let mut delays = keeper.config.backoff().build();
-        let mut conn: Option<ClusterConnection> = None;
-        let mut next_check = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                push = pushes.recv() => match push {
-                    Some(PushInfo { kind: PushKind::Invalidate, data }) => keeper.invalidated(data),
-                    Some(PushInfo { kind: PushKind::Disconnection, .. }) => {
-                        // A master's connection dropped (tracking is off
-                        // already: the push sender): the one made in its
-                        // place, maybe to a promoted replica, is not
-                        // tracked until tracking is turned on there.
-                        next_check = tokio::time::Instant::now();
-                    }
-                    Some(_) => {}
-                    None => break,
-                },
-                () = tokio::time::sleep_until(next_check) => {
-                    // A drop during the check may have left a master's
-                    // connection made again after its `CLIENT TRACKING ON`.
-                    let generation = keeper.tracking.generation();
-                    let wait = match self.track_every_master(&mut conn).await {
-                        Ok(conn) => {
-                            if !keeper.tracking.is_up() {
-                                keeper.tracking.set_since(TrackedConn::Cluster(conn), generation);
-                            }
-                            delays = keeper.config.backoff().build();
-                            TRACKING_CHECK
-                        }
-                        Err(e) => {
-                            debug!(error = %e, "tracking not on every master; connecting again");
-                            keeper.tracking.broken();
-                            // A new connection reads the slots afresh: this
-                            // one, which retries nothing, may still route
-                            // to a dead master, or be wedged for good
-                            // (`ClusterConn` in conn.rs).
-                            conn = None;
-                            delays.next().unwrap_or(keeper.config.retry_max_delay)
-                        }
-                    };
-                    next_check = tokio::time::Instant::now() + wait;
-                }
-                () = keeper.tx.closed() => break,
-            }
-        }
-        keeper.tracking.broken();
-    }
-
-    /// `CLIENT TRACKING ON` on every master, through `conn` (made first if
-    /// there is none): the connection, once every master the cluster names
-    /// now (`CLUSTER SLOTS`) said `OK`. The connection sends a command to
-    /// every master it knows and has a connection to: it skips one it
-    /// cannot reach, and learns of a replica promoted since only when a
-    /// command fails, so what answered is checked against the cluster's
-    /// own view.
-    async fn track_every_master(
-        &self,
-        conn: &mut Option<ClusterConnection>,
-    ) -> RedisResult<ClusterConnection> {
-        let config = &self.keeper.config;
-        let mut current = match conn.take() {
-            Some(current) => current,
-            None => within(config.connect_timeout, self.client.get_async_connection()).await?,
-        };
-        *conn = Some(current.clone());
-        let slots = within(
-            config.response_timeout,
-            current.route_command(
-                redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-            ),
-        )
-        .await?;
-        let all_masters = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-        let answers = within(
-            config.response_timeout,
-            current.route_command(
-                redis::cmd("CLIENT").arg("TRACKING").arg("ON").clone(),
-                all_masters,
-            ),
-        )
-        .await?;
-        let (masters, tracked) = (masters(&slots), tracked_masters(&answers));
-        if masters.is_empty() {
-            return Err((redis::ErrorKind::Io, "no master serves a slot").into());
-        }
-        match masters.into_iter().find(|m| !tracked.contains(m)) {
-            None => Ok(current),
-            Some(missed) => Err((redis::ErrorKind::Io, "a master is not tracked", missed).into()),
-        }
-    }
-}
-
-/// The masters a `CLUSTER SLOTS` reply names, as `host:port`.
-fn masters(slots: &Value) -> BTreeSet<String> {
-    let Value::Array(ranges) = slots else {
-        return BTreeSet::new();
+/// Keys written or deleted since a tracked connection read them: the
+/// registrations among them are told to the relay (`tx`), whose `CONNECT`s
+/// waiting for them look again. (A flush sends no key: those look at their
+/// next poll.)
+pub(super) fn invalidated(keys: &Keys, tx: &mpsc::Sender<Registered>, data: Vec<Value>) {
+    let Some(Value::Array(names)) = data.into_iter().next() else {
+        return;
     };
-    ranges
-        .iter()
-        .filter_map(|range| {
-            // [first slot, last slot, [host, port, id, ...], replicas...]
-            let Value::Array(range) = range else {
-                return None;
-            };
-            let Some(Value::Array(master)) = range.get(2) else {
-                return None;
-            };
-            let host = match master.first()? {
-                Value::BulkString(host) => String::from_utf8_lossy(host).into_owned(),
-                Value::SimpleString(host) => host.clone(),
-                _ => return None,
-            };
-            let Some(Value::Int(port)) = master.get(1) else {
-                return None;
-            };
-            Some(format!("{host}:{port}"))
-        })
-        .collect()
-}
-
-/// The masters whose answer to a command sent to all of them was `OK`.
-fn tracked_masters(answers: &Value) -> BTreeSet<String> {
-    let Value::Map(answers) = answers else {
-        return BTreeSet::new();
-    };
-    answers
-        .iter()
-        .filter(|(_, answer)| matches!(answer, Value::Okay))
-        .filter_map(|(addr, _)| match addr {
-            Value::BulkString(addr) => Some(String::from_utf8_lossy(addr).into_owned()),
-            _ => None,
-        })
-        .collect()
+    for name in names {
+        let Value::BulkString(name) = name else {
+            continue;
+        };
+        let Some(id) = std::str::from_utf8(&name).ok().and_then(|k| keys.reg_id(k)) else {
+            continue;
+        };
+        // Full: the relay is behind; those CONNECTs find theirs by looking.
+        let _ = tx.try_send(Registered { id, owner: None });
+    }
 }
 
 #[cfg(test)]
@@ -460,46 +289,6 @@ mod tests {
     use dtcp_wire::RegistrationId;
 
     use super::*;
-
-    #[test]
-    fn every_master_of_the_slots_must_have_said_ok() {
-        let node = |host: &str, port: i64| {
-            Value::Array(vec![
-                Value::BulkString(host.into()),
-                Value::Int(port),
-                Value::BulkString(b"id".to_vec()),
-            ])
-        };
-        let range = |first: i64, last: i64, master: Value, replica: Value| {
-            Value::Array(vec![Value::Int(first), Value::Int(last), master, replica])
-        };
-        let slots = Value::Array(vec![
-            range(0, 8000, node("127.0.0.1", 7000), node("127.0.0.1", 7003)),
-            range(
-                8001,
-                16383,
-                node("127.0.0.1", 7001),
-                node("127.0.0.1", 7004),
-            ),
-        ]);
-        let found = masters(&slots);
-        assert_eq!(
-            found.iter().map(String::as_str).collect::<Vec<_>>(),
-            ["127.0.0.1:7000", "127.0.0.1:7001"]
-        );
-        let answers = Value::Map(vec![
-            (Value::BulkString(b"127.0.0.1:7000".to_vec()), Value::Okay),
-            (
-                Value::BulkString(b"127.0.0.1:7001".to_vec()),
-                Value::SimpleString("ERR".into()),
-            ),
-        ]);
-        let tracked = tracked_masters(&answers);
-        assert_eq!(
-            tracked.iter().map(String::as_str).collect::<Vec<_>>(),
-            ["127.0.0.1:7000"]
-        );
-    }
 
     #[test]
     fn a_registration_key_names_its_id() {
