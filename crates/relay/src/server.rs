@@ -131,7 +131,11 @@ impl Relay {
         let (trust, mut watched) = Trust::load(&config)?;
         let xmpp = config.xmpp.xmpp_config().map_err(RunError::Config)?;
         let (node, plane) = if config.cluster() {
-            let forward_listener = bind(config.forward_listen).await?;
+            let forward_listener =
+                listen(config.forward_listen).map_err(|source| RunError::Bind {
+                    addr: config.forward_listen,
+                    source,
+                })?;
             let forward_addr = match &config.advertise_addr {
                 Some(addr) => addr.clone(),
                 None => forward_listener
@@ -396,4 +400,27 @@ fn tls_files(config: &Config) -> Option<TlsFiles> {
         ca: config.forward_tls_ca.clone(),
         server_name: config.forward_tls_server_name.clone(),
     })
+}
+
+/// Connections the forwarding port's kernel queue holds until they are
+/// accepted (the kernel caps it at `net.core.somaxconn`, 4,096 by
+/// default). A burst of pairings across nodes dials a lane per session at
+/// once: with the runtime's default of 1,024, lanes past it had their
+/// handshake dropped, were retried by the kernel only after a second, and
+/// timed out, their sessions crossing on the Bridge. (The client port keeps
+/// the default: a burst of clients past it is slowed, not failed.)
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a [`LISTEN_BACKLOG`] (and, as the runtime's
+/// own binding does, `SO_REUSEADDR`, so that a restarted node binds its
+/// port again at once).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
