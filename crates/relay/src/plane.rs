@@ -254,12 +254,9 @@ fn incoming(
                     continue;
                 }
                 // Else its first byte is awaited outside the gate, in a
-                // place of the lanes attaching (the oldest evicted when all
-                // are held: a silent connection, more likely than a lane
-                // whose byte is a moment behind). Among the 64 places of
-                // the gate's size instead, a burst of pairings had 5-9 %
-                // of its lanes reset before their first byte was read, and
-                // their sessions crossed on the Bridge.
+                // place of the lanes attaching, the oldest evicted when all
+                // are held (among the gate's 64, a burst of pairings had up
+                // to 9 % of its lanes reset, their sessions on the Bridge).
                 let Some(place) = take_place(&attaching) else {
                     reset(tcp);
                     continue;
