@@ -99,7 +99,9 @@ pub(crate) fn lanes_attaching_max(nofile: u64, lanes: bool) -> usize {
 
 /// The places of lanes attaching ([`lanes_attaching_max`]): one each, held
 /// from the moment a connection on the plane port is told to be a lane
-/// until its token has been read (or it is closed). When every place is
+/// (on a plain plane, from its accept when its first byte had not come
+/// yet: it may be a lane) until its token has been read (or it is closed,
+/// or told to be HTTP/2). When every place is
 /// held, a new lane takes the oldest one's, and the oldest is reset: a
 /// lane that stalls (whoever sends a lane's first bytes and nothing more)
 /// is then the one to go, not a peer's lane that came after it and would
