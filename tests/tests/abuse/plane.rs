@@ -560,6 +560,18 @@ async fn silent_connections_hold_no_descriptors() {
         .assert_all_ok("the silent connections");
 }
 
+/// Node A under an open-file limit of `open_files` and node B, both on
+/// `redis`, each seeing the other alive.
+async fn two_nodes(redis: &RedisServer, open_files: u64) -> (Relay, Relay) {
+    let a = NodeOptions::cluster(&[redis.url()])
+        .open_files(open_files)
+        .start();
+    let b = NodeOptions::cluster(&[redis.url()]).start();
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    (a, b)
+}
+
 /// CPU time (user and system) process `pid` has used, from `/proc/<pid>/stat`.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
@@ -686,12 +698,7 @@ async fn with_the_default_plane_cap_descriptors_never_run_out() {
     const FLOOD: usize = 600;
     raise_fd_limit();
     let redis = RedisServer::start();
-    let a = NodeOptions::cluster(&[redis.url()])
-        .open_files(OPEN_FILES)
-        .start();
-    let b = NodeOptions::cluster(&[redis.url()]).start();
-    a.wait_for("dtcp_nodes_alive", 2.0).await;
-    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    let (a, b) = two_nodes(&redis, OPEN_FILES).await;
     let plane = a.forward.expect("a cluster node serves the plane");
     let prober = Prober::start(a.addr, b.addr, probe_src(), PROBE_EVERY);
     let idle = idle(&a).await;
@@ -766,12 +773,7 @@ async fn stalled_lane_starts_fit_the_descriptor_budget() {
     const SLACK: usize = 40;
     raise_fd_limit();
     let redis = RedisServer::start();
-    let a = NodeOptions::cluster(&[redis.url()])
-        .open_files(OPEN_FILES)
-        .start();
-    let b = NodeOptions::cluster(&[redis.url()]).start();
-    a.wait_for("dtcp_nodes_alive", 2.0).await;
-    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    let (a, b) = two_nodes(&redis, OPEN_FILES).await;
     let plane = a.forward.expect("a cluster node serves the plane");
     let places = a.metric("dtcp_lanes_attaching_max").await as usize;
     let max = a.metric("dtcp_connections_max").await as usize;
