@@ -253,16 +253,19 @@ fn incoming(
                     tokio::spawn(attach(LaneStream::Plain(tcp), lanes, attaching));
                     continue;
                 }
-                // Else its first byte is awaited outside the gate, in a
-                // place of the lanes attaching, the oldest evicted when all
-                // are held (among the gate's 64, a burst of pairings had up
-                // to 9 % of its lanes reset, their sessions on the Bridge).
-                let Some(place) = take_place(&attaching) else {
+                // Else its first byte is awaited outside the gate, where
+                // no newer connection can evict a lane: a lane refused here
+                // is refused at once, before its node has the token, and
+                // its session crosses on the Bridge. At most as many as the
+                // gate holds (`--plane-max-connections`).
+                let Ok(permit) = sniffing.clone().try_acquire_owned() else {
+                    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+                        .increment(1);
                     reset(tcp);
                     continue;
                 };
                 let (gate, tx) = (gate.clone(), tx.clone());
-                tokio::spawn(sniff(tcp, lanes, gate, tx, place));
+                tokio::spawn(sniff(tcp, lanes, attaching, gate, tx, permit));
                 continue;
             }
             let Some(tcp) = enter(&gate, tcp) else {
@@ -302,31 +305,33 @@ const SILENT_TIMEOUT: Duration = Duration::from_secs(1);
 /// it was accepted: a lane (its token read and checked, then handed to its
 /// session) or an HTTP/2 connection (through the plane's gate to tonic).
 /// Silent for [`SILENT_TIMEOUT`], it is closed, counted as a probation
-/// that ran out. `place`: its place among the lanes attaching, kept if it
-/// is a lane, given back if not.
+/// that ran out. `permit`: its place among the connections being told
+/// apart, held until it is.
 async fn sniff(
     tcp: tokio::net::TcpStream,
     lanes: Lanes,
+    attaching: LanesAttaching,
     gate: ConnectionGate,
     tx: mpsc::Sender<Result<PlaneIo, std::io::Error>>,
-    mut place: Place,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut first = [0u8; 1];
-    // Evicted: dropping the socket resets it (zero linger).
-    let peeked = tokio::select! {
-        peeked = tokio::time::timeout(SILENT_TIMEOUT, tcp.peek(&mut first)) => peeked,
-        _ = &mut place.evicted => return,
-    };
-    match peeked {
+    match tokio::time::timeout(SILENT_TIMEOUT, tcp.peek(&mut first)).await {
         Ok(Ok(1)) => {}
         Err(_) => return plane_cut(Cut::Probation),
         // Closed or failed: nothing to serve.
         Ok(_) => return,
     }
+    // Told apart: its place goes to the next one. A lane waits for its
+    // token (which its node sends once the claim is answered) among the
+    // lanes attaching, as one whose first byte was in at its accept does:
+    // held here, a burst of pairings filled every place with lanes
+    // awaiting their tokens, and the lanes after them were reset (a fifth
+    // of a burst of 2,000 sessions crossed on the Bridge).
+    drop(permit);
     if is_lane_start(first[0]) {
-        return attach_in(LaneStream::Plain(tcp), lanes, place).await;
+        return attach(LaneStream::Plain(tcp), lanes, attaching).await;
     }
-    drop(place);
     let _ = socket2::SockRef::from(&tcp).set_linger(None);
     if let Some(tcp) = enter(&gate, tcp) {
         let _ = tx.send(Ok(PlaneIo::plain(tcp))).await;
@@ -429,15 +434,10 @@ async fn sniff_tls(
 /// Past them, the oldest lane attaching is reset to make room (a lane so
 /// reset before its node has the token leaves its session on the Bridge).
 async fn attach(lane: LaneStream, lanes: Lanes, attaching: LanesAttaching) {
-    let Some(place) = take_place(&attaching) else {
+    let Some(mut place) = take_place(&attaching) else {
         reset_lane(lane);
         return;
     };
-    attach_in(lane, lanes, place).await;
-}
-
-/// A lane in its `place` among the lanes attaching: [`attach`].
-async fn attach_in(lane: LaneStream, lanes: Lanes, mut place: Place) {
     // Evicted: dropping the read resets the lane (zero linger). A lane
     // whose token has come goes to its session first.
     tokio::select! {

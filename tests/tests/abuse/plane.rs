@@ -28,9 +28,7 @@ const RSS_BUDGET_MIB: u64 = 100;
 /// How far above idle a node may stay once an attack is over (allocator
 /// slack: freed memory is not always handed back at once).
 const RSS_SETTLED_MIB: u64 = 40;
-/// Descriptors an attack may add to a node beyond the places of its lanes
-/// attaching (`dtcp_lanes_attaching_max`, which connections on a plain
-/// plane share until their first byte comes): the plane's cap (64) and the
+/// Descriptors an attack may add to a node: the plane's cap (64) and the
 /// metrics listener's (64), with room for the node's own sockets and for
 /// connections evicted but not yet dropped (each is closed when its task
 /// next runs, which on a loaded machine may be a moment later).
@@ -127,10 +125,9 @@ async fn assert_within_budget(what: &str, relay: &Relay, idle: Footprint, peak: 
         "{what}: RSS grew {} MiB (budget {RSS_BUDGET_MIB})",
         peak.grown_mib(&idle)
     );
-    let places = relay.metric("dtcp_lanes_attaching_max").await as usize;
     assert!(
-        peak.fds < idle.fds + FD_BUDGET + places,
-        "{what}: {} descriptors at the peak, {} idle, {places} places of lanes attaching",
+        peak.fds < idle.fds + FD_BUDGET,
+        "{what}: {} descriptors at the peak, {} idle",
         peak.fds,
         idle.fds
     );
@@ -517,7 +514,7 @@ async fn silent_connections_hold_no_descriptors() {
     let page = scrape(metrics).await.expect("a scrape after the flood");
     drop(held);
     let closed = |listener: &str| {
-        ["max_connections", "evicted", "probation", "lanes_attaching"]
+        ["max_connections", "evicted", "probation"]
             .iter()
             .map(|reason| {
                 sample_value(
@@ -590,8 +587,7 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 /// Out of descriptors: node A runs under an open-file limit of
-/// [`OPEN_FILES`] with its plane's connection cap raised past it on purpose
-/// (and no lanes),
+/// [`OPEN_FILES`] with its plane's connection cap raised past it on purpose,
 /// and its plane port is flooded until `accept` fails. The plane's accept
 /// loop backs off instead of spinning (the node's CPU while the flood holds
 /// stays far below a core: main's loop spun at 117-119 %), counts the
@@ -612,13 +608,9 @@ async fn out_of_descriptors_the_accept_loops_back_off() {
     const WATCH: Duration = Duration::from_secs(2);
     raise_fd_limit();
     let redis = RedisServer::start();
-    // Without lanes, silent connections go straight to the gate, whose
-    // cap is past the limit (with lanes they wait for their first byte in
-    // the places of lanes attaching, which are fitted to it).
     let a = NodeOptions::cluster(&[redis.url()])
         .open_files(OPEN_FILES)
         .arg("--plane-max-connections", 5_000)
-        .flag("--no-lanes")
         .start();
     let b = NodeOptions::cluster(&[redis.url()]).start();
     a.wait_for("dtcp_nodes_alive", 2.0).await;
@@ -719,7 +711,7 @@ async fn with_the_default_plane_cap_descriptors_never_run_out() {
         peak.fds
     );
     let mut turned_away = 0.0;
-    for reason in ["max_connections", "evicted", "probation", "lanes_attaching"] {
+    for reason in ["max_connections", "evicted", "probation"] {
         let series = format!(
             "dtcp_listener_connections_closed_total{{listener=\"plane\",reason=\"{reason}\"}}"
         );

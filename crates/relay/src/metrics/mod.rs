@@ -173,11 +173,11 @@ fn describe() {
     describe_gauge!(LANES_ACTIVE, "Lanes open now, by role.");
     describe_gauge!(
         LANES_ATTACHING,
-        "Lanes attaching now on the plane port (their token not read yet), and plain plane connections whose first byte has not come."
+        "Lanes attaching now on the plane port (their token not read yet)."
     );
     describe_gauge!(
         LANES_ATTACHING_MAX,
-        "Places of lanes attaching, fitted to the open-file limit: past them the oldest is reset."
+        "Places of lanes attaching, fitted to the open-file limit: past them a new lane is reset."
     );
     describe_gauge!(
         LANE_BRIDGES_OPEN,
@@ -225,7 +225,7 @@ fn describe() {
     );
     describe_counter!(
         LISTENER_CONNECTIONS_CLOSED,
-        "Connections the node's own listeners closed, by listener and reason (max_connections: refused at the cap; evicted: the oldest on probation, to make room; probation: nothing useful in time, a lane's preamble included; lanes_attaching: the oldest in the places of dtcp_lanes_attaching_max, a lane or a plain connection not yet told apart, reset to make room)."
+        "Connections the node's own listeners closed, by listener and reason (max_connections: refused at the cap; evicted: the oldest on probation, to make room; probation: nothing useful in time, a lane's preamble included; lanes_attaching: a lane that found every place of dtcp_lanes_attaching_max held)."
     );
     describe_counter!(
         ACCEPT_FAILURES,
