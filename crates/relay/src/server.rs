@@ -112,13 +112,11 @@ impl Relay {
         gauge!(LANES_ATTACHING_MAX).set(lanes_attaching as f64);
         // From here on, the limit in force.
         config.max_connections = max_connections;
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::Bind { addr, source })
+        let bind = |addr: SocketAddr, backlog: u32| {
+            listen(addr, backlog).map_err(|source| RunError::Bind { addr, source })
         };
-        let listener = bind(config.listen).await?;
-        let metrics_listener = bind(config.metrics_listen).await?;
+        let listener = bind(config.listen, BACKLOG)?;
+        let metrics_listener = bind(config.metrics_listen, BACKLOG)?;
         // A configured id gets a suffix of its own per start, so that a
         // process restarted with the same configuration (a container
         // restarted in its pod) is a new node and its predecessor's
@@ -131,11 +129,7 @@ impl Relay {
         let (trust, mut watched) = Trust::load(&config)?;
         let xmpp = config.xmpp.xmpp_config().map_err(RunError::Config)?;
         let (node, plane) = if config.cluster() {
-            let forward_listener =
-                listen(config.forward_listen).map_err(|source| RunError::Bind {
-                    addr: config.forward_listen,
-                    source,
-                })?;
+            let forward_listener = bind(config.forward_listen, FORWARD_BACKLOG)?;
             let forward_addr = match &config.advertise_addr {
                 Some(addr) => addr.clone(),
                 None => forward_listener
@@ -402,19 +396,24 @@ fn tls_files(config: &Config) -> Option<TlsFiles> {
     })
 }
 
-/// Connections the forwarding port's kernel queue holds until they are
-/// accepted (the kernel caps it at `net.core.somaxconn`, 4,096 by
-/// default). A burst of pairings across nodes dials a lane per session at
-/// once: with the runtime's default of 1,024, lanes past it had their
-/// handshake dropped, were retried by the kernel only after a second, and
-/// timed out, their sessions crossing on the Bridge. (The client port keeps
-/// the default: a burst of clients past it is slowed, not failed.)
-const LISTEN_BACKLOG: u32 = 4096;
+/// Connections a listener's kernel queue holds until they are accepted
+/// (the runtime's own default): a burst of clients past it is slowed, not
+/// failed.
+const BACKLOG: u32 = 1024;
 
-/// A listener on `addr` with a [`LISTEN_BACKLOG`] (and, as the runtime's
-/// own binding does, `SO_REUSEADDR`, so that a restarted node binds its
-/// port again at once).
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// The forwarding port's queue (the kernel caps it at `net.core.somaxconn`,
+/// 4,096 by default). A burst of pairings across nodes dials a lane per
+/// session at once: with [`BACKLOG`], lanes past it had their handshake
+/// dropped, were retried by the kernel only after a second, and timed out,
+/// their sessions crossing on the Bridge. (The client port keeps
+/// [`BACKLOG`]: given this one, a benchmark's burst of clients came in at
+/// once and left the nodes more fragmented heap per held session.)
+const FORWARD_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` queueing `backlog` connections (with
+/// `SO_REUSEADDR`, as the runtime's own binding, so that a restarted node
+/// binds its port again at once).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -422,5 +421,5 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    socket.listen(backlog)
 }
