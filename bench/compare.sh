@@ -35,6 +35,10 @@ cd "$(dirname "$0")/.."
 
 QUICK=${1:-}
 PAIRS=2000 CONC=32 STREAMS=4 BYTES=1GiB HOLD=(2000 3000)
+# Held sessions are read twice: half a second after they paired (the
+# burst's freed heap still in the nodes), and once idle past the nodes'
+# heap trim (every 10 s).
+IDLE=11
 if [ "$QUICK" = "--quick" ]; then
   PAIRS=500 BYTES=256MiB HOLD=(1000 2000)
 fi
@@ -155,7 +159,7 @@ for k in "${HOLD[@]}"; do
   # A fresh process per count: freed memory would blur the next count.
   P=$(free_port); start_relay "local-hold-$k" "$P"; PID=$LAST
   ENDPOINT=(--create-on "127.0.0.1:$P")
-  run relay-local --relay-pid "$PID" hold --count "$k"
+  run relay-local --relay-pid "$PID" hold --count "$k" --idle "$IDLE"
   kill "$PID"
 done
 P=$(free_port); start_relay local "$P"; PID=$LAST
@@ -199,7 +203,7 @@ ENDPOINT=(--create-on "127.0.0.1:$A" --connect-on "127.0.0.1:$B")
 # freed buffers for reuse, and new sessions would fit in them unseen. The
 # nodes' metrics, read while held, say how many crossed on lanes and how
 # many fell back to their Bridge (the summary prints it under the figure).
-run relay-cross --relay-pid "$PA,$PB,$PC" hold --count "${HOLD[0]}" --metrics "$MA,$MB,$MC"
+run relay-cross --relay-pid "$PA,$PB,$PC" hold --count "${HOLD[0]}" --idle "$IDLE" --metrics "$MA,$MB,$MC"
 scenarios relay-cross "$PA,$PB,$PC"
 
 echo "== haproxy (tcp, nbthread 2, splice-auto)" >&2

@@ -32,14 +32,16 @@ def main(path):
             kind = "1 both ways" if r["both_ways"] else f"{r['pairs']} one way"
             print(f"| {l} | {kind} | {r['bytes_per_s'] / 1e9:.2f} | {r['relay_cpu_s_per_gib']:.3f} |")
 
-    print("\n| contender | held | bytes per pending | bytes per idle session |")
-    print("| --- | ---: | ---: | ---: |")
+    print("\n| contender | held | bytes per pending | bytes per idle session, at 0.5 s | at 11 s |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for l in labels:
         for r in [x for x in rows if x["label"] == l and x["scenario"] == "hold"]:
             for row in r["rounds"]:
                 pend = row.get("bytes_per_pending")
                 pend = f"{pend:.0f}" if pend is not None else "-"
-                print(f"| {l} | {row['count']} | {pend} | {row['bytes_per_session']:.0f} |")
+                idle = row.get("bytes_per_idle_session")
+                idle = f"{idle:.0f}" if idle is not None else "-"
+                print(f"| {l} | {row['count']} | {pend} | {row['bytes_per_session']:.0f} | {idle} |")
     # Beside the figure: the held forwarded sessions by path, read off the
     # nodes while held (a session on its Bridge holds more than one on a lane).
     for l in labels:
@@ -81,6 +83,29 @@ def main(path):
         print(f"| behind HAProxy, PROXY v2 on / off, pairs per second | {ratio(pv['pairs_per_s'], pb['pairs_per_s']):.2f} |")
     if pc:
         print(f"| relay-cross p99 latency, ms | {pc['latency_ms']['p99']:.3f} |")
+
+    # A forwarded session against a local one, beside the goals the
+    # project set for the cross-node path (docs/PERFORMANCE.md).
+    def held(label):
+        r = next((x for x in rows if x["label"] == label and x["scenario"] == "hold"), None)
+        return r["rounds"][0] if r else None
+    goals = []
+    if tl and tc:
+        goals.append(("throughput, 4 streams one way", ratio(bps(tc), bps(tl)), ">= 0.85"))
+        goals.append(("relay CPU per GiB, all nodes", ratio(cpu(tc), cpu(tl)), "<= 2.2"))
+    if pl and pc:
+        goals.append(("relay CPU per pair", ratio(pc["relay_cpu_s_per_1000_pairs"], pl["relay_cpu_s_per_1000_pairs"]), "<= 2.5"))
+        goals.append(("pairing p99 at concurrency 32", ratio(pc["latency_ms"]["p99"], pl["latency_ms"]["p99"]), "<= 1.5"))
+    if goals:
+        print("\n| forwarded / local | ratio | goal |")
+        print("| --- | ---: | --- |")
+        for name, value, goal in goals:
+            print(f"| {name} | {value:.2f} | {goal} |")
+    hc = held("relay-cross")
+    if hc:
+        idle = hc.get("bytes_per_idle_session")
+        idle = f", {idle:.0f} B at 11 s" if idle is not None else ""
+        print(f"\nRSS per idle forwarded session, all nodes: {hc['bytes_per_session']:.0f} B at 0.5 s{idle} (goal <= 6,144 B)")
 
 
 if __name__ == "__main__":

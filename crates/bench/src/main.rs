@@ -114,6 +114,12 @@ enum Scenario {
         /// what the idle sessions hold, not the peak of pairing them.
         #[arg(long, default_value_t = 0.5)]
         settle: f64,
+        /// Also read the memory this many seconds after the sessions
+        /// paired, against a base read as long after the warm-up: past the
+        /// relay's heap trim every 10 s, what the idle sessions hold, beside
+        /// the reading just after the burst.
+        #[arg(long, value_name = "SECS")]
+        idle: Option<f64>,
         /// The relay nodes' metrics listeners (`host:port`, every node of
         /// a cluster): read while the sessions are held, they say how many
         /// forwarded sessions cross on lanes and how many on their Bridge.
@@ -173,10 +179,14 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Hold {
             counts,
             settle,
+            idle,
             metrics,
         } => {
-            let settle = std::time::Duration::from_secs_f64(settle);
-            scenario::hold(ep, &counts, &cli.relay_pid, settle, &metrics).await?
+            let readings = scenario::Readings {
+                settle: std::time::Duration::from_secs_f64(settle),
+                idle: idle.map(std::time::Duration::from_secs_f64),
+            };
+            scenario::hold(ep, &counts, &cli.relay_pid, readings, &metrics).await?
         }
     };
     report["label"] = Value::from(cli.label.clone());

@@ -185,15 +185,49 @@ async fn receive(mut r: impl AsyncReadExt + Unpin, stream: u64) -> io::Result<u6
     }
 }
 
+/// When `hold` reads the relays' memory.
+#[derive(Clone, Copy)]
+pub(crate) struct Readings {
+    /// Before each reading.
+    pub(crate) settle: Duration,
+    /// If set, a further reading this long after the sessions paired, and
+    /// as long a wait after the warm-up before the base reading (so that
+    /// the warm-up's freed heap, which a trim gives back, is not counted
+    /// against the idle sessions).
+    pub(crate) idle: Option<Duration>,
+}
+
+impl Readings {
+    /// The wait between rounds.
+    fn between_rounds(self) -> Duration {
+        self.idle
+            .map_or(self.settle, |idle| idle.max(self.settle))
+            .max(self.settle * 2)
+    }
+
+    /// The base readings, `settle` after the warm-up (or the last round)
+    /// and, with `idle`, once more that long after it.
+    async fn base(self, pids: &[u32]) -> (u64, Option<u64>) {
+        tokio::time::sleep(self.settle).await;
+        let base = procstat::rss_total(pids);
+        let Some(idle) = self.idle else {
+            return (base, None);
+        };
+        tokio::time::sleep(idle.saturating_sub(self.settle)).await;
+        (base, Some(procstat::rss_total(pids)))
+    }
+}
+
 /// Holds `count` pending registrations, then `count` idle paired sessions,
 /// and reports the relays' resident memory per registration and per session.
 pub(crate) async fn hold(
     ep: Arc<Endpoint>,
     counts: &[u64],
     pids: &[u32],
-    settle: Duration,
+    readings: Readings,
     metrics: &[SocketAddr],
 ) -> anyhow::Result<Value> {
+    let settle = readings.settle;
     if pids.is_empty() {
         bail!("hold needs --relay-pid to read the relay's memory");
     }
@@ -204,14 +238,13 @@ pub(crate) async fn hold(
         key_secret,
     } = &*ep
     else {
-        return hold_proxied(ep, counts, pids, settle).await;
+        return hold_proxied(ep, counts, pids, readings).await;
     };
     // Warm-up: the allocator's arenas and the runtime's structures.
     pair(ep.clone(), 1000, 32, &[], &[]).await?;
-    tokio::time::sleep(settle).await;
     let mut rows = Vec::new();
     for (round, &count) in counts.iter().enumerate() {
-        let base = procstat::rss_total(pids);
+        let (base, idle_base) = readings.base(pids).await;
         let mut initiators = Vec::with_capacity(count as usize);
         let mut commands = Vec::with_capacity(count as usize);
         for n in 0..count {
@@ -258,11 +291,33 @@ pub(crate) async fn hold(
             row["held_on_lanes"] = json!(lanes);
             row["held_on_bridge"] = json!(bridge);
         }
+        read_idle(&mut row, readings, pids, idle_base, count).await;
         rows.push(row);
         drop((initiators, targets));
-        tokio::time::sleep(settle * 2).await;
+        tokio::time::sleep(readings.between_rounds()).await;
     }
     Ok(json!({ "scenario": "hold", "rounds": rows }))
+}
+
+/// With `readings.idle`, reads the memory again once the sessions have
+/// been idle that long (`settle` of it already passed since they paired),
+/// against `base`, the reading as long after the warm-up: both past a
+/// heap trim.
+async fn read_idle(
+    row: &mut Value,
+    readings: Readings,
+    pids: &[u32],
+    base: Option<u64>,
+    count: u64,
+) {
+    let (Some(idle), Some(base)) = (readings.idle, base) else {
+        return;
+    };
+    tokio::time::sleep(idle.saturating_sub(readings.settle)).await;
+    let rss = procstat::rss_total(pids);
+    row["rss_idle_base_bytes"] = json!(base);
+    row["rss_idle_bytes"] = json!(rss);
+    row["bytes_per_idle_session"] = json!(rss.saturating_sub(base) as f64 / count as f64);
 }
 
 /// `hold` through a proxy: `count` idle proxied connections.
@@ -270,14 +325,14 @@ async fn hold_proxied(
     ep: Arc<Endpoint>,
     counts: &[u64],
     pids: &[u32],
-    settle: Duration,
+    readings: Readings,
 ) -> anyhow::Result<Value> {
+    let settle = readings.settle;
     pair(ep.clone(), 1000, 32, &[], &[]).await?;
-    tokio::time::sleep(settle).await;
     let mut rows = Vec::new();
     let mut n0 = 1_000_000;
     for &count in counts {
-        let base = procstat::rss_total(pids);
+        let (base, idle_base) = readings.base(pids).await;
         let mut held = Vec::with_capacity(count as usize);
         for n in 0..count {
             held.push(ep.pair(n0 + n).await?);
@@ -285,14 +340,16 @@ async fn hold_proxied(
         n0 += count;
         tokio::time::sleep(settle).await;
         let paired = procstat::rss_total(pids);
-        rows.push(json!({
+        let mut row = json!({
             "count": count,
             "rss_base_bytes": base,
             "rss_paired_bytes": paired,
             "bytes_per_session": paired.saturating_sub(base) as f64 / count as f64,
-        }));
+        });
+        read_idle(&mut row, readings, pids, idle_base, count).await;
+        rows.push(row);
         drop(held);
-        tokio::time::sleep(settle * 2).await;
+        tokio::time::sleep(readings.between_rounds()).await;
     }
     Ok(json!({ "scenario": "hold", "rounds": rows }))
 }
