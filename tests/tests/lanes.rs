@@ -148,25 +148,6 @@ async fn behind_proxy(
     (owner.start(), other.start(), proxy, plane)
 }
 
-/// A self-signed certificate for the plane, shared by every node (its name
-/// the nodes' default), written with its key to a directory named by
-/// `tag`: that directory (the test removes it) and the paths of the two
-/// PEM files.
-fn plane_certificate(tag: &str) -> (std::path::PathBuf, String, String) {
-    let dir = std::env::temp_dir().join(format!("dtcp-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["dtcp-relay".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
-    (dir, path(cert_file), path(key_file))
-}
-
 /// Sends a lane preamble (and a few bytes) to `plane`: what comes back
 /// before the connection ends, or `None` when it ends with nothing.
 async fn attach(plane: SocketAddr, preamble: &[u8]) -> Option<Vec<u8>> {
