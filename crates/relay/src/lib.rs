@@ -42,6 +42,7 @@ mod protocol;
 mod reply;
 mod server;
 mod session;
+mod sniff;
 mod socket;
 mod throttle;
 mod trust;
