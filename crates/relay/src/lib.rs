@@ -36,6 +36,7 @@ mod membership;
 mod node;
 mod outcome;
 mod pairing;
+mod peers;
 mod pending;
 mod plane;
 mod protocol;

@@ -30,7 +30,7 @@ use crate::claim::{Claim, RemoteClaim, Requester, Socks5Claim};
 use crate::metrics::{BRIDGE_ERRORS, BRIDGE_FORMATS, bridge_format_label};
 use crate::node::Node;
 use crate::protocol::Protocol;
-use crate::sniff::{incoming, plane_cut, refused};
+use crate::sniff::{LanePort, incoming, plane_cut, refused};
 
 /// gRPC health service name that says the process is alive (liveness probe).
 pub(crate) const LIVENESS: &str = "dtcp.liveness";
@@ -165,10 +165,11 @@ pub(crate) async fn serve(
     let (auth, addr) = (node.trust.plane.clone(), node.info.forward_addr.clone());
     let health = health.max_decoding_message_size(HEALTH_MAX_MESSAGE);
     let health = Authenticated::new(health, auth.clone(), &node.info.id, &addr, refused);
-    let lanes = node
-        .lanes
-        .clone()
-        .map(|lanes| (lanes, node.lanes_attaching.clone()));
+    let lanes = node.lanes.clone().map(|lanes| LanePort {
+        lanes,
+        attaching: node.lanes_attaching.clone(),
+        peers: node.peers.clone(),
+    });
     let silent_max = node.config.plane_max_connections as usize;
     let bridge = BridgeService::new(Plane { node }, auth, &addr);
     let router = builder.add_service(health).add_service(bridge);

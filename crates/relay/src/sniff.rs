@@ -3,7 +3,16 @@
 //! places of lanes attaching), told apart by their first byte (under plane
 //! TLS, by their ClientHello) outside the gate; and the counts of the
 //! connections the port closes.
+//!
+//! A connection whose first byte (or ClientHello) has not come at its
+//! accept waits for it ([`SILENT_TIMEOUT`] at most) in one of two places:
+//! from a live peer node's address ([`PeerAddresses`]), in a place of the
+//! lanes attaching, where a burst of pairings has room for its lanes and
+//! the oldest is reset when all are held; from any other address, among
+//! `--plane-max-connections` places, past which it is reset at once, so
+//! that a crowd of silent connections costs the node no more than that.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -13,17 +22,34 @@ use dtcp_forward::{
     is_lane_start,
 };
 use metrics::counter;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
 use crate::admin::{Acceptor, reset};
 use crate::descriptors::{LanesAttaching, Place};
 use crate::metrics::{AUTH_FAILURES, LISTENER_CONNECTIONS_CLOSED};
+use crate::peers::PeerAddresses;
 
 /// Connections handshaken and waiting for the server to take them.
 const ACCEPTED_QUEUE: usize = 64;
+/// How long a new connection on the plane port may stay silent: a peer's
+/// HTTP/2 preface and a lane's magic are sent as they connect.
+const SILENT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the plane port needs to take lanes, on a node that offers them:
+/// its table of lanes offered, the places of lanes attaching, and the
+/// addresses of its live peers.
+#[derive(Debug, Clone)]
+pub(crate) struct LanePort {
+    pub(crate) lanes: Lanes,
+    pub(crate) attaching: LanesAttaching,
+    pub(crate) peers: PeerAddresses,
+}
+
+/// Where the plane sends what it accepted: to tonic.
+type Accepted = mpsc::Sender<Result<PlaneIo, std::io::Error>>;
 
 /// Counts a plane connection the gate closed.
 pub(crate) fn plane_cut(cut: Cut) {
@@ -36,17 +62,24 @@ pub(crate) fn refused(failure: AuthFailure) {
     counter!(AUTH_FAILURES, "reason" => failure.as_str()).increment(1);
 }
 
+/// Counts a connection reset at once: every place where it could wait for
+/// its first byte was held (`max_connections`).
+fn no_room() {
+    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
+        .increment(1);
+}
+
 /// The plane's connections, through its gate (and TLS handshakes, side by
 /// side, so that a slow or silent caller holds up nobody). Accept failures
 /// never reach tonic, whose loop would retry them at once. The listener
-/// closes when the returned stream is dropped.
-/// `lanes`: the node's table of lanes offered and the places of lanes
-/// attaching, when it offers lanes.
+/// closes when the returned stream is dropped. `lanes`: when the node
+/// offers lanes; `silent_max`: the places of connections from other
+/// addresses than a peer's awaiting their first byte.
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: Option<PlaneTls>,
     gate: ConnectionGate,
-    lanes: Option<(Lanes, LanesAttaching)>,
+    lanes: Option<LanePort>,
     silent_max: usize,
 ) -> ReceiverStream<Result<PlaneIo, std::io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
@@ -58,52 +91,41 @@ pub(crate) fn incoming(
                 accepted = acceptor.accept() => accepted,
                 () = tx.closed() => return,
             };
-            if let (Some(tls), Some((lanes, attaching))) = (&tls, &lanes) {
+            if let (Some(tls), Some(port)) = (&tls, &lanes) {
                 // Told apart by its ClientHello (does it offer the lane's
                 // protocol?) outside the gate, where no newer HTTP/2
-                // connection can evict a lane mid-handshake (only a newer
-                // lane can, once every place of the lanes attaching is
-                // held), at most as many at once as the gate holds.
-                let Ok(permit) = sniffing.clone().try_acquire_owned() else {
-                    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
-                        .increment(1);
+                // connection can evict a lane mid-handshake (a newer lane
+                // can, once every place of the lanes attaching is held);
+                // where it waits for its ClientHello: [`Waiting`].
+                let Some(waiting) = Waiting::take(peer, port, &sniffing) else {
                     reset(tcp);
                     continue;
                 };
-                let (tls, lanes, attaching) = (tls.clone(), lanes.clone(), attaching.clone());
-                let (gate, tx) = (gate.clone(), tx.clone());
-                tokio::spawn(async move {
-                    sniff_tls(tcp, tls, lanes, attaching, gate, tx, permit).await;
-                });
+                let (tls, port, gate, tx) = (tls.clone(), port.clone(), gate.clone(), tx.clone());
+                tokio::spawn(sniff_tls(tcp, tls, port, gate, tx, waiting));
                 continue;
             }
-            if let (None, Some((lanes, attaching))) = (&tls, &lanes) {
+            if let (None, Some(port)) = (&tls, &lanes) {
                 // Until it is told apart, a connection may be a lane: if
                 // the process dies now, the claimant's node must see a
                 // reset, never a FIN it would pass on to its client. (An
                 // HTTP/2 connection gets its graceful close back.)
                 dtcp_duplex::reset_on_close(&tcp);
-                let (lanes, attaching) = (lanes.clone(), attaching.clone());
                 // A lane whose first byte is in already (a dialing node
                 // sends it as it connects) goes straight to its token.
                 let first = dtcp_duplex::peek_now(&tcp);
                 if matches!(first, Poll::Ready(Ok(Some(b))) if is_lane_start(b)) {
-                    tokio::spawn(attach(LaneStream::Plain(tcp), lanes, attaching));
+                    tokio::spawn(attach(LaneStream::Plain(tcp), port.clone()));
                     continue;
                 }
                 // Else its first byte is awaited outside the gate, where
-                // no newer connection can evict a lane: a lane refused here
-                // is refused at once, before its node has the token, and
-                // its session crosses on the Bridge. At most as many as the
-                // gate holds (`--plane-max-connections`).
-                let Ok(permit) = sniffing.clone().try_acquire_owned() else {
-                    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
-                        .increment(1);
+                // no newer HTTP/2 connection can evict a lane: [`Waiting`].
+                let Some(waiting) = Waiting::take(peer, port, &sniffing) else {
                     reset(tcp);
                     continue;
                 };
-                let (gate, tx) = (gate.clone(), tx.clone());
-                tokio::spawn(sniff(tcp, lanes, attaching, gate, tx, permit));
+                let (port, gate, tx) = (port.clone(), gate.clone(), tx.clone());
+                tokio::spawn(sniff(tcp, port, gate, tx, waiting));
                 continue;
             }
             let Some(tcp) = enter(&gate, tcp) else {
@@ -135,41 +157,94 @@ pub(crate) fn incoming(
     ReceiverStream::new(rx)
 }
 
-/// How long a new connection on the plane port may stay silent: a peer's
-/// HTTP/2 preface and a lane's magic are sent as they connect.
-const SILENT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Where a connection not yet told apart waits for its first byte (or its
+/// ClientHello), given back once it is told apart.
+#[derive(Debug)]
+enum Waiting {
+    /// One of the `--plane-max-connections` places of anyone's connections:
+    /// past them a new one is reset at once, before it is read, so that a
+    /// crowd of silent connections holds no more (and a lane so refused
+    /// leaves its session on the Bridge at once, not a second later).
+    Anyone(OwnedSemaphorePermit),
+    /// From a live peer's address: a place of the lanes attaching (fitted
+    /// to the open-file limit), which a burst of pairings needs for lanes
+    /// whose first bytes come a moment after their accept; the oldest is
+    /// reset to make room when every place is held.
+    Peer(Place),
+}
+
+impl Waiting {
+    /// A place for a connection from `from` (`None`: it is to be reset,
+    /// counted).
+    fn take(from: SocketAddr, port: &LanePort, anyone: &Arc<Semaphore>) -> Option<Waiting> {
+        if port.peers.contains(from.ip()) {
+            return take_place(&port.attaching).map(Waiting::Peer);
+        }
+        let Ok(permit) = anyone.clone().try_acquire_owned() else {
+            no_room();
+            return None;
+        };
+        Some(Waiting::Anyone(permit))
+    }
+
+    /// Completes when a newer connection took its place (never, for one
+    /// among anyone's).
+    async fn evicted(&mut self) {
+        match self {
+            Waiting::Anyone(_) => std::future::pending().await,
+            Waiting::Peer(place) => {
+                let _ = (&mut place.evicted).await;
+            }
+        }
+    }
+
+    /// Told to be a lane: its place among the lanes attaching, where it
+    /// then waits for its token (the one it waited in, or a new one; held
+    /// among anyone's places, a burst of lanes awaiting their tokens filled
+    /// them all). `None` on a node with no places.
+    fn into_lane(self, attaching: &LanesAttaching) -> Option<Place> {
+        match self {
+            Waiting::Peer(place) => Some(place),
+            Waiting::Anyone(permit) => {
+                drop(permit);
+                take_place(attaching)
+            }
+        }
+    }
+}
 
 /// A plain connection on the plane port whose first byte had not come when
 /// it was accepted: a lane (its token read and checked, then handed to its
 /// session) or an HTTP/2 connection (through the plane's gate to tonic).
 /// Silent for [`SILENT_TIMEOUT`], it is closed, counted as a probation
-/// that ran out. `permit`: its place among the connections being told
-/// apart, held until it is.
+/// that ran out; reset when a newer connection took its place.
 async fn sniff(
-    tcp: tokio::net::TcpStream,
-    lanes: Lanes,
-    attaching: LanesAttaching,
+    tcp: TcpStream,
+    port: LanePort,
     gate: ConnectionGate,
-    tx: mpsc::Sender<Result<PlaneIo, std::io::Error>>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    tx: Accepted,
+    mut waiting: Waiting,
 ) {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(SILENT_TIMEOUT, tcp.peek(&mut first)).await {
+    // Evicted: dropping the socket resets it (zero linger).
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout(SILENT_TIMEOUT, tcp.peek(&mut first)) => peeked,
+        () = waiting.evicted() => return,
+    };
+    match peeked {
         Ok(Ok(1)) => {}
         Err(_) => return plane_cut(Cut::Probation),
         // Closed or failed: nothing to serve.
         Ok(_) => return,
     }
-    // Told apart: its place goes to the next one. A lane waits for its
-    // token (which its node sends once the claim is answered) among the
-    // lanes attaching, as one whose first byte was in at its accept does:
-    // held here, a burst of pairings filled every place with lanes
-    // awaiting their tokens, and the lanes after them were reset (a fifth
-    // of a burst of 2,000 sessions crossed on the Bridge).
-    drop(permit);
     if is_lane_start(first[0]) {
-        return attach(LaneStream::Plain(tcp), lanes, attaching).await;
+        let lane = LaneStream::Plain(tcp);
+        return match waiting.into_lane(&port.attaching) {
+            Some(place) => attach_in(lane, port.lanes, place).await,
+            None => reset_lane(lane),
+        };
     }
+    drop(waiting);
     let _ = socket2::SockRef::from(&tcp).set_linger(None);
     if let Some(tcp) = enter(&gate, tcp) {
         let _ = tx.send(Ok(PlaneIo::plain(tcp))).await;
@@ -178,15 +253,11 @@ async fn sniff(
 
 /// A connection through the plane's gate, or, when every place is a
 /// peer's, reset and counted (`max_connections`).
-fn enter(
-    gate: &ConnectionGate,
-    tcp: tokio::net::TcpStream,
-) -> Option<Probation<tokio::net::TcpStream>> {
+fn enter(gate: &ConnectionGate, tcp: TcpStream) -> Option<Probation<TcpStream>> {
     match gate.enter(tcp) {
         Ok(tcp) => Some(tcp),
         Err(tcp) => {
-            counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "max_connections")
-                .increment(1);
+            no_room();
             reset(tcp);
             None
         }
@@ -204,37 +275,37 @@ fn reset_lane(lane: LaneStream) {
 /// ClientHello offers the lane's protocol (its handshake made here, then its
 /// token read and checked), else HTTP/2 (through the plane's gate, then its
 /// handshake, to tonic). A ClientHello not come within [`SILENT_TIMEOUT`]
-/// closes it, counted as a probation that ran out. `permit`: its place
-/// among the connections being told apart, held until it is (a lane's
-/// handshake then counts among the lanes attaching).
+/// closes it, counted as a probation that ran out; a newer connection that
+/// took its place resets it. A lane's handshake is made in a place of the
+/// lanes attaching (a peer's, the one it waited in), not among anyone's
+/// places, so that lanes stalled in their handshakes (a burst, or someone
+/// who offers the lane's protocol and stalls) cannot keep a peer's HTTP/2
+/// connection from being told apart.
 async fn sniff_tls(
-    tcp: tokio::net::TcpStream,
+    tcp: TcpStream,
     tls: PlaneTls,
-    lanes: Lanes,
-    attaching: LanesAttaching,
+    port: LanePort,
     gate: ConnectionGate,
-    tx: mpsc::Sender<Result<PlaneIo, std::io::Error>>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    tx: Accepted,
+    mut waiting: Waiting,
 ) {
     let peer = tcp.peer_addr().ok();
-    match tokio::time::timeout(SILENT_TIMEOUT, PlaneTls::offers_lane(&tcp)).await {
+    let told = tokio::select! {
+        told = tokio::time::timeout(SILENT_TIMEOUT, PlaneTls::offers_lane(&tcp)) => told,
+        () = waiting.evicted() => return reset(tcp),
+    };
+    match told {
         Err(_) => return plane_cut(Cut::Probation),
         // Closed or failed: nothing to serve.
         Ok(Err(_)) => return,
         Ok(Ok(true)) => {
-            // Told apart: its place among the connections being told apart
-            // goes to the next one. A lane's handshake is bounded with the
-            // lanes attaching (their token read), not by that place, so that
-            // lanes stalled in their handshakes (a burst, or someone who
-            // offers the lane's protocol and stalls) cannot keep a peer's
-            // HTTP/2 connection from being told apart.
-            drop(permit);
             // From here on, as a plain lane: a process that dies resets it.
             dtcp_duplex::reset_on_close(&tcp);
-            let Some(mut place) = take_place(&attaching) else {
+            let Some(mut place) = waiting.into_lane(&port.attaching) else {
                 reset(tcp);
                 return;
             };
+            let lanes = port.lanes;
             let attach = async {
                 match tls.accept_lane(tcp).await {
                     Ok(stream) => {
@@ -253,7 +324,7 @@ async fn sniff_tls(
             }
             return;
         }
-        Ok(Ok(false)) => drop(permit),
+        Ok(Ok(false)) => drop(waiting),
     }
     let Some(tcp) = enter(&gate, tcp) else {
         return;
@@ -271,11 +342,16 @@ async fn sniff_tls(
 /// open-file limit beside the connection limit: `descriptors::lanes_attaching_max`).
 /// Past them, the oldest lane attaching is reset to make room (a lane so
 /// reset before its node has the token leaves its session on the Bridge).
-async fn attach(lane: LaneStream, lanes: Lanes, attaching: LanesAttaching) {
-    let Some(mut place) = take_place(&attaching) else {
+async fn attach(lane: LaneStream, port: LanePort) {
+    let Some(place) = take_place(&port.attaching) else {
         reset_lane(lane);
         return;
     };
+    attach_in(lane, port.lanes, place).await;
+}
+
+/// A lane in its `place` among the lanes attaching: [`attach`].
+async fn attach_in(lane: LaneStream, lanes: Lanes, mut place: Place) {
     // Evicted: dropping the read resets the lane (zero linger). A lane
     // whose token has come goes to its session first.
     tokio::select! {
@@ -285,7 +361,7 @@ async fn attach(lane: LaneStream, lanes: Lanes, attaching: LanesAttaching) {
     }
 }
 
-/// A place among the lanes attaching, the oldest lane evicted for it when
+/// A place among the lanes attaching, the oldest evicted for it when
 /// every place is held (counted, `lanes_attaching`); `None` on a node with
 /// no places.
 fn take_place(attaching: &LanesAttaching) -> Option<Place> {
@@ -299,7 +375,8 @@ fn take_place(attaching: &LanesAttaching) -> Option<Place> {
     Some(place)
 }
 
-/// Counts a lane reset because every place of lanes attaching was held.
+/// Counts a connection reset because every place of lanes attaching was
+/// held: a lane, or a peer's connection awaiting its first byte.
 fn lanes_full() {
     counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "lanes_attaching")
         .increment(1);
