@@ -8,11 +8,11 @@
 //! accept waits for it ([`SILENT_TIMEOUT`] at most) in one of two places:
 //! from a live peer node's address ([`PeerAddresses`]), in a place of the
 //! lanes attaching, where a burst of pairings has room for its lanes and
-//! the oldest is reset when all are held; from any other address, among
-//! `--plane-max-connections` places, past which it is reset at once, so
-//! that a crowd of silent connections costs the node no more than that.
+//! which no newer connection takes; from any other address (or a peer's
+//! when every such place is a peer's), among `--plane-max-connections`
+//! places, past which it is reset at once, so that a crowd of silent
+//! connections costs the node no more than that.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -91,13 +91,14 @@ pub(crate) fn incoming(
                 accepted = acceptor.accept() => accepted,
                 () = tx.closed() => return,
             };
+            let from_peer = lanes.as_ref().is_some_and(|l| l.peers.contains(peer.ip()));
             if let (Some(tls), Some(port)) = (&tls, &lanes) {
                 // Told apart by its ClientHello (does it offer the lane's
                 // protocol?) outside the gate, where no newer HTTP/2
                 // connection can evict a lane mid-handshake (a newer lane
                 // can, once every place of the lanes attaching is held);
                 // where it waits for its ClientHello: [`Waiting`].
-                let Some(waiting) = Waiting::take(peer, port, &sniffing) else {
+                let Some(waiting) = Waiting::take(from_peer, port, &sniffing) else {
                     reset(tcp);
                     continue;
                 };
@@ -115,12 +116,13 @@ pub(crate) fn incoming(
                 // sends it as it connects) goes straight to its token.
                 let first = dtcp_duplex::peek_now(&tcp);
                 if matches!(first, Poll::Ready(Ok(Some(b))) if is_lane_start(b)) {
-                    tokio::spawn(attach(LaneStream::Plain(tcp), port.clone()));
+                    let lane = LaneStream::Plain(tcp);
+                    tokio::spawn(attach(lane, port.clone(), from_peer));
                     continue;
                 }
                 // Else its first byte is awaited outside the gate, where
                 // no newer HTTP/2 connection can evict a lane: [`Waiting`].
-                let Some(waiting) = Waiting::take(peer, port, &sniffing) else {
+                let Some(waiting) = Waiting::take(from_peer, port, &sniffing) else {
                     reset(tcp);
                     continue;
                 };
@@ -164,34 +166,40 @@ enum Waiting {
     /// One of the `--plane-max-connections` places of anyone's connections:
     /// past them a new one is reset at once, before it is read, so that a
     /// crowd of silent connections holds no more (and a lane so refused
-    /// leaves its session on the Bridge at once, not a second later).
-    Anyone(OwnedSemaphorePermit),
+    /// leaves its session on the Bridge at once, not a second later). And
+    /// whether it came from a live peer's address (every place of the
+    /// lanes attaching was a peer's).
+    Anyone(OwnedSemaphorePermit, bool),
     /// From a live peer's address: a place of the lanes attaching (fitted
     /// to the open-file limit), which a burst of pairings needs for lanes
-    /// whose first bytes come a moment after their accept; the oldest is
-    /// reset to make room when every place is held.
+    /// whose first bytes come a moment after their accept, and which no
+    /// newer connection takes.
     Peer(Place),
 }
 
 impl Waiting {
-    /// A place for a connection from `from` (`None`: it is to be reset,
-    /// counted).
-    fn take(from: SocketAddr, port: &LanePort, anyone: &Arc<Semaphore>) -> Option<Waiting> {
-        if port.peers.contains(from.ip()) {
-            return take_place(&port.attaching).map(Waiting::Peer);
+    /// A place for a connection from a live peer's address (`from_peer`)
+    /// or anyone's (`None`: it is to be reset, counted).
+    fn take(from_peer: bool, port: &LanePort, anyone: &Arc<Semaphore>) -> Option<Waiting> {
+        // Every place a peer's: it waits among anyone's, as any other.
+        if from_peer && let Some((place, evicted)) = port.attaching.take(true) {
+            if evicted {
+                lanes_full();
+            }
+            return Some(Waiting::Peer(place));
         }
         let Ok(permit) = anyone.clone().try_acquire_owned() else {
             no_room();
             return None;
         };
-        Some(Waiting::Anyone(permit))
+        Some(Waiting::Anyone(permit, from_peer))
     }
 
     /// Completes when a newer connection took its place (never, for one
     /// among anyone's).
     async fn evicted(&mut self) {
         match self {
-            Waiting::Anyone(_) => std::future::pending().await,
+            Waiting::Anyone(..) => std::future::pending().await,
             Waiting::Peer(place) => {
                 let _ = (&mut place.evicted).await;
             }
@@ -205,9 +213,9 @@ impl Waiting {
     fn into_lane(self, attaching: &LanesAttaching) -> Option<Place> {
         match self {
             Waiting::Peer(place) => Some(place),
-            Waiting::Anyone(permit) => {
+            Waiting::Anyone(permit, from_peer) => {
                 drop(permit);
-                take_place(attaching)
+                take_place(attaching, from_peer)
             }
         }
     }
@@ -340,10 +348,11 @@ async fn sniff_tls(
 /// A lane: its token read and checked, then handed to its session, in
 /// one of the places of lanes attaching (a descriptor each, fitted to the
 /// open-file limit beside the connection limit: `descriptors::lanes_attaching_max`).
-/// Past them, the oldest lane attaching is reset to make room (a lane so
-/// reset before its node has the token leaves its session on the Bridge).
-async fn attach(lane: LaneStream, port: LanePort) {
-    let Some(place) = take_place(&port.attaching) else {
+/// Past them, the oldest not from a live peer's address is reset to make
+/// room, or, when every place is a peer's, this one (a lane so reset before
+/// its node has the token leaves its session on the Bridge).
+async fn attach(lane: LaneStream, port: LanePort, from_peer: bool) {
+    let Some(place) = take_place(&port.attaching, from_peer) else {
         reset_lane(lane);
         return;
     };
@@ -361,11 +370,12 @@ async fn attach_in(lane: LaneStream, lanes: Lanes, mut place: Place) {
     }
 }
 
-/// A place among the lanes attaching, the oldest evicted for it when
-/// every place is held (counted, `lanes_attaching`); `None` on a node with
-/// no places.
-fn take_place(attaching: &LanesAttaching) -> Option<Place> {
-    let Some((place, evicted)) = attaching.take() else {
+/// A place among the lanes attaching for a connection from a live peer's
+/// address (`from_peer`) or anyone's, the oldest of anyone's evicted for it
+/// when every place is held (counted, `lanes_attaching`); `None` (counted
+/// too) on a node with no places, or when every place is a peer's.
+fn take_place(attaching: &LanesAttaching, from_peer: bool) -> Option<Place> {
+    let Some((place, evicted)) = attaching.take(from_peer) else {
         lanes_full();
         return None;
     };
@@ -376,7 +386,8 @@ fn take_place(attaching: &LanesAttaching) -> Option<Place> {
 }
 
 /// Counts a connection reset because every place of lanes attaching was
-/// held: a lane, or a peer's connection awaiting its first byte.
+/// held: the oldest of anyone's, to make room, or a new lane when every
+/// place was a peer's.
 fn lanes_full() {
     counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => "plane", "reason" => "lanes_attaching")
         .increment(1);

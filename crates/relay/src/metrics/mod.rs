@@ -181,7 +181,7 @@ fn describe() {
     );
     describe_gauge!(
         LANES_ATTACHING_MAX,
-        "Places of lanes attaching, fitted to the open-file limit: past them a new lane is reset."
+        "Places of lanes attaching, fitted to the open-file limit: past them the oldest not from a live peer's address is reset (when every place is a peer's, the new lane)."
     );
     describe_gauge!(
         LANE_BRIDGES_OPEN,
@@ -229,7 +229,7 @@ fn describe() {
     );
     describe_counter!(
         LISTENER_CONNECTIONS_CLOSED,
-        "Connections the node's own listeners closed, by listener and reason (max_connections: refused at the cap; evicted: the oldest on probation, to make room; probation: nothing useful in time, a lane's preamble included; lanes_attaching: the oldest lane attaching, or a live peer's connection awaiting its first byte, reset when every place of dtcp_lanes_attaching_max was held)."
+        "Connections the node's own listeners closed, by listener and reason (max_connections: refused at the cap; evicted: the oldest on probation, to make room; probation: nothing useful in time, a lane's preamble included; lanes_attaching: every place of dtcp_lanes_attaching_max held, the oldest not from a live peer's address reset to make room, or the new lane when every place was a peer's)."
     );
     describe_counter!(
         ACCEPT_FAILURES,

@@ -119,7 +119,8 @@ pub const LANES_ACTIVE: &str = "dtcp_lanes_active";
 /// (or ClientHello) has not come.
 pub const LANES_ATTACHING: &str = "dtcp_lanes_attaching";
 /// The places of [`LANES_ATTACHING`], fitted to the open-file limit (0 on a
-/// node that offers no lanes): past them, a new lane is reset.
+/// node that offers no lanes): past them, the oldest not from a live
+/// peer's address is reset (when every place is a peer's, the new lane).
 pub const LANES_ATTACHING_MAX: &str = "dtcp_lanes_attaching_max";
 /// Gauge: Bridge calls still open beside a lane (between a lane's attach
 /// and the close of the call that paired it), by role.
@@ -182,9 +183,10 @@ pub const LISTENER_CONNECTIONS_CLOSED: &str = "dtcp_listener_connections_closed_
 /// (every slot held by a connection that proved itself), evicted to make
 /// room (the oldest still on probation), or on probation too long (nothing
 /// useful: no authenticated call on the plane, no request on `metrics`, a
-/// lane's preamble not whole within 5 s), or, on the plane, the oldest
-/// lane attaching (or a live peer's connection awaiting its first byte)
-/// when every place of [`LANES_ATTACHING_MAX`] was held.
+/// lane's preamble not whole within 5 s), or, on the plane, when every
+/// place of [`LANES_ATTACHING_MAX`] was held: the oldest lane attaching not
+/// from a live peer's address, or the new lane when every place was a
+/// peer's.
 pub const LISTENER_CLOSE_REASONS: [&str; 4] =
     ["max_connections", "evicted", "probation", "lanes_attaching"];
 /// Every `listener` of the node's own listeners' series.
