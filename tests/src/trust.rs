@@ -1,6 +1,7 @@
 //! What the trust tests need: signed keys, sealed store records made with
 //! a secret (standing in for a leak of it), and a fake node that records
-//! what a Bridge call carries, decoded by a real HTTP/2 library.
+//! what a Bridge call carries, decoded by a real HTTP/2 library; and a
+//! certificate for the plane's TLS.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -152,4 +153,23 @@ pub async fn replay(addr: SocketAddr, captured: &Captured, body: Vec<u8>) -> Str
         Ok(Ok(Some(t))) => status(&t).unwrap_or_default(),
         _ => "no status: the call stayed open".to_owned(),
     }
+}
+
+/// A self-signed certificate for the plane, shared by every node (its name
+/// the nodes' default), written with its key to a directory named by
+/// `tag`: that directory (the test removes it) and the paths of the two
+/// PEM files.
+pub fn plane_certificate(tag: &str) -> (std::path::PathBuf, String, String) {
+    let dir = std::env::temp_dir().join(format!("dtcp-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["dtcp-relay".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+    (dir, path(cert_file), path(key_file))
 }

@@ -148,25 +148,6 @@ async fn behind_proxy(
     (owner.start(), other.start(), proxy, plane)
 }
 
-/// A self-signed certificate for the plane, shared by every node (its name
-/// the nodes' default), written with its key to a directory named by
-/// `tag`: that directory (the test removes it) and the paths of the two
-/// PEM files.
-fn plane_certificate(tag: &str) -> (std::path::PathBuf, String, String) {
-    let dir = std::env::temp_dir().join(format!("dtcp-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["dtcp-relay".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
-    (dir, path(cert_file), path(key_file))
-}
-
 /// Sends a lane preamble (and a few bytes) to `plane`: what comes back
 /// before the connection ends, or `None` when it ends with nothing.
 async fn attach(plane: SocketAddr, preamble: &[u8]) -> Option<Vec<u8>> {
@@ -623,6 +604,79 @@ async fn many_lane_sessions_leave_the_plane_connection_up() {
     // And one more, on the same plane connection.
     let (i, tg) = pair(a.addr, b.addr, &triple("after-many")).await;
     exchange(i, tg, 1 << 20, 41).await;
+}
+
+/// A burst of sessions held across two nodes whose owner has 2 places for
+/// connections from anyone awaiting their first byte
+/// (`--plane-max-connections 2`): the claimant's lanes come from a live
+/// peer's address, so each whose first byte comes a moment after its
+/// accept waits for it among the lanes attaching, and none is reset for
+/// want of a place (among 2 places, lanes late by a moment while two
+/// others waited were reset, their sessions on the Bridge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_a_peers_lanes_is_not_reset_at_the_plane_cap() {
+    const HELD: usize = 500;
+    let redis = RedisServer::start();
+    let node = |cap: u32| {
+        NodeOptions::cluster(&[redis.url()])
+            .arg("--max-pending-per-ip", 100_000)
+            .arg("--max-connections-per-ip", 100_000)
+            .arg("--max-sessions-per-ip", 100_000)
+            .arg("--max-connection-rate-per-ip", 0)
+            .arg("--plane-max-connections", cap)
+            .start()
+    };
+    let (a, b) = (node(2), node(64));
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
+    b.wait_for("dtcp_nodes_alive", 2.0).await;
+    a.wait_for("dtcp_peer_addresses", 1.0).await;
+    let out = tokio::process::Command::new(bin("dtcp-bench"))
+        .arg("--create-on")
+        .arg(a.addr.to_string())
+        .arg("--connect-on")
+        .arg(b.addr.to_string())
+        .arg("--relay-pid")
+        .arg(format!("{},{}", a.pid(), b.pid()))
+        .arg("--json")
+        .args(["hold", "--count", &HELD.to_string()])
+        .output()
+        .await
+        .expect("running dtcp-bench");
+    assert!(
+        out.status.success(),
+        "a pair failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let at_cap = a
+        .metric(
+            "dtcp_listener_connections_closed_total{listener=\"plane\",reason=\"max_connections\"}",
+        )
+        .await;
+    let dials = |outcome: &'static str| {
+        let b = &b;
+        async move {
+            b.metric(&format!("dtcp_lane_dials_total{{outcome=\"{outcome}\"}}"))
+                .await
+        }
+    };
+    let (reset, timeout) = (dials("reset").await, dials("timeout").await);
+    let via = |via: &'static str| {
+        let a = &a;
+        async move {
+            a.metric(&format!("dtcp_forwarded_sessions_total{{via=\"{via}\"}}"))
+                .await
+        }
+    };
+    let (lanes, bridge) = (via("lane").await, via("bridge").await);
+    eprintln!(
+        "a burst of {HELD} held: {lanes} sessions on lanes, {bridge} on the Bridge; lane dials reset {reset}, timed out {timeout}; {at_cap} plane connections reset at the cap"
+    );
+    assert_eq!(
+        at_cap, 0.0,
+        "none of the peer's connections reset at the cap"
+    );
+    assert_eq!(reset, 0.0, "no lane reset before its token");
+    assert!(lanes >= HELD as f64, "the held sessions on lanes: {lanes}");
 }
 
 /// Each lane a claim takes dials one more into its peer's pool: after the

@@ -8,7 +8,7 @@
 //! first). Each is a descriptor of a connection nobody has authenticated,
 //! so their number is fitted to the open-file limit beside the connection
 //! limit ([`lanes_attaching_max`]), and when every place is held the
-//! oldest goes ([`LanesAttaching`]).
+//! oldest not from a live peer's address goes ([`LanesAttaching`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -70,7 +70,9 @@ pub(crate) fn effective_max_connections(
 /// Most lanes attaching at once on a node's plane port (their preamble and
 /// token being read, under plane TLS their handshake first), when the
 /// open-file limit has room for them: what a burst of 2,000 pairings
-/// across two nodes needs, with room to spare.
+/// across two nodes needs most of the time (by hand, on 2026-12-07, such a
+/// burst filled them in 13 runs of 74; [`LanesAttaching`] says which lane
+/// goes then).
 pub(crate) const MAX_LANES_ATTACHING: usize = 1024;
 /// Below [`MAX_LANES_ATTACHING`], lanes attaching hold at most one
 /// descriptor in this many of those beyond [`FD_RESERVE`].
@@ -99,14 +101,18 @@ pub(crate) fn lanes_attaching_max(nofile: u64, lanes: bool) -> usize {
 
 /// The places of lanes attaching ([`lanes_attaching_max`]): one each, held
 /// from the moment a connection on the plane port is told to be a lane
-/// (on a plain plane, from its accept when its first byte had not come
-/// yet: it may be a lane) until its token has been read (or it is closed,
-/// or told to be HTTP/2). When every place is
-/// held, a new lane takes the oldest one's, and the oldest is reset: a
-/// lane that stalls (whoever sends a lane's first bytes and nothing more)
-/// is then the one to go, not a peer's lane that came after it and would
-/// have its token within a round trip. `dtcp_lanes_attaching` is the count
-/// of places held, read off at each scrape. Clones share the places.
+/// (from a live peer's address, from its accept when its first byte had
+/// not come yet: it may be a lane) until its token has been read (or it is
+/// closed, or told to be HTTP/2). When every place is held, a new lane
+/// takes the oldest place not held from a live peer's address, and that
+/// one is reset: a lane that stalls (whoever sends a lane's first bytes
+/// and nothing more) is then the one to go, not a peer's lane that came
+/// after it and would have its token within a round trip. A peer's place
+/// is never taken: when every place is a peer's (a burst of lanes past
+/// them), the new lane is refused, before its token is on its way, rather
+/// than the oldest, whose token may be (its session would be cut, not
+/// moved to the Bridge). `dtcp_lanes_attaching` is the count of places
+/// held, read off at each scrape. Clones share the places.
 #[derive(Debug, Clone)]
 pub(crate) struct LanesAttaching {
     table: Arc<Mutex<Places>>,
@@ -117,7 +123,16 @@ pub(crate) struct LanesAttaching {
 #[derive(Debug, Default)]
 struct Places {
     next: u64,
-    held: BTreeMap<u64, oneshot::Sender<()>>,
+    /// From a live peer's address: never taken.
+    peers: BTreeMap<u64, oneshot::Sender<()>>,
+    /// From anyone else's: the oldest is taken when every place is held.
+    anyone: BTreeMap<u64, oneshot::Sender<()>>,
+}
+
+impl Places {
+    fn held(&self) -> usize {
+        self.peers.len() + self.anyone.len()
+    }
 }
 
 /// One place of the lanes attaching, given back on drop.
@@ -131,7 +146,10 @@ pub(crate) struct Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.places.table().held.remove(&self.id);
+        let mut table = self.places.table();
+        if table.anyone.remove(&self.id).is_none() {
+            table.peers.remove(&self.id);
+        }
     }
 }
 
@@ -148,19 +166,26 @@ impl LanesAttaching {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A place, and whether the oldest lane was evicted for it; `None` on
-    /// a node with no places.
-    pub(crate) fn take(&self) -> Option<(Place, bool)> {
+    /// A place for a connection from a live peer's address (`peer`) or
+    /// anyone's, and whether the oldest of anyone's was evicted for it;
+    /// `None` on a node with no places, or when every place is a peer's.
+    pub(crate) fn take(&self, peer: bool) -> Option<(Place, bool)> {
         if self.max == 0 {
             return None;
         }
         let (tx, evicted) = oneshot::channel();
         let mut table = self.table();
-        // Dropping its sender tells the oldest lane to go.
-        let full = table.held.len() >= self.max && table.held.pop_first().is_some();
+        let full = table.held() >= self.max;
+        // Dropping its sender tells the oldest of anyone's to go.
+        if full && table.anyone.pop_first().is_none() {
+            return None;
+        }
         let id = table.next;
         table.next += 1;
-        table.held.insert(id, tx);
+        match peer {
+            true => table.peers.insert(id, tx),
+            false => table.anyone.insert(id, tx),
+        };
         drop(table);
         let place = Place {
             places: self.clone(),
@@ -172,7 +197,7 @@ impl LanesAttaching {
 
     /// Places held now.
     pub(crate) fn open(&self) -> usize {
-        self.table().held.len()
+        self.table().held()
     }
 
     /// Places in all.
@@ -251,11 +276,11 @@ mod tests {
     #[test]
     fn lanes_attaching_count_what_is_held_and_evict_the_oldest() {
         let places = LanesAttaching::new(2);
-        let (mut a, full) = places.take().unwrap();
+        let (mut a, full) = places.take(false).unwrap();
         assert!(!full);
-        let (b, _) = places.take().unwrap();
+        let (b, _) = places.take(false).unwrap();
         assert_eq!((places.open(), places.max()), (2, 2));
-        let (mut c, full) = places.take().unwrap();
+        let (mut c, full) = places.take(false).unwrap();
         assert!(full, "every place held: the oldest made room");
         assert_eq!(places.open(), 2);
         assert!(
@@ -276,6 +301,38 @@ mod tests {
         assert_eq!(places.open(), 1, "an evicted place is not given back twice");
         drop(c);
         assert_eq!(places.open(), 0);
-        assert!(LanesAttaching::new(0).take().is_none(), "no places");
+        assert!(LanesAttaching::new(0).take(false).is_none(), "no places");
+        assert!(LanesAttaching::new(0).take(true).is_none(), "no places");
+    }
+
+    #[test]
+    fn a_peers_place_is_never_taken() {
+        let places = LanesAttaching::new(2);
+        let (mut anyone, _) = places.take(false).unwrap();
+        let (mut peer, _) = places.take(true).unwrap();
+        // Full: a peer's new lane takes anyone's place, not the peer's
+        // older one.
+        let (mut newer, full) = places.take(true).unwrap();
+        assert!(full);
+        assert!(matches!(
+            anyone.evicted.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(matches!(
+            peer.evicted.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        // Every place a peer's: the new one is refused, whoever it is.
+        assert!(places.take(true).is_none(), "a peer's refused");
+        assert!(places.take(false).is_none(), "anyone's refused");
+        assert!(matches!(
+            newer.evicted.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        drop((anyone, peer));
+        assert_eq!(places.open(), 1);
+        let (_anyone, full) = places.take(false).unwrap();
+        assert!(!full, "a peer's place given back is free");
+        assert_eq!(places.open(), 2);
     }
 }

@@ -64,6 +64,14 @@ pub(crate) async fn run(node: Arc<Node>) {
                 .filter(|(id, _)| sealed.contains(id.as_str()))
                 .collect();
             node.formats.learn(&formats);
+            // The peers' addresses, resolved by a task of their own (the
+            // heartbeat does not wait): only sealed heartbeats, so that a
+            // Redis writer cannot make an address a peer's.
+            let peers = live
+                .iter()
+                .filter(|n| n.id != node.info.id && sealed.contains(n.id.as_str()));
+            node.peers
+                .heard(peers.map(|n| n.forward_addr.clone()).collect());
             Ok::<_, dtcp_store::StoreError>((beat, sealed.len()))
         }
         .await;

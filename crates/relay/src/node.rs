@@ -18,6 +18,7 @@ use crate::descriptors::LanesAttaching;
 use crate::formats::PeerFormats;
 use crate::limits::{AddrGuard, ConnectionRate, PerAddress, PerIpLimit, Slots};
 use crate::metrics::{Hot, Instrumented};
+use crate::peers::PeerAddresses;
 use crate::pending::PendingTable;
 use crate::protocol::Protocol;
 use crate::throttle::{NodeRate, Throttle};
@@ -49,6 +50,10 @@ pub(crate) struct Node {
     /// open-file limit beside the connection limit (none until
     /// [`Node::with_lanes_attaching`]).
     pub(crate) lanes_attaching: LanesAttaching,
+    /// The IP addresses of the live peer nodes, learned after each
+    /// heartbeat: their connections to the plane port wait for their first
+    /// byte among the lanes attaching.
+    pub(crate) peers: PeerAddresses,
     /// CREATEs of this node waiting for their CONNECT.
     pub(crate) pending: PendingTable<Claim>,
     /// XEP-0065 pairs of this node waiting for (or past) their activation.
@@ -128,6 +133,7 @@ impl Node {
             dialer,
             lanes,
             lanes_attaching: LanesAttaching::new(0),
+            peers: PeerAddresses::new(),
             pending: PendingTable::new(),
             activations: Activations::new(),
             socks5,

@@ -273,6 +273,11 @@ impl Relay {
                 }
             }));
         }
+        if node.lanes.is_some() {
+            // The peers' addresses, for the plane port to tell their
+            // connections apart before their first byte.
+            tasks.push(tokio::spawn(node.peers.clone().run()));
+        }
         if let Some(mut registered) = node.store.watch_registrations(&node.info.id) {
             // Another node registered a CREATE a CONNECT here left a waiter
             // for: it looks again now rather than at its next poll.

@@ -3,7 +3,8 @@
 //! reach them without the cluster secret. Two nodes on one Redis; a
 //! legitimate pair from 127.0.1.1 creates on node A and connects on node B
 //! (so B dials A's plane) throughout; the attacks come from 127.0.11.x and
-//! aim at node A.
+//! aim at node A. The nodes listen on 127.0.0.1, and so see each other's
+//! connections come from there: a peer's address, which no attacker has.
 //!
 //! Budgets (docs/SECURITY.md): node A's RSS grows less than
 //! [`RSS_BUDGET_MIB`] during an attack and is back within
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dtcp_forward::{LANE_MAGIC, LANE_VERSION};
 use dtcp_tests::abuse::{Footprint, Prober, Sampler, connect_from, loopback};
-use dtcp_tests::{NodeOptions, RedisServer, Relay, eventually, raise_fd_limit, sample_value};
+use dtcp_tests::{
+    NodeOptions, RedisServer, Relay, eventually, plane_certificate, raise_fd_limit, sample_value,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -555,6 +558,118 @@ async fn silent_connections_hold_no_descriptors() {
         .finish()
         .await
         .assert_all_ok("the silent connections");
+}
+
+/// Silent connections to node A's plane port, which holds 4 connections
+/// awaiting their first byte from anyone (`--plane-max-connections 4`),
+/// plain and under plane TLS. From a live peer's address (127.0.0.1, where
+/// node B listens and which it advertises) each waits for its first byte
+/// (or its ClientHello) in a place of the lanes attaching: none is reset
+/// at the cap, each is closed when its second is up (a probation run out).
+/// From the attackers' addresses, those past the cap are reset at once, as
+/// every connection was before: a crowd from anyone else holds no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_silent_connections_wait_among_the_lanes_attaching() {
+    let _serial = crate::serial().await;
+    /// Node A's `--plane-max-connections`.
+    const CAP: usize = 4;
+    /// Silent connections from each side.
+    const SILENT: usize = 5 * CAP;
+    let (dir, cert, key) = plane_certificate("abuse-peers");
+    for tls in [false, true] {
+        let what = if tls { "under plane TLS" } else { "plain" };
+        let redis = RedisServer::start();
+        let node = || {
+            let node = NodeOptions::cluster(&[redis.url()]);
+            match tls {
+                true => node
+                    .arg("--forward-tls-cert", &cert)
+                    .arg("--forward-tls-key", &key),
+                false => node,
+            }
+        };
+        let a = node().arg("--plane-max-connections", CAP).start();
+        let b = node().start();
+        a.wait_for("dtcp_nodes_alive", 2.0).await;
+        // B's address (A's own is left out).
+        a.wait_for("dtcp_peer_addresses", 1.0).await;
+        let plane = a.forward.expect("a cluster node serves the plane");
+        let peer = b.forward.expect("a cluster node serves the plane").ip();
+        assert_ne!(peer, attacker(1));
+
+        let (at_cap, late) = (
+            plane_closed(&a, "max_connections").await,
+            plane_closed(&a, "probation").await,
+        );
+        let held = silent_from(|_| peer, plane, SILENT).await;
+        eventually(
+            Duration::from_secs(10),
+            "the peer's silent connections closed when their second was up",
+            || async { plane_closed(&a, "probation").await >= late + SILENT },
+        )
+        .await;
+        let reset = plane_closed(&a, "max_connections").await - at_cap;
+        eprintln!(
+            "{what}: {} silent connections from a peer's address, {reset} reset at the cap",
+            held.len()
+        );
+        assert_eq!(held.len(), SILENT, "{what}: the peer's connected");
+        assert_eq!(reset, 0, "{what}: none of the peer's reset at the cap");
+        assert_eq!(
+            plane_closed(&a, "lanes_attaching").await,
+            0,
+            "{what}: none evicted from the lanes attaching"
+        );
+        drop(held);
+
+        let (at_cap, late) = (
+            plane_closed(&a, "max_connections").await,
+            plane_closed(&a, "probation").await,
+        );
+        let held = silent_from(|n| attacker(1 + n as u32), plane, SILENT).await;
+        eventually(
+            Duration::from_secs(10),
+            "the attackers' connections past the cap reset",
+            || async { plane_closed(&a, "max_connections").await >= at_cap + SILENT - CAP },
+        )
+        .await;
+        // A sleep, not a poll: those within the cap have their second.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let waited = plane_closed(&a, "probation").await - late;
+        let reset = plane_closed(&a, "max_connections").await - at_cap;
+        // (A connection reset before its connect returned fails to connect.)
+        eprintln!(
+            "{what}: {} silent connections from attackers connected, {reset} reset at the cap, {waited} waited",
+            held.len()
+        );
+        assert!(
+            reset >= SILENT - CAP && waited <= CAP,
+            "{what}: the attackers' wait among the {CAP} places of anyone's: {waited} waited, {reset} reset"
+        );
+        assert_eq!(
+            a.metric("dtcp_lanes_attaching").await,
+            0.0,
+            "{what}: no place of the lanes attaching held"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `count` connections to `plane`, the `n`th from `from(n)`, each given a
+/// second to connect: those the node took, held open.
+async fn silent_from(
+    from: impl Fn(usize) -> IpAddr,
+    plane: SocketAddr,
+    count: usize,
+) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for n in 0..count {
+        let connect = connect_from(from(n), plane);
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
+            held.push(s);
+        }
+    }
+    held
 }
 
 /// Node A under an open-file limit of `open_files` and node B, both on

@@ -153,6 +153,10 @@ fn describe() {
         "Nodes with a live heartbeat in the store, as this node last saw it (1 on a lone node: itself)."
     );
     describe_gauge!(
+        PEER_ADDRESSES,
+        "IP addresses of the live peer nodes this node knows: a plane connection from one waits for its first byte among the lanes attaching."
+    );
+    describe_gauge!(
         BRIDGE_STREAMS,
         "Bridge streams open now, by role (client: holds the Target; server: holds the Initiator)."
     );
@@ -173,11 +177,11 @@ fn describe() {
     describe_gauge!(LANES_ACTIVE, "Lanes open now, by role.");
     describe_gauge!(
         LANES_ATTACHING,
-        "Lanes attaching now on the plane port (their token not read yet)."
+        "Lanes attaching now on the plane port (their token not read yet), and a live peer's connections whose first byte has not come."
     );
     describe_gauge!(
         LANES_ATTACHING_MAX,
-        "Places of lanes attaching, fitted to the open-file limit: past them a new lane is reset."
+        "Places of lanes attaching, fitted to the open-file limit: past them the oldest not from a live peer's address is reset (when every place is a peer's, the new lane)."
     );
     describe_gauge!(
         LANE_BRIDGES_OPEN,
@@ -225,7 +229,7 @@ fn describe() {
     );
     describe_counter!(
         LISTENER_CONNECTIONS_CLOSED,
-        "Connections the node's own listeners closed, by listener and reason (max_connections: refused at the cap; evicted: the oldest on probation, to make room; probation: nothing useful in time, a lane's preamble included; lanes_attaching: a lane that found every place of dtcp_lanes_attaching_max held)."
+        "Connections the node's own listeners closed, by listener and reason (max_connections: refused at the cap; evicted: the oldest on probation, to make room; probation: nothing useful in time, a lane's preamble included; lanes_attaching: every place of dtcp_lanes_attaching_max held, the oldest not from a live peer's address reset to make room, or the new lane when every place was a peer's)."
     );
     describe_counter!(
         ACCEPT_FAILURES,
@@ -248,6 +252,7 @@ fn init_series() {
         CONNECTIONS_OPEN,
         STORE_REGISTRATIONS,
         NODES_ALIVE,
+        PEER_ADDRESSES,
         CONNECTION_RATE_SOURCES,
         CLIENT_ADDRESSES,
     ] {

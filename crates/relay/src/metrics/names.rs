@@ -55,6 +55,10 @@ pub const STORE_REWRITES: &str = "dtcp_store_rewrites_total";
 pub const STORE_REWRITTEN: &str = "dtcp_store_rewritten_registrations_total";
 /// Nodes with a live heartbeat in the store, as this node last saw it.
 pub const NODES_ALIVE: &str = "dtcp_nodes_alive";
+/// IP addresses of the live peer nodes this node knows (their advertised
+/// addresses, names resolved): a plane connection from one of them waits
+/// for its first byte among the lanes attaching.
+pub const PEER_ADDRESSES: &str = "dtcp_peer_addresses";
 /// Bridge streams open now, by `role` (`client`: this node holds the
 /// Target; `server`: it holds the Initiator).
 pub const BRIDGE_STREAMS: &str = "dtcp_bridge_streams_active";
@@ -111,10 +115,12 @@ pub const FORWARDED_VIAS: [&str; 2] = ["lane", "bridge"];
 pub const LANES_ACTIVE: &str = "dtcp_lanes_active";
 /// Lanes attaching now on this node's plane port: told to be lanes, their
 /// preamble and token not read yet (under plane TLS, their handshake
-/// first).
+/// first); and connections from a live peer's address whose first byte
+/// (or ClientHello) has not come.
 pub const LANES_ATTACHING: &str = "dtcp_lanes_attaching";
 /// The places of [`LANES_ATTACHING`], fitted to the open-file limit (0 on a
-/// node that offers no lanes): past them, a new lane is reset.
+/// node that offers no lanes): past them, the oldest not from a live
+/// peer's address is reset (when every place is a peer's, the new lane).
 pub const LANES_ATTACHING_MAX: &str = "dtcp_lanes_attaching_max";
 /// Gauge: Bridge calls still open beside a lane (between a lane's attach
 /// and the close of the call that paired it), by role.
@@ -177,8 +183,10 @@ pub const LISTENER_CONNECTIONS_CLOSED: &str = "dtcp_listener_connections_closed_
 /// (every slot held by a connection that proved itself), evicted to make
 /// room (the oldest still on probation), or on probation too long (nothing
 /// useful: no authenticated call on the plane, no request on `metrics`, a
-/// lane's preamble not whole within 5 s), or, on the plane, a lane that
-/// found every place of [`LANES_ATTACHING_MAX`] held.
+/// lane's preamble not whole within 5 s), or, on the plane, when every
+/// place of [`LANES_ATTACHING_MAX`] was held: the oldest lane attaching not
+/// from a live peer's address, or the new lane when every place was a
+/// peer's.
 pub const LISTENER_CLOSE_REASONS: [&str; 4] =
     ["max_connections", "evicted", "probation", "lanes_attaching"];
 /// Every `listener` of the node's own listeners' series.
