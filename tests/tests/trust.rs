@@ -243,11 +243,24 @@ async fn poisoned_records_are_not_dialed_and_captured_calls_cannot_be_replayed()
     let counted = "dtcp_store_operations_total{op=\"nodes_alive\"}";
     let (a_counts, b_counts) = (a.metric(counted).await, b.metric(counted).await);
     let until = ((unix_now() + 60) * 1000).to_string();
-    for forged in ["forged-a 127.0.0.1:1", "forged-b 127.0.0.1:2 c2VhbA"] {
+    // And beside a live node's own record, one with its id and seal but
+    // another address: a Redis writer's bid to have its address taken for
+    // a peer's (whose connections wait among the lanes attaching).
+    let members = redis.cli(&["ZRANGE", "dtcp:nodes", "0", "-1"]);
+    let live = members.lines().next().expect("a live node's record");
+    let mut fields: Vec<&str> = live.split(' ').collect();
+    assert_eq!(fields.len(), 3, "id, address, seal: {live}");
+    fields[1] = "127.0.0.99:1";
+    let beside = fields.join(" ");
+    for forged in [
+        "forged-a 127.0.0.1:1",
+        "forged-b 127.0.0.1:2 c2VhbA",
+        &beside,
+    ] {
         redis.cli(&["ZADD", "dtcp:nodes", &until, forged]);
     }
     let listed = redis.cli(&["ZCOUNT", "dtcp:nodes", "-inf", "+inf"]);
-    assert!(listed.trim().parse::<u32>().unwrap() >= 4, "{listed}");
+    assert!(listed.trim().parse::<u32>().unwrap() >= 5, "{listed}");
     // Each node has counted the set twice since: once at least with the
     // forged entries in it.
     for (n, before) in [(&a, a_counts), (&b, b_counts)] {
@@ -260,6 +273,8 @@ async fn poisoned_records_are_not_dialed_and_captured_calls_cannot_be_replayed()
     }
     for n in [&a, &b] {
         assert_eq!(n.metric("dtcp_nodes_alive").await, 2.0);
+        // Its peer's one address (127.0.0.1), not the one beside it.
+        assert_eq!(n.metric("dtcp_peer_addresses").await, 1.0);
     }
 }
 

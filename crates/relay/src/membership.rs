@@ -65,11 +65,13 @@ pub(crate) async fn run(node: Arc<Node>) {
                 .collect();
             node.formats.learn(&formats);
             // The peers' addresses, resolved by a task of their own (the
-            // heartbeat does not wait): only sealed heartbeats, so that a
-            // Redis writer cannot make an address a peer's.
+            // heartbeat does not wait): only records whose own seal checks
+            // out (not any record of a sealed id: a Redis writer could add
+            // one naming its own address beside a node's), so that a Redis
+            // writer cannot make an address a peer's.
             let peers = live
                 .iter()
-                .filter(|n| n.id != node.info.id && sealed.contains(n.id.as_str()));
+                .filter(|n| n.id != node.info.id && node.trust.is_sealed(n));
             node.peers
                 .heard(peers.map(|n| n.forward_addr.clone()).collect());
             Ok::<_, dtcp_store::StoreError>((beat, sealed.len()))

@@ -283,12 +283,18 @@ impl Trust {
         live: &'a [NodeInfo],
     ) -> std::collections::HashSet<&'a str> {
         live.iter()
-            .filter(|n| {
-                self.plane
-                    .verify_heartbeat(&n.id, &n.forward_addr, n.seal.as_deref())
-            })
+            .filter(|n| self.is_sealed(n))
             .map(|n| n.id.as_str())
             .collect()
+    }
+
+    /// Whether this heartbeat record, its id and its address, carries the
+    /// cluster's seal. Checked record by record wherever the address
+    /// matters: the live set may hold more than one record of an id, a
+    /// forged one beside the node's own.
+    pub(crate) fn is_sealed(&self, n: &NodeInfo) -> bool {
+        self.plane
+            .verify_heartbeat(&n.id, &n.forward_addr, n.seal.as_deref())
     }
 
     /// Whether `id`'s record naming `owner` was written by the cluster for
