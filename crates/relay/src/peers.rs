@@ -26,6 +26,9 @@ const LOOKUP_WAIT: Duration = Duration::from_millis(500);
 pub(crate) const MAX_PEER_ADDRESSES: usize = 256;
 /// Most addresses kept of what one name resolves to.
 const ADDRESSES_PER_NAME: usize = 8;
+/// Most lookups of peers' names running at once (a lookup that hangs
+/// holds one of the runtime's blocking threads until it ends).
+const MAX_LOOKUPS: usize = 64;
 
 /// The IP addresses of the live peer nodes (IPv4-mapped IPv6 ones as
 /// IPv4), read on every connection to the forwarding port, written after
@@ -100,26 +103,37 @@ impl PeerAddresses {
             let advertised: BTreeSet<String> = heard.borrow_and_update().iter().cloned().collect();
             let deadline = tokio::time::Instant::now() + LOOKUP_WAIT;
             let mut ips = Vec::new();
-            let mut resolved = HashMap::new();
+            let mut wanted = Vec::new();
             for addr in &advertised {
-                let name = match advertised_ip(addr) {
-                    Some(Advertised::Ip(ip)) => {
-                        ips.push(ip);
-                        continue;
+                match advertised_ip(addr) {
+                    Some(Advertised::Ip(ip)) => ips.push(ip),
+                    Some(Advertised::Name(name)) if wanted.len() < MAX_PEER_ADDRESSES => {
+                        wanted.push(name);
                     }
-                    Some(Advertised::Name(name)) => name,
-                    None => continue,
-                };
-                let lookup = lookups
-                    .entry(name.to_owned())
-                    .or_insert_with(|| tokio::spawn(lookup(name.to_owned())));
-                let found = match tokio::time::timeout_at(deadline, lookup).await {
-                    Ok(done) => {
-                        lookups.remove(name);
-                        done.ok().flatten()
-                    }
-                    // Still running: looked at again next round.
-                    Err(_) => None,
+                    _ => {}
+                }
+            }
+            // Every lookup is started before any is waited for, so that a
+            // name whose lookup hangs holds up no other's; at most
+            // MAX_LOOKUPS run at once (a name past them keeps what it had).
+            for name in &wanted {
+                if !lookups.contains_key(*name) && lookups.len() < MAX_LOOKUPS {
+                    let name = (*name).to_owned();
+                    lookups.insert(name.clone(), tokio::spawn(lookup(name)));
+                }
+            }
+            let mut resolved = HashMap::new();
+            for name in wanted {
+                let found = match lookups.get_mut(name) {
+                    Some(running) => match tokio::time::timeout_at(deadline, running).await {
+                        Ok(done) => {
+                            lookups.remove(name);
+                            done.ok().flatten()
+                        }
+                        // Still running: looked at again next round.
+                        Err(_) => None,
+                    },
+                    None => None,
                 };
                 if let Some(found) = found.or_else(|| names.remove(name)) {
                     resolved.insert(name.to_owned(), found);
@@ -276,29 +290,32 @@ mod tests {
         let peers = PeerAddresses::new();
         tokio::spawn(peers.clone().learn(lookup));
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        answers.lock().unwrap().insert("a:1".into(), Some(vec![a]));
+        answers.lock().unwrap().insert("b:1".into(), Some(vec![a]));
+        // The name that hangs sorts first: it is waited for first.
         let heard = vec![
-            "a:1".to_owned(),
-            "hangs:1".to_owned(),
+            "a-hangs:1".to_owned(),
+            "b:1".to_owned(),
             "10.0.0.2:1".to_owned(),
         ];
-        let rounds = 3;
-        for _ in 0..rounds {
-            peers.heard(heard.clone());
-            // A round: the hanging name's wait, and a margin.
-            tokio::time::sleep(LOOKUP_WAIT * 2).await;
-        }
+        peers.heard(heard.clone());
+        // A round: the hanging name's wait, and a margin.
+        tokio::time::sleep(LOOKUP_WAIT * 2).await;
         assert!(
             peers.contains(a) && peers.contains(b),
-            "learned beside a name that hangs"
+            "learned in the first round, beside a name that hangs"
         );
+        for _ in 0..2 {
+            peers.heard(heard.clone());
+            tokio::time::sleep(LOOKUP_WAIT * 2).await;
+        }
+        assert!(peers.contains(a) && peers.contains(b));
         assert_eq!(
             hanging.load(Ordering::Relaxed),
             1,
             "one lookup of it at a time"
         );
         // The name server fails: what the name resolved to is kept.
-        answers.lock().unwrap().insert("a:1".into(), None);
+        answers.lock().unwrap().insert("b:1".into(), None);
         peers.heard(heard.clone());
         tokio::time::sleep(LOOKUP_WAIT * 2).await;
         assert!(peers.contains(a), "kept through a failed lookup");
