@@ -676,7 +676,12 @@ async fn a_burst_of_a_peers_lanes_is_not_reset_at_the_plane_cap() {
         "none of the peer's connections reset at the cap"
     );
     assert_eq!(reset, 0.0, "no lane reset before its token");
-    assert!(lanes >= HELD as f64, "the held sessions on lanes: {lanes}");
+    // A dial that missed its 1 s on a loaded machine leaves its session on
+    // the Bridge, which is no reset at the cap.
+    assert!(
+        lanes + timeout >= HELD as f64,
+        "the held sessions on lanes: {lanes} (dials timed out: {timeout})"
+    );
 }
 
 /// Each lane a claim takes dials one more into its peer's pool: after the
