@@ -115,9 +115,9 @@ enum Scenario {
         #[arg(long, default_value_t = 0.5)]
         settle: f64,
         /// Also read the memory this many seconds after the sessions
-        /// paired, against a base read as long after the warm-up: past the
-        /// relay's heap trim every 10 s, what the idle sessions hold, beside
-        /// the reading just after the burst.
+        /// paired: past the relay's heap trim every 10 s, what the idle
+        /// sessions hold, beside the reading just after the burst. The base
+        /// is then read as long after the warm-up, past a trim too.
         #[arg(long, value_name = "SECS")]
         idle: Option<f64>,
         /// The relay nodes' metrics listeners (`host:port`, every node of

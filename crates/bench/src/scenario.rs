@@ -191,30 +191,19 @@ pub(crate) struct Readings {
     /// Before each reading.
     pub(crate) settle: Duration,
     /// If set, a further reading this long after the sessions paired, and
-    /// as long a wait after the warm-up before the base reading (so that
-    /// the warm-up's freed heap, which a trim gives back, is not counted
-    /// against the idle sessions).
+    /// as long a wait after the warm-up before the base reading.
     pub(crate) idle: Option<Duration>,
 }
 
 impl Readings {
-    /// The wait between rounds.
-    fn between_rounds(self) -> Duration {
-        self.idle
-            .map_or(self.settle, |idle| idle.max(self.settle))
-            .max(self.settle * 2)
-    }
-
-    /// The base readings, `settle` after the warm-up (or the last round)
-    /// and, with `idle`, once more that long after it.
-    async fn base(self, pids: &[u32]) -> (u64, Option<u64>) {
-        tokio::time::sleep(self.settle).await;
-        let base = procstat::rss_total(pids);
-        let Some(idle) = self.idle else {
-            return (base, None);
-        };
-        tokio::time::sleep(idle.saturating_sub(self.settle)).await;
-        (base, Some(procstat::rss_total(pids)))
+    /// The base reading, `settle` after the warm-up (or the last round),
+    /// or with `idle`, that long after it: past a heap trim, as the idle
+    /// reading will be, so that the heap the warm-up freed (which a trim
+    /// gives back, and new sessions would otherwise reuse unseen) counts
+    /// in neither.
+    async fn base(self, pids: &[u32]) -> u64 {
+        tokio::time::sleep(self.idle.unwrap_or(self.settle).max(self.settle)).await;
+        procstat::rss_total(pids)
     }
 }
 
@@ -244,7 +233,7 @@ pub(crate) async fn hold(
     pair(ep.clone(), 1000, 32, &[], &[]).await?;
     let mut rows = Vec::new();
     for (round, &count) in counts.iter().enumerate() {
-        let (base, idle_base) = readings.base(pids).await;
+        let base = readings.base(pids).await;
         let mut initiators = Vec::with_capacity(count as usize);
         let mut commands = Vec::with_capacity(count as usize);
         for n in 0..count {
@@ -291,31 +280,22 @@ pub(crate) async fn hold(
             row["held_on_lanes"] = json!(lanes);
             row["held_on_bridge"] = json!(bridge);
         }
-        read_idle(&mut row, readings, pids, idle_base, count).await;
+        read_idle(&mut row, readings, pids, base, count).await;
         rows.push(row);
         drop((initiators, targets));
-        tokio::time::sleep(readings.between_rounds()).await;
+        tokio::time::sleep(settle * 2).await;
     }
     Ok(json!({ "scenario": "hold", "rounds": rows }))
 }
 
 /// With `readings.idle`, reads the memory again once the sessions have
-/// been idle that long (`settle` of it already passed since they paired),
-/// against `base`, the reading as long after the warm-up: both past a
-/// heap trim.
-async fn read_idle(
-    row: &mut Value,
-    readings: Readings,
-    pids: &[u32],
-    base: Option<u64>,
-    count: u64,
-) {
-    let (Some(idle), Some(base)) = (readings.idle, base) else {
+/// been idle that long (`settle` of it already passed since they paired).
+async fn read_idle(row: &mut Value, readings: Readings, pids: &[u32], base: u64, count: u64) {
+    let Some(idle) = readings.idle else {
         return;
     };
     tokio::time::sleep(idle.saturating_sub(readings.settle)).await;
     let rss = procstat::rss_total(pids);
-    row["rss_idle_base_bytes"] = json!(base);
     row["rss_idle_bytes"] = json!(rss);
     row["bytes_per_idle_session"] = json!(rss.saturating_sub(base) as f64 / count as f64);
 }
@@ -332,7 +312,7 @@ async fn hold_proxied(
     let mut rows = Vec::new();
     let mut n0 = 1_000_000;
     for &count in counts {
-        let (base, idle_base) = readings.base(pids).await;
+        let base = readings.base(pids).await;
         let mut held = Vec::with_capacity(count as usize);
         for n in 0..count {
             held.push(ep.pair(n0 + n).await?);
@@ -346,10 +326,10 @@ async fn hold_proxied(
             "rss_paired_bytes": paired,
             "bytes_per_session": paired.saturating_sub(base) as f64 / count as f64,
         });
-        read_idle(&mut row, readings, pids, idle_base, count).await;
+        read_idle(&mut row, readings, pids, base, count).await;
         rows.push(row);
         drop(held);
-        tokio::time::sleep(readings.between_rounds()).await;
+        tokio::time::sleep(settle * 2).await;
     }
     Ok(json!({ "scenario": "hold", "rounds": rows }))
 }
