@@ -652,22 +652,13 @@ async fn a_burst_of_a_peers_lanes_is_not_reset_at_the_plane_cap() {
             "dtcp_listener_connections_closed_total{listener=\"plane\",reason=\"max_connections\"}",
         )
         .await;
-    let dials = |outcome: &'static str| {
-        let b = &b;
-        async move {
-            b.metric(&format!("dtcp_lane_dials_total{{outcome=\"{outcome}\"}}"))
-                .await
-        }
-    };
-    let (reset, timeout) = (dials("reset").await, dials("timeout").await);
-    let via = |via: &'static str| {
-        let a = &a;
-        async move {
-            a.metric(&format!("dtcp_forwarded_sessions_total{{via=\"{via}\"}}"))
-                .await
-        }
-    };
-    let (lanes, bridge) = (via("lane").await, via("bridge").await);
+    let dials = |outcome: &str| format!("dtcp_lane_dials_total{{outcome=\"{outcome}\"}}");
+    let via = |via: &str| format!("dtcp_forwarded_sessions_total{{via=\"{via}\"}}");
+    let (reset, timeout) = (
+        b.metric(&dials("reset")).await,
+        b.metric(&dials("timeout")).await,
+    );
+    let (lanes, bridge) = (a.metric(&via("lane")).await, a.metric(&via("bridge")).await);
     eprintln!(
         "a burst of {HELD} held: {lanes} sessions on lanes, {bridge} on the Bridge; lane dials reset {reset}, timed out {timeout}; {at_cap} plane connections reset at the cap"
     );
