@@ -531,6 +531,36 @@ async fn under_plane_tls_a_session_crosses_on_a_tls_lane_and_no_byte_in_the_clea
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A node of a cluster on `redis` for the bench's crowd (whose clients
+/// are all 127.0.0.1: the per-address shares lifted), with `plane_cap`
+/// places for connections from anyone awaiting their first byte
+/// (`--plane-max-connections`).
+fn crowd_node(redis: &RedisServer, plane_cap: u32) -> Relay {
+    NodeOptions::cluster(&[redis.url()])
+        .arg("--max-pending-per-ip", 100_000)
+        .arg("--max-connections-per-ip", 100_000)
+        .arg("--max-sessions-per-ip", 100_000)
+        .arg("--max-connection-rate-per-ip", 0)
+        .arg("--plane-max-connections", plane_cap)
+        .start()
+}
+
+/// `dtcp-bench` `scenario`, `CREATE`s on `a` and `CONNECT`s on `b`.
+async fn bench_across(a: &Relay, b: &Relay, scenario: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(bin("dtcp-bench"))
+        .arg("--create-on")
+        .arg(a.addr.to_string())
+        .arg("--connect-on")
+        .arg(b.addr.to_string())
+        .arg("--relay-pid")
+        .arg(format!("{},{}", a.pid(), b.pid()))
+        .arg("--json")
+        .args(scenario)
+        .output()
+        .await
+        .expect("running dtcp-bench")
+}
+
 /// Thousands of lane sessions between two nodes, held together then closed
 /// at once, then more pairs: each session's Bridge beside its lane is ended
 /// at both ends, not dropped half-open, so the plane's one HTTP/2
@@ -542,37 +572,17 @@ async fn many_lane_sessions_leave_the_plane_connection_up() {
     const HELD: usize = 2_000;
     const PAIRS: usize = 2_000;
     let redis = RedisServer::start();
-    let node = || {
-        NodeOptions::cluster(&[redis.url()])
-            .arg("--max-pending-per-ip", 100_000)
-            .arg("--max-connections-per-ip", 100_000)
-            .arg("--max-sessions-per-ip", 100_000)
-            .arg("--max-connection-rate-per-ip", 0)
-            .start()
-    };
-    let (a, b) = (node(), node());
+    let (a, b) = (crowd_node(&redis, 64), crowd_node(&redis, 64));
     a.wait_for("dtcp_nodes_alive", 2.0).await;
     b.wait_for("dtcp_nodes_alive", 2.0).await;
     // Sessions held open together, then all closed at once (the way a
     // node's many clients end), then pairs at concurrency 32.
-    let bench = |scenario: &[&str]| {
-        tokio::process::Command::new(bin("dtcp-bench"))
-            .arg("--create-on")
-            .arg(a.addr.to_string())
-            .arg("--connect-on")
-            .arg(b.addr.to_string())
-            .arg("--relay-pid")
-            .arg(format!("{},{}", a.pid(), b.pid()))
-            .arg("--json")
-            .args(scenario)
-            .output()
-    };
     let (held, pairs) = (HELD.to_string(), PAIRS.to_string());
     for scenario in [
         &["hold", "--count", &held][..],
         &["pair", "--pairs", &pairs, "--concurrency", "32"],
     ] {
-        let out = bench(scenario).await.expect("running dtcp-bench");
+        let out = bench_across(&a, &b, scenario).await;
         assert!(
             out.status.success(),
             "{scenario:?}: a pair failed: {}",
@@ -617,31 +627,11 @@ async fn many_lane_sessions_leave_the_plane_connection_up() {
 async fn a_burst_of_a_peers_lanes_is_not_reset_at_the_plane_cap() {
     const HELD: usize = 500;
     let redis = RedisServer::start();
-    let node = |cap: u32| {
-        NodeOptions::cluster(&[redis.url()])
-            .arg("--max-pending-per-ip", 100_000)
-            .arg("--max-connections-per-ip", 100_000)
-            .arg("--max-sessions-per-ip", 100_000)
-            .arg("--max-connection-rate-per-ip", 0)
-            .arg("--plane-max-connections", cap)
-            .start()
-    };
-    let (a, b) = (node(2), node(64));
+    let (a, b) = (crowd_node(&redis, 2), crowd_node(&redis, 64));
     a.wait_for("dtcp_nodes_alive", 2.0).await;
     b.wait_for("dtcp_nodes_alive", 2.0).await;
     a.wait_for("dtcp_peer_addresses", 1.0).await;
-    let out = tokio::process::Command::new(bin("dtcp-bench"))
-        .arg("--create-on")
-        .arg(a.addr.to_string())
-        .arg("--connect-on")
-        .arg(b.addr.to_string())
-        .arg("--relay-pid")
-        .arg(format!("{},{}", a.pid(), b.pid()))
-        .arg("--json")
-        .args(["hold", "--count", &HELD.to_string()])
-        .output()
-        .await
-        .expect("running dtcp-bench");
+    let out = bench_across(&a, &b, &["hold", "--count", &HELD.to_string()]).await;
     assert!(
         out.status.success(),
         "a pair failed: {}",
