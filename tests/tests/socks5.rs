@@ -478,6 +478,10 @@ async fn a_pair_stays_activatable_when_the_store_loses_its_record() {
     let a = NodeOptions::cluster(&urls).accept_socks5().start();
     let c = xmpp_node(&prosody.component_addr(), NodeOptions::cluster(&urls));
     c.wait_for("dtcp_xmpp_link{state=\"connected\"}", 1.0).await;
+    // A node's first heartbeat finds no heartbeat of its own and writes its
+    // pending records again, as after a loss: let it pass before the pair
+    // exists, so that the rewrite counted below is the one after the flush.
+    a.wait_for("dtcp_nodes_alive", 2.0).await;
     let target_jid = format!("juliet@{DOMAIN}/balcony");
     let hash = hash_of("sid-lost", &requester(), &target_jid);
     let target = connect(&a, &hash).await;
