@@ -11,6 +11,9 @@
 //! - `promtool test rules` runs the synthetic-series tests of the alerts,
 //!   and every alert has a case where it fires and one, in the healthy
 //!   cluster, where it stays silent.
+//! - Every `outcome` docs/METRICS.md lists for the lane counters is
+//!   exported from a node's start, at zero, as the lane-wait counter the
+//!   dashboard and an alert read.
 //!
 //! The dashboard and the rules are the chart's files, the same ones the
 //! compose demo mounts and the chart's ConfigMap and PrometheusRule embed.
@@ -159,6 +162,50 @@ fn every_alert_fires_in_its_situation_and_stays_silent_when_healthy() {
             "the tests name {alert}, which the rules do not have"
         );
     }
+}
+
+/// The values docs/METRICS.md lists for `metric`'s `outcome` label: the
+/// words quoted in its row's labels column, but the label's own name.
+fn documented_outcomes(metric: &str) -> BTreeSet<String> {
+    let doc = std::fs::read_to_string(repo().join("docs/METRICS.md")).unwrap();
+    let row = doc
+        .lines()
+        .find(|l| l.starts_with(&format!("| `{metric}` |")))
+        .unwrap_or_else(|| panic!("no row for {metric} in docs/METRICS.md"));
+    let labels = row.split('|').nth(3).expect("a labels column");
+    labels
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| *w != "outcome")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A counter whose series appears only at its first increment loses that
+/// increment to `rate()` and `increase()`, and a panel or alert over it
+/// shows nothing until then: each outcome the documentation promises is
+/// there from the start, at zero.
+#[tokio::test]
+async fn every_documented_lane_outcome_is_exported_at_zero_from_the_start() {
+    let relay = Relay::start(&[]);
+    let page = relay.scrape().await;
+    let has = |sample: &str| page.lines().any(|l| l == sample);
+    for metric in ["dtcp_lane_dials_total", "dtcp_lane_pool_lanes_total"] {
+        let outcomes = documented_outcomes(metric);
+        assert!(
+            outcomes.len() >= 6,
+            "{metric}: too few outcomes read: {outcomes:?}"
+        );
+        for outcome in outcomes {
+            let sample = format!("{metric}{{outcome=\"{outcome}\"}} 0");
+            assert!(has(&sample), "{metric}: no {sample:?} at start");
+        }
+    }
+    assert!(
+        has("dtcp_lane_waits_expired_total 0"),
+        "no lane-wait counter at start"
+    );
 }
 
 /// A `prometheus` process of the test's own, killed when dropped.

@@ -202,7 +202,8 @@ impl crate::Halves {
 
 /// Dials a lane to the owner's forwarding port at `addr`, within
 /// [`LANE_DIAL_TIMEOUT`] (the TLS handshake included, under plane TLS);
-/// the reason label of a failure.
+/// the reason label of a failure (a new one goes into the relay's
+/// `LANE_DIAL_OUTCOMES` too, which starts each series at zero).
 pub(crate) async fn dial(addr: String, tls: Option<PlaneTls>) -> Result<LaneStream, &'static str> {
     let connect = async {
         let stream = TcpStream::connect(addr.as_str()).await?;

@@ -134,11 +134,12 @@ pub const LANE_WAITS_EXPIRED: &str = "dtcp_lane_waits_expired_total";
 pub const LANE_DIALS: &str = "dtcp_lane_dials_total";
 /// Every `outcome` of [`LANE_DIALS`]: dialed; refused; no connection within
 /// `LANE_DIAL_TIMEOUT`; closed by the owner's port before the token came;
-/// another failure; no connection slot to spare; dialed while the claim
-/// was in flight but the owner offered none (it is not dialed again for
-/// 10 s).
-pub const LANE_DIAL_OUTCOMES: [&str; 7] = [
-    "ok", "refused", "timeout", "reset", "error", "no_slot", "declined",
+/// under plane TLS, a handshake that failed, or one where the owner agreed
+/// on HTTP/2 rather than on TLS lanes; another failure; no connection slot
+/// to spare; dialed while the claim was in flight but the owner offered
+/// none (it is not dialed again for 10 s).
+pub const LANE_DIAL_OUTCOMES: [&str; 9] = [
+    "ok", "refused", "timeout", "reset", "tls", "alpn", "error", "no_slot", "declined",
 ];
 /// Gauge: lanes this node dialed ahead to its peer nodes, idle in their
 /// pools (`--lane-pool`).
