@@ -11,9 +11,9 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use dtcp_forward::{LANE_MAGIC, PlaneAuth, mint_token, preamble};
+use dtcp_forward::{LANE_DIAL_TIMEOUT, LANE_MAGIC, PlaneAuth, mint_token, preamble};
 use dtcp_tests::testkit::free_port;
 use dtcp_tests::*;
 use dtcp_wire::{Keyring, Secrets};
@@ -23,6 +23,16 @@ use tokio::task::JoinHandle;
 
 /// Most bytes the proxy keeps of each connection's direction.
 const CAPTURE_MAX: usize = 1 << 20;
+
+/// How long the owner waits, after its `paired`, for the lane it offered
+/// before it cuts the session (`LANE_WAIT` in
+/// crates/relay/src/session/lane.rs, docs/PROTOCOL.md section 7.5 step 4).
+const LANE_WAIT: Duration = Duration::from_secs(3);
+/// Time past [`LANE_DIAL_TIMEOUT`] a fallback to the Bridge may take, on
+/// two cores shared with other tests.
+const DIAL_MARGIN: Duration = Duration::from_secs(2);
+/// Time past [`LANE_WAIT`] a cut may take, likewise.
+const WAIT_MARGIN: Duration = Duration::from_secs(3);
 
 /// What one connection carried toward the owner.
 type Kept = Arc<Mutex<Vec<u8>>>;
@@ -296,12 +306,20 @@ async fn a_lane_that_cannot_be_dialed_leaves_the_session_on_the_bridge() {
     // From now on the owner's port refuses new connections: the Bridge
     // keeps its connection, a lane dial is refused.
     proxy.refuse_new();
+    let sent = Instant::now();
     let (i, tg) = pair(a.addr, b.addr, &triple("fallback-2")).await;
     // The claimant's word that it has no lane moves the session to the
     // Bridge before either client sends a byte: an idle session is not cut
-    // at the end of the owner's wait for its lane.
+    // at the end of the owner's wait for its lane. A refused dial is known
+    // at once; the Target's OK waits for it, so the time from the CONNECT
+    // is bounded by the dial's (`LANE_DIAL_TIMEOUT`).
     a.wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
         .await;
+    let took = sent.elapsed();
+    assert!(
+        took < LANE_DIAL_TIMEOUT + DIAL_MARGIN,
+        "on the Bridge {took:?} after the CONNECT"
+    );
     assert_eq!(a.metric("dtcp_lane_waits_expired_total").await, 0.0);
     exchange(i, tg, 4 << 20, 22).await;
     assert_eq!(
@@ -334,6 +352,9 @@ async fn a_lane_that_never_attaches_is_cut_not_left_hanging() {
     exchange(i, tg, 4096, 41).await;
     proxy.swallow_new();
     let (mut i, mut tg) = pair(a.addr, b.addr, &triple("swallowed-2")).await;
+    // The owner's wait (`LANE_WAIT`) runs from its `paired`, before the
+    // Target's OK.
+    let paired = Instant::now();
     i.write_all(b"into the void").await.unwrap();
     tg.write_all(b"and back").await.unwrap();
     for (peer, side) in [(&mut i, "initiator"), (&mut tg, "target")] {
@@ -347,6 +368,11 @@ async fn a_lane_that_never_attaches_is_cut_not_left_hanging() {
             ),
             Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{side}"),
         }
+        let took = paired.elapsed();
+        assert!(
+            took < LANE_WAIT + WAIT_MARGIN,
+            "the {side} reset {took:?} after the OK"
+        );
     }
     a.wait_for("dtcp_lane_waits_expired_total", 1.0).await;
 }
