@@ -1,6 +1,6 @@
 //! Bandwidth caps: a capped session slows down to its cap (and is never
-//! cut), on the splice path, on the copy path and across the Bridge; a node
-//! cap is shared fairly by the sessions under it.
+//! cut), on the splice path, on the copy path and across two nodes on a
+//! lane; a node cap is shared fairly by the sessions under it.
 
 use std::time::{Duration, Instant};
 
@@ -113,11 +113,29 @@ async fn both_ways(i: TcpStream, tg: TcpStream, size: u64) -> [f64; 2] {
     [rate_t, rate_i]
 }
 
+/// Waits until `owner` (the node of the CREATE) counts its one forwarded
+/// session on a lane, and asserts that it did not go on the Bridge: a lane
+/// dial that fails falls back to the Bridge unseen by the clients, and the
+/// caps would then be measured on another path.
+async fn on_a_lane(owner: &Relay) {
+    owner
+        .wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 1.0)
+        .await;
+    assert_eq!(
+        owner
+            .metric("dtcp_forwarded_sessions_total{via=\"bridge\"}")
+            .await,
+        0.0,
+        "the session fell back to the Bridge"
+    );
+}
+
 /// A session cap across two nodes (the CREATE on one, the CONNECT on the
-/// other), 100 MB each way at once. Each direction is capped by the node
-/// that reads it from its client, so this measures both nodes' caps.
+/// other, the bytes between them on a lane), 100 MB each way at once. Each
+/// direction is capped by the node that reads it from its client, so this
+/// measures both nodes' caps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_cap_holds_across_the_bridge() {
+async fn a_session_cap_holds_across_nodes_on_a_lane() {
     let _side_by_side = ALONE.read().await;
     let redis = RedisServer::start();
     let node = || {
@@ -128,6 +146,7 @@ async fn a_session_cap_holds_across_the_bridge() {
     let (owner, other) = (node(), node());
     let (i, tg) = pair(owner.addr, other.addr, &triple("cap-forwarded")).await;
     let rates = both_ways(i, tg, TRANSFER).await;
+    on_a_lane(&owner).await;
     for (way, rate) in ["initiator -> target", "target -> initiator"]
         .iter()
         .zip(rates)
@@ -186,10 +205,11 @@ async fn a_node_cap_counts_both_ways_of_a_forwarded_session() {
     let (owner, other) = (node(), node());
     let (i, tg) = pair(owner.addr, other.addr, &triple("node-cap-forwarded")).await;
     let rates = both_ways(i, tg, SHARE * 2).await;
+    on_a_lane(&owner).await;
     // Both ways' bytes over the time until the last of them arrived.
     let total = 2.0 * rates[0].min(rates[1]);
     eprintln!(
-        "node cap across the Bridge: {:.3} MB/s in all under {:.3} ({:.3} and {:.3} MB/s each way)",
+        "node cap across two nodes: {:.3} MB/s in all under {:.3} ({:.3} and {:.3} MB/s each way)",
         total / 1e6,
         NODE_CAP as f64 / 1e6,
         rates[0] / 1e6,

@@ -200,6 +200,9 @@ async fn an_idle_timeout_resets_both_peers_of_a_forwarded_session() {
     assert_eq!(seen["side"], "target", "{seen}");
     assert_eq!(seen["outcome"], "reset", "{seen}");
     assert_eq!(cut["registration"], seen["registration"], "{cut} {seen}");
+    for line in [&cut, &seen] {
+        assert_eq!(line["via"], "lane", "{line}");
+    }
 }
 
 /// Which node of a forwarded session is killed.
@@ -217,6 +220,22 @@ async fn killed_mid_transfer(killed: Killed) {
     let b = NodeOptions::cluster(&[redis.url()]).start();
     let name = format!("cut-kill-{killed:?}");
     let (i, tg) = busy_pair(&a, &b, &name).await;
+    // On a lane, so that the reset below is a lane's: the owner counted it
+    // there, and the surviving node holds it.
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 1.0)
+        .await;
+    assert_eq!(
+        a.metric("dtcp_forwarded_sessions_total{via=\"bridge\"}")
+            .await,
+        0.0
+    );
+    let (survivor, role) = match killed {
+        Killed::Owner => (&b, "client"),
+        Killed::TargetSide => (&a, "server"),
+    };
+    survivor
+        .wait_for(&format!("dtcp_lanes_active{{role=\"{role}\"}}"), 1.0)
+        .await;
     let (victim, survivor, mut survivor_peer, mut dead_peer, direction) = match killed {
         Killed::Owner => (a, b, tg, i, "initiator_to_target"),
         Killed::TargetSide => (b, a, i, tg, "target_to_initiator"),

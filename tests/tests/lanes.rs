@@ -11,18 +11,29 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use dtcp_forward::{LANE_MAGIC, PlaneAuth, mint_token, preamble};
+use dtcp_forward::{LANE_DIAL_TIMEOUT, LANE_MAGIC, PlaneAuth, mint_token, preamble};
 use dtcp_tests::testkit::free_port;
 use dtcp_tests::*;
 use dtcp_wire::{Keyring, Secrets};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// Most bytes the proxy keeps of each connection's direction.
 const CAPTURE_MAX: usize = 1 << 20;
+
+/// How long the owner waits, after its `paired`, for the lane it offered
+/// before it cuts the session (`LANE_WAIT` in
+/// crates/relay/src/session/lane.rs, docs/PROTOCOL.md section 7.5 step 4).
+const LANE_WAIT: Duration = Duration::from_secs(3);
+/// Time past [`LANE_DIAL_TIMEOUT`] a fallback to the Bridge may take, on
+/// two cores shared with other tests.
+const DIAL_MARGIN: Duration = Duration::from_secs(2);
+/// Time past [`LANE_WAIT`] a cut may take, likewise.
+const WAIT_MARGIN: Duration = Duration::from_secs(3);
 
 /// What one connection carried toward the owner.
 type Kept = Arc<Mutex<Vec<u8>>>;
@@ -35,18 +46,41 @@ struct Proxy {
     accepting: JoinHandle<()>,
     /// New connections are taken and their bytes swallowed, never passed on.
     swallow: Arc<AtomicBool>,
+    /// Told once: no connection is taken from then on, the listener held.
+    stall: Arc<Notify>,
 }
 
 impl Proxy {
-    async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// The listener's backlog, as `TcpListener::bind`'s.
+    const BACKLOG: u32 = 1024;
+
+    /// Starts the proxy on a loopback port, the kernel queueing about
+    /// `backlog` connections it has not taken yet (Linux: one more).
+    async fn start(upstream: SocketAddr, backlog: u32) -> Proxy {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(backlog).unwrap();
         let addr = listener.local_addr().unwrap();
         let captured = Arc::new(Mutex::new(Vec::new()));
         let all = captured.clone();
         let swallow = Arc::new(AtomicBool::new(false));
         let swallowing = swallow.clone();
+        let stall = Arc::new(Notify::new());
+        let stalled = stall.clone();
         let accepting = tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
+            loop {
+                let accepted = tokio::select! {
+                    biased;
+                    () = stalled.notified() => {
+                        // The listener is held here, never accepted from
+                        // again, until the test ends.
+                        match std::future::pending::<std::convert::Infallible>().await {}
+                    }
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((mut down, _)) = accepted else {
+                    break;
+                };
                 if swallowing.load(Ordering::Relaxed) {
                     tokio::spawn(async move {
                         let mut sink = vec![0u8; 64 * 1024];
@@ -95,6 +129,32 @@ impl Proxy {
             captured,
             accepting,
             swallow,
+            stall,
+        }
+    }
+
+    /// Stops taking connections but keeps listening, then fills the
+    /// kernel's queue of connections not yet taken: past it, the kernel
+    /// drops a new connection's SYN, and its dial hangs, as behind a
+    /// firewall that drops packets. Those open go on. Returns the
+    /// connections that fill the queue, to be held as long as it must stay
+    /// full.
+    async fn drop_new(&self) -> Vec<TcpStream> {
+        self.stall.notify_one();
+        let mut queued = Vec::new();
+        loop {
+            // On loopback a handshake the kernel answers is done at once.
+            let dial =
+                tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(self.addr));
+            match dial.await {
+                Ok(Ok(stream)) => queued.push(stream),
+                Ok(Err(e)) => panic!("a connection to the stalled proxy: {e}"),
+                Err(_) => return queued,
+            }
+            assert!(
+                queued.len() <= 64,
+                "the proxy's queue is not full after 64 connections"
+            );
         }
     }
 
@@ -134,9 +194,19 @@ async fn behind_proxy(
     redis: &RedisServer,
     args: &[(&str, &str)],
 ) -> (Relay, Relay, Proxy, SocketAddr) {
+    behind_proxy_queueing(redis, args, Proxy::BACKLOG).await
+}
+
+/// As [`behind_proxy`], the proxy's kernel queueing about `backlog`
+/// connections not taken yet.
+async fn behind_proxy_queueing(
+    redis: &RedisServer,
+    args: &[(&str, &str)],
+    backlog: u32,
+) -> (Relay, Relay, Proxy, SocketAddr) {
     let port = free_port();
     let plane: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let proxy = Proxy::start(plane).await;
+    let proxy = Proxy::start(plane, backlog).await;
     let mut owner = NodeOptions::cluster(&[redis.url()])
         .forward_listen(&plane.to_string())
         .arg("--advertise-addr", proxy.addr);
@@ -296,12 +366,20 @@ async fn a_lane_that_cannot_be_dialed_leaves_the_session_on_the_bridge() {
     // From now on the owner's port refuses new connections: the Bridge
     // keeps its connection, a lane dial is refused.
     proxy.refuse_new();
+    let sent = Instant::now();
     let (i, tg) = pair(a.addr, b.addr, &triple("fallback-2")).await;
     // The claimant's word that it has no lane moves the session to the
     // Bridge before either client sends a byte: an idle session is not cut
-    // at the end of the owner's wait for its lane.
+    // at the end of the owner's wait for its lane. A refused dial is known
+    // at once; the Target's OK waits for it, so the time from the CONNECT
+    // is bounded by the dial's (`LANE_DIAL_TIMEOUT`).
     a.wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
         .await;
+    let took = sent.elapsed();
+    assert!(
+        took < LANE_DIAL_TIMEOUT + DIAL_MARGIN,
+        "on the Bridge {took:?} after the CONNECT"
+    );
     assert_eq!(a.metric("dtcp_lane_waits_expired_total").await, 0.0);
     exchange(i, tg, 4 << 20, 22).await;
     assert_eq!(
@@ -321,6 +399,49 @@ async fn a_lane_that_cannot_be_dialed_leaves_the_session_on_the_bridge() {
     assert_eq!(b.metric("dtcp_lane_pool_idle").await, 0.0);
 }
 
+/// A lane dial that the owner's port never answers (its SYN dropped, as a
+/// firewall that drops packets does) is given up after
+/// `LANE_DIAL_TIMEOUT`, and the session goes on the Bridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_dial_that_times_out_leaves_the_session_on_the_bridge() {
+    let redis = RedisServer::start();
+    // A short queue, so that a few connections fill it; and no lane dialed
+    // ahead, before the port stopped answering.
+    let (a, b, proxy, _) = behind_proxy_queueing(&redis, &[("--lane-pool", "0")], 4).await;
+    // The plane's HTTP/2 connection goes through the proxy first.
+    let (i, tg) = pair(a.addr, b.addr, &triple("dial-timeout-1")).await;
+    exchange(i, tg, 1 << 20, 51).await;
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 1.0)
+        .await;
+    let _queued = proxy.drop_new().await;
+    let sent = Instant::now();
+    let (i, tg) = pair(a.addr, b.addr, &triple("dial-timeout-2")).await;
+    // The Target's OK waits for the dial's end, at most `LANE_DIAL_TIMEOUT`.
+    a.wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
+        .await;
+    let took = sent.elapsed();
+    assert!(
+        took < LANE_DIAL_TIMEOUT + DIAL_MARGIN,
+        "on the Bridge {took:?} after the CONNECT"
+    );
+    assert_eq!(
+        b.metric("dtcp_lane_dials_total{outcome=\"timeout\"}").await,
+        1.0
+    );
+    assert_eq!(a.metric("dtcp_lane_waits_expired_total").await, 0.0);
+    exchange(i, tg, 4 << 20, 52).await;
+    a.wait_for(
+        "dtcp_sessions_completed_total{path=\"forwarded\",outcome=\"closed\"}",
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        a.metric("dtcp_forwarded_sessions_total{via=\"lane\"}")
+            .await,
+        1.0
+    );
+}
+
 /// A lane the network swallows: dialed, written, never attached. The owner
 /// gives it up after its wait and cuts the session, so that both clients
 /// see a reset within seconds, never a hang with bytes going nowhere.
@@ -334,6 +455,9 @@ async fn a_lane_that_never_attaches_is_cut_not_left_hanging() {
     exchange(i, tg, 4096, 41).await;
     proxy.swallow_new();
     let (mut i, mut tg) = pair(a.addr, b.addr, &triple("swallowed-2")).await;
+    // The owner's wait (`LANE_WAIT`) runs from its `paired`, before the
+    // Target's OK.
+    let paired = Instant::now();
     i.write_all(b"into the void").await.unwrap();
     tg.write_all(b"and back").await.unwrap();
     for (peer, side) in [(&mut i, "initiator"), (&mut tg, "target")] {
@@ -347,6 +471,11 @@ async fn a_lane_that_never_attaches_is_cut_not_left_hanging() {
             ),
             Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{side}"),
         }
+        let took = paired.elapsed();
+        assert!(
+            took < LANE_WAIT + WAIT_MARGIN,
+            "the {side} reset {took:?} after the OK"
+        );
     }
     a.wait_for("dtcp_lane_waits_expired_total", 1.0).await;
 }
