@@ -9,8 +9,50 @@ use clap::Parser;
 use dtcp_relay::{Config, LogFormat, Relay};
 use tracing_subscriber::EnvFilter;
 
+/// The relay's allocator: jemalloc, configured by [`MALLOC_CONF`].
+///
+/// A burst of pairings allocates far more for a moment (handshakes, plane
+/// calls, store replies) than the sessions it leaves keep, and frees it
+/// between their allocations. glibc's malloc kept that freed heap: pages
+/// still holding a live session's few hundred bytes cannot be trimmed, and
+/// an idle forwarded session cost its two nodes 9-15 KB of RSS. jemalloc
+/// keeps allocations of one size together and hands whole free pages back
+/// on its own; an idle forwarded session costs about 6 KB
+/// (docs/PERFORMANCE.md, "Memory per pending registration and per idle
+/// session").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read when it starts (`_RJEM_MALLOC_CONF` in the
+/// environment still overrides them):
+///
+/// - `background_thread`: a thread of jemalloc's own returns freed pages
+///   to the kernel; without it pages are only returned while the process
+///   allocates, so an idle node kept a burst's freed memory;
+/// - `dirty_decay_ms:1000,muzzy_decay_ms:0`: freed pages go back within a
+///   second, at once rather than in two stages;
+/// - `narenas:1,tcache:false`: one arena and no per-thread caches, so that
+///   what one worker thread frees another's next allocation reuses, rather
+///   than each thread keeping a share of the burst's memory (6.0 KB a
+///   forwarded session against 6.8-7.1 KB with the caches, 6.5-11 KB with
+///   an arena per core). The relay's bytes are spliced or moved in pooled
+///   buffers, so what it allocates is per connection, not per byte.
+#[cfg(not(target_env = "msvc"))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: MallocConf = MallocConf(
+    c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1,tcache:false".as_ptr(),
+);
+
+/// jemalloc's `const char *malloc_conf`: one thin pointer to a C string
+/// (a `&CStr` is not one).
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a string literal, never written.
+unsafe impl Sync for MallocConf {}
+
 fn main() -> anyhow::Result<()> {
-    tune_malloc();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -27,72 +69,9 @@ async fn run() -> anyhow::Result<()> {
     // Before anything is bound: a signal that arrives as soon as the node
     // says it listens must start a drain, not kill the process.
     let shutdown = shutdown_signal().context("installing signal handlers")?;
-    tokio::spawn(trim_heap_now_and_then());
     let relay = Relay::bind(config, metrics).await?;
     relay.run(shutdown).await?;
     Ok(())
-}
-
-/// Keeps glibc's malloc from giving large buffers back to the kernel after
-/// every use.
-///
-/// By default glibc serves an allocation over 128 KiB (or its adaptive
-/// threshold) with mmap and trims the heap when its free top passes twice
-/// that, so the forwarding plane's buffers (HTTP/2 reads of up to a 1 MiB
-/// frame, 256 KiB data frames) came back as fresh pages, faulted in one by
-/// one: 15% of a node's CPU at full speed. Fixed thresholds keep them in the
-/// heap for reuse. `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` in
-/// the environment still take precedence.
-fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        const MMAP_THRESHOLD: libc::c_int = 4 << 20;
-        const TRIM_THRESHOLD: libc::c_int = 32 << 20;
-        let set = |name| std::env::var_os(name).is_some();
-        // SAFETY: mallopt only sets allocator parameters; it is called
-        // before any thread exists.
-        unsafe {
-            if !set("MALLOC_MMAP_THRESHOLD_") {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-            }
-            if !set("MALLOC_TRIM_THRESHOLD_") {
-                libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
-            }
-            // One arena per core, the runtime's worker count, rather than
-            // glibc's eight: freed heap left fragmented in an arena after a
-            // burst is not handed back by a trim, and more arenas keep
-            // more of it.
-            if !set("MALLOC_ARENA_MAX") {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                libc::mallopt(libc::M_ARENA_MAX, cores.min(64) as libc::c_int);
-            }
-        }
-    }
-}
-
-/// How often freed heap is handed back to the kernel (see [`tune_malloc`]).
-const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Hands the heap's free memory back to the kernel every [`TRIM_EVERY`].
-///
-/// The trim threshold [`tune_malloc`] sets holds for each of glibc's
-/// arenas (about one per thread that allocates), so after a burst a node
-/// kept 32 MiB of freed heap several times over: up to +53 MiB after a
-/// crowd's half-sent plane messages. A trim every few seconds gives that
-/// back and, at full speed, costs one refill of the buffers per interval
-/// rather than one per use.
-async fn trim_heap_now_and_then() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let mut every = tokio::time::interval(TRIM_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            // Off the runtime's threads: a trim takes every arena's lock.
-            // SAFETY: malloc_trim only returns free memory to the kernel.
-            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
-        }
-    }
 }
 
 fn init_logging(format: LogFormat) {
