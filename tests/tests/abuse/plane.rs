@@ -226,10 +226,9 @@ async fn half_sent_messages_pin_no_memory() {
 /// [`CROWD`] addresses, each connection refused and closed as the one is.
 /// Each connection has a window of its own, so more of the crowd's bodies
 /// reach the node (to be dropped) than of the one connection's, and the
-/// node keeps more freed heap after it than [`RSS_SETTLED_MIB`]: +17 to
-/// +53 MiB over seven runs (+1 to +10 MiB with `MALLOC_TRIM_THRESHOLD_`
-/// at 128 KiB), where PERFORMANCE.md says about 32 MiB. Ignored until the
-/// node gives that back; its peak stays within [`RSS_BUDGET_MIB`].
+/// node kept more freed heap after it: with glibc's malloc +17 to +53 MiB
+/// over seven runs, past [`RSS_SETTLED_MIB`] in two; with jemalloc, which
+/// hands freed pages back within a second, +1 MiB (SECURITY.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_messages_from_many_addresses_pin_no_memory() {
     half_sent_messages(CROWD).await;
