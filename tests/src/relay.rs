@@ -231,6 +231,22 @@ impl Relay {
     pub async fn metric(&self, sample: &str) -> f64 {
         sample_value(&self.scrape().await, sample)
     }
+
+    /// On the node of the CREATEs: waits until it counts `sessions`
+    /// forwarded sessions on lanes, and asserts that none went on the
+    /// Bridge. A lane dial that fails falls back to the Bridge unseen by
+    /// the clients, so a test of forwarded sessions that does not check
+    /// this would pass with lanes broken.
+    pub async fn wait_on_lanes(&self, sessions: f64) {
+        self.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", sessions)
+            .await;
+        assert_eq!(
+            self.metric("dtcp_forwarded_sessions_total{via=\"bridge\"}")
+                .await,
+            0.0,
+            "a forwarded session fell back to the Bridge"
+        );
+    }
 }
 
 /// Starts (or starts again) a node's process and waits for it to announce

@@ -113,23 +113,6 @@ async fn both_ways(i: TcpStream, tg: TcpStream, size: u64) -> [f64; 2] {
     [rate_t, rate_i]
 }
 
-/// Waits until `owner` (the node of the CREATE) counts its one forwarded
-/// session on a lane, and asserts that it did not go on the Bridge: a lane
-/// dial that fails falls back to the Bridge unseen by the clients, and the
-/// caps would then be measured on another path.
-async fn on_a_lane(owner: &Relay) {
-    owner
-        .wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 1.0)
-        .await;
-    assert_eq!(
-        owner
-            .metric("dtcp_forwarded_sessions_total{via=\"bridge\"}")
-            .await,
-        0.0,
-        "the session fell back to the Bridge"
-    );
-}
-
 /// A session cap across two nodes (the CREATE on one, the CONNECT on the
 /// other, the bytes between them on a lane), 100 MB each way at once. Each
 /// direction is capped by the node that reads it from its client, so this
@@ -146,7 +129,7 @@ async fn a_session_cap_holds_across_nodes_on_a_lane() {
     let (owner, other) = (node(), node());
     let (i, tg) = pair(owner.addr, other.addr, &triple("cap-forwarded")).await;
     let rates = both_ways(i, tg, TRANSFER).await;
-    on_a_lane(&owner).await;
+    owner.wait_on_lanes(1.0).await;
     for (way, rate) in ["initiator -> target", "target -> initiator"]
         .iter()
         .zip(rates)
@@ -205,7 +188,7 @@ async fn a_node_cap_counts_both_ways_of_a_forwarded_session() {
     let (owner, other) = (node(), node());
     let (i, tg) = pair(owner.addr, other.addr, &triple("node-cap-forwarded")).await;
     let rates = both_ways(i, tg, SHARE * 2).await;
-    on_a_lane(&owner).await;
+    owner.wait_on_lanes(1.0).await;
     // Both ways' bytes over the time until the last of them arrived.
     let total = 2.0 * rates[0].min(rates[1]);
     eprintln!(

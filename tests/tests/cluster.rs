@@ -25,21 +25,6 @@ async fn refused_with(r: Result<TcpStream, ClientError>) -> Condition {
     }
 }
 
-/// Waits until `owner` (the node of the CREATEs) counts `sessions`
-/// forwarded sessions on lanes, and asserts that none went on the Bridge.
-async fn on_lanes(owner: &Relay, sessions: f64) {
-    owner
-        .wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", sessions)
-        .await;
-    assert_eq!(
-        owner
-            .metric("dtcp_forwarded_sessions_total{via=\"bridge\"}")
-            .await,
-        0.0,
-        "a forwarded session fell back to the Bridge"
-    );
-}
-
 /// Scenario 1 (and 9): docs/PROTOCOL.md holds across nodes.
 async fn cross_node_protocol(urls: &[String]) {
     // Every client here comes from 127.0.0.1: lift the per-address limit.
@@ -61,7 +46,7 @@ async fn cross_node_protocol(urls: &[String]) {
     assert_eq!(read_n(&mut i, 11).await, b"from-target");
     // The early bytes crossed on a lane: a failed lane dial falls back to
     // the Bridge without a word to the clients.
-    on_lanes(&a, 1.0).await;
+    a.wait_on_lanes(1.0).await;
 
     // Half-close each way, on its own.
     i.write_all(b"bye").await.unwrap();
@@ -100,7 +85,7 @@ async fn cross_node_protocol(urls: &[String]) {
     let (i, tg) = pair(a.addr, b.addr, &t).await;
     exchange(i, tg, 256 << 20, 100).await;
     // A's three forwarded sessions so far: pipelined, to C, and this one.
-    on_lanes(&a, 3.0).await;
+    a.wait_on_lanes(3.0).await;
 
     // 300 concurrent pairs, CREATE and CONNECT spread over all three nodes.
     let nodes = [a.addr, b.addr, c.addr];
