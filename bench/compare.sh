@@ -36,8 +36,8 @@ cd "$(dirname "$0")/.."
 QUICK=${1:-}
 PAIRS=2000 CONC=32 STREAMS=4 BYTES=1GiB HOLD=(2000 3000)
 # Held sessions are read twice: half a second after they paired (the
-# burst's freed heap still in the nodes), and once idle past the nodes'
-# heap trim (every 10 s).
+# burst's freed heap still in the nodes), and once idle, eleven seconds
+# later, when the nodes have handed freed memory back.
 IDLE=11
 if [ "$QUICK" = "--quick" ]; then
   PAIRS=500 BYTES=256MiB HOLD=(1000 2000)

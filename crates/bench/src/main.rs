@@ -110,14 +110,15 @@ enum Scenario {
         #[arg(long = "count", default_values_t = [2000u64, 10000])]
         counts: Vec<u64>,
         /// Seconds to let the relay settle before each reading. A relay
-        /// hands its freed heap back every 10 s: past that, the reading is
-        /// what the idle sessions hold, not the peak of pairing them.
+        /// hands freed memory back within a second or so (its allocator's
+        /// purge): past that, the reading is what the idle sessions hold,
+        /// not the peak of pairing them.
         #[arg(long, default_value_t = 0.5)]
         settle: f64,
         /// Also read the memory this many seconds after the sessions
-        /// paired: past the relay's heap trim every 10 s, what the idle
-        /// sessions hold, beside the reading just after the burst. The base
-        /// is then read as long after the warm-up, past a trim too.
+        /// paired: once the relay has handed freed memory back, what the
+        /// idle sessions hold, beside the reading just after the burst. The
+        /// base is then read as long after the warm-up.
         #[arg(long, value_name = "SECS")]
         idle: Option<f64>,
         /// The relay nodes' metrics listeners (`host:port`, every node of

@@ -197,10 +197,9 @@ pub(crate) struct Readings {
 
 impl Readings {
     /// The base reading, `settle` after the warm-up (or the last round),
-    /// or with `idle`, that long after it: past a heap trim, as the idle
-    /// reading will be, so that the heap the warm-up freed (which a trim
-    /// gives back, and new sessions would otherwise reuse unseen) counts
-    /// in neither.
+    /// or with `idle`, that long after it, as the idle reading will be, so
+    /// that the memory the warm-up freed (which the relay gives back, and
+    /// new sessions would otherwise reuse unseen) counts in neither.
     async fn base(self, pids: &[u32]) -> u64 {
         tokio::time::sleep(self.idle.unwrap_or(self.settle).max(self.settle)).await;
         procstat::rss_total(pids)

@@ -9,18 +9,21 @@ use clap::Parser;
 use dtcp_relay::{Config, LogFormat, Relay};
 use tracing_subscriber::EnvFilter;
 
-/// The relay's allocator: jemalloc, configured by [`MALLOC_CONF`].
+/// The relay's allocator on Linux: jemalloc, configured by [`MALLOC_CONF`]
+/// (elsewhere the system's: jemalloc's background thread, which the
+/// configuration asks for, exists only on Linux, and its start fails
+/// without it).
 ///
 /// A burst of pairings allocates far more for a moment (handshakes, plane
 /// calls, store replies) than the sessions it leaves keep, and frees it
 /// between their allocations. glibc's malloc kept that freed heap: pages
 /// still holding a live session's few hundred bytes cannot be trimmed, and
-/// an idle forwarded session cost its two nodes 9-15 KB of RSS. jemalloc
+/// an idle forwarded session cost its nodes 9-15 KB of RSS. jemalloc
 /// keeps allocations of one size together and hands whole free pages back
 /// on its own; an idle forwarded session costs about 6 KB
 /// (docs/PERFORMANCE.md, "Memory per pending registration and per idle
 /// session").
-#[cfg(not(target_env = "msvc"))]
+#[cfg(target_os = "linux")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -36,9 +39,12 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   what one worker thread frees another's next allocation reuses, rather
 ///   than each thread keeping a share of the burst's memory (6.0 KB a
 ///   forwarded session against 6.8-7.1 KB with the caches, 6.5-11 KB with
-///   an arena per core). The relay's bytes are spliced or moved in pooled
-///   buffers, so what it allocates is per connection, not per byte.
-#[cfg(not(target_env = "msvc"))]
+///   jemalloc's four arenas per core). A local or lane session's bytes are
+///   spliced or moved in pooled buffers, so what they allocate is per
+///   connection, not per byte; the Bridge's HTTP/2 frames and TLS records
+///   allocate per frame, measured no slower on two cores (more cores, more
+///   threads contending for the one arena: not measured).
+#[cfg(target_os = "linux")]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: MallocConf = MallocConf(
     c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1,tcache:false".as_ptr(),
@@ -46,10 +52,12 @@ static MALLOC_CONF: MallocConf = MallocConf(
 
 /// jemalloc's `const char *malloc_conf`: one thin pointer to a C string
 /// (a `&CStr` is not one).
+#[cfg(target_os = "linux")]
 #[repr(transparent)]
 struct MallocConf(*const std::ffi::c_char);
 
 // SAFETY: the pointer is to a string literal, never written.
+#[cfg(target_os = "linux")]
 unsafe impl Sync for MallocConf {}
 
 fn main() -> anyhow::Result<()> {
