@@ -360,20 +360,11 @@ async fn a_lane_that_cannot_be_dialed_leaves_the_session_on_the_bridge() {
     // From now on the owner's port refuses new connections: the Bridge
     // keeps its connection, a lane dial is refused.
     proxy.refuse_new();
-    let sent = Instant::now();
-    let (i, tg) = pair(a.addr, b.addr, &triple("fallback-2")).await;
     // The claimant's word that it has no lane moves the session to the
     // Bridge before either client sends a byte: an idle session is not cut
     // at the end of the owner's wait for its lane. A refused dial is known
-    // at once; the Target's OK waits for it, so the time from the CONNECT
-    // is bounded by the dial's (`LANE_DIAL_TIMEOUT`).
-    a.wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
-        .await;
-    let took = sent.elapsed();
-    assert!(
-        took < LANE_DIAL_TIMEOUT + DIAL_MARGIN,
-        "on the Bridge {took:?} after the CONNECT"
-    );
+    // at once.
+    let (i, tg) = paired_on_the_bridge(&a, &b, "fallback-2").await;
     assert_eq!(a.metric("dtcp_lane_waits_expired_total").await, 0.0);
     exchange(i, tg, 4 << 20, 22).await;
     assert_eq!(
@@ -408,16 +399,7 @@ async fn a_lane_dial_that_times_out_leaves_the_session_on_the_bridge() {
     a.wait_for("dtcp_forwarded_sessions_total{via=\"lane\"}", 1.0)
         .await;
     let _queued = proxy.drop_new().await;
-    let sent = Instant::now();
-    let (i, tg) = pair(a.addr, b.addr, &triple("dial-timeout-2")).await;
-    // The Target's OK waits for the dial's end, at most `LANE_DIAL_TIMEOUT`.
-    a.wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
-        .await;
-    let took = sent.elapsed();
-    assert!(
-        took < LANE_DIAL_TIMEOUT + DIAL_MARGIN,
-        "on the Bridge {took:?} after the CONNECT"
-    );
+    let (i, tg) = paired_on_the_bridge(&a, &b, "dial-timeout-2").await;
     assert_eq!(
         b.metric("dtcp_lane_dials_total{outcome=\"timeout\"}").await,
         1.0
@@ -434,6 +416,24 @@ async fn a_lane_dial_that_times_out_leaves_the_session_on_the_bridge() {
             .await,
         1.0
     );
+}
+
+/// Pairs `name` (CREATE on `owner`, CONNECT on `other`) while the owner's
+/// lane port cannot be dialed, and checks that the session went on the
+/// Bridge (its first) within the dial's bound: the Target's OK waits for
+/// the dial's end, at most `LANE_DIAL_TIMEOUT`.
+async fn paired_on_the_bridge(owner: &Relay, other: &Relay, name: &str) -> (TcpStream, TcpStream) {
+    let sent = Instant::now();
+    let paired = pair(owner.addr, other.addr, &triple(name)).await;
+    owner
+        .wait_for("dtcp_forwarded_sessions_total{via=\"bridge\"}", 1.0)
+        .await;
+    let took = sent.elapsed();
+    assert!(
+        took < LANE_DIAL_TIMEOUT + DIAL_MARGIN,
+        "on the Bridge {took:?} after the CONNECT"
+    );
+    paired
 }
 
 /// A lane the network swallows: dialed, written, never attached. The owner
