@@ -38,8 +38,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// - `narenas:1,tcache:false`: one arena and no per-thread caches, so that
 ///   what one worker thread frees another's next allocation reuses, rather
 ///   than each thread keeping a share of the burst's memory (6.0 KB a
-///   forwarded session against 6.8-7.1 KB with the caches, 6.5-11 KB with
-///   jemalloc's four arenas per core). A local or lane session's bytes are
+///   forwarded session against 6.8-7.1 KB with the caches, 6.5-7.9 KB with
+///   two arenas, 7.0-11.1 KB with jemalloc's default of four per core). A local or lane session's bytes are
 ///   spliced or moved in pooled buffers, so what they allocate is per
 ///   connection, not per byte; the Bridge's HTTP/2 frames and TLS records
 ///   allocate per frame, measured no slower on two cores (more cores, more
