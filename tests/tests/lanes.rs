@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dtcp_forward::{LANE_DIAL_TIMEOUT, LANE_MAGIC, PlaneAuth, mint_token, preamble};
+use dtcp_forward::{LANE_DIAL_TIMEOUT, LANE_MAGIC, LANE_WAIT, PlaneAuth, mint_token, preamble};
 use dtcp_tests::testkit::free_port;
 use dtcp_tests::*;
 use dtcp_wire::{Keyring, Secrets};
@@ -25,10 +25,6 @@ use tokio::task::JoinHandle;
 /// Most bytes the proxy keeps of each connection's direction.
 const CAPTURE_MAX: usize = 1 << 20;
 
-/// How long the owner waits, after its `paired`, for the lane it offered
-/// before it cuts the session (`LANE_WAIT` in
-/// crates/relay/src/session/lane.rs, docs/PROTOCOL.md section 7.5 step 4).
-const LANE_WAIT: Duration = Duration::from_secs(3);
 /// Time past [`LANE_DIAL_TIMEOUT`] a fallback to the Bridge may take, on
 /// two cores shared with other tests.
 const DIAL_MARGIN: Duration = Duration::from_secs(2);

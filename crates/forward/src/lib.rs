@@ -48,8 +48,8 @@ pub use health::{Authenticated, HEALTH_CALL_TIMEOUT, HEALTH_MAX_MESSAGE, health_
 pub use join::{End, Report, join};
 pub use lane::{
     EXPECTED_LANES_CAPACITY, LANE_DIAL_TIMEOUT, LANE_MAGIC, LANE_TOKEN_TTL, LANE_USER_TIMEOUT,
-    LANE_VERSION, Lane, LaneAddr, LaneAt, LaneDial, LaneStream, Lanes, NotAttached, Offer,
-    PREAMBLE_TIMEOUT, is_lane_start, mint_token, preamble,
+    LANE_VERSION, LANE_WAIT, Lane, LaneAddr, LaneAt, LaneDial, LaneStream, Lanes, NotAttached,
+    Offer, PREAMBLE_TIMEOUT, is_lane_start, mint_token, preamble,
 };
 pub use pool::{
     LANE_POOL_MAX, POOL_DIALS_MAX, POOL_LANES_MAX, POOL_MAX_AGE, POOLED_PEERS_MAX, PoolMetrics,

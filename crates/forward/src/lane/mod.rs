@@ -59,6 +59,14 @@ pub const LANE_TOKEN_TTL: Duration = Duration::from_secs(5);
 /// How long the claimant's lane dial may take (connect included) before the
 /// session falls back to the Bridge's data path.
 pub const LANE_DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the owner waits, after its `paired`, for the lane it offered
+/// (the claimant dials it within [`LANE_DIAL_TIMEOUT`] of its `open`, or
+/// says on the Bridge that it could not). Only a claimant that asked for a
+/// lane is offered one, so past this wait its lane was dialed but lost on
+/// the way (a middlebox that swallows it) or its node stalled: its Target
+/// is already pumping into that lane, and the Bridge cannot take the
+/// session over. The session is cut.
+pub const LANE_WAIT: Duration = Duration::from_secs(3);
 /// How long a connection on the forwarding port that began like a lane may
 /// take to send the rest of its preamble.
 pub const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(5);

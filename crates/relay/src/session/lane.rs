@@ -23,7 +23,7 @@ use bytes::BytesMut;
 use dtcp_duplex::OverTcp;
 use dtcp_duplex::reset_on_close;
 use dtcp_forward::proto::frame::Kind;
-use dtcp_forward::{Inbound, Lane, LaneStream, Offer, Outbound, RESET};
+use dtcp_forward::{Inbound, LANE_WAIT, Lane, LaneStream, Offer, Outbound, RESET};
 use dtcp_wire::{Condition, RegistrationId};
 use metrics::{Counter, counter, gauge};
 use tokio::net::TcpStream;
@@ -40,15 +40,6 @@ pub(crate) use crate::session::beside::end_bridge;
 use crate::session::beside::{BridgeBeside, End};
 use crate::session::pump::Pump;
 use crate::session::report::{Ended, Side, finished};
-
-/// How long the owner waits, after its `paired`, for the lane it offered
-/// (the claimant dials it within `LANE_DIAL_TIMEOUT` of its `open`, or
-/// says on the Bridge that it could not). Only a claimant that asked for a
-/// lane is offered one, so past this wait its lane was dialed but lost on
-/// the way (a middlebox that swallows it) or its node stalled: its Target
-/// is already pumping into that lane, and the Bridge cannot take the
-/// session over. The session is cut.
-const LANE_WAIT: Duration = Duration::from_secs(3);
 
 /// A lane offered by the owner: the offer, and the connection slot the lane
 /// will hold (a forwarded session holds one more descriptor on each node).
